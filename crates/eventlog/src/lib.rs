@@ -1,0 +1,296 @@
+//! The append-only firewall event log and its sled implementation.
+//!
+//! Only this crate touches sled. Everything else sees events: append a batch
+//! (durable when the call returns), read one instance's events after a
+//! revision (an index lookup), or scan the whole log in sequence order.
+//!
+//! Layout, one sled tree so that a batch is one atomic write:
+//! - `e` + sequence (u64 big-endian) -> the record: `cassette.firewall.v1.Event`
+//!   encoded with protobuf, `prev_hash` = SHA-256 of the previous record's bytes;
+//! - `i` + instance id + `0x00` + revision (u64 big-endian) -> sequence.
+//!
+//! Instance ids never contain `0x00`, so an instance's index keys are contiguous
+//! and ordered by revision.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use cassette_model::{Event, InstanceId};
+use cassette_proto::{event_from_pb, event_to_pb, pb};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a stored record's bytes.
+pub type Hash = [u8; 32];
+
+/// The `prev_hash` of the first record.
+pub const GENESIS_HASH: Hash = [0; 32];
+
+const EVENT: u8 = b'e';
+const INDEX: u8 = b'i';
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("event log storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("event log record {sequence} is corrupt: {reason}")]
+    Corrupt { sequence: u64, reason: String },
+    #[error("append rejected: {0}")]
+    OutOfOrder(String),
+    #[error(
+        "the event log failed an earlier write and accepts no more appends; restart to recover"
+    )]
+    Poisoned,
+}
+
+/// An error from the storage engine, kept opaque so sled stays an implementation detail.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct StorageError(#[from] sled::Error);
+
+impl From<sled::Error> for LogError {
+    fn from(e: sled::Error) -> Self {
+        LogError::Storage(StorageError(e))
+    }
+}
+
+/// The last record: where the next append continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// 0 for an empty log.
+    pub sequence: u64,
+    /// The hash of the last record ([`GENESIS_HASH`] for an empty log).
+    pub hash: Hash,
+}
+
+/// One record as stored: the event, the hash it links to, and its own hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub event: Event,
+    pub prev_hash: Vec<u8>,
+    pub hash: Hash,
+}
+
+pub struct EventLog {
+    db: sled::Db,
+    tree: sled::Tree,
+    head: Mutex<Head>,
+    poisoned: AtomicBool,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir`. Fails if another process has it open.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let tree = db.open_tree("events")?;
+        let head = match tree.scan_prefix([EVENT]).next_back() {
+            None => Head {
+                sequence: 0,
+                hash: GENESIS_HASH,
+            },
+            Some(entry) => {
+                let (key, value) = entry?;
+                Head {
+                    sequence: sequence_of(&key)?,
+                    hash: hash(&value),
+                }
+            }
+        };
+        Ok(Self {
+            db,
+            tree,
+            head: Mutex::new(head),
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    pub fn head(&self) -> Head {
+        *self.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instance's latest revision, 0 if it has no events.
+    pub fn last_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
+        let prefix = index_prefix(instance);
+        match self.tree.scan_prefix(&prefix).next_back() {
+            None => Ok(0),
+            Some(entry) => {
+                let (key, _) = entry?;
+                Ok(u64_suffix(&key))
+            }
+        }
+    }
+
+    /// Appends `events` in one atomic write and returns once they are on disk.
+    ///
+    /// The events must continue the log: sequences from `head().sequence + 1`
+    /// and, per instance, revisions from its last revision + 1. Anything else is
+    /// refused with [`LogError::OutOfOrder`] and nothing is written.
+    pub async fn append(&self, events: &[Event]) -> Result<Head, LogError> {
+        if events.is_empty() {
+            return Ok(self.head());
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(LogError::Poisoned);
+        }
+        let head = {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            let mut batch = sled::Batch::default();
+            let mut next = *head;
+            let mut revisions: HashMap<&InstanceId, u64> = HashMap::new();
+            for event in events {
+                if event.sequence != next.sequence + 1 {
+                    return Err(LogError::OutOfOrder(format!(
+                        "sequence {} does not follow {}",
+                        event.sequence, next.sequence
+                    )));
+                }
+                let last = match revisions.get(&event.instance_id) {
+                    Some(r) => *r,
+                    None => self.last_revision(&event.instance_id)?,
+                };
+                if event.revision != last + 1 {
+                    return Err(LogError::OutOfOrder(format!(
+                        "instance {} revision {} does not follow {}",
+                        event.instance_id, event.revision, last
+                    )));
+                }
+                revisions.insert(&event.instance_id, event.revision);
+                let bytes = event_to_pb(event, &next.hash).encode_to_vec();
+                let seq = event.sequence.to_be_bytes();
+                batch.insert(event_key(event.sequence).to_vec(), bytes.as_slice());
+                batch.insert(index_key(&event.instance_id, event.revision), &seq);
+                next = Head {
+                    sequence: event.sequence,
+                    hash: hash(&bytes),
+                };
+            }
+            if let Err(e) = self.tree.apply_batch(batch) {
+                self.poison();
+                return Err(e.into());
+            }
+            *head = next;
+            next
+        };
+        // Durable before acknowledged. Concurrent appends share this flush: sled
+        // syncs everything written so far, so one fsync covers a whole batch.
+        if let Err(e) = self.db.flush_async().await {
+            self.poison();
+            return Err(e.into());
+        }
+        Ok(head)
+    }
+
+    fn poison(&self) {
+        tracing::error!("event log write failed; refusing further appends");
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// The instance's events with revision > `after_revision`, in revision order.
+    pub fn read_instance(
+        &self,
+        instance: &InstanceId,
+        after_revision: u64,
+    ) -> Result<Vec<Event>, LogError> {
+        let prefix = index_prefix(instance);
+        let mut start = prefix.clone();
+        start.extend_from_slice(&(after_revision.saturating_add(1)).to_be_bytes());
+        let mut end = prefix;
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut events = Vec::new();
+        for entry in self.tree.range(start..=end) {
+            let (_, seq) = entry?;
+            let sequence = u64_suffix(&seq);
+            let value = self
+                .tree
+                .get(event_key(sequence))?
+                .ok_or_else(|| LogError::Corrupt {
+                    sequence,
+                    reason: format!("indexed for instance {instance} but missing"),
+                })?;
+            events.push(decode(sequence, &value)?.event);
+        }
+        Ok(events)
+    }
+
+    /// Every record with sequence > `after_sequence`, in sequence order.
+    pub fn scan(&self, after_sequence: u64) -> impl Iterator<Item = Result<Record, LogError>> + '_ {
+        let start = event_key(after_sequence.saturating_add(1));
+        let end = event_key(u64::MAX);
+        self.tree.range(start..=end).map(|entry| {
+            let (key, value) = entry?;
+            decode(sequence_of(&key)?, &value)
+        })
+    }
+
+    /// Flushes everything to disk (appends already do; this is for shutdown).
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn hash(bytes: &[u8]) -> Hash {
+    Sha256::digest(bytes).into()
+}
+
+fn event_key(sequence: u64) -> [u8; 9] {
+    let mut key = [EVENT; 9];
+    key[1..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn index_prefix(instance: &InstanceId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(instance.as_str().len() + 10);
+    key.push(INDEX);
+    key.extend_from_slice(instance.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+fn index_key(instance: &InstanceId, revision: u64) -> Vec<u8> {
+    let mut key = index_prefix(instance);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
+
+fn u64_suffix(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    u64::from_be_bytes(buf)
+}
+
+fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
+    match key {
+        [EVENT, rest @ ..] if rest.len() == 8 => Ok(u64_suffix(rest)),
+        _ => Err(LogError::Corrupt {
+            sequence: 0,
+            reason: format!("malformed record key {key:?}"),
+        }),
+    }
+}
+
+fn decode(sequence: u64, bytes: &[u8]) -> Result<Record, LogError> {
+    let corrupt = |reason: String| LogError::Corrupt { sequence, reason };
+    let stored = pb::Event::decode(bytes).map_err(|e| corrupt(format!("undecodable: {e}")))?;
+    if stored.sequence != sequence {
+        return Err(corrupt(format!(
+            "stored under sequence {sequence} but says {}",
+            stored.sequence
+        )));
+    }
+    let event = event_from_pb(&stored).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Record {
+        event,
+        prev_hash: stored.prev_hash,
+        hash: hash(bytes),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+use std::time::{Duration, SystemTime};
+
+use cassette_model::{ActorId, EventPayload, RuleId};
+
+use super::*;
+
+fn instance(name: &str) -> InstanceId {
+    InstanceId::parse(name).unwrap()
+}
+
+fn event(sequence: u64, name: &str, revision: u64, payload: EventPayload) -> Event {
+    Event {
+        sequence,
+        instance_id: instance(name),
+        revision,
+        event_id: uuid::Uuid::now_v7(),
+        commit_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + sequence),
+        actor: ActorId::anonymous(),
+        request_id: None,
+        payload,
+    }
+}
+
+fn created(sequence: u64, name: &str) -> Event {
+    event(
+        sequence,
+        name,
+        1,
+        EventPayload::FirewallCreated {
+            default_rules: cassette_model::default_rules(),
+        },
+    )
+}
+
+fn disabled(sequence: u64, name: &str, revision: u64) -> Event {
+    event(
+        sequence,
+        name,
+        revision,
+        EventPayload::RuleDisabled {
+            rule_id: RuleId::parse("default-ssh").unwrap(),
+        },
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn appended_events_survive_reopen_with_their_index_and_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = vec![created(1, "a"), created(2, "b"), disabled(3, "a", 2)];
+    {
+        let log = EventLog::open(dir.path()).unwrap();
+        runtime().block_on(log.append(&batch)).unwrap();
+    }
+    let log = EventLog::open(dir.path()).unwrap();
+    assert_eq!(log.head().sequence, 3);
+    assert_eq!(
+        log.read_instance(&instance("a"), 0).unwrap(),
+        [batch[0].clone(), batch[2].clone()]
+    );
+    assert_eq!(
+        log.read_instance(&instance("a"), 1).unwrap(),
+        [batch[2].clone()]
+    );
+    assert_eq!(
+        log.read_instance(&instance("b"), 0).unwrap(),
+        [batch[1].clone()]
+    );
+    assert!(log.read_instance(&instance("c"), 0).unwrap().is_empty());
+    assert_eq!(log.last_revision(&instance("a")).unwrap(), 2);
+
+    let records: Vec<Record> = log.scan(0).collect::<Result<_, _>>().unwrap();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[0].prev_hash, GENESIS_HASH);
+    assert_eq!(records[1].prev_hash, records[0].hash);
+    assert_eq!(records[2].prev_hash, records[1].hash);
+    assert_eq!(log.head().hash, records[2].hash);
+    assert_eq!(log.scan(2).count(), 1);
+}
+
+#[test]
+fn out_of_order_appends_are_refused_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path()).unwrap();
+    let rt = runtime();
+    rt.block_on(log.append(&[created(1, "a")])).unwrap();
+    for bad in [
+        vec![created(3, "b")],                  // sequence gap
+        vec![disabled(2, "a", 3)],              // revision gap
+        vec![created(2, "b"), created(3, "b")], // revision repeated within a batch
+    ] {
+        let err = rt.block_on(log.append(&bad)).unwrap_err();
+        assert!(matches!(err, LogError::OutOfOrder(_)), "{err}");
+    }
+    assert_eq!(log.head().sequence, 1);
+    assert_eq!(log.scan(0).count(), 1);
+}
+
+#[test]
+fn a_corrupt_record_is_an_error_naming_its_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path()).unwrap();
+    runtime()
+        .block_on(log.append(&[created(1, "a"), disabled(2, "a", 2)]))
+        .unwrap();
+    log.tree
+        .insert(event_key(2), &b"\xff\xff not protobuf"[..])
+        .unwrap();
+    let err = log.scan(0).nth(1).unwrap().unwrap_err();
+    assert!(
+        matches!(err, LogError::Corrupt { sequence: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("record 2"), "{err}");
+    let err = log.read_instance(&instance("a"), 0).unwrap_err();
+    assert!(
+        matches!(err, LogError::Corrupt { sequence: 2, .. }),
+        "{err}"
+    );
+}

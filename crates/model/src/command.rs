@@ -1,0 +1,418 @@
+//! Commands and the decision that turns a command, against the current state,
+//! into the events to append. The checks themselves live on [`Firewall`], so
+//! that the fold enforces exactly the same rules on replay.
+
+use crate::error::DomainError;
+use crate::event::{EventPayload, RuleSpec};
+use crate::firewall::Firewall;
+use crate::values::{default_rules, Description, InstanceId, Port, Protocol, RuleId};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    CreateFirewall,
+    AddRule {
+        port: Port,
+        protocol: Protocol,
+        description: Description,
+        enabled: bool,
+    },
+    UpdateRule {
+        rule_id: RuleId,
+        enabled: Option<bool>,
+        description: Option<Description>,
+    },
+    DeleteRule {
+        rule_id: RuleId,
+    },
+    DeleteFirewall,
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::CreateFirewall => "create_firewall",
+            Command::AddRule { .. } => "add_rule",
+            Command::UpdateRule { .. } => "update_rule",
+            Command::DeleteRule { .. } => "delete_rule",
+            Command::DeleteFirewall => "delete_firewall",
+        }
+    }
+}
+
+/// Where fresh custom rule ids come from (UUID v7 in the service; fixed in tests).
+pub trait RuleIdSource {
+    fn next_rule_id(&mut self) -> RuleId;
+}
+
+impl<F: FnMut() -> RuleId> RuleIdSource for F {
+    fn next_rule_id(&mut self) -> RuleId {
+        self()
+    }
+}
+
+/// Decides what `command` appends to the firewall `state` of `instance_id`.
+///
+/// An empty list means the command changes nothing (creating an existing
+/// firewall, disabling a disabled rule): the caller answers with the current
+/// state and appends nothing.
+pub fn decide(
+    instance_id: &InstanceId,
+    state: Option<&Firewall>,
+    command: &Command,
+    expected_revision: Option<u64>,
+    ids: &mut impl RuleIdSource,
+) -> Result<Vec<EventPayload>, DomainError> {
+    let actual = state.map_or(0, |f| f.revision);
+    if let Some(expected) = expected_revision {
+        if expected != actual {
+            return Err(DomainError::RevisionMismatch { expected, actual });
+        }
+    }
+    let live = state.filter(|f| f.is_live());
+    if let Command::CreateFirewall = command {
+        return Ok(match live {
+            Some(_) => Vec::new(),
+            None => vec![EventPayload::FirewallCreated {
+                default_rules: default_rules(),
+            }],
+        });
+    }
+    let firewall = live.ok_or_else(|| DomainError::FirewallNotFound {
+        instance_id: instance_id.to_string(),
+    })?;
+
+    Ok(match command {
+        Command::CreateFirewall => unreachable!("handled above"),
+        Command::AddRule {
+            port,
+            protocol,
+            description,
+            enabled,
+        } => {
+            firewall.check_can_add(*port, *protocol)?;
+            vec![EventPayload::RuleAdded(RuleSpec {
+                id: ids.next_rule_id(),
+                port: *port,
+                protocol: *protocol,
+                description: description.clone(),
+                enabled: *enabled,
+                is_default: false,
+            })]
+        }
+        Command::UpdateRule {
+            rule_id,
+            enabled,
+            description,
+        } => {
+            let rule = firewall.check_rule(rule_id)?;
+            let mut events = Vec::new();
+            match enabled {
+                Some(true) if !rule.enabled => events.push(EventPayload::RuleEnabled {
+                    rule_id: rule_id.clone(),
+                }),
+                Some(false) if rule.enabled => events.push(EventPayload::RuleDisabled {
+                    rule_id: rule_id.clone(),
+                }),
+                _ => {}
+            }
+            if let Some(description) = description.as_ref().filter(|d| *d != &rule.description) {
+                events.push(EventPayload::RuleDescriptionChanged {
+                    rule_id: rule_id.clone(),
+                    description: description.clone(),
+                });
+            }
+            events
+        }
+        Command::DeleteRule { rule_id } => {
+            firewall.check_can_delete(rule_id)?;
+            vec![EventPayload::RuleDeleted {
+                rule_id: rule_id.clone(),
+            }]
+        }
+        Command::DeleteFirewall => vec![EventPayload::FirewallDeleted],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::event::Event;
+    use crate::firewall::{fold, replay};
+    use crate::values::{ActorId, RequestId};
+    use crate::FoldError;
+
+    struct History {
+        instance: InstanceId,
+        events: Vec<Event>,
+        state: Option<Firewall>,
+        next_id: u32,
+    }
+
+    impl History {
+        fn new() -> Self {
+            Self {
+                instance: InstanceId::parse("web-1").unwrap(),
+                events: Vec::new(),
+                state: None,
+                next_id: 0,
+            }
+        }
+
+        fn run(&mut self, command: Command) -> Result<usize, DomainError> {
+            let next_id = &mut self.next_id;
+            let mut ids = || {
+                *next_id += 1;
+                RuleId::parse(&format!("rule-{next_id}")).unwrap()
+            };
+            let payloads = decide(
+                &self.instance,
+                self.state.as_ref(),
+                &command,
+                None,
+                &mut ids,
+            )?;
+            let n = payloads.len();
+            for payload in payloads {
+                let revision = self.state.as_ref().map_or(0, |f| f.revision) + 1;
+                let event = Event {
+                    sequence: revision,
+                    instance_id: self.instance.clone(),
+                    revision,
+                    event_id: uuid::Uuid::nil(),
+                    commit_time: SystemTime::UNIX_EPOCH + Duration::from_secs(revision),
+                    actor: ActorId::anonymous(),
+                    request_id: RequestId::parse_optional("r").unwrap(),
+                    payload,
+                };
+                self.state = Some(fold(self.state.take(), &event).unwrap());
+                self.events.push(event);
+            }
+            Ok(n)
+        }
+
+        fn firewall(&self) -> &Firewall {
+            self.state.as_ref().unwrap()
+        }
+    }
+
+    fn add(port: u32, protocol: Protocol) -> Command {
+        Command::AddRule {
+            port: Port::new(port).unwrap(),
+            protocol,
+            description: Description::default(),
+            enabled: true,
+        }
+    }
+
+    #[test]
+    fn create_gives_three_enabled_default_rules_and_is_idempotent() {
+        let mut h = History::new();
+        assert_eq!(h.run(Command::CreateFirewall), Ok(1));
+        let ports: Vec<_> = h.firewall().rules().iter().map(|r| r.port.get()).collect();
+        assert_eq!(ports, [22, 80, 443]);
+        assert!(h
+            .firewall()
+            .rules()
+            .iter()
+            .all(|r| r.enabled && r.is_default));
+        assert_eq!(h.run(Command::CreateFirewall), Ok(0));
+        assert_eq!(h.firewall().revision, 1);
+    }
+
+    #[test]
+    fn one_rule_per_port_and_protocol() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add(5432, Protocol::Tcp)).unwrap();
+        assert_eq!(
+            h.run(add(5432, Protocol::Tcp)),
+            Err(DomainError::RuleExists {
+                port: Port::new(5432).unwrap(),
+                protocol: Protocol::Tcp,
+                existing_rule_id: "rule-1".into()
+            })
+        );
+        assert_eq!(h.run(add(5432, Protocol::Udp)), Ok(1));
+        assert!(matches!(
+            h.run(add(22, Protocol::Tcp)),
+            Err(DomainError::RuleExists { .. })
+        ));
+    }
+
+    #[test]
+    fn rules_are_ordered_by_port_then_protocol() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        for (port, protocol) in [
+            (8080, Protocol::Udp),
+            (53, Protocol::Udp),
+            (8080, Protocol::Tcp),
+        ] {
+            h.run(add(port, protocol)).unwrap();
+        }
+        let order: Vec<_> = h
+            .firewall()
+            .rules()
+            .iter()
+            .map(|r| (r.port.get(), r.protocol))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (22, Protocol::Tcp),
+                (53, Protocol::Udp),
+                (80, Protocol::Tcp),
+                (443, Protocol::Tcp),
+                (8080, Protocol::Tcp),
+                (8080, Protocol::Udp)
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_can_be_disabled_but_not_deleted() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        let ssh = RuleId::parse("default-ssh").unwrap();
+        let disable = Command::UpdateRule {
+            rule_id: ssh.clone(),
+            enabled: Some(false),
+            description: None,
+        };
+        assert_eq!(h.run(disable.clone()), Ok(1));
+        assert!(!h.firewall().rule(&ssh).unwrap().enabled);
+        assert_eq!(h.firewall().rule(&ssh).unwrap().revision, 2);
+        assert_eq!(h.run(disable), Ok(0), "disabling twice changes nothing");
+        assert_eq!(
+            h.run(Command::DeleteRule {
+                rule_id: ssh.clone()
+            }),
+            Err(DomainError::DefaultRuleNotDeletable {
+                rule_id: "default-ssh".into()
+            })
+        );
+    }
+
+    #[test]
+    fn update_with_toggle_and_description_appends_both() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add(3000, Protocol::Tcp)).unwrap();
+        let rule_id = RuleId::parse("rule-1").unwrap();
+        let n = h.run(Command::UpdateRule {
+            rule_id: rule_id.clone(),
+            enabled: Some(false),
+            description: Some(Description::parse("dev server").unwrap()),
+        });
+        assert_eq!(n, Ok(2));
+        let rule = h.firewall().rule(&rule_id).unwrap();
+        assert!(!rule.enabled);
+        assert_eq!(rule.description.as_str(), "dev server");
+        assert_eq!(
+            h.run(Command::DeleteRule {
+                rule_id: rule_id.clone()
+            }),
+            Ok(1)
+        );
+        assert!(h.firewall().rule(&rule_id).is_none());
+    }
+
+    #[test]
+    fn unknown_firewall_and_rule_are_not_found() {
+        let mut h = History::new();
+        assert!(matches!(
+            h.run(add(1, Protocol::Tcp)),
+            Err(DomainError::FirewallNotFound { .. })
+        ));
+        h.run(Command::CreateFirewall).unwrap();
+        assert!(matches!(
+            h.run(Command::DeleteRule {
+                rule_id: RuleId::parse("nope").unwrap()
+            }),
+            Err(DomainError::RuleNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn deleted_firewall_keeps_its_revision_and_can_be_created_again() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add(3000, Protocol::Tcp)).unwrap();
+        h.run(Command::DeleteFirewall).unwrap();
+        assert!(!h.firewall().is_live());
+        assert!(matches!(
+            h.run(add(1, Protocol::Tcp)),
+            Err(DomainError::FirewallNotFound { .. })
+        ));
+        assert_eq!(h.run(Command::CreateFirewall), Ok(1));
+        assert_eq!(h.firewall().revision, 4);
+        assert_eq!(h.firewall().rules().len(), 3);
+    }
+
+    #[test]
+    fn expected_revision_must_match() {
+        let h = History::new();
+        let err = decide(
+            &h.instance,
+            None,
+            &Command::CreateFirewall,
+            Some(3),
+            &mut || RuleId::parse("x").unwrap(),
+        );
+        assert_eq!(
+            err,
+            Err(DomainError::RevisionMismatch {
+                expected: 3,
+                actual: 0
+            })
+        );
+    }
+
+    #[test]
+    fn replay_equals_the_incremental_state() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add(5432, Protocol::Tcp)).unwrap();
+        h.run(add(53, Protocol::Udp)).unwrap();
+        h.run(Command::DeleteRule {
+            rule_id: RuleId::parse("rule-1").unwrap(),
+        })
+        .unwrap();
+        assert_eq!(replay(&h.events).unwrap().as_ref(), h.state.as_ref());
+        let at_two = replay(&h.events[..2]).unwrap().unwrap();
+        assert_eq!(at_two.revision, 2);
+        assert!(at_two
+            .rule_for(Port::new(5432).unwrap(), Protocol::Tcp)
+            .is_some());
+    }
+
+    #[test]
+    fn fold_rejects_a_revision_gap_and_an_impossible_event() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add(5432, Protocol::Tcp)).unwrap();
+        let mut gap = h.events.clone();
+        gap.remove(0);
+        assert!(matches!(
+            replay(&gap),
+            Err(FoldError::RevisionGap {
+                current: 0,
+                got: 2,
+                ..
+            })
+        ));
+
+        let mut delete_default = h.events[1].clone();
+        delete_default.revision = 3;
+        delete_default.payload = EventPayload::RuleDeleted {
+            rule_id: RuleId::parse("default-http").unwrap(),
+        };
+        let err = fold(h.state.clone(), &delete_default).unwrap_err();
+        assert!(
+            matches!(err, FoldError::Inapplicable { revision: 3, .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! What can go wrong in the domain, named so that the API layer can map each
+//! kind to one status code and name the offending field.
+
+use crate::values::{Port, Protocol};
+
+/// A request value outside its allowed range. `field` is the API's field name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a command was refused. A refused command appends nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("firewall for instance {instance_id} not found")]
+    FirewallNotFound { instance_id: String },
+    #[error("rule {rule_id} not found on instance {instance_id}")]
+    RuleNotFound {
+        instance_id: String,
+        rule_id: String,
+    },
+    #[error("a rule for {port}/{protocol} already exists: {existing_rule_id}")]
+    RuleExists {
+        port: Port,
+        protocol: Protocol,
+        existing_rule_id: String,
+    },
+    #[error("default rule {rule_id} cannot be deleted; disable it instead")]
+    DefaultRuleNotDeletable { rule_id: String },
+    #[error("expected revision {expected}, but the firewall is at revision {actual}")]
+    RevisionMismatch { expected: u64, actual: u64 },
+    #[error("a firewall holds at most {limit} rules")]
+    TooManyRules { limit: usize },
+}
+
+/// An event that cannot follow the state it is applied to. The log guarantees
+/// this never happens for a log written by this system; seeing it means the log
+/// was damaged or written by something else.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    #[error("instance {instance_id}: event revision {got} does not follow revision {current}")]
+    RevisionGap {
+        instance_id: String,
+        current: u64,
+        got: u64,
+    },
+    #[error(
+        "instance {instance_id} revision {revision}: event belongs to instance {event_instance}"
+    )]
+    WrongInstance {
+        instance_id: String,
+        event_instance: String,
+        revision: u64,
+    },
+    #[error("instance {instance_id} revision {revision}: {reason}")]
+    Inapplicable {
+        instance_id: String,
+        revision: u64,
+        reason: String,
+    },
+}

@@ -1,0 +1,69 @@
+//! Events: the facts the log records, in past tense.
+
+use std::time::SystemTime;
+
+use crate::values::{ActorId, Description, InstanceId, Port, Protocol, RequestId, RuleId};
+
+/// One committed fact about one instance's firewall, with its envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the whole log, gapless from 1.
+    pub sequence: u64,
+    pub instance_id: InstanceId,
+    /// Position in the instance's history, gapless from 1.
+    pub revision: u64,
+    /// UUID v7.
+    pub event_id: uuid::Uuid,
+    pub commit_time: SystemTime,
+    pub actor: ActorId,
+    pub request_id: Option<RequestId>,
+    pub payload: EventPayload,
+}
+
+/// A rule as it was created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub id: RuleId,
+    pub port: Port,
+    pub protocol: Protocol,
+    pub description: Description,
+    pub enabled: bool,
+    pub is_default: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPayload {
+    FirewallCreated {
+        default_rules: Vec<RuleSpec>,
+    },
+    RuleAdded(RuleSpec),
+    RuleEnabled {
+        rule_id: RuleId,
+    },
+    RuleDisabled {
+        rule_id: RuleId,
+    },
+    RuleDescriptionChanged {
+        rule_id: RuleId,
+        description: Description,
+    },
+    RuleDeleted {
+        rule_id: RuleId,
+    },
+    FirewallDeleted,
+}
+
+impl EventPayload {
+    /// A short name for logs and audit views.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventPayload::FirewallCreated { .. } => "firewall_created",
+            EventPayload::RuleAdded(_) => "rule_added",
+            EventPayload::RuleEnabled { .. } => "rule_enabled",
+            EventPayload::RuleDisabled { .. } => "rule_disabled",
+            EventPayload::RuleDescriptionChanged { .. } => "rule_description_changed",
+            EventPayload::RuleDeleted { .. } => "rule_deleted",
+            EventPayload::FirewallDeleted => "firewall_deleted",
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The firewall state and the one fold that produces it from events.
+
+use std::time::SystemTime;
+
+use crate::error::{DomainError, FoldError};
+use crate::event::{Event, EventPayload, RuleSpec};
+use crate::values::{Description, InstanceId, Port, Protocol, RuleId};
+
+/// How many rules one firewall may hold, defaults included.
+pub const MAX_RULES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub id: RuleId,
+    pub port: Port,
+    pub protocol: Protocol,
+    pub description: Description,
+    pub enabled: bool,
+    pub is_default: bool,
+    /// The firewall revision that last changed this rule.
+    pub revision: u64,
+    pub create_time: SystemTime,
+    pub update_time: SystemTime,
+}
+
+/// An instance's firewall as of `revision`.
+///
+/// A deleted firewall keeps its revision (a tombstone), so that the
+/// instance's revisions stay gapless if it is created again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firewall {
+    pub instance_id: InstanceId,
+    pub revision: u64,
+    /// Sorted by port, then protocol; at most one rule per pair.
+    rules: Vec<Rule>,
+    pub create_time: SystemTime,
+    pub update_time: SystemTime,
+    pub deleted: bool,
+}
+
+impl Firewall {
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn rule(&self, id: &RuleId) -> Option<&Rule> {
+        self.rules.iter().find(|r| &r.id == id)
+    }
+
+    pub fn rule_for(&self, port: Port, protocol: Protocol) -> Option<&Rule> {
+        self.position(port, protocol).ok().map(|i| &self.rules[i])
+    }
+
+    pub fn is_live(&self) -> bool {
+        !self.deleted
+    }
+
+    fn position(&self, port: Port, protocol: Protocol) -> Result<usize, usize> {
+        self.rules
+            .binary_search_by(|r| (r.port, r.protocol).cmp(&(port, protocol)))
+    }
+
+    /// The product's rules for adding a rule: one per port+protocol, a bounded count.
+    pub(crate) fn check_can_add(&self, port: Port, protocol: Protocol) -> Result<(), DomainError> {
+        if let Some(existing) = self.rule_for(port, protocol) {
+            return Err(DomainError::RuleExists {
+                port,
+                protocol,
+                existing_rule_id: existing.id.to_string(),
+            });
+        }
+        if self.rules.len() >= MAX_RULES {
+            return Err(DomainError::TooManyRules { limit: MAX_RULES });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_rule(&self, id: &RuleId) -> Result<&Rule, DomainError> {
+        self.rule(id).ok_or_else(|| DomainError::RuleNotFound {
+            instance_id: self.instance_id.to_string(),
+            rule_id: id.to_string(),
+        })
+    }
+
+    /// Default rules can be disabled, never deleted.
+    pub(crate) fn check_can_delete(&self, id: &RuleId) -> Result<(), DomainError> {
+        if self.check_rule(id)?.is_default {
+            return Err(DomainError::DefaultRuleNotDeletable {
+                rule_id: id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn new_rule(spec: &RuleSpec, event: &Event) -> Rule {
+        Rule {
+            id: spec.id.clone(),
+            port: spec.port,
+            protocol: spec.protocol,
+            description: spec.description.clone(),
+            enabled: spec.enabled,
+            is_default: spec.is_default,
+            revision: event.revision,
+            create_time: event.commit_time,
+            update_time: event.commit_time,
+        }
+    }
+
+    fn insert(&mut self, rule: Rule) -> Result<(), DomainError> {
+        self.check_can_add(rule.port, rule.protocol)?;
+        if self.rule(&rule.id).is_some() {
+            return Err(DomainError::RuleExists {
+                port: rule.port,
+                protocol: rule.protocol,
+                existing_rule_id: rule.id.to_string(),
+            });
+        }
+        let at = self
+            .position(rule.port, rule.protocol)
+            .unwrap_or_else(|i| i);
+        self.rules.insert(at, rule);
+        Ok(())
+    }
+
+    fn touch_rule(
+        &mut self,
+        id: &RuleId,
+        event: &Event,
+        change: impl FnOnce(&mut Rule),
+    ) -> Result<(), DomainError> {
+        self.check_rule(id)?;
+        if let Some(rule) = self.rules.iter_mut().find(|r| &r.id == id) {
+            change(rule);
+            rule.revision = event.revision;
+            rule.update_time = event.commit_time;
+        }
+        Ok(())
+    }
+}
+
+/// The one fold: the state after `event`, given the state before it.
+///
+/// Strict: an event that does not follow its state (a revision gap, a rule
+/// that does not exist, a second rule for a port) is an error, never skipped.
+pub fn fold(state: Option<Firewall>, event: &Event) -> Result<Firewall, FoldError> {
+    let current = state.as_ref().map_or(0, |f| f.revision);
+    if event.revision != current + 1 {
+        return Err(FoldError::RevisionGap {
+            instance_id: event.instance_id.to_string(),
+            current,
+            got: event.revision,
+        });
+    }
+    if let Some(f) = &state {
+        if f.instance_id != event.instance_id {
+            return Err(FoldError::WrongInstance {
+                instance_id: f.instance_id.to_string(),
+                event_instance: event.instance_id.to_string(),
+                revision: event.revision,
+            });
+        }
+    }
+    let inapplicable = |reason: String| FoldError::Inapplicable {
+        instance_id: event.instance_id.to_string(),
+        revision: event.revision,
+        reason,
+    };
+
+    let mut firewall = match (&event.payload, state) {
+        (EventPayload::FirewallCreated { default_rules }, state) => {
+            if state.as_ref().is_some_and(Firewall::is_live) {
+                return Err(inapplicable("firewall created twice".into()));
+            }
+            let mut firewall = Firewall {
+                instance_id: event.instance_id.clone(),
+                revision: event.revision,
+                rules: Vec::with_capacity(default_rules.len()),
+                create_time: event.commit_time,
+                update_time: event.commit_time,
+                deleted: false,
+            };
+            for spec in default_rules {
+                firewall
+                    .insert(Firewall::new_rule(spec, event))
+                    .map_err(|e| inapplicable(e.to_string()))?;
+            }
+            firewall
+        }
+        (_, None) => return Err(inapplicable("no firewall exists".into())),
+        (_, Some(f)) if f.deleted => return Err(inapplicable("firewall was deleted".into())),
+        (payload, Some(mut firewall)) => {
+            let applied = match payload {
+                EventPayload::FirewallCreated { .. } => unreachable!("matched above"),
+                EventPayload::RuleAdded(spec) => firewall.insert(Firewall::new_rule(spec, event)),
+                EventPayload::RuleEnabled { rule_id } => {
+                    firewall.touch_rule(rule_id, event, |r| r.enabled = true)
+                }
+                EventPayload::RuleDisabled { rule_id } => {
+                    firewall.touch_rule(rule_id, event, |r| r.enabled = false)
+                }
+                EventPayload::RuleDescriptionChanged {
+                    rule_id,
+                    description,
+                } => firewall.touch_rule(rule_id, event, |r| {
+                    r.description = description.clone();
+                }),
+                EventPayload::RuleDeleted { rule_id } => {
+                    firewall.check_can_delete(rule_id).map(|()| {
+                        firewall.rules.retain(|r| &r.id != rule_id);
+                    })
+                }
+                EventPayload::FirewallDeleted => {
+                    firewall.rules.clear();
+                    firewall.deleted = true;
+                    Ok(())
+                }
+            };
+            applied.map_err(|e| inapplicable(e.to_string()))?;
+            firewall
+        }
+    };
+    firewall.revision = event.revision;
+    firewall.update_time = event.commit_time;
+    Ok(firewall)
+}
+
+/// Folds a whole history (one instance's events, in revision order).
+pub fn replay<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Result<Option<Firewall>, FoldError> {
+    events
+        .into_iter()
+        .try_fold(None, |state, event| fold(state, event).map(Some))
+}

@@ -1,0 +1,20 @@
+//! The firewall domain: validated values, events, the decision that turns a
+//! command into events, and the one fold from events to state.
+//!
+//! Every view of a firewall (the rules service's projection, an enforcer's
+//! desired state, an audit answer "as of revision N") is [`fold`] over the
+//! instance's events. This crate does no I/O and knows nothing of gRPC or sled.
+
+mod command;
+mod error;
+mod event;
+mod firewall;
+mod values;
+
+pub use command::{decide, Command, RuleIdSource};
+pub use error::{DomainError, FoldError, ValidationError};
+pub use event::{Event, EventPayload, RuleSpec};
+pub use firewall::{fold, replay, Firewall, Rule, MAX_RULES};
+pub use values::{
+    default_rules, ActorId, Description, InstanceId, Port, Protocol, RequestId, RuleId,
+};

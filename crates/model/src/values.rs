@@ -1,0 +1,298 @@
+//! Validated values. Each type can only hold what the product allows, so code
+//! past the API edge never re-checks a port range or an instance id.
+
+use std::fmt;
+
+use crate::error::ValidationError;
+
+/// An instance id: 1-63 characters of `a-z 0-9 -`, not starting or ending with `-`
+/// (a DNS label, so it can name hosts and nftables objects alike).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub const FIELD: &'static str = "instance_id";
+    pub const MAX_LEN: usize = 63;
+
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        let err = |why: &str| {
+            ValidationError::new(
+                Self::FIELD,
+                format!(
+                    "{why}; an instance id is 1-63 characters of a-z, 0-9 and '-', \
+                     not starting or ending with '-'"
+                ),
+            )
+        };
+        if value.is_empty() {
+            return Err(err("must not be empty"));
+        }
+        if value.len() > Self::MAX_LEN {
+            return Err(err(&format!("is {} characters long", value.len())));
+        }
+        if let Some(bad) = value
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(err(&format!("contains {bad:?}")));
+        }
+        if value.starts_with('-') || value.ends_with('-') {
+            return Err(err("starts or ends with '-'"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A TCP or UDP port, 1-65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Port(u16);
+
+impl Port {
+    pub const FIELD: &'static str = "port";
+
+    pub fn new(value: u32) -> Result<Self, ValidationError> {
+        match u16::try_from(value) {
+            Ok(port) if port != 0 => Ok(Self(port)),
+            _ => Err(ValidationError::new(
+                Self::FIELD,
+                format!("must be between 1 and 65535, got {value}"),
+            )),
+        }
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The transport protocol a rule opens. Ordered TCP before UDP, which is the
+/// order rules of the same port are listed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const FIELD: &'static str = "protocol";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A rule's description: at most 255 characters, no control characters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Description(String);
+
+impl Description {
+    pub const FIELD: &'static str = "description";
+    pub const MAX_CHARS: usize = 255;
+
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        let chars = value.chars().count();
+        if chars > Self::MAX_CHARS {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                format!("must be at most 255 characters, got {chars}"),
+            ));
+        }
+        if let Some(bad) = value.chars().find(|c| c.is_control()) {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                format!("must not contain control characters, found {bad:?}"),
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A rule's id: `default-ssh`, `default-http`, `default-https`, or a UUID v7.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleId(String);
+
+impl RuleId {
+    pub const FIELD: &'static str = "rule_id";
+    pub const MAX_LEN: usize = 64;
+
+    /// A rule id as a client names it. Only its shape is checked here; whether
+    /// the rule exists is the firewall's question.
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        if value.is_empty() {
+            return Err(ValidationError::new(Self::FIELD, "must not be empty"));
+        }
+        if value.len() > Self::MAX_LEN
+            || !value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                "must be a rule id such as \"default-ssh\" or a UUID",
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// A fresh id for a custom rule: a UUID v7, so ids sort by creation time.
+    pub fn from_uuid(id: uuid::Uuid) -> Self {
+        Self(id.hyphenated().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A client-chosen idempotency key: 1-128 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(String);
+
+impl RequestId {
+    pub const FIELD: &'static str = "request_id";
+    pub const MAX_LEN: usize = 128;
+
+    /// `""` means the client gave no key.
+    pub fn parse_optional(value: &str) -> Result<Option<Self>, ValidationError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if value.len() > Self::MAX_LEN || !value.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                "must be at most 128 printable ASCII characters without spaces",
+            ));
+        }
+        Ok(Some(Self(value.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Who asked for a change, as recorded on its events.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ActorId(String);
+
+impl ActorId {
+    pub const FIELD: &'static str = "x-actor";
+    pub const MAX_LEN: usize = 128;
+    pub const ANONYMOUS: &'static str = "anonymous";
+
+    pub fn anonymous() -> Self {
+        Self(Self::ANONYMOUS.to_owned())
+    }
+
+    pub fn parse(value: &str) -> Result<Self, ValidationError> {
+        if value.is_empty()
+            || value.len() > Self::MAX_LEN
+            || !value.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                "must be 1-128 printable ASCII characters",
+            ));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The rules every firewall starts with: SSH, HTTP and HTTPS, enabled.
+pub fn default_rules() -> Vec<crate::RuleSpec> {
+    [
+        ("default-ssh", 22, "SSH"),
+        ("default-http", 80, "HTTP"),
+        ("default-https", 443, "HTTPS"),
+    ]
+    .into_iter()
+    .map(|(id, port, description)| crate::RuleSpec {
+        id: RuleId(id.to_owned()),
+        port: Port(port),
+        protocol: Protocol::Tcp,
+        description: Description(description.to_owned()),
+        enabled: true,
+        is_default: true,
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_range_is_1_to_65535() {
+        assert!(Port::new(0).is_err());
+        assert_eq!(Port::new(1).map(Port::get), Ok(1));
+        assert_eq!(Port::new(65535).map(Port::get), Ok(65535));
+        let err = Port::new(70000).unwrap_err();
+        assert_eq!(err.field, "port");
+        assert!(err.message.contains("1 and 65535"), "{err}");
+    }
+
+    #[test]
+    fn instance_id_is_a_dns_label() {
+        for ok in ["a", "web-1", "0", &"x".repeat(63)] {
+            assert!(InstanceId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Web", "a_b", "a.b", &"x".repeat(64), "é"] {
+            let err = InstanceId::parse(bad).unwrap_err();
+            assert_eq!(err.field, "instance_id", "{bad}");
+        }
+    }
+
+    #[test]
+    fn description_is_short_printable_text() {
+        assert!(Description::parse("").is_ok());
+        assert!(Description::parse(&"é".repeat(255)).is_ok());
+        assert!(Description::parse(&"a".repeat(256)).is_err());
+        assert!(Description::parse("a\nb").is_err());
+        assert!(Description::parse("tab\there").is_err());
+    }
+
+    #[test]
+    fn request_id_empty_means_none() {
+        assert_eq!(RequestId::parse_optional(""), Ok(None));
+        assert!(RequestId::parse_optional("abc-123").unwrap().is_some());
+        assert!(RequestId::parse_optional("has space").is_err());
+        assert!(RequestId::parse_optional(&"a".repeat(129)).is_err());
+    }
+}

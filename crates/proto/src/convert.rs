@@ -1,0 +1,177 @@
+//! Wire <-> model conversions. Decoding validates: a wire value the model
+//! cannot hold is a `ValidationError` naming the field.
+
+use std::time::SystemTime;
+
+use cassette_model::{
+    ActorId, Description, Event, EventPayload, Firewall, InstanceId, Port, Protocol, RequestId,
+    Rule, RuleId, RuleSpec, ValidationError,
+};
+
+use crate::pb;
+
+/// `PROTOCOL_UNSPECIFIED` means TCP, the product's default.
+pub fn protocol_from_pb(value: i32) -> Result<Protocol, ValidationError> {
+    match pb::Protocol::try_from(value) {
+        Ok(pb::Protocol::Unspecified | pb::Protocol::Tcp) => Ok(Protocol::Tcp),
+        Ok(pb::Protocol::Udp) => Ok(Protocol::Udp),
+        Err(_) => Err(ValidationError::new(
+            Protocol::FIELD,
+            format!("must be PROTOCOL_TCP or PROTOCOL_UDP, got {value}"),
+        )),
+    }
+}
+
+pub fn protocol_to_pb(protocol: Protocol) -> pb::Protocol {
+    match protocol {
+        Protocol::Tcp => pb::Protocol::Tcp,
+        Protocol::Udp => pb::Protocol::Udp,
+    }
+}
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    time.into()
+}
+
+fn rule_to_pb(rule: &Rule) -> pb::Rule {
+    pb::Rule {
+        id: rule.id.to_string(),
+        port: u32::from(rule.port.get()),
+        protocol: protocol_to_pb(rule.protocol).into(),
+        description: rule.description.as_str().to_owned(),
+        enabled: rule.enabled,
+        is_default: rule.is_default,
+        revision: rule.revision,
+        create_time: Some(timestamp(rule.create_time)),
+        update_time: Some(timestamp(rule.update_time)),
+    }
+}
+
+pub fn firewall_to_pb(firewall: &Firewall) -> pb::Firewall {
+    pb::Firewall {
+        instance_id: firewall.instance_id.to_string(),
+        revision: firewall.revision,
+        rules: firewall.rules().iter().map(rule_to_pb).collect(),
+        create_time: Some(timestamp(firewall.create_time)),
+        update_time: Some(timestamp(firewall.update_time)),
+        sync: None,
+    }
+}
+
+pub fn rule_spec_to_pb(spec: &RuleSpec) -> pb::RuleSpec {
+    pb::RuleSpec {
+        rule_id: spec.id.to_string(),
+        port: u32::from(spec.port.get()),
+        protocol: protocol_to_pb(spec.protocol).into(),
+        description: spec.description.as_str().to_owned(),
+        enabled: spec.enabled,
+        is_default: spec.is_default,
+    }
+}
+
+fn rule_spec_from_pb(spec: &pb::RuleSpec) -> Result<RuleSpec, ValidationError> {
+    Ok(RuleSpec {
+        id: RuleId::parse(&spec.rule_id)?,
+        port: Port::new(spec.port)?,
+        protocol: protocol_from_pb(spec.protocol)?,
+        description: Description::parse(&spec.description)?,
+        enabled: spec.enabled,
+        is_default: spec.is_default,
+    })
+}
+
+/// The stored and streamed form of an event; `prev_hash` links the log's hash chain.
+pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
+    use pb::event::Payload;
+    let payload = match &event.payload {
+        EventPayload::FirewallCreated { default_rules } => {
+            Payload::FirewallCreated(pb::FirewallCreated {
+                default_rules: default_rules.iter().map(rule_spec_to_pb).collect(),
+            })
+        }
+        EventPayload::RuleAdded(spec) => Payload::RuleAdded(pb::RuleAdded {
+            rule: Some(rule_spec_to_pb(spec)),
+        }),
+        EventPayload::RuleEnabled { rule_id } => Payload::RuleEnabled(pb::RuleEnabled {
+            rule_id: rule_id.to_string(),
+        }),
+        EventPayload::RuleDisabled { rule_id } => Payload::RuleDisabled(pb::RuleDisabled {
+            rule_id: rule_id.to_string(),
+        }),
+        EventPayload::RuleDescriptionChanged {
+            rule_id,
+            description,
+        } => Payload::RuleDescriptionChanged(pb::RuleDescriptionChanged {
+            rule_id: rule_id.to_string(),
+            description: description.as_str().to_owned(),
+        }),
+        EventPayload::RuleDeleted { rule_id } => Payload::RuleDeleted(pb::RuleDeleted {
+            rule_id: rule_id.to_string(),
+        }),
+        EventPayload::FirewallDeleted => Payload::FirewallDeleted(pb::FirewallDeleted {}),
+    };
+    pb::Event {
+        sequence: event.sequence,
+        instance_id: event.instance_id.to_string(),
+        revision: event.revision,
+        event_id: event.event_id.hyphenated().to_string(),
+        commit_time: Some(timestamp(event.commit_time)),
+        actor: event.actor.as_str().to_owned(),
+        request_id: event
+            .request_id
+            .as_ref()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default(),
+        prev_hash: prev_hash.to_vec(),
+        payload: Some(payload),
+    }
+}
+
+/// Decodes a stored event, checking every value as strictly as a request.
+pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
+    use pb::event::Payload;
+    let missing = |field: &'static str| ValidationError::new(field, "is missing");
+    let payload = match event.payload.as_ref().ok_or_else(|| missing("payload"))? {
+        Payload::FirewallCreated(created) => EventPayload::FirewallCreated {
+            default_rules: created
+                .default_rules
+                .iter()
+                .map(rule_spec_from_pb)
+                .collect::<Result<_, _>>()?,
+        },
+        Payload::RuleAdded(added) => EventPayload::RuleAdded(rule_spec_from_pb(
+            added.rule.as_ref().ok_or_else(|| missing("rule"))?,
+        )?),
+        Payload::RuleEnabled(e) => EventPayload::RuleEnabled {
+            rule_id: RuleId::parse(&e.rule_id)?,
+        },
+        Payload::RuleDisabled(e) => EventPayload::RuleDisabled {
+            rule_id: RuleId::parse(&e.rule_id)?,
+        },
+        Payload::RuleDescriptionChanged(e) => EventPayload::RuleDescriptionChanged {
+            rule_id: RuleId::parse(&e.rule_id)?,
+            description: Description::parse(&e.description)?,
+        },
+        Payload::RuleDeleted(e) => EventPayload::RuleDeleted {
+            rule_id: RuleId::parse(&e.rule_id)?,
+        },
+        Payload::FirewallDeleted(_) => EventPayload::FirewallDeleted,
+    };
+    let commit_time = event
+        .commit_time
+        .ok_or_else(|| missing("commit_time"))
+        .and_then(|t| {
+            SystemTime::try_from(t).map_err(|e| ValidationError::new("commit_time", e.to_string()))
+        })?;
+    Ok(Event {
+        sequence: event.sequence,
+        instance_id: InstanceId::parse(&event.instance_id)?,
+        revision: event.revision,
+        event_id: uuid::Uuid::parse_str(&event.event_id)
+            .map_err(|e| ValidationError::new("event_id", e.to_string()))?,
+        commit_time,
+        actor: ActorId::parse(&event.actor)?,
+        request_id: RequestId::parse_optional(&event.request_id)?,
+        payload,
+    })
+}

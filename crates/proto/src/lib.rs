@@ -1,0 +1,24 @@
+//! The public gRPC contract, package `cassette.firewall.v1`: generated
+//! messages, clients and servers, the descriptor set for server reflection, and
+//! the conversions between these wire types and the model's types.
+//!
+//! Prost types stop here: crates past this edge speak `cassette_model`.
+
+mod convert;
+
+/// Generated from `proto/cassette/firewall/v1/*.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("cassette.firewall.v1");
+}
+
+pub use convert::{
+    event_from_pb, event_to_pb, firewall_to_pb, protocol_from_pb, protocol_to_pb, rule_spec_to_pb,
+};
+
+/// The encoded `FileDescriptorSet` of every proto file, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cassette_descriptor.bin"));
+
+/// The fully qualified service names, as health checks and reflection name them.
+pub const FIREWALL_SERVICE: &str = "cassette.firewall.v1.FirewallService";

@@ -1,0 +1,250 @@
+//! The gRPC adapter for `cassette.firewall.v1.FirewallService`: validates
+//! requests into model commands (every invalid field is named), hands them to
+//! the store, converts answers back. No firewall semantics live here.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use cassette_model::{
+    ActorId, Command, Description, InstanceId, Port, RequestId, RuleId, ValidationError,
+};
+use cassette_proto::pb::firewall_service_server::FirewallService;
+use cassette_proto::{firewall_to_pb, pb, protocol_from_pb};
+use tonic::{Request, Response, Status};
+use tracing::{field, Instrument, Span};
+
+use crate::status::{invalid, Violations};
+use crate::store::{Mutation, Store};
+
+/// Metadata key naming who asks, recorded on every event until authentication exists.
+pub const ACTOR_METADATA: &str = "x-actor";
+
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+
+pub struct FirewallApi {
+    store: Arc<Store>,
+}
+
+impl FirewallApi {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+
+    /// Validates and applies one mutation inside a span naming the method,
+    /// the instance, the request id and (once known) the revision.
+    async fn mutate<T>(
+        &self,
+        method: &'static str,
+        request: Request<T>,
+        fields: impl FnOnce(&T) -> (&str, &str, Option<u64>),
+        command: impl FnOnce(&T, &mut Violations) -> Option<Command>,
+    ) -> Result<Response<pb::Firewall>, Status> {
+        let actor = actor(&request);
+        let request = request.into_inner();
+        let (instance_id, request_id, expected_revision) = fields(&request);
+        let span = request_span(method, instance_id, request_id);
+        let answer = async {
+            let actor = actor?;
+            let mut v = Violations::default();
+            let instance_id = v.check(InstanceId::parse(instance_id));
+            let request_id = v.check(RequestId::parse_optional(request_id));
+            let command = command(&request, &mut v);
+            v.finish()?;
+            let (Some(instance_id), Some(request_id), Some(command)) =
+                (instance_id, request_id, command)
+            else {
+                return Err(Status::internal("a validated field is missing"));
+            };
+            let mutation = Mutation {
+                instance_id,
+                command,
+                request_id,
+                expected_revision,
+                actor,
+            };
+            let firewall = self.store.mutate(mutation).await?;
+            Span::current().record("revision", firewall.revision);
+            Ok(firewall_to_pb(&firewall))
+        };
+        in_span(span, answer).await
+    }
+}
+
+fn request_span(method: &'static str, instance_id: &str, request_id: &str) -> Span {
+    tracing::info_span!(
+        "request",
+        method,
+        instance_id,
+        request_id = (!request_id.is_empty()).then_some(request_id),
+        revision = field::Empty,
+    )
+}
+
+/// Runs a request's answer inside its span, logging a refusal there.
+async fn in_span<T>(
+    span: Span,
+    answer: impl Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    async {
+        answer.await.map(Response::new).inspect_err(|status| {
+            tracing::info!(code = ?status.code(), message = status.message(), "request refused");
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+fn actor<T>(request: &Request<T>) -> Result<ActorId, Status> {
+    match request.metadata().get(ACTOR_METADATA) {
+        None => Ok(ActorId::anonymous()),
+        Some(value) => value
+            .to_str()
+            .map_err(|_| ValidationError::new(ActorId::FIELD, "must be printable ASCII"))
+            .and_then(ActorId::parse)
+            .map_err(invalid),
+    }
+}
+
+#[tonic::async_trait]
+impl FirewallService for FirewallApi {
+    async fn create_firewall(
+        &self,
+        request: Request<pb::CreateFirewallRequest>,
+    ) -> Result<Response<pb::Firewall>, Status> {
+        self.mutate(
+            "CreateFirewall",
+            request,
+            |r| (&r.instance_id, &r.request_id, None),
+            |_, _| Some(Command::CreateFirewall),
+        )
+        .await
+    }
+
+    async fn get_firewall(
+        &self,
+        request: Request<pb::GetFirewallRequest>,
+    ) -> Result<Response<pb::Firewall>, Status> {
+        let request = request.into_inner();
+        let span = request_span("GetFirewall", &request.instance_id, "");
+        let answer = async {
+            let instance_id = InstanceId::parse(&request.instance_id).map_err(invalid)?;
+            let firewall = self.store.get(&instance_id)?;
+            Span::current().record("revision", firewall.revision);
+            Ok(firewall_to_pb(&firewall))
+        };
+        in_span(span, answer).await
+    }
+
+    async fn list_firewalls(
+        &self,
+        request: Request<pb::ListFirewallsRequest>,
+    ) -> Result<Response<pb::ListFirewallsResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("request", method = "ListFirewalls");
+        let answer = async {
+            let limit = match request.page_size {
+                0 => DEFAULT_PAGE_SIZE,
+                n => usize::try_from(n)
+                    .unwrap_or(MAX_PAGE_SIZE)
+                    .min(MAX_PAGE_SIZE),
+            };
+            let after = match request.page_token.as_str() {
+                "" => None,
+                token => Some(InstanceId::parse(token).map_err(|_| {
+                    invalid(ValidationError::new(
+                        "page_token",
+                        "is not a next_page_token returned by ListFirewalls",
+                    ))
+                })?),
+            };
+            let (page, more) = self.store.list(after.as_ref(), limit);
+            let next_page_token = match (more, page.last()) {
+                (true, Some(last)) => last.instance_id.to_string(),
+                _ => String::new(),
+            };
+            Ok(pb::ListFirewallsResponse {
+                firewalls: page.iter().map(firewall_to_pb).collect(),
+                next_page_token,
+            })
+        };
+        in_span(span, answer).await
+    }
+
+    async fn add_rule(
+        &self,
+        request: Request<pb::AddRuleRequest>,
+    ) -> Result<Response<pb::Firewall>, Status> {
+        self.mutate(
+            "AddRule",
+            request,
+            |r| (&r.instance_id, &r.request_id, r.expected_revision),
+            |r, v| {
+                let port = v.check(Port::new(r.port));
+                let protocol = v.check(protocol_from_pb(r.protocol));
+                let description = v.check(Description::parse(&r.description));
+                Some(Command::AddRule {
+                    port: port?,
+                    protocol: protocol?,
+                    description: description?,
+                    enabled: r.enabled.unwrap_or(true),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn update_rule(
+        &self,
+        request: Request<pb::UpdateRuleRequest>,
+    ) -> Result<Response<pb::Firewall>, Status> {
+        self.mutate(
+            "UpdateRule",
+            request,
+            |r| (&r.instance_id, &r.request_id, r.expected_revision),
+            |r, v| {
+                let rule_id = v.check(RuleId::parse(&r.rule_id));
+                let description = match &r.description {
+                    None => Some(None),
+                    Some(d) => v.check(Description::parse(d)).map(Some),
+                };
+                Some(Command::UpdateRule {
+                    rule_id: rule_id?,
+                    enabled: r.enabled,
+                    description: description?,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn delete_rule(
+        &self,
+        request: Request<pb::DeleteRuleRequest>,
+    ) -> Result<Response<pb::Firewall>, Status> {
+        self.mutate(
+            "DeleteRule",
+            request,
+            |r| (&r.instance_id, &r.request_id, r.expected_revision),
+            |r, v| {
+                let rule_id = v.check(RuleId::parse(&r.rule_id))?;
+                Some(Command::DeleteRule { rule_id })
+            },
+        )
+        .await
+    }
+
+    async fn delete_firewall(
+        &self,
+        request: Request<pb::DeleteFirewallRequest>,
+    ) -> Result<Response<pb::DeleteFirewallResponse>, Status> {
+        self.mutate(
+            "DeleteFirewall",
+            request,
+            |r| (&r.instance_id, &r.request_id, r.expected_revision),
+            |_, _| Some(Command::DeleteFirewall),
+        )
+        .await
+        .map(|_| Response::new(pb::DeleteFirewallResponse {}))
+    }
+}

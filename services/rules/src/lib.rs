@@ -1,0 +1,99 @@
+//! The rules service: `cassette.firewall.v1.FirewallService` over the durable
+//! event log, with gRPC server reflection (v1 and v1alpha) and
+//! `grpc.health.v1.Health`.
+//!
+//! The binary only parses flags, sets up tracing, binds and calls
+//! [`RulesService::serve`]; tests and benchmarks call the same code on
+//! `127.0.0.1:0`.
+
+pub mod api;
+mod status;
+pub mod store;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+pub use api::{FirewallApi, ACTOR_METADATA};
+pub use store::{Mutation, OpenStats, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the event log: {0}")]
+    Open(#[source] StoreError),
+    #[error("cannot flush the event log on shutdown: {0}")]
+    Close(#[source] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// An opened rules service: its log replayed, its writer running.
+pub struct RulesService {
+    store: Arc<Store>,
+    stats: OpenStats,
+}
+
+impl RulesService {
+    /// Opens the data directory and replays its log. Must run inside a tokio runtime.
+    pub fn open(data_dir: &Path) -> Result<Self, ServeError> {
+        let (store, stats) = Store::open(data_dir).map_err(ServeError::Open)?;
+        tracing::info!(
+            data_dir = %data_dir.display(),
+            events = stats.events,
+            firewalls = stats.firewalls,
+            elapsed_ms = stats.elapsed.as_millis() as u64,
+            "event log replayed"
+        );
+        Ok(Self { store, stats })
+    }
+
+    pub fn stats(&self) -> OpenStats {
+        self.stats
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops accepting,
+    /// finishes in-flight requests, commits what they queued and flushes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<FirewallServiceServer<FirewallApi>>()
+            .await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(cassette_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc error details, so grpcurl can print BadRequest & co.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let firewall = FirewallServiceServer::new(FirewallApi::new(self.store.clone()));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let shutdown = async {
+            shutdown.await;
+            tracing::info!("shutting down: no new requests, finishing in-flight ones");
+            health
+                .set_not_serving::<FirewallServiceServer<FirewallApi>>()
+                .await;
+        };
+        Server::builder()
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(firewall)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await?;
+        self.store.shutdown().await.map_err(ServeError::Close)?;
+        tracing::info!("event log flushed; stopped");
+        Ok(())
+    }
+}

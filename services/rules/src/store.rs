@@ -1,0 +1,377 @@
+//! The firewall store: the event log, the in-memory projection folded from
+//! it, and the single writer that decides, appends and publishes.
+//!
+//! Why one writer: validation against current state and the append must be
+//! atomic per instance (two racing requests for a port can never both win),
+//! and the log's hash chain is global. One task that takes every queued
+//! mutation as a batch gives both, and makes every batch share one fsync
+//! (group commit). Deciding is in-memory and takes microseconds; the fsync is
+//! the cost, and it is paid once per batch rather than once per request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Instant, SystemTime};
+
+use cassette_eventlog::{EventLog, LogError};
+use cassette_model::{
+    decide, fold, replay, ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId,
+    RequestId, RuleId,
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, info_span, Instrument};
+
+/// How many queued mutations one commit takes at most.
+const MAX_BATCH: usize = 1024;
+/// How many mutations may wait for the writer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the log does not fold: {0}")]
+    Fold(#[from] FoldError),
+    #[error("the rules service is shutting down")]
+    ShuttingDown,
+    #[error("the event log write failed: {0}")]
+    WriteFailed(String),
+}
+
+/// A change someone asked for.
+#[derive(Debug)]
+pub struct Mutation {
+    pub instance_id: InstanceId,
+    pub command: Command,
+    pub request_id: Option<RequestId>,
+    pub expected_revision: Option<u64>,
+    pub actor: ActorId,
+}
+
+/// Every live and deleted firewall, folded from the log, plus the request ids
+/// already applied (for idempotent retries). Updated only after a durable append.
+#[derive(Default)]
+struct Projection {
+    firewalls: BTreeMap<InstanceId, Firewall>,
+    requests: HashMap<(InstanceId, RequestId), u64>,
+}
+
+impl Projection {
+    fn apply(&mut self, event: &Event) -> Result<(), FoldError> {
+        let state = self.firewalls.remove(&event.instance_id);
+        let firewall = fold(state, event)?;
+        if let Some(request_id) = &event.request_id {
+            self.requests.insert(
+                (event.instance_id.clone(), request_id.clone()),
+                event.revision,
+            );
+        }
+        self.firewalls.insert(event.instance_id.clone(), firewall);
+        Ok(())
+    }
+}
+
+enum WriterMessage {
+    Mutate(Mutation, oneshot::Sender<Result<Firewall, StoreError>>),
+    /// Commit what is queued before this, then stop.
+    Drain(oneshot::Sender<()>),
+}
+
+/// Shared by every request handler.
+pub struct Store {
+    log: Arc<EventLog>,
+    projection: Arc<RwLock<Projection>>,
+    writer: mpsc::Sender<WriterMessage>,
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenStats {
+    pub events: u64,
+    pub firewalls: usize,
+    pub elapsed: std::time::Duration,
+}
+
+impl Store {
+    /// Opens the log in `data_dir`, replays it into the projection with the
+    /// model's fold, and starts the writer. Must run inside a tokio runtime.
+    pub fn open(data_dir: &Path) -> Result<(Arc<Self>, OpenStats), StoreError> {
+        let started = Instant::now();
+        let log = Arc::new(EventLog::open(data_dir)?);
+        let mut projection = Projection::default();
+        let mut events = 0;
+        let mut last_time = SystemTime::UNIX_EPOCH;
+        for record in log.scan(0) {
+            let record = record?;
+            projection.apply(&record.event)?;
+            last_time = last_time.max(record.event.commit_time);
+            events += 1;
+        }
+        let stats = OpenStats {
+            events,
+            firewalls: projection.firewalls.len(),
+            elapsed: started.elapsed(),
+        };
+        let projection = Arc::new(RwLock::new(projection));
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            log: log.clone(),
+            projection: projection.clone(),
+            next_sequence: log.head().sequence + 1,
+            last_time,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok((
+            Arc::new(Self {
+                log,
+                projection,
+                writer: tx,
+            }),
+            stats,
+        ))
+    }
+
+    /// Applies `mutation` and returns the firewall after it, once durable.
+    pub async fn mutate(&self, mutation: Mutation) -> Result<Firewall, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriterMessage::Mutate(mutation, reply))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        answer.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// The live firewall of `instance_id`.
+    pub fn get(&self, instance_id: &InstanceId) -> Result<Firewall, StoreError> {
+        self.read()
+            .firewalls
+            .get(instance_id)
+            .filter(|f| f.is_live())
+            .cloned()
+            .ok_or_else(|| {
+                DomainError::FirewallNotFound {
+                    instance_id: instance_id.to_string(),
+                }
+                .into()
+            })
+    }
+
+    /// Up to `limit` live firewalls with instance ids after `after`, in id order,
+    /// and whether more follow.
+    pub fn list(&self, after: Option<&InstanceId>, limit: usize) -> (Vec<Firewall>, bool) {
+        let projection = self.read();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut live = projection
+            .firewalls
+            .range((start, Bound::Unbounded))
+            .map(|(_, f)| f)
+            .filter(|f| f.is_live());
+        let page: Vec<Firewall> = live.by_ref().take(limit).cloned().collect();
+        let more = live.next().is_some();
+        (page, more)
+    }
+
+    /// Commits everything queued so far, stops the writer and flushes the log.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let (done, drained) = oneshot::channel();
+        if self.writer.send(WriterMessage::Drain(done)).await.is_ok() {
+            let _ = drained.await;
+        }
+        self.log.flush()?;
+        Ok(())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Projection> {
+        self.projection.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Writer {
+    log: Arc<EventLog>,
+    projection: Arc<RwLock<Projection>>,
+    next_sequence: u64,
+    /// Commit times never go backwards, even if the wall clock does.
+    last_time: SystemTime,
+}
+
+type Reply = oneshot::Sender<Result<Firewall, StoreError>>;
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<WriterMessage>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = Vec::new();
+            let mut drained = None;
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    WriterMessage::Mutate(mutation, reply) => batch.push((mutation, reply)),
+                    WriterMessage::Drain(done) => {
+                        drained = Some(done);
+                        break;
+                    }
+                }
+                if batch.len() < MAX_BATCH {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                let span = info_span!("commit", mutations = batch.len());
+                self.commit(batch).instrument(span).await;
+            }
+            if let Some(done) = drained {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Decides every mutation of the batch against the projection plus the
+    /// batch's own earlier outcomes, appends all their events in one durable
+    /// write, publishes them, then answers.
+    async fn commit(&mut self, batch: Vec<(Mutation, Reply)>) {
+        let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let projection = self.projection.read().unwrap_or_else(|p| p.into_inner());
+            let mut pending = Pending::default();
+            let now = SystemTime::now().max(self.last_time);
+            for (mutation, reply) in batch {
+                let first_event = events.len();
+                let outcome =
+                    self.decide_one(&projection, &mut pending, &mutation, now, &mut events);
+                outcomes.push((mutation, reply, outcome, first_event..events.len()));
+            }
+            self.last_time = now;
+        }
+
+        if let Err(error) = self.log.append(&events).await {
+            tracing::error!(%error, events = events.len(), "append failed; nothing of the batch is applied");
+            let reason = error.to_string();
+            for (_, reply, _, _) in outcomes {
+                let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
+            }
+            return;
+        }
+        self.next_sequence += events.len() as u64;
+        {
+            let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
+            for event in &events {
+                if let Err(error) = projection.apply(event) {
+                    // Decided with the same fold moments ago: unreachable unless a bug.
+                    tracing::error!(%error, "committed event does not fold");
+                }
+            }
+        }
+        for (mutation, reply, outcome, range) in outcomes {
+            if let Ok(firewall) = &outcome {
+                info!(
+                    instance_id = %mutation.instance_id,
+                    revision = firewall.revision,
+                    request_id = mutation.request_id.as_ref().map(RequestId::as_str),
+                    actor = mutation.actor.as_str(),
+                    command = mutation.command.name(),
+                    events = range.len(),
+                    "mutation committed"
+                );
+            }
+            let _ = reply.send(outcome);
+        }
+    }
+
+    fn decide_one(
+        &self,
+        projection: &Projection,
+        pending: &mut Pending,
+        mutation: &Mutation,
+        now: SystemTime,
+        events: &mut Vec<Event>,
+    ) -> Result<Firewall, StoreError> {
+        let instance = &mutation.instance_id;
+        let request_key = mutation.request_id.clone().map(|r| (instance.clone(), r));
+        if let Some(key) = &request_key {
+            if let Some(firewall) = pending.requests.get(key) {
+                return Ok(firewall.clone());
+            }
+            if let Some(&revision) = projection.requests.get(key) {
+                return self.firewall_at(projection, instance, revision);
+            }
+        }
+        let state = pending
+            .firewalls
+            .get(instance)
+            .or_else(|| projection.firewalls.get(instance));
+        let mut new_rule_id = || RuleId::from_uuid(uuid::Uuid::now_v7());
+        let payloads = decide(
+            instance,
+            state,
+            &mutation.command,
+            mutation.expected_revision,
+            &mut new_rule_id,
+        )?;
+        let mut firewall = state.cloned();
+        if payloads.is_empty() {
+            // Nothing changes; decide only answers with no events for a live firewall.
+            return firewall.ok_or_else(|| {
+                StoreError::Fold(FoldError::Inapplicable {
+                    instance_id: instance.to_string(),
+                    revision: 0,
+                    reason: "no-op on a missing firewall".into(),
+                })
+            });
+        }
+        for payload in payloads {
+            let event = Event {
+                sequence: self.next_sequence + events.len() as u64,
+                instance_id: instance.clone(),
+                revision: firewall.as_ref().map_or(0, |f| f.revision) + 1,
+                event_id: uuid::Uuid::now_v7(),
+                commit_time: now,
+                actor: mutation.actor.clone(),
+                request_id: mutation.request_id.clone(),
+                payload,
+            };
+            firewall = Some(fold(firewall, &event)?);
+            events.push(event);
+        }
+        let firewall = firewall.expect("folded at least one event");
+        pending.firewalls.insert(instance.clone(), firewall.clone());
+        if let Some(key) = request_key {
+            pending.requests.insert(key, firewall.clone());
+        }
+        Ok(firewall)
+    }
+
+    /// The firewall as a retried request first answered it: the state at the
+    /// last revision that request appended.
+    fn firewall_at(
+        &self,
+        projection: &Projection,
+        instance: &InstanceId,
+        revision: u64,
+    ) -> Result<Firewall, StoreError> {
+        if let Some(current) = projection.firewalls.get(instance) {
+            if current.revision == revision {
+                return Ok(current.clone());
+            }
+        }
+        let events = self.log.read_instance(instance, 0)?;
+        let upto = events.iter().take_while(|e| e.revision <= revision);
+        replay(upto)?.ok_or_else(|| {
+            StoreError::Fold(FoldError::Inapplicable {
+                instance_id: instance.to_string(),
+                revision,
+                reason: "request id recorded for a revision the log does not hold".into(),
+            })
+        })
+    }
+}
+
+/// Outcomes decided earlier in the same batch, not yet durable.
+#[derive(Default)]
+struct Pending {
+    firewalls: HashMap<InstanceId, Firewall>,
+    requests: HashMap<(InstanceId, RequestId), Firewall>,
+}
