@@ -1,1 +1,231 @@
+//! The end-to-end test harness: start the rules service (in-process on a real
+//! socket, or as the real binary), connect generated clients, and clean up
+//! every process and directory a test made, also when it fails.
 
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
+use cassette_rules::RulesService;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+pub use cassette_proto::pb;
+
+/// How long a service may take to start or stop before a test gives up.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub type Client = FirewallServiceClient<Channel>;
+
+/// A binary of this workspace, built next to the test binary
+/// (`cargo build --bins`; `scripts/test.sh` does it). `CASSETTE_BIN_DIR` overrides.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("CASSETTE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+            .expect("cannot locate the target directory"),
+    };
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// Connects a client, retrying until `PATIENCE` passes.
+pub async fn connect(addr: SocketAddr) -> Client {
+    FirewallServiceClient::new(channel(addr).await)
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match Channel::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .connect()
+            .await
+        {
+            Ok(channel) => return channel,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+/// Waits until grpc.health.v1 reports SERVING.
+pub async fn wait_serving(addr: SocketAddr) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut health = HealthClient::new(channel(addr).await);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} not serving: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The rules service as a library, on a real socket, with its data in `dir`.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), cassette_rules::ServeError>>>,
+}
+
+impl InProcess {
+    pub async fn start(dir: &Path) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let service = RulesService::open(dir).expect("open rules service");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(service.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(self.addr).await
+    }
+
+    /// Graceful shutdown; panics if the service reports an error.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("service stops in time")
+                .expect("service task")
+                .expect("service stops cleanly");
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The real `cassette-rules` binary on a loopback port. Killed on drop; its
+/// log is printed if the test is failing.
+pub struct RulesProcess {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl RulesProcess {
+    /// Starts the binary on `data_dir` (logging to `data_dir`.log) and waits until it serves.
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_on(data_dir, free_port()).await
+    }
+
+    pub async fn start_on(data_dir: &Path, addr: SocketAddr) -> Self {
+        let log = data_dir.with_extension("log");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open service log");
+        let child = Command::new(binary("cassette-rules"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log handle"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn cassette-rules");
+        let process = Self {
+            addr,
+            child: Some(child),
+            log,
+        };
+        wait_serving(addr).await;
+        process
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(self.addr).await
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("process is running");
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for cassette-rules") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cassette-rules did not exit within {PATIENCE:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RulesProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+        if std::thread::panicking() {
+            eprintln!("--- cassette-rules log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.local_addr().expect("local addr")
+}

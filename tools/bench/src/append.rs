@@ -1,0 +1,148 @@
+//! `append`: N concurrent clients, each on its own instance, send AddRule and
+//! UpdateRule calls as fast as they are answered; every call appends one event
+//! that is durable before its answer.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cassette_proto::pb;
+use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
+use cassette_rules::RulesService;
+use serde_json::json;
+use tonic::transport::Channel;
+
+use crate::stats::{percentile_ms, round3};
+
+/// Rules each client adds before it starts toggling them.
+const RULES_PER_CLIENT: u32 = 100;
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: u32,
+    /// How long to measure, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// HTTP/2 connections the clients share.
+    #[arg(long, default_value_t = 4)]
+    connections: u32,
+    /// A running rules service to measure instead of an in-process one on a temp dir.
+    #[arg(long)]
+    target: Option<SocketAddr>,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let (addr, stop) = match options.target {
+        Some(addr) => (addr, None),
+        None => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let service = RulesService::open(dir.path())?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(service.serve(listener, async {
+                let _ = stopped.await;
+            }));
+            (addr, Some((stop, task)))
+        }
+    };
+    let mut channels = Vec::new();
+    for _ in 0..options.connections.max(1) {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await
+                .with_context(|| format!("connect to {addr}"))?,
+        );
+    }
+
+    let run_id = uuid::Uuid::now_v7().simple().to_string();
+    let deadline = Instant::now() + Duration::from_secs(options.seconds);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..options.clients {
+        let client = FirewallServiceClient::new(channels[c as usize % channels.len()].clone());
+        let instance = format!("bench-{}-{c}", &run_id[..12]);
+        clients.push(tokio::spawn(client_loop(client, instance, deadline)));
+    }
+    let mut latencies = Vec::new();
+    for client in clients {
+        latencies.extend(client.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some((stop, task)) = stop {
+        let _ = stop.send(());
+        task.await??;
+    }
+
+    let ops = latencies.len();
+    eprintln!(
+        "append: {} clients, {ops} durable events in {elapsed:.2}s",
+        options.clients
+    );
+    Ok(json!({
+        "bench": "append",
+        "clients": options.clients,
+        "connections": options.connections,
+        "events": ops,
+        "seconds": round3(elapsed),
+        "events_per_sec": (ops as f64 / elapsed).round(),
+        "p50_ms": round3(percentile_ms(&mut latencies, 50.0)),
+        "p99_ms": round3(percentile_ms(&mut latencies, 99.0)),
+    }))
+}
+
+/// Creates the client's firewall, adds `RULES_PER_CLIENT` rules, then toggles
+/// them round-robin until the deadline. Returns each mutation's latency.
+async fn client_loop(
+    mut client: FirewallServiceClient<Channel>,
+    instance: String,
+    deadline: Instant,
+) -> anyhow::Result<Vec<Duration>> {
+    client
+        .create_firewall(pb::CreateFirewallRequest {
+            instance_id: instance.clone(),
+            request_id: String::new(),
+        })
+        .await?;
+    let mut rule_ids = Vec::new();
+    let mut latencies = Vec::new();
+    let mut k: u32 = 0;
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        if k < RULES_PER_CLIENT {
+            let port = 10_000 + k;
+            let firewall = client
+                .add_rule(pb::AddRuleRequest {
+                    instance_id: instance.clone(),
+                    port,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let id = firewall
+                .rules
+                .iter()
+                .find(|r| r.port == port)
+                .map(|r| r.id.clone())
+                .context("added rule missing from the answer")?;
+            rule_ids.push(id);
+        } else {
+            let i = (k % RULES_PER_CLIENT) as usize;
+            let pass = k / RULES_PER_CLIENT;
+            client
+                .update_rule(pb::UpdateRuleRequest {
+                    instance_id: instance.clone(),
+                    rule_id: rule_ids[i].clone(),
+                    enabled: Some(pass % 2 == 0),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        latencies.push(sent.elapsed());
+        k += 1;
+    }
+    Ok(latencies)
+}

@@ -1,0 +1,132 @@
+//! `replay`: writes a log of N events straight through the event log, then
+//! times a rules service from open to its first answered GetFirewall.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use cassette_eventlog::EventLog;
+use cassette_model::{
+    default_rules, ActorId, Description, Event, EventPayload, InstanceId, Port, Protocol, RuleId,
+    RuleSpec,
+};
+use cassette_proto::pb;
+use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
+use cassette_rules::RulesService;
+use serde_json::json;
+
+use crate::stats::round3;
+
+/// Custom rules per generated instance; later events toggle them.
+const RULES_PER_INSTANCE: u64 = 50;
+const EVENTS_PER_INSTANCE: u64 = 1000;
+const BATCH: usize = 10_000;
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Events in the generated log.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let instances = options.events.div_ceil(EVENTS_PER_INSTANCE).max(1);
+    let written = Instant::now();
+    {
+        let log = EventLog::open(dir.path())?;
+        let mut batch = Vec::with_capacity(BATCH);
+        for sequence in 1..=options.events {
+            // Round-robin over instances, as a real log interleaves them.
+            let instance = (sequence - 1) % instances;
+            let revision = (sequence - 1) / instances + 1;
+            batch.push(event(sequence, instance, revision)?);
+            if batch.len() == BATCH {
+                log.append(&batch).await?;
+                batch.clear();
+            }
+        }
+        log.append(&batch).await?;
+        log.flush()?;
+    }
+    eprintln!(
+        "replay: wrote {} events over {instances} instances in {:.1}s",
+        options.events,
+        written.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let service = RulesService::open(dir.path())?;
+    let replayed = service.stats();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(service.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let mut client = FirewallServiceClient::connect(format!("http://{addr}")).await?;
+    let answer = client
+        .get_firewall(pb::GetFirewallRequest {
+            instance_id: instance_id(0)?.to_string(),
+        })
+        .await?
+        .into_inner();
+    let to_serving = started.elapsed();
+    let _ = stop.send(());
+    task.await??;
+    anyhow::ensure!(answer.revision > 0, "replayed firewall is empty");
+
+    let seconds = to_serving.as_secs_f64();
+    Ok(json!({
+        "bench": "replay",
+        "events": replayed.events,
+        "instances": replayed.firewalls,
+        "replay_seconds": round3(replayed.elapsed.as_secs_f64()),
+        "start_to_serving_seconds": round3(seconds),
+        "events_per_sec": (replayed.events as f64 / seconds).round(),
+    }))
+}
+
+fn instance_id(i: u64) -> anyhow::Result<InstanceId> {
+    Ok(InstanceId::parse(&format!("replay-{i}"))?)
+}
+
+fn rule_id(i: u64) -> anyhow::Result<RuleId> {
+    Ok(RuleId::parse(&format!("rule-{i}"))?)
+}
+
+/// Event `revision` of instance `i`: created, then rules added, then toggles.
+fn event(sequence: u64, i: u64, revision: u64) -> anyhow::Result<Event> {
+    let payload = match revision {
+        1 => EventPayload::FirewallCreated {
+            default_rules: default_rules(),
+        },
+        r if r <= RULES_PER_INSTANCE + 1 => EventPayload::RuleAdded(RuleSpec {
+            id: rule_id(r)?,
+            port: Port::new(10_000 + r as u32)?,
+            protocol: Protocol::Tcp,
+            description: Description::parse("generated")?,
+            enabled: true,
+            is_default: false,
+        }),
+        r => {
+            let n = r - RULES_PER_INSTANCE - 2;
+            let rule_id = rule_id(n % RULES_PER_INSTANCE + 2)?;
+            if (n / RULES_PER_INSTANCE) % 2 == 0 {
+                EventPayload::RuleDisabled { rule_id }
+            } else {
+                EventPayload::RuleEnabled { rule_id }
+            }
+        }
+    };
+    Ok(Event {
+        sequence,
+        instance_id: instance_id(i)?,
+        revision,
+        event_id: uuid::Uuid::now_v7(),
+        commit_time: SystemTime::UNIX_EPOCH
+            + Duration::from_secs(1_760_000_000)
+            + Duration::from_micros(sequence),
+        actor: ActorId::anonymous(),
+        request_id: None,
+        payload,
+    })
+}
