@@ -128,12 +128,16 @@ impl Firewall {
         event: &Event,
         change: impl FnOnce(&mut Rule),
     ) -> Result<(), DomainError> {
-        self.check_rule(id)?;
-        if let Some(rule) = self.rules.iter_mut().find(|r| &r.id == id) {
-            change(rule);
-            rule.revision = event.revision;
-            rule.update_time = event.commit_time;
-        }
+        let instance_id = &self.instance_id;
+        let rule = self.rules.iter_mut().find(|r| &r.id == id).ok_or_else(|| {
+            DomainError::RuleNotFound {
+                instance_id: instance_id.to_string(),
+                rule_id: id.to_string(),
+            }
+        })?;
+        change(rule);
+        rule.revision = event.revision;
+        rule.update_time = event.commit_time;
         Ok(())
     }
 }
@@ -143,7 +147,19 @@ impl Firewall {
 /// Strict: an event that does not follow its state (a revision gap, a rule
 /// that does not exist, a second rule for a port) is an error, never skipped.
 pub fn fold(state: Option<Firewall>, event: &Event) -> Result<Firewall, FoldError> {
-    let current = state.as_ref().map_or(0, |f| f.revision);
+    match state {
+        Some(mut firewall) => {
+            firewall.apply(event)?;
+            Ok(firewall)
+        }
+        None => {
+            check_follows(0, event)?;
+            Firewall::created(event)
+        }
+    }
+}
+
+fn check_follows(current: u64, event: &Event) -> Result<(), FoldError> {
     if event.revision != current + 1 {
         return Err(FoldError::RevisionGap {
             instance_id: event.instance_id.to_string(),
@@ -151,77 +167,89 @@ pub fn fold(state: Option<Firewall>, event: &Event) -> Result<Firewall, FoldErro
             got: event.revision,
         });
     }
-    if let Some(f) = &state {
-        if f.instance_id != event.instance_id {
+    Ok(())
+}
+
+fn inapplicable(event: &Event, reason: impl ToString) -> FoldError {
+    FoldError::Inapplicable {
+        instance_id: event.instance_id.to_string(),
+        revision: event.revision,
+        reason: reason.to_string(),
+    }
+}
+
+impl Firewall {
+    /// [`fold`] in place, for a firewall that has a history. On error the
+    /// firewall is unchanged: every check runs before anything is modified.
+    pub fn apply(&mut self, event: &Event) -> Result<(), FoldError> {
+        check_follows(self.revision, event)?;
+        if self.instance_id != event.instance_id {
             return Err(FoldError::WrongInstance {
-                instance_id: f.instance_id.to_string(),
+                instance_id: self.instance_id.to_string(),
                 event_instance: event.instance_id.to_string(),
                 revision: event.revision,
             });
         }
+        if let EventPayload::FirewallCreated { .. } = &event.payload {
+            if self.is_live() {
+                return Err(inapplicable(event, "firewall created twice"));
+            }
+            *self = Firewall::created(event)?;
+            return Ok(());
+        }
+        if self.deleted {
+            return Err(inapplicable(event, "firewall was deleted"));
+        }
+        let applied = match &event.payload {
+            EventPayload::FirewallCreated { .. } => unreachable!("handled above"),
+            EventPayload::RuleAdded(spec) => self.insert(Firewall::new_rule(spec, event)),
+            EventPayload::RuleEnabled { rule_id } => {
+                self.touch_rule(rule_id, event, |r| r.enabled = true)
+            }
+            EventPayload::RuleDisabled { rule_id } => {
+                self.touch_rule(rule_id, event, |r| r.enabled = false)
+            }
+            EventPayload::RuleDescriptionChanged {
+                rule_id,
+                description,
+            } => self.touch_rule(rule_id, event, |r| {
+                r.description = description.clone();
+            }),
+            EventPayload::RuleDeleted { rule_id } => self.check_can_delete(rule_id).map(|()| {
+                self.rules.retain(|r| &r.id != rule_id);
+            }),
+            EventPayload::FirewallDeleted => {
+                self.rules.clear();
+                self.deleted = true;
+                Ok(())
+            }
+        };
+        applied.map_err(|e| inapplicable(event, e))?;
+        self.revision = event.revision;
+        self.update_time = event.commit_time;
+        Ok(())
     }
-    let inapplicable = |reason: String| FoldError::Inapplicable {
-        instance_id: event.instance_id.to_string(),
-        revision: event.revision,
-        reason,
-    };
 
-    let mut firewall = match (&event.payload, state) {
-        (EventPayload::FirewallCreated { default_rules }, state) => {
-            if state.as_ref().is_some_and(Firewall::is_live) {
-                return Err(inapplicable("firewall created twice".into()));
-            }
-            let mut firewall = Firewall {
-                instance_id: event.instance_id.clone(),
-                revision: event.revision,
-                rules: Vec::with_capacity(default_rules.len()),
-                create_time: event.commit_time,
-                update_time: event.commit_time,
-                deleted: false,
-            };
-            for spec in default_rules {
-                firewall
-                    .insert(Firewall::new_rule(spec, event))
-                    .map_err(|e| inapplicable(e.to_string()))?;
-            }
+    /// The state a `FirewallCreated` event starts.
+    fn created(event: &Event) -> Result<Firewall, FoldError> {
+        let EventPayload::FirewallCreated { default_rules } = &event.payload else {
+            return Err(inapplicable(event, "no firewall exists"));
+        };
+        let mut firewall = Firewall {
+            instance_id: event.instance_id.clone(),
+            revision: event.revision,
+            rules: Vec::with_capacity(default_rules.len()),
+            create_time: event.commit_time,
+            update_time: event.commit_time,
+            deleted: false,
+        };
+        for spec in default_rules {
             firewall
+                .insert(Firewall::new_rule(spec, event))
+                .map_err(|e| inapplicable(event, e))?;
         }
-        (_, None) => return Err(inapplicable("no firewall exists".into())),
-        (_, Some(f)) if f.deleted => return Err(inapplicable("firewall was deleted".into())),
-        (payload, Some(mut firewall)) => {
-            let applied = match payload {
-                EventPayload::FirewallCreated { .. } => unreachable!("matched above"),
-                EventPayload::RuleAdded(spec) => firewall.insert(Firewall::new_rule(spec, event)),
-                EventPayload::RuleEnabled { rule_id } => {
-                    firewall.touch_rule(rule_id, event, |r| r.enabled = true)
-                }
-                EventPayload::RuleDisabled { rule_id } => {
-                    firewall.touch_rule(rule_id, event, |r| r.enabled = false)
-                }
-                EventPayload::RuleDescriptionChanged {
-                    rule_id,
-                    description,
-                } => firewall.touch_rule(rule_id, event, |r| {
-                    r.description = description.clone();
-                }),
-                EventPayload::RuleDeleted { rule_id } => {
-                    firewall.check_can_delete(rule_id).map(|()| {
-                        firewall.rules.retain(|r| &r.id != rule_id);
-                    })
-                }
-                EventPayload::FirewallDeleted => {
-                    firewall.rules.clear();
-                    firewall.deleted = true;
-                    Ok(())
-                }
-            };
-            applied.map_err(|e| inapplicable(e.to_string()))?;
-            firewall
-        }
-    };
-    firewall.revision = event.revision;
-    firewall.update_time = event.commit_time;
-    Ok(firewall)
+        Ok(firewall)
+    }
 }
 
 /// Folds a whole history (one instance's events, in revision order).

@@ -164,7 +164,7 @@ impl FirewallService for FirewallApi {
                 _ => String::new(),
             };
             Ok(pb::ListFirewallsResponse {
-                firewalls: page.iter().map(firewall_to_pb).collect(),
+                firewalls: page.iter().map(|f| firewall_to_pb(f)).collect(),
                 next_page_token,
             })
         };

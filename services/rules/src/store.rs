@@ -53,29 +53,42 @@ pub struct Mutation {
 
 /// Every live and deleted firewall, folded from the log, plus the request ids
 /// already applied (for idempotent retries). Updated only after a durable append.
+///
+/// Firewalls are shared (`Arc`) so that readers and answers take a pointer,
+/// not a copy, and the writer installs the state it folded while deciding.
 #[derive(Default)]
 struct Projection {
-    firewalls: BTreeMap<InstanceId, Firewall>,
+    firewalls: BTreeMap<InstanceId, Arc<Firewall>>,
     requests: HashMap<(InstanceId, RequestId), u64>,
 }
 
 impl Projection {
-    fn apply(&mut self, event: &Event) -> Result<(), FoldError> {
-        let state = self.firewalls.remove(&event.instance_id);
-        let firewall = fold(state, event)?;
+    /// Folds one replayed event into the projection.
+    fn replay(&mut self, event: &Event) -> Result<(), FoldError> {
+        match self.firewalls.get_mut(&event.instance_id) {
+            Some(firewall) => Arc::make_mut(firewall).apply(event)?,
+            None => {
+                let firewall = fold(None, event)?;
+                self.firewalls
+                    .insert(event.instance_id.clone(), Arc::new(firewall));
+            }
+        }
+        self.record_request(event);
+        Ok(())
+    }
+
+    fn record_request(&mut self, event: &Event) {
         if let Some(request_id) = &event.request_id {
             self.requests.insert(
                 (event.instance_id.clone(), request_id.clone()),
                 event.revision,
             );
         }
-        self.firewalls.insert(event.instance_id.clone(), firewall);
-        Ok(())
     }
 }
 
 enum WriterMessage {
-    Mutate(Mutation, oneshot::Sender<Result<Firewall, StoreError>>),
+    Mutate(Mutation, Reply),
     /// Commit what is queued before this, then stop.
     Drain(oneshot::Sender<()>),
 }
@@ -106,7 +119,7 @@ impl Store {
         let mut last_time = SystemTime::UNIX_EPOCH;
         for record in log.scan(0) {
             let record = record?;
-            projection.apply(&record.event)?;
+            projection.replay(&record.event)?;
             last_time = last_time.max(record.event.commit_time);
             events += 1;
         }
@@ -135,7 +148,7 @@ impl Store {
     }
 
     /// Applies `mutation` and returns the firewall after it, once durable.
-    pub async fn mutate(&self, mutation: Mutation) -> Result<Firewall, StoreError> {
+    pub async fn mutate(&self, mutation: Mutation) -> Result<Arc<Firewall>, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(WriterMessage::Mutate(mutation, reply))
@@ -145,7 +158,7 @@ impl Store {
     }
 
     /// The live firewall of `instance_id`.
-    pub fn get(&self, instance_id: &InstanceId) -> Result<Firewall, StoreError> {
+    pub fn get(&self, instance_id: &InstanceId) -> Result<Arc<Firewall>, StoreError> {
         self.read()
             .firewalls
             .get(instance_id)
@@ -161,7 +174,7 @@ impl Store {
 
     /// Up to `limit` live firewalls with instance ids after `after`, in id order,
     /// and whether more follow.
-    pub fn list(&self, after: Option<&InstanceId>, limit: usize) -> (Vec<Firewall>, bool) {
+    pub fn list(&self, after: Option<&InstanceId>, limit: usize) -> (Vec<Arc<Firewall>>, bool) {
         let projection = self.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut live = projection
@@ -169,7 +182,7 @@ impl Store {
             .range((start, Bound::Unbounded))
             .map(|(_, f)| f)
             .filter(|f| f.is_live());
-        let page: Vec<Firewall> = live.by_ref().take(limit).cloned().collect();
+        let page: Vec<_> = live.by_ref().take(limit).cloned().collect();
         let more = live.next().is_some();
         (page, more)
     }
@@ -197,7 +210,7 @@ struct Writer {
     last_time: SystemTime,
 }
 
-type Reply = oneshot::Sender<Result<Firewall, StoreError>>;
+type Reply = oneshot::Sender<Result<Arc<Firewall>, StoreError>>;
 
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<WriterMessage>) {
@@ -234,9 +247,9 @@ impl Writer {
     async fn commit(&mut self, batch: Vec<(Mutation, Reply)>) {
         let mut events = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut pending = Pending::default();
         {
             let projection = self.projection.read().unwrap_or_else(|p| p.into_inner());
-            let mut pending = Pending::default();
             let now = SystemTime::now().max(self.last_time);
             for (mutation, reply) in batch {
                 let first_event = events.len();
@@ -258,11 +271,10 @@ impl Writer {
         self.next_sequence += events.len() as u64;
         {
             let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
+            // The states folded while deciding are the states after these events.
+            projection.firewalls.extend(pending.firewalls);
             for event in &events {
-                if let Err(error) = projection.apply(event) {
-                    // Decided with the same fold moments ago: unreachable unless a bug.
-                    tracing::error!(%error, "committed event does not fold");
-                }
+                projection.record_request(event);
             }
         }
         for (mutation, reply, outcome, range) in outcomes {
@@ -288,7 +300,7 @@ impl Writer {
         mutation: &Mutation,
         now: SystemTime,
         events: &mut Vec<Event>,
-    ) -> Result<Firewall, StoreError> {
+    ) -> Result<Arc<Firewall>, StoreError> {
         let instance = &mutation.instance_id;
         let request_key = mutation.request_id.clone().map(|r| (instance.clone(), r));
         if let Some(key) = &request_key {
@@ -306,15 +318,14 @@ impl Writer {
         let mut new_rule_id = || RuleId::from_uuid(uuid::Uuid::now_v7());
         let payloads = decide(
             instance,
-            state,
+            state.map(|f| &**f),
             &mutation.command,
             mutation.expected_revision,
             &mut new_rule_id,
         )?;
-        let mut firewall = state.cloned();
         if payloads.is_empty() {
             // Nothing changes; decide only answers with no events for a live firewall.
-            return firewall.ok_or_else(|| {
+            return state.cloned().ok_or_else(|| {
                 StoreError::Fold(FoldError::Inapplicable {
                     instance_id: instance.to_string(),
                     revision: 0,
@@ -322,6 +333,7 @@ impl Writer {
                 })
             });
         }
+        let mut firewall = state.map(|f| Firewall::clone(f));
         for payload in payloads {
             let event = Event {
                 sequence: self.next_sequence + events.len() as u64,
@@ -336,7 +348,7 @@ impl Writer {
             firewall = Some(fold(firewall, &event)?);
             events.push(event);
         }
-        let firewall = firewall.expect("folded at least one event");
+        let firewall = Arc::new(firewall.expect("folded at least one event"));
         pending.firewalls.insert(instance.clone(), firewall.clone());
         if let Some(key) = request_key {
             pending.requests.insert(key, firewall.clone());
@@ -351,7 +363,7 @@ impl Writer {
         projection: &Projection,
         instance: &InstanceId,
         revision: u64,
-    ) -> Result<Firewall, StoreError> {
+    ) -> Result<Arc<Firewall>, StoreError> {
         if let Some(current) = projection.firewalls.get(instance) {
             if current.revision == revision {
                 return Ok(current.clone());
@@ -359,7 +371,7 @@ impl Writer {
         }
         let events = self.log.read_instance(instance, 0)?;
         let upto = events.iter().take_while(|e| e.revision <= revision);
-        replay(upto)?.ok_or_else(|| {
+        replay(upto)?.map(Arc::new).ok_or_else(|| {
             StoreError::Fold(FoldError::Inapplicable {
                 instance_id: instance.to_string(),
                 revision,
@@ -372,6 +384,6 @@ impl Writer {
 /// Outcomes decided earlier in the same batch, not yet durable.
 #[derive(Default)]
 struct Pending {
-    firewalls: HashMap<InstanceId, Firewall>,
-    requests: HashMap<(InstanceId, RequestId), Firewall>,
+    firewalls: HashMap<InstanceId, Arc<Firewall>>,
+    requests: HashMap<(InstanceId, RequestId), Arc<Firewall>>,
 }

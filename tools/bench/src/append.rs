@@ -14,9 +14,6 @@ use tonic::transport::Channel;
 
 use crate::stats::{percentile_ms, round3};
 
-/// Rules each client adds before it starts toggling them.
-const RULES_PER_CLIENT: u32 = 100;
-
 #[derive(Debug, clap::Args)]
 pub struct Options {
     /// Concurrent clients.
@@ -25,6 +22,10 @@ pub struct Options {
     /// How long to measure, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Custom rules each client adds to its firewall before it starts toggling
+    /// them. Every answer carries the whole firewall, so this sets the answer size.
+    #[arg(long, default_value_t = 10)]
+    rules_per_firewall: u32,
     /// HTTP/2 connections the clients share.
     #[arg(long, default_value_t = 4)]
     connections: u32,
@@ -65,7 +66,12 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     for c in 0..options.clients {
         let client = FirewallServiceClient::new(channels[c as usize % channels.len()].clone());
         let instance = format!("bench-{}-{c}", &run_id[..12]);
-        clients.push(tokio::spawn(client_loop(client, instance, deadline)));
+        clients.push(tokio::spawn(client_loop(
+            client,
+            instance,
+            options.rules_per_firewall.max(1),
+            deadline,
+        )));
     }
     let mut latencies = Vec::new();
     for client in clients {
@@ -86,6 +92,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "bench": "append",
         "clients": options.clients,
         "connections": options.connections,
+        "rules_per_firewall": options.rules_per_firewall + 3,
         "events": ops,
         "seconds": round3(elapsed),
         "events_per_sec": (ops as f64 / elapsed).round(),
@@ -94,11 +101,12 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-/// Creates the client's firewall, adds `RULES_PER_CLIENT` rules, then toggles
+/// Creates the client's firewall, adds `rules` custom rules, then toggles
 /// them round-robin until the deadline. Returns each mutation's latency.
 async fn client_loop(
     mut client: FirewallServiceClient<Channel>,
     instance: String,
+    rules: u32,
     deadline: Instant,
 ) -> anyhow::Result<Vec<Duration>> {
     client
@@ -112,7 +120,7 @@ async fn client_loop(
     let mut k: u32 = 0;
     while Instant::now() < deadline {
         let sent = Instant::now();
-        if k < RULES_PER_CLIENT {
+        if k < rules {
             let port = 10_000 + k;
             let firewall = client
                 .add_rule(pb::AddRuleRequest {
@@ -130,8 +138,8 @@ async fn client_loop(
                 .context("added rule missing from the answer")?;
             rule_ids.push(id);
         } else {
-            let i = (k % RULES_PER_CLIENT) as usize;
-            let pass = k / RULES_PER_CLIENT;
+            let i = (k % rules) as usize;
+            let pass = k / rules;
             client
                 .update_rule(pb::UpdateRuleRequest {
                     instance_id: instance.clone(),

@@ -2,6 +2,10 @@
 //! with one JSON line of results. Nothing here asserts a target: targets are
 //! compared by people, on the machine at hand.
 
+// Measured: the same allocator as the services use.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod append;
 mod replay;
 mod stats;

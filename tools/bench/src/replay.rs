@@ -25,14 +25,27 @@ pub struct Options {
     /// Events in the generated log.
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// Keep the generated log here (reused by later runs with the same --events)
+    /// instead of in a temp dir removed afterwards.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
-    let dir = tempfile::tempdir()?;
+    let temp = tempfile::tempdir()?;
+    let dir = options.data_dir.as_deref().unwrap_or(temp.path());
     let instances = options.events.div_ceil(EVENTS_PER_INSTANCE).max(1);
     let written = Instant::now();
-    {
-        let log = EventLog::open(dir.path())?;
+    let existing = EventLog::open(dir)?.head().sequence;
+    if existing != 0 && existing != options.events {
+        anyhow::bail!(
+            "{} holds {existing} events, not {}",
+            dir.display(),
+            options.events
+        );
+    }
+    if existing == 0 {
+        let log = EventLog::open(dir)?;
         let mut batch = Vec::with_capacity(BATCH);
         for sequence in 1..=options.events {
             // Round-robin over instances, as a real log interleaves them.
@@ -54,7 +67,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     );
 
     let started = Instant::now();
-    let service = RulesService::open(dir.path())?;
+    let service = RulesService::open(dir)?;
     let replayed = service.stats();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
