@@ -9,6 +9,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "cassette/firewall/v1/firewall.proto",
     "cassette/firewall/v1/events.proto",
+    "cassette/firewall/v1/enforcer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

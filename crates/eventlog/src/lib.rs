@@ -190,17 +190,19 @@ impl EventLog {
         self.poisoned.store(true, Ordering::Release);
     }
 
-    /// The instance's events with revision > `after_revision`, in revision order.
+    /// The instance's events with `after_revision < revision <= until_revision`,
+    /// in revision order (an index lookup, not a scan of the log).
     pub fn read_instance(
         &self,
         instance: &InstanceId,
         after_revision: u64,
+        until_revision: u64,
     ) -> Result<Vec<Event>, LogError> {
-        let prefix = index_prefix(instance);
-        let mut start = prefix.clone();
-        start.extend_from_slice(&(after_revision.saturating_add(1)).to_be_bytes());
-        let mut end = prefix;
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        if until_revision <= after_revision {
+            return Ok(Vec::new());
+        }
+        let start = index_key(instance, after_revision + 1);
+        let end = index_key(instance, until_revision);
         let mut events = Vec::new();
         for entry in self.tree.range(start..=end) {
             let (_, seq) = entry?;

@@ -61,18 +61,26 @@ fn appended_events_survive_reopen_with_their_index_and_chain() {
     let log = EventLog::open(dir.path()).unwrap();
     assert_eq!(log.head().sequence, 3);
     assert_eq!(
-        log.read_instance(&instance("a"), 0).unwrap(),
+        log.read_instance(&instance("a"), 0, u64::MAX).unwrap(),
         [batch[0].clone(), batch[2].clone()]
     );
     assert_eq!(
-        log.read_instance(&instance("a"), 1).unwrap(),
+        log.read_instance(&instance("a"), 1, u64::MAX).unwrap(),
         [batch[2].clone()]
     );
     assert_eq!(
-        log.read_instance(&instance("b"), 0).unwrap(),
+        log.read_instance(&instance("b"), 0, u64::MAX).unwrap(),
         [batch[1].clone()]
     );
-    assert!(log.read_instance(&instance("c"), 0).unwrap().is_empty());
+    assert!(log
+        .read_instance(&instance("c"), 0, u64::MAX)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        log.read_instance(&instance("a"), 0, 1).unwrap(),
+        [batch[0].clone()]
+    );
+    assert!(log.read_instance(&instance("a"), 2, 1).unwrap().is_empty());
     assert_eq!(log.last_revision(&instance("a")).unwrap(), 2);
 
     let records: Vec<Record> = log.scan(0).collect::<Result<_, _>>().unwrap();
@@ -118,7 +126,7 @@ fn a_corrupt_record_is_an_error_naming_its_sequence() {
         "{err}"
     );
     assert!(err.to_string().contains("record 2"), "{err}");
-    let err = log.read_instance(&instance("a"), 0).unwrap_err();
+    let err = log.read_instance(&instance("a"), 0, u64::MAX).unwrap_err();
     assert!(
         matches!(err, LogError::Corrupt { sequence: 2, .. }),
         "{err}"

@@ -44,6 +44,8 @@ fn rule_to_pb(rule: &Rule) -> pb::Rule {
         revision: rule.revision,
         create_time: Some(timestamp(rule.create_time)),
         update_time: Some(timestamp(rule.update_time)),
+        // Filled by whoever knows the enforcer's state (the rules service).
+        status: pb::RuleStatus::Unspecified.into(),
     }
 }
 

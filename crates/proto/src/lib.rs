@@ -5,6 +5,7 @@
 //! Prost types stop here: crates past this edge speak `cassette_model`.
 
 mod convert;
+mod target;
 
 /// Generated from `proto/cassette/firewall/v1/*.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -15,6 +16,8 @@ pub mod pb {
 pub use convert::{
     event_from_pb, event_to_pb, firewall_to_pb, protocol_from_pb, protocol_to_pb, rule_spec_to_pb,
 };
+
+pub use target::{Target, TargetError};
 
 /// The encoded `FileDescriptorSet` of every proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -5,22 +5,27 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use cassette_model::{
-    ActorId, Command, Description, InstanceId, Port, RequestId, RuleId, ValidationError,
+    ActorId, Command, Description, Firewall, InstanceId, Port, RequestId, RuleId, ValidationError,
 };
 use cassette_proto::pb::firewall_service_server::FirewallService;
-use cassette_proto::{firewall_to_pb, pb, protocol_from_pb};
+use cassette_proto::{pb, protocol_from_pb};
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
 use crate::status::{invalid, Violations};
 use crate::store::{Mutation, Store};
+use crate::sync::present;
 
 /// Metadata key naming who asks, recorded on every event until authentication exists.
 pub const ACTOR_METADATA: &str = "x-actor";
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+const MAX_WAIT: Duration = Duration::from_secs(300);
 
 pub struct FirewallApi {
     store: Arc<Store>,
@@ -29,6 +34,11 @@ pub struct FirewallApi {
 impl FirewallApi {
     pub fn new(store: Arc<Store>) -> Self {
         Self { store }
+    }
+
+    /// A firewall as the API shows it: with its enforcer's sync state.
+    fn present(&self, firewall: &Firewall) -> pb::Firewall {
+        present(firewall, &self.store.snapshot(&firewall.instance_id))
     }
 
     /// Validates and applies one mutation inside a span naming the method,
@@ -65,7 +75,7 @@ impl FirewallApi {
             };
             let firewall = self.store.mutate(mutation).await?;
             Span::current().record("revision", firewall.revision);
-            Ok(firewall_to_pb(&firewall))
+            Ok(self.present(&firewall))
         };
         in_span(span, answer).await
     }
@@ -131,7 +141,7 @@ impl FirewallService for FirewallApi {
             let instance_id = InstanceId::parse(&request.instance_id).map_err(invalid)?;
             let firewall = self.store.get(&instance_id)?;
             Span::current().record("revision", firewall.revision);
-            Ok(firewall_to_pb(&firewall))
+            Ok(self.present(&firewall))
         };
         in_span(span, answer).await
     }
@@ -164,7 +174,7 @@ impl FirewallService for FirewallApi {
                 _ => String::new(),
             };
             Ok(pb::ListFirewallsResponse {
-                firewalls: page.iter().map(|f| firewall_to_pb(f)).collect(),
+                firewalls: page.iter().map(|f| self.present(f)).collect(),
                 next_page_token,
             })
         };
@@ -246,5 +256,78 @@ impl FirewallService for FirewallApi {
         )
         .await
         .map(|_| Response::new(pb::DeleteFirewallResponse {}))
+    }
+
+    async fn wait_for_sync(
+        &self,
+        request: Request<pb::WaitForSyncRequest>,
+    ) -> Result<Response<pb::SyncStatus>, Status> {
+        let request = request.into_inner();
+        let span = request_span("WaitForSync", &request.instance_id, "");
+        let answer = async {
+            let mut v = Violations::default();
+            let instance_id = v.check(InstanceId::parse(&request.instance_id));
+            let timeout = v.check(wait_timeout(request.timeout));
+            v.finish()?;
+            let (Some(instance_id), Some(timeout)) = (instance_id, timeout) else {
+                return Err(Status::internal("a validated field is missing"));
+            };
+            let latest = self.store.get(&instance_id)?.revision;
+            let target = match request.revision {
+                0 => latest,
+                r if r > latest => {
+                    return Err(invalid(ValidationError::new(
+                        "revision",
+                        format!("must be at most the latest revision {latest} (0 means latest)"),
+                    )))
+                }
+                r => r,
+            };
+            Span::current().record("revision", target);
+            let deadline = Instant::now() + timeout;
+            let mut status = self.store.board().watch_status(&instance_id);
+            loop {
+                let snapshot = status.borrow_and_update().clone();
+                if snapshot.has_acked(target) {
+                    let latest = self.store.get(&instance_id).map_or(latest, |f| f.revision);
+                    return Ok(snapshot.to_pb(latest));
+                }
+                tokio::select! {
+                    changed = status.changed() => {
+                        if changed.is_err() {
+                            return Err(Status::unavailable("the rules service is stopping"));
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline.into()) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "instance {instance_id} has not acknowledged revision {target} within {timeout:?} \
+                             (applied revision {}, enforcer connected: {})",
+                            snapshot.applied_revision,
+                            snapshot.connected > 0
+                        )));
+                    }
+                }
+            }
+        };
+        in_span(span, answer).await
+    }
+}
+
+/// `timeout`: absent or zero means 10 s; at most 300 s.
+fn wait_timeout(timeout: Option<prost_types::Duration>) -> Result<Duration, ValidationError> {
+    let invalid = || {
+        ValidationError::new(
+            "timeout",
+            "must be between 0 and 300 seconds (0 means 10 seconds)",
+        )
+    };
+    let Some(timeout) = timeout else {
+        return Ok(DEFAULT_WAIT);
+    };
+    let timeout = Duration::try_from(timeout).map_err(|_| invalid())?;
+    match timeout {
+        t if t.is_zero() => Ok(DEFAULT_WAIT),
+        t if t > MAX_WAIT => Err(invalid()),
+        t => Ok(t),
     }
 }

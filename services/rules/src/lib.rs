@@ -7,19 +7,28 @@
 //! `127.0.0.1:0`.
 
 pub mod api;
+pub mod enforcer_api;
+pub mod metrics;
 mod status;
 pub mod store;
+pub mod sync;
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use cassette_proto::pb::enforcer_service_server::EnforcerServiceServer;
 use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
-use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::Stream;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::transport::Server;
 
 pub use api::{FirewallApi, ACTOR_METADATA};
+pub use enforcer_api::EnforcerApi;
+pub use metrics::RulesMetrics;
 pub use store::{Mutation, OpenStats, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +67,44 @@ impl RulesService {
         self.stats
     }
 
+    /// The service's metrics, for a `/metrics` endpoint.
+    pub fn metrics(&self) -> Arc<RulesMetrics> {
+        self.store.metrics().clone()
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then stops accepting,
-    /// finishes in-flight requests, commits what they queued and flushes.
+    /// ends sync streams, finishes in-flight requests, commits what they
+    /// queued and flushes.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        self.serve_incoming(incoming, shutdown).await
+    }
+
+    /// [`RulesService::serve`] on a Unix socket.
+    pub async fn serve_unix(
+        self,
+        listener: UnixListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        self.serve_incoming(UnixListenerStream::new(listener), shutdown)
+            .await
+    }
+
+    async fn serve_incoming<I, IO, IE>(
+        self,
+        incoming: I,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError>
+    where
+        I: Stream<Item = Result<IO, IE>>,
+        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+        IO::ConnectInfo: Clone + Send + Sync + 'static,
+        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<FirewallServiceServer<FirewallApi>>()
@@ -77,10 +117,11 @@ impl RulesService {
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
         let firewall = FirewallServiceServer::new(FirewallApi::new(self.store.clone()));
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let enforcer = EnforcerServiceServer::new(EnforcerApi::new(self.store.clone()));
         let shutdown = async {
             shutdown.await;
             tracing::info!("shutting down: no new requests, finishing in-flight ones");
+            self.store.begin_shutdown();
             health
                 .set_not_serving::<FirewallServiceServer<FirewallApi>>()
                 .await;
@@ -90,6 +131,7 @@ impl RulesService {
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(firewall)
+            .add_service(enforcer)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await?;
         self.store.shutdown().await.map_err(ServeError::Close)?;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::net::TcpListener;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -20,14 +22,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Address to serve gRPC on. Loopback by default: put it behind your own
-    /// authenticating proxy before exposing it.
+    /// Where to serve gRPC: HOST:PORT, or unix:/PATH for a Unix socket.
+    /// Loopback by default: put it behind your own authenticating proxy before
+    /// exposing it.
     #[arg(long, env = "CASSETTE_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
+    listen: Listen,
 
     /// Directory of the event log (created if missing). One process at a time.
     #[arg(long, env = "CASSETTE_DATA_DIR", default_value = "./cassette-data")]
     data_dir: PathBuf,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, env = "CASSETTE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 
     /// Log filter, in tracing's EnvFilter syntax (e.g. "info", "cassette_rules=debug").
     #[arg(long, env = "CASSETTE_LOG", default_value = "info")]
@@ -46,11 +53,18 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let service = cassette_rules::RulesService::open(&args.data_dir)
         .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "serving cassette.firewall.v1");
-
+    if let Some(addr) = args.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let metrics = service.metrics();
+        tokio::spawn(cassette_metrics::serve(
+            listener,
+            Arc::new(move || metrics.render()),
+            std::future::pending(),
+        ));
+        tracing::info!(%addr, "serving metrics");
+    }
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let shutdown = async move {
@@ -59,6 +73,47 @@ async fn main() -> anyhow::Result<()> {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
-    service.serve(listener, shutdown).await?;
+    match &args.listen {
+        Listen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(listen = %listener.local_addr()?, "serving cassette.firewall.v1");
+            service.serve(listener, shutdown).await?;
+        }
+        Listen::Unix(path) => {
+            // A socket file left by a killed predecessor would refuse the bind.
+            if path.exists() {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            }
+            let listener = UnixListener::bind(path)
+                .with_context(|| format!("cannot listen on unix:{}", path.display()))?;
+            tracing::info!(listen = %format!("unix:{}", path.display()), "serving cassette.firewall.v1");
+            service.serve_unix(listener, shutdown).await?;
+        }
+    }
     Ok(())
+}
+
+/// A gRPC listen address: `HOST:PORT` or `unix:/PATH`.
+#[derive(Debug, Clone)]
+enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err("unix: needs a socket path".into()),
+            Some(path) => Ok(Listen::Unix(PathBuf::from(path))),
+            None => s
+                .parse()
+                .map(Listen::Tcp)
+                .map_err(|e| format!("{s:?} is neither HOST:PORT nor unix:/PATH: {e}")),
+        }
+    }
 }

@@ -19,7 +19,10 @@ use cassette_model::{
     decide, fold, replay, ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId,
     RequestId, RuleId,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::RulesMetrics;
+use crate::sync::{Snapshot, SyncBoard};
 use tracing::{info, info_span, Instrument};
 
 /// How many queued mutations one commit takes at most.
@@ -98,6 +101,10 @@ pub struct Store {
     log: Arc<EventLog>,
     projection: Arc<RwLock<Projection>>,
     writer: mpsc::Sender<WriterMessage>,
+    board: Arc<SyncBoard>,
+    metrics: Arc<RulesMetrics>,
+    /// Set when the service stops, so long-lived streams end.
+    closing: watch::Sender<bool>,
 }
 
 /// What opening the store found.
@@ -129,10 +136,14 @@ impl Store {
             elapsed: started.elapsed(),
         };
         let projection = Arc::new(RwLock::new(projection));
+        let metrics = Arc::new(RulesMetrics::default());
+        let board = Arc::new(SyncBoard::new(metrics.clone()));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
             log: log.clone(),
             projection: projection.clone(),
+            board: board.clone(),
+            metrics: metrics.clone(),
             next_sequence: log.head().sequence + 1,
             last_time,
         };
@@ -142,6 +153,9 @@ impl Store {
                 log,
                 projection,
                 writer: tx,
+                board,
+                metrics,
+                closing: watch::Sender::new(false),
             }),
             stats,
         ))
@@ -187,6 +201,63 @@ impl Store {
         (page, more)
     }
 
+    pub fn metrics(&self) -> &Arc<RulesMetrics> {
+        &self.metrics
+    }
+
+    pub fn board(&self) -> &Arc<SyncBoard> {
+        &self.board
+    }
+
+    /// The sync state of `instance`'s enforcers.
+    pub fn snapshot(&self, instance: &InstanceId) -> Snapshot {
+        self.board.snapshot(instance)
+    }
+
+    /// Wakes with each newly durable revision of `instance`.
+    pub fn watch_committed(&self, instance: &InstanceId) -> watch::Receiver<u64> {
+        self.board.watch_committed(instance, || {
+            self.read()
+                .firewalls
+                .get(instance)
+                .map_or(0, |f| f.revision)
+        })
+    }
+
+    /// The instance's events with `after < revision <= until`.
+    pub fn read_events(
+        &self,
+        instance: &InstanceId,
+        after: u64,
+        until: u64,
+    ) -> Result<Vec<Event>, StoreError> {
+        Ok(self.log.read_instance(instance, after, until)?)
+    }
+
+    /// When revision `revision` of `instance` was committed.
+    pub fn commit_time(&self, instance: &InstanceId, revision: u64) -> Option<SystemTime> {
+        if let Some(f) = self.read().firewalls.get(instance) {
+            if f.revision == revision {
+                return Some(f.update_time);
+            }
+        }
+        let events = self
+            .log
+            .read_instance(instance, revision.saturating_sub(1), revision)
+            .ok()?;
+        events.first().map(|e| e.commit_time)
+    }
+
+    /// Resolves when the service begins to stop.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Ends long-lived streams; in-flight unary requests still finish.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// Commits everything queued so far, stops the writer and flushes the log.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
         let (done, drained) = oneshot::channel();
@@ -205,6 +276,8 @@ impl Store {
 struct Writer {
     log: Arc<EventLog>,
     projection: Arc<RwLock<Projection>>,
+    board: Arc<SyncBoard>,
+    metrics: Arc<RulesMetrics>,
     next_sequence: u64,
     /// Commit times never go backwards, even if the wall clock does.
     last_time: SystemTime,
@@ -269,6 +342,12 @@ impl Writer {
             return;
         }
         self.next_sequence += events.len() as u64;
+        self.metrics.events_appended.add(events.len() as u64);
+        let committed: Vec<(InstanceId, u64)> = pending
+            .firewalls
+            .iter()
+            .map(|(id, f)| (id.clone(), f.revision))
+            .collect();
         {
             let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
             // The states folded while deciding are the states after these events.
@@ -276,6 +355,10 @@ impl Writer {
             for event in &events {
                 projection.record_request(event);
             }
+        }
+        // Only now, durable and in the projection, may enforcers see them.
+        for (instance, revision) in &committed {
+            self.board.notify_committed(instance, *revision);
         }
         for (mutation, reply, outcome, range) in outcomes {
             if let Ok(firewall) = &outcome {
@@ -369,7 +452,7 @@ impl Writer {
                 return Ok(current.clone());
             }
         }
-        let events = self.log.read_instance(instance, 0)?;
+        let events = self.log.read_instance(instance, 0, revision)?;
         let upto = events.iter().take_while(|e| e.revision <= revision);
         replay(upto)?.map(Arc::new).ok_or_else(|| {
             StoreError::Fold(FoldError::Inapplicable {

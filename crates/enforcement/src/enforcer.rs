@@ -1,0 +1,334 @@
+//! The sync loop: hello, fold, apply, ack; reconnect with backoff; repair drift.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cassette_model::{fold, Event, Firewall, InstanceId};
+use cassette_proto::pb::enforcer_service_client::EnforcerServiceClient;
+use cassette_proto::pb::sync_request::Message;
+use cassette_proto::{event_from_pb, pb, Target};
+use cassette_ruleset::{Ruleset, TableName};
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::{EnforcerMetrics, Kernel, KernelError};
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rules: Target,
+    pub instance: InstanceId,
+    /// Names this process in the service's logs.
+    pub enforcer_id: String,
+    pub table: TableName,
+    /// How often the table is read back and repaired if it drifted.
+    pub refresh_interval: Duration,
+}
+
+/// One instance's enforcer. Owns the kernel backend and what it knows is in it.
+pub struct Enforcer<K: Kernel> {
+    config: Config,
+    /// `None` only while a blocking kernel call has it.
+    kernel: Option<K>,
+    /// The folded firewall: every event received so far.
+    firewall: Option<Firewall>,
+    /// What the kernel holds, as far as this process knows (`None`: unknown,
+    /// so the next apply replaces the table).
+    in_kernel: Option<Ruleset>,
+    metrics: Arc<EnforcerMetrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] cassette_proto::TargetError),
+    #[error("sync stream: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the rules service closed the stream")]
+    Closed,
+    #[error("event stream does not fold: {0}")]
+    Fold(String),
+}
+
+impl<K: Kernel> Enforcer<K> {
+    pub fn new(config: Config, kernel: K) -> Self {
+        Self {
+            config,
+            kernel: Some(kernel),
+            firewall: None,
+            in_kernel: None,
+            metrics: Arc::default(),
+        }
+    }
+
+    pub fn metrics(&self) -> Arc<EnforcerMetrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` resolves. The kernel keeps its last ruleset when
+    /// the enforcer stops or loses the rules service (fail-static).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        self.install_defaults_if_empty().await;
+        let mut backoff = BACKOFF_START;
+        let mut sessions = 0u64;
+        loop {
+            if sessions > 0 {
+                self.metrics.reconnects.inc();
+            }
+            sessions += 1;
+            let started = Instant::now();
+            let session = self.session();
+            let result = tokio::select! {
+                _ = &mut shutdown => return,
+                result = session => result,
+            };
+            if let Err(error) = result {
+                warn!(%error, "sync session ended");
+            }
+            if started.elapsed() > BACKOFF_MAX {
+                backoff = BACKOFF_START;
+            }
+            let pause = jitter(backoff);
+            info!(pause_ms = pause.as_millis() as u64, "reconnecting");
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// The product promises a firewall on by default: before the first sync,
+    /// an empty kernel gets the default rules.
+    async fn install_defaults_if_empty(&mut self) {
+        let exists = self.kernel_call(|k| k.exists()).await;
+        match exists {
+            Ok(true) => info!("table present; it stays until the first sync replaces it"),
+            Ok(false) => {
+                let defaults = Ruleset::defaults();
+                let d = defaults.clone();
+                match self.kernel_call(move |k| k.replace(&d)).await {
+                    Ok(()) => {
+                        info!("installed the default rules before the first sync");
+                        self.in_kernel = Some(defaults);
+                    }
+                    Err(error) => warn!(%error, "cannot install the default rules"),
+                }
+            }
+            Err(error) => warn!(%error, "cannot read the table"),
+        }
+    }
+
+    fn revision(&self) -> u64 {
+        self.firewall.as_ref().map_or(0, |f| f.revision)
+    }
+
+    async fn session(&mut self) -> Result<(), SessionError> {
+        let channel = self.config.rules.connect().await?;
+        let mut client = EnforcerServiceClient::new(channel);
+        let (acks, outbound) = mpsc::channel(16);
+        let hello = pb::SyncRequest {
+            message: Some(Message::Hello(pb::Hello {
+                instance_id: self.config.instance.to_string(),
+                applied_revision: self.revision(),
+                enforcer_id: self.config.enforcer_id.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
+        };
+        let _ = acks.send(hello).await;
+        let mut inbound = client
+            .sync(ReceiverStream::new(outbound))
+            .await?
+            .into_inner();
+        info!(revision = self.revision(), "sync stream open");
+
+        // A previous apply may have failed: try again now that we can report it.
+        if self.firewall.is_some() && self.in_kernel.as_ref() != Some(&self.desired()) {
+            self.apply_and_ack(&acks).await;
+        }
+        let mut refresh = tokio::time::interval(self.config.refresh_interval);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    let first = message?.ok_or(SessionError::Closed)?;
+                    let mut events = first.events;
+                    // Batch whatever else has already arrived into one transaction.
+                    while let Some(next) = inbound.message().now_or_never() {
+                        events.extend(next?.ok_or(SessionError::Closed)?.events);
+                    }
+                    self.fold_events(&events)?;
+                    self.apply_and_ack(&acks).await;
+                }
+                _ = refresh.tick() => self.repair_drift(&acks).await,
+            }
+        }
+    }
+
+    fn fold_events(&mut self, events: &[pb::Event]) -> Result<(), SessionError> {
+        for wire in events {
+            let event: Event = event_from_pb(wire)
+                .map_err(|e| SessionError::Fold(format!("event {}: {e}", wire.revision)))?;
+            if event.revision <= self.revision() {
+                continue; // already folded (a resend after reconnect)
+            }
+            match fold(self.firewall.take(), &event) {
+                Ok(firewall) => self.firewall = Some(firewall),
+                Err(error) => {
+                    // Start over from scratch on the next connection.
+                    self.firewall = None;
+                    self.in_kernel = None;
+                    return Err(SessionError::Fold(error.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn desired(&self) -> Ruleset {
+        Ruleset::of(self.firewall.as_ref())
+    }
+
+    /// Puts the folded state in force (one transaction) and acks the result.
+    async fn apply_and_ack(&mut self, acks: &mpsc::Sender<pb::SyncRequest>) {
+        let revision = self.revision();
+        let span = info_span!("apply", instance_id = %self.config.instance, revision);
+        let desired = self.desired();
+        let started = Instant::now();
+        let result = self
+            .put_in_force(desired.clone())
+            .instrument(span.clone())
+            .await;
+        let elapsed = started.elapsed();
+        self.metrics.apply_duration.observe(elapsed);
+        let ack = match &result {
+            Ok(()) => {
+                span.in_scope(|| info!(apply_us = elapsed.as_micros() as u64, "applied"));
+                pb::Ack {
+                    revision,
+                    ok: true,
+                    error: String::new(),
+                    apply_duration: elapsed.try_into().ok(),
+                    ruleset_hash: desired.hash(&self.config.table),
+                }
+            }
+            Err(error) => {
+                self.metrics.failed_applies.inc();
+                span.in_scope(|| warn!(%error, "apply failed; the previous ruleset stays"));
+                pb::Ack {
+                    revision,
+                    ok: false,
+                    error: error.0.clone(),
+                    apply_duration: elapsed.try_into().ok(),
+                    ruleset_hash: self
+                        .in_kernel
+                        .as_ref()
+                        .map(|r| r.hash(&self.config.table))
+                        .unwrap_or_default(),
+                }
+            }
+        };
+        let _ = acks
+            .send(pb::SyncRequest {
+                message: Some(Message::Ack(ack)),
+            })
+            .await;
+    }
+
+    /// Changes the kernel from what it holds to `desired`: element changes
+    /// when what it holds is known, else (or if that fails) a full replace.
+    async fn put_in_force(&mut self, desired: Ruleset) -> Result<(), KernelError> {
+        if self.in_kernel.as_ref() == Some(&desired) {
+            return Ok(());
+        }
+        let result = match self.in_kernel.clone() {
+            Some(current) => {
+                let d = desired.clone();
+                match self.kernel_call(move |k| k.update(&current, &d)).await {
+                    Ok(()) => Ok(()),
+                    Err(error) => {
+                        warn!(%error, "element update refused; replacing the table");
+                        let d = desired.clone();
+                        self.kernel_call(move |k| k.replace(&d)).await
+                    }
+                }
+            }
+            None => {
+                let d = desired.clone();
+                self.kernel_call(move |k| k.replace(&d)).await
+            }
+        };
+        if result.is_ok() {
+            self.in_kernel = Some(desired);
+        }
+        result
+    }
+
+    /// Reads the table back; if it is not what we put there, replaces it.
+    async fn repair_drift(&mut self, acks: &mpsc::Sender<pb::SyncRequest>) {
+        let desired = self.desired();
+        if self.firewall.is_some() && self.in_kernel.as_ref() != Some(&desired) {
+            // The last apply failed: retry it, and report.
+            self.apply_and_ack(acks).await;
+            return;
+        }
+        let Some(expected) = self.in_kernel.clone() else {
+            return;
+        };
+        let e = expected.clone();
+        match self.kernel_call(move |k| k.holds(&e)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(instance_id = %self.config.instance, "table drifted; replacing it");
+                let e = expected.clone();
+                match self.kernel_call(move |k| k.replace(&e)).await {
+                    Ok(()) => {
+                        self.metrics.drift_repairs.inc();
+                        info!("drift repaired");
+                    }
+                    Err(error) => warn!(%error, "cannot repair drift"),
+                }
+            }
+            Err(error) => warn!(%error, "cannot read the table back"),
+        }
+    }
+
+    /// Runs a blocking kernel call off the async runtime.
+    async fn kernel_call<T: Send + 'static>(
+        &mut self,
+        call: impl FnOnce(&mut K) -> Result<T, KernelError> + Send + 'static,
+    ) -> Result<T, KernelError> {
+        let Some(mut kernel) = self.kernel.take() else {
+            return Err(KernelError(
+                "kernel backend lost by an earlier panic".into(),
+            ));
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = call(&mut kernel);
+            (kernel, result)
+        })
+        .await;
+        match joined {
+            Ok((kernel, result)) => {
+                self.kernel = Some(kernel);
+                result
+            }
+            Err(e) => Err(KernelError(format!("kernel call panicked: {e}"))),
+        }
+    }
+}
+
+/// Full jitter: a random pause in [base/2, base].
+fn jitter(base: Duration) -> Duration {
+    let random = RandomState::new().hash_one(Instant::now());
+    let half = base / 2;
+    half + Duration::from_nanos(random % (half.as_nanos() as u64).max(1))
+}

@@ -1,0 +1,40 @@
+//! The enforcer's core: keep one instance's kernel in step with its event
+//! stream, and acknowledge what is really in force.
+//!
+//! The kernel is behind [`Kernel`], so the same loop drives nftables (the
+//! `cassette-nft` crate, GPL because it loads libnftables), a file (dry runs),
+//! or memory (load tests of many simulated enforcers).
+
+mod backends;
+mod enforcer;
+mod metrics;
+
+pub use backends::{FileKernel, MemoryKernel};
+pub use enforcer::{Config, Enforcer};
+pub use metrics::EnforcerMetrics;
+
+use cassette_ruleset::Ruleset;
+
+/// Why a kernel operation failed: the backend's own message (nft's, verbatim).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KernelError(pub String);
+
+/// A place a ruleset can be put in force. Calls may block; the enforcer runs
+/// them off the async runtime.
+pub trait Kernel: Send + 'static {
+    /// Whether the table exists at all.
+    fn exists(&mut self) -> Result<bool, KernelError>;
+
+    /// Replaces the whole table with `ruleset` in one transaction.
+    fn replace(&mut self, ruleset: &Ruleset) -> Result<(), KernelError>;
+
+    /// Turns the table from `from` (what it holds) into `to` in one transaction.
+    fn update(&mut self, from: &Ruleset, to: &Ruleset) -> Result<(), KernelError> {
+        let _ = from;
+        self.replace(to)
+    }
+
+    /// Reads the table back: does it hold exactly `ruleset`, and nothing else?
+    fn holds(&mut self, ruleset: &Ruleset) -> Result<bool, KernelError>;
+}

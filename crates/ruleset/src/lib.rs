@@ -1,0 +1,254 @@
+//! The one renderer: an instance's desired kernel ruleset (which ports are
+//! open), derived from its folded firewall, and its nftables text.
+//!
+//! Static chains, dynamic sets: a rule change is a set-element change. A first
+//! sync or a repair replaces the whole table in one transaction; later changes
+//! are element additions and deletions. This crate is pure (no I/O), so the
+//! enforcer, the audit view and the tests all render the same text.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use cassette_model::{default_rules, Firewall, Protocol};
+use sha2::{Digest, Sha256};
+
+/// The name of the nftables table (family `inet`) the enforcer owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("table name {0:?} must be 1-64 characters of a-z, 0-9 and '_', starting with a letter")]
+pub struct InvalidTableName(String);
+
+impl TableName {
+    pub fn parse(name: &str) -> Result<Self, InvalidTableName> {
+        let mut chars = name.chars();
+        let ok = name.len() <= 64
+            && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(InvalidTableName(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for TableName {
+    fn default() -> Self {
+        Self("cassette".to_owned())
+    }
+}
+
+/// The ports an instance's kernel accepts, per protocol. Everything else
+/// inbound is dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    tcp: BTreeSet<u16>,
+    udp: BTreeSet<u16>,
+}
+
+impl Ruleset {
+    /// The ruleset of a folded firewall: its enabled rules. No firewall, or a
+    /// deleted one, opens nothing.
+    pub fn of(firewall: Option<&Firewall>) -> Self {
+        let mut ruleset = Self::default();
+        for rule in firewall
+            .filter(|f| f.is_live())
+            .into_iter()
+            .flat_map(|f| f.rules())
+            .filter(|r| r.enabled)
+        {
+            ruleset.ports_mut(rule.protocol).insert(rule.port.get());
+        }
+        ruleset
+    }
+
+    /// What an instance holds before its first sync: the product's defaults
+    /// (SSH, HTTP, HTTPS open), because every instance has a firewall on by default.
+    pub fn defaults() -> Self {
+        let mut ruleset = Self::default();
+        for rule in default_rules().into_iter().filter(|r| r.enabled) {
+            ruleset.ports_mut(rule.protocol).insert(rule.port.get());
+        }
+        ruleset
+    }
+
+    pub fn ports(&self, protocol: Protocol) -> &BTreeSet<u16> {
+        match protocol {
+            Protocol::Tcp => &self.tcp,
+            Protocol::Udp => &self.udp,
+        }
+    }
+
+    fn ports_mut(&mut self, protocol: Protocol) -> &mut BTreeSet<u16> {
+        match protocol {
+            Protocol::Tcp => &mut self.tcp,
+            Protocol::Udp => &mut self.udp,
+        }
+    }
+
+    /// The table's full definition.
+    pub fn render(&self, table: &TableName) -> String {
+        let table = table.as_str();
+        let mut out = format!("table inet {table} {{\n");
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let _ = write!(
+                out,
+                "  set {} {{\n    type inet_service;\n",
+                set_name(protocol)
+            );
+            let ports = self.ports(protocol);
+            if !ports.is_empty() {
+                let _ = writeln!(out, "    elements = {{ {} }}", join(ports));
+            }
+            out.push_str("  }\n");
+        }
+        out.push_str(concat!(
+            "  chain input {\n",
+            "    type filter hook input priority filter; policy drop;\n",
+            "    iif \"lo\" accept\n",
+            "    ct state established,related accept\n",
+            "    ct state invalid drop\n",
+            "    meta l4proto { icmp, ipv6-icmp } accept\n",
+            "    tcp dport @tcp_open accept\n",
+            "    udp dport @udp_open accept\n",
+            "  }\n",
+            "}\n",
+        ));
+        out
+    }
+
+    /// One `nft -f` transaction that replaces the table, whether or not it
+    /// exists (`flush table` would keep set elements, so the table is deleted).
+    pub fn replace_script(&self, table: &TableName) -> String {
+        let name = table.as_str();
+        format!(
+            "table inet {name}\ndelete table inet {name}\n{}",
+            self.render(table)
+        )
+    }
+
+    /// One transaction of element additions and deletions that turns `from`
+    /// into `self`, or `None` when they are equal.
+    pub fn delta_script(&self, from: &Ruleset, table: &TableName) -> Option<String> {
+        let name = table.as_str();
+        let mut out = String::new();
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let (old, new) = (from.ports(protocol), self.ports(protocol));
+            let removed: BTreeSet<u16> = old.difference(new).copied().collect();
+            let added: BTreeSet<u16> = new.difference(old).copied().collect();
+            let set = set_name(protocol);
+            if !removed.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "delete element inet {name} {set} {{ {} }}",
+                    join(&removed)
+                );
+            }
+            if !added.is_empty() {
+                let _ = writeln!(out, "add element inet {name} {set} {{ {} }}", join(&added));
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// SHA-256 (hex) of the rendered table: what an ack reports the kernel holds.
+    pub fn hash(&self, table: &TableName) -> String {
+        Sha256::digest(self.render(table).as_bytes()).iter().fold(
+            String::with_capacity(64),
+            |mut hex, byte| {
+                let _ = write!(hex, "{byte:02x}");
+                hex
+            },
+        )
+    }
+}
+
+/// The nftables set holding a protocol's open ports.
+pub fn set_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp_open",
+        Protocol::Udp => "udp_open",
+    }
+}
+
+fn join(ports: &BTreeSet<u16>) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ruleset(tcp: &[u16], udp: &[u16]) -> Ruleset {
+        Ruleset {
+            tcp: tcp.iter().copied().collect(),
+            udp: udp.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_open_ssh_http_https() {
+        assert_eq!(Ruleset::defaults(), ruleset(&[22, 80, 443], &[]));
+        assert_eq!(Ruleset::of(None), ruleset(&[], &[]));
+    }
+
+    #[test]
+    fn render_is_the_designed_table() {
+        let text = ruleset(&[22, 5432], &[]).render(&TableName::default());
+        assert!(text.starts_with("table inet cassette {\n  set tcp_open {\n    type inet_service;\n    elements = { 22, 5432 }\n  }\n  set udp_open {\n    type inet_service;\n  }\n"), "{text}");
+        assert!(text.contains("policy drop;"));
+        assert!(text.contains("udp dport @udp_open accept"));
+    }
+
+    #[test]
+    fn delta_adds_and_deletes_elements_only() {
+        let table = TableName::default();
+        let from = ruleset(&[22, 80], &[53]);
+        let to = ruleset(&[22, 5432], &[]);
+        assert_eq!(
+            to.delta_script(&from, &table).unwrap(),
+            "delete element inet cassette tcp_open { 80 }\n\
+             add element inet cassette tcp_open { 5432 }\n\
+             delete element inet cassette udp_open { 53 }\n"
+        );
+        assert_eq!(to.delta_script(&to, &table), None);
+    }
+
+    #[test]
+    fn replace_script_creates_deletes_and_defines() {
+        let script = Ruleset::defaults().replace_script(&TableName::parse("fw").unwrap());
+        assert!(script.starts_with("table inet fw\ndelete table inet fw\ntable inet fw {\n"));
+    }
+
+    #[test]
+    fn table_names_are_identifiers() {
+        assert!(TableName::parse("cassette_2").is_ok());
+        for bad in ["", "2x", "Cassette", "a-b", "a b"] {
+            assert!(TableName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hash_tracks_content() {
+        let table = TableName::default();
+        assert_eq!(
+            Ruleset::defaults().hash(&table),
+            Ruleset::defaults().hash(&table)
+        );
+        assert_ne!(
+            Ruleset::defaults().hash(&table),
+            Ruleset::of(None).hash(&table)
+        );
+        assert_eq!(Ruleset::defaults().hash(&table).len(), 64);
+    }
+}

@@ -1,0 +1,161 @@
+//! `cassette-enforcer`: the per-instance sidecar that keeps the kernel's
+//! nftables ruleset in step with the instance's firewall.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cassette_enforcement::{Config, Enforcer, FileKernel, Kernel};
+use cassette_model::InstanceId;
+use cassette_nft::NftKernel;
+use cassette_proto::Target;
+use cassette_ruleset::TableName;
+use clap::{Parser, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Streams one instance's firewall events from the rules service, replays them
+/// into the kernel (one nftables transaction per batch) and acknowledges what
+/// is in force. Losing the rules service changes nothing in the kernel.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The rules service: http://HOST:PORT or unix:/PATH.
+    #[arg(long, env = "CASSETTE_RULES", default_value = "http://127.0.0.1:50051")]
+    rules: Target,
+
+    /// The instance whose firewall this enforcer applies.
+    #[arg(long, env = "CASSETTE_INSTANCE")]
+    instance: String,
+
+    /// nft: the kernel (needs CAP_NET_ADMIN); file: write the ruleset to --ruleset-file.
+    #[arg(long, env = "CASSETTE_BACKEND", value_enum)]
+    backend: Backend,
+
+    /// The nftables table (family inet) this enforcer owns; nothing else is touched.
+    #[arg(long, env = "CASSETTE_TABLE", default_value = "cassette")]
+    table: String,
+
+    /// Where the file backend writes the ruleset.
+    #[arg(
+        long,
+        env = "CASSETTE_RULESET_FILE",
+        default_value = "./cassette-ruleset.nft"
+    )]
+    ruleset_file: PathBuf,
+
+    /// How often the table is read back and repaired if it drifted (e.g. 30s, 500ms).
+    #[arg(long, env = "CASSETTE_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    refresh_interval: Duration,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, env = "CASSETTE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// Run this nft command per change instead of loading libnftables.
+    #[arg(long, env = "CASSETTE_NFT_PATH")]
+    nft_path: Option<PathBuf>,
+
+    /// Names this enforcer in the rules service's logs (default: hostname-pid).
+    #[arg(long, env = "CASSETTE_ENFORCER_ID")]
+    enforcer_id: Option<String>,
+
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "CASSETTE_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Backend {
+    Nft,
+    File,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let instance = InstanceId::parse(&args.instance).context("invalid --instance")?;
+    let table = TableName::parse(&args.table).context("invalid --table")?;
+    let enforcer_id = args.enforcer_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let config = Config {
+        rules: args.rules.clone(),
+        instance,
+        enforcer_id,
+        table: table.clone(),
+        refresh_interval: args.refresh_interval,
+    };
+    match args.backend {
+        Backend::Nft => {
+            let kernel = NftKernel::new(table, args.nft_path.clone());
+            tracing::info!(mode = %kernel.mode(), "nft backend");
+            run(config, kernel, &args).await
+        }
+        Backend::File => {
+            let kernel = FileKernel::new(args.ruleset_file.clone(), table);
+            tracing::info!(path = %args.ruleset_file.display(), "file backend");
+            run(config, kernel, &args).await
+        }
+    }
+}
+
+async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result<()> {
+    tracing::info!(instance_id = %config.instance, rules = %config.rules, "enforcer starting");
+    let enforcer = Enforcer::new(config, kernel);
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let metrics = enforcer.metrics();
+        tokio::spawn(cassette_metrics::serve(
+            listener,
+            Arc::new(move || metrics.render()),
+            std::future::pending(),
+        ));
+    }
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    enforcer
+        .run(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            tracing::info!("stopping; the kernel keeps the last applied ruleset");
+        })
+        .await;
+    Ok(())
+}
+
+/// `500ms`, `30s`, `2m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit (ms, s, m, h)"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("{text:?}: unit must be ms, s, m or h")),
+    };
+    if duration.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(duration)
+}

@@ -1,0 +1,39 @@
+//! The rules service's Prometheus metrics.
+
+use cassette_metrics::{Counter, Gauge, Histogram};
+
+#[derive(Debug, Default)]
+pub struct RulesMetrics {
+    /// Commit of an event -> its enforcer's ack received (live events only).
+    pub ack_latency: Histogram,
+    pub connected_enforcers: Gauge,
+    pub events_appended: Counter,
+    pub failed_acks: Counter,
+}
+
+impl RulesMetrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.ack_latency.write(
+            &mut out,
+            "cassette_rules_ack_latency_seconds",
+            "Commit of an event to its enforcer's acknowledgement, on the service's clock.",
+        );
+        self.connected_enforcers.write(
+            &mut out,
+            "cassette_rules_connected_enforcers",
+            "Open enforcer sync streams.",
+        );
+        self.events_appended.write(
+            &mut out,
+            "cassette_rules_events_appended_total",
+            "Events durably appended to the log.",
+        );
+        self.failed_acks.write(
+            &mut out,
+            "cassette_rules_failed_acks_total",
+            "Acknowledgements reporting a failed apply.",
+        );
+        out
+    }
+}

@@ -1,0 +1,221 @@
+//! What each instance's enforcers have acknowledged, and the wake-ups that
+//! drive sync streams and WaitForSync.
+//!
+//! Fan-out is proportional to interest: each instance with a stream or a
+//! waiter has its own pair of `watch` channels. A commit wakes only the
+//! instances it touched; `watch` never blocks the sender, so a slow or stuck
+//! enforcer can never delay the writer or another enforcer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use cassette_model::{Firewall, InstanceId};
+use cassette_proto::pb;
+use tokio::sync::watch;
+
+use crate::metrics::RulesMetrics;
+
+/// An instance's acknowledged sync state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Enforcers with an open stream for the instance.
+    pub connected: u32,
+    /// Every event up to here is in the kernel.
+    pub applied_revision: u64,
+    /// The last failed apply (revision, nft's message), cleared by a later success.
+    pub failed: Option<(u64, String)>,
+    pub last_latency: Option<Duration>,
+    pub last_ack_time: Option<SystemTime>,
+}
+
+impl Snapshot {
+    /// Whether `revision` has been acknowledged, as applied or as failed.
+    pub fn has_acked(&self, revision: u64) -> bool {
+        self.applied_revision >= revision
+            || self.failed.as_ref().is_some_and(|(r, _)| *r >= revision)
+    }
+
+    pub fn to_pb(&self, latest_revision: u64) -> pb::SyncStatus {
+        let state = if self.connected == 0 {
+            pb::SyncState::NoEnforcer
+        } else if self.failed.is_some() {
+            pb::SyncState::Error
+        } else if self.applied_revision >= latest_revision {
+            pb::SyncState::InSync
+        } else {
+            pb::SyncState::Pending
+        };
+        pb::SyncStatus {
+            enforcer_connected: self.connected > 0,
+            applied_revision: self.applied_revision,
+            state: state.into(),
+            last_error: self
+                .failed
+                .as_ref()
+                .map(|(_, e)| e.clone())
+                .unwrap_or_default(),
+            last_ack_latency: self.last_latency.and_then(|d| d.try_into().ok()),
+            last_ack_time: self.last_ack_time.map(Into::into),
+            latest_revision,
+            failed_revision: self.failed.as_ref().map_or(0, |(r, _)| *r),
+        }
+    }
+
+    /// Fills `firewall.sync` and each rule's status.
+    pub fn decorate(&self, firewall: &mut pb::Firewall) {
+        for rule in &mut firewall.rules {
+            let status = if self.applied_revision >= rule.revision {
+                pb::RuleStatus::Applied
+            } else if self
+                .failed
+                .as_ref()
+                .is_some_and(|(r, _)| *r >= rule.revision)
+            {
+                pb::RuleStatus::Failed
+            } else {
+                pb::RuleStatus::Pending
+            };
+            rule.status = status.into();
+        }
+        firewall.sync = Some(self.to_pb(firewall.revision));
+    }
+}
+
+struct Channels {
+    /// The instance's latest durable revision.
+    committed: watch::Sender<u64>,
+    status: watch::Sender<Snapshot>,
+}
+
+/// Per-instance sync state and wake-ups.
+pub struct SyncBoard {
+    instances: Mutex<HashMap<InstanceId, Arc<Channels>>>,
+    metrics: Arc<RulesMetrics>,
+}
+
+impl SyncBoard {
+    pub fn new(metrics: Arc<RulesMetrics>) -> Self {
+        Self {
+            instances: Mutex::default(),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Arc<Channels>>> {
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instance's channels, created with `committed` if new. The caller
+    /// reads `committed` from the projection while this lock is held (see
+    /// [`SyncBoard::notify_committed`]), so no commit is missed.
+    fn channels(&self, instance: &InstanceId, committed: impl FnOnce() -> u64) -> Arc<Channels> {
+        self.lock()
+            .entry(instance.clone())
+            .or_insert_with(|| {
+                Arc::new(Channels {
+                    committed: watch::Sender::new(committed()),
+                    status: watch::Sender::new(Snapshot::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// Called by the writer after the projection shows `revision` as durable.
+    /// Wakes only this instance's streams, and only if it has any.
+    pub fn notify_committed(&self, instance: &InstanceId, revision: u64) {
+        if let Some(channels) = self.lock().get(instance) {
+            channels.committed.send_if_modified(|current| {
+                let newer = revision > *current;
+                if newer {
+                    *current = revision;
+                }
+                newer
+            });
+        }
+    }
+
+    pub fn watch_committed(
+        &self,
+        instance: &InstanceId,
+        committed: impl FnOnce() -> u64,
+    ) -> watch::Receiver<u64> {
+        self.channels(instance, committed).committed.subscribe()
+    }
+
+    pub fn watch_status(&self, instance: &InstanceId) -> watch::Receiver<Snapshot> {
+        self.channels(instance, || 0).status.subscribe()
+    }
+
+    pub fn snapshot(&self, instance: &InstanceId) -> Snapshot {
+        self.lock()
+            .get(instance)
+            .map(|c| c.status.borrow().clone())
+            .unwrap_or_default()
+    }
+
+    /// Counts an enforcer stream as connected until the guard is dropped.
+    pub fn connect(self: &Arc<Self>, instance: &InstanceId) -> Connection {
+        let channels = self.channels(instance, || 0);
+        channels.status.send_modify(|s| s.connected += 1);
+        self.metrics.connected_enforcers.inc();
+        Connection {
+            board: self.clone(),
+            channels,
+        }
+    }
+
+    /// Records an enforcer's ack of every event up to `revision`.
+    pub fn record_ack(
+        &self,
+        instance: &InstanceId,
+        revision: u64,
+        result: Result<(), String>,
+        latency: Option<Duration>,
+    ) {
+        if let Some(latency) = latency {
+            self.metrics.ack_latency.observe(latency);
+        }
+        if result.is_err() {
+            self.metrics.failed_acks.inc();
+        }
+        let channels = self.channels(instance, || 0);
+        channels.status.send_modify(|s| {
+            match result {
+                Ok(()) => {
+                    s.applied_revision = s.applied_revision.max(revision);
+                    if s.failed.as_ref().is_some_and(|(r, _)| *r <= revision) {
+                        s.failed = None;
+                    }
+                }
+                Err(error) => s.failed = Some((revision, error)),
+            }
+            if latency.is_some() {
+                s.last_latency = latency;
+            }
+            s.last_ack_time = Some(SystemTime::now());
+        });
+    }
+}
+
+/// An open enforcer stream; dropping it marks the stream closed.
+pub struct Connection {
+    board: Arc<SyncBoard>,
+    channels: Arc<Channels>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.channels
+            .status
+            .send_modify(|s| s.connected = s.connected.saturating_sub(1));
+        self.board.metrics.connected_enforcers.dec();
+    }
+}
+
+/// The projection's view of a firewall, decorated with its sync state.
+pub fn present(firewall: &Firewall, snapshot: &Snapshot) -> pb::Firewall {
+    let mut view = cassette_proto::firewall_to_pb(firewall);
+    snapshot.decorate(&mut view);
+    view
+}
