@@ -41,25 +41,35 @@ impl Runner {
 
 fn run_command(path: &PathBuf, script: &str, json: bool) -> Result<String, KernelError> {
     let mut command = Command::new(path);
-    if json {
-        command.arg("-j");
+    let mut child = if json {
+        // `nft -j -f -` prints nothing for a listing: pass the command as arguments.
+        command
+            .arg("-j")
+            .args(script.split_whitespace())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    } else {
+        command
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
     }
-    let mut child = command
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| KernelError(format!("cannot run {}: {e}", path.display())))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| KernelError(format!("cannot write to {}: {e}", path.display())))?;
-    }
+    .map_err(|e| KernelError(format!("cannot run {}: {e}", path.display())))?;
+    // nft may exit before reading everything (a rejected script): its own
+    // message says more than the broken pipe, so the write error waits.
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(script.as_bytes()),
+        None => Ok(()),
+    };
     let output = child
         .wait_with_output()
         .map_err(|e| KernelError(format!("{} failed: {e}", path.display())))?;
     if output.status.success() {
+        written.map_err(|e| KernelError(format!("cannot write to {}: {e}", path.display())))?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();

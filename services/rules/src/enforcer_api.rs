@@ -97,7 +97,7 @@ async fn send_events(
     mut position: u64,
     outbound: mpsc::Sender<Outbound>,
 ) {
-    let mut committed = store.watch_committed(&instance);
+    let mut committed = store.board().watch_committed(&instance);
     let mut closing = store.closing();
     loop {
         let durable = *committed.borrow_and_update();

@@ -137,7 +137,14 @@ impl Store {
         };
         let projection = Arc::new(RwLock::new(projection));
         let metrics = Arc::new(RulesMetrics::default());
-        let board = Arc::new(SyncBoard::new(metrics.clone()));
+        let committed = projection.clone();
+        let board = Arc::new(SyncBoard::new(
+            metrics.clone(),
+            Box::new(move |instance| {
+                let projection = committed.read().unwrap_or_else(|p| p.into_inner());
+                projection.firewalls.get(instance).map_or(0, |f| f.revision)
+            }),
+        ));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
             log: log.clone(),
@@ -212,16 +219,6 @@ impl Store {
     /// The sync state of `instance`'s enforcers.
     pub fn snapshot(&self, instance: &InstanceId) -> Snapshot {
         self.board.snapshot(instance)
-    }
-
-    /// Wakes with each newly durable revision of `instance`.
-    pub fn watch_committed(&self, instance: &InstanceId) -> watch::Receiver<u64> {
-        self.board.watch_committed(instance, || {
-            self.read()
-                .firewalls
-                .get(instance)
-                .map_or(0, |f| f.revision)
-        })
     }
 
     /// The instance's events with `after < revision <= until`.

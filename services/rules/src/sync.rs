@@ -88,16 +88,21 @@ struct Channels {
     status: watch::Sender<Snapshot>,
 }
 
+/// The latest durable revision of an instance, as the projection has it.
+pub type CommittedRevision = Box<dyn Fn(&InstanceId) -> u64 + Send + Sync>;
+
 /// Per-instance sync state and wake-ups.
 pub struct SyncBoard {
     instances: Mutex<HashMap<InstanceId, Arc<Channels>>>,
+    committed: CommittedRevision,
     metrics: Arc<RulesMetrics>,
 }
 
 impl SyncBoard {
-    pub fn new(metrics: Arc<RulesMetrics>) -> Self {
+    pub fn new(metrics: Arc<RulesMetrics>, committed: CommittedRevision) -> Self {
         Self {
             instances: Mutex::default(),
+            committed,
             metrics,
         }
     }
@@ -106,15 +111,16 @@ impl SyncBoard {
         self.instances.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The instance's channels, created with `committed` if new. The caller
-    /// reads `committed` from the projection while this lock is held (see
-    /// [`SyncBoard::notify_committed`]), so no commit is missed.
-    fn channels(&self, instance: &InstanceId, committed: impl FnOnce() -> u64) -> Arc<Channels> {
+    /// The instance's channels. New ones start at the projection's revision,
+    /// read while this lock is held: the writer updates the projection before
+    /// it takes this lock to notify (see [`SyncBoard::notify_committed`]), so
+    /// no commit is missed.
+    fn channels(&self, instance: &InstanceId) -> Arc<Channels> {
         self.lock()
             .entry(instance.clone())
             .or_insert_with(|| {
                 Arc::new(Channels {
-                    committed: watch::Sender::new(committed()),
+                    committed: watch::Sender::new((self.committed)(instance)),
                     status: watch::Sender::new(Snapshot::default()),
                 })
             })
@@ -135,16 +141,13 @@ impl SyncBoard {
         }
     }
 
-    pub fn watch_committed(
-        &self,
-        instance: &InstanceId,
-        committed: impl FnOnce() -> u64,
-    ) -> watch::Receiver<u64> {
-        self.channels(instance, committed).committed.subscribe()
+    /// Wakes with each newly durable revision of `instance`.
+    pub fn watch_committed(&self, instance: &InstanceId) -> watch::Receiver<u64> {
+        self.channels(instance).committed.subscribe()
     }
 
     pub fn watch_status(&self, instance: &InstanceId) -> watch::Receiver<Snapshot> {
-        self.channels(instance, || 0).status.subscribe()
+        self.channels(instance).status.subscribe()
     }
 
     pub fn snapshot(&self, instance: &InstanceId) -> Snapshot {
@@ -156,7 +159,7 @@ impl SyncBoard {
 
     /// Counts an enforcer stream as connected until the guard is dropped.
     pub fn connect(self: &Arc<Self>, instance: &InstanceId) -> Connection {
-        let channels = self.channels(instance, || 0);
+        let channels = self.channels(instance);
         channels.status.send_modify(|s| s.connected += 1);
         self.metrics.connected_enforcers.inc();
         Connection {
@@ -179,7 +182,7 @@ impl SyncBoard {
         if result.is_err() {
             self.metrics.failed_acks.inc();
         }
-        let channels = self.channels(instance, || 0);
+        let channels = self.channels(instance);
         channels.status.send_modify(|s| {
             match result {
                 Ok(()) => {

@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
+pub use cassette_proto::Target;
 use cassette_rules::RulesService;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -15,6 +16,8 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+pub mod netns;
 
 pub use cassette_proto::pb;
 
@@ -44,31 +47,35 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// Connects a client, retrying until `PATIENCE` passes.
 pub async fn connect(addr: SocketAddr) -> Client {
-    FirewallServiceClient::new(channel(addr).await)
+    connect_to(&tcp_target(addr)).await
 }
 
-async fn channel(addr: SocketAddr) -> Channel {
+/// Connects a client to `target` (TCP or Unix socket), retrying until `PATIENCE` passes.
+pub async fn connect_to(target: &Target) -> Client {
+    FirewallServiceClient::new(channel(target).await)
+}
+
+pub fn tcp_target(addr: SocketAddr) -> Target {
+    Target::Http(format!("http://{addr}"))
+}
+
+pub async fn channel(target: &Target) -> Channel {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match Channel::from_shared(format!("http://{addr}"))
-            .expect("valid uri")
-            .connect()
-            .await
-        {
+        match target.connect().await {
             Ok(channel) => return channel,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
+            Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => panic!("cannot connect to {addr}: {e}"),
+            Err(e) => panic!("{e}"),
         }
     }
 }
 
 /// Waits until grpc.health.v1 reports SERVING.
-pub async fn wait_serving(addr: SocketAddr) {
+pub async fn wait_serving(target: &Target) {
     let deadline = Instant::now() + PATIENCE;
-    let mut health = HealthClient::new(channel(addr).await);
+    let mut health = HealthClient::new(channel(target).await);
     loop {
         let status = health
             .check(HealthCheckRequest {
@@ -79,7 +86,10 @@ pub async fn wait_serving(addr: SocketAddr) {
         if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
             return;
         }
-        assert!(Instant::now() < deadline, "{addr} not serving: {status:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{target} not serving: {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -139,7 +149,9 @@ impl Drop for InProcess {
 /// The real `cassette-rules` binary on a loopback port. Killed on drop; its
 /// log is printed if the test is failing.
 pub struct RulesProcess {
-    pub addr: SocketAddr,
+    /// What `--listen` was given: HOST:PORT or unix:/PATH.
+    pub listen: String,
+    pub target: Target,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -147,10 +159,17 @@ pub struct RulesProcess {
 impl RulesProcess {
     /// Starts the binary on `data_dir` (logging to `data_dir`.log) and waits until it serves.
     pub async fn start(data_dir: &Path) -> Self {
-        Self::start_on(data_dir, free_port()).await
+        let addr = free_port();
+        Self::spawn(data_dir, &addr.to_string(), tcp_target(addr), &[]).await
     }
 
-    pub async fn start_on(data_dir: &Path, addr: SocketAddr) -> Self {
+    /// The same, serving on a Unix socket (reachable from other network namespaces).
+    pub async fn start_unix(data_dir: &Path, socket: &Path, extra: &[&str]) -> Self {
+        let listen = format!("unix:{}", socket.display());
+        Self::spawn(data_dir, &listen, Target::Unix(socket.to_owned()), extra).await
+    }
+
+    pub async fn spawn(data_dir: &Path, listen: &str, target: Target, extra: &[&str]) -> Self {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -159,25 +178,27 @@ impl RulesProcess {
             .expect("open service log");
         let child = Command::new(binary("cassette-rules"))
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log handle"))
             .stderr(log_file)
             .spawn()
             .expect("spawn cassette-rules");
         let process = Self {
-            addr,
+            listen: listen.to_owned(),
+            target,
             child: Some(child),
             log,
         };
-        wait_serving(addr).await;
+        wait_serving(&process.target).await;
         process
     }
 
     pub async fn client(&self) -> Client {
-        connect(self.addr).await
+        connect_to(&self.target).await
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

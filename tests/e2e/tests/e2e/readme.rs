@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use cassette_e2e::{free_port, RulesProcess};
+use cassette_e2e::RulesProcess;
 
 const README_ADDR: &str = "127.0.0.1:50051";
 const MARKER: &str = "@@@ example";
@@ -69,8 +69,8 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let rules = RulesProcess::start_on(&dir.path().join("data"), free_port()).await;
-    let addr = rules.addr.to_string();
+    let rules = RulesProcess::start(&dir.path().join("data")).await;
+    let addr = rules.listen.clone();
     let mut script = String::from("set -o pipefail\n");
     for (i, example) in examples.iter().enumerate() {
         script.push_str(&format!("echo '{MARKER} {i}'\n"));

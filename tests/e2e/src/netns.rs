@@ -1,0 +1,265 @@
+//! Real kernels for tests: an "instance" network namespace and a "client"
+//! namespace joined by a veth pair, created and always removed by the test.
+//! Nothing here touches the root namespace's interfaces or firewall; traffic
+//! goes only between the two namespaces, to TEST-NET-2 addresses (RFC 5737)
+//! that exist nowhere else.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::{binary, PATIENCE};
+
+pub const INSTANCE_IP: &str = "198.51.100.1";
+const CLIENT_IP: &str = "198.51.100.2";
+
+/// Listeners the instance runs: TCP ports that accept, UDP ports that echo.
+const LISTENERS: &str = r#"
+import socket, sys, threading
+def tcp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    while True:
+        c, _ = s.accept(); c.close()
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        d, a = s.recvfrom(2048); s.sendto(d, a)
+for p in (22, 80, 443, 5432, 6379):
+    threading.Thread(target=tcp, args=(p,), daemon=True).start()
+threading.Thread(target=udp, args=(5353,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+const TCP_PROBE: &str = "import socket,sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0).close()";
+const UDP_PROBE: &str = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1.0)\ns.sendto(b'ping',(sys.argv[1], int(sys.argv[2])))\nsys.exit(0 if s.recvfrom(64)[0]==b'ping' else 1)";
+
+/// Whether this process may create namespaces and program nftables.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Two namespaces and a veth pair; removed on drop, with everything in them.
+pub struct Lab {
+    pub instance_ns: String,
+    pub client_ns: String,
+    listeners: Option<Child>,
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    pub fn new() -> Self {
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("cf{}x{n}", std::process::id());
+        let lab = Lab {
+            instance_ns: format!("{tag}i"),
+            client_ns: format!("{tag}c"),
+            listeners: None,
+        };
+        let (i, c) = (lab.instance_ns.as_str(), lab.client_ns.as_str());
+        run("ip", &["netns", "add", i]);
+        run("ip", &["netns", "add", c]);
+        // Both ends are created directly inside the namespaces.
+        run(
+            "ip",
+            &[
+                "link", "add", "veth0", "netns", i, "type", "veth", "peer", "name", "veth0",
+                "netns", c,
+            ],
+        );
+        for (ns, ip) in [(i, INSTANCE_IP), (c, CLIENT_IP)] {
+            run(
+                "ip",
+                &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "veth0"],
+            );
+            run("ip", &["-n", ns, "link", "set", "veth0", "up"]);
+            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    /// `ip netns exec NS program args…`
+    pub fn command(ns: &str, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(program);
+        command
+    }
+
+    /// Starts the instance's listeners and waits until they are bound.
+    pub fn start_listeners(&mut self) {
+        let mut child = Self::command(&self.instance_ns, Path::new("python3"))
+            .args(["-u", "-c", LISTENERS])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start listeners");
+        let stdout = child.stdout.take().expect("listener stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("listener output");
+        assert_eq!(line.trim(), "ready", "listeners did not start");
+        self.listeners = Some(child);
+    }
+
+    /// Whether a TCP connection from the client namespace to the instance succeeds.
+    pub fn tcp_open(&self, port: u16) -> bool {
+        self.probe(TCP_PROBE, port)
+    }
+
+    /// Whether a UDP datagram to the instance comes back.
+    pub fn udp_echo(&self, port: u16) -> bool {
+        self.probe(UDP_PROBE, port)
+    }
+
+    fn probe(&self, script: &str, port: u16) -> bool {
+        Self::command(&self.client_ns, Path::new("python3"))
+            .args(["-c", script, INSTANCE_IP, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Whether the instance answers a ping.
+    pub fn ping(&self) -> bool {
+        Self::command(&self.client_ns, Path::new("ping"))
+            .args(["-c", "1", "-W", "2", INSTANCE_IP])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Runs nft in the instance namespace.
+    pub fn nft(&self, args: &[&str]) -> Output {
+        Self::command(&self.instance_ns, Path::new("nft"))
+            .args(args)
+            .output()
+            .expect("run nft")
+    }
+
+    /// The open ports of a set in the instance's table.
+    pub fn set_elements(&self, set: &str) -> Vec<u16> {
+        let output = self.nft(&["-j", "list", "set", "inet", "cassette", set]);
+        let text = String::from_utf8_lossy(&output.stdout);
+        // Elements of an inet_service set are plain numbers in nft's JSON.
+        let Some(start) = text.find("\"elem\": [") else {
+            return Vec::new();
+        };
+        let rest = &text[start + 9..];
+        let end = rest.find(']').unwrap_or(0);
+        let mut ports: Vec<u16> = rest[..end]
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+}
+
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.listeners.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.instance_ns, &self.client_ns] {
+            // Ends any process still in it and takes the veth end with it.
+            let _ = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                });
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The real `cassette-enforcer` inside a namespace. Killed on drop; its log is
+/// printed if the test is failing.
+pub struct EnforcerProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl EnforcerProcess {
+    pub fn start(ns: &str, rules: &str, instance: &str, log: PathBuf, extra: &[&str]) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open enforcer log");
+        let child = Lab::command(ns, &binary("cassette-enforcer"))
+            .args(["--rules", rules, "--instance", instance, "--backend", "nft"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn cassette-enforcer");
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for EnforcerProcess {
+    fn drop(&mut self) {
+        self.kill_9();
+        if std::thread::panicking() {
+            eprintln!("--- cassette-enforcer log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Polls `check` until it holds or `PATIENCE` passes.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {PATIENCE:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

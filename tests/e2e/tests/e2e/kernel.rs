@@ -1,0 +1,374 @@
+//! The enforcer against real nftables: an instance namespace with listeners,
+//! a client namespace that probes it over a veth pair, the real binaries.
+//! Needs root (namespaces, nftables); elsewhere each test says so and returns.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cassette_e2e::netns::{eventually, is_root, EnforcerProcess, Lab};
+use cassette_e2e::{pb, Client, RulesProcess};
+use tempfile::TempDir;
+use tokio::task::block_in_place;
+
+const INSTANCE: &str = "web-1";
+const TCP: pb::Protocol = pb::Protocol::Tcp;
+
+struct Fixture {
+    dir: TempDir,
+    lab: Lab,
+    rules: RulesProcess,
+    enforcer: Option<EnforcerProcess>,
+    client: Client,
+}
+
+fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!("{test}: skipped, needs root for network namespaces and nftables");
+    true
+}
+
+impl Fixture {
+    /// A running rules service, an instance with listeners, its firewall
+    /// created, and an enforcer that has applied it.
+    async fn start(enforcer_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut lab = block_in_place(Lab::new);
+        block_in_place(|| lab.start_listeners());
+        let rules = RulesProcess::start_unix(
+            &dir.path().join("data"),
+            &dir.path().join("rules.sock"),
+            &[],
+        )
+        .await;
+        let mut client = rules.client().await;
+        client
+            .create_firewall(pb::CreateFirewallRequest {
+                instance_id: INSTANCE.into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create firewall");
+        let mut fixture = Self {
+            dir,
+            lab,
+            rules,
+            enforcer: None,
+            client,
+        };
+        fixture.start_enforcer(enforcer_args);
+        fixture.wait(0).await;
+        fixture
+    }
+
+    fn socket_target(&self) -> String {
+        format!("unix:{}", self.dir.path().join("rules.sock").display())
+    }
+
+    fn start_enforcer(&mut self, extra: &[&str]) {
+        let mut args = vec!["--refresh-interval", "1s"];
+        args.extend_from_slice(extra);
+        self.enforcer = Some(EnforcerProcess::start(
+            &self.lab.instance_ns,
+            &self.socket_target(),
+            INSTANCE,
+            self.dir.path().join("enforcer.log"),
+            &args,
+        ));
+    }
+
+    /// WaitForSync on `revision` (0: latest).
+    async fn wait(&mut self, revision: u64) -> pb::SyncStatus {
+        self.client
+            .wait_for_sync(pb::WaitForSyncRequest {
+                instance_id: INSTANCE.into(),
+                revision,
+                timeout: Some(Duration::from_secs(30).try_into().unwrap()),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("WaitForSync: {s:?}"))
+            .into_inner()
+    }
+
+    async fn add(&mut self, port: u32, protocol: pb::Protocol) -> (String, u64) {
+        let firewall = self
+            .client
+            .add_rule(pb::AddRuleRequest {
+                instance_id: INSTANCE.into(),
+                port,
+                protocol: protocol.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("add rule")
+            .into_inner();
+        let rule = firewall
+            .rules
+            .iter()
+            .find(|r| r.port == port && r.protocol == protocol as i32)
+            .expect("added rule");
+        (rule.id.clone(), firewall.revision)
+    }
+
+    async fn set_enabled(&mut self, rule_id: &str, enabled: bool) -> u64 {
+        self.client
+            .update_rule(pb::UpdateRuleRequest {
+                instance_id: INSTANCE.into(),
+                rule_id: rule_id.into(),
+                enabled: Some(enabled),
+                ..Default::default()
+            })
+            .await
+            .expect("update rule")
+            .into_inner()
+            .revision
+    }
+
+    async fn firewall(&mut self) -> pb::Firewall {
+        self.client
+            .get_firewall(pb::GetFirewallRequest {
+                instance_id: INSTANCE.into(),
+            })
+            .await
+            .expect("get firewall")
+            .into_inner()
+    }
+
+    fn tcp_open(&self, port: u16) -> bool {
+        block_in_place(|| self.lab.tcp_open(port))
+    }
+
+    fn assert_tcp(&self, open: &[u16], closed: &[u16]) {
+        for port in open {
+            assert!(self.tcp_open(*port), "TCP {port} should accept connections");
+        }
+        for port in closed {
+            assert!(!self.tcp_open(*port), "TCP {port} should be blocked");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_fresh_instance_opens_only_ssh_http_https() {
+    if skip_unless_root("kernel_fresh_instance_opens_only_ssh_http_https") {
+        return;
+    }
+    let f = Fixture::start(&[]).await;
+    f.assert_tcp(&[22, 80, 443], &[5432]);
+    assert!(
+        !block_in_place(|| f.lab.udp_echo(5353)),
+        "UDP 5353 should be blocked"
+    );
+    assert!(block_in_place(|| f.lab.ping()), "ping is answered");
+    assert_eq!(
+        block_in_place(|| f.lab.set_elements("tcp_open")),
+        [22, 80, 443]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_rules_open_close_and_report_applied_with_latency() {
+    if skip_unless_root("kernel_rules_open_close_and_report_applied_with_latency") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    let (postgres, revision) = f.add(5432, TCP).await;
+    let status = f.wait(revision).await;
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    assert!(status.enforcer_connected);
+    assert_eq!(status.applied_revision, revision);
+    assert!(status.last_ack_latency.is_some(), "ack latency reported");
+    f.assert_tcp(&[5432], &[]);
+    let firewall = f.firewall().await;
+    let rule = firewall.rules.iter().find(|r| r.id == postgres).unwrap();
+    assert_eq!(rule.status, pb::RuleStatus::Applied as i32);
+
+    let revision = f.set_enabled(&postgres, false).await;
+    f.wait(revision).await;
+    f.assert_tcp(&[22], &[5432]);
+    let revision = f.set_enabled(&postgres, true).await;
+    f.wait(revision).await;
+    f.assert_tcp(&[5432], &[]);
+    let revision = f
+        .client
+        .delete_rule(pb::DeleteRuleRequest {
+            instance_id: INSTANCE.into(),
+            rule_id: postgres,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    f.wait(revision).await;
+    f.assert_tcp(&[22, 80, 443], &[5432]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_udp_rule_and_disabling_ssh() {
+    if skip_unless_root("kernel_udp_rule_and_disabling_ssh") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    let (_, revision) = f.add(5353, pb::Protocol::Udp).await;
+    f.wait(revision).await;
+    assert!(block_in_place(|| f.lab.udp_echo(5353)), "UDP 5353 echoes");
+
+    let revision = f.set_enabled("default-ssh", false).await;
+    f.wait(revision).await;
+    f.assert_tcp(&[80], &[22]);
+    assert!(block_in_place(|| f.lab.ping()), "ping is still answered");
+    let revision = f.set_enabled("default-ssh", true).await;
+    f.wait(revision).await;
+    f.assert_tcp(&[22], &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_enforcer_restart_replays_and_rebuilds_the_table() {
+    if skip_unless_root("kernel_enforcer_restart_replays_and_rebuilds_the_table") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    if let Some(enforcer) = f.enforcer.as_mut() {
+        enforcer.kill_9();
+    }
+    let (_, _) = f.add(5432, TCP).await;
+    f.set_enabled("default-http", false).await;
+    // Fail-static: with no enforcer nothing changes in the kernel.
+    f.assert_tcp(&[22, 80], &[5432]);
+    assert_eq!(
+        f.firewall().await.sync.unwrap().state,
+        pb::SyncState::NoEnforcer as i32
+    );
+
+    f.start_enforcer(&[]);
+    let status = f.wait(0).await;
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    f.assert_tcp(&[22, 443, 5432], &[80]);
+    assert_eq!(
+        block_in_place(|| f.lab.set_elements("tcp_open")),
+        [22, 443, 5432]
+    );
+}
+
+/// The table's first line with its handle: a replaced table gets a new one.
+fn table_handle(lab: &Lab) -> String {
+    let listing = lab.nft(&["-a", "list", "table", "inet", "cassette"]);
+    let text = String::from_utf8_lossy(&listing.stdout);
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_rules_service_kill_9_changes_nothing_and_the_enforcer_resumes() {
+    if skip_unless_root("kernel_rules_service_kill_9_changes_nothing_and_the_enforcer_resumes") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    let (_, revision) = f.add(5432, TCP).await;
+    f.wait(revision).await;
+    let before = block_in_place(|| table_handle(&f.lab));
+
+    f.rules.kill_9();
+    f.assert_tcp(&[22, 5432], &[6379]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.assert_tcp(&[22, 5432], &[6379]);
+
+    let data = f.dir.path().join("data");
+    let socket = f.dir.path().join("rules.sock");
+    f.rules = RulesProcess::start_unix(&data, &socket, &[]).await;
+    f.client = f.rules.client().await;
+    let (_, revision) = f.add(6379, TCP).await;
+    let status = f.wait(revision).await;
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    f.assert_tcp(&[22, 5432, 6379], &[]);
+    assert_eq!(
+        block_in_place(|| table_handle(&f.lab)),
+        before,
+        "the enforcer resumed with element changes, without replacing the table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_flushed_table_is_repaired_within_the_refresh_interval() {
+    if skip_unless_root("kernel_flushed_table_is_repaired_within_the_refresh_interval") {
+        return;
+    }
+    let metrics = cassette_e2e::free_port();
+    let metrics_arg = metrics.to_string();
+    let f = Fixture::start(&["--metrics-listen", &metrics_arg]).await;
+    let flushed = block_in_place(|| f.lab.nft(&["flush", "table", "inet", "cassette"]));
+    assert!(flushed.status.success());
+    block_in_place(|| {
+        eventually("the table is repaired", || {
+            f.lab.set_elements("tcp_open") == [22, 80, 443] && f.lab.tcp_open(22)
+        })
+    });
+    f.assert_tcp(&[22, 80, 443], &[5432]);
+    // The enforcer's metrics live in its namespace: read them from there.
+    let scrape = format!(
+        "import urllib.request; print(urllib.request.urlopen('http://{metrics}/metrics').read().decode())"
+    );
+    let output = block_in_place(|| {
+        Lab::command(&f.lab.instance_ns, &PathBuf::from("python3"))
+            .args(["-c", &scrape])
+            .output()
+            .expect("scrape metrics")
+    });
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("cassette_enforcer_drift_repairs_total 1"),
+        "metrics: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_rejected_transaction_keeps_the_previous_ruleset_and_reports_nfts_error() {
+    if skip_unless_root(
+        "kernel_rejected_transaction_keeps_the_previous_ruleset_and_reports_nfts_error",
+    ) {
+        return;
+    }
+    let scripts = tempfile::tempdir().unwrap();
+    let flag = scripts.path().join("reject");
+    let nft = scripts.path().join("nft");
+    std::fs::write(
+        &nft,
+        format!(
+            "#!/bin/sh\nif [ -e '{}' ]; then echo 'Error: Could not process rule: simulated rejection' >&2; exit 1; fi\nexec nft \"$@\"\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&nft).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&nft, perms).unwrap();
+    let nft_arg = nft.display().to_string();
+    let mut f = Fixture::start(&["--nft-path", &nft_arg]).await;
+
+    std::fs::write(&flag, "").unwrap();
+    let (postgres, revision) = f.add(5432, TCP).await;
+    let status = f.wait(revision).await;
+    assert_eq!(status.state, pb::SyncState::Error as i32, "{status:?}");
+    assert!(
+        status.last_error.contains("simulated rejection"),
+        "{status:?}"
+    );
+    assert_eq!(status.failed_revision, revision);
+    let rule = f
+        .firewall()
+        .await
+        .rules
+        .into_iter()
+        .find(|r| r.id == postgres)
+        .unwrap();
+    assert_eq!(rule.status, pb::RuleStatus::Failed as i32);
+    f.assert_tcp(&[22, 80, 443], &[5432]);
+
+    std::fs::remove_file(&flag).unwrap();
+    let (_, revision) = f.add(6379, TCP).await;
+    let status = f.wait(revision).await;
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    assert!(status.last_error.is_empty());
+    f.assert_tcp(&[22, 5432, 6379], &[]);
+}
