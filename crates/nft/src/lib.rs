@@ -216,3 +216,38 @@ impl Kernel for NftKernel {
         Ok(sets_match && structure_matches)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing() -> Vec<Value> {
+        let text = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "cassette", "handle": 2}},
+            {"set": {"family": "inet", "name": "tcp_open", "table": "cassette", "type": "inet_service", "handle": 2, "elem": [443, 22, 80]}},
+            {"set": {"family": "inet", "name": "udp_open", "table": "cassette", "type": "inet_service", "handle": 3}},
+            {"chain": {"family": "inet", "table": "cassette", "name": "input", "handle": 1, "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}]}"#;
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        parsed["nftables"].as_array().unwrap()[1..].to_vec()
+    }
+
+    #[test]
+    fn set_elements_reads_ports_and_empty_sets() {
+        let objects = listing();
+        assert_eq!(set_elements(&objects, "tcp_open"), Some(vec![22, 80, 443]));
+        assert_eq!(set_elements(&objects, "udp_open"), Some(vec![]));
+        assert_eq!(set_elements(&objects, "missing"), None);
+    }
+
+    #[test]
+    fn structure_ignores_handles_and_elements_only() {
+        let objects = listing();
+        let mut renumbered = objects.clone();
+        renumbered[1]["set"]["handle"] = Value::from(9);
+        renumbered[1]["set"]["elem"] = Value::from(vec![5432]);
+        assert_eq!(structure(&objects), structure(&renumbered));
+        let mut accepting = objects.clone();
+        accepting[3]["chain"]["policy"] = Value::from("accept");
+        assert_ne!(structure(&objects), structure(&accepting));
+    }
+}

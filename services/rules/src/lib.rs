@@ -19,11 +19,12 @@ use std::sync::Arc;
 
 use cassette_proto::pb::enforcer_service_server::EnforcerServiceServer;
 use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
-use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 pub use api::{FirewallApi, ACTOR_METADATA};
@@ -41,6 +42,15 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// One listener's server, running until the stop signal.
+type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// A bound socket to serve gRPC on.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
 }
 
 /// An opened rules service: its log replayed, its writer running.
@@ -80,31 +90,17 @@ impl RulesService {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        self.serve_incoming(incoming, shutdown).await
-    }
-
-    /// [`RulesService::serve`] on a Unix socket.
-    pub async fn serve_unix(
-        self,
-        listener: UnixListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ServeError> {
-        self.serve_incoming(UnixListenerStream::new(listener), shutdown)
+        self.serve_all(vec![Listener::Tcp(listener)], shutdown)
             .await
     }
 
-    async fn serve_incoming<I, IO, IE>(
+    /// [`RulesService::serve`] on several listeners at once (say, loopback TCP
+    /// for users and a Unix socket for enforcers in other network namespaces).
+    pub async fn serve_all(
         self,
-        incoming: I,
+        listeners: Vec<Listener>,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), ServeError>
-    where
-        I: Stream<Item = Result<IO, IE>>,
-        IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
-        IO::ConnectInfo: Clone + Send + Sync + 'static,
-        IE: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<FirewallServiceServer<FirewallApi>>()
@@ -116,24 +112,49 @@ impl RulesService {
                 // google.rpc error details, so grpcurl can print BadRequest & co.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
-        let firewall = FirewallServiceServer::new(FirewallApi::new(self.store.clone()));
-        let enforcer = EnforcerServiceServer::new(EnforcerApi::new(self.store.clone()));
-        let shutdown = async {
+        let (stop, stopped) = watch::channel(false);
+        let mut servers: Vec<Serving> = Vec::new();
+        for listener in listeners {
+            let router = Server::builder()
+                .add_service(health_service.clone())
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?)
+                .add_service(FirewallServiceServer::new(FirewallApi::new(
+                    self.store.clone(),
+                )))
+                .add_service(EnforcerServiceServer::new(EnforcerApi::new(
+                    self.store.clone(),
+                )));
+            let mut stopped = stopped.clone();
+            let stop_signal = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            servers.push(match listener {
+                Listener::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(l).with_nodelay(Some(true)),
+                    stop_signal,
+                )),
+                Listener::Unix(l) => Box::pin(
+                    router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop_signal),
+                ),
+            });
+        }
+        let store = self.store.clone();
+        let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests, finishing in-flight ones");
-            self.store.begin_shutdown();
+            store.begin_shutdown();
             health
                 .set_not_serving::<FirewallServiceServer<FirewallApi>>()
                 .await;
+            stop.send_replace(true);
         };
-        Server::builder()
-            .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?)
-            .add_service(firewall)
-            .add_service(enforcer)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
+        let serving = futures_util::future::try_join_all(servers);
+        tokio::pin!(signal, serving);
+        tokio::select! {
+            result = &mut serving => { result?; }
+            () = &mut signal => { serving.await?; }
+        }
         self.store.shutdown().await.map_err(ServeError::Close)?;
         tracing::info!("event log flushed; stopped");
         Ok(())

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use cassette_rules::Listener;
 use clap::Parser;
 use std::sync::Arc;
 
@@ -22,11 +23,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Where to serve gRPC: HOST:PORT, or unix:/PATH for a Unix socket.
-    /// Loopback by default: put it behind your own authenticating proxy before
-    /// exposing it.
-    #[arg(long, env = "CASSETTE_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: Listen,
+    /// Where to serve gRPC: HOST:PORT, or unix:/PATH for a Unix socket; repeat
+    /// the flag (or separate with commas) to serve on several. Loopback by
+    /// default: put it behind your own authenticating proxy before exposing it.
+    #[arg(
+        long,
+        env = "CASSETTE_LISTEN",
+        default_value = "127.0.0.1:50051",
+        value_delimiter = ','
+    )]
+    listen: Vec<Listen>,
 
     /// Directory of the event log (created if missing). One process at a time.
     #[arg(long, env = "CASSETTE_DATA_DIR", default_value = "./cassette-data")]
@@ -73,27 +79,34 @@ async fn main() -> anyhow::Result<()> {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
-    match &args.listen {
-        Listen::Tcp(addr) => {
-            let listener = TcpListener::bind(addr)
+    let mut listeners = Vec::new();
+    for listen in &args.listen {
+        listeners.push(bind(listen).await?);
+        tracing::info!(listen = %listen, "serving cassette.firewall.v1");
+    }
+    service.serve_all(listeners, shutdown).await?;
+    Ok(())
+}
+
+async fn bind(listen: &Listen) -> anyhow::Result<Listener> {
+    Ok(match listen {
+        Listen::Tcp(addr) => Listener::Tcp(
+            TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            tracing::info!(listen = %listener.local_addr()?, "serving cassette.firewall.v1");
-            service.serve(listener, shutdown).await?;
-        }
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
         Listen::Unix(path) => {
             // A socket file left by a killed predecessor would refuse the bind.
             if path.exists() {
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }
-            let listener = UnixListener::bind(path)
-                .with_context(|| format!("cannot listen on unix:{}", path.display()))?;
-            tracing::info!(listen = %format!("unix:{}", path.display()), "serving cassette.firewall.v1");
-            service.serve_unix(listener, shutdown).await?;
+            Listener::Unix(
+                UnixListener::bind(path)
+                    .with_context(|| format!("cannot listen on unix:{}", path.display()))?,
+            )
         }
-    }
-    Ok(())
+    })
 }
 
 /// A gRPC listen address: `HOST:PORT` or `unix:/PATH`.
@@ -101,6 +114,15 @@ async fn main() -> anyhow::Result<()> {
 enum Listen {
     Tcp(SocketAddr),
     Unix(PathBuf),
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(addr) => addr.fmt(f),
+            Listen::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
 }
 
 impl std::str::FromStr for Listen {

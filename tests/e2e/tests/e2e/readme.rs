@@ -1,11 +1,13 @@
-//! Every grpcurl example in README.md's ```console blocks, run in order in one
-//! shell against the real binary on a fresh data directory, with its output
-//! compared to the README's (timestamps and UUIDs normalised).
+//! Every example in README.md's ```console blocks, run in order in one shell
+//! against the real rules service on a fresh data directory with an enforcer
+//! for `web-1` (file backend, as `scripts/run.sh` starts it without root), its
+//! output compared to the README's (timestamps, durations and UUIDs normalised).
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use cassette_e2e::RulesProcess;
+use cassette_e2e::{binary, RulesProcess, PATIENCE};
 
 const README_ADDR: &str = "127.0.0.1:50051";
 const MARKER: &str = "@@@ example";
@@ -71,6 +73,34 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
     let dir = tempfile::tempdir().unwrap();
     let rules = RulesProcess::start(&dir.path().join("data")).await;
     let addr = rules.listen.clone();
+    let workdir = dir.path().join("work");
+    std::fs::create_dir_all(workdir.join("cassette-data")).unwrap();
+    let enforcer_log = dir.path().join("enforcer.log");
+    let enforcer = Enforcer(
+        Command::new(binary("cassette-enforcer"))
+            .args(["--rules", &format!("http://{addr}"), "--instance", "web-1"])
+            .args([
+                "--backend",
+                "file",
+                "--ruleset-file",
+                "cassette-data/ruleset.nft",
+            ])
+            .current_dir(&workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&enforcer_log).unwrap())
+            .spawn()
+            .expect("spawn cassette-enforcer"),
+    );
+    // Connected before the first example, so every change is acked live.
+    let deadline = Instant::now() + PATIENCE;
+    while !std::fs::read_to_string(&enforcer_log)
+        .unwrap_or_default()
+        .contains("sync stream open")
+    {
+        assert!(Instant::now() < deadline, "the enforcer did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut script = String::from("set -o pipefail\n");
     for (i, example) in examples.iter().enumerate() {
         script.push_str(&format!("echo '{MARKER} {i}'\n"));
@@ -81,6 +111,7 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
         Command::new("bash")
             .arg("-c")
             .arg(script)
+            .current_dir(workdir)
             .output()
             .expect("run bash")
     })
@@ -99,9 +130,21 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
             example.command
         );
     }
+    drop(enforcer);
 }
 
-/// Replaces RFC 3339 UTC timestamps with `<time>` and UUIDs with `<uuid>`.
+/// Kills the enforcer when the test ends, pass or fail.
+struct Enforcer(std::process::Child);
+
+impl Drop for Enforcer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Replaces RFC 3339 UTC timestamps with `<time>`, UUIDs with `<uuid>` and
+/// protobuf JSON durations (`"0.005s"`) with `<duration>`.
 fn normalize(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
@@ -112,6 +155,9 @@ fn normalize(text: &str) -> String {
             i += n;
         } else if let Some(n) = timestamp_at(&bytes[i..]) {
             out.push_str("<time>");
+            i += n;
+        } else if let Some(n) = duration_at(&bytes[i..]) {
+            out.push_str("\"<duration>\"");
             i += n;
         } else {
             let c = text[i..].chars().next().expect("in bounds");
@@ -134,6 +180,20 @@ fn uuid_at(b: &[u8]) -> Option<usize> {
     ok.then_some(36)
 }
 
+/// `"0.005441814s"`: a quoted number of seconds.
+fn duration_at(b: &[u8]) -> Option<usize> {
+    let digits = b
+        .iter()
+        .skip(1)
+        .take_while(|c| c.is_ascii_digit() || **c == b'.')
+        .count();
+    let ok = b.first() == Some(&b'"')
+        && digits > 0
+        && b.get(1 + digits) == Some(&b's')
+        && b.get(2 + digits) == Some(&b'"');
+    ok.then_some(digits + 3)
+}
+
 fn timestamp_at(b: &[u8]) -> Option<usize> {
     let shape = b"dddd-dd-ddTdd:dd:dd";
     if b.len() < shape.len()
@@ -153,7 +213,7 @@ fn timestamp_at(b: &[u8]) -> Option<usize> {
 }
 
 #[test]
-fn normalize_hides_only_timestamps_and_uuids() {
+fn normalize_hides_only_timestamps_durations_and_uuids() {
     assert_eq!(
         normalize(
             "\"2026-11-25T11:43:28.988964372Z\" 01a21284-9782-7395-a6af-a6d4e9f5223e 5432  \n"
@@ -161,4 +221,8 @@ fn normalize_hides_only_timestamps_and_uuids() {
         "\"<time>\" <uuid> 5432"
     );
     assert_eq!(normalize("2026-11-25 x"), "2026-11-25 x");
+    assert_eq!(
+        normalize("\"0.0054s\", \"5\", \"s\""),
+        "\"<duration>\", \"5\", \"s\""
+    );
 }
