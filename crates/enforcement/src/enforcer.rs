@@ -13,6 +13,7 @@ use cassette_ruleset::{Ruleset, TableName};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::{EnforcerMetrics, Kernel, KernelError};
@@ -42,6 +43,9 @@ pub struct Enforcer<K: Kernel> {
     /// so the next apply replaces the table).
     in_kernel: Option<Ruleset>,
     metrics: Arc<EnforcerMetrics>,
+    /// A shared connection to use instead of dialing `config.rules` (many
+    /// simulated enforcers multiplexed over a few connections).
+    channel: Option<Channel>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +68,15 @@ impl<K: Kernel> Enforcer<K> {
             firewall: None,
             in_kernel: None,
             metrics: Arc::default(),
+            channel: None,
         }
+    }
+
+    /// Streams over `channel` (an HTTP/2 connection shared with others)
+    /// instead of dialing the rules service itself.
+    pub fn with_channel(mut self, channel: Channel) -> Self {
+        self.channel = Some(channel);
+        self
     }
 
     pub fn metrics(&self) -> Arc<EnforcerMetrics> {
@@ -131,7 +143,10 @@ impl<K: Kernel> Enforcer<K> {
     }
 
     async fn session(&mut self) -> Result<(), SessionError> {
-        let channel = self.config.rules.connect().await?;
+        let channel = match &self.channel {
+            Some(channel) => channel.clone(),
+            None => self.config.rules.connect().await?,
+        };
         let mut client = EnforcerServiceClient::new(channel);
         let (acks, outbound) = mpsc::channel(16);
         let hello = pb::SyncRequest {

@@ -7,6 +7,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod append;
+mod e2e;
+mod fanout;
+mod procs;
 mod replay;
 mod stats;
 
@@ -28,6 +31,10 @@ enum Bench {
     Append(append::Options),
     /// Time from start to serving for a log of a given size.
     Replay(replay::Options),
+    /// (root) Call -> nftables in a network namespace -> ack, and one nft process call.
+    E2e(e2e::Options),
+    /// Many simulated enforcers on one rules service: ack latency and memory.
+    Fanout(fanout::Options),
 }
 
 #[tokio::main]
@@ -35,6 +42,8 @@ async fn main() -> anyhow::Result<()> {
     let results = match Args::parse().bench {
         Bench::Append(options) => append::run(options).await?,
         Bench::Replay(options) => replay::run(options).await?,
+        Bench::E2e(options) => e2e::run(options).await?,
+        Bench::Fanout(options) => fanout::run(options).await?,
     };
     println!("{results}");
     Ok(())

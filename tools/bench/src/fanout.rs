@@ -1,0 +1,245 @@
+//! `fanout`: N simulated enforcers (the real enforcement loop with an
+//! in-memory kernel, real gRPC streams) on one real rules service process;
+//! R changes a second to random instances, each timed from the call until
+//! WaitForSync reports its ack. Also the service's memory per enforcer.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cassette_enforcement::{Config, Enforcer, MemoryKernel};
+use cassette_model::InstanceId;
+use cassette_proto::pb;
+use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
+use cassette_proto::Target;
+use cassette_ruleset::TableName;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+use crate::procs::{rss_kib, sibling_binary, Guarded};
+use crate::stats::{percentile_ms, round3};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// Simulated enforcers, one instance each.
+    #[arg(long, default_value_t = 1000)]
+    enforcers: u32,
+    /// Changes per second, to random instances.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// How long to send changes, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// HTTP/2 connections the enforcers' streams share.
+    #[arg(long, default_value_t = 100)]
+    connections: u32,
+}
+
+pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
+    let rules = Guarded(
+        std::process::Command::new(sibling_binary("cassette-rules")?)
+            .args(["--listen", &addr.to_string(), "--log", "warn"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .spawn()?,
+    );
+    let pid = rules.0.id();
+    let target = Target::Http(format!("http://{addr}"));
+    let control = connect_retrying(&target).await?;
+    let client = FirewallServiceClient::new(control.clone());
+    let rss_idle = rss_kib(pid)?;
+
+    let n = options.enforcers.max(1);
+    let instances: Vec<String> = (0..n).map(|i| format!("fan-{i}")).collect();
+    let created = Instant::now();
+    run_all(&instances, 64, |id| {
+        let mut client = client.clone();
+        async move {
+            client
+                .create_firewall(pb::CreateFirewallRequest {
+                    instance_id: id,
+                    request_id: String::new(),
+                })
+                .await
+                .map(drop)
+        }
+    })
+    .await?;
+    eprintln!(
+        "fanout: created {n} firewalls in {:.1}s",
+        created.elapsed().as_secs_f64()
+    );
+
+    let mut channels = Vec::new();
+    for _ in 0..options.connections.max(1) {
+        channels.push(target.connect().await?);
+    }
+    let rss_before = rss_kib(pid)?;
+    let started = Instant::now();
+    let mut enforcers = Vec::new();
+    for (i, id) in instances.iter().enumerate() {
+        let config = Config {
+            rules: target.clone(),
+            instance: InstanceId::parse(id)?,
+            enforcer_id: format!("sim-{i}"),
+            table: TableName::default(),
+            refresh_interval: Duration::from_secs(3600),
+        };
+        let enforcer = Enforcer::new(config, MemoryKernel::default())
+            .with_channel(channels[i % channels.len()].clone());
+        enforcers.push(tokio::spawn(enforcer.run(std::future::pending())));
+    }
+    run_all(&instances, 64, |id| {
+        let mut client = client.clone();
+        async move { wait(&mut client, id, 1).await.map(drop) }
+    })
+    .await?;
+    let connect_seconds = started.elapsed().as_secs_f64();
+    let rss_connected = rss_kib(pid)?;
+    eprintln!("fanout: {n} enforcers connected and synced in {connect_seconds:.1}s");
+
+    // Changes at a fixed rate; each toggles default-ssh on a random instance.
+    let toggles: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(
+        1.0 / f64::from(options.rate.max(1)),
+    ));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let deadline = Instant::now() + Duration::from_secs(options.duration);
+    let mut random = Random::seeded();
+    let mut changes = Vec::new();
+    while Instant::now() < deadline {
+        ticker.tick().await;
+        let i = (random.next() % u64::from(n)) as usize;
+        let id = instances[i].clone();
+        let toggles = toggles.clone();
+        let mut client = client.clone();
+        changes.push(tokio::spawn(async move {
+            let flip = toggles[i].fetch_add(1, Ordering::Relaxed);
+            let sent = Instant::now();
+            let revision = client
+                .update_rule(pb::UpdateRuleRequest {
+                    instance_id: id.clone(),
+                    rule_id: "default-ssh".into(),
+                    enabled: Some(flip % 2 == 1),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .revision;
+            wait(&mut client, id, revision).await?;
+            anyhow::Ok(sent.elapsed())
+        }));
+    }
+    let sent = changes.len();
+    let mut latencies = Vec::with_capacity(sent);
+    for change in changes {
+        latencies.push(change.await??);
+    }
+    let elapsed = Duration::from_secs(options.duration).as_secs_f64();
+    let rss_loaded = rss_kib(pid)?;
+    for enforcer in enforcers {
+        enforcer.abort();
+    }
+    drop(rules);
+
+    let per_enforcer = (rss_connected.saturating_sub(rss_before)) as f64 / f64::from(n);
+    Ok(json!({
+        "bench": "fanout",
+        "enforcers": n,
+        "connections": options.connections,
+        "rate": options.rate,
+        "changes": sent,
+        "changes_per_sec": (sent as f64 / elapsed).round(),
+        "p50_ms": round3(percentile_ms(&mut latencies, 50.0)),
+        "p99_ms": round3(percentile_ms(&mut latencies, 99.0)),
+        "connect_and_sync_seconds": round3(connect_seconds),
+        "service_rss_idle_kib": rss_idle,
+        "service_rss_connected_kib": rss_connected,
+        "service_rss_loaded_kib": rss_loaded,
+        "service_kib_per_enforcer": round3(per_enforcer),
+    }))
+}
+
+async fn connect_retrying(target: &Target) -> anyhow::Result<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match target.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn wait(
+    client: &mut FirewallServiceClient<Channel>,
+    instance_id: String,
+    revision: u64,
+) -> Result<pb::SyncStatus, tonic::Status> {
+    client
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id,
+            revision,
+            timeout: Some(prost_duration(Duration::from_secs(60))),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn prost_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// Runs `call` for every item, `concurrency` at a time; fails on the first error.
+async fn run_all<F, Fut>(items: &[String], concurrency: usize, call: F) -> anyhow::Result<()>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = Vec::with_capacity(items.len());
+    for item in items {
+        let permit = permits.clone().acquire_owned().await?;
+        let call = call(item.clone());
+        tasks.push(tokio::spawn(async move {
+            let result = call.await;
+            drop(permit);
+            result
+        }));
+    }
+    for task in tasks {
+        task.await?.context("call failed")?;
+    }
+    Ok(())
+}
+
+/// xorshift64*: enough randomness to pick instances, no dependency.
+struct Random(u64);
+
+impl Random {
+    fn seeded() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9E37_79B9, |d| d.as_nanos() as u64);
+        Random(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
