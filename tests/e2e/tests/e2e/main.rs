@@ -3,9 +3,11 @@
 //! - `api`: every semantic rule of FirewallService through the generated client.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
 //! - `kernel`: the enforcer against real nftables in network namespaces (root).
+//! - `sync`: EnforcerService.Sync with raw streams: fan-out, backpressure, acks.
 //! - `readme`: every grpcurl example of README.md, run against the real binary.
 
 mod api;
 mod durability;
 mod kernel;
 mod readme;
+mod sync;

@@ -1,0 +1,284 @@
+//! EnforcerService.Sync against the in-process service, with raw streams:
+//! what is sent, when, and to whom.
+
+use std::time::Duration;
+
+use cassette_e2e::{pb, InProcess};
+use cassette_proto::pb::enforcer_service_client::EnforcerServiceClient;
+use cassette_proto::pb::sync_request::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+struct RawStream {
+    acks: mpsc::Sender<pb::SyncRequest>,
+    events: Streaming<pb::SyncResponse>,
+}
+
+async fn open(service: &InProcess, instance: &str, applied: u64) -> RawStream {
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    let (acks, outbound) = mpsc::channel(16);
+    acks.send(pb::SyncRequest {
+        message: Some(Message::Hello(pb::Hello {
+            instance_id: instance.into(),
+            applied_revision: applied,
+            enforcer_id: "raw".into(),
+            version: "test".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let events = EnforcerServiceClient::new(channel)
+        .sync(ReceiverStream::new(outbound))
+        .await
+        .expect("open sync stream")
+        .into_inner();
+    RawStream { acks, events }
+}
+
+impl RawStream {
+    /// The revisions of the next message, or `None` if nothing comes within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<Vec<u64>> {
+        match tokio::time::timeout(wait, self.events.message()).await {
+            Ok(message) => Some(
+                message
+                    .expect("stream ok")
+                    .expect("stream open")
+                    .events
+                    .iter()
+                    .map(|e| e.revision)
+                    .collect(),
+            ),
+            Err(_) => None,
+        }
+    }
+
+    async fn ack(&self, revision: u64, error: Option<&str>) {
+        self.acks
+            .send(pb::SyncRequest {
+                message: Some(Message::Ack(pb::Ack {
+                    revision,
+                    ok: error.is_none(),
+                    error: error.unwrap_or_default().into(),
+                    ..Default::default()
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn create(client: &mut cassette_e2e::Client, instance: &str) {
+    client
+        .create_firewall(pb::CreateFirewallRequest {
+            instance_id: instance.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn toggle_ssh(client: &mut cassette_e2e::Client, instance: &str, enabled: bool) -> u64 {
+    client
+        .update_rule(pb::UpdateRuleRequest {
+            instance_id: instance.into(),
+            rule_id: "default-ssh".into(),
+            enabled: Some(enabled),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+const SHORT: Duration = Duration::from_millis(300);
+const LONG: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_stream_gets_the_history_after_its_revision_then_only_its_own_instances_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "a").await;
+    toggle_ssh(&mut client, "a", false).await;
+
+    let mut a = open(&service, "a", 1).await;
+    let mut b = open(&service, "b", 0).await;
+    assert_eq!(
+        a.next(LONG).await,
+        Some(vec![2]),
+        "history after revision 1"
+    );
+    assert_eq!(
+        b.next(SHORT).await,
+        None,
+        "b has no firewall yet: its stream waits"
+    );
+
+    toggle_ssh(&mut client, "a", true).await;
+    assert_eq!(a.next(LONG).await, Some(vec![3]));
+    assert_eq!(b.next(SHORT).await, None, "a's commit does not wake b");
+
+    create(&mut client, "b").await;
+    assert_eq!(b.next(LONG).await, Some(vec![1]));
+    assert_eq!(a.next(SHORT).await, None, "b's commit does not wake a");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_stuck_enforcer_never_delays_the_writer_or_other_enforcers() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "stuck").await;
+    create(&mut client, "live").await;
+    // Opened and never read: its buffers fill while its instance keeps changing.
+    let _stuck = open(&service, "stuck", 0).await;
+    let mut live = open(&service, "live", 1).await;
+
+    for i in 0..300 {
+        toggle_ssh(&mut client, "stuck", i % 2 == 1).await;
+    }
+    let revision = toggle_ssh(&mut client, "live", false).await;
+    assert_eq!(live.next(LONG).await, Some(vec![revision]));
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    let firewall = client
+        .get_firewall(pb::GetFirewallRequest {
+            instance_id: "web-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let sync = firewall.sync.unwrap();
+    assert_eq!(sync.state, pb::SyncState::NoEnforcer as i32);
+    assert!(!sync.enforcer_connected);
+
+    let mut stream = open(&service, "web-1", 0).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![1]));
+    let revision = toggle_ssh(&mut client, "web-1", false).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![revision]));
+
+    // Nobody acked revision 2 yet: WaitForSync times out, naming what it waited for.
+    let status = client
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision: 0,
+            timeout: Some(Duration::from_millis(200).try_into().unwrap()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert!(status.message().contains("revision 2"), "{status:?}");
+
+    stream.ack(1, None).await;
+    stream.ack(2, Some("Error: simulated")).await;
+    let status = client
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision: 2,
+            timeout: Some(Duration::from_secs(10).try_into().unwrap()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.state, pb::SyncState::Error as i32);
+    assert_eq!((status.applied_revision, status.failed_revision), (1, 2));
+    assert_eq!(status.last_error, "Error: simulated");
+    let firewall = client
+        .get_firewall(pb::GetFirewallRequest {
+            instance_id: "web-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ssh = firewall
+        .rules
+        .iter()
+        .find(|r| r.id == "default-ssh")
+        .unwrap();
+    let http = firewall
+        .rules
+        .iter()
+        .find(|r| r.id == "default-http")
+        .unwrap();
+    assert_eq!(ssh.status, pb::RuleStatus::Failed as i32);
+    assert_eq!(http.status, pb::RuleStatus::Applied as i32);
+
+    stream.ack(2, None).await;
+    // Acks are one-way: poll until the success lands.
+    let mut status = pb::SyncStatus::default();
+    for _ in 0..250 {
+        status = client
+            .get_firewall(pb::GetFirewallRequest {
+                instance_id: "web-1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .sync
+            .unwrap();
+        if status.state == pb::SyncState::InSync as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    assert!(status.last_error.is_empty());
+
+    let invalid = client
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision: 99,
+            timeout: Some(Duration::from_secs(1000).try_into().unwrap()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    assert!(invalid.message().contains("timeout"), "{invalid:?}");
+    drop(stream);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn the_first_message_must_be_a_hello_for_a_valid_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    let (acks, outbound) = mpsc::channel(4);
+    acks.send(pb::SyncRequest {
+        message: Some(Message::Ack(pb::Ack::default())),
+    })
+    .await
+    .unwrap();
+    let status = EnforcerServiceClient::new(channel.clone())
+        .sync(ReceiverStream::new(outbound))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("Hello"), "{status:?}");
+
+    let (acks, outbound) = mpsc::channel(4);
+    acks.send(pb::SyncRequest {
+        message: Some(Message::Hello(pb::Hello {
+            instance_id: "Bad_Id".into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let status = EnforcerServiceClient::new(channel)
+        .sync(ReceiverStream::new(outbound))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    service.stop().await;
+}
