@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "cassette/firewall/v1/firewall.proto",
     "cassette/firewall/v1/events.proto",
     "cassette/firewall/v1/enforcer.proto",
+    "cassette/firewall/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,7 +7,11 @@
 //! Layout, one sled tree so that a batch is one atomic write:
 //! - `e` + sequence (u64 big-endian) -> the record: `cassette.firewall.v1.Event`
 //!   encoded with protobuf, `prev_hash` = SHA-256 of the previous record's bytes;
-//! - `i` + instance id + `0x00` + revision (u64 big-endian) -> sequence.
+//! - `i` + instance id + `0x00` + revision (u64 big-endian) -> sequence (u64
+//!   big-endian) + the record's hash, so verification can tell which of two
+//!   records that no longer link was changed;
+//! - `h` -> the head anchor: last sequence (u64 big-endian) + its record's hash,
+//!   so that changing the last record is detected too.
 //!
 //! Instance ids never contain `0x00`, so an instance's index keys are contiguous
 //! and ordered by revision.
@@ -30,6 +34,7 @@ pub const GENESIS_HASH: Hash = [0; 32];
 
 const EVENT: u8 = b'e';
 const INDEX: u8 = b'i';
+const HEAD: &[u8] = b"h";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -63,6 +68,28 @@ pub struct Head {
     pub sequence: u64,
     /// The hash of the last record ([`GENESIS_HASH`] for an empty log).
     pub hash: Hash,
+}
+
+/// What [`EventLog::verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Records checked and found good.
+    pub events_checked: u64,
+    /// The last good record.
+    pub head: Head,
+    /// The first bad record and why, if any.
+    pub first_bad: Option<(u64, String)>,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+/// Hex of a hash, as audit views print it.
+pub fn hex(hash: &[u8]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One record as stored: the event, the hash it links to, and its own hash.
@@ -161,14 +188,19 @@ impl EventLog {
                 }
                 revisions.insert(&event.instance_id, event.revision);
                 let bytes = event_to_pb(event, &next.hash).encode_to_vec();
-                let seq = event.sequence.to_be_bytes();
+                let record_hash = hash(&bytes);
+                let mut indexed = event.sequence.to_be_bytes().to_vec();
+                indexed.extend_from_slice(&record_hash);
                 batch.insert(event_key(event.sequence).to_vec(), bytes.as_slice());
-                batch.insert(index_key(&event.instance_id, event.revision), &seq);
+                batch.insert(index_key(&event.instance_id, event.revision), indexed);
                 next = Head {
                     sequence: event.sequence,
-                    hash: hash(&bytes),
+                    hash: record_hash,
                 };
             }
+            let mut anchor = next.sequence.to_be_bytes().to_vec();
+            anchor.extend_from_slice(&next.hash);
+            batch.insert(HEAD, anchor);
             if let Err(e) = self.tree.apply_batch(batch) {
                 self.poison();
                 return Err(e.into());
@@ -198,6 +230,17 @@ impl EventLog {
         after_revision: u64,
         until_revision: u64,
     ) -> Result<Vec<Event>, LogError> {
+        let records = self.read_instance_records(instance, after_revision, until_revision)?;
+        Ok(records.into_iter().map(|r| r.event).collect())
+    }
+
+    /// [`EventLog::read_instance`] with each record's hashes.
+    pub fn read_instance_records(
+        &self,
+        instance: &InstanceId,
+        after_revision: u64,
+        until_revision: u64,
+    ) -> Result<Vec<Record>, LogError> {
         if until_revision <= after_revision {
             return Ok(Vec::new());
         }
@@ -206,7 +249,7 @@ impl EventLog {
         let mut events = Vec::new();
         for entry in self.tree.range(start..=end) {
             let (_, seq) = entry?;
-            let sequence = u64_suffix(&seq);
+            let sequence = u64_prefix(&seq);
             let value = self
                 .tree
                 .get(event_key(sequence))?
@@ -214,7 +257,7 @@ impl EventLog {
                     sequence,
                     reason: format!("indexed for instance {instance} but missing"),
                 })?;
-            events.push(decode(sequence, &value)?.event);
+            events.push(decode(sequence, &value)?);
         }
         Ok(events)
     }
@@ -227,6 +270,109 @@ impl EventLog {
             let (key, value) = entry?;
             decode(sequence_of(&key)?, &value)
         })
+    }
+
+    /// Walks the whole log and checks it: sequences without gaps, every record
+    /// decodable and stored under its own sequence, every record's bytes
+    /// matching the hash its successor (or, for the last, the head anchor)
+    /// recorded. Stops at the first bad record and names it.
+    pub fn verify(&self) -> Result<Verification, LogError> {
+        self.verify_each(|_| Ok(()))
+    }
+
+    /// [`EventLog::verify`], handing each good record to `visit` in order (so
+    /// one pass can both check and replay the log). A record `visit` refuses
+    /// is reported as the first bad one, with its reason.
+    pub fn verify_each(
+        &self,
+        mut visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        let mut checked = 0u64;
+        let mut previous = Head {
+            sequence: 0,
+            hash: GENESIS_HASH,
+        };
+        let mut previous_event: Option<(InstanceId, u64)> = None;
+        let bad = |sequence: u64, reason: String, checked: u64, head: Head| Verification {
+            events_checked: checked,
+            head,
+            first_bad: Some((sequence, reason)),
+        };
+        for entry in self.tree.scan_prefix([EVENT]) {
+            let (key, value) = entry?;
+            let sequence = match sequence_of(&key) {
+                Ok(sequence) => sequence,
+                Err(e) => return Ok(bad(previous.sequence + 1, e.to_string(), checked, previous)),
+            };
+            if sequence != previous.sequence + 1 {
+                let reason = format!("missing: the next record is {sequence}");
+                return Ok(bad(previous.sequence + 1, reason, checked, previous));
+            }
+            let record = match decode(sequence, &value) {
+                Ok(record) => record,
+                Err(LogError::Corrupt { reason, .. }) => {
+                    return Ok(bad(sequence, reason, checked, previous))
+                }
+                Err(e) => return Err(e),
+            };
+            if record.prev_hash != previous.hash {
+                // Which of the two changed? The index recorded each record's hash.
+                let recorded = match &previous_event {
+                    Some((instance, revision)) => self.recorded_hash(instance, *revision)?,
+                    None => None,
+                };
+                return Ok(if sequence == 1 {
+                    bad(1, "does not start the chain".into(), checked, previous)
+                } else if recorded.is_some_and(|h| h == previous.hash) {
+                    let reason = format!("does not link to record {}", previous.sequence);
+                    bad(sequence, reason, checked, previous)
+                } else {
+                    let reason = "its content does not match its recorded hash".to_owned();
+                    bad(previous.sequence, reason, checked - 1, previous)
+                });
+            }
+            if let Err(reason) = visit(&record) {
+                return Ok(bad(sequence, reason, checked, previous));
+            }
+            checked += 1;
+            previous = Head {
+                sequence,
+                hash: record.hash,
+            };
+            previous_event = Some((record.event.instance_id.clone(), record.event.revision));
+        }
+        if let Some(anchor) = self.tree.get(HEAD)? {
+            let (sequence, hash) = anchor.split_at(8.min(anchor.len()));
+            let sequence = u64_suffix(sequence);
+            if sequence > previous.sequence {
+                let reason = format!(
+                    "missing: the log ends at {} but its head is {sequence}",
+                    previous.sequence
+                );
+                return Ok(bad(previous.sequence + 1, reason, checked, previous));
+            }
+            if sequence == previous.sequence && hash != previous.hash {
+                let reason = "its content does not match the head hash".to_owned();
+                return Ok(bad(sequence, reason, checked - 1, previous));
+            }
+        }
+        Ok(Verification {
+            events_checked: checked,
+            head: previous,
+            first_bad: None,
+        })
+    }
+
+    /// The hash the index recorded for an instance's revision, if any.
+    fn recorded_hash(
+        &self,
+        instance: &InstanceId,
+        revision: u64,
+    ) -> Result<Option<Hash>, LogError> {
+        Ok(self
+            .tree
+            .get(index_key(instance, revision))?
+            .and_then(|v| v.get(8..40).and_then(|h| Hash::try_from(h).ok())))
     }
 
     /// Flushes everything to disk (appends already do; this is for shutdown).
@@ -267,6 +413,13 @@ fn u64_suffix(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
+fn u64_prefix(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(buf)
+}
+
 fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
     match key {
         [EVENT, rest @ ..] if rest.len() == 8 => Ok(u64_suffix(rest)),
@@ -292,6 +445,54 @@ fn decode(sequence: u64, bytes: &[u8]) -> Result<Record, LogError> {
         prev_hash: stored.prev_hash,
         hash: hash(bytes),
     })
+}
+
+/// Tools that damage a closed log on purpose, to test that verification
+/// notices. Never used by the services.
+#[doc(hidden)]
+pub mod tamper {
+    use super::*;
+
+    fn open(dir: &Path) -> Result<sled::Tree, LogError> {
+        Ok(sled::Config::new().path(dir).open()?.open_tree("events")?)
+    }
+
+    /// Flips one bit in the middle of record `sequence`'s stored bytes.
+    pub fn flip_bit(dir: &Path, sequence: u64) -> Result<(), LogError> {
+        let tree = open(dir)?;
+        let mut bytes = tree
+            .get(event_key(sequence))?
+            .ok_or(LogError::Corrupt {
+                sequence,
+                reason: "absent".into(),
+            })?
+            .to_vec();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        tree.insert(event_key(sequence), bytes)?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    /// Removes record `sequence` (its index entry stays, dangling).
+    pub fn delete(dir: &Path, sequence: u64) -> Result<(), LogError> {
+        let tree = open(dir)?;
+        tree.remove(event_key(sequence))?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    /// Exchanges the stored bytes of two records.
+    pub fn swap(dir: &Path, a: u64, b: u64) -> Result<(), LogError> {
+        let tree = open(dir)?;
+        let (va, vb) = (tree.get(event_key(a))?, tree.get(event_key(b))?);
+        if let (Some(va), Some(vb)) = (va, vb) {
+            tree.insert(event_key(a), vb)?;
+            tree.insert(event_key(b), va)?;
+        }
+        tree.flush()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

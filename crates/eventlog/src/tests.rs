@@ -132,3 +132,62 @@ fn a_corrupt_record_is_an_error_naming_its_sequence() {
         "{err}"
     );
 }
+
+fn history(dir: &std::path::Path) {
+    let log = EventLog::open(dir).unwrap();
+    let events: Vec<Event> = (1..=5)
+        .map(|r| {
+            if r == 1 {
+                created(1, "a")
+            } else {
+                disabled(r, "a", r)
+            }
+        })
+        .collect();
+    runtime().block_on(log.append(&events)).unwrap();
+}
+
+#[test]
+fn verify_accepts_an_untouched_log() {
+    let dir = tempfile::tempdir().unwrap();
+    history(dir.path());
+    let log = EventLog::open(dir.path()).unwrap();
+    let verification = log.verify().unwrap();
+    assert!(verification.ok(), "{verification:?}");
+    assert_eq!(verification.events_checked, 5);
+    assert_eq!(verification.head, log.head());
+}
+
+#[test]
+fn verify_names_the_first_bad_record_for_each_kind_of_tampering() {
+    type Tampering = (&'static str, fn(&std::path::Path), u64);
+    let cases: [Tampering; 6] = [
+        ("a flipped bit", |d| tamper::flip_bit(d, 3).unwrap(), 3),
+        (
+            "a flipped bit in the first record",
+            |d| tamper::flip_bit(d, 1).unwrap(),
+            1,
+        ),
+        (
+            "a flipped bit in the last record",
+            |d| tamper::flip_bit(d, 5).unwrap(),
+            5,
+        ),
+        ("a deleted record", |d| tamper::delete(d, 2).unwrap(), 2),
+        (
+            "a deleted last record",
+            |d| tamper::delete(d, 5).unwrap(),
+            5,
+        ),
+        ("two swapped records", |d| tamper::swap(d, 2, 4).unwrap(), 2),
+    ];
+    for (what, damage, first_bad) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        history(dir.path());
+        damage(dir.path());
+        let verification = EventLog::open(dir.path()).unwrap().verify().unwrap();
+        let (sequence, reason) = verification.first_bad.clone().expect(what);
+        assert_eq!(sequence, first_bad, "{what}: {reason}");
+        assert_eq!(verification.events_checked, first_bad - 1, "{what}");
+    }
+}

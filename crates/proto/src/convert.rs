@@ -33,7 +33,7 @@ fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     time.into()
 }
 
-fn rule_to_pb(rule: &Rule) -> pb::Rule {
+pub fn rule_to_pb(rule: &Rule) -> pb::Rule {
     pb::Rule {
         id: rule.id.to_string(),
         port: u32::from(rule.port.get()),

@@ -7,6 +7,8 @@
 //! `127.0.0.1:0`.
 
 pub mod api;
+pub mod audit;
+pub mod audit_api;
 pub mod enforcer_api;
 pub mod metrics;
 mod status;
@@ -17,6 +19,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
+use cassette_proto::pb::audit_service_server::AuditServiceServer;
 use cassette_proto::pb::enforcer_service_server::EnforcerServiceServer;
 use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
 use std::pin::Pin;
@@ -28,6 +31,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 pub use api::{FirewallApi, ACTOR_METADATA};
+pub use audit_api::AuditApi;
 pub use enforcer_api::EnforcerApi;
 pub use metrics::RulesMetrics;
 pub use store::{Mutation, OpenStats, Store, StoreError};
@@ -62,7 +66,14 @@ pub struct RulesService {
 impl RulesService {
     /// Opens the data directory and replays its log. Must run inside a tokio runtime.
     pub fn open(data_dir: &Path) -> Result<Self, ServeError> {
-        let (store, stats) = Store::open(data_dir).map_err(ServeError::Open)?;
+        Self::open_with(data_dir, false)
+    }
+
+    /// [`RulesService::open`]; with `allow_unverified`, a log that fails
+    /// verification is served read-only instead of refused.
+    pub fn open_with(data_dir: &Path, allow_unverified: bool) -> Result<Self, ServeError> {
+        let (store, stats) =
+            Store::open_with(data_dir, allow_unverified).map_err(ServeError::Open)?;
         tracing::info!(
             data_dir = %data_dir.display(),
             events = stats.events,
@@ -124,7 +135,8 @@ impl RulesService {
                 )))
                 .add_service(EnforcerServiceServer::new(EnforcerApi::new(
                     self.store.clone(),
-                )));
+                )))
+                .add_service(AuditServiceServer::new(AuditApi::new(self.store.clone())));
             let mut stopped = stopped.clone();
             let stop_signal = async move {
                 let _ = stopped.wait_for(|s| *s).await;

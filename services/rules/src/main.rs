@@ -1,5 +1,7 @@
 //! `cassette-rules`: the firewall rules service.
 
+mod audit_cli;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -19,10 +21,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The cassette-firewall rules service: keeps every instance's firewall rules
 /// as an append-only event log and serves them over gRPC
-/// (cassette.firewall.v1.FirewallService, server reflection, grpc.health.v1).
+/// (cassette.firewall.v1.FirewallService, EnforcerService, AuditService,
+/// server reflection, grpc.health.v1).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Without a command: serve.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Where to serve gRPC: HOST:PORT, or unix:/PATH for a Unix socket; repeat
     /// the flag (or separate with commas) to serve on several. Loopback by
     /// default: put it behind your own authenticating proxy before exposing it.
@@ -35,8 +42,17 @@ struct Args {
     listen: Vec<Listen>,
 
     /// Directory of the event log (created if missing). One process at a time.
-    #[arg(long, env = "CASSETTE_DATA_DIR", default_value = "./cassette-data")]
+    #[arg(
+        long,
+        env = "CASSETTE_DATA_DIR",
+        default_value = "./cassette-data",
+        global = true
+    )]
     data_dir: PathBuf,
+
+    /// Serve a log that fails hash-chain verification, read-only, to investigate it.
+    #[arg(long, env = "CASSETTE_ALLOW_UNVERIFIED_LOG")]
+    allow_unverified_log: bool,
 
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, env = "CASSETTE_METRICS_LISTEN")]
@@ -47,9 +63,19 @@ struct Args {
     log: String,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Answer audit questions offline from a stopped service's data directory
+    /// (or a copy): events, at, diff, verify, export.
+    Audit(audit_cli::AuditArgs),
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::Audit(audit)) = args.command.take() {
+        return audit_cli::run(&args.data_dir, audit);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
@@ -57,8 +83,9 @@ async fn main() -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
-    let service = cassette_rules::RulesService::open(&args.data_dir)
-        .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
+    let service =
+        cassette_rules::RulesService::open_with(&args.data_dir, args.allow_unverified_log)
+            .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
     if let Some(addr) = args.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await

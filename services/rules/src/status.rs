@@ -60,7 +60,10 @@ impl From<StoreError> for Status {
         match error {
             StoreError::Domain(domain) => domain_status(domain, message),
             StoreError::ShuttingDown | StoreError::WriteFailed(_) => Status::unavailable(message),
-            StoreError::Log(_) | StoreError::Fold(_) => Status::internal(message),
+            StoreError::ReadOnly { .. } => Status::failed_precondition(message),
+            StoreError::Log(_) | StoreError::Fold(_) | StoreError::Unverified { .. } => {
+                Status::internal(message)
+            }
         }
     }
 }

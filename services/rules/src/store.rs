@@ -42,6 +42,10 @@ pub enum StoreError {
     ShuttingDown,
     #[error("the event log write failed: {0}")]
     WriteFailed(String),
+    #[error("the event log fails verification at record {sequence}: {reason}")]
+    Unverified { sequence: u64, reason: String },
+    #[error("read-only: the event log failed verification at record {sequence} ({reason}); the service was started to investigate it")]
+    ReadOnly { sequence: u64, reason: String },
 }
 
 /// A change someone asked for.
@@ -103,6 +107,8 @@ pub struct Store {
     writer: mpsc::Sender<WriterMessage>,
     board: Arc<SyncBoard>,
     metrics: Arc<RulesMetrics>,
+    /// The log's last durable sequence, for audit tails of the whole log.
+    head: watch::Sender<u64>,
     /// Set when the service stops, so long-lived streams end.
     closing: watch::Sender<bool>,
 }
@@ -119,19 +125,37 @@ impl Store {
     /// Opens the log in `data_dir`, replays it into the projection with the
     /// model's fold, and starts the writer. Must run inside a tokio runtime.
     pub fn open(data_dir: &Path) -> Result<(Arc<Self>, OpenStats), StoreError> {
+        Self::open_with(data_dir, false)
+    }
+
+    /// Opens the log, verifying its hash chain while replaying it. A log that
+    /// fails is refused, unless `allow_unverified`: then the service starts
+    /// read-only with the history before the first bad record, to investigate.
+    pub fn open_with(
+        data_dir: &Path,
+        allow_unverified: bool,
+    ) -> Result<(Arc<Self>, OpenStats), StoreError> {
         let started = Instant::now();
         let log = Arc::new(EventLog::open(data_dir)?);
         let mut projection = Projection::default();
-        let mut events = 0;
         let mut last_time = SystemTime::UNIX_EPOCH;
-        for record in log.scan(0) {
-            let record = record?;
-            projection.replay(&record.event)?;
+        let verification = log.verify_each(|record| {
+            projection
+                .replay(&record.event)
+                .map_err(|e| e.to_string())?;
             last_time = last_time.max(record.event.commit_time);
-            events += 1;
-        }
+            Ok(())
+        })?;
+        let read_only = match verification.first_bad {
+            None => None,
+            Some((sequence, reason)) if allow_unverified => {
+                tracing::warn!(sequence, %reason, "event log fails verification: serving read-only");
+                Some((sequence, reason))
+            }
+            Some((sequence, reason)) => return Err(StoreError::Unverified { sequence, reason }),
+        };
         let stats = OpenStats {
-            events,
+            events: verification.events_checked,
             firewalls: projection.firewalls.len(),
             elapsed: started.elapsed(),
         };
@@ -146,11 +170,14 @@ impl Store {
             }),
         ));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let head = watch::Sender::new(log.head().sequence);
         let writer = Writer {
             log: log.clone(),
             projection: projection.clone(),
             board: board.clone(),
             metrics: metrics.clone(),
+            head: head.clone(),
+            read_only,
             next_sequence: log.head().sequence + 1,
             last_time,
         };
@@ -162,6 +189,7 @@ impl Store {
                 writer: tx,
                 board,
                 metrics,
+                head,
                 closing: watch::Sender::new(false),
             }),
             stats,
@@ -214,6 +242,16 @@ impl Store {
 
     pub fn board(&self) -> &Arc<SyncBoard> {
         &self.board
+    }
+
+    /// The event log, for audit reads.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// Wakes with each newly durable sequence of the whole log.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
     }
 
     /// The sync state of `instance`'s enforcers.
@@ -275,6 +313,9 @@ struct Writer {
     projection: Arc<RwLock<Projection>>,
     board: Arc<SyncBoard>,
     metrics: Arc<RulesMetrics>,
+    head: watch::Sender<u64>,
+    /// Set when the log failed verification: every mutation is refused.
+    read_only: Option<(u64, String)>,
     next_sequence: u64,
     /// Commit times never go backwards, even if the wall clock does.
     last_time: SystemTime,
@@ -357,6 +398,7 @@ impl Writer {
         for (instance, revision) in &committed {
             self.board.notify_committed(instance, *revision);
         }
+        self.head.send_replace(self.next_sequence - 1);
         for (mutation, reply, outcome, range) in outcomes {
             if let Ok(firewall) = &outcome {
                 info!(
@@ -381,6 +423,12 @@ impl Writer {
         now: SystemTime,
         events: &mut Vec<Event>,
     ) -> Result<Arc<Firewall>, StoreError> {
+        if let Some((sequence, reason)) = &self.read_only {
+            return Err(StoreError::ReadOnly {
+                sequence: *sequence,
+                reason: reason.clone(),
+            });
+        }
         let instance = &mutation.instance_id;
         let request_key = mutation.request_id.clone().map(|r| (instance.clone(), r));
         if let Some(key) = &request_key {

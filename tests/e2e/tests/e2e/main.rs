@@ -1,12 +1,14 @@
 //! End-to-end tests, one binary (each test binary links everything).
 //!
 //! - `api`: every semantic rule of FirewallService through the generated client.
+//! - `audit`: AuditService and the offline audit commands, tampering included.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
 //! - `kernel`: the enforcer against real nftables in network namespaces (root).
 //! - `sync`: EnforcerService.Sync with raw streams: fan-out, backpressure, acks.
 //! - `readme`: every grpcurl example of README.md, run against the real binary.
 
 mod api;
+mod audit;
 mod durability;
 mod kernel;
 mod readme;

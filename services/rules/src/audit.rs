@@ -1,0 +1,228 @@
+//! Audit answers from the event log, by replay, with the same fold and
+//! renderer the system runs on. Shared by `AuditService` and the offline
+//! `cassette-rules audit` commands, so both give the same answers.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use cassette_eventlog::{EventLog, Record};
+use cassette_model::{replay, DomainError, Event, Firewall, InstanceId, Rule, ValidationError};
+use cassette_ruleset::{Ruleset, TableName};
+
+use crate::store::StoreError;
+
+/// Which events to return.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub instance: Option<InstanceId>,
+    pub after_sequence: u64,
+    /// 0: no limit.
+    pub until_sequence: u64,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub actor: Option<String>,
+}
+
+impl EventFilter {
+    fn matches(&self, event: &Event) -> bool {
+        event.sequence > self.after_sequence
+            && (self.until_sequence == 0 || event.sequence <= self.until_sequence)
+            && self.since.is_none_or(|t| event.commit_time >= t)
+            && self.until.is_none_or(|t| event.commit_time <= t)
+            && self
+                .actor
+                .as_deref()
+                .is_none_or(|a| event.actor.as_str() == a)
+            && self
+                .instance
+                .as_ref()
+                .is_none_or(|i| &event.instance_id == i)
+    }
+
+    /// Whether nothing after `sequence` can match.
+    pub fn exhausted(&self, sequence: u64) -> bool {
+        self.until_sequence != 0 && sequence >= self.until_sequence
+    }
+}
+
+/// Where a reader of the log has got to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cursor {
+    pub sequence: u64,
+    /// With an instance filter: the instance's revision read so far.
+    pub revision: u64,
+}
+
+/// The next matching records after `cursor`, reading at most `limit`
+/// records; the cursor moves past everything read. An empty answer with an
+/// unmoved cursor means the reader has caught up with the log.
+pub fn next_events(
+    log: &EventLog,
+    filter: &EventFilter,
+    cursor: &mut Cursor,
+    limit: usize,
+) -> Result<Vec<Record>, StoreError> {
+    let read: Vec<Record> = match &filter.instance {
+        // An index lookup: only this instance's records are read.
+        Some(instance) => {
+            let until = cursor.revision.saturating_add(limit as u64);
+            log.read_instance_records(instance, cursor.revision, until)?
+        }
+        None => log
+            .scan(cursor.sequence.max(filter.after_sequence))
+            .take(limit)
+            .collect::<Result<_, _>>()?,
+    };
+    if let Some(last) = read.last() {
+        cursor.sequence = cursor.sequence.max(last.event.sequence);
+        cursor.revision = last.event.revision;
+    }
+    Ok(read
+        .into_iter()
+        .filter(|r| filter.matches(&r.event))
+        .collect())
+}
+
+/// A point in an instance's history.
+#[derive(Debug, Clone, Copy)]
+pub enum At {
+    Revision(u64),
+    /// The last revision committed at or before this time.
+    Time(SystemTime),
+}
+
+/// An instance's firewall as it was, with the event that made it so.
+#[derive(Debug, Clone)]
+pub struct FirewallAt {
+    pub firewall: Firewall,
+    pub event: Event,
+}
+
+impl FirewallAt {
+    /// The nftables table this state renders to (what the enforcer applies).
+    pub fn ruleset(&self) -> String {
+        Ruleset::of(Some(&self.firewall)).render(&TableName::default())
+    }
+}
+
+fn not_found(instance: &InstanceId) -> StoreError {
+    DomainError::FirewallNotFound {
+        instance_id: instance.to_string(),
+    }
+    .into()
+}
+
+fn invalid(field: &'static str, message: String) -> StoreError {
+    DomainError::Invalid(ValidationError::new(field, message)).into()
+}
+
+/// The firewall of `instance` at `at`, by replaying its events up to there.
+pub fn firewall_at(
+    log: &EventLog,
+    instance: &InstanceId,
+    at: At,
+) -> Result<FirewallAt, StoreError> {
+    let latest = log.last_revision(instance)?;
+    if latest == 0 {
+        return Err(not_found(instance));
+    }
+    let events = match at {
+        At::Revision(0) => {
+            return Err(invalid(
+                "revision",
+                format!("must be between 1 and {latest}"),
+            ))
+        }
+        At::Revision(r) if r > latest => {
+            return Err(invalid(
+                "revision",
+                format!("must be between 1 and {latest}, got {r}"),
+            ))
+        }
+        At::Revision(r) => log.read_instance(instance, 0, r)?,
+        At::Time(t) => {
+            let mut events = log.read_instance(instance, 0, latest)?;
+            events.retain(|e| e.commit_time <= t);
+            if events.is_empty() {
+                return Err(invalid(
+                    "at_time",
+                    format!("is before instance {instance}'s firewall was created"),
+                ));
+            }
+            events
+        }
+    };
+    let firewall = replay(&events)?.ok_or_else(|| not_found(instance))?;
+    let event = events.last().cloned().ok_or_else(|| not_found(instance))?;
+    Ok(FirewallAt { firewall, event })
+}
+
+/// What changed in an instance's firewall between two revisions.
+#[derive(Debug, Clone, Default)]
+pub struct Diff {
+    pub added: Vec<Rule>,
+    pub removed: Vec<Rule>,
+    /// (before, after)
+    pub changed: Vec<(Rule, Rule)>,
+    pub events: Vec<Record>,
+}
+
+pub fn diff(log: &EventLog, instance: &InstanceId, from: u64, to: u64) -> Result<Diff, StoreError> {
+    let latest = log.last_revision(instance)?;
+    if latest == 0 {
+        return Err(not_found(instance));
+    }
+    if to == 0 || to > latest {
+        return Err(invalid(
+            "to_revision",
+            format!("must be between 1 and {latest}, got {to}"),
+        ));
+    }
+    if from >= to {
+        return Err(invalid(
+            "from_revision",
+            format!("must be less than to_revision ({to}), got {from}"),
+        ));
+    }
+    let records = log.read_instance_records(instance, 0, to)?;
+    let (before, between) = records.split_at(from as usize);
+    let before_events: Vec<Event> = before.iter().map(|r| r.event.clone()).collect();
+    let all_events: Vec<Event> = records.iter().map(|r| r.event.clone()).collect();
+    let rules = |events: &[Event]| -> Result<BTreeMap<String, Rule>, StoreError> {
+        Ok(replay(events)?
+            .filter(|f| f.is_live())
+            .map(|f| {
+                f.rules()
+                    .iter()
+                    .map(|r| (r.id.to_string(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    let old = rules(&before_events)?;
+    let new = rules(&all_events)?;
+    let mut diff = Diff {
+        events: between.to_vec(),
+        ..Diff::default()
+    };
+    for (id, rule) in &new {
+        match old.get(id) {
+            None => diff.added.push(rule.clone()),
+            Some(previous) if previous.revision != rule.revision => {
+                diff.changed.push((previous.clone(), rule.clone()))
+            }
+            Some(_) => {}
+        }
+    }
+    diff.removed = old
+        .into_iter()
+        .filter(|(id, _)| !new.contains_key(id))
+        .map(|(_, rule)| rule)
+        .collect();
+    // Listed as firewalls list rules: by port, then protocol.
+    let key = |r: &Rule| (r.port, r.protocol);
+    diff.added.sort_by_key(key);
+    diff.removed.sort_by_key(key);
+    diff.changed.sort_by_key(|(before, _)| key(before));
+    Ok(diff)
+}

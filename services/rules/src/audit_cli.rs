@@ -1,0 +1,329 @@
+//! `cassette-rules audit`: the AuditService's answers from a stopped
+//! service's data directory (or a copy of it), human-readable or as JSON lines.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context};
+use cassette_eventlog::{hex, EventLog, Record};
+use cassette_model::{Event, EventPayload, InstanceId, Rule};
+use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
+use cassette_rules::audit::{self, At, Cursor, EventFilter};
+use cassette_rules::audit_api::verification_to_pb;
+use clap::{Args, Subcommand};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage};
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// One JSON object per line (protobuf JSON, as grpcurl prints it).
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Events in log order, filtered.
+    Events {
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        after_sequence: u64,
+        /// 0: no limit.
+        #[arg(long, default_value_t = 0)]
+        until_sequence: u64,
+        /// RFC 3339, e.g. 2026-11-24T14:02:00Z.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// The firewall and its nftables ruleset as of a revision or a time.
+    At {
+        #[arg(long)]
+        instance: String,
+        #[arg(long, conflicts_with = "time", required_unless_present = "time")]
+        revision: Option<u64>,
+        /// RFC 3339: the last revision committed at or before it.
+        #[arg(long)]
+        time: Option<String>,
+    },
+    /// Rules added, removed and changed between two revisions, and the events between.
+    Diff {
+        #[arg(long)]
+        instance: String,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
+    /// Checks the log's hash chain; exits 1 naming the first bad record.
+    Verify,
+    /// The whole log as JSON lines, for a SIEM.
+    Export,
+}
+
+pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
+    let log = EventLog::open(data_dir).with_context(|| {
+        format!(
+            "cannot open {} (a running service holds it: stop it, copy the directory, or use AuditService)",
+            data_dir.display()
+        )
+    })?;
+    let json = Json::new()?;
+    match args.command {
+        AuditCommand::Events {
+            instance,
+            actor,
+            after_sequence,
+            until_sequence,
+            since,
+            until,
+        } => {
+            let filter = EventFilter {
+                instance: instance.as_deref().map(InstanceId::parse).transpose()?,
+                after_sequence,
+                until_sequence,
+                since: since.as_deref().map(parse_time).transpose()?,
+                until: until.as_deref().map(parse_time).transpose()?,
+                actor,
+            };
+            for_each_event(&log, &filter, |record| {
+                if args.json {
+                    json.print_event(record)
+                } else {
+                    println!("{}", describe(&record.event));
+                    Ok(())
+                }
+            })
+        }
+        AuditCommand::Export => {
+            for_each_event(&log, &EventFilter::default(), |r| json.print_event(r))
+        }
+        AuditCommand::At {
+            instance,
+            revision,
+            time,
+        } => {
+            let instance = InstanceId::parse(&instance)?;
+            let at = match (revision, time) {
+                (Some(r), _) => At::Revision(r),
+                (None, Some(t)) => At::Time(parse_time(&t)?),
+                (None, None) => bail!("give --revision or --time"),
+            };
+            let found = audit::firewall_at(&log, &instance, at)?;
+            if args.json {
+                return json.print(
+                    "FirewallAt",
+                    &pb::FirewallAt {
+                        firewall: Some(firewall_to_pb(&found.firewall)),
+                        revision: found.event.revision,
+                        ruleset: found.ruleset(),
+                        commit_time: Some(found.event.commit_time.into()),
+                        deleted: !found.firewall.is_live(),
+                    },
+                );
+            }
+            println!(
+                "{instance} at revision {} (committed {} by {}){}",
+                found.event.revision,
+                rfc3339(found.event.commit_time),
+                found.event.actor.as_str(),
+                if found.firewall.is_live() {
+                    ""
+                } else {
+                    ": deleted"
+                }
+            );
+            for rule in found.firewall.rules() {
+                println!("  {}", describe_rule(rule));
+            }
+            print!("{}", found.ruleset());
+            Ok(())
+        }
+        AuditCommand::Diff { instance, from, to } => {
+            let instance = InstanceId::parse(&instance)?;
+            let diff = audit::diff(&log, &instance, from, to)?;
+            if args.json {
+                return json.print(
+                    "FirewallDiff",
+                    &pb::FirewallDiff {
+                        added: diff.added.iter().map(rule_to_pb).collect(),
+                        removed: diff.removed.iter().map(rule_to_pb).collect(),
+                        changed: diff
+                            .changed
+                            .iter()
+                            .map(|(b, a)| pb::RuleChange {
+                                before: Some(rule_to_pb(b)),
+                                after: Some(rule_to_pb(a)),
+                            })
+                            .collect(),
+                        events: diff
+                            .events
+                            .iter()
+                            .map(|r| event_to_pb(&r.event, &r.prev_hash))
+                            .collect(),
+                    },
+                );
+            }
+            println!("{instance} from revision {from} to {to}:");
+            for rule in &diff.added {
+                println!("+ {}", describe_rule(rule));
+            }
+            for rule in &diff.removed {
+                println!("- {}", describe_rule(rule));
+            }
+            for (before, after) in &diff.changed {
+                println!("~ {}\n  -> {}", describe_rule(before), describe_rule(after));
+            }
+            for record in &diff.events {
+                println!("  {}", describe(&record.event));
+            }
+            Ok(())
+        }
+        AuditCommand::Verify => {
+            let verification = log.verify()?;
+            if args.json {
+                json.print("VerifyLogResponse", &verification_to_pb(&verification))?;
+            } else {
+                match &verification.first_bad {
+                    None => println!(
+                        "ok: {} events, head {} {}",
+                        verification.events_checked,
+                        verification.head.sequence,
+                        hex(&verification.head.hash)
+                    ),
+                    Some((sequence, reason)) => println!(
+                        "FAILED at record {sequence}: {reason} ({} good events before it)",
+                        verification.events_checked
+                    ),
+                }
+            }
+            if !verification.ok() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn for_each_event(
+    log: &EventLog,
+    filter: &EventFilter,
+    mut each: impl FnMut(&Record) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut cursor = Cursor {
+        sequence: filter.after_sequence,
+        revision: 0,
+    };
+    loop {
+        let before = (cursor.sequence, cursor.revision);
+        for record in audit::next_events(log, filter, &mut cursor, 1000)? {
+            each(&record)?;
+        }
+        if filter.exhausted(cursor.sequence) || before == (cursor.sequence, cursor.revision) {
+            return Ok(());
+        }
+    }
+}
+
+fn parse_time(text: &str) -> anyhow::Result<SystemTime> {
+    let timestamp: prost_types::Timestamp = text.parse().with_context(|| {
+        format!("{text:?} is not an RFC 3339 time such as 2026-11-24T14:02:00Z")
+    })?;
+    SystemTime::try_from(timestamp).with_context(|| format!("{text:?} is out of range"))
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    prost_types::Timestamp::from(time).to_string()
+}
+
+fn describe_rule(rule: &Rule) -> String {
+    format!(
+        "{}/{} {} {}{} ({}, revision {})",
+        rule.port,
+        rule.protocol,
+        if rule.enabled { "enabled" } else { "disabled" },
+        if rule.description.as_str().is_empty() {
+            ""
+        } else {
+            "\""
+        },
+        if rule.description.as_str().is_empty() {
+            String::new()
+        } else {
+            format!("{}\"", rule.description.as_str())
+        },
+        rule.id,
+        rule.revision
+    )
+}
+
+/// One line: sequence, time, instance#revision, actor, what happened.
+fn describe(event: &Event) -> String {
+    let what = match &event.payload {
+        EventPayload::FirewallCreated { default_rules } => format!(
+            "created with {}",
+            default_rules
+                .iter()
+                .map(|r| format!("{}/{}", r.port, r.protocol))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        EventPayload::RuleAdded(spec) => format!(
+            "added {}/{} {}{}",
+            spec.port,
+            spec.protocol,
+            spec.id,
+            if spec.enabled { "" } else { " (disabled)" }
+        ),
+        EventPayload::RuleEnabled { rule_id } => format!("enabled {rule_id}"),
+        EventPayload::RuleDisabled { rule_id } => format!("disabled {rule_id}"),
+        EventPayload::RuleDescriptionChanged {
+            rule_id,
+            description,
+        } => format!("described {rule_id} as {:?}", description.as_str()),
+        EventPayload::RuleDeleted { rule_id } => format!("deleted {rule_id}"),
+        EventPayload::FirewallDeleted => "deleted the firewall".to_owned(),
+    };
+    format!(
+        "{} {} {}#{} {}: {what}",
+        event.sequence,
+        rfc3339(event.commit_time),
+        event.instance_id,
+        event.revision,
+        event.actor.as_str()
+    )
+}
+
+/// Protobuf JSON through the published descriptors: the same shape grpcurl prints.
+struct Json(DescriptorPool);
+
+impl Json {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self(DescriptorPool::decode(
+            cassette_proto::FILE_DESCRIPTOR_SET,
+        )?))
+    }
+
+    /// Prints `message`, of type `cassette.firewall.v1.<name>`.
+    fn print(&self, name: &str, message: &impl Message) -> anyhow::Result<()> {
+        let full_name = format!("cassette.firewall.v1.{name}");
+        let descriptor = self
+            .0
+            .get_message_by_name(&full_name)
+            .with_context(|| format!("no descriptor for {full_name}"))?;
+        let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())?;
+        println!("{}", serde_json::to_string(&dynamic)?);
+        Ok(())
+    }
+
+    fn print_event(&self, record: &Record) -> anyhow::Result<()> {
+        self.print("Event", &event_to_pb(&record.event, &record.prev_hash))
+    }
+}
