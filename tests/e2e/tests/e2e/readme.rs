@@ -70,11 +70,17 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
         "README lost its grpcurl examples"
     );
 
+    // The layout scripts/run.sh makes: the log and the ruleset file in ./cassette-data.
     let dir = tempfile::tempdir().unwrap();
-    let rules = RulesProcess::start(&dir.path().join("data")).await;
-    let addr = rules.listen.clone();
     let workdir = dir.path().join("work");
-    std::fs::create_dir_all(workdir.join("cassette-data")).unwrap();
+    std::fs::create_dir_all(&workdir).unwrap();
+    let rules = RulesProcess::start(&workdir.join("cassette-data")).await;
+    let addr = rules.listen.clone();
+    let bin_dir = binary("cassette-rules")
+        .parent()
+        .expect("binary directory")
+        .display()
+        .to_string();
     let enforcer_log = dir.path().join("enforcer.log");
     let enforcer = Enforcer(
         Command::new(binary("cassette-enforcer"))
@@ -104,7 +110,11 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
     let mut script = String::from("set -o pipefail\n");
     for (i, example) in examples.iter().enumerate() {
         script.push_str(&format!("echo '{MARKER} {i}'\n"));
-        script.push_str(&example.command.replace(README_ADDR, &addr));
+        let command = example
+            .command
+            .replace(README_ADDR, &addr)
+            .replace("target/release/", &format!("{bin_dir}/"));
+        script.push_str(&command);
         script.push_str(" 2>&1\n");
     }
     let output = tokio::task::spawn_blocking(move || {
@@ -143,8 +153,9 @@ impl Drop for Enforcer {
     }
 }
 
-/// Replaces RFC 3339 UTC timestamps with `<time>`, UUIDs with `<uuid>` and
-/// protobuf JSON durations (`"0.005s"`) with `<duration>`.
+/// Replaces RFC 3339 UTC timestamps with `<time>`, UUIDs with `<uuid>`,
+/// SHA-256 hex with `<sha256>` and protobuf JSON durations (`"0.005s"`) with
+/// `<duration>`.
 fn normalize(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len());
@@ -153,6 +164,9 @@ fn normalize(text: &str) -> String {
         if let Some(n) = uuid_at(&bytes[i..]) {
             out.push_str("<uuid>");
             i += n;
+        } else if bytes[i..].len() >= 64 && bytes[i..i + 64].iter().all(u8::is_ascii_hexdigit) {
+            out.push_str("<sha256>");
+            i += 64;
         } else if let Some(n) = timestamp_at(&bytes[i..]) {
             out.push_str("<time>");
             i += n;
@@ -165,10 +179,8 @@ fn normalize(text: &str) -> String {
             i += c.len_utf8();
         }
     }
-    out.lines()
-        .map(str::trim_end)
-        .collect::<Vec<_>>()
-        .join("\n")
+    let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    lines.join("\n").trim_end().to_owned()
 }
 
 fn uuid_at(b: &[u8]) -> Option<usize> {
