@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use cassette_eventlog::{EventLog, Record};
 use cassette_model::{replay, DomainError, Event, Firewall, InstanceId, Rule, ValidationError};
+use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
 use cassette_ruleset::{Ruleset, TableName};
 
 use crate::store::StoreError;
@@ -103,6 +104,16 @@ impl FirewallAt {
     pub fn ruleset(&self) -> String {
         Ruleset::of(Some(&self.firewall)).render(&TableName::default())
     }
+
+    pub fn to_pb(&self) -> pb::FirewallAt {
+        pb::FirewallAt {
+            firewall: Some(firewall_to_pb(&self.firewall)),
+            revision: self.event.revision,
+            ruleset: self.ruleset(),
+            commit_time: Some(self.event.commit_time.into()),
+            deleted: !self.firewall.is_live(),
+        }
+    }
 }
 
 fn not_found(instance: &InstanceId) -> StoreError {
@@ -165,6 +176,28 @@ pub struct Diff {
     /// (before, after)
     pub changed: Vec<(Rule, Rule)>,
     pub events: Vec<Record>,
+}
+
+impl Diff {
+    pub fn to_pb(&self) -> pb::FirewallDiff {
+        pb::FirewallDiff {
+            added: self.added.iter().map(rule_to_pb).collect(),
+            removed: self.removed.iter().map(rule_to_pb).collect(),
+            changed: self
+                .changed
+                .iter()
+                .map(|(before, after)| pb::RuleChange {
+                    before: Some(rule_to_pb(before)),
+                    after: Some(rule_to_pb(after)),
+                })
+                .collect(),
+            events: self
+                .events
+                .iter()
+                .map(|r| event_to_pb(&r.event, &r.prev_hash))
+                .collect(),
+        }
+    }
 }
 
 pub fn diff(log: &EventLog, instance: &InstanceId, from: u64, to: u64) -> Result<Diff, StoreError> {

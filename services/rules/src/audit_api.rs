@@ -7,7 +7,7 @@ use cassette_eventlog::hex;
 use cassette_model::{ActorId, InstanceId, ValidationError};
 use cassette_proto::pb::audit_service_server::AuditService;
 use cassette_proto::pb::get_firewall_at_request::At as PbAt;
-use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
+use cassette_proto::{event_to_pb, pb};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -44,10 +44,6 @@ fn optional_instance(value: &str) -> Result<Option<InstanceId>, ValidationError>
     (!value.is_empty())
         .then(|| InstanceId::parse(value))
         .transpose()
-}
-
-fn firewall_to_pb_rules(rules: &[cassette_model::Rule]) -> Vec<pb::Rule> {
-    rules.iter().map(rule_to_pb).collect()
 }
 
 #[tonic::async_trait]
@@ -109,13 +105,7 @@ impl AuditService for AuditApi {
             return Err(Status::internal("a validated field is missing"));
         };
         let found = audit::firewall_at(self.store.log(), &instance, at)?;
-        Ok(Response::new(pb::FirewallAt {
-            firewall: Some(firewall_to_pb(&found.firewall)),
-            revision: found.event.revision,
-            ruleset: found.ruleset(),
-            commit_time: Some(found.event.commit_time.into()),
-            deleted: !found.firewall.is_live(),
-        }))
+        Ok(Response::new(found.to_pb()))
     }
 
     async fn diff_firewall(
@@ -130,23 +120,7 @@ impl AuditService for AuditApi {
             request.from_revision,
             request.to_revision,
         )?;
-        Ok(Response::new(pb::FirewallDiff {
-            added: firewall_to_pb_rules(&diff.added),
-            removed: firewall_to_pb_rules(&diff.removed),
-            changed: diff
-                .changed
-                .iter()
-                .map(|(before, after)| pb::RuleChange {
-                    before: Some(rule_to_pb(before)),
-                    after: Some(rule_to_pb(after)),
-                })
-                .collect(),
-            events: diff
-                .events
-                .iter()
-                .map(|r| event_to_pb(&r.event, &r.prev_hash))
-                .collect(),
-        }))
+        Ok(Response::new(diff.to_pb()))
     }
 
     async fn verify_log(

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use cassette_eventlog::{hex, EventLog, Record};
 use cassette_model::{Event, EventPayload, InstanceId, Rule};
-use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
+use cassette_proto::event_to_pb;
 use cassette_rules::audit::{self, At, Cursor, EventFilter};
 use cassette_rules::audit_api::verification_to_pb;
 use clap::{Args, Subcommand};
@@ -118,16 +118,7 @@ pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
             };
             let found = audit::firewall_at(&log, &instance, at)?;
             if args.json {
-                return json.print(
-                    "FirewallAt",
-                    &pb::FirewallAt {
-                        firewall: Some(firewall_to_pb(&found.firewall)),
-                        revision: found.event.revision,
-                        ruleset: found.ruleset(),
-                        commit_time: Some(found.event.commit_time.into()),
-                        deleted: !found.firewall.is_live(),
-                    },
-                );
+                return json.print("FirewallAt", &found.to_pb());
             }
             println!(
                 "{instance} at revision {} (committed {} by {}){}",
@@ -150,26 +141,7 @@ pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
             let instance = InstanceId::parse(&instance)?;
             let diff = audit::diff(&log, &instance, from, to)?;
             if args.json {
-                return json.print(
-                    "FirewallDiff",
-                    &pb::FirewallDiff {
-                        added: diff.added.iter().map(rule_to_pb).collect(),
-                        removed: diff.removed.iter().map(rule_to_pb).collect(),
-                        changed: diff
-                            .changed
-                            .iter()
-                            .map(|(b, a)| pb::RuleChange {
-                                before: Some(rule_to_pb(b)),
-                                after: Some(rule_to_pb(a)),
-                            })
-                            .collect(),
-                        events: diff
-                            .events
-                            .iter()
-                            .map(|r| event_to_pb(&r.event, &r.prev_hash))
-                            .collect(),
-                    },
-                );
+                return json.print("FirewallDiff", &diff.to_pb());
             }
             println!("{instance} from revision {from} to {to}:");
             for rule in &diff.added {
