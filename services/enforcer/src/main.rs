@@ -61,6 +61,11 @@ struct Args {
     #[arg(long, env = "CASSETTE_NFT_PATH")]
     nft_path: Option<PathBuf>,
 
+    /// Create the instance's firewall (with the default rules) if it does not
+    /// exist yet: for demos and compose files; in production the console does.
+    #[arg(long, env = "CASSETTE_CREATE_FIREWALL")]
+    create_firewall: bool,
+
     /// Names this enforcer in the rules service's logs (default: hostname-pid).
     #[arg(long, env = "CASSETTE_ENFORCER_ID")]
     enforcer_id: Option<String>,
@@ -112,6 +117,12 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result<()> {
     tracing::info!(instance_id = %config.instance, rules = %config.rules, "enforcer starting");
+    if args.create_firewall {
+        tokio::spawn(create_firewall(
+            config.rules.clone(),
+            config.instance.clone(),
+        ));
+    }
     let enforcer = Enforcer::new(config, kernel);
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -136,6 +147,35 @@ async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result
         })
         .await;
     Ok(())
+}
+
+/// CreateFirewall (idempotent), retried until the rules service answers.
+async fn create_firewall(rules: Target, instance: InstanceId) {
+    use cassette_proto::pb::{
+        firewall_service_client::FirewallServiceClient, CreateFirewallRequest,
+    };
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let created = async {
+            let mut client = FirewallServiceClient::new(rules.connect().await?);
+            client
+                .create_firewall(CreateFirewallRequest {
+                    instance_id: instance.to_string(),
+                    request_id: String::new(),
+                })
+                .await?;
+            anyhow::Ok(())
+        };
+        match created.await {
+            Ok(()) => {
+                tracing::info!(instance_id = %instance, "firewall exists");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "cannot create the firewall yet"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// `500ms`, `30s`, `2m`, `1h`.

@@ -68,13 +68,21 @@ enum Command {
     /// Answer audit questions offline from a stopped service's data directory
     /// (or a copy): events, at, diff, verify, export.
     Audit(audit_cli::AuditArgs),
+    /// Exit 0 if the rules service at --rules reports SERVING on
+    /// grpc.health.v1 (for container health checks).
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        rules: cassette_proto::Target,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    if let Some(Command::Audit(audit)) = args.command.take() {
-        return audit_cli::run(&args.data_dir, audit);
+    match args.command.take() {
+        Some(Command::Audit(audit)) => return audit_cli::run(&args.data_dir, audit),
+        Some(Command::Health { rules }) => return health(&rules).await,
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?)
@@ -113,6 +121,29 @@ async fn main() -> anyhow::Result<()> {
     }
     service.serve_all(listeners, shutdown).await?;
     Ok(())
+}
+
+async fn health(rules: &cassette_proto::Target) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let check = async {
+        let mut client = HealthClient::new(rules.connect().await?);
+        let status = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status;
+        anyhow::ensure!(
+            status == ServingStatus::Serving as i32,
+            "{rules} is not serving"
+        );
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), check)
+        .await
+        .with_context(|| format!("{rules} did not answer within 5 s"))?
 }
 
 async fn bind(listen: &Listen) -> anyhow::Result<Listener> {
