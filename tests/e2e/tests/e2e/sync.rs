@@ -92,6 +92,51 @@ async fn toggle_ssh(client: &mut cassette_e2e::Client, instance: &str, enabled: 
         .revision
 }
 
+async fn get(client: &mut cassette_e2e::Client, instance: &str) -> pb::Firewall {
+    client
+        .get_firewall(pb::GetFirewallRequest {
+            instance_id: instance.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn wait(
+    client: &mut cassette_e2e::Client,
+    revision: u64,
+    timeout: Duration,
+) -> Result<pb::SyncStatus, tonic::Status> {
+    client
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision,
+            timeout: Some(timeout.try_into().unwrap()),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Opens a sync stream whose first message is `first`.
+async fn open_with(
+    service: &InProcess,
+    first: Message,
+) -> Result<Streaming<pb::SyncResponse>, tonic::Status> {
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    let (acks, outbound) = mpsc::channel(4);
+    acks.send(pb::SyncRequest {
+        message: Some(first),
+    })
+    .await
+    .unwrap();
+    let answer = EnforcerServiceClient::new(channel)
+        .sync(ReceiverStream::new(outbound))
+        .await
+        .map(|r| r.into_inner());
+    drop(acks);
+    answer
+}
+
 const SHORT: Duration = Duration::from_millis(300);
 const LONG: Duration = Duration::from_secs(10);
 
@@ -151,14 +196,7 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
     let service = InProcess::start(dir.path()).await;
     let mut client = service.client().await;
     create(&mut client, "web-1").await;
-    let firewall = client
-        .get_firewall(pb::GetFirewallRequest {
-            instance_id: "web-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let sync = firewall.sync.unwrap();
+    let sync = get(&mut client, "web-1").await.sync.unwrap();
     assert_eq!(sync.state, pb::SyncState::NoEnforcer as i32);
     assert!(!sync.enforcer_connected);
 
@@ -168,12 +206,7 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
     assert_eq!(stream.next(LONG).await, Some(vec![revision]));
 
     // Nobody acked revision 2 yet: WaitForSync times out, naming what it waited for.
-    let status = client
-        .wait_for_sync(pb::WaitForSyncRequest {
-            instance_id: "web-1".into(),
-            revision: 0,
-            timeout: Some(Duration::from_millis(200).try_into().unwrap()),
-        })
+    let status = wait(&mut client, 0, Duration::from_millis(200))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
@@ -181,25 +214,11 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
 
     stream.ack(1, None).await;
     stream.ack(2, Some("Error: simulated")).await;
-    let status = client
-        .wait_for_sync(pb::WaitForSyncRequest {
-            instance_id: "web-1".into(),
-            revision: 2,
-            timeout: Some(Duration::from_secs(10).try_into().unwrap()),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = wait(&mut client, 2, LONG).await.unwrap();
     assert_eq!(status.state, pb::SyncState::Error as i32);
     assert_eq!((status.applied_revision, status.failed_revision), (1, 2));
     assert_eq!(status.last_error, "Error: simulated");
-    let firewall = client
-        .get_firewall(pb::GetFirewallRequest {
-            instance_id: "web-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let firewall = get(&mut client, "web-1").await;
     let ssh = firewall
         .rules
         .iter()
@@ -217,15 +236,7 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
     // Acks are one-way: poll until the success lands.
     let mut status = pb::SyncStatus::default();
     for _ in 0..250 {
-        status = client
-            .get_firewall(pb::GetFirewallRequest {
-                instance_id: "web-1".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .sync
-            .unwrap();
+        status = get(&mut client, "web-1").await.sync.unwrap();
         if status.state == pb::SyncState::InSync as i32 {
             break;
         }
@@ -234,12 +245,7 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
     assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
     assert!(status.last_error.is_empty());
 
-    let invalid = client
-        .wait_for_sync(pb::WaitForSyncRequest {
-            instance_id: "web-1".into(),
-            revision: 99,
-            timeout: Some(Duration::from_secs(1000).try_into().unwrap()),
-        })
+    let invalid = wait(&mut client, 99, Duration::from_secs(1000))
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
@@ -252,31 +258,16 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
 async fn the_first_message_must_be_a_hello_for_a_valid_instance() {
     let dir = tempfile::tempdir().unwrap();
     let service = InProcess::start(dir.path()).await;
-    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
-    let (acks, outbound) = mpsc::channel(4);
-    acks.send(pb::SyncRequest {
-        message: Some(Message::Ack(pb::Ack::default())),
-    })
-    .await
-    .unwrap();
-    let status = EnforcerServiceClient::new(channel.clone())
-        .sync(ReceiverStream::new(outbound))
+    let status = open_with(&service, Message::Ack(pb::Ack::default()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("Hello"), "{status:?}");
-
-    let (acks, outbound) = mpsc::channel(4);
-    acks.send(pb::SyncRequest {
-        message: Some(Message::Hello(pb::Hello {
-            instance_id: "Bad_Id".into(),
-            ..Default::default()
-        })),
-    })
-    .await
-    .unwrap();
-    let status = EnforcerServiceClient::new(channel)
-        .sync(ReceiverStream::new(outbound))
+    let hello = pb::Hello {
+        instance_id: "Bad_Id".into(),
+        ..Default::default()
+    };
+    let status = open_with(&service, Message::Hello(hello))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
