@@ -85,6 +85,7 @@ impl AuditService for AuditApi {
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
+    #[tracing::instrument(name = "request", skip_all, fields(method = "GetFirewallAt", instance_id = %request.get_ref().instance_id))]
     async fn get_firewall_at(
         &self,
         request: Request<pb::GetFirewallAtRequest>,
@@ -108,6 +109,7 @@ impl AuditService for AuditApi {
         Ok(Response::new(found.to_pb()))
     }
 
+    #[tracing::instrument(name = "request", skip_all, fields(method = "DiffFirewall", instance_id = %request.get_ref().instance_id))]
     async fn diff_firewall(
         &self,
         request: Request<pb::DiffFirewallRequest>,
@@ -123,10 +125,12 @@ impl AuditService for AuditApi {
         Ok(Response::new(diff.to_pb()))
     }
 
+    #[tracing::instrument(name = "request", skip_all, fields(method = "VerifyLog"))]
     async fn verify_log(
         &self,
-        _request: Request<pb::VerifyLogRequest>,
+        request: Request<pb::VerifyLogRequest>,
     ) -> Result<Response<pb::VerifyLogResponse>, Status> {
+        drop(request);
         let store = self.store.clone();
         let verification = tokio::task::spawn_blocking(move || store.log().verify())
             .await

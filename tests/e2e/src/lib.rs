@@ -245,6 +245,23 @@ impl Drop for RulesProcess {
     }
 }
 
+/// The text a `/metrics` endpoint on `addr` serves.
+pub fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, PATIENCE).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .expect("read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_port() -> SocketAddr {
     let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");

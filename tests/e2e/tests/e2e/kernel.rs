@@ -15,6 +15,8 @@ const TCP: pb::Protocol = pb::Protocol::Tcp;
 
 struct Fixture {
     dir: TempDir,
+    /// The rules service's /metrics endpoint.
+    rules_metrics: std::net::SocketAddr,
     lab: Lab,
     rules: RulesProcess,
     enforcer: Option<EnforcerProcess>,
@@ -36,10 +38,11 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut lab = block_in_place(Lab::new);
         block_in_place(|| lab.start_listeners());
+        let rules_metrics = cassette_e2e::free_port();
         let rules = RulesProcess::start_unix(
             &dir.path().join("data"),
             &dir.path().join("rules.sock"),
-            &[],
+            &["--metrics-listen", &rules_metrics.to_string()],
         )
         .await;
         let mut client = rules.client().await;
@@ -52,6 +55,7 @@ impl Fixture {
             .expect("create firewall");
         let mut fixture = Self {
             dir,
+            rules_metrics,
             lab,
             rules,
             enforcer: None,
@@ -183,6 +187,20 @@ async fn kernel_rules_open_close_and_report_applied_with_latency() {
     let firewall = f.firewall().await;
     let rule = firewall.rules.iter().find(|r| r.id == postgres).unwrap();
     assert_eq!(rule.status, pb::RuleStatus::Applied as i32);
+
+    let metrics = block_in_place(|| cassette_e2e::scrape(f.rules_metrics));
+    assert!(
+        metrics.contains("cassette_rules_connected_enforcers 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("cassette_rules_ack_latency_seconds_count 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("cassette_rules_events_appended_total 0\n"),
+        "{metrics}"
+    );
 
     let revision = f.set_enabled(&postgres, false).await;
     f.wait(revision).await;
