@@ -272,7 +272,7 @@ impl FirewallService for FirewallApi {
             let (Some(instance_id), Some(timeout)) = (instance_id, timeout) else {
                 return Err(Status::internal("a validated field is missing"));
             };
-            let latest = self.store.get(&instance_id)?.revision;
+            let latest = self.store.revision(&instance_id)?;
             let target = match request.revision {
                 0 => latest,
                 r if r > latest => {
@@ -289,7 +289,7 @@ impl FirewallService for FirewallApi {
             loop {
                 let snapshot = status.borrow_and_update().clone();
                 if snapshot.has_acked(target) {
-                    let latest = self.store.get(&instance_id).map_or(latest, |f| f.revision);
+                    let latest = self.store.revision(&instance_id).unwrap_or(latest);
                     return Ok(snapshot.to_pb(latest));
                 }
                 tokio::select! {

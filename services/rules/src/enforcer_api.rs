@@ -166,6 +166,15 @@ async fn receive_acks(
 }
 
 fn record_ack(store: &Store, instance: &InstanceId, ack: &pb::Ack, connected_at: SystemTime) {
+    let committed = store.revision(instance).unwrap_or(0);
+    if ack.revision > committed {
+        tracing::warn!(
+            revision = ack.revision,
+            committed,
+            "ignoring an ack of a revision never sent"
+        );
+        return;
+    }
     // Latency is commit -> ack on this service's clock, for events committed
     // while the stream was open (a replayed history would count its age).
     let latency = store

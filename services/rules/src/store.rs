@@ -206,6 +206,21 @@ impl Store {
         answer.await.map_err(|_| StoreError::ShuttingDown)?
     }
 
+    /// The latest revision of `instance_id`, deleted firewalls included
+    /// (an enforcer still applies a deletion); NOT_FOUND if it never existed.
+    pub fn revision(&self, instance_id: &InstanceId) -> Result<u64, StoreError> {
+        self.read()
+            .firewalls
+            .get(instance_id)
+            .map(|f| f.revision)
+            .ok_or_else(|| {
+                DomainError::FirewallNotFound {
+                    instance_id: instance_id.to_string(),
+                }
+                .into()
+            })
+    }
+
     /// The live firewall of `instance_id`.
     pub fn get(&self, instance_id: &InstanceId) -> Result<Arc<Firewall>, StoreError> {
         self.read()

@@ -154,11 +154,12 @@ impl Fixture {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kernel_fresh_instance_opens_only_ssh_http_https() {
-    if skip_unless_root("kernel_fresh_instance_opens_only_ssh_http_https") {
+async fn kernel_fresh_instance_opens_only_ssh_http_https_and_a_deleted_one_nothing() {
+    if skip_unless_root("kernel_fresh_instance_opens_only_ssh_http_https_and_a_deleted_one_nothing")
+    {
         return;
     }
-    let f = Fixture::start(&[]).await;
+    let mut f = Fixture::start(&[]).await;
     f.assert_tcp(&[22, 80, 443], &[5432]);
     assert!(
         !block_in_place(|| f.lab.udp_echo(5353)),
@@ -169,6 +170,18 @@ async fn kernel_fresh_instance_opens_only_ssh_http_https() {
         block_in_place(|| f.lab.set_elements("tcp_open")),
         [22, 80, 443]
     );
+
+    // A deleted firewall opens nothing (removing the table would open everything).
+    f.client
+        .delete_firewall(pb::DeleteFirewallRequest {
+            instance_id: INSTANCE.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete firewall");
+    f.wait(0).await;
+    f.assert_tcp(&[], &[22, 80, 443]);
+    assert!(block_in_place(|| f.lab.ping()), "ping is still answered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
