@@ -245,6 +245,18 @@ impl Drop for RulesProcess {
     }
 }
 
+/// CreateFirewall for `instance` (idempotent); panics if it fails.
+pub async fn create_firewall(client: &mut Client, instance: &str) -> pb::Firewall {
+    client
+        .create_firewall(pb::CreateFirewallRequest {
+            instance_id: instance.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("create firewall {instance}: {s:?}"))
+        .into_inner()
+}
+
 /// The text a `/metrics` endpoint on `addr` serves.
 pub fn scrape(addr: SocketAddr) -> String {
     use std::io::{Read, Write};

@@ -26,14 +26,7 @@ async fn fresh() -> Fixture {
 }
 
 async fn create(client: &mut Client, instance: &str) -> pb::Firewall {
-    client
-        .create_firewall(pb::CreateFirewallRequest {
-            instance_id: instance.into(),
-            request_id: String::new(),
-        })
-        .await
-        .expect("create firewall")
-        .into_inner()
+    cassette_e2e::create_firewall(client, instance).await
 }
 
 fn add(instance: &str, port: u32, protocol: pb::Protocol) -> pb::AddRuleRequest {

@@ -22,13 +22,7 @@ async fn kill_9_mid_write_loses_nothing_that_was_acknowledged() {
     let mut rules = RulesProcess::start(&data).await;
     let mut client = rules.client().await;
     for instance in INSTANCES {
-        client
-            .create_firewall(pb::CreateFirewallRequest {
-                instance_id: instance.into(),
-                request_id: String::new(),
-            })
-            .await
-            .unwrap();
+        cassette_e2e::create_firewall(&mut client, instance).await;
     }
 
     // (instance, port) -> the revision the OK answer reported.

@@ -46,13 +46,7 @@ impl Fixture {
         )
         .await;
         let mut client = rules.client().await;
-        client
-            .create_firewall(pb::CreateFirewallRequest {
-                instance_id: INSTANCE.into(),
-                request_id: String::new(),
-            })
-            .await
-            .expect("create firewall");
+        cassette_e2e::create_firewall(&mut client, INSTANCE).await;
         let mut fixture = Self {
             dir,
             rules_metrics,

@@ -69,13 +69,7 @@ impl RawStream {
 }
 
 async fn create(client: &mut cassette_e2e::Client, instance: &str) {
-    client
-        .create_firewall(pb::CreateFirewallRequest {
-            instance_id: instance.into(),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    cassette_e2e::create_firewall(client, instance).await;
 }
 
 async fn toggle_ssh(client: &mut cassette_e2e::Client, instance: &str, enabled: bool) -> u64 {
