@@ -219,10 +219,8 @@ pub fn diff(log: &EventLog, instance: &InstanceId, from: u64, to: u64) -> Result
     }
     let records = log.read_instance_records(instance, 0, to)?;
     let (before, between) = records.split_at(from as usize);
-    let before_events: Vec<Event> = before.iter().map(|r| r.event.clone()).collect();
-    let all_events: Vec<Event> = records.iter().map(|r| r.event.clone()).collect();
-    let rules = |events: &[Event]| -> Result<BTreeMap<String, Rule>, StoreError> {
-        Ok(replay(events)?
+    let rules = |records: &[Record]| -> Result<BTreeMap<String, Rule>, StoreError> {
+        Ok(replay(records.iter().map(|r| &r.event))?
             .filter(|f| f.is_live())
             .map(|f| {
                 f.rules()
@@ -232,8 +230,8 @@ pub fn diff(log: &EventLog, instance: &InstanceId, from: u64, to: u64) -> Result
             })
             .unwrap_or_default())
     };
-    let old = rules(&before_events)?;
-    let new = rules(&all_events)?;
+    let old = rules(before)?;
+    let new = rules(&records)?;
     let mut diff = Diff {
         events: between.to_vec(),
         ..Diff::default()

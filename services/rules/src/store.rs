@@ -16,8 +16,8 @@ use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::{EventLog, LogError};
 use cassette_model::{
-    decide, fold, replay, ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId,
-    RequestId, RuleId,
+    decide, fold, ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId, RequestId,
+    RuleId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -512,15 +512,9 @@ impl Writer {
                 return Ok(current.clone());
             }
         }
-        let events = self.log.read_instance(instance, 0, revision)?;
-        let upto = events.iter().take_while(|e| e.revision <= revision);
-        replay(upto)?.map(Arc::new).ok_or_else(|| {
-            StoreError::Fold(FoldError::Inapplicable {
-                instance_id: instance.to_string(),
-                revision,
-                reason: "request id recorded for a revision the log does not hold".into(),
-            })
-        })
+        let then =
+            crate::audit::firewall_at(&self.log, instance, crate::audit::At::Revision(revision))?;
+        Ok(Arc::new(then.firewall))
     }
 }
 

@@ -32,8 +32,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Whether `revision` has been acknowledged, as applied or as failed.
     pub fn has_acked(&self, revision: u64) -> bool {
-        self.applied_revision >= revision
-            || self.failed.as_ref().is_some_and(|(r, _)| *r >= revision)
+        self.applied_revision >= revision || self.failed_since(revision)
+    }
+
+    /// Whether the last failed apply was of `revision` or a later one.
+    fn failed_since(&self, revision: u64) -> bool {
+        self.failed.as_ref().is_some_and(|(r, _)| *r >= revision)
     }
 
     pub fn to_pb(&self, latest_revision: u64) -> pb::SyncStatus {
@@ -67,11 +71,7 @@ impl Snapshot {
         for rule in &mut firewall.rules {
             let status = if self.applied_revision >= rule.revision {
                 pb::RuleStatus::Applied
-            } else if self
-                .failed
-                .as_ref()
-                .is_some_and(|(r, _)| *r >= rule.revision)
-            {
+            } else if self.failed_since(rule.revision) {
                 pb::RuleStatus::Failed
             } else {
                 pb::RuleStatus::Pending

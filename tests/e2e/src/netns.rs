@@ -163,16 +163,15 @@ impl Lab {
     /// The open ports of a set in the instance's table.
     pub fn set_elements(&self, set: &str) -> Vec<u16> {
         let output = self.nft(&["-j", "list", "set", "inet", "cassette", set]);
-        let text = String::from_utf8_lossy(&output.stdout);
-        // Elements of an inet_service set are plain numbers in nft's JSON.
-        let Some(start) = text.find("\"elem\": [") else {
-            return Vec::new();
-        };
-        let rest = &text[start + 9..];
-        let end = rest.find(']').unwrap_or(0);
-        let mut ports: Vec<u16> = rest[..end]
-            .split(',')
-            .filter_map(|p| p.trim().parse().ok())
+        let listing: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let elements = listing["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|object| object["set"]["elem"].as_array())
+            .flatten();
+        let mut ports: Vec<u16> = elements
+            .filter_map(|port| port.as_u64().and_then(|p| u16::try_from(p).ok()))
             .collect();
         ports.sort_unstable();
         ports

@@ -189,17 +189,10 @@ async fn wait(
         .wait_for_sync(pb::WaitForSyncRequest {
             instance_id,
             revision,
-            timeout: Some(prost_duration(Duration::from_secs(60))),
+            timeout: Duration::from_secs(60).try_into().ok(),
         })
         .await
         .map(|r| r.into_inner())
-}
-
-fn prost_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
 }
 
 /// Runs `call` for every item, `concurrency` at a time; fails on the first error.
