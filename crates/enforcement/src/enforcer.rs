@@ -13,7 +13,7 @@ use cassette_ruleset::{Ruleset, TableName};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::{EnforcerMetrics, Kernel, KernelError};
@@ -24,6 +24,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub rules: Target,
+    /// TLS to the rules service: the CA to check it with and this enforcer's
+    /// certificate (`spiffe://<trust-domain>/enforcer/<instance>`).
+    pub tls: Option<ClientTlsConfig>,
     pub instance: InstanceId,
     /// Names this process in the service's logs.
     pub enforcer_id: String,
@@ -145,7 +148,12 @@ impl<K: Kernel> Enforcer<K> {
     async fn session(&mut self) -> Result<(), SessionError> {
         let channel = match &self.channel {
             Some(channel) => channel.clone(),
-            None => self.config.rules.connect().await?,
+            None => {
+                self.config
+                    .rules
+                    .connect_with(self.config.tls.as_ref())
+                    .await?
+            }
         };
         let mut client = EnforcerServiceClient::new(channel);
         let (acks, outbound) = mpsc::channel(16);
@@ -232,7 +240,7 @@ impl<K: Kernel> Enforcer<K> {
                     ok: true,
                     error: String::new(),
                     apply_duration: elapsed.try_into().ok(),
-                    ruleset_hash: desired.hash(&self.config.table),
+                    ruleset_hash: desired.hash(),
                 }
             }
             Err(error) => {
@@ -246,7 +254,7 @@ impl<K: Kernel> Enforcer<K> {
                     ruleset_hash: self
                         .in_kernel
                         .as_ref()
-                        .map(|r| r.hash(&self.config.table))
+                        .map(Ruleset::hash)
                         .unwrap_or_default(),
                 }
             }

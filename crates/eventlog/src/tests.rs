@@ -16,6 +16,7 @@ fn event(sequence: u64, name: &str, revision: u64, payload: EventPayload) -> Eve
         event_id: uuid::Uuid::now_v7(),
         commit_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + sequence),
         actor: ActorId::anonymous(),
+        on_behalf_of: None,
         request_id: None,
         payload,
     }

@@ -183,6 +183,7 @@ mod tests {
                     event_id: uuid::Uuid::nil(),
                     commit_time: SystemTime::UNIX_EPOCH + Duration::from_secs(revision),
                     actor: ActorId::anonymous(),
+                    on_behalf_of: None,
                     request_id: RequestId::parse_optional("r").unwrap(),
                     payload,
                 };

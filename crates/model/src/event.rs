@@ -16,6 +16,8 @@ pub struct Event {
     pub event_id: uuid::Uuid,
     pub commit_time: SystemTime,
     pub actor: ActorId,
+    /// The end user a delegate actor acted for.
+    pub on_behalf_of: Option<ActorId>,
     pub request_id: Option<RequestId>,
     pub payload: EventPayload,
 }

@@ -106,7 +106,8 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A rule's description: at most 255 characters, no control characters.
+/// A rule's description: at most 255 characters, no control characters and no
+/// Unicode bidirectional controls.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Description(String);
 
@@ -126,6 +127,20 @@ impl Description {
             return Err(ValidationError::new(
                 Self::FIELD,
                 format!("must not contain control characters, found {bad:?}"),
+            ));
+        }
+        // Bidi embeddings, overrides and isolates can make a description read
+        // differently on the page than what is stored ("Trojan Source").
+        if let Some(bad) = value
+            .chars()
+            .find(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+        {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                format!(
+                    "must not contain Unicode bidirectional controls (U+202A-U+202E, U+2066-U+2069), found U+{:04X}",
+                    u32::from(bad)
+                ),
             ));
         }
         Ok(Self(value.to_owned()))
@@ -286,6 +301,14 @@ mod tests {
         assert!(Description::parse(&"a".repeat(256)).is_err());
         assert!(Description::parse("a\nb").is_err());
         assert!(Description::parse("tab\there").is_err());
+        for bidi in ['\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}'] {
+            let error = Description::parse(&format!("ssh {bidi}lanigiro")).unwrap_err();
+            assert!(error.message.contains("bidirectional"), "{error}");
+        }
+        assert!(
+            Description::parse("مرحبا hello").is_ok(),
+            "right-to-left text itself is fine"
+        );
     }
 
     #[test]

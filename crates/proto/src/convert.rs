@@ -119,6 +119,11 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
         event_id: event.event_id.hyphenated().to_string(),
         commit_time: Some(timestamp(event.commit_time)),
         actor: event.actor.as_str().to_owned(),
+        on_behalf_of: event
+            .on_behalf_of
+            .as_ref()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
         request_id: event
             .request_id
             .as_ref()
@@ -173,6 +178,13 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
             .map_err(|e| ValidationError::new("event_id", e.to_string()))?,
         commit_time,
         actor: ActorId::parse(&event.actor)?,
+        on_behalf_of: match event.on_behalf_of.as_str() {
+            "" => None,
+            user => Some(
+                ActorId::parse(user)
+                    .map_err(|e| ValidationError::new("on_behalf_of", e.message))?,
+            ),
+        },
         request_id: RequestId::parse_optional(&event.request_id)?,
         payload,
     })

@@ -1,11 +1,14 @@
-//! Where a client finds the rules service: `http://HOST:PORT` over TCP, or
-//! `unix:/PATH` over a Unix socket (a sidecar reaching the service through a
-//! mounted socket, or a test crossing network namespaces).
+//! Where a client finds the rules service: `http://HOST:PORT` or
+//! `https://HOST:PORT` over TCP, or `unix:/PATH` over a Unix socket (a sidecar
+//! reaching the service through a mounted socket, or a test crossing network
+//! namespaces). With a TLS configuration every kind speaks TLS; over a Unix
+//! socket the server certificate is checked for `localhost` unless the
+//! configuration names another domain.
 
 use std::path::PathBuf;
 
 use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -15,8 +18,12 @@ pub enum Target {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
-    #[error("{0:?} is not a rules service address: use http://HOST:PORT or unix:/PATH")]
+    #[error("{0:?} is not a rules service address: use http://HOST:PORT, https://HOST:PORT or unix:/PATH")]
     Invalid(String),
+    #[error("{0} is https:// but no TLS configuration (a CA to check the server with) was given")]
+    NoTls(String),
+    #[error("{0} is http:// but a TLS configuration was given: use https://")]
+    NotHttps(String),
     #[error("cannot connect to {target}: {source}")]
     Connect {
         target: String,
@@ -35,7 +42,9 @@ impl std::str::FromStr for Target {
             }
             return Ok(Target::Unix(PathBuf::from(path)));
         }
-        if s.starts_with("http://") && Endpoint::from_shared(s.to_owned()).is_ok() {
+        if (s.starts_with("http://") || s.starts_with("https://"))
+            && Endpoint::from_shared(s.to_owned()).is_ok()
+        {
             return Ok(Target::Http(s.to_owned()));
         }
         Err(TargetError::Invalid(s.to_owned()))
@@ -52,23 +61,47 @@ impl std::fmt::Display for Target {
 }
 
 impl Target {
-    /// Connects one HTTP/2 channel.
+    /// Connects one plaintext HTTP/2 channel.
     pub async fn connect(&self) -> Result<Channel, TargetError> {
+        self.connect_with(None).await
+    }
+
+    /// Connects one HTTP/2 channel, over TLS when `tls` is given (the CA to
+    /// check the server with, and a client certificate to present, if any).
+    pub async fn connect_with(
+        &self,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Channel, TargetError> {
         let failed = |source| TargetError::Connect {
             target: self.to_string(),
             source,
         };
         match self {
-            Target::Http(url) => Endpoint::from_shared(url.clone())
-                .map_err(failed)?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(failed),
+            Target::Http(url) => {
+                let mut endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(failed)?
+                    .tcp_nodelay(true);
+                match (url.starts_with("https://"), tls) {
+                    (true, Some(tls)) => {
+                        endpoint = endpoint.tls_config(tls.clone()).map_err(failed)?
+                    }
+                    (true, None) => return Err(TargetError::NoTls(url.clone())),
+                    (false, Some(_)) => return Err(TargetError::NotHttps(url.clone())),
+                    (false, None) => {}
+                }
+                endpoint.connect().await.map_err(failed)
+            }
             Target::Unix(path) => {
                 let path = path.clone();
-                // The URI is required but unused: the connector dials the socket.
-                Endpoint::from_static("http://rules.invalid")
+                // The URI is required but only names the server for TLS: the
+                // connector dials the socket.
+                let endpoint = match tls {
+                    Some(tls) => Endpoint::from_static("https://localhost")
+                        .tls_config(tls.clone())
+                        .map_err(failed)?,
+                    None => Endpoint::from_static("http://rules.invalid"),
+                };
+                endpoint
                     .connect_with_connector(tower::service_fn(move |_| {
                         let path = path.clone();
                         async move {

@@ -159,15 +159,17 @@ impl Ruleset {
         (!out.is_empty()).then_some(out)
     }
 
-    /// SHA-256 (hex) of the rendered table: what an ack reports the kernel holds.
-    pub fn hash(&self, table: &TableName) -> String {
-        Sha256::digest(self.render(table).as_bytes()).iter().fold(
-            String::with_capacity(64),
-            |mut hex, byte| {
+    /// SHA-256 (hex) of the table rendered under its default name
+    /// (`cassette`): what an ack reports the kernel holds. The name is fixed so
+    /// that the rules service, which does not know an enforcer's `--table`,
+    /// computes the same hash for the same revision.
+    pub fn hash(&self) -> String {
+        Sha256::digest(self.render(&TableName::default()).as_bytes())
+            .iter()
+            .fold(String::with_capacity(64), |mut hex, byte| {
                 let _ = write!(hex, "{byte:02x}");
                 hex
-            },
-        )
+            })
     }
 }
 
@@ -242,15 +244,8 @@ mod tests {
 
     #[test]
     fn hash_tracks_content() {
-        let table = TableName::default();
-        assert_eq!(
-            Ruleset::defaults().hash(&table),
-            Ruleset::defaults().hash(&table)
-        );
-        assert_ne!(
-            Ruleset::defaults().hash(&table),
-            Ruleset::of(None).hash(&table)
-        );
-        assert_eq!(Ruleset::defaults().hash(&table).len(), 64);
+        assert_eq!(Ruleset::defaults().hash(), Ruleset::defaults().hash());
+        assert_ne!(Ruleset::defaults().hash(), Ruleset::of(None).hash());
+        assert_eq!(Ruleset::defaults().hash().len(), 64);
     }
 }

@@ -14,6 +14,7 @@ use cassette_proto::Target;
 use cassette_ruleset::TableName;
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -25,9 +26,28 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The rules service: http://HOST:PORT or unix:/PATH.
+    /// The rules service: http://HOST:PORT, https://HOST:PORT or unix:/PATH.
     #[arg(long, env = "CASSETTE_RULES", default_value = "http://127.0.0.1:50051")]
     rules: Target,
+
+    /// CA (PEM) the rules service's certificate must chain to. Turns on TLS
+    /// (with https:// or unix: targets).
+    #[arg(long, env = "CASSETTE_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+
+    /// This enforcer's certificate (PEM), with the URI SAN
+    /// spiffe://<trust-domain>/enforcer/<instance>.
+    #[arg(long, env = "CASSETTE_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "CASSETTE_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+
+    /// The name the rules service's certificate must carry (default: the
+    /// host of --rules, or localhost for unix: targets).
+    #[arg(long, env = "CASSETTE_TLS_SERVER_NAME", requires = "tls_ca")]
+    tls_server_name: Option<String>,
 
     /// The instance whose firewall this enforcer applies.
     #[arg(long, env = "CASSETTE_INSTANCE")]
@@ -96,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let config = Config {
         rules: args.rules.clone(),
+        tls: client_tls(&args)?,
         instance,
         enforcer_id,
         table: table.clone(),
@@ -115,11 +136,32 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// TLS to the rules service from --tls-ca/--tls-cert/--tls-key.
+fn client_tls(args: &Args) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf, flag: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca, "--tls-ca")?))
+        .identity(Identity::from_pem(
+            read(cert, "--tls-cert")?,
+            read(key, "--tls-key")?,
+        ));
+    if let Some(name) = &args.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Some(tls))
+}
+
 async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result<()> {
-    tracing::info!(instance_id = %config.instance, rules = %config.rules, "enforcer starting");
+    tracing::info!(instance_id = %config.instance, rules = %config.rules, tls = config.tls.is_some(), "enforcer starting");
     if args.create_firewall {
         tokio::spawn(create_firewall(
             config.rules.clone(),
+            config.tls.clone(),
             config.instance.clone(),
         ));
     }
@@ -150,14 +192,15 @@ async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result
 }
 
 /// CreateFirewall (idempotent), retried until the rules service answers.
-async fn create_firewall(rules: Target, instance: InstanceId) {
+/// Refused outright (an enforcer identity may not call the API) ends it.
+async fn create_firewall(rules: Target, tls: Option<ClientTlsConfig>, instance: InstanceId) {
     use cassette_proto::pb::{
         firewall_service_client::FirewallServiceClient, CreateFirewallRequest,
     };
     let mut pause = Duration::from_millis(200);
     loop {
         let created = async {
-            let mut client = FirewallServiceClient::new(rules.connect().await?);
+            let mut client = FirewallServiceClient::new(rules.connect_with(tls.as_ref()).await?);
             client
                 .create_firewall(CreateFirewallRequest {
                     instance_id: instance.to_string(),
@@ -171,7 +214,19 @@ async fn create_firewall(rules: Target, instance: InstanceId) {
                 tracing::info!(instance_id = %instance, "firewall exists");
                 return;
             }
-            Err(error) => tracing::warn!(%error, "cannot create the firewall yet"),
+            Err(error) => {
+                let refused = error.downcast_ref::<tonic::Status>().is_some_and(|s| {
+                    matches!(
+                        s.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                    )
+                });
+                if refused {
+                    tracing::error!(%error, "--create-firewall refused; create the firewall with an editor's credentials");
+                    return;
+                }
+                tracing::warn!(%error, "cannot create the firewall yet");
+            }
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));

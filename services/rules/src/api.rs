@@ -7,20 +7,20 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
+use cassette_auth::{Action, Caller};
 use cassette_model::{
-    ActorId, Command, Description, Firewall, InstanceId, Port, RequestId, RuleId, ValidationError,
+    Command, Description, Firewall, InstanceId, Port, RequestId, RuleId, ValidationError,
 };
 use cassette_proto::pb::firewall_service_server::FirewallService;
 use cassette_proto::{pb, protocol_from_pb};
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
-use crate::status::{invalid, Violations};
+use crate::caller::caller;
+use crate::limits::{Limits, Slots};
+use crate::status::{invalid, refused, Violations};
 use crate::store::{Mutation, Store};
 use crate::sync::present;
-
-/// Metadata key naming who asks, recorded on every event until authentication exists.
-pub const ACTOR_METADATA: &str = "x-actor";
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
@@ -29,11 +29,15 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 
 pub struct FirewallApi {
     store: Arc<Store>,
+    waiters: Arc<Slots>,
 }
 
 impl FirewallApi {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, limits: &Limits) -> Self {
+        Self {
+            store,
+            waiters: Slots::new("WaitForSync waiters", limits.max_waiters_per_principal),
+        }
     }
 
     /// A firewall as the API shows it: with its enforcer's sync state.
@@ -50,12 +54,14 @@ impl FirewallApi {
         fields: impl FnOnce(&T) -> (&str, &str, Option<u64>),
         command: impl FnOnce(&T, &mut Violations) -> Option<Command>,
     ) -> Result<Response<pb::Firewall>, Status> {
-        let actor = actor(&request);
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let (instance_id, request_id, expected_revision) = fields(&request);
-        let span = request_span(method, instance_id, request_id);
+        let span = request_span(method, instance_id, request_id, &caller);
         let answer = async {
-            let actor = actor?;
+            caller
+                .authorize(Action::Mutate, method, instance_id)
+                .map_err(refused)?;
             let mut v = Violations::default();
             let instance_id = v.check(InstanceId::parse(instance_id));
             let request_id = v.check(RequestId::parse_optional(request_id));
@@ -71,7 +77,8 @@ impl FirewallApi {
                 command,
                 request_id,
                 expected_revision,
-                actor,
+                actor: caller.actor(),
+                on_behalf_of: caller.on_behalf_of().cloned(),
             };
             let firewall = self.store.mutate(mutation).await?;
             Span::current().record("revision", firewall.revision);
@@ -81,11 +88,18 @@ impl FirewallApi {
     }
 }
 
-fn request_span(method: &'static str, instance_id: &str, request_id: &str) -> Span {
+fn request_span(
+    method: &'static str,
+    instance_id: &str,
+    request_id: &str,
+    caller: &Caller,
+) -> Span {
     tracing::info_span!(
         "request",
         method,
         instance_id,
+        principal = %caller,
+        on_behalf_of = caller.on_behalf_of().map(|u| u.as_str()),
         request_id = (!request_id.is_empty()).then_some(request_id),
         revision = field::Empty,
     )
@@ -103,17 +117,6 @@ async fn in_span<T>(
     }
     .instrument(span)
     .await
-}
-
-fn actor<T>(request: &Request<T>) -> Result<ActorId, Status> {
-    match request.metadata().get(ACTOR_METADATA) {
-        None => Ok(ActorId::anonymous()),
-        Some(value) => value
-            .to_str()
-            .map_err(|_| ValidationError::new(ActorId::FIELD, "must be printable ASCII"))
-            .and_then(ActorId::parse)
-            .map_err(invalid),
-    }
 }
 
 #[tonic::async_trait]
@@ -135,9 +138,13 @@ impl FirewallService for FirewallApi {
         &self,
         request: Request<pb::GetFirewallRequest>,
     ) -> Result<Response<pb::Firewall>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let span = request_span("GetFirewall", &request.instance_id, "");
+        let span = request_span("GetFirewall", &request.instance_id, "", &caller);
         let answer = async {
+            caller
+                .authorize(Action::Read, "GetFirewall", &request.instance_id)
+                .map_err(refused)?;
             let instance_id = InstanceId::parse(&request.instance_id).map_err(invalid)?;
             let firewall = self.store.get(&instance_id)?;
             Span::current().record("revision", firewall.revision);
@@ -150,9 +157,13 @@ impl FirewallService for FirewallApi {
         &self,
         request: Request<pb::ListFirewallsRequest>,
     ) -> Result<Response<pb::ListFirewallsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let span = tracing::info_span!("request", method = "ListFirewalls");
+        let span = tracing::info_span!("request", method = "ListFirewalls", principal = %caller);
         let answer = async {
+            caller
+                .authorize_any(Action::Read, "ListFirewalls")
+                .map_err(refused)?;
             let limit = match request.page_size {
                 0 => DEFAULT_PAGE_SIZE,
                 n => usize::try_from(n)
@@ -168,7 +179,9 @@ impl FirewallService for FirewallApi {
                     ))
                 })?),
             };
-            let (page, more) = self.store.list(after.as_ref(), limit);
+            let (page, more) = self
+                .store
+                .list(after.as_ref(), limit, |id| caller.may_see(id.as_str()));
             let next_page_token = match (more, page.last()) {
                 (true, Some(last)) => last.instance_id.to_string(),
                 _ => String::new(),
@@ -262,9 +275,14 @@ impl FirewallService for FirewallApi {
         &self,
         request: Request<pb::WaitForSyncRequest>,
     ) -> Result<Response<pb::SyncStatus>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let span = request_span("WaitForSync", &request.instance_id, "");
+        let span = request_span("WaitForSync", &request.instance_id, "", &caller);
         let answer = async {
+            caller
+                .authorize(Action::Read, "WaitForSync", &request.instance_id)
+                .map_err(refused)?;
+            let _slot = self.waiters.acquire(caller.actor().as_str())?;
             let mut v = Violations::default();
             let instance_id = v.check(InstanceId::parse(&request.instance_id));
             let timeout = v.check(wait_timeout(request.timeout));

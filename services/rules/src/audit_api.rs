@@ -11,22 +11,29 @@ use cassette_proto::{event_to_pb, pb};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
+use tracing::{field, Instrument, Span};
 
 use crate::audit::{self, At, Cursor, EventFilter};
-use crate::status::{invalid, Violations};
+use crate::caller::caller;
+use crate::limits::{Limits, Slot, Slots};
+use crate::status::{invalid, refused, Violations};
 use crate::store::Store;
+use cassette_auth::{Action, Caller};
 
 /// Records read per step of a ListEvents stream.
 const PAGE: usize = 1000;
 
 pub struct AuditApi {
     store: Arc<Store>,
+    follows: Arc<Slots>,
 }
 
 impl AuditApi {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, limits: &Limits) -> Self {
+        Self {
+            store,
+            follows: Slots::new("follow streams", limits.max_follow_streams_per_principal),
+        }
     }
 }
 
@@ -54,7 +61,20 @@ impl AuditService for AuditApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<Self::ListEventsStream>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        match request.instance_id.as_str() {
+            "" => caller
+                .authorize_any(Action::Audit, "ListEvents")
+                .map_err(refused)?,
+            instance => caller
+                .authorize(Action::Audit, "ListEvents", instance)
+                .map_err(refused)?,
+        }
+        let slot = match request.follow {
+            true => Some(self.follows.acquire(caller.actor().as_str())?),
+            false => None,
+        };
         let mut v = Violations::default();
         let instance = v.check(optional_instance(&request.instance_id));
         let since = v.check(time("since", request.since));
@@ -77,20 +97,23 @@ impl AuditService for AuditApi {
             until,
             actor,
         };
-        let span = tracing::info_span!("request", method = "ListEvents", instance_id = ?filter.instance, follow = request.follow);
+        let span = tracing::info_span!("request", method = "ListEvents", instance_id = ?filter.instance, follow = request.follow, principal = %caller);
         let (outbound, stream) = mpsc::channel(16);
-        tokio::spawn(
-            stream_events(self.store.clone(), filter, request.follow, outbound).instrument(span),
-        );
+        let reader = Reader {
+            store: self.store.clone(),
+            caller,
+            _slot: slot,
+        };
+        tokio::spawn(stream_events(reader, filter, request.follow, outbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
-    #[tracing::instrument(name = "request", skip_all, fields(method = "GetFirewallAt", instance_id = %request.get_ref().instance_id))]
+    #[tracing::instrument(name = "request", skip_all, fields(method = "GetFirewallAt", instance_id = %request.get_ref().instance_id, principal = field::Empty))]
     async fn get_firewall_at(
         &self,
         request: Request<pb::GetFirewallAtRequest>,
     ) -> Result<Response<pb::FirewallAt>, Status> {
-        let request = request.into_inner();
+        let request = authorized(request, "GetFirewallAt", |r| &r.instance_id)?;
         let mut v = Violations::default();
         let instance = v.check(InstanceId::parse(&request.instance_id));
         let at = match request.at {
@@ -109,12 +132,12 @@ impl AuditService for AuditApi {
         Ok(Response::new(found.to_pb()))
     }
 
-    #[tracing::instrument(name = "request", skip_all, fields(method = "DiffFirewall", instance_id = %request.get_ref().instance_id))]
+    #[tracing::instrument(name = "request", skip_all, fields(method = "DiffFirewall", instance_id = %request.get_ref().instance_id, principal = field::Empty))]
     async fn diff_firewall(
         &self,
         request: Request<pb::DiffFirewallRequest>,
     ) -> Result<Response<pb::FirewallDiff>, Status> {
-        let request = request.into_inner();
+        let request = authorized(request, "DiffFirewall", |r| &r.instance_id)?;
         let instance = InstanceId::parse(&request.instance_id).map_err(invalid)?;
         let diff = audit::diff(
             self.store.log(),
@@ -125,12 +148,16 @@ impl AuditService for AuditApi {
         Ok(Response::new(diff.to_pb()))
     }
 
-    #[tracing::instrument(name = "request", skip_all, fields(method = "VerifyLog"))]
+    #[tracing::instrument(name = "request", skip_all, fields(method = "VerifyLog", principal = field::Empty))]
     async fn verify_log(
         &self,
         request: Request<pb::VerifyLogRequest>,
     ) -> Result<Response<pb::VerifyLogResponse>, Status> {
-        drop(request);
+        let caller = caller(&request)?;
+        Span::current().record("principal", field::display(&caller));
+        caller
+            .authorize_any(Action::Audit, "VerifyLog")
+            .map_err(refused)?;
         let store = self.store.clone();
         let verification = tokio::task::spawn_blocking(move || store.log().verify())
             .await
@@ -138,6 +165,29 @@ impl AuditService for AuditApi {
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(verification_to_pb(&verification)))
     }
+}
+
+/// The request's body, once its caller may audit `instance` (recorded on the span).
+fn authorized<T>(
+    request: Request<T>,
+    method: &str,
+    instance: impl FnOnce(&T) -> &str,
+) -> Result<T, Status> {
+    let caller = caller(&request)?;
+    Span::current().record("principal", field::display(&caller));
+    caller
+        .authorize(Action::Audit, method, instance(request.get_ref()))
+        .map_err(refused)?;
+    Ok(request.into_inner())
+}
+
+/// What a ListEvents stream reads with, for as long as it runs.
+struct Reader {
+    store: Arc<Store>,
+    /// Events of instances outside the caller's scope are skipped.
+    caller: Caller,
+    /// The follow-stream slot, released when the stream ends.
+    _slot: Option<Slot>,
 }
 
 pub fn verification_to_pb(v: &cassette_eventlog::Verification) -> pb::VerifyLogResponse {
@@ -154,11 +204,12 @@ pub fn verification_to_pb(v: &cassette_eventlog::Verification) -> pb::VerifyLogR
 
 /// Sends matching events page by page; with `follow`, then waits for commits.
 async fn stream_events(
-    store: Arc<Store>,
+    reader: Reader,
     filter: EventFilter,
     follow: bool,
     outbound: mpsc::Sender<Result<pb::Event, Status>>,
 ) {
+    let store = &reader.store;
     // Subscribe before reading, so no commit between the read and the wait is missed.
     let mut wake: watch::Receiver<u64> = match &filter.instance {
         Some(instance) => store.board().watch_committed(instance),
@@ -180,6 +231,9 @@ async fn stream_events(
             }
         };
         for record in page {
+            if !reader.caller.may_see(record.event.instance_id.as_str()) {
+                continue;
+            }
             let event = event_to_pb(&record.event, &record.prev_hash);
             if outbound.send(Ok(event)).await.is_err() {
                 return;

@@ -236,7 +236,7 @@ fn describe_rule(rule: &Rule) -> String {
     )
 }
 
-/// One line: sequence, time, instance#revision, actor, what happened.
+/// One line: sequence, time, instance#revision, actor (and whom it acted for), what happened.
 fn describe(event: &Event) -> String {
     let what = match &event.payload {
         EventPayload::FirewallCreated { default_rules } => format!(
@@ -263,8 +263,13 @@ fn describe(event: &Event) -> String {
         EventPayload::RuleDeleted { rule_id } => format!("deleted {rule_id}"),
         EventPayload::FirewallDeleted => "deleted the firewall".to_owned(),
     };
+    let for_whom = event
+        .on_behalf_of
+        .as_ref()
+        .map(|user| format!(" (for {})", user.as_str()))
+        .unwrap_or_default();
     format!(
-        "{} {} {}#{} {}: {what}",
+        "{} {} {}#{} {}{for_whom}: {what}",
         event.sequence,
         rfc3339(event.commit_time),
         event.instance_id,

@@ -1,7 +1,13 @@
 //! The gRPC adapter for `cassette.firewall.v1.EnforcerService`: one
 //! bidirectional stream per enforcer. Down: the instance's events after the
 //! enforcer's revision, then each new one once durable. Up: acks.
+//!
+//! The channel cannot lie: only the instance's own enforcer identity may open
+//! it, an ack counts only for a revision this stream was sent, an ok ack must
+//! carry the ruleset hash the service computes for that revision, and a newer
+//! stream for the instance closes the older one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::status::invalid;
+use crate::caller::caller;
+use crate::status::{invalid, refused, stream_replaced, Violations};
 use crate::store::Store;
 use crate::sync::Connection;
 
@@ -24,6 +31,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_EVENTS_PER_MESSAGE: usize = 512;
 /// Messages buffered per stream: a slow enforcer backs up only its own stream.
 const STREAM_BUFFER: usize = 2;
+/// Longest `enforcer_id` and `version` a Hello may carry.
+const MAX_HELLO_FIELD: usize = 128;
+/// How much of an ack's error message is kept.
+const MAX_ACK_ERROR_BYTES: usize = 4096;
 
 pub struct EnforcerApi {
     store: Arc<Store>,
@@ -45,6 +56,7 @@ impl EnforcerService for EnforcerApi {
         &self,
         request: Request<Streaming<pb::SyncRequest>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        let caller = caller(&request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -58,10 +70,19 @@ impl EnforcerService for EnforcerApi {
                 "the first message of a sync stream must be a Hello",
             )));
         };
-        let instance = InstanceId::parse(&hello.instance_id).map_err(invalid)?;
+        caller.authorize_sync(&hello.instance_id).map_err(refused)?;
+        let mut v = Violations::default();
+        let instance = v.check(InstanceId::parse(&hello.instance_id));
+        v.check(bounded("enforcer_id", &hello.enforcer_id));
+        v.check(bounded("version", &hello.version));
+        v.finish()?;
+        let Some(instance) = instance else {
+            return Err(Status::internal("a validated field is missing"));
+        };
         let span = tracing::info_span!(
             "sync",
             instance_id = %instance,
+            principal = %caller,
             enforcer_id = %hello.enforcer_id,
             version = %hello.version,
         );
@@ -73,30 +94,51 @@ impl EnforcerService for EnforcerApi {
         });
         let (outbound, stream) = mpsc::channel(STREAM_BUFFER);
         let connection = self.store.board().connect(&instance);
+        let sent = Arc::new(AtomicU64::new(0));
         let sender = tokio::spawn(
             send_events(
                 self.store.clone(),
                 instance.clone(),
                 hello.applied_revision,
                 outbound,
+                sent.clone(),
+                connection.replaced(),
             )
             .instrument(span.clone()),
         );
-        tokio::spawn(
-            receive_acks(self.store.clone(), instance, inbound, connection, sender)
-                .instrument(span),
-        );
+        let stream_state = StreamState {
+            store: self.store.clone(),
+            instance,
+            connection,
+            sent,
+            connected_at: SystemTime::now(),
+        };
+        tokio::spawn(receive_acks(stream_state, inbound, sender).instrument(span));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 }
 
-/// Sends every durable event after `position`, then waits for the next commit.
+fn bounded(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value.chars().count() > MAX_HELLO_FIELD {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_HELLO_FIELD} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Sends every durable event after `position`, then waits for the next
+/// commit; `sent` records the highest revision handed to the stream.
 async fn send_events(
     store: Arc<Store>,
     instance: InstanceId,
     mut position: u64,
     outbound: mpsc::Sender<Outbound>,
+    sent: Arc<AtomicU64>,
+    replaced: impl std::future::Future<Output = ()>,
 ) {
+    tokio::pin!(replaced);
     let mut committed = store.board().watch_committed(&instance);
     let mut closing = store.closing();
     loop {
@@ -106,9 +148,7 @@ async fn send_events(
                 Ok(events) => events,
                 Err(error) => {
                     tracing::error!(%error, "cannot read events for a sync stream");
-                    let _ = outbound
-                        .send(Err(Status::internal(error.to_string())))
-                        .await;
+                    let _ = outbound.send(Err(error.into())).await;
                     return;
                 }
             };
@@ -116,6 +156,10 @@ async fn send_events(
                 let message = pb::SyncResponse {
                     events: chunk.iter().map(|e| event_to_pb(e, &[])).collect(),
                 };
+                if let Some(last) = chunk.last() {
+                    // Before the send: the enforcer may ack as soon as it has it.
+                    sent.fetch_max(last.revision, Ordering::AcqRel);
+                }
                 if outbound.send(Ok(message)).await.is_err() {
                     return;
                 }
@@ -129,29 +173,50 @@ async fn send_events(
             changed = committed.changed() => if changed.is_err() { return },
             _ = outbound.closed() => return,
             _ = wait_true(&mut closing) => return,
+            () = &mut replaced => {
+                tracing::info!("a newer sync stream for the instance opened; closing this one");
+                let _ = outbound.send(Err(stream_replaced(instance.as_str()))).await;
+                return;
+            }
         }
     }
 }
 
-/// Records acks until the enforcer goes away or the service stops.
-async fn receive_acks(
+/// One sync stream's side of the board.
+struct StreamState {
     store: Arc<Store>,
     instance: InstanceId,
-    mut inbound: Streaming<pb::SyncRequest>,
     connection: Connection,
-    sender: tokio::task::JoinHandle<()>,
+    /// The highest revision this stream was sent.
+    sent: Arc<AtomicU64>,
+    connected_at: SystemTime,
+}
+
+/// Records acks until the enforcer goes away, a newer stream replaces this
+/// one, or the service stops.
+async fn receive_acks(
+    state: StreamState,
+    mut inbound: Streaming<pb::SyncRequest>,
+    mut sender: tokio::task::JoinHandle<()>,
 ) {
-    let connected_at = SystemTime::now();
-    let mut closing = store.closing();
+    let mut closing = state.store.closing();
+    let replaced = state.connection.replaced();
+    tokio::pin!(replaced);
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
             _ = wait_true(&mut closing) => break,
+            () = &mut replaced => {
+                state.store.metrics().replaced_streams.inc();
+                // Let the sender tell the enforcer why, unless it is stuck.
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut sender).await;
+                break;
+            }
         };
         match message {
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Ack(ack)),
-            })) => record_ack(&store, &instance, &ack, connected_at),
+            })) => state.record_ack(&ack),
             Ok(Some(_)) => tracing::warn!("ignoring a message that is not an ack"),
             Ok(None) => break,
             Err(status) => {
@@ -161,41 +226,72 @@ async fn receive_acks(
         }
     }
     sender.abort();
-    drop(connection);
+    drop(state);
     tracing::info!("enforcer disconnected");
 }
 
-fn record_ack(store: &Store, instance: &InstanceId, ack: &pb::Ack, connected_at: SystemTime) {
-    let committed = store.revision(instance).unwrap_or(0);
-    if ack.revision > committed {
-        tracing::warn!(
+impl StreamState {
+    fn record_ack(&self, ack: &pb::Ack) {
+        let store = &self.store;
+        let sent = self.sent.load(Ordering::Acquire);
+        if ack.revision == 0 || ack.revision > sent {
+            store.metrics().ignored_acks.inc();
+            tracing::warn!(
+                revision = ack.revision,
+                sent,
+                "ignoring an ack of a revision this stream was never sent"
+            );
+            return;
+        }
+        let result = if ack.ok {
+            match store.ruleset_hash(&self.instance, ack.revision) {
+                Ok(expected) if expected == ack.ruleset_hash => Ok(()),
+                Ok(expected) => {
+                    store.metrics().ruleset_hash_mismatches.inc();
+                    Err(format!(
+                        "the kernel does not hold what was sent: the enforcer acknowledged revision {} \
+                         with ruleset hash {:?}, but that revision renders to {expected}",
+                        ack.revision,
+                        truncate(&ack.ruleset_hash, 64),
+                    ))
+                }
+                Err(error) => {
+                    tracing::error!(%error, revision = ack.revision, "cannot compute the ruleset hash to check an ack");
+                    return;
+                }
+            }
+        } else {
+            Err(truncate(&ack.error, MAX_ACK_ERROR_BYTES).to_owned())
+        };
+        // Latency is commit -> ack on this service's clock, for events committed
+        // while the stream was open (a replayed history would count its age).
+        let latency = store
+            .commit_time(&self.instance, ack.revision)
+            .filter(|committed| *committed >= self.connected_at)
+            .and_then(|committed| SystemTime::now().duration_since(committed).ok());
+        tracing::info!(
             revision = ack.revision,
-            committed,
-            "ignoring an ack of a revision never sent"
+            ok = result.is_ok(),
+            error = result.as_ref().err().map(String::as_str),
+            latency_us = latency.map(|l| l.as_micros() as u64),
+            "ack"
         );
-        return;
+        store
+            .board()
+            .record_ack(&self.instance, ack.revision, result, latency);
     }
-    // Latency is commit -> ack on this service's clock, for events committed
-    // while the stream was open (a replayed history would count its age).
-    let latency = store
-        .commit_time(instance, ack.revision)
-        .filter(|committed| *committed >= connected_at)
-        .and_then(|committed| SystemTime::now().duration_since(committed).ok());
-    let result = if ack.ok {
-        Ok(())
-    } else {
-        Err(ack.error.clone())
-    };
-    tracing::info!(
-        revision = ack.revision,
-        ok = ack.ok,
-        error = (!ack.ok).then_some(ack.error.as_str()),
-        latency_us = latency.map(|l| l.as_micros() as u64),
-        "ack"
-    );
-    store
-        .board()
-        .record_ack(instance, ack.revision, result, latency);
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 async fn wait_true(flag: &mut watch::Receiver<bool>) {

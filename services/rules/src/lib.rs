@@ -9,7 +9,9 @@
 pub mod api;
 pub mod audit;
 pub mod audit_api;
+pub mod caller;
 pub mod enforcer_api;
+pub mod limits;
 pub mod metrics;
 mod status;
 pub mod store;
@@ -24,15 +26,19 @@ use cassette_proto::pb::enforcer_service_server::EnforcerServiceServer;
 use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
 use std::pin::Pin;
 
+use cassette_auth::Authenticator;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 
-pub use api::{FirewallApi, ACTOR_METADATA};
+pub use api::FirewallApi;
 pub use audit_api::AuditApi;
+pub use caller::{ACTOR_METADATA, ON_BEHALF_OF_METADATA};
 pub use enforcer_api::EnforcerApi;
+pub use limits::Limits;
 pub use metrics::RulesMetrics;
 pub use store::{Mutation, OpenStats, Store, StoreError};
 
@@ -46,6 +52,36 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(
+        "refusing to serve plaintext on {0}: without --tls-cert every caller is an admin, so only \
+         loopback addresses and Unix sockets are served (give --tls-cert/--tls-key, or \
+         --insecure-plaintext if you really mean it)"
+    )]
+    PlaintextNotLoopback(std::net::SocketAddr),
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// Who may call, and over what.
+pub struct Security {
+    pub authenticator: Arc<Authenticator>,
+    /// TLS for every listener (server certificate, and the CA client
+    /// certificates must chain to); `None` is plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// Serve plaintext on non-loopback addresses too.
+    pub insecure_plaintext: bool,
+}
+
+impl Security {
+    /// Development mode: plaintext on loopback and Unix sockets only, every
+    /// caller `anonymous` with role admin.
+    pub fn development() -> Self {
+        Self {
+            authenticator: Arc::new(Authenticator::development()),
+            tls: None,
+            insecure_plaintext: false,
+        }
+    }
 }
 
 /// One listener's server, running until the stop signal.
@@ -61,6 +97,8 @@ pub enum Listener {
 pub struct RulesService {
     store: Arc<Store>,
     stats: OpenStats,
+    security: Security,
+    limits: Limits,
 }
 
 impl RulesService {
@@ -81,7 +119,23 @@ impl RulesService {
             elapsed_ms = stats.elapsed.as_millis() as u64,
             "event log replayed"
         );
-        Ok(Self { store, stats })
+        Ok(Self {
+            store,
+            stats,
+            security: Security::development(),
+            limits: Limits::default(),
+        })
+    }
+
+    /// Serves with `security` instead of development mode.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn stats(&self) -> OpenStats {
@@ -123,20 +177,51 @@ impl RulesService {
                 // google.rpc error details, so grpcurl can print BadRequest & co.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
+        if self.security.tls.is_none() && !self.security.insecure_plaintext {
+            for listener in &listeners {
+                if let Listener::Tcp(l) = listener {
+                    let addr = l.local_addr().map_err(ServeError::Listener)?;
+                    if !addr.ip().is_loopback() {
+                        return Err(ServeError::PlaintextNotLoopback(addr));
+                    }
+                }
+            }
+        }
+        if self.security.authenticator.is_development() {
+            tracing::warn!(
+                "development mode: no TLS, every caller is `anonymous` with role admin \
+                 (x-actor names who asks); give --tls-cert, --tls-key and --policy to secure it"
+            );
+        }
+        let limits = &self.limits;
+        let authenticate = caller::Authenticate(self.security.authenticator.clone());
+        let firewall = FirewallServiceServer::new(FirewallApi::new(self.store.clone(), limits))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let enforcer = EnforcerServiceServer::new(EnforcerApi::new(self.store.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let audit = AuditServiceServer::new(AuditApi::new(self.store.clone(), limits))
+            .max_decoding_message_size(limits.max_message_bytes);
         let (stop, stopped) = watch::channel(false);
         let mut servers: Vec<Serving> = Vec::new();
         for listener in listeners {
-            let router = Server::builder()
+            let mut builder =
+                Server::builder().max_concurrent_streams(limits.max_concurrent_streams);
+            if let Some(tls) = &self.security.tls {
+                builder = builder.tls_config(tls.clone())?;
+            }
+            let router = builder
                 .add_service(health_service.clone())
                 .add_service(reflection().build_v1()?)
                 .add_service(reflection().build_v1alpha()?)
-                .add_service(FirewallServiceServer::new(FirewallApi::new(
-                    self.store.clone(),
-                )))
-                .add_service(EnforcerServiceServer::new(EnforcerApi::new(
-                    self.store.clone(),
-                )))
-                .add_service(AuditServiceServer::new(AuditApi::new(self.store.clone())));
+                .add_service(InterceptedService::new(
+                    firewall.clone(),
+                    authenticate.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    enforcer.clone(),
+                    authenticate.clone(),
+                ))
+                .add_service(InterceptedService::new(audit.clone(), authenticate.clone()));
             let mut stopped = stopped.clone();
             let stop_signal = async move {
                 let _ = stopped.wait_for(|s| *s).await;

@@ -1,14 +1,17 @@
 //! `cassette-rules`: the firewall rules service.
 
 mod audit_cli;
+mod pki_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
-use cassette_rules::Listener;
+use anyhow::{bail, Context};
+use cassette_auth::{Authenticator, Policy, TrustDomain};
+use cassette_rules::{Limits, Listener, Security};
 use clap::Parser;
 use std::sync::Arc;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
@@ -31,8 +34,8 @@ struct Args {
     command: Option<Command>,
 
     /// Where to serve gRPC: HOST:PORT, or unix:/PATH for a Unix socket; repeat
-    /// the flag (or separate with commas) to serve on several. Loopback by
-    /// default: put it behind your own authenticating proxy before exposing it.
+    /// the flag (or separate with commas) to serve on several. Without
+    /// --tls-cert only loopback addresses and Unix sockets are allowed.
     #[arg(
         long,
         env = "CASSETTE_LISTEN",
@@ -61,6 +64,129 @@ struct Args {
     /// Log filter, in tracing's EnvFilter syntax (e.g. "info", "cassette_rules=debug").
     #[arg(long, env = "CASSETTE_LOG", default_value = "info")]
     log: String,
+
+    #[command(flatten)]
+    security: SecurityArgs,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Without --tls-cert the service runs in development mode: plaintext on
+/// loopback and Unix sockets only, every caller `anonymous` with role admin.
+#[derive(Debug, clap::Args)]
+struct SecurityArgs {
+    /// The server's certificate chain (PEM). Turns on TLS for every listener.
+    #[arg(long, env = "CASSETTE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The server certificate's private key (PEM).
+    #[arg(long, env = "CASSETTE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM) client certificates must chain to. Without it only
+    /// bearer tokens authenticate (and no enforcer can connect).
+    #[arg(long, env = "CASSETTE_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+
+    /// The trust domain of client identities (spiffe://<trust-domain>/...).
+    #[arg(long, env = "CASSETTE_TRUST_DOMAIN", default_value = "cassette.local")]
+    trust_domain: TrustDomain,
+
+    /// The policy (TOML): principals, roles, instance scopes, token hashes.
+    /// Required with --tls-cert; reloaded on SIGHUP.
+    #[arg(long, env = "CASSETTE_POLICY", requires = "tls_cert")]
+    policy: Option<PathBuf>,
+
+    /// Serve plaintext on non-loopback addresses too (development mode: every
+    /// caller is an admin). Only behind something else that authenticates.
+    #[arg(long, env = "CASSETTE_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Largest request message decoded, in bytes.
+    #[arg(long, env = "CASSETTE_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
+    max_message_bytes: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, env = "CASSETTE_MAX_CONCURRENT_STREAMS", default_value_t = Limits::default().max_concurrent_streams)]
+    max_concurrent_streams: u32,
+    /// ListEvents follow streams one principal may hold open.
+    #[arg(long, env = "CASSETTE_MAX_FOLLOW_STREAMS", default_value_t = Limits::default().max_follow_streams_per_principal)]
+    max_follow_streams: usize,
+    /// WaitForSync calls one principal may have waiting.
+    #[arg(long, env = "CASSETTE_MAX_WAITERS", default_value_t = Limits::default().max_waiters_per_principal)]
+    max_waiters: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_follow_streams_per_principal: self.max_follow_streams,
+            max_waiters_per_principal: self.max_waiters,
+        }
+    }
+}
+
+impl SecurityArgs {
+    /// The service's security from the flags, reading every file now so a
+    /// bad one stops the start with its name.
+    fn security(&self) -> anyhow::Result<Security> {
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+        };
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            if self.policy.is_some() || self.client_ca.is_some() {
+                bail!("--policy and --client-ca need --tls-cert and --tls-key");
+            }
+            let mut security = Security::development();
+            security.insecure_plaintext = self.insecure_plaintext;
+            if self.insecure_plaintext {
+                tracing::warn!(
+                    "--insecure-plaintext: serving plaintext beyond loopback with NO authentication; \
+                     anyone who can reach the service controls every firewall"
+                );
+            }
+            return Ok(security);
+        };
+        let Some(policy_path) = &self.policy else {
+            bail!("--tls-cert needs --policy: the file that says which principal may do what");
+        };
+        let policy = Policy::load(policy_path)?;
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(cert, "--tls-cert")?,
+            read(key, "--tls-key")?,
+        ));
+        match &self.client_ca {
+            Some(ca) => {
+                tls = tls
+                    .client_ca_root(Certificate::from_pem(read(ca, "--client-ca")?))
+                    // Bearer-token callers present no certificate.
+                    .client_auth_optional(true);
+            }
+            None => tracing::warn!(
+                "no --client-ca: only bearer tokens authenticate, and no enforcer can connect"
+            ),
+        }
+        tracing::info!(
+            trust_domain = %self.trust_domain,
+            principals = policy.grants().len(),
+            policy = %policy_path.display(),
+            "TLS on every listener; callers authenticated by client certificate or bearer token"
+        );
+        Ok(Security {
+            authenticator: Arc::new(Authenticator::secure(
+                self.trust_domain.clone(),
+                policy,
+                Some(policy_path.clone()),
+            )),
+            tls: Some(tls),
+            insecure_plaintext: false,
+        })
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -73,7 +199,12 @@ enum Command {
     Health {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         rules: cassette_proto::Target,
+        /// CA (PEM) to check a TLS service's certificate with (https:// targets).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
+    /// A development PKI: a CA, the service's certificate, client certificates.
+    Pki(pki_cli::PkiArgs),
 }
 
 #[tokio::main]
@@ -81,7 +212,8 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     match args.command.take() {
         Some(Command::Audit(audit)) => return audit_cli::run(&args.data_dir, audit),
-        Some(Command::Health { rules }) => return health(&rules).await,
+        Some(Command::Health { rules, tls_ca }) => return health(&rules, tls_ca.as_ref()).await,
+        Some(Command::Pki(pki)) => return pki_cli::run(pki),
         None => {}
     }
     tracing_subscriber::fmt()
@@ -91,9 +223,24 @@ async fn main() -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let security = args.security.security()?;
+    let authenticator = security.authenticator.clone();
     let service =
         cassette_rules::RulesService::open_with(&args.data_dir, args.allow_unverified_log)
-            .with_context(|| format!("cannot open {}", args.data_dir.display()))?;
+            .with_context(|| format!("cannot open {}", args.data_dir.display()))?
+            .with_security(security)
+            .with_limits(args.limits.limits());
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match authenticator.reload() {
+                Ok(principals) => tracing::info!(principals, "SIGHUP: policy reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: policy refused; the previous policy stays")
+                }
+            }
+        }
+    });
     if let Some(addr) = args.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
@@ -123,11 +270,20 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn health(rules: &cassette_proto::Target) -> anyhow::Result<()> {
+async fn health(rules: &cassette_proto::Target, tls_ca: Option<&PathBuf>) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let tls = match tls_ca {
+        Some(path) => Some(
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read --tls-ca {}", path.display()))?,
+            )),
+        ),
+        None => None,
+    };
     let check = async {
-        let mut client = HealthClient::new(rules.connect().await?);
+        let mut client = HealthClient::new(rules.connect_with(tls.as_ref()).await?);
         let status = client
             .check(HealthCheckRequest {
                 service: String::new(),

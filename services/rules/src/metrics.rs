@@ -9,6 +9,12 @@ pub struct RulesMetrics {
     pub connected_enforcers: Gauge,
     pub events_appended: Counter,
     pub failed_acks: Counter,
+    /// Acks of a revision their stream was never sent.
+    pub ignored_acks: Counter,
+    /// Ok acks whose ruleset hash differs from the service's for that revision.
+    pub ruleset_hash_mismatches: Counter,
+    /// Sync streams closed because a newer stream for the instance opened.
+    pub replaced_streams: Counter,
 }
 
 impl RulesMetrics {
@@ -33,6 +39,21 @@ impl RulesMetrics {
             &mut out,
             "cassette_rules_failed_acks_total",
             "Acknowledgements reporting a failed apply.",
+        );
+        self.ignored_acks.write(
+            &mut out,
+            "cassette_rules_ignored_acks_total",
+            "Acknowledgements of a revision their sync stream was never sent (ignored).",
+        );
+        self.ruleset_hash_mismatches.write(
+            &mut out,
+            "cassette_rules_ruleset_hash_mismatches_total",
+            "Acknowledgements whose ruleset hash differs from the one the service computes.",
+        );
+        self.replaced_streams.write(
+            &mut out,
+            "cassette_rules_replaced_sync_streams_total",
+            "Sync streams closed because a newer one for the same instance opened.",
         );
         out
     }

@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::store::StoreError;
+use cassette_auth::AuthError;
 
 const DOMAIN: &str = "cassette.firewall.v1";
 
@@ -66,6 +67,45 @@ impl From<StoreError> for Status {
             }
         }
     }
+}
+
+/// UNAUTHENTICATED for missing or unknown credentials, PERMISSION_DENIED for
+/// a known caller asking for what it may not do.
+pub fn refused(error: AuthError) -> Status {
+    match error {
+        AuthError::Unauthenticated(message) => Status::unauthenticated(message),
+        AuthError::PermissionDenied(message) => Status::permission_denied(message),
+        AuthError::Invalid(violation) => invalid(violation),
+    }
+}
+
+/// A per-principal cap (follow streams, WaitForSync waiters) is reached.
+#[derive(Debug, thiserror::Error)]
+#[error("{principal} already has {limit} open {what}: close one first (RESOURCE_EXHAUSTED)")]
+pub struct LimitReached {
+    pub what: &'static str,
+    pub limit: usize,
+    pub principal: String,
+}
+
+impl From<LimitReached> for Status {
+    fn from(error: LimitReached) -> Self {
+        Status::with_error_details(
+            Code::ResourceExhausted,
+            error.to_string(),
+            ErrorDetails::with_quota_failure_violation(
+                format!("principal/{}", error.principal),
+                format!("at most {} {} per principal", error.limit, error.what),
+            ),
+        )
+    }
+}
+
+/// Ends a sync stream that a newer stream for the same instance replaced.
+pub fn stream_replaced(instance: &str) -> Status {
+    Status::aborted(format!(
+        "a newer sync stream for instance {instance} replaced this one"
+    ))
 }
 
 fn domain_status(error: DomainError, message: String) -> Status {

@@ -19,6 +19,7 @@ use cassette_model::{
     decide, fold, ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId, RequestId,
     RuleId,
 };
+use cassette_ruleset::Ruleset;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::RulesMetrics;
@@ -56,6 +57,8 @@ pub struct Mutation {
     pub request_id: Option<RequestId>,
     pub expected_revision: Option<u64>,
     pub actor: ActorId,
+    /// The end user a delegate actor acts for.
+    pub on_behalf_of: Option<ActorId>,
 }
 
 /// Every live and deleted firewall, folded from the log, plus the request ids
@@ -236,16 +239,21 @@ impl Store {
             })
     }
 
-    /// Up to `limit` live firewalls with instance ids after `after`, in id order,
-    /// and whether more follow.
-    pub fn list(&self, after: Option<&InstanceId>, limit: usize) -> (Vec<Arc<Firewall>>, bool) {
+    /// Up to `limit` live firewalls that `visible` lets through, with instance
+    /// ids after `after`, in id order, and whether more follow.
+    pub fn list(
+        &self,
+        after: Option<&InstanceId>,
+        limit: usize,
+        visible: impl Fn(&InstanceId) -> bool,
+    ) -> (Vec<Arc<Firewall>>, bool) {
         let projection = self.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut live = projection
             .firewalls
             .range((start, Bound::Unbounded))
-            .map(|(_, f)| f)
-            .filter(|f| f.is_live());
+            .filter(|(id, f)| f.is_live() && visible(id))
+            .map(|(_, f)| f);
         let page: Vec<_> = live.by_ref().take(limit).cloned().collect();
         let more = live.next().is_some();
         (page, more)
@@ -282,6 +290,19 @@ impl Store {
         until: u64,
     ) -> Result<Vec<Event>, StoreError> {
         Ok(self.log.read_instance(instance, after, until)?)
+    }
+
+    /// The hash of the ruleset revision `revision` of `instance` renders to:
+    /// what an enforcer's ok ack of that revision must report.
+    pub fn ruleset_hash(&self, instance: &InstanceId, revision: u64) -> Result<String, StoreError> {
+        if let Some(current) = self.read().firewalls.get(instance) {
+            if current.revision == revision {
+                return Ok(Ruleset::of(Some(current)).hash());
+            }
+        }
+        let then =
+            crate::audit::firewall_at(&self.log, instance, crate::audit::At::Revision(revision))?;
+        Ok(Ruleset::of(Some(&then.firewall)).hash())
     }
 
     /// When revision `revision` of `instance` was committed.
@@ -485,6 +506,7 @@ impl Writer {
                 event_id: uuid::Uuid::now_v7(),
                 commit_time: now,
                 actor: mutation.actor.clone(),
+                on_behalf_of: mutation.on_behalf_of.clone(),
                 request_id: mutation.request_id.clone(),
                 payload,
             };

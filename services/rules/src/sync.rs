@@ -86,6 +86,9 @@ struct Channels {
     /// The instance's latest durable revision.
     committed: watch::Sender<u64>,
     status: watch::Sender<Snapshot>,
+    /// Bumped by each new sync stream: one live stream per instance, the
+    /// newest; older ones see the change and close.
+    generation: watch::Sender<u64>,
 }
 
 /// The latest durable revision of an instance, as the projection has it.
@@ -122,6 +125,7 @@ impl SyncBoard {
                 Arc::new(Channels {
                     committed: watch::Sender::new((self.committed)(instance)),
                     status: watch::Sender::new(Snapshot::default()),
+                    generation: watch::Sender::new(0),
                 })
             })
             .clone()
@@ -157,14 +161,21 @@ impl SyncBoard {
             .unwrap_or_default()
     }
 
-    /// Counts an enforcer stream as connected until the guard is dropped.
+    /// Counts an enforcer stream as connected until the guard is dropped, and
+    /// makes it the instance's one live stream: any older stream is told to close.
     pub fn connect(self: &Arc<Self>, instance: &InstanceId) -> Connection {
         let channels = self.channels(instance);
+        let mut generation = 0;
+        channels.generation.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
         channels.status.send_modify(|s| s.connected += 1);
         self.metrics.connected_enforcers.inc();
         Connection {
             board: self.clone(),
             channels,
+            generation,
         }
     }
 
@@ -205,6 +216,18 @@ impl SyncBoard {
 pub struct Connection {
     board: Arc<SyncBoard>,
     channels: Arc<Channels>,
+    generation: u64,
+}
+
+impl Connection {
+    /// Resolves once a newer stream for the same instance has opened.
+    pub fn replaced(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut generations = self.channels.generation.subscribe();
+        let mine = self.generation;
+        async move {
+            let _ = generations.wait_for(|g| *g != mine).await;
+        }
+    }
 }
 
 impl Drop for Connection {

@@ -12,12 +12,13 @@ pub use cassette_proto::Target;
 use cassette_rules::RulesService;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 pub mod netns;
+pub mod secured;
 
 pub use cassette_proto::pb;
 
@@ -60,9 +61,14 @@ pub fn tcp_target(addr: SocketAddr) -> Target {
 }
 
 pub async fn channel(target: &Target) -> Channel {
+    channel_with(target, None).await
+}
+
+/// A channel to `target`, over TLS when `tls` is given, retrying until `PATIENCE` passes.
+pub async fn channel_with(target: &Target, tls: Option<&ClientTlsConfig>) -> Channel {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        match target.connect().await {
+        match target.connect_with(tls).await {
             Ok(channel) => return channel,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -74,8 +80,13 @@ pub async fn channel(target: &Target) -> Channel {
 
 /// Waits until grpc.health.v1 reports SERVING.
 pub async fn wait_serving(target: &Target) {
+    wait_serving_with(target, None).await
+}
+
+/// [`wait_serving`] over TLS when `tls` is given.
+pub async fn wait_serving_with(target: &Target, tls: Option<&ClientTlsConfig>) {
     let deadline = Instant::now() + PATIENCE;
-    let mut health = HealthClient::new(channel(target).await);
+    let mut health = HealthClient::new(channel_with(target, tls).await);
     loop {
         let status = health
             .check(HealthCheckRequest {
@@ -103,11 +114,32 @@ pub struct InProcess {
 
 impl InProcess {
     pub async fn start(dir: &Path) -> Self {
+        Self::start_with(
+            dir,
+            cassette_rules::Security::development(),
+            Default::default(),
+        )
+        .await
+    }
+
+    /// A secured service: TLS with client certificates, `secured`'s policy.
+    pub async fn start_secured(dir: &Path, secured: &secured::Secured) -> Self {
+        Self::start_with(dir, secured.security(), Default::default()).await
+    }
+
+    pub async fn start_with(
+        dir: &Path,
+        security: cassette_rules::Security,
+        limits: cassette_rules::Limits,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let service = RulesService::open(dir).expect("open rules service");
+        let service = RulesService::open(dir)
+            .expect("open rules service")
+            .with_security(security)
+            .with_limits(limits);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(service.serve(listener, async {
             let _ = stopped.await;
@@ -121,6 +153,16 @@ impl InProcess {
 
     pub async fn client(&self) -> Client {
         connect(self.addr).await
+    }
+
+    /// `https://127.0.0.1:PORT` (the development PKI's server certificate names 127.0.0.1).
+    pub fn https_target(&self) -> Target {
+        Target::Http(format!("https://{}", self.addr))
+    }
+
+    /// A channel over TLS with `tls`'s identity.
+    pub async fn tls_channel(&self, tls: &ClientTlsConfig) -> Channel {
+        channel_with(&self.https_target(), Some(tls)).await
     }
 
     /// Graceful shutdown; panics if the service reports an error.
@@ -152,6 +194,8 @@ pub struct RulesProcess {
     /// What `--listen` was given: HOST:PORT or unix:/PATH.
     pub listen: String,
     pub target: Target,
+    /// TLS (and the identity) `client` and the health check use.
+    pub tls: Option<ClientTlsConfig>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -170,6 +214,18 @@ impl RulesProcess {
     }
 
     pub async fn spawn(data_dir: &Path, listen: &str, target: Target, extra: &[&str]) -> Self {
+        Self::spawn_with_tls(data_dir, listen, target, extra, None).await
+    }
+
+    /// [`RulesProcess::spawn`] for a service with TLS (its flags in `extra`);
+    /// `tls` is what the harness connects with.
+    pub async fn spawn_with_tls(
+        data_dir: &Path,
+        listen: &str,
+        target: Target,
+        extra: &[&str],
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -190,15 +246,21 @@ impl RulesProcess {
         let process = Self {
             listen: listen.to_owned(),
             target,
+            tls,
             child: Some(child),
             log,
         };
-        wait_serving(&process.target).await;
+        wait_serving_with(&process.target, process.tls.as_ref()).await;
         process
     }
 
     pub async fn client(&self) -> Client {
-        connect_to(&self.target).await
+        FirewallServiceClient::new(channel_with(&self.target, self.tls.as_ref()).await)
+    }
+
+    /// The pid, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

@@ -87,6 +87,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     for (i, id) in instances.iter().enumerate() {
         let config = Config {
             rules: target.clone(),
+            tls: None,
             instance: InstanceId::parse(id)?,
             enforcer_id: format!("sim-{i}"),
             table: TableName::default(),

@@ -139,6 +139,7 @@ fn event(sequence: u64, i: u64, revision: u64) -> anyhow::Result<Event> {
             + Duration::from_secs(1_760_000_000)
             + Duration::from_micros(sequence),
         actor: ActorId::anonymous(),
+        on_behalf_of: None,
         request_id: None,
         payload,
     })

@@ -1,6 +1,7 @@
 //! End-to-end tests, one binary (each test binary links everything).
 //!
 //! - `api`: every semantic rule of FirewallService through the generated client.
+//! - `auth`: identity and authorization over real TLS: the attack table.
 //! - `audit`: AuditService and the offline audit commands, tampering included.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
 //! - `kernel`: the enforcer against real nftables in network namespaces (root).
@@ -9,6 +10,7 @@
 
 mod api;
 mod audit;
+mod auth;
 mod durability;
 mod kernel;
 mod readme;

@@ -1,6 +1,7 @@
 //! EnforcerService.Sync against the in-process service, with raw streams:
 //! what is sent, when, and to whom.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use cassette_e2e::{pb, InProcess};
@@ -10,13 +11,28 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-struct RawStream {
+/// A hand-driven enforcer: it folds what it receives, so its ok acks carry
+/// the ruleset hash of the revision they acknowledge, as a real one's do.
+pub(crate) struct RawStream {
     acks: mpsc::Sender<pb::SyncRequest>,
     events: Streaming<pb::SyncResponse>,
+    firewall: Option<cassette_model::Firewall>,
+    hashes: HashMap<u64, String>,
 }
 
 async fn open(service: &InProcess, instance: &str, applied: u64) -> RawStream {
     let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    open_on(channel, instance, applied)
+        .await
+        .expect("open sync stream")
+}
+
+/// Opens a sync stream on `channel` with a Hello for `instance` at `applied`.
+pub(crate) async fn open_on(
+    channel: tonic::transport::Channel,
+    instance: &str,
+    applied: u64,
+) -> Result<RawStream, tonic::Status> {
     let (acks, outbound) = mpsc::channel(16);
     acks.send(pb::SyncRequest {
         message: Some(Message::Hello(pb::Hello {
@@ -30,36 +46,64 @@ async fn open(service: &InProcess, instance: &str, applied: u64) -> RawStream {
     .unwrap();
     let events = EnforcerServiceClient::new(channel)
         .sync(ReceiverStream::new(outbound))
-        .await
-        .expect("open sync stream")
+        .await?
         .into_inner();
-    RawStream { acks, events }
+    Ok(RawStream {
+        acks,
+        events,
+        firewall: None,
+        hashes: HashMap::new(),
+    })
 }
 
 impl RawStream {
-    /// The revisions of the next message, or `None` if nothing comes within `wait`.
-    async fn next(&mut self, wait: Duration) -> Option<Vec<u64>> {
+    /// The stream's next message or its end status, within `wait`.
+    pub(crate) async fn status(&mut self, wait: Duration) -> Option<Result<(), tonic::Status>> {
         match tokio::time::timeout(wait, self.events.message()).await {
-            Ok(message) => Some(
-                message
-                    .expect("stream ok")
-                    .expect("stream open")
-                    .events
-                    .iter()
-                    .map(|e| e.revision)
-                    .collect(),
-            ),
+            Ok(Ok(_)) => Some(Ok(())),
+            Ok(Err(status)) => Some(Err(status)),
             Err(_) => None,
         }
     }
 
-    async fn ack(&self, revision: u64, error: Option<&str>) {
+    /// The revisions of the next message, or `None` if nothing comes within `wait`.
+    pub(crate) async fn next(&mut self, wait: Duration) -> Option<Vec<u64>> {
+        let message = tokio::time::timeout(wait, self.events.message())
+            .await
+            .ok()?;
+        let events = message.expect("stream ok").expect("stream open").events;
+        for wire in &events {
+            let event = cassette_proto::event_from_pb(wire).expect("a valid event");
+            // A stream opened past revision 0 lacks the start of the history:
+            // it receives, but cannot fold (nor ack with a valid hash).
+            self.firewall = cassette_model::fold(self.firewall.take(), &event).ok();
+            if let Some(firewall) = &self.firewall {
+                let hash = cassette_ruleset::Ruleset::of(Some(firewall)).hash();
+                self.hashes.insert(event.revision, hash);
+            }
+        }
+        Some(events.iter().map(|e| e.revision).collect())
+    }
+
+    /// Acks `revision`: applied (with the hash of what it folded), or failed.
+    pub(crate) async fn ack(&self, revision: u64, error: Option<&str>) {
+        let hash = self.hashes.get(&revision).cloned().unwrap_or_default();
+        self.ack_with_hash(revision, error, &hash).await;
+    }
+
+    pub(crate) async fn ack_with_hash(
+        &self,
+        revision: u64,
+        error: Option<&str>,
+        ruleset_hash: &str,
+    ) {
         self.acks
             .send(pb::SyncRequest {
                 message: Some(Message::Ack(pb::Ack {
                     revision,
                     ok: error.is_none(),
                     error: error.unwrap_or_default().into(),
+                    ruleset_hash: ruleset_hash.into(),
                     ..Default::default()
                 })),
             })

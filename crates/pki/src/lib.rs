@@ -1,0 +1,239 @@
+//! A development PKI in a directory: a CA, a server certificate for the
+//! rules service, and client certificates whose URI SAN carries a SPIFFE
+//! identity. For development, tests and compose; production operators bring
+//! their own PKI (the service only reads PEM files).
+//!
+//! ```text
+//! DIR/ca.pem ca.key trust-domain server.pem server.key
+//!      <stem>.pem <stem>.key   (one pair per issued client certificate)
+//! ```
+//!
+//! This crate only makes certificates for the identities it is given; which
+//! identities are valid is `cassette-auth`'s business.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} already holds a CA (ca.pem): refusing to replace it")]
+    Exists(String),
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A CA on disk, able to issue certificates.
+pub struct Pki {
+    dir: PathBuf,
+    trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, as PEM and where they were written.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+const CA_CERT: &str = "ca.pem";
+const CA_KEY: &str = "ca.key";
+const TRUST_DOMAIN: &str = "trust-domain";
+const SERVER: &str = "server";
+
+impl Pki {
+    /// Makes a CA for `trust_domain` and a server certificate valid for
+    /// localhost, 127.0.0.1, ::1 and `server_names` (DNS names or IP addresses).
+    pub fn init(dir: &Path, trust_domain: &str, server_names: &[String]) -> Result<Self, PkiError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        if dir.join(CA_CERT).exists() {
+            return Err(PkiError::Exists(dir.display().to_string()));
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("cassette-firewall CA ({trust_domain})"),
+        );
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        write(&dir.join(CA_CERT), &cert.pem(), false)?;
+        write(&dir.join(CA_KEY), &key.serialize_pem(), true)?;
+        write(&dir.join(TRUST_DOMAIN), trust_domain, false)?;
+        let pki = Self {
+            dir: dir.to_owned(),
+            trust_domain: trust_domain.to_owned(),
+            issuer: Issuer::new(params, key),
+        };
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        names.extend(server_names.iter().cloned());
+        pki.issue_server(&names)?;
+        Ok(pki)
+    }
+
+    /// Opens a directory made by [`Pki::init`].
+    pub fn open(dir: &Path) -> Result<Self, PkiError> {
+        let cert = read(&dir.join(CA_CERT))?;
+        let key = KeyPair::from_pem(&read(&dir.join(CA_KEY))?)?;
+        let trust_domain = read(&dir.join(TRUST_DOMAIN))?.trim().to_owned();
+        Ok(Self {
+            dir: dir.to_owned(),
+            trust_domain,
+            issuer: Issuer::from_ca_cert_pem(&cert, key)?,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The CA bundle clients and the service trust.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.dir.join(CA_CERT)
+    }
+
+    pub fn server_cert_path(&self) -> PathBuf {
+        self.dir.join(format!("{SERVER}.pem"))
+    }
+
+    pub fn server_key_path(&self) -> PathBuf {
+        self.dir.join(format!("{SERVER}.key"))
+    }
+
+    pub fn server_cert_pem(&self) -> Result<String, PkiError> {
+        read(&self.server_cert_path())
+    }
+
+    fn issue_server(&self, names: &[String]) -> Result<Issued, PkiError> {
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "cassette-rules");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(params, SERVER)
+    }
+
+    /// A client certificate whose one URI SAN is `uri` (a `spiffe://` identity),
+    /// written to `<stem>.pem` and `<stem>.key`.
+    pub fn issue(&self, uri: &str, stem: &str) -> Result<Issued, PkiError> {
+        let safe = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if stem.is_empty() || !stem.chars().all(safe) || stem == SERVER || stem == "ca" {
+            return Err(PkiError::Invalid(format!(
+                "{stem:?} cannot name a certificate file"
+            )));
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, uri);
+        params.subject_alt_names =
+            vec![SanType::URI(uri.try_into().map_err(|_| {
+                PkiError::Invalid(format!("{uri:?} is not an ASCII URI"))
+            })?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(params, stem)
+    }
+
+    fn sign(&self, params: CertificateParams, stem: &str) -> Result<Issued, PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let issued = Issued {
+            cert_path: self.dir.join(format!("{stem}.pem")),
+            key_path: self.dir.join(format!("{stem}.key")),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        write(&issued.cert_path, &issued.cert_pem, false)?;
+        write(&issued.key_path, &issued.key_pem, true)?;
+        Ok(issued)
+    }
+}
+
+/// The DER bytes of the first certificate in a PEM text.
+pub fn first_certificate_der(pem: &str) -> Result<Vec<u8>, PkiError> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| PkiError::Invalid(format!("not a PEM certificate: {e}")))?;
+    Ok(parsed.contents)
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(io(path))
+}
+
+/// Writes a file; keys are readable by their owner only.
+fn write(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if secret {
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io(path))?;
+    file.write_all(text.as_bytes()).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_then_open_issues_client_certificates_from_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::init(dir.path(), "cassette.local", &["rules".into()]).unwrap();
+        assert!(matches!(
+            Pki::init(dir.path(), "cassette.local", &[]),
+            Err(PkiError::Exists(_))
+        ));
+        let reopened = Pki::open(dir.path()).unwrap();
+        assert_eq!(reopened.trust_domain(), "cassette.local");
+        let issued = reopened
+            .issue("spiffe://cassette.local/enforcer/web-1", "enforcer-web-1")
+            .unwrap();
+        assert!(issued.cert_path.exists());
+        let der = first_certificate_der(&issued.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let ca_der = first_certificate_der(&read(&pki.ca_cert_path()).unwrap()).unwrap();
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).unwrap();
+        assert_eq!(cert.issuer(), ca.subject());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&issued.key_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "keys are private");
+        assert!(pki.issue("spiffe://x/y", "../escape").is_err());
+    }
+}

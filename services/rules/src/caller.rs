@@ -1,0 +1,80 @@
+//! Every request to the cassette services is authenticated here, once, by a
+//! tonic interceptor: the verified client certificate (if TLS asked for one),
+//! the bearer token and the identity headers become a [`Caller`] in the
+//! request's extensions. Handlers read that `Caller` and ask it
+//! [`Caller::authorize`]; they never look at credentials themselves.
+
+use std::sync::Arc;
+
+use cassette_auth::{Authenticator, Caller, Credentials};
+use tonic::service::Interceptor;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
+use tonic::{Request, Status};
+
+/// Metadata naming who asks, honoured in development mode only.
+pub const ACTOR_METADATA: &str = "x-actor";
+/// Metadata a delegate principal sets to name the end user it acts for.
+pub const ON_BEHALF_OF_METADATA: &str = "x-on-behalf-of";
+
+/// The interceptor in front of FirewallService, EnforcerService and AuditService.
+#[derive(Clone)]
+pub struct Authenticate(pub Arc<Authenticator>);
+
+impl Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let certificates = peer_certificates(&request);
+        let header = |name: &str| -> Result<Option<&str>, Status> {
+            request
+                .metadata()
+                .get(name)
+                .map(|v| v.to_str())
+                .transpose()
+                .map_err(|_| {
+                    crate::status::invalid(cassette_model::ValidationError::new(
+                        "metadata",
+                        format!("{name} must be printable ASCII"),
+                    ))
+                })
+        };
+        let credentials = Credentials {
+            certificate: certificates
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref()),
+            authorization: header("authorization")?,
+            actor: header(ACTOR_METADATA)?,
+            on_behalf_of: header(ON_BEHALF_OF_METADATA)?,
+        };
+        let caller = self
+            .0
+            .authenticate(&credentials)
+            .inspect_err(|error| tracing::info!(%error, "request refused by authentication"))
+            .map_err(crate::status::refused)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The client's certificate chain, over TCP or a Unix socket.
+fn peer_certificates<T>(
+    request: &Request<T>,
+) -> Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>> {
+    let extensions = request.extensions();
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<UdsConnectInfo>>()
+                .and_then(|i| i.peer_certs())
+        })
+}
+
+/// The request's authenticated caller.
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("request reached a handler unauthenticated"))
+}

@@ -1,0 +1,83 @@
+//! Server limits: message size, streams per connection, and per-principal
+//! caps on long-lived calls (ListEvents follow streams, WaitForSync waiters),
+//! so one caller cannot exhaust the service for everyone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::status::LimitReached;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request message decoded, in bytes.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// ListEvents streams with `follow` one principal may hold open.
+    pub max_follow_streams_per_principal: usize,
+    /// WaitForSync calls one principal may have waiting.
+    pub max_waiters_per_principal: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1 << 20,
+            max_concurrent_streams: 1024,
+            max_follow_streams_per_principal: 64,
+            max_waiters_per_principal: 1024,
+        }
+    }
+}
+
+/// Counts what each principal holds of one kind of resource.
+pub struct Slots {
+    what: &'static str,
+    limit: usize,
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// One held slot, released on drop.
+pub struct Slot {
+    slots: Arc<Slots>,
+    principal: String,
+}
+
+impl Slots {
+    pub fn new(what: &'static str, limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            what,
+            limit,
+            held: Mutex::default(),
+        })
+    }
+
+    pub fn acquire(self: &Arc<Self>, principal: &str) -> Result<Slot, LimitReached> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(principal.to_owned()).or_default();
+        if *count >= self.limit {
+            return Err(LimitReached {
+                what: self.what,
+                limit: self.limit,
+                principal: principal.to_owned(),
+            });
+        }
+        *count += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.principal) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.principal);
+            }
+        }
+    }
+}

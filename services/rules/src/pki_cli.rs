@@ -1,0 +1,98 @@
+//! `cassette-rules pki`: a development PKI (a CA, the service's certificate,
+//! client certificates for enforcers and principals). Production operators
+//! bring their own; the service only needs PEM files.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use cassette_auth::{PrincipalName, TrustDomain};
+use cassette_model::InstanceId;
+use cassette_pki::Pki;
+use clap::{ArgGroup, Args, Subcommand};
+
+#[derive(Debug, Args)]
+pub struct PkiArgs {
+    #[command(subcommand)]
+    command: PkiCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Make a CA (ca.pem, ca.key) and a server certificate (server.pem,
+    /// server.key) for localhost, 127.0.0.1, ::1 and each --server-name.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cassette.local")]
+        trust_domain: TrustDomain,
+        /// Another DNS name or IP address the service is reached by (repeatable).
+        #[arg(long)]
+        server_name: Vec<String>,
+    },
+    /// Issue a client certificate with a SPIFFE identity: enforcer-<ID>.pem/.key
+    /// or principal-<NAME>.pem/.key in the directory.
+    #[command(group(ArgGroup::new("identity").required(true).args(["enforcer", "principal"])))]
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// spiffe://<trust-domain>/enforcer/<ID>: the enforcer of instance ID.
+        #[arg(long)]
+        enforcer: Option<String>,
+        /// spiffe://<trust-domain>/principal/<NAME>: an API caller.
+        #[arg(long)]
+        principal: Option<String>,
+    },
+}
+
+pub fn run(args: PkiArgs) -> anyhow::Result<()> {
+    match args.command {
+        PkiCommand::Init {
+            dir,
+            trust_domain,
+            server_name,
+        } => {
+            let pki = Pki::init(&dir, trust_domain.as_str(), &server_name)
+                .with_context(|| format!("cannot make a PKI in {}", dir.display()))?;
+            println!("CA:     {}", pki.ca_cert_path().display());
+            println!(
+                "server: {} {}",
+                pki.server_cert_path().display(),
+                pki.server_key_path().display()
+            );
+        }
+        PkiCommand::Issue {
+            dir,
+            enforcer,
+            principal,
+        } => {
+            let pki = Pki::open(&dir).with_context(|| {
+                format!(
+                    "cannot open the PKI in {} (run `pki init` first)",
+                    dir.display()
+                )
+            })?;
+            let domain = TrustDomain::parse(pki.trust_domain())?;
+            let (uri, stem) = match (enforcer, principal) {
+                (Some(id), _) => {
+                    let id = InstanceId::parse(&id).context("invalid --enforcer")?;
+                    (domain.enforcer_uri(id.as_str()), format!("enforcer-{id}"))
+                }
+                (None, Some(name)) => {
+                    let name = PrincipalName::parse(&name).context("invalid --principal")?;
+                    (
+                        domain.principal_uri(name.as_str()),
+                        format!("principal-{name}"),
+                    )
+                }
+                (None, None) => anyhow::bail!("give --enforcer or --principal"),
+            };
+            let issued = pki.issue(&uri, &stem)?;
+            println!(
+                "{uri}: {} {}",
+                issued.cert_path.display(),
+                issued.key_path.display()
+            );
+        }
+    }
+    Ok(())
+}

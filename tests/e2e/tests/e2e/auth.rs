@@ -1,0 +1,658 @@
+//! Identity and authorization over real TLS: the attack table of issue 8.
+//! Each row is refused with the right status and appends nothing; what was
+//! allowed is recorded under the real principal.
+
+use std::time::Duration;
+
+use cassette_e2e::secured::{foreign_identity, token_sha256, Secured};
+use cassette_e2e::{pb, Client, InProcess, RulesProcess};
+use cassette_proto::pb::audit_service_client::AuditServiceClient;
+use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
+use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::{Code, Request};
+
+use crate::sync::open_on;
+
+const OPS_TOKEN: &str = "ops-bot-secret-token";
+
+fn policy() -> String {
+    format!(
+        r#"
+[[principal]]
+name = "console"
+role = "admin"
+instances = ["*"]
+delegate = true
+
+[[principal]]
+name = "web-team"
+role = "editor"
+instances = ["web-*"]
+
+[[principal]]
+name = "viewer"
+role = "viewer"
+instances = ["*"]
+
+[[principal]]
+name = "auditor"
+role = "auditor"
+instances = ["*"]
+
+[[principal]]
+name = "web-auditor"
+role = "auditor"
+instances = ["web-*"]
+
+[[principal]]
+name = "ops-bot"
+role = "editor"
+instances = ["*"]
+token_sha256 = "{}"
+"#,
+        token_sha256(OPS_TOKEN)
+    )
+}
+
+fn add_rule(instance: &str, port: u32) -> pb::AddRuleRequest {
+    pb::AddRuleRequest {
+        instance_id: instance.into(),
+        port,
+        ..Default::default()
+    }
+}
+
+fn with_metadata<T>(message: T, metadata: &[(&'static str, &str)]) -> Request<T> {
+    let mut request = Request::new(message);
+    for (key, value) in metadata {
+        request
+            .metadata_mut()
+            .insert(*key, value.parse().expect("ascii metadata"));
+    }
+    request
+}
+
+/// The events of the whole log, as the admin sees them.
+async fn events(admin: &Channel) -> Vec<pb::Event> {
+    let mut stream = AuditServiceClient::new(admin.clone())
+        .list_events(pb::ListEventsRequest::default())
+        .await
+        .expect("list events")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.expect("event stream") {
+        events.push(event);
+    }
+    events
+}
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    secured: Secured,
+    service: InProcess,
+    admin: Channel,
+}
+
+impl Lab {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let secured = Secured::new(&policy());
+        let service = InProcess::start_secured(dir.path(), &secured).await;
+        let admin = service.tls_channel(&secured.principal("console")).await;
+        let mut console = FirewallServiceClient::new(admin.clone());
+        for instance in ["web-1", "db-1"] {
+            cassette_e2e::create_firewall(&mut console, instance).await;
+        }
+        Self {
+            _dir: dir,
+            secured,
+            service,
+            admin,
+        }
+    }
+
+    async fn client(&self, tls: &ClientTlsConfig) -> Client {
+        FirewallServiceClient::new(self.service.tls_channel(tls).await)
+    }
+
+    /// Runs `attack` and checks that it appended nothing.
+    async fn refused<F: std::future::Future<Output = ()>>(&self, row: &str, attack: F) {
+        let before = events(&self.admin).await.len();
+        attack.await;
+        let after = events(&self.admin).await.len();
+        assert_eq!(before, after, "{row}: the log changed");
+    }
+}
+
+fn expect_code<T: std::fmt::Debug>(
+    row: &str,
+    result: Result<T, tonic::Status>,
+    code: Code,
+) -> tonic::Status {
+    let status = result.expect_err(row);
+    assert_eq!(status.code(), code, "{row}: {status:?}");
+    status
+}
+
+#[tokio::test]
+async fn the_attack_table_is_refused_row_by_row_and_appends_nothing() {
+    let lab = Lab::start().await;
+
+    lab.refused("no credentials", async {
+        let mut anonymous = lab.client(&lab.secured.no_identity()).await;
+        let status = expect_code(
+            "no credentials",
+            anonymous.add_rule(add_rule("web-1", 5432)).await,
+            Code::Unauthenticated,
+        );
+        assert!(status.message().contains("no credentials"), "{status:?}");
+        expect_code(
+            "no credentials, read",
+            anonymous
+                .get_firewall(pb::GetFirewallRequest {
+                    instance_id: "web-1".into(),
+                })
+                .await,
+            Code::Unauthenticated,
+        );
+    })
+    .await;
+
+    lab.refused("a certificate from another CA", async {
+        let (foreign, _dir) = foreign_identity(
+            &lab.secured.no_identity(),
+            "spiffe://cassette.local/principal/console",
+        );
+        // The TLS handshake itself fails: the call never reaches the service.
+        let outcome = match lab
+            .service
+            .https_target()
+            .connect_with(Some(&foreign))
+            .await
+        {
+            Err(error) => Err(error.to_string()),
+            Ok(channel) => FirewallServiceClient::new(channel)
+                .add_rule(add_rule("web-1", 5432))
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{s:?}")),
+        };
+        assert!(outcome.is_err(), "a foreign certificate was accepted");
+    })
+    .await;
+
+    lab.refused("an enforcer certificate used for the API", async {
+        let mut enforcer = lab.client(&lab.secured.enforcer("web-1")).await;
+        let status = expect_code(
+            "enforcer as API caller",
+            enforcer.add_rule(add_rule("web-1", 5432)).await,
+            Code::PermissionDenied,
+        );
+        assert!(status.message().contains("enforcer/web-1"), "{status:?}");
+    })
+    .await;
+
+    lab.refused("an enforcer of web-1 saying Hello for db-1", async {
+        let channel = lab
+            .service
+            .tls_channel(&lab.secured.enforcer("web-1"))
+            .await;
+        let status = expect_code(
+            "hello for another instance",
+            open_on(channel, "db-1", 0).await.map(|_| ()),
+            Code::PermissionDenied,
+        );
+        assert!(status.message().contains("db-1"), "{status:?}");
+    })
+    .await;
+
+    lab.refused("a principal opening a sync stream", async {
+        let channel = lab
+            .service
+            .tls_channel(&lab.secured.principal("console"))
+            .await;
+        expect_code(
+            "principal calling Sync",
+            open_on(channel, "web-1", 0).await.map(|_| ()),
+            Code::PermissionDenied,
+        );
+    })
+    .await;
+
+    lab.refused("an editor of web-* changing db-1", async {
+        let mut web = lab.client(&lab.secured.principal("web-team")).await;
+        let status = expect_code(
+            "editor out of scope",
+            web.add_rule(add_rule("db-1", 5432)).await,
+            Code::PermissionDenied,
+        );
+        for named in ["web-team", "AddRule", "db-1"] {
+            assert!(
+                status.message().contains(named),
+                "names {named}: {status:?}"
+            );
+        }
+    })
+    .await;
+
+    lab.refused("a viewer mutating", async {
+        let mut viewer = lab.client(&lab.secured.principal("viewer")).await;
+        viewer
+            .get_firewall(pb::GetFirewallRequest {
+                instance_id: "db-1".into(),
+            })
+            .await
+            .expect("a viewer reads");
+        expect_code(
+            "viewer mutating",
+            viewer
+                .delete_firewall(pb::DeleteFirewallRequest {
+                    instance_id: "db-1".into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::PermissionDenied,
+        );
+        let audit = AuditServiceClient::new(
+            lab.service
+                .tls_channel(&lab.secured.principal("viewer"))
+                .await,
+        )
+        .verify_log(pb::VerifyLogRequest {})
+        .await;
+        expect_code("viewer auditing", audit, Code::PermissionDenied);
+    })
+    .await;
+
+    lab.refused("an auditor mutating", async {
+        let channel = lab
+            .service
+            .tls_channel(&lab.secured.principal("auditor"))
+            .await;
+        AuditServiceClient::new(channel.clone())
+            .verify_log(pb::VerifyLogRequest {})
+            .await
+            .expect("an auditor audits");
+        expect_code(
+            "auditor mutating",
+            FirewallServiceClient::new(channel)
+                .add_rule(add_rule("db-1", 5432))
+                .await,
+            Code::PermissionDenied,
+        );
+    })
+    .await;
+
+    lab.refused("x-on-behalf-of from a non-delegate", async {
+        let mut web = lab.client(&lab.secured.principal("web-team")).await;
+        let status = expect_code(
+            "non-delegate on behalf",
+            web.add_rule(with_metadata(
+                add_rule("web-1", 8080),
+                &[("x-on-behalf-of", "alice")],
+            ))
+            .await,
+            Code::PermissionDenied,
+        );
+        assert!(status.message().contains("delegate"), "{status:?}");
+    })
+    .await;
+
+    lab.refused("an unknown bearer token", async {
+        let mut anonymous = lab.client(&lab.secured.no_identity()).await;
+        expect_code(
+            "unknown token",
+            anonymous
+                .add_rule(with_metadata(
+                    add_rule("db-1", 5432),
+                    &[("authorization", "Bearer guessed")],
+                ))
+                .await,
+            Code::Unauthenticated,
+        );
+    })
+    .await;
+
+    // What is allowed is recorded under the real principal, whatever x-actor says.
+    let mut web = lab.client(&lab.secured.principal("web-team")).await;
+    let spoofed = web
+        .add_rule(with_metadata(
+            add_rule("web-1", 3000),
+            &[("x-actor", "root")],
+        ))
+        .await
+        .expect("an editor changes its own instance")
+        .into_inner();
+    let mut console = FirewallServiceClient::new(lab.admin.clone());
+    console
+        .add_rule(with_metadata(
+            add_rule("db-1", 5432),
+            &[("x-on-behalf-of", "alice@example.com")],
+        ))
+        .await
+        .expect("a delegate acts for a user");
+    let mut bot = lab.client(&lab.secured.no_identity()).await;
+    bot.add_rule(with_metadata(
+        add_rule("db-1", 6379),
+        &[("authorization", &format!("Bearer {OPS_TOKEN}"))],
+    ))
+    .await
+    .expect("a bearer token authenticates");
+
+    let recorded: Vec<(String, String, String)> = events(&lab.admin)
+        .await
+        .into_iter()
+        .map(|e| (e.instance_id, e.actor, e.on_behalf_of))
+        .collect();
+    let who = |i: &str, a: &str, o: &str| (i.to_owned(), a.to_owned(), o.to_owned());
+    assert_eq!(
+        recorded,
+        vec![
+            who("web-1", "console", ""),
+            who("db-1", "console", ""),
+            who("web-1", "web-team", ""),
+            who("db-1", "console", "alice@example.com"),
+            who("db-1", "ops-bot", ""),
+        ]
+    );
+    assert_eq!(spoofed.revision, 2);
+    lab.service.stop().await;
+}
+
+#[tokio::test]
+async fn scoped_principals_list_only_their_instances() {
+    let lab = Lab::start().await;
+    let mut web = lab.client(&lab.secured.principal("web-team")).await;
+    cassette_e2e::create_firewall(&mut web, "web-2").await;
+    let listed: Vec<String> = web
+        .list_firewalls(pb::ListFirewallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .firewalls
+        .into_iter()
+        .map(|f| f.instance_id)
+        .collect();
+    assert_eq!(listed, ["web-1", "web-2"]);
+
+    let auditor = lab
+        .service
+        .tls_channel(&lab.secured.principal("web-auditor"))
+        .await;
+    let mut stream = AuditServiceClient::new(auditor.clone())
+        .list_events(pb::ListEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        seen.push(event.instance_id);
+    }
+    assert_eq!(seen, ["web-1", "web-2"], "db-1's events are not shown");
+    expect_code(
+        "auditor of web-* reading db-1",
+        AuditServiceClient::new(auditor)
+            .get_firewall_at(pb::GetFirewallAtRequest {
+                instance_id: "db-1".into(),
+                at: Some(pb::get_firewall_at_request::At::Revision(1)),
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    lab.service.stop().await;
+}
+
+/// WaitForSync on web-1's latest revision, as the admin.
+async fn wait(lab: &Lab, timeout: Duration) -> Result<pb::SyncStatus, tonic::Status> {
+    FirewallServiceClient::new(lab.admin.clone())
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision: 0,
+            timeout: Some(timeout.try_into().unwrap()),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn the_sync_channel_cannot_lie() {
+    let lab = Lab::start().await;
+    let enforcer = lab.secured.enforcer("web-1");
+
+    // A Hello claiming a far-future revision is sent nothing, so its ack of the
+    // latest revision counts for nothing.
+    let channel = lab.service.tls_channel(&enforcer).await;
+    let liar = open_on(channel, "web-1", 1 << 63).await.unwrap();
+    liar.ack_with_hash(1, None, &cassette_ruleset::Ruleset::defaults().hash())
+        .await;
+    let status = wait(&lab, Duration::from_millis(700)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    drop(liar);
+
+    // An honest stream: history first, and an ack beyond what it was sent is ignored.
+    let channel = lab.service.tls_channel(&enforcer).await;
+    let mut honest = open_on(channel, "web-1", 0).await.unwrap();
+    assert_eq!(honest.next(Duration::from_secs(10)).await, Some(vec![1]));
+    honest.ack(5, None).await;
+    honest.ack(1, None).await;
+    let status = wait(&lab, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    assert_eq!(
+        status.applied_revision, 1,
+        "the ack of revision 5 was ignored"
+    );
+
+    // An ok ack whose hash is not what the service computes: ERROR.
+    let mut web = FirewallServiceClient::new(lab.admin.clone());
+    web.add_rule(add_rule("web-1", 5432)).await.unwrap();
+    assert_eq!(honest.next(Duration::from_secs(10)).await, Some(vec![2]));
+    honest.ack_with_hash(2, None, &"0".repeat(64)).await;
+    let status = wait(&lab, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(status.state, pb::SyncState::Error as i32, "{status:?}");
+    assert!(
+        status.last_error.contains("does not hold what was sent"),
+        "{status:?}"
+    );
+    let firewall = web
+        .get_firewall(pb::GetFirewallRequest {
+            instance_id: "web-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let postgres = firewall.rules.iter().find(|r| r.port == 5432).unwrap();
+    assert_ne!(
+        postgres.status,
+        pb::RuleStatus::Applied as i32,
+        "never shown applied"
+    );
+
+    // One live stream per instance: a new one closes the old.
+    let channel = lab.service.tls_channel(&enforcer).await;
+    let _newer = open_on(channel, "web-1", 2).await.unwrap();
+    let ended = honest.status(Duration::from_secs(10)).await;
+    match ended {
+        Some(Err(status)) => {
+            assert_eq!(status.code(), Code::Aborted, "{status:?}");
+            assert!(status.message().contains("newer sync stream"), "{status:?}");
+        }
+        other => panic!("the replaced stream did not end with ABORTED: {other:?}"),
+    }
+    lab.service.stop().await;
+}
+
+#[tokio::test]
+async fn per_principal_caps_answer_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let secured = Secured::new(&policy());
+    let limits = cassette_rules::Limits {
+        max_follow_streams_per_principal: 1,
+        max_waiters_per_principal: 1,
+        ..Default::default()
+    };
+    let service = InProcess::start_with(dir.path(), secured.security(), limits).await;
+    let admin = service.tls_channel(&secured.principal("console")).await;
+    let mut console = FirewallServiceClient::new(admin.clone());
+    cassette_e2e::create_firewall(&mut console, "web-1").await;
+
+    let follow = || pb::ListEventsRequest {
+        follow: true,
+        ..Default::default()
+    };
+    let mut audit = AuditServiceClient::new(admin.clone());
+    let first = audit
+        .list_events(follow())
+        .await
+        .expect("first follow stream");
+    let second = audit.list_events(follow()).await;
+    let status = expect_code(
+        "second follow stream",
+        second.map(|_| ()),
+        Code::ResourceExhausted,
+    );
+    assert!(status.message().contains("follow streams"), "{status:?}");
+    drop(first);
+
+    // One long waiter holds the principal's only slot; a second is refused.
+    let long_wait = |mut console: Client| {
+        tokio::spawn(async move {
+            console
+                .wait_for_sync(pb::WaitForSyncRequest {
+                    instance_id: "web-1".into(),
+                    revision: 0,
+                    timeout: Some(Duration::from_secs(5).try_into().unwrap()),
+                })
+                .await
+        })
+    };
+    let mut waiter = long_wait(console.clone());
+    let (mut refused, mut last) = (None, None);
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if waiter.is_finished() {
+            // It lost the race for the slot to the previous probe: start it again.
+            waiter = long_wait(console.clone());
+            continue;
+        }
+        let answer = console
+            .wait_for_sync(pb::WaitForSyncRequest {
+                instance_id: "web-1".into(),
+                revision: 0,
+                timeout: Some(Duration::from_millis(1).try_into().unwrap()),
+            })
+            .await;
+        match answer {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                refused = Some(status);
+                break;
+            }
+            other => last = Some(format!("{other:?}")),
+        }
+    }
+    waiter.abort();
+    let refused = refused.unwrap_or_else(|| panic!("a second waiter was never refused: {last:?}"));
+    assert!(
+        refused.message().contains("WaitForSync waiters"),
+        "{refused:?}"
+    );
+
+    // A message over the size limit is refused before it is decoded.
+    let huge = pb::AddRuleRequest {
+        instance_id: "web-1".into(),
+        port: 8080,
+        description: "x".repeat(2 << 20),
+        ..Default::default()
+    };
+    let status = console.add_rule(huge).await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    let firewall = cassette_e2e::create_firewall(&mut console, "web-1").await;
+    assert_eq!(firewall.revision, 1, "nothing appended");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn development_mode_refuses_plaintext_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = cassette_rules::RulesService::open(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let error = service
+        .serve(listener, std::future::ready(()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, cassette_rules::ServeError::PlaintextNotLoopback(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("--tls-cert"), "{error}");
+}
+
+#[tokio::test]
+async fn a_revoked_token_stops_working_after_sighup_and_a_bad_policy_keeps_the_old_one() {
+    let secured = Secured::new(&policy());
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cassette_e2e::free_port();
+    let extra = secured.server_args();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let rules = RulesProcess::spawn_with_tls(
+        &dir.path().join("data"),
+        &addr.to_string(),
+        cassette_e2e::Target::Http(format!("https://{addr}")),
+        &extra,
+        Some(secured.principal("console")),
+    )
+    .await;
+    let mut console = rules.client().await;
+    cassette_e2e::create_firewall(&mut console, "db-1").await;
+    let mut bot = FirewallServiceClient::new(
+        cassette_e2e::channel_with(&rules.target, Some(&secured.no_identity())).await,
+    );
+    let get = || {
+        with_metadata(
+            pb::GetFirewallRequest {
+                instance_id: "db-1".into(),
+            },
+            &[("authorization", &format!("Bearer {OPS_TOKEN}"))],
+        )
+    };
+    bot.get_firewall(get()).await.expect("the token works");
+
+    let hangup = |pid: u32| {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+    };
+    // A policy that does not parse is refused: the old one stays.
+    secured.write_policy("[[principal]]\nname = \"broken\"\n");
+    hangup(rules.pid());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bot.get_firewall(get()).await.expect("the old policy stays");
+
+    let without_bot: String = policy()
+        .split("[[principal]]")
+        .filter(|entry| !entry.contains("ops-bot"))
+        .collect::<Vec<_>>()
+        .join("[[principal]]");
+    secured.write_policy(&without_bot);
+    hangup(rules.pid());
+    let mut last = None;
+    for _ in 0..100 {
+        match bot.get_firewall(get()).await {
+            Err(status) if status.code() == Code::Unauthenticated => {
+                last = None;
+                break;
+            }
+            other => last = Some(format!("{other:?}")),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(last.is_none(), "the revoked token still works: {last:?}");
+    assert!(rules.log().contains("policy refused"), "{}", rules.log());
+    console
+        .get_firewall(pb::GetFirewallRequest {
+            instance_id: "db-1".into(),
+        })
+        .await
+        .expect("certificates still work");
+}
