@@ -107,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let instance = InstanceId::parse(&args.instance).context("invalid --instance")?;
     let table = TableName::parse(&args.table).context("invalid --table")?;

@@ -194,14 +194,17 @@ enum Command {
     /// Answer audit questions offline from a stopped service's data directory
     /// (or a copy): events, at, diff, verify, export.
     Audit(audit_cli::AuditArgs),
-    /// Exit 0 if the rules service at --rules reports SERVING on
-    /// grpc.health.v1 (for container health checks).
+    /// Print SERVING and exit 0 if the rules service at --rules reports
+    /// SERVING on grpc.health.v1 (for container health checks and scripts).
     Health {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         rules: cassette_proto::Target,
         /// CA (PEM) to check a TLS service's certificate with (https:// targets).
         #[arg(long)]
         tls_ca: Option<PathBuf>,
+        /// Keep asking until it is serving or this much time has passed (e.g. 10s).
+        #[arg(long, value_parser = parse_seconds)]
+        wait: Option<std::time::Duration>,
     },
     /// A development PKI: a CA, the service's certificate, client certificates.
     Pki(pki_cli::PkiArgs),
@@ -212,13 +215,18 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     match args.command.take() {
         Some(Command::Audit(audit)) => return audit_cli::run(&args.data_dir, audit),
-        Some(Command::Health { rules, tls_ca }) => return health(&rules, tls_ca.as_ref()).await,
+        Some(Command::Health {
+            rules,
+            tls_ca,
+            wait,
+        }) => return health(&rules, tls_ca.as_ref(), wait).await,
         Some(Command::Pki(pki)) => return pki_cli::run(pki),
         None => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     std::fs::create_dir_all(&args.data_dir)
@@ -270,7 +278,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn health(rules: &cassette_proto::Target, tls_ca: Option<&PathBuf>) -> anyhow::Result<()> {
+async fn health(
+    rules: &cassette_proto::Target,
+    tls_ca: Option<&PathBuf>,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let tls = match tls_ca {
@@ -282,7 +295,7 @@ async fn health(rules: &cassette_proto::Target, tls_ca: Option<&PathBuf>) -> any
         ),
         None => None,
     };
-    let check = async {
+    let check = || async {
         let mut client = HealthClient::new(rules.connect_with(tls.as_ref()).await?);
         let status = client
             .check(HealthCheckRequest {
@@ -297,9 +310,37 @@ async fn health(rules: &cassette_proto::Target, tls_ca: Option<&PathBuf>) -> any
         );
         anyhow::Ok(())
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), check)
-        .await
-        .with_context(|| format!("{rules} did not answer within 5 s"))?
+    let deadline = Instant::now() + wait.unwrap_or_default();
+    loop {
+        let result = tokio::time::timeout(Duration::from_secs(5), check())
+            .await
+            .with_context(|| format!("{rules} did not answer within 5 s"))
+            .and_then(|r| r);
+        match result {
+            Ok(()) => {
+                println!("SERVING");
+                return Ok(());
+            }
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// `10s`, `500ms`.
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("{text:?}: expected a duration such as 10s or 500ms");
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms
+            .parse()
+            .map(std::time::Duration::from_millis)
+            .map_err(|_| invalid());
+    }
+    text.strip_suffix('s')
+        .ok_or_else(invalid)?
+        .parse()
+        .map(std::time::Duration::from_secs)
+        .map_err(|_| invalid())
 }
 
 async fn bind(listen: &Listen) -> anyhow::Result<Listener> {

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cassette_e2e::netns::{eventually, is_root, EnforcerProcess, Lab};
-use cassette_e2e::{pb, Client, RulesProcess};
+use cassette_e2e::secured::Secured;
+use cassette_e2e::{pb, Client, RulesProcess, Target};
 use tempfile::TempDir;
 use tokio::task::block_in_place;
 
@@ -21,6 +22,8 @@ struct Fixture {
     rules: RulesProcess,
     enforcer: Option<EnforcerProcess>,
     client: Client,
+    /// TLS flags every enforcer gets (empty in development mode).
+    enforcer_tls: Vec<String>,
 }
 
 fn skip_unless_root(test: &str) -> bool {
@@ -35,14 +38,38 @@ impl Fixture {
     /// A running rules service, an instance with listeners, its firewall
     /// created, and an enforcer that has applied it.
     async fn start(enforcer_args: &[&str]) -> Self {
+        Self::start_with(enforcer_args, None).await
+    }
+
+    /// [`Fixture::start`]; with `secured`, the service runs TLS with its
+    /// policy, the harness calls as the admin principal `console`, and the
+    /// enforcer presents the certificate of `spiffe://cassette.local/enforcer/web-1`.
+    async fn start_with(enforcer_args: &[&str], secured: Option<&Secured>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut lab = block_in_place(Lab::new);
         block_in_place(|| lab.start_listeners());
         let rules_metrics = cassette_e2e::free_port();
-        let rules = RulesProcess::start_unix(
+        let socket = dir.path().join("rules.sock");
+        let mut args = vec!["--metrics-listen".to_owned(), rules_metrics.to_string()];
+        let mut enforcer_tls = Vec::new();
+        if let Some(secured) = secured {
+            args.extend(secured.server_args());
+            let (cert, key) = secured.enforcer_files(INSTANCE);
+            for (flag, path) in [
+                ("--tls-ca", secured.pki.ca_cert_path()),
+                ("--tls-cert", cert),
+                ("--tls-key", key),
+            ] {
+                enforcer_tls.extend([flag.to_owned(), path.display().to_string()]);
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let rules = RulesProcess::spawn_with_tls(
             &dir.path().join("data"),
-            &dir.path().join("rules.sock"),
-            &["--metrics-listen", &rules_metrics.to_string()],
+            &format!("unix:{}", socket.display()),
+            Target::Unix(socket.clone()),
+            &args,
+            secured.map(|s| s.principal("console")),
         )
         .await;
         let mut client = rules.client().await;
@@ -54,6 +81,7 @@ impl Fixture {
             rules,
             enforcer: None,
             client,
+            enforcer_tls,
         };
         fixture.start_enforcer(enforcer_args);
         fixture.wait(0).await;
@@ -66,6 +94,7 @@ impl Fixture {
 
     fn start_enforcer(&mut self, extra: &[&str]) {
         let mut args = vec!["--refresh-interval", "1s"];
+        args.extend(self.enforcer_tls.iter().map(String::as_str));
         args.extend_from_slice(extra);
         self.enforcer = Some(EnforcerProcess::start(
             &self.lab.instance_ns,
@@ -396,4 +425,24 @@ async fn kernel_rejected_transaction_keeps_the_previous_ruleset_and_reports_nfts
     assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
     assert!(status.last_error.is_empty());
     f.assert_tcp(&[22, 5432, 6379], &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_secured_enforcer_applies_over_mutual_tls_and_acks_the_right_hash() {
+    if skip_unless_root("kernel_secured_enforcer_applies_over_mutual_tls_and_acks_the_right_hash") {
+        return;
+    }
+    let secured =
+        Secured::new("[[principal]]\nname = \"console\"\nrole = \"admin\"\ninstances = [\"*\"]\n");
+    let mut f = Fixture::start_with(&["--table", "cassette_tls"], Some(&secured)).await;
+    let (_, revision) = f.add(5432, TCP).await;
+    let status = f.wait(revision).await;
+    // IN_SYNC means the ack's ruleset hash matched the service's (with another
+    // table name than the default, which the hash does not depend on).
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    assert!(status.last_error.is_empty(), "{status:?}");
+    f.assert_tcp(&[22, 5432], &[3306]);
+    // The service has only its TLS listener: the enforcer's stream used it.
+    let firewall = f.firewall().await;
+    assert!(firewall.sync.unwrap().enforcer_connected);
 }

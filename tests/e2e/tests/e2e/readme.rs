@@ -2,6 +2,8 @@
 //! against the real rules service on a fresh data directory with an enforcer
 //! for `web-1` (file backend, as `scripts/run.sh` starts it without root), its
 //! output compared to the README's (timestamps, durations and UUIDs normalised).
+//! The secured section starts its own TLS service and enforcer in the
+//! background; every process the examples leave is killed with their process group.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 use cassette_e2e::{binary, RulesProcess, PATIENCE};
 
 const README_ADDR: &str = "127.0.0.1:50051";
+/// Where the README's secured service listens.
+const README_SECURE_ADDR: &str = "127.0.0.1:50443";
 const MARKER: &str = "@@@ example";
 
 #[derive(Debug)]
@@ -73,7 +77,14 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
     // The layout scripts/run.sh makes: the log and the ruleset file in ./cassette-data.
     let dir = tempfile::tempdir().unwrap();
     let workdir = dir.path().join("work");
-    std::fs::create_dir_all(&workdir).unwrap();
+    std::fs::create_dir_all(workdir.join("examples")).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::copy(
+        repo.join("examples/policy.toml"),
+        workdir.join("examples/policy.toml"),
+    )
+    .expect("copy examples/policy.toml");
+    let secure_addr = cassette_e2e::free_port().to_string();
     let rules = RulesProcess::start(&workdir.join("cassette-data")).await;
     let addr = rules.listen.clone();
     let bin_dir = binary("cassette-rules")
@@ -113,17 +124,26 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
         let command = example
             .command
             .replace(README_ADDR, &addr)
+            .replace(README_SECURE_ADDR, &secure_addr)
             .replace("target/release/", &format!("{bin_dir}/"));
         script.push_str(&command);
         script.push_str(" 2>&1\n");
     }
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("bash")
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("bash")
             .arg("-c")
             .arg(script)
             .current_dir(workdir)
-            .output()
-            .expect("run bash")
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run bash");
+        let group = ProcessGroup(child.id());
+        let output = child.wait_with_output().expect("bash output");
+        drop(group);
+        output
     })
     .await
     .unwrap();
@@ -141,6 +161,19 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
         );
     }
     drop(enforcer);
+}
+
+/// Kills every process the examples started in the background (their process
+/// group), pass or fail.
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", "--", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Kills the enforcer when the test ends, pass or fail.
