@@ -30,6 +30,7 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 pub struct FirewallApi {
     store: Arc<Store>,
     waiters: Arc<Slots>,
+    max_page_bytes: usize,
 }
 
 impl FirewallApi {
@@ -37,6 +38,7 @@ impl FirewallApi {
         Self {
             store,
             waiters: Slots::new("WaitForSync waiters", limits.max_waiters_per_principal),
+            max_page_bytes: limits.max_list_page_bytes,
         }
     }
 
@@ -179,15 +181,28 @@ impl FirewallService for FirewallApi {
                     ))
                 })?),
             };
-            let (page, more) = self
+            let (page, mut more) = self
                 .store
                 .list(after.as_ref(), limit, |id| caller.may_see(id.as_str()));
-            let next_page_token = match (more, page.last()) {
-                (true, Some(last)) => last.instance_id.to_string(),
+            // Pages are bounded by size too (a firewall may hold 1024 rules),
+            // always with at least one firewall so a reader makes progress.
+            let mut firewalls = Vec::with_capacity(page.len());
+            let mut bytes = 0;
+            for firewall in &page {
+                let view = self.present(firewall);
+                bytes += prost::Message::encoded_len(&view);
+                if bytes > self.max_page_bytes && !firewalls.is_empty() {
+                    more = true;
+                    break;
+                }
+                firewalls.push(view);
+            }
+            let next_page_token = match (more, firewalls.last()) {
+                (true, Some(last)) => last.instance_id.clone(),
                 _ => String::new(),
             };
             Ok(pb::ListFirewallsResponse {
-                firewalls: page.iter().map(|f| self.present(f)).collect(),
+                firewalls,
                 next_page_token,
             })
         };

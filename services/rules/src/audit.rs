@@ -175,7 +175,26 @@ pub struct Diff {
     pub removed: Vec<Rule>,
     /// (before, after)
     pub changed: Vec<(Rule, Rule)>,
+    /// One page of the events between.
     pub events: Vec<Record>,
+    /// The revision the next page starts after, when more events follow.
+    pub next_after: Option<u64>,
+}
+
+/// Which of the events between two revisions a diff carries.
+#[derive(Debug, Clone, Copy)]
+pub struct EventPage {
+    /// Only events with a greater revision.
+    pub after: u64,
+    pub size: usize,
+}
+
+impl EventPage {
+    /// Every event between (for the offline command).
+    pub const ALL: EventPage = EventPage {
+        after: 0,
+        size: usize::MAX,
+    };
 }
 
 impl Diff {
@@ -196,11 +215,18 @@ impl Diff {
                 .iter()
                 .map(|r| event_to_pb(&r.event, &r.prev_hash))
                 .collect(),
+            next_page_token: self.next_after.map(|r| r.to_string()).unwrap_or_default(),
         }
     }
 }
 
-pub fn diff(log: &EventLog, instance: &InstanceId, from: u64, to: u64) -> Result<Diff, StoreError> {
+pub fn diff(
+    log: &EventLog,
+    instance: &InstanceId,
+    from: u64,
+    to: u64,
+    page: EventPage,
+) -> Result<Diff, StoreError> {
     let latest = log.last_revision(instance)?;
     if latest == 0 {
         return Err(not_found(instance));
@@ -232,8 +258,21 @@ pub fn diff(log: &EventLog, instance: &InstanceId, from: u64, to: u64) -> Result
     };
     let old = rules(before)?;
     let new = rules(&records)?;
+    let mut events = between
+        .iter()
+        .filter(|r| r.event.revision > page.after)
+        .take(page.size.saturating_add(1))
+        .cloned()
+        .collect::<Vec<_>>();
+    let next_after = if events.len() > page.size {
+        events.truncate(page.size);
+        events.last().map(|r| r.event.revision)
+    } else {
+        None
+    };
     let mut diff = Diff {
-        events: between.to_vec(),
+        events,
+        next_after,
         ..Diff::default()
     };
     for (id, rule) in &new {

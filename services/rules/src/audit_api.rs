@@ -16,12 +16,15 @@ use tracing::{field, Instrument, Span};
 use crate::audit::{self, At, Cursor, EventFilter};
 use crate::caller::caller;
 use crate::limits::{Limits, Slot, Slots};
-use crate::status::{invalid, refused, Violations};
+use crate::status::{refused, Violations};
 use crate::store::Store;
 use cassette_auth::{Action, Caller};
 
 /// Records read per step of a ListEvents stream.
 const PAGE: usize = 1000;
+/// DiffFirewall's events per page, by default and at most.
+const DIFF_PAGE_DEFAULT: usize = 100;
+const DIFF_PAGE_MAX: usize = 1000;
 
 pub struct AuditApi {
     store: Arc<Store>,
@@ -138,12 +141,19 @@ impl AuditService for AuditApi {
         request: Request<pb::DiffFirewallRequest>,
     ) -> Result<Response<pb::FirewallDiff>, Status> {
         let request = authorized(request, "DiffFirewall", |r| &r.instance_id)?;
-        let instance = InstanceId::parse(&request.instance_id).map_err(invalid)?;
+        let mut v = Violations::default();
+        let instance = v.check(InstanceId::parse(&request.instance_id));
+        let page = diff_page(&request, &mut v);
+        v.finish()?;
+        let (Some(instance), Some(page)) = (instance, page) else {
+            return Err(Status::internal("a validated field is missing"));
+        };
         let diff = audit::diff(
             self.store.log(),
             &instance,
             request.from_revision,
             request.to_revision,
+            page,
         )?;
         Ok(Response::new(diff.to_pb()))
     }
@@ -165,6 +175,36 @@ impl AuditService for AuditApi {
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(verification_to_pb(&verification)))
     }
+}
+
+/// DiffFirewall's page of events: `page_size` 1-1000 (0: 100), `page_token`
+/// a revision it returned; each invalid field is recorded in `v`.
+fn diff_page(request: &pb::DiffFirewallRequest, v: &mut Violations) -> Option<audit::EventPage> {
+    let size = v.check(match request.page_size {
+        0 => Ok(DIFF_PAGE_DEFAULT),
+        n if n as usize <= DIFF_PAGE_MAX => Ok(n as usize),
+        n => Err(ValidationError::new(
+            "page_size",
+            format!("must be between 1 and {DIFF_PAGE_MAX} (0 means {DIFF_PAGE_DEFAULT}), got {n}"),
+        )),
+    });
+    let after = v.check(match request.page_token.as_str() {
+        "" => Ok(request.from_revision),
+        token => token
+            .parse::<u64>()
+            .ok()
+            .filter(|r| *r > request.from_revision && *r < request.to_revision)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "page_token",
+                    "is not a next_page_token returned by DiffFirewall for these revisions",
+                )
+            }),
+    });
+    Some(audit::EventPage {
+        after: after?,
+        size: size?,
+    })
 }
 
 /// The request's body, once its caller may audit `instance` (recorded on the span).
@@ -211,9 +251,13 @@ async fn stream_events(
 ) {
     let store = &reader.store;
     // Subscribe before reading, so no commit between the read and the wait is missed.
+    // An instance's own wake-ups only if it exists: a filter naming an unknown
+    // id creates no per-instance state (it wakes with the whole log instead).
     let mut wake: watch::Receiver<u64> = match &filter.instance {
-        Some(instance) => store.board().watch_committed(instance),
-        None => store.watch_head(),
+        Some(instance) if store.revision(instance).is_ok() => {
+            store.board().watch_committed(instance)
+        }
+        _ => store.watch_head(),
     };
     let mut closing = store.closing();
     let mut cursor = Cursor {

@@ -139,7 +139,7 @@ pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
         }
         AuditCommand::Diff { instance, from, to } => {
             let instance = InstanceId::parse(&instance)?;
-            let diff = audit::diff(&log, &instance, from, to)?;
+            let diff = audit::diff(&log, &instance, from, to, audit::EventPage::ALL)?;
             if args.json {
                 return json.print("FirewallDiff", &diff.to_pb());
             }

@@ -93,28 +93,60 @@ impl EnforcerService for EnforcerApi {
             );
         });
         let (outbound, stream) = mpsc::channel(STREAM_BUFFER);
-        let connection = self.store.board().connect(&instance);
-        let sent = Arc::new(AtomicU64::new(0));
-        let sender = tokio::spawn(
-            send_events(
-                self.store.clone(),
-                instance.clone(),
-                hello.applied_revision,
-                outbound,
-                sent.clone(),
-                connection.replaced(),
-            )
-            .instrument(span.clone()),
-        );
-        let stream_state = StreamState {
-            store: self.store.clone(),
-            instance,
-            connection,
-            sent,
-            connected_at: SystemTime::now(),
+        let store = self.store.clone();
+        let serve = async move {
+            // Sync state exists only for instances that exist: a Hello for an
+            // unknown id waits for the firewall without creating anything.
+            if !wait_until_exists(&store, &instance, &outbound).await {
+                return;
+            }
+            let connection = store.board().connect(&instance);
+            let sent = Arc::new(AtomicU64::new(0));
+            let sender = tokio::spawn(
+                send_events(
+                    store.clone(),
+                    instance.clone(),
+                    hello.applied_revision,
+                    outbound,
+                    sent.clone(),
+                    connection.replaced(),
+                )
+                .in_current_span(),
+            );
+            let state = StreamState {
+                store,
+                instance,
+                connection,
+                sent,
+                connected_at: SystemTime::now(),
+            };
+            receive_acks(state, inbound, sender).await;
         };
-        tokio::spawn(receive_acks(stream_state, inbound, sender).instrument(span));
+        tokio::spawn(serve.instrument(span));
         Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+/// Waits until `instance` has a firewall (or had one: a deleted firewall's
+/// enforcer still applies the deletion). False if the stream or the service
+/// ended first.
+async fn wait_until_exists(
+    store: &Store,
+    instance: &InstanceId,
+    outbound: &mpsc::Sender<Outbound>,
+) -> bool {
+    let mut head = store.watch_head();
+    let mut closing = store.closing();
+    loop {
+        head.borrow_and_update();
+        if store.revision(instance).is_ok() {
+            return true;
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return false },
+            _ = outbound.closed() => return false,
+            _ = wait_true(&mut closing) => return false,
+        }
     }
 }
 
@@ -144,7 +176,9 @@ async fn send_events(
     loop {
         let durable = *committed.borrow_and_update();
         if durable > position {
-            let events = match store.read_events(&instance, position, durable) {
+            // One page at a time: a long history is never held in memory whole.
+            let until = durable.min(position.saturating_add(MAX_EVENTS_PER_MESSAGE as u64));
+            let events = match store.read_events(&instance, position, until) {
                 Ok(events) => events,
                 Err(error) => {
                     tracing::error!(%error, "cannot read events for a sync stream");
@@ -152,21 +186,23 @@ async fn send_events(
                     return;
                 }
             };
-            for chunk in events.chunks(MAX_EVENTS_PER_MESSAGE) {
-                let message = pb::SyncResponse {
-                    events: chunk.iter().map(|e| event_to_pb(e, &[])).collect(),
-                };
-                if let Some(last) = chunk.last() {
-                    // Before the send: the enforcer may ack as soon as it has it.
-                    sent.fetch_max(last.revision, Ordering::AcqRel);
-                }
-                if outbound.send(Ok(message)).await.is_err() {
-                    return;
-                }
+            let Some(last) = events.last().map(|e| e.revision) else {
+                tracing::error!(
+                    position,
+                    until,
+                    "the log has no events where the projection has them"
+                );
+                return;
+            };
+            let message = pb::SyncResponse {
+                events: events.iter().map(|e| event_to_pb(e, &[])).collect(),
+            };
+            // Before the send: the enforcer may ack as soon as it has it.
+            sent.fetch_max(last, Ordering::AcqRel);
+            if outbound.send(Ok(message)).await.is_err() {
+                return;
             }
-            if let Some(last) = events.last() {
-                position = last.revision;
-            }
+            position = last;
             continue;
         }
         tokio::select! {

@@ -17,6 +17,9 @@ pub struct Limits {
     pub max_follow_streams_per_principal: usize,
     /// WaitForSync calls one principal may have waiting.
     pub max_waiters_per_principal: usize,
+    /// A ListFirewalls page stops before it grows past this many bytes
+    /// (always with at least one firewall, so a reader makes progress).
+    pub max_list_page_bytes: usize,
 }
 
 impl Default for Limits {
@@ -26,6 +29,8 @@ impl Default for Limits {
             max_concurrent_streams: 1024,
             max_follow_streams_per_principal: 64,
             max_waiters_per_principal: 1024,
+            // Well under the 4 MiB most gRPC clients accept by default.
+            max_list_page_bytes: 2 << 20,
         }
     }
 }

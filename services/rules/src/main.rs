@@ -127,6 +127,7 @@ impl LimitArgs {
             max_concurrent_streams: self.max_concurrent_streams,
             max_follow_streams_per_principal: self.max_follow_streams,
             max_waiters_per_principal: self.max_waiters,
+            ..Limits::default()
         }
     }
 }

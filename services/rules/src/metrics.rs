@@ -7,6 +7,8 @@ pub struct RulesMetrics {
     /// Commit of an event -> its enforcer's ack received (live events only).
     pub ack_latency: Histogram,
     pub connected_enforcers: Gauge,
+    /// Instances with sync state (streams, waiters, acks): only existing ones.
+    pub tracked_instances: Gauge,
     pub events_appended: Counter,
     pub failed_acks: Counter,
     /// Acks of a revision their stream was never sent.
@@ -29,6 +31,11 @@ impl RulesMetrics {
             &mut out,
             "cassette_rules_connected_enforcers",
             "Open enforcer sync streams.",
+        );
+        self.tracked_instances.write(
+            &mut out,
+            "cassette_rules_tracked_instances",
+            "Instances the service keeps sync state for (existing instances with a stream, waiter or ack).",
         );
         self.events_appended.write(
             &mut out,

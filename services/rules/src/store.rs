@@ -201,12 +201,26 @@ impl Store {
 
     /// Applies `mutation` and returns the firewall after it, once durable.
     pub async fn mutate(&self, mutation: Mutation) -> Result<Arc<Firewall>, StoreError> {
+        let instance = mutation.instance_id.clone();
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(WriterMessage::Mutate(mutation, reply))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
-        answer.await.map_err(|_| StoreError::ShuttingDown)?
+        match answer.await.map_err(|_| StoreError::ShuttingDown)?? {
+            Answer::Firewall(firewall) => Ok(firewall),
+            Answer::AppliedBefore { revision } => {
+                // A retry of an older request: its answer is the state then,
+                // replayed here rather than in the writer, which serves everyone.
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::audit::firewall_at(&log, &instance, crate::audit::At::Revision(revision))
+                })
+                .await
+                .map_err(|e| StoreError::WriteFailed(format!("replay task failed: {e}")))?
+                .map(|then| Arc::new(then.firewall))
+            }
+        }
     }
 
     /// The latest revision of `instance_id`, deleted firewalls included
@@ -357,7 +371,17 @@ struct Writer {
     last_time: SystemTime,
 }
 
-type Reply = oneshot::Sender<Result<Arc<Firewall>, StoreError>>;
+/// What the writer answers a mutation with.
+enum Answer {
+    /// The firewall after the mutation (or after the retried request, when it
+    /// is the current state or was decided in the same batch).
+    Firewall(Arc<Firewall>),
+    /// A retry of a request that appended `revision` earlier; the caller
+    /// replays the state then from the log.
+    AppliedBefore { revision: u64 },
+}
+
+type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<WriterMessage>) {
@@ -436,7 +460,7 @@ impl Writer {
         }
         self.head.send_replace(self.next_sequence - 1);
         for (mutation, reply, outcome, range) in outcomes {
-            if let Ok(firewall) = &outcome {
+            if let Ok(Answer::Firewall(firewall)) = &outcome {
                 info!(
                     instance_id = %mutation.instance_id,
                     revision = firewall.revision,
@@ -458,7 +482,7 @@ impl Writer {
         mutation: &Mutation,
         now: SystemTime,
         events: &mut Vec<Event>,
-    ) -> Result<Arc<Firewall>, StoreError> {
+    ) -> Result<Answer, StoreError> {
         if let Some((sequence, reason)) = &self.read_only {
             return Err(StoreError::ReadOnly {
                 sequence: *sequence,
@@ -469,10 +493,15 @@ impl Writer {
         let request_key = mutation.request_id.clone().map(|r| (instance.clone(), r));
         if let Some(key) = &request_key {
             if let Some(firewall) = pending.requests.get(key) {
-                return Ok(firewall.clone());
+                return Ok(Answer::Firewall(firewall.clone()));
             }
             if let Some(&revision) = projection.requests.get(key) {
-                return self.firewall_at(projection, instance, revision);
+                return Ok(match projection.firewalls.get(instance) {
+                    Some(current) if current.revision == revision => {
+                        Answer::Firewall(current.clone())
+                    }
+                    _ => Answer::AppliedBefore { revision },
+                });
             }
         }
         let state = pending
@@ -489,7 +518,7 @@ impl Writer {
         )?;
         if payloads.is_empty() {
             // Nothing changes; decide only answers with no events for a live firewall.
-            return state.cloned().ok_or_else(|| {
+            return state.cloned().map(Answer::Firewall).ok_or_else(|| {
                 StoreError::Fold(FoldError::Inapplicable {
                     instance_id: instance.to_string(),
                     revision: 0,
@@ -518,25 +547,7 @@ impl Writer {
         if let Some(key) = request_key {
             pending.requests.insert(key, firewall.clone());
         }
-        Ok(firewall)
-    }
-
-    /// The firewall as a retried request first answered it: the state at the
-    /// last revision that request appended.
-    fn firewall_at(
-        &self,
-        projection: &Projection,
-        instance: &InstanceId,
-        revision: u64,
-    ) -> Result<Arc<Firewall>, StoreError> {
-        if let Some(current) = projection.firewalls.get(instance) {
-            if current.revision == revision {
-                return Ok(current.clone());
-            }
-        }
-        let then =
-            crate::audit::firewall_at(&self.log, instance, crate::audit::At::Revision(revision))?;
-        Ok(Arc::new(then.firewall))
+        Ok(Answer::Firewall(firewall))
     }
 }
 

@@ -122,6 +122,7 @@ impl SyncBoard {
         self.lock()
             .entry(instance.clone())
             .or_insert_with(|| {
+                self.metrics.tracked_instances.inc();
                 Arc::new(Channels {
                     committed: watch::Sender::new((self.committed)(instance)),
                     status: watch::Sender::new(Snapshot::default()),

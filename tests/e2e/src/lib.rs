@@ -108,6 +108,8 @@ pub async fn wait_serving_with(target: &Target, tls: Option<&ClientTlsConfig>) {
 /// The rules service as a library, on a real socket, with its data in `dir`.
 pub struct InProcess {
     pub addr: SocketAddr,
+    /// The service's metrics, as its `/metrics` would show them.
+    pub metrics: std::sync::Arc<cassette_rules::RulesMetrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), cassette_rules::ServeError>>>,
 }
@@ -140,12 +142,14 @@ impl InProcess {
             .expect("open rules service")
             .with_security(security)
             .with_limits(limits);
+        let metrics = service.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(service.serve(listener, async {
             let _ = stopped.await;
         }));
         Self {
             addr,
+            metrics,
             stop: Some(stop),
             task: Some(task),
         }

@@ -237,6 +237,19 @@ async fn invalid_fields_are_invalid_argument_naming_each_field_and_append_nothin
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["description"]);
+    // Bidi overrides would make the page show another text than the one stored.
+    let status = f
+        .client
+        .update_rule(pb::UpdateRuleRequest {
+            instance_id: "web-1".into(),
+            rule_id: "default-ssh".into(),
+            description: Some("ssh \u{202E}lanigiro".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&status), ["description"]);
+    assert!(status.message().contains("U+202E"), "{status:?}");
     let status = f
         .client
         .delete_rule(pb::DeleteRuleRequest {
@@ -624,5 +637,50 @@ async fn state_survives_a_graceful_restart_on_the_same_data_dir() {
         .unwrap()
         .into_inner();
     assert_eq!(next.revision, before.revision + 1);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn list_firewalls_pages_are_bounded_by_size_as_well_as_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = cassette_rules::Limits {
+        max_list_page_bytes: 600,
+        ..Default::default()
+    };
+    let service =
+        InProcess::start_with(dir.path(), cassette_rules::Security::development(), limits).await;
+    let mut client = service.client().await;
+    let instances: Vec<String> = (0..6).map(|i| format!("web-{i}")).collect();
+    for instance in &instances {
+        create(&mut client, instance).await;
+    }
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    for _ in 0..20 {
+        let page = client
+            .list_firewalls(pb::ListFirewallsRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(
+            page.firewalls
+                .into_iter()
+                .map(|f| f.instance_id)
+                .collect::<Vec<_>>(),
+        );
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        pages.len() > 1,
+        "600 bytes cannot hold six firewalls: {pages:?}"
+    );
+    assert!(pages.iter().all(|p| !p.is_empty()), "{pages:?}");
+    assert_eq!(pages.concat(), instances, "every firewall once, in order");
     service.stop().await;
 }

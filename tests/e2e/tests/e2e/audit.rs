@@ -161,6 +161,7 @@ async fn get_firewall_at_every_revision_equals_what_the_api_answered_then() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
     service.stop().await;
 }
 
@@ -253,6 +254,7 @@ async fn diff_firewall_names_added_removed_and_changed_rules_and_the_events_betw
             instance_id: "a-1".into(),
             from_revision: 2,
             to_revision: 5,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -284,6 +286,7 @@ async fn diff_firewall_names_added_removed_and_changed_rules_and_the_events_betw
             instance_id: "a-1".into(),
             from_revision: 0,
             to_revision: 7,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -297,6 +300,7 @@ async fn diff_firewall_names_added_removed_and_changed_rules_and_the_events_betw
             instance_id: "a-1".into(),
             from_revision: 2,
             to_revision: 7,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -310,10 +314,48 @@ async fn diff_firewall_names_added_removed_and_changed_rules_and_the_events_betw
             instance_id: "a-1".into(),
             from_revision: 5,
             to_revision: 5,
+            ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // The events come in pages; the rule changes are on every page.
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let page = audit
+            .diff_firewall(pb::DiffFirewallRequest {
+                instance_id: "a-1".into(),
+                from_revision: 0,
+                to_revision: 7,
+                page_size: 3,
+                page_token: token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.added.len(), 4, "rule changes on every page");
+        pages.push(page.events.iter().map(|e| e.revision).collect::<Vec<_>>());
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pages, [vec![1, 2, 3], vec![4, 5, 6], vec![7]]);
+    let status = audit
+        .diff_firewall(pb::DiffFirewallRequest {
+            instance_id: "a-1".into(),
+            from_revision: 0,
+            to_revision: 7,
+            page_size: 1001,
+            page_token: "nonsense".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    for field in ["page_size", "page_token"] {
+        assert!(status.message().contains(field), "{status:?}");
+    }
     service.stop().await;
 }
 

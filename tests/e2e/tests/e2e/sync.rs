@@ -311,3 +311,60 @@ async fn the_first_message_must_be_a_hello_for_a_valid_instance() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     service.stop().await;
 }
+
+#[tokio::test]
+async fn hellos_and_follows_for_unknown_instances_create_no_sync_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut ghosts = Vec::new();
+    for i in 0..20 {
+        ghosts.push(open(&service, &format!("ghost-{i}"), 0).await);
+    }
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    let _follow = cassette_proto::pb::audit_service_client::AuditServiceClient::new(channel)
+        .list_events(pb::ListEventsRequest {
+            instance_id: "ghost-x".into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(SHORT).await;
+    assert_eq!(service.metrics.tracked_instances.get(), 0);
+
+    // The stream still waits for its firewall, and gets it once created.
+    let mut client = service.client().await;
+    create(&mut client, "ghost-0").await;
+    assert_eq!(ghosts[0].next(LONG).await, Some(vec![1]));
+    assert_eq!(service.metrics.tracked_instances.get(), 1);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_history_is_streamed_in_bounded_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "busy").await;
+    let mut latest = 1;
+    for i in 0..600 {
+        latest = toggle_ssh(&mut client, "busy", i % 2 == 1).await;
+    }
+    let mut stream = open(&service, "busy", 0).await;
+    let mut received = Vec::new();
+    while received.len() < latest as usize {
+        let page = stream.next(LONG).await.expect("the next page");
+        assert!(
+            !page.is_empty() && page.len() <= 512,
+            "a page of {} events",
+            page.len()
+        );
+        received.extend(page);
+    }
+    assert_eq!(
+        received,
+        (1..=latest).collect::<Vec<_>>(),
+        "gapless, in order"
+    );
+    service.stop().await;
+}
