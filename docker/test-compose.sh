@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# End-to-end test of docker-compose.yml with real containers: the rules
-# service, two instances and their enforcer sidecars with real nftables.
+# End-to-end test of docker-compose.yml with real containers: the PKI, the
+# rules service over TLS with its policy, two instances and their enforcer
+# sidecars (mutual TLS) with real nftables, and a workload without credentials
+# trying to read and change firewalls.
 # Usage: docker/test-compose.sh [BIN_DIR]   (binaries already built; default target/release)
 # Everything it starts runs on the compose project's own network and is removed
 # at the end (docker-compose down -v), also on failure. Without a Docker engine
@@ -31,9 +33,11 @@ rules=127.0.0.1:$CASSETTE_RULES_PORT
 passed=0
 failed=0
 
+creds=$(mktemp -d)
 cleanup() {
     dc down -v --remove-orphans >/dev/null 2>&1 || true
     docker image rm "$CASSETTE_IMAGE" >/dev/null 2>&1 || true
+    rm -rf "$creds"
 }
 trap cleanup EXIT
 
@@ -64,8 +68,20 @@ healthy() { # waits until the rules service is healthy (60 s at most)
     done
     return 1
 }
-rpc() { # rpc METHOD JSON
-    grpcurl -plaintext -max-time 40 -d "$2" "$rules" "cassette.firewall.v1.FirewallService/$1"
+# The admin's credentials, from the PKI volume (as an operator would copy them).
+for file in ca.pem principal-admin.pem principal-admin.key; do
+    dc exec -T rules cat "/pki/$file" >"$creds/$file"
+done
+admin=(-cacert "$creds/ca.pem" -cert "$creds/principal-admin.pem" -key "$creds/principal-admin.key")
+rpc() { # rpc METHOD JSON: as the admin principal, over TLS
+    grpcurl "${admin[@]}" -max-time 40 -d "$2" "$rules" "cassette.firewall.v1.FirewallService/$1"
+}
+# A workload's view: grpcurl run inside web-1's network namespace (not its
+# filesystem: it has no key), aimed at the rules service's address.
+rules_ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$(dc ps -q rules)")
+web1_pid=$(docker inspect -f '{{.State.Pid}}' "$(dc ps -q web-1)")
+from_workload() { # from_workload GRPCURL_ARGS...: prints grpcurl's output and error
+    nsenter -t "$web1_pid" -n grpcurl -max-time 10 "$@" 2>&1 || true
 }
 in_sync() { # waits until INSTANCE's enforcer is connected and in sync (60 s at most)
     for _ in $(seq 120); do
@@ -84,7 +100,22 @@ wait_for_sync() {
 }
 
 check "the rules service is healthy" healthy
-check "both enforcers applied their firewalls" bash -c "$(declare -f in_sync rpc); rules=$rules; in_sync web-1 && in_sync db-1"
+# In production the console creates firewalls; here the admin does.
+rpc CreateFirewall '{"instance_id": "web-1"}' >/dev/null
+rpc CreateFirewall '{"instance_id": "db-1"}' >/dev/null
+check "both enforcers applied their firewalls over mutual TLS" bash -c "$(declare -f in_sync rpc); rules=$rules; admin=(${admin[*]}); in_sync web-1 && in_sync db-1"
+
+revision_before=$(rpc GetFirewall '{"instance_id": "db-1"}' | jq -r '.revision')
+check "a workload without credentials cannot read a firewall (UNAUTHENTICATED)" bash -c \
+    "$(declare -f from_workload); web1_pid=$web1_pid; from_workload -insecure -d '{\"instance_id\": \"db-1\"}' $rules_ip:50051 cassette.firewall.v1.FirewallService/GetFirewall | grep -q 'Code: Unauthenticated'"
+check "a workload without credentials cannot change a firewall (UNAUTHENTICATED)" bash -c \
+    "$(declare -f from_workload); web1_pid=$web1_pid; from_workload -insecure -d '{\"instance_id\": \"db-1\", \"port\": 5432}' $rules_ip:50051 cassette.firewall.v1.FirewallService/AddRule | grep -q 'Code: Unauthenticated'"
+check "a workload cannot talk plaintext to the service" bash -c \
+    "$(declare -f from_workload); web1_pid=$web1_pid; ! from_workload -plaintext -d '{\"instance_id\": \"db-1\"}' $rules_ip:50051 cassette.firewall.v1.FirewallService/GetFirewall | grep -q revision"
+check "a workload cannot open a sync stream without an enforcer certificate" bash -c \
+    "$(declare -f from_workload); web1_pid=$web1_pid; from_workload -insecure -d '{\"hello\": {\"instance_id\": \"db-1\"}}' $rules_ip:50051 cassette.firewall.v1.EnforcerService/Sync | grep -q 'Code: Unauthenticated'"
+check "nothing the workload tried changed db-1" bash -c \
+    "$(declare -f rpc); rules=$rules; admin=(${admin[*]}); [ \"\$(rpc GetFirewall '{\"instance_id\": \"db-1\"}' | jq -r .revision)\" = $revision_before ]"
 check "web-1 cannot reach db-1:5432 (default firewall)" cannot_connect web-1 db-1 5432
 check "db-1 reaches web-1:80 (a default rule)" can_connect db-1 web-1 80
 
@@ -98,9 +129,9 @@ check "disabling it is applied" wait_for_sync db-1
 check "web-1 cannot reach db-1:5432 again" cannot_connect web-1 db-1 5432
 
 dc restart db-1-enforcer >/dev/null 2>&1
-check "the restarted enforcer is back in sync" bash -c "$(declare -f in_sync rpc); rules=$rules; in_sync db-1"
+check "the restarted enforcer is back in sync" bash -c "$(declare -f in_sync rpc); rules=$rules; admin=(${admin[*]}); in_sync db-1"
 check "the rule survived in the API (disabled)" bash -c \
-    "grpcurl -plaintext -d '{\"instance_id\": \"db-1\"}' $rules cassette.firewall.v1.FirewallService/GetFirewall | jq -e '.rules[] | select(.port == 5432) | .enabled != true' >/dev/null"
+    "$(declare -f rpc); rules=$rules; admin=(${admin[*]}); rpc GetFirewall '{\"instance_id\": \"db-1\"}' | jq -e '.rules[] | select(.port == 5432) | .enabled != true' >/dev/null"
 check "the rule survived in the kernel (5432 closed)" cannot_connect web-1 db-1 5432
 check "the kernel holds the defaults only" bash -c \
     "$(declare -f dc); compose=(${compose[*]}); project=$project; dc exec -T db-1-enforcer nft list set inet cassette tcp_open | grep -q 'elements = { 22, 80, 443 }'"
