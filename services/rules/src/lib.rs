@@ -82,6 +82,30 @@ impl Security {
             insecure_plaintext: false,
         }
     }
+
+    /// TLS on every listener with the server certificate `cert` and its `key`
+    /// (PEM). Client certificates must chain to `client_ca` (PEM); without it
+    /// only bearer tokens authenticate. Certificates are optional at the TLS
+    /// layer because bearer-token callers present none.
+    pub fn tls(
+        cert: Vec<u8>,
+        key: Vec<u8>,
+        client_ca: Option<Vec<u8>>,
+        authenticator: Authenticator,
+    ) -> Self {
+        let mut tls =
+            ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        Self {
+            authenticator: Arc::new(authenticator),
+            tls: Some(tls),
+            insecure_plaintext: false,
+        }
+    }
 }
 
 /// One listener's server, running until the stop signal.

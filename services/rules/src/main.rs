@@ -11,7 +11,7 @@ use cassette_auth::{Authenticator, Policy, TrustDomain};
 use cassette_rules::{Limits, Listener, Security};
 use clap::Parser;
 use std::sync::Arc;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
@@ -157,36 +157,27 @@ impl SecurityArgs {
             bail!("--tls-cert needs --policy: the file that says which principal may do what");
         };
         let policy = Policy::load(policy_path)?;
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-            read(cert, "--tls-cert")?,
-            read(key, "--tls-key")?,
-        ));
-        match &self.client_ca {
-            Some(ca) => {
-                tls = tls
-                    .client_ca_root(Certificate::from_pem(read(ca, "--client-ca")?))
-                    // Bearer-token callers present no certificate.
-                    .client_auth_optional(true);
+        let client_ca = match &self.client_ca {
+            Some(ca) => Some(read(ca, "--client-ca")?),
+            None => {
+                tracing::warn!(
+                    "no --client-ca: only bearer tokens authenticate, and no enforcer can connect"
+                );
+                None
             }
-            None => tracing::warn!(
-                "no --client-ca: only bearer tokens authenticate, and no enforcer can connect"
-            ),
-        }
+        };
         tracing::info!(
             trust_domain = %self.trust_domain,
             principals = policy.grants().len(),
             policy = %policy_path.display(),
             "TLS on every listener; callers authenticated by client certificate or bearer token"
         );
-        Ok(Security {
-            authenticator: Arc::new(Authenticator::secure(
-                self.trust_domain.clone(),
-                policy,
-                Some(policy_path.clone()),
-            )),
-            tls: Some(tls),
-            insecure_plaintext: false,
-        })
+        Ok(Security::tls(
+            read(cert, "--tls-cert")?,
+            read(key, "--tls-key")?,
+            client_ca,
+            Authenticator::secure(self.trust_domain.clone(), policy, Some(policy_path.clone())),
+        ))
     }
 }
 

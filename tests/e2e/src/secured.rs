@@ -3,13 +3,12 @@
 //! and TLS client configurations for each identity.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use cassette_auth::{Authenticator, Policy, TrustDomain};
 use cassette_pki::Pki;
 use cassette_rules::Security;
 use tempfile::TempDir;
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 pub struct Secured {
     /// Holds the PKI and the policy file.
@@ -43,23 +42,13 @@ impl Secured {
     /// The service's side, as `RulesService::with_security` takes it.
     pub fn security(&self) -> Security {
         let read = |p: PathBuf| std::fs::read(p).expect("read pem");
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(
-                read(self.pki.server_cert_path()),
-                read(self.pki.server_key_path()),
-            ))
-            .client_ca_root(Certificate::from_pem(read(self.pki.ca_cert_path())))
-            .client_auth_optional(true);
         let policy = Policy::load(&self.policy).expect("policy");
-        Security {
-            authenticator: Arc::new(Authenticator::secure(
-                Self::domain(),
-                policy,
-                Some(self.policy.clone()),
-            )),
-            tls: Some(tls),
-            insecure_plaintext: false,
-        }
+        Security::tls(
+            read(self.pki.server_cert_path()),
+            read(self.pki.server_key_path()),
+            Some(read(self.pki.ca_cert_path())),
+            Authenticator::secure(Self::domain(), policy, Some(self.policy.clone())),
+        )
     }
 
     /// The same, as the binary's flags.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cassette_proto::pb;
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
+use cassette_proto::Target;
 use cassette_rules::RulesService;
 use serde_json::json;
 use tonic::transport::Channel;
@@ -30,18 +31,25 @@ pub struct Options {
     #[arg(long, default_value_t = 4)]
     connections: u32,
     /// A running rules service to measure instead of an in-process one on a temp dir.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tls")]
     target: Option<SocketAddr>,
+    /// Serve and call over TLS with a client certificate (what security costs).
+    #[arg(long)]
+    tls: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
+    let tls = options.tls.then(crate::tls::BenchTls::new).transpose()?;
     let (addr, stop) = match options.target {
         Some(addr) => (addr, None),
         None => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            let service = RulesService::open(dir.path())?;
+            let mut service = RulesService::open(dir.path())?;
+            if let Some(tls) = &tls {
+                service = service.with_security(tls.security()?);
+            }
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(service.serve(listener, async {
                 let _ = stopped.await;
@@ -49,13 +57,17 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             (addr, Some((stop, task)))
         }
     };
+    let (target, client_tls) = match &tls {
+        Some(tls) => (Target::Http(format!("https://{addr}")), Some(tls.client()?)),
+        None => (Target::Http(format!("http://{addr}")), None),
+    };
     let mut channels = Vec::new();
     for _ in 0..options.connections.max(1) {
         channels.push(
-            Channel::from_shared(format!("http://{addr}"))?
-                .connect()
+            target
+                .connect_with(client_tls.as_ref())
                 .await
-                .with_context(|| format!("connect to {addr}"))?,
+                .with_context(|| format!("connect to {target}"))?,
         );
     }
 
@@ -92,6 +104,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "bench": "append",
         "clients": options.clients,
         "connections": options.connections,
+        "tls": options.tls,
         "rules_per_firewall": options.rules_per_firewall + 3,
         "events": ops,
         "seconds": round3(elapsed),

@@ -24,6 +24,9 @@ pub struct Options {
     /// Changes to measure.
     #[arg(long, default_value_t = 1000)]
     changes: u32,
+    /// Serve and call over TLS, the enforcer with its certificate (what security costs).
+    #[arg(long)]
+    tls: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
@@ -34,7 +37,15 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let enforcer_bin = sibling_binary("cassette-enforcer")?;
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("rules.sock");
-    let service = RulesService::open(&dir.path().join("data"))?;
+    let tls = options.tls.then(crate::tls::BenchTls::new).transpose()?;
+    let mut service = RulesService::open(&dir.path().join("data"))?;
+    let mut enforcer_tls = Vec::new();
+    let mut client_tls = None;
+    if let Some(tls) = &tls {
+        service = service.with_security(tls.security()?);
+        enforcer_tls = tls.enforcer_args(INSTANCE)?;
+        client_tls = Some(tls.client()?);
+    }
     let listener = tokio::net::UnixListener::bind(&socket)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(service.serve_all(vec![Listener::Unix(listener)], async {
@@ -47,9 +58,14 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             .command(enforcer_bin.to_str().context("path is not UTF-8")?)
             .args(["--rules", &format!("unix:{}", socket.display())])
             .args(["--instance", INSTANCE, "--backend", "nft", "--log", "warn"])
+            .args(&enforcer_tls)
             .spawn()?,
     );
-    let mut client = FirewallServiceClient::new(Target::Unix(socket.clone()).connect().await?);
+    let mut client = FirewallServiceClient::new(
+        Target::Unix(socket.clone())
+            .connect_with(client_tls.as_ref())
+            .await?,
+    );
     client
         .create_firewall(pb::CreateFirewallRequest {
             instance_id: INSTANCE.into(),
@@ -107,6 +123,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     Ok(json!({
         "bench": "e2e",
         "changes": latencies.len(),
+        "tls": options.tls,
         "p50_ms": round3(percentile_ms(&mut latencies, 50.0)),
         "p99_ms": round3(percentile_ms(&mut latencies, 99.0)),
         "max_ms": round3(percentile_ms(&mut latencies, 100.0)),

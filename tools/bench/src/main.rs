@@ -12,6 +12,7 @@ mod fanout;
 mod procs;
 mod replay;
 mod stats;
+mod tls;
 
 use clap::{Parser, Subcommand};
 
