@@ -430,7 +430,9 @@ fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
     }
 }
 
-fn decode(sequence: u64, bytes: &[u8]) -> Result<Record, LogError> {
+/// Decodes the record stored under `sequence`, checking every value as
+/// strictly as a request: a corrupt record is an error naming it, never a panic.
+pub fn decode(sequence: u64, bytes: &[u8]) -> Result<Record, LogError> {
     let corrupt = |reason: String| LogError::Corrupt { sequence, reason };
     let stored = pb::Event::decode(bytes).map_err(|e| corrupt(format!("undecodable: {e}")))?;
     if stored.sequence != sequence {

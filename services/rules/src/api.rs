@@ -5,27 +5,24 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cassette_auth::{Action, Caller};
-use cassette_model::{
-    Command, Description, Firewall, InstanceId, Port, RequestId, RuleId, ValidationError,
-};
+use cassette_model::{Command, Firewall, InstanceId, ValidationError};
+use cassette_proto::pb;
 use cassette_proto::pb::firewall_service_server::FirewallService;
-use cassette_proto::{pb, protocol_from_pb};
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
 use crate::caller::caller;
 use crate::limits::{Limits, Slots};
+use crate::requests;
 use crate::status::{invalid, refused, Violations};
 use crate::store::{Mutation, Store};
 use crate::sync::present;
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
-const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-const MAX_WAIT: Duration = Duration::from_secs(300);
 
 pub struct FirewallApi {
     store: Arc<Store>,
@@ -65,13 +62,10 @@ impl FirewallApi {
                 .authorize(Action::Mutate, method, instance_id)
                 .map_err(refused)?;
             let mut v = Violations::default();
-            let instance_id = v.check(InstanceId::parse(instance_id));
-            let request_id = v.check(RequestId::parse_optional(request_id));
+            let target = requests::target(instance_id, request_id, &mut v);
             let command = command(&request, &mut v);
             v.finish()?;
-            let (Some(instance_id), Some(request_id), Some(command)) =
-                (instance_id, request_id, command)
-            else {
+            let (Some((instance_id, request_id)), Some(command)) = (target, command) else {
                 return Err(Status::internal("a validated field is missing"));
             };
             let mutation = Mutation {
@@ -217,17 +211,7 @@ impl FirewallService for FirewallApi {
             "AddRule",
             request,
             |r| (&r.instance_id, &r.request_id, r.expected_revision),
-            |r, v| {
-                let port = v.check(Port::new(r.port));
-                let protocol = v.check(protocol_from_pb(r.protocol));
-                let description = v.check(Description::parse(&r.description));
-                Some(Command::AddRule {
-                    port: port?,
-                    protocol: protocol?,
-                    description: description?,
-                    enabled: r.enabled.unwrap_or(true),
-                })
-            },
+            requests::add_rule,
         )
         .await
     }
@@ -240,18 +224,7 @@ impl FirewallService for FirewallApi {
             "UpdateRule",
             request,
             |r| (&r.instance_id, &r.request_id, r.expected_revision),
-            |r, v| {
-                let rule_id = v.check(RuleId::parse(&r.rule_id));
-                let description = match &r.description {
-                    None => Some(None),
-                    Some(d) => v.check(Description::parse(d)).map(Some),
-                };
-                Some(Command::UpdateRule {
-                    rule_id: rule_id?,
-                    enabled: r.enabled,
-                    description: description?,
-                })
-            },
+            requests::update_rule,
         )
         .await
     }
@@ -264,10 +237,7 @@ impl FirewallService for FirewallApi {
             "DeleteRule",
             request,
             |r| (&r.instance_id, &r.request_id, r.expected_revision),
-            |r, v| {
-                let rule_id = v.check(RuleId::parse(&r.rule_id))?;
-                Some(Command::DeleteRule { rule_id })
-            },
+            requests::delete_rule,
         )
         .await
     }
@@ -300,7 +270,7 @@ impl FirewallService for FirewallApi {
             let _slot = self.waiters.acquire(caller.actor().as_str())?;
             let mut v = Violations::default();
             let instance_id = v.check(InstanceId::parse(&request.instance_id));
-            let timeout = v.check(wait_timeout(request.timeout));
+            let timeout = v.check(requests::wait_timeout(request.timeout));
             v.finish()?;
             let (Some(instance_id), Some(timeout)) = (instance_id, timeout) else {
                 return Err(Status::internal("a validated field is missing"));
@@ -343,24 +313,5 @@ impl FirewallService for FirewallApi {
             }
         };
         in_span(span, answer).await
-    }
-}
-
-/// `timeout`: absent or zero means 10 s; at most 300 s.
-fn wait_timeout(timeout: Option<prost_types::Duration>) -> Result<Duration, ValidationError> {
-    let invalid = || {
-        ValidationError::new(
-            "timeout",
-            "must be between 0 and 300 seconds (0 means 10 seconds)",
-        )
-    };
-    let Some(timeout) = timeout else {
-        return Ok(DEFAULT_WAIT);
-    };
-    let timeout = Duration::try_from(timeout).map_err(|_| invalid())?;
-    match timeout {
-        t if t.is_zero() => Ok(DEFAULT_WAIT),
-        t if t > MAX_WAIT => Err(invalid()),
-        t => Ok(t),
     }
 }

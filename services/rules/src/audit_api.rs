@@ -16,15 +16,13 @@ use tracing::{field, Instrument, Span};
 use crate::audit::{self, At, Cursor, EventFilter};
 use crate::caller::caller;
 use crate::limits::{Limits, Slot, Slots};
+use crate::requests;
 use crate::status::{refused, Violations};
 use crate::store::Store;
 use cassette_auth::{Action, Caller};
 
 /// Records read per step of a ListEvents stream.
 const PAGE: usize = 1000;
-/// DiffFirewall's events per page, by default and at most.
-const DIFF_PAGE_DEFAULT: usize = 100;
-const DIFF_PAGE_MAX: usize = 1000;
 
 pub struct AuditApi {
     store: Arc<Store>,
@@ -143,7 +141,7 @@ impl AuditService for AuditApi {
         let request = authorized(request, "DiffFirewall", |r| &r.instance_id)?;
         let mut v = Violations::default();
         let instance = v.check(InstanceId::parse(&request.instance_id));
-        let page = diff_page(&request, &mut v);
+        let page = requests::diff_page(&request, &mut v);
         v.finish()?;
         let (Some(instance), Some(page)) = (instance, page) else {
             return Err(Status::internal("a validated field is missing"));
@@ -175,36 +173,6 @@ impl AuditService for AuditApi {
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(verification_to_pb(&verification)))
     }
-}
-
-/// DiffFirewall's page of events: `page_size` 1-1000 (0: 100), `page_token`
-/// a revision it returned; each invalid field is recorded in `v`.
-fn diff_page(request: &pb::DiffFirewallRequest, v: &mut Violations) -> Option<audit::EventPage> {
-    let size = v.check(match request.page_size {
-        0 => Ok(DIFF_PAGE_DEFAULT),
-        n if n as usize <= DIFF_PAGE_MAX => Ok(n as usize),
-        n => Err(ValidationError::new(
-            "page_size",
-            format!("must be between 1 and {DIFF_PAGE_MAX} (0 means {DIFF_PAGE_DEFAULT}), got {n}"),
-        )),
-    });
-    let after = v.check(match request.page_token.as_str() {
-        "" => Ok(request.from_revision),
-        token => token
-            .parse::<u64>()
-            .ok()
-            .filter(|r| *r > request.from_revision && *r < request.to_revision)
-            .ok_or_else(|| {
-                ValidationError::new(
-                    "page_token",
-                    "is not a next_page_token returned by DiffFirewall for these revisions",
-                )
-            }),
-    });
-    Some(audit::EventPage {
-        after: after?,
-        size: size?,
-    })
 }
 
 /// The request's body, once its caller may audit `instance` (recorded on the span).

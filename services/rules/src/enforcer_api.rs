@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::caller::caller;
+use crate::requests;
 use crate::status::{invalid, refused, stream_replaced, Violations};
 use crate::store::Store;
 use crate::sync::Connection;
@@ -31,8 +32,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_EVENTS_PER_MESSAGE: usize = 512;
 /// Messages buffered per stream: a slow enforcer backs up only its own stream.
 const STREAM_BUFFER: usize = 2;
-/// Longest `enforcer_id` and `version` a Hello may carry.
-const MAX_HELLO_FIELD: usize = 128;
 /// How much of an ack's error message is kept.
 const MAX_ACK_ERROR_BYTES: usize = 4096;
 
@@ -72,9 +71,7 @@ impl EnforcerService for EnforcerApi {
         };
         caller.authorize_sync(&hello.instance_id).map_err(refused)?;
         let mut v = Violations::default();
-        let instance = v.check(InstanceId::parse(&hello.instance_id));
-        v.check(bounded("enforcer_id", &hello.enforcer_id));
-        v.check(bounded("version", &hello.version));
+        let instance = requests::hello(&hello, &mut v);
         v.finish()?;
         let Some(instance) = instance else {
             return Err(Status::internal("a validated field is missing"));
@@ -148,16 +145,6 @@ async fn wait_until_exists(
             _ = wait_true(&mut closing) => return false,
         }
     }
-}
-
-fn bounded(field: &'static str, value: &str) -> Result<(), ValidationError> {
-    if value.chars().count() > MAX_HELLO_FIELD {
-        return Err(ValidationError::new(
-            field,
-            format!("must be at most {MAX_HELLO_FIELD} characters"),
-        ));
-    }
-    Ok(())
 }
 
 /// Sends every durable event after `position`, then waits for the next

@@ -13,6 +13,7 @@ pub mod caller;
 pub mod enforcer_api;
 pub mod limits;
 pub mod metrics;
+pub mod requests;
 mod status;
 pub mod store;
 pub mod sync;
@@ -40,6 +41,7 @@ pub use caller::{ACTOR_METADATA, ON_BEHALF_OF_METADATA};
 pub use enforcer_api::EnforcerApi;
 pub use limits::Limits;
 pub use metrics::RulesMetrics;
+pub use status::Violations;
 pub use store::{Mutation, OpenStats, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,128 @@
+//! Wire requests to model values: every field of every request is validated
+//! here, once, each invalid field recorded in [`Violations`] so one answer
+//! names them all. The gRPC handlers call these; `fuzz/` feeds them arbitrary
+//! decoded messages.
+
+use std::time::Duration;
+
+use cassette_model::{Command, Description, InstanceId, Port, RequestId, RuleId, ValidationError};
+use cassette_proto::{pb, protocol_from_pb};
+
+use crate::audit::EventPage;
+use crate::status::Violations;
+
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+const MAX_WAIT: Duration = Duration::from_secs(300);
+/// Longest `enforcer_id` and `version` a Hello may carry.
+const MAX_HELLO_FIELD: usize = 128;
+/// DiffFirewall's events per page, by default and at most.
+const DIFF_PAGE_DEFAULT: usize = 100;
+const DIFF_PAGE_MAX: usize = 1000;
+
+/// The instance and idempotency key every mutation carries.
+pub fn target(
+    instance_id: &str,
+    request_id: &str,
+    v: &mut Violations,
+) -> Option<(InstanceId, Option<RequestId>)> {
+    let instance = v.check(InstanceId::parse(instance_id));
+    let request = v.check(RequestId::parse_optional(request_id));
+    Some((instance?, request?))
+}
+
+pub fn add_rule(r: &pb::AddRuleRequest, v: &mut Violations) -> Option<Command> {
+    let port = v.check(Port::new(r.port));
+    let protocol = v.check(protocol_from_pb(r.protocol));
+    let description = v.check(Description::parse(&r.description));
+    Some(Command::AddRule {
+        port: port?,
+        protocol: protocol?,
+        description: description?,
+        enabled: r.enabled.unwrap_or(true),
+    })
+}
+
+pub fn update_rule(r: &pb::UpdateRuleRequest, v: &mut Violations) -> Option<Command> {
+    let rule_id = v.check(RuleId::parse(&r.rule_id));
+    let description = match &r.description {
+        None => Some(None),
+        Some(d) => v.check(Description::parse(d)).map(Some),
+    };
+    Some(Command::UpdateRule {
+        rule_id: rule_id?,
+        enabled: r.enabled,
+        description: description?,
+    })
+}
+
+pub fn delete_rule(r: &pb::DeleteRuleRequest, v: &mut Violations) -> Option<Command> {
+    let rule_id = v.check(RuleId::parse(&r.rule_id))?;
+    Some(Command::DeleteRule { rule_id })
+}
+
+/// A sync stream's Hello: its instance, and bounded `enforcer_id` and `version`.
+pub fn hello(hello: &pb::Hello, v: &mut Violations) -> Option<InstanceId> {
+    let instance = v.check(InstanceId::parse(&hello.instance_id));
+    v.check(bounded("enforcer_id", &hello.enforcer_id));
+    v.check(bounded("version", &hello.version));
+    instance
+}
+
+fn bounded(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value.chars().count() > MAX_HELLO_FIELD {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_HELLO_FIELD} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// WaitForSync's `timeout`: absent or zero means 10 s; at most 300 s.
+pub fn wait_timeout(timeout: Option<prost_types::Duration>) -> Result<Duration, ValidationError> {
+    let invalid = || {
+        ValidationError::new(
+            "timeout",
+            "must be between 0 and 300 seconds (0 means 10 seconds)",
+        )
+    };
+    let Some(timeout) = timeout else {
+        return Ok(DEFAULT_WAIT);
+    };
+    let timeout = Duration::try_from(timeout).map_err(|_| invalid())?;
+    match timeout {
+        t if t.is_zero() => Ok(DEFAULT_WAIT),
+        t if t > MAX_WAIT => Err(invalid()),
+        t => Ok(t),
+    }
+}
+
+/// DiffFirewall's page of events: `page_size` 1-1000 (0: 100), `page_token`
+/// a revision it returned.
+pub fn diff_page(request: &pb::DiffFirewallRequest, v: &mut Violations) -> Option<EventPage> {
+    let size = v.check(match request.page_size {
+        0 => Ok(DIFF_PAGE_DEFAULT),
+        n if n as usize <= DIFF_PAGE_MAX => Ok(n as usize),
+        n => Err(ValidationError::new(
+            "page_size",
+            format!("must be between 1 and {DIFF_PAGE_MAX} (0 means {DIFF_PAGE_DEFAULT}), got {n}"),
+        )),
+    });
+    let after = v.check(match request.page_token.as_str() {
+        "" => Ok(request.from_revision),
+        token => token
+            .parse::<u64>()
+            .ok()
+            .filter(|r| *r > request.from_revision && *r < request.to_revision)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "page_token",
+                    "is not a next_page_token returned by DiffFirewall for these revisions",
+                )
+            }),
+    });
+    Some(EventPage {
+        after: after?,
+        size: size?,
+    })
+}
