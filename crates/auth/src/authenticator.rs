@@ -63,10 +63,6 @@ impl Authenticator {
         }
     }
 
-    pub fn mode(&self) -> &Mode {
-        &self.mode
-    }
-
     pub fn is_development(&self) -> bool {
         matches!(self.mode, Mode::Development)
     }

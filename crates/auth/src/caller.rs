@@ -195,15 +195,6 @@ impl Caller {
         }
     }
 
-    /// Whether every instance is in scope (for answers over the whole log).
-    pub fn sees_everything(&self) -> bool {
-        match &self.who {
-            Who::Anonymous { .. } => true,
-            Who::Principal(grant) => grant.instances.iter().any(|g| g.as_str() == "*"),
-            Who::Stranger(_) | Who::Enforcer { .. } => false,
-        }
-    }
-
     /// Only an enforcer identity may open a sync stream, and only for its own
     /// instance (in development mode, anyone for any instance).
     pub fn authorize_sync(&self, instance: &str) -> Result<(), AuthError> {

@@ -23,7 +23,7 @@ pub struct Authenticate(pub Arc<Authenticator>);
 impl Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let certificates = peer_certificates(&request);
-        let header = |name: &str| -> Result<Option<&str>, Status> {
+        let header = |name: &'static str| -> Result<Option<&str>, Status> {
             request
                 .metadata()
                 .get(name)
@@ -31,8 +31,8 @@ impl Interceptor for Authenticate {
                 .transpose()
                 .map_err(|_| {
                     crate::status::invalid(cassette_model::ValidationError::new(
-                        "metadata",
-                        format!("{name} must be printable ASCII"),
+                        name,
+                        "must be printable ASCII",
                     ))
                 })
         };

@@ -283,6 +283,13 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
     assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
     assert!(status.last_error.is_empty());
 
+    // An enforcer's error is kept, truncated to 4 KiB.
+    let revision = toggle_ssh(&mut client, "web-1", true).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![revision]));
+    stream.ack(revision, Some(&"x".repeat(10_000))).await;
+    let status = wait(&mut client, revision, LONG).await.unwrap();
+    assert_eq!(status.last_error.len(), 4096, "kept truncated");
+
     let invalid = wait(&mut client, 99, Duration::from_secs(1000))
         .await
         .unwrap_err();
@@ -309,6 +316,19 @@ async fn the_first_message_must_be_a_hello_for_a_valid_instance() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let hello = pb::Hello {
+        instance_id: "web-1".into(),
+        enforcer_id: "e".repeat(129),
+        version: "v".repeat(129),
+        ..Default::default()
+    };
+    let status = open_with(&service, Message::Hello(hello))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    for field in ["enforcer_id", "version", "128"] {
+        assert!(status.message().contains(field), "{status:?}");
+    }
     service.stop().await;
 }
 
