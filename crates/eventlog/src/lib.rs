@@ -15,11 +15,18 @@
 //!
 //! Instance ids never contain `0x00`, so an instance's index keys are contiguous
 //! and ordered by revision.
+//!
+//! Durable means on the disk, not in the page cache: sled's own flush ends in
+//! `sync_file_range`, which neither flushes the device's write cache nor the
+//! file's metadata, so every append also waits for an `fdatasync` of sled's
+//! data file. Readers see only records that fsync covered: a record written
+//! but not yet synced is invisible to every read.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cassette_model::{Event, InstanceId};
 use cassette_proto::{event_from_pb, event_to_pb, pb};
@@ -48,6 +55,8 @@ pub enum LogError {
         "the event log failed an earlier write and accepts no more appends; restart to recover"
     )]
     Poisoned,
+    #[error("event log fsync: {0}")]
+    Sync(#[source] std::io::Error),
 }
 
 /// An error from the storage engine, kept opaque so sled stays an implementation detail.
@@ -103,7 +112,13 @@ pub struct Record {
 pub struct EventLog {
     db: sled::Db,
     tree: sled::Tree,
+    /// The last record written (durable or not): where appends continue.
     head: Mutex<Head>,
+    /// The last sequence an fsync covered: what readers may see.
+    durable: AtomicU64,
+    /// sled's data file, for `fdatasync` (fsync syncs the file, whichever
+    /// descriptor asks).
+    data_file: Arc<File>,
     poisoned: AtomicBool,
 }
 
@@ -115,6 +130,14 @@ impl EventLog {
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let tree = db.open_tree("events")?;
+        // What sled recovered may still be only in the page cache (a crash of
+        // the process, not of the machine): sync it before anyone reads it, and
+        // the directory so the data file's entry is durable too.
+        let data_file = File::open(dir.join("db")).map_err(LogError::Sync)?;
+        data_file.sync_data().map_err(LogError::Sync)?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(LogError::Sync)?;
         let head = match tree.scan_prefix([EVENT]).next_back() {
             None => Head {
                 sequence: 0,
@@ -131,19 +154,37 @@ impl EventLog {
         Ok(Self {
             db,
             tree,
+            durable: AtomicU64::new(head.sequence),
             head: Mutex::new(head),
+            data_file: Arc::new(data_file),
             poisoned: AtomicBool::new(false),
         })
+    }
+
+    /// The last sequence on stable storage.
+    pub fn durable_sequence(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
     }
 
     pub fn head(&self) -> Head {
         *self.head.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The instance's latest revision, 0 if it has no events.
+    /// The instance's latest durable revision, 0 if it has none.
     pub fn last_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
-        let prefix = index_prefix(instance);
-        match self.tree.scan_prefix(&prefix).next_back() {
+        let durable = self.durable_sequence();
+        for entry in self.tree.scan_prefix(index_prefix(instance)).rev() {
+            let (key, value) = entry?;
+            if u64_prefix(&value) <= durable {
+                return Ok(u64_suffix(&key));
+            }
+        }
+        Ok(0)
+    }
+
+    /// The instance's latest written revision (durable or not), for appends.
+    fn last_written_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
+        match self.tree.scan_prefix(index_prefix(instance)).next_back() {
             None => Ok(0),
             Some(entry) => {
                 let (key, _) = entry?;
@@ -178,7 +219,7 @@ impl EventLog {
                 }
                 let last = match revisions.get(&event.instance_id) {
                     Some(r) => *r,
-                    None => self.last_revision(&event.instance_id)?,
+                    None => self.last_written_revision(&event.instance_id)?,
                 };
                 if event.revision != last + 1 {
                     return Err(LogError::OutOfOrder(format!(
@@ -208,12 +249,25 @@ impl EventLog {
             *head = next;
             next
         };
-        // Durable before acknowledged. Concurrent appends share this flush: sled
-        // syncs everything written so far, so one fsync covers a whole batch.
+        // Durable before acknowledged: sled writes the batch out, then one
+        // fdatasync puts it (and everything before it) on the disk. The caller
+        // batches concurrent mutations, so the batch shares this one sync.
         if let Err(e) = self.db.flush_async().await {
             self.poison();
             return Err(e.into());
         }
+        let file = self.data_file.clone();
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        if let Err(e) = synced {
+            // After a failed fsync the page cache may hold data the disk
+            // lost: nothing more is written, and the outcome is unknown.
+            self.poison();
+            return Err(LogError::Sync(e));
+        }
+        self.durable.fetch_max(head.sequence, Ordering::AcqRel);
         Ok(head)
     }
 
@@ -246,10 +300,14 @@ impl EventLog {
         }
         let start = index_key(instance, after_revision + 1);
         let end = index_key(instance, until_revision);
+        let durable = self.durable_sequence();
         let mut events = Vec::new();
         for entry in self.tree.range(start..=end) {
             let (_, seq) = entry?;
             let sequence = u64_prefix(&seq);
+            if sequence > durable {
+                break; // not yet on disk: invisible
+            }
             let value = self
                 .tree
                 .get(event_key(sequence))?
@@ -262,14 +320,22 @@ impl EventLog {
         Ok(events)
     }
 
-    /// Every record with sequence > `after_sequence`, in sequence order.
+    /// Every durable record with sequence > `after_sequence`, in sequence order.
     pub fn scan(&self, after_sequence: u64) -> impl Iterator<Item = Result<Record, LogError>> + '_ {
         let start = event_key(after_sequence.saturating_add(1));
         let end = event_key(u64::MAX);
-        self.tree.range(start..=end).map(|entry| {
-            let (key, value) = entry?;
-            decode(sequence_of(&key)?, &value)
-        })
+        let durable = self.durable_sequence();
+        self.tree
+            .range(start..=end)
+            .map_while(move |entry| match entry {
+                Err(e) => Some(Err(e.into())),
+                Ok((key, value)) => match sequence_of(&key) {
+                    Err(e) => Some(Err(e)),
+                    // Not yet on disk: invisible, and so is everything after it.
+                    Ok(sequence) if sequence > durable => None,
+                    Ok(sequence) => Some(decode(sequence, &value)),
+                },
+            })
     }
 
     /// Walks the whole log and checks it: sequences without gaps, every record

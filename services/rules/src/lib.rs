@@ -62,6 +62,8 @@ pub enum ServeError {
     PlaintextNotLoopback(std::net::SocketAddr),
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
+    #[error("stopped: writing the event log failed ({0}); restart on what is on disk")]
+    LogFailed(String),
 }
 
 /// Who may call, and over what.
@@ -109,6 +111,14 @@ impl Security {
         }
     }
 }
+
+/// What grpc.health.v1 reports on: the server as a whole ("") and each service.
+const SERVICES: [&str; 4] = [
+    "",
+    "cassette.firewall.v1.FirewallService",
+    "cassette.firewall.v1.EnforcerService",
+    "cassette.firewall.v1.AuditService",
+];
 
 /// One listener's server, running until the stop signal.
 type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
@@ -193,9 +203,11 @@ impl RulesService {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<FirewallServiceServer<FirewallApi>>()
-            .await;
+        for service in SERVICES {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cassette_proto::FILE_DESCRIPTOR_SET)
@@ -263,20 +275,38 @@ impl RulesService {
             });
         }
         let store = self.store.clone();
+        let mut failure = self.store.failure();
         let signal = async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new requests, finishing in-flight ones");
+            let failed = tokio::select! {
+                () = shutdown => None,
+                reason = failure.wait_for(Option::is_some) => {
+                    reason.ok().and_then(|r| r.clone())
+                }
+            };
+            match &failed {
+                None => tracing::info!("shutting down: no new requests, finishing in-flight ones"),
+                Some(reason) => {
+                    tracing::error!(%reason, "the event log failed: not serving, stopping")
+                }
+            }
             store.begin_shutdown();
-            health
-                .set_not_serving::<FirewallServiceServer<FirewallApi>>()
-                .await;
+            // Every service, and the server as a whole (""), says so.
+            for service in SERVICES {
+                health
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             stop.send_replace(true);
+            failed
         };
         let serving = futures_util::future::try_join_all(servers);
         tokio::pin!(signal, serving);
-        tokio::select! {
-            result = &mut serving => { result?; }
-            () = &mut signal => { serving.await?; }
+        let failed = tokio::select! {
+            result = &mut serving => { result?; None }
+            failed = &mut signal => { serving.await?; failed }
+        };
+        if let Some(reason) = failed {
+            return Err(ServeError::LogFailed(reason));
         }
         self.store.shutdown().await.map_err(ServeError::Close)?;
         tracing::info!("event log flushed; stopped");

@@ -114,6 +114,9 @@ pub struct Store {
     head: watch::Sender<u64>,
     /// Set when the service stops, so long-lived streams end.
     closing: watch::Sender<bool>,
+    /// Set when a write failed: what is on disk is unknown, the service must
+    /// stop and be restarted on what is really there.
+    failed: watch::Sender<Option<String>>,
 }
 
 /// What opening the store found.
@@ -174,12 +177,14 @@ impl Store {
         ));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let head = watch::Sender::new(log.head().sequence);
+        let failed = watch::Sender::new(None);
         let writer = Writer {
             log: log.clone(),
             projection: projection.clone(),
             board: board.clone(),
             metrics: metrics.clone(),
             head: head.clone(),
+            failed: failed.clone(),
             read_only,
             next_sequence: log.head().sequence + 1,
             last_time,
@@ -194,6 +199,7 @@ impl Store {
                 metrics,
                 head,
                 closing: watch::Sender::new(false),
+                failed,
             }),
             stats,
         ))
@@ -333,6 +339,11 @@ impl Store {
         events.first().map(|e| e.commit_time)
     }
 
+    /// Wakes with the reason once a write to the log has failed.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.failed.subscribe()
+    }
+
     /// Resolves when the service begins to stop.
     pub fn closing(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
@@ -364,6 +375,7 @@ struct Writer {
     board: Arc<SyncBoard>,
     metrics: Arc<RulesMetrics>,
     head: watch::Sender<u64>,
+    failed: watch::Sender<Option<String>>,
     /// Set when the log failed verification: every mutation is refused.
     read_only: Option<(u64, String)>,
     next_sequence: u64,
@@ -432,11 +444,18 @@ impl Writer {
         }
 
         if let Err(error) = self.log.append(&events).await {
-            tracing::error!(%error, events = events.len(), "append failed; nothing of the batch is applied");
-            let reason = error.to_string();
+            tracing::error!(%error, events = events.len(), "append failed: the batch's outcome is unknown");
+            let reason = match error {
+                // An earlier failure stopped appends: nothing of this batch was written.
+                LogError::Poisoned => format!("{error}; the change was not stored"),
+                _ => format!(
+                    "{error}; whether the change was stored is unknown: retry with the same request_id once the service is back"
+                ),
+            };
             for (_, reply, _, _) in outcomes {
                 let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
             }
+            self.failed.send_replace(Some(error.to_string()));
             return;
         }
         self.next_sequence += events.len() as u64;

@@ -230,13 +230,34 @@ impl RulesProcess {
         extra: &[&str],
         tls: Option<ClientTlsConfig>,
     ) -> Self {
+        Self::spawn_command(
+            Command::new(binary("cassette-rules")),
+            data_dir,
+            listen,
+            target,
+            extra,
+            tls,
+        )
+        .await
+    }
+
+    /// The binary started by `command` (the binary itself, or a wrapper such
+    /// as strace whose arguments end with it).
+    pub async fn spawn_command(
+        mut command: Command,
+        data_dir: &Path,
+        listen: &str,
+        target: Target,
+        extra: &[&str],
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open service log");
-        let child = Command::new(binary("cassette-rules"))
+        let child = command
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
@@ -277,21 +298,31 @@ impl RulesProcess {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("process is running");
+        let pid = self.pid();
         let sent = Command::new("kill")
             .arg("-TERM")
-            .arg(child.id().to_string())
+            .arg(pid.to_string())
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -TERM failed");
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_exit(PATIENCE)
+    }
+
+    /// Waits for the process to exit by itself (killed if it has not within `patience`).
+    pub fn wait_exit(&mut self, patience: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("process is running");
+        let deadline = Instant::now() + patience;
         loop {
             if let Some(status) = child.try_wait().expect("wait for cassette-rules") {
                 return status;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("cassette-rules did not exit within {PATIENCE:?} of SIGTERM");
+                let _ = child.wait();
+                panic!(
+                    "cassette-rules did not exit within {patience:?}\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

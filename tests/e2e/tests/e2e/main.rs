@@ -4,6 +4,7 @@
 //! - `auth`: identity and authorization over real TLS: the attack table.
 //! - `audit`: AuditService and the offline audit commands, tampering included.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
+//! - `faults`: fsync per acknowledged batch (under strace), a log that cannot be written.
 //! - `kernel`: the enforcer against real nftables in network namespaces (root).
 //! - `sync`: EnforcerService.Sync with raw streams: fan-out, backpressure, acks.
 //! - `readme`: every grpcurl example of README.md, run against the real binary.
@@ -12,6 +13,7 @@ mod api;
 mod audit;
 mod auth;
 mod durability;
+mod faults;
 mod kernel;
 mod readme;
 mod sync;

@@ -1,0 +1,250 @@
+//! Faults: durability on the disk (not the page cache), and what the service
+//! does when its log cannot be written.
+
+use std::process::Command;
+use std::time::Duration;
+
+use cassette_e2e::{binary, pb, RulesProcess};
+
+/// How many sequential changes the fsync test makes.
+const CHANGES: usize = 30;
+
+/// The pid of `parent`'s first child (strace's tracee).
+fn child_of(parent: u32) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// Sends `signal` to `pid`, if it is still there.
+fn kill(signal: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sequentially_acknowledged_change_waited_for_its_own_fdatasync() {
+    let strace_found = Command::new("strace").arg("-V").output().is_ok();
+    assert!(
+        strace_found,
+        "strace is not installed: run scripts/test.sh, which installs it"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("fsync.trace");
+    let addr = cassette_e2e::free_port();
+    let mut strace = Command::new("strace");
+    strace
+        .args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
+        .arg(&trace)
+        .arg(binary("cassette-rules"));
+    let mut rules = RulesProcess::spawn_command(
+        strace,
+        &dir.path().join("data"),
+        &addr.to_string(),
+        cassette_e2e::tcp_target(addr),
+        &[],
+        None,
+    )
+    .await;
+    // If the test fails, strace dies with the harness; its tracee must too.
+    let tracee = child_of(rules.pid()).expect("strace's tracee");
+    struct Reap(u32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            kill("-9", self.0);
+        }
+    }
+    let reap = Reap(tracee);
+
+    let mut client = rules.client().await;
+    cassette_e2e::create_firewall(&mut client, "web-1").await;
+    for i in 0..CHANGES {
+        client
+            .add_rule(pb::AddRuleRequest {
+                instance_id: "web-1".into(),
+                port: 10_000 + i as u32,
+                ..Default::default()
+            })
+            .await
+            .expect("add rule");
+    }
+    // A graceful stop of the service ends strace and flushes its output.
+    kill("-TERM", tracee);
+    let status = rules.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "cassette-rules under strace: {status:?}\n{}",
+        rules.log()
+    );
+    drop(reap);
+
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let completed = |call: &str| {
+        trace
+            .lines()
+            .filter(|l| l.contains(&format!("{call}(")) && l.trim_end().ends_with("= 0"))
+            .count()
+    };
+    let (fdatasyncs, fsyncs) = (completed("fdatasync"), completed("fsync"));
+    // CreateFirewall + CHANGES AddRule calls, each answered after its batch's
+    // own fdatasync (sled alone would have issued only sync_file_range).
+    assert!(
+        fdatasyncs > CHANGES,
+        "{fdatasyncs} completed fdatasync (and {fsyncs} fsync) for {} sequential changes:\n{trace}",
+        CHANGES + 1
+    );
+}
+
+/// A tmpfs of `size` mounted on `dir` (root only), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "cassette-test",
+            ])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(mounted.success(), "mount tmpfs on {}", dir.display());
+        Self(dir.to_owned())
+    }
+
+    fn grow(&self, size: &str) {
+        let grown = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(grown.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_clearly_loses_nothing_acknowledged_and_recovers() {
+    if !cassette_e2e::netns::is_root() {
+        eprintln!("a_full_disk_fails_writes_clearly: skipped, needs root to mount a tmpfs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("disk"), "6m");
+    let data = dir.path().join("disk/data");
+    let mut rules = RulesProcess::start(&data).await;
+
+    // Four writers fill the disk with described rules until the service refuses.
+    let description = "a description long enough to fill a small disk quickly ".repeat(4);
+    let mut writers = Vec::new();
+    for w in 0..4u32 {
+        let mut client = rules.client().await;
+        let description = description.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for i in 0..40_000u32 {
+                let instance = format!("fill-{w}-{}", i / 1000);
+                if i % 1000 == 0 {
+                    if let Err(status) = client
+                        .create_firewall(pb::CreateFirewallRequest {
+                            instance_id: instance.clone(),
+                            request_id: String::new(),
+                        })
+                        .await
+                    {
+                        return (acknowledged, Some(status));
+                    }
+                }
+                let port = 1000 + i % 1000;
+                match client
+                    .add_rule(pb::AddRuleRequest {
+                        instance_id: instance.clone(),
+                        port,
+                        description: description.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(_) => acknowledged.push((instance, port)),
+                    Err(status) => return (acknowledged, Some(status)),
+                }
+            }
+            (acknowledged, None)
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    let mut refusals = Vec::new();
+    for writer in writers {
+        let (done, refused) = writer.await.unwrap();
+        acknowledged.extend(done);
+        refusals.extend(refused);
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "nothing was written before the disk filled"
+    );
+    assert!(!refusals.is_empty(), "a 6 MiB disk never filled");
+    let unavailable = refusals
+        .iter()
+        .find(|s| s.code() == tonic::Code::Unavailable && s.message().contains("request_id"))
+        .unwrap_or_else(|| panic!("no clear UNAVAILABLE among {refusals:?}"));
+    eprintln!(
+        "disk full after {} acknowledged changes: {}",
+        acknowledged.len(),
+        unavailable.message()
+    );
+    // The service stops by itself, non-zero, for its supervisor to restart it.
+    let status = rules.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "exited {status:?}");
+    assert!(
+        rules.log().contains("the event log failed"),
+        "{}",
+        rules.log()
+    );
+
+    // Space freed, service restarted: every acknowledged change is there.
+    disk.grow("64m");
+    let rules = RulesProcess::start(&data).await;
+    let mut client = rules.client().await;
+    let mut by_instance: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for (instance, port) in acknowledged {
+        by_instance.entry(instance).or_default().push(port);
+    }
+    for (instance, ports) in by_instance {
+        let firewall = client
+            .get_firewall(pb::GetFirewallRequest {
+                instance_id: instance.clone(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{instance} lost: {s:?}"))
+            .into_inner();
+        let have: std::collections::BTreeSet<u32> = firewall.rules.iter().map(|r| r.port).collect();
+        for port in ports {
+            assert!(
+                have.contains(&port),
+                "{instance}: acknowledged port {port} lost"
+            );
+        }
+    }
+    client
+        .add_rule(pb::AddRuleRequest {
+            instance_id: "fill-0-0".into(),
+            port: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("writes again once there is space");
+    drop(rules);
+    drop(disk);
+}
