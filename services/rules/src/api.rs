@@ -18,7 +18,7 @@ use crate::caller::caller;
 use crate::limits::{Limits, Slots};
 use crate::requests;
 use crate::status::{invalid, refused, Violations};
-use crate::store::{Mutation, Store};
+use crate::store::{Mutation, Store, StoreError};
 use crate::sync::present;
 
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -289,6 +289,7 @@ impl FirewallService for FirewallApi {
             Span::current().record("revision", target);
             let deadline = Instant::now() + timeout;
             let mut status = self.store.board().watch_status(&instance_id);
+            let mut closing = self.store.closing();
             loop {
                 let snapshot = status.borrow_and_update().clone();
                 if snapshot.has_acked(target) {
@@ -298,9 +299,11 @@ impl FirewallService for FirewallApi {
                 tokio::select! {
                     changed = status.changed() => {
                         if changed.is_err() {
-                            return Err(Status::unavailable("the rules service is stopping"));
+                            return Err(StoreError::ShuttingDown.into());
                         }
                     }
+                    // A stopping service does not keep a waiter until its timeout.
+                    _ = closing.wait_for(|c| *c) => return Err(StoreError::ShuttingDown.into()),
                     _ = tokio::time::sleep_until(deadline.into()) => {
                         return Err(Status::deadline_exceeded(format!(
                             "instance {instance_id} has not acknowledged revision {target} within {timeout:?} \

@@ -18,7 +18,7 @@ use crate::caller::caller;
 use crate::limits::{Limits, Slot, Slots};
 use crate::requests;
 use crate::status::{refused, Violations};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use cassette_auth::{Action, Caller};
 
 /// Records read per step of a ListEvents stream.
@@ -264,7 +264,11 @@ async fn stream_events(
         tokio::select! {
             changed = wake.changed() => if changed.is_err() { return },
             _ = outbound.closed() => return,
-            _ = closing.wait_for(|c| *c) => return,
+            () = async { let _ = closing.wait_for(|c| *c).await; } => {
+                // A live tail ends with a status that says why, not as if complete.
+                let _ = outbound.send(Err(StoreError::ShuttingDown.into())).await;
+                return;
+            }
         }
     }
 }

@@ -70,6 +70,8 @@ impl EnforcerService for EnforcerApi {
             )));
         };
         caller.authorize_sync(&hello.instance_id).map_err(refused)?;
+        // From a log that failed verification, enforcers keep what they have.
+        self.store.read_only()?;
         let mut v = Violations::default();
         let instance = requests::hello(&hello, &mut v);
         v.finish()?;

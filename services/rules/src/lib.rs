@@ -120,6 +120,9 @@ const SERVICES: [&str; 4] = [
     "cassette.firewall.v1.AuditService",
 ];
 
+/// How long a stop waits for in-flight calls by default.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One listener's server, running until the stop signal.
 type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
@@ -135,6 +138,7 @@ pub struct RulesService {
     stats: OpenStats,
     security: Security,
     limits: Limits,
+    shutdown_grace: std::time::Duration,
 }
 
 impl RulesService {
@@ -160,6 +164,7 @@ impl RulesService {
             stats,
             security: Security::development(),
             limits: Limits::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         })
     }
 
@@ -171,6 +176,12 @@ impl RulesService {
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// How long a stop waits for in-flight calls before it flushes and ends anyway.
+    pub fn with_shutdown_grace(mut self, grace: std::time::Duration) -> Self {
+        self.shutdown_grace = grace;
         self
     }
 
@@ -203,10 +214,14 @@ impl RulesService {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        // Read-only (a log that failed verification) is not serving: it
+        // answers to investigate, but takes no changes and syncs no enforcer.
+        let status = match self.store.read_only() {
+            Ok(()) => tonic_health::ServingStatus::Serving,
+            Err(_) => tonic_health::ServingStatus::NotServing,
+        };
         for service in SERVICES {
-            health
-                .set_service_status(service, tonic_health::ServingStatus::Serving)
-                .await;
+            health.set_service_status(service, status).await;
         }
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -301,9 +316,19 @@ impl RulesService {
         };
         let serving = futures_util::future::try_join_all(servers);
         tokio::pin!(signal, serving);
+        let grace = self.shutdown_grace;
         let failed = tokio::select! {
             result = &mut serving => { result?; None }
-            failed = &mut signal => { serving.await?; failed }
+            failed = &mut signal => {
+                match tokio::time::timeout(grace, &mut serving).await {
+                    Ok(result) => { result?; }
+                    Err(_) => tracing::warn!(
+                        grace_ms = grace.as_millis() as u64,
+                        "calls still running after the shutdown grace period are cut"
+                    ),
+                }
+                failed
+            }
         };
         if let Some(reason) = failed {
             return Err(ServeError::LogFailed(reason));

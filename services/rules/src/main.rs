@@ -65,6 +65,11 @@ struct Args {
     #[arg(long, env = "CASSETTE_LOG", default_value = "info")]
     log: String,
 
+    /// How long SIGTERM/SIGINT wait for in-flight calls before the log is
+    /// flushed and the service exits anyway (e.g. 10s, 500ms).
+    #[arg(long, env = "CASSETTE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_seconds)]
+    shutdown_grace: std::time::Duration,
+
     #[command(flatten)]
     security: SecurityArgs,
 
@@ -229,7 +234,8 @@ async fn main() -> anyhow::Result<()> {
         cassette_rules::RulesService::open_with(&args.data_dir, args.allow_unverified_log)
             .with_context(|| format!("cannot open {}", args.data_dir.display()))?
             .with_security(security)
-            .with_limits(args.limits.limits());
+            .with_limits(args.limits.limits())
+            .with_shutdown_grace(args.shutdown_grace);
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {

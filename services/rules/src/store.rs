@@ -117,6 +117,8 @@ pub struct Store {
     /// Set when a write failed: what is on disk is unknown, the service must
     /// stop and be restarted on what is really there.
     failed: watch::Sender<Option<String>>,
+    /// Set when the log failed verification (served read-only to investigate).
+    read_only: Option<(u64, String)>,
 }
 
 /// What opening the store found.
@@ -156,6 +158,20 @@ impl Store {
             None => None,
             Some((sequence, reason)) if allow_unverified => {
                 tracing::warn!(sequence, %reason, "event log fails verification: serving read-only");
+                // The single pass folded each record before its successor could
+                // confirm its hash: fold again, stopping before the bad record.
+                projection = Projection::default();
+                last_time = SystemTime::UNIX_EPOCH;
+                // Records before the bad one are good: read no further than them.
+                let good = usize::try_from(sequence.saturating_sub(1)).unwrap_or(usize::MAX);
+                for record in log.scan(0).take(good) {
+                    let record = record?;
+                    if record.event.sequence >= sequence {
+                        break;
+                    }
+                    projection.replay(&record.event)?;
+                    last_time = last_time.max(record.event.commit_time);
+                }
                 Some((sequence, reason))
             }
             Some((sequence, reason)) => return Err(StoreError::Unverified { sequence, reason }),
@@ -178,6 +194,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let head = watch::Sender::new(log.head().sequence);
         let failed = watch::Sender::new(None);
+        let writer_read_only = read_only.clone();
         let writer = Writer {
             log: log.clone(),
             projection: projection.clone(),
@@ -200,6 +217,7 @@ impl Store {
                 head,
                 closing: watch::Sender::new(false),
                 failed,
+                read_only: writer_read_only,
             }),
             stats,
         ))
@@ -337,6 +355,17 @@ impl Store {
             .read_instance(instance, revision.saturating_sub(1), revision)
             .ok()?;
         events.first().map(|e| e.commit_time)
+    }
+
+    /// Why the service is read-only (a log that failed verification), if it is.
+    pub fn read_only(&self) -> Result<(), StoreError> {
+        match &self.read_only {
+            None => Ok(()),
+            Some((sequence, reason)) => Err(StoreError::ReadOnly {
+                sequence: *sequence,
+                reason: reason.clone(),
+            }),
+        }
     }
 
     /// Wakes with the reason once a write to the log has failed.

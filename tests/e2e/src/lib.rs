@@ -85,6 +85,11 @@ pub async fn wait_serving(target: &Target) {
 
 /// [`wait_serving`] over TLS when `tls` is given.
 pub async fn wait_serving_with(target: &Target, tls: Option<&ClientTlsConfig>) {
+    wait_health(target, tls, ServingStatus::Serving).await
+}
+
+/// Waits until grpc.health.v1 reports `want` for the whole server (`""`).
+pub async fn wait_health(target: &Target, tls: Option<&ClientTlsConfig>, want: ServingStatus) {
     let deadline = Instant::now() + PATIENCE;
     let mut health = HealthClient::new(channel_with(target, tls).await);
     loop {
@@ -94,12 +99,12 @@ pub async fn wait_serving_with(target: &Target, tls: Option<&ClientTlsConfig>) {
             })
             .await
             .map(|r| r.into_inner().status);
-        if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
+        if matches!(status, Ok(s) if s == want as i32) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{target} not serving: {status:?}"
+            "{target} never reported {want:?}: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -275,7 +280,14 @@ impl RulesProcess {
             child: Some(child),
             log,
         };
-        wait_serving_with(&process.target, process.tls.as_ref()).await;
+        // A service investigating a log that fails verification serves
+        // read-only and says so: NOT_SERVING.
+        let want = if extra.contains(&"--allow-unverified-log") {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        wait_health(&process.target, process.tls.as_ref(), want).await;
         process
     }
 

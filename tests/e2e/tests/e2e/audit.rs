@@ -565,5 +565,25 @@ async fn tampering_is_named_by_verify_log_offline_and_at_startup() {
             tonic::Code::FailedPrecondition,
             "{what}: read-only"
         );
+        // Enforcers keep what they have: no sync stream from a log that failed.
+        let channel = cassette_e2e::channel(&rules.target).await;
+        let refused = crate::sync::open_on(channel, "a-1", 0).await.err();
+        assert_eq!(
+            refused.map(|s| s.code()),
+            Some(tonic::Code::FailedPrecondition),
+            "{what}: sync refused"
+        );
+        // The projection stops before the first bad record.
+        let listed = client
+            .list_firewalls(pb::ListFirewallsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let latest_sequence = first_bad - 1;
+        let revisions: u64 = listed.firewalls.iter().map(|f| f.revision).sum();
+        assert_eq!(
+            revisions, latest_sequence,
+            "{what}: the projection folds exactly the good records before the first bad one"
+        );
     }
 }
