@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use cassette_model::{fold, Event, Firewall, InstanceId};
 use cassette_proto::pb::enforcer_service_client::EnforcerServiceClient;
 use cassette_proto::pb::sync_request::Message;
-use cassette_proto::{event_from_pb, pb, Target};
+use cassette_proto::{event_from_pb, pb, Keepalive, Target};
 use cassette_ruleset::{Ruleset, TableName};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
@@ -23,7 +23,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub rules: Target,
+    /// The rules service's endpoints (replicas): a session uses one, and the
+    /// next session after a failure tries the next.
+    pub rules: Vec<Target>,
+    /// How a dead connection to the rules service is noticed.
+    pub keepalive: Keepalive,
     /// TLS to the rules service: the CA to check it with and this enforcer's
     /// certificate (`spiffe://<trust-domain>/enforcer/<instance>`).
     pub tls: Option<ClientTlsConfig>,
@@ -61,6 +65,8 @@ enum SessionError {
     Closed,
     #[error("event stream does not fold: {0}")]
     Fold(String),
+    #[error("no rules service endpoint is configured")]
+    NoEndpoint,
 }
 
 impl<K: Kernel> Enforcer<K> {
@@ -93,19 +99,22 @@ impl<K: Kernel> Enforcer<K> {
         self.install_defaults_if_empty().await;
         let mut backoff = BACKOFF_START;
         let mut sessions = 0u64;
+        let mut endpoint = 0usize;
         loop {
             if sessions > 0 {
                 self.metrics.reconnects.inc();
             }
             sessions += 1;
             let started = Instant::now();
-            let session = self.session();
+            let session = self.session(endpoint);
             let result = tokio::select! {
                 _ = &mut shutdown => return,
                 result = session => result,
             };
             if let Err(error) = result {
                 warn!(%error, "sync session ended");
+                // One endpoint down or unreachable: the next session tries another.
+                endpoint = endpoint.wrapping_add(1);
             }
             if started.elapsed() > BACKOFF_MAX {
                 backoff = BACKOFF_START;
@@ -145,13 +154,20 @@ impl<K: Kernel> Enforcer<K> {
         self.firewall.as_ref().map_or(0, |f| f.revision)
     }
 
-    async fn session(&mut self) -> Result<(), SessionError> {
+    async fn session(&mut self, endpoint: usize) -> Result<(), SessionError> {
         let channel = match &self.channel {
             Some(channel) => channel.clone(),
             None => {
-                self.config
+                let Some(target) = self
+                    .config
                     .rules
-                    .connect_with(self.config.tls.as_ref())
+                    .get(endpoint % self.config.rules.len().max(1))
+                else {
+                    return Err(SessionError::NoEndpoint);
+                };
+                info!(rules = %target, "connecting");
+                target
+                    .dial(self.config.tls.as_ref(), self.config.keepalive)
                     .await?
             }
         };

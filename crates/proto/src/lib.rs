@@ -18,7 +18,7 @@ pub use convert::{
     rule_to_pb,
 };
 
-pub use target::{Target, TargetError};
+pub use target::{Keepalive, Target, TargetError};
 
 /// The encoded `FileDescriptorSet` of every proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -6,6 +6,7 @@
 //! configuration names another domain.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -60,6 +61,37 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// How a client notices a dead peer: HTTP/2 pings every `interval` (also on
+/// an idle connection), the connection dropped when one is not answered within
+/// `timeout`; TCP keepalive probes too, and connecting gives up after `timeout`.
+/// A silent partition is then noticed within `interval + timeout`, not after
+/// TCP's retransmission backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Keepalive {
+    fn apply(&self, endpoint: Endpoint) -> Endpoint {
+        endpoint
+            .http2_keep_alive_interval(self.interval)
+            .keep_alive_timeout(self.timeout)
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(self.interval))
+            .connect_timeout(self.timeout)
+    }
+}
+
 impl Target {
     /// Connects one plaintext HTTP/2 channel.
     pub async fn connect(&self) -> Result<Channel, TargetError> {
@@ -67,10 +99,20 @@ impl Target {
     }
 
     /// Connects one HTTP/2 channel, over TLS when `tls` is given (the CA to
-    /// check the server with, and a client certificate to present, if any).
+    /// check the server with, and a client certificate to present, if any),
+    /// with the default [`Keepalive`].
     pub async fn connect_with(
         &self,
         tls: Option<&ClientTlsConfig>,
+    ) -> Result<Channel, TargetError> {
+        self.dial(tls, Keepalive::default()).await
+    }
+
+    /// [`Target::connect_with`] with `keepalive` to notice a dead peer.
+    pub async fn dial(
+        &self,
+        tls: Option<&ClientTlsConfig>,
+        keepalive: Keepalive,
     ) -> Result<Channel, TargetError> {
         let failed = |source| TargetError::Connect {
             target: self.to_string(),
@@ -78,9 +120,11 @@ impl Target {
         };
         match self {
             Target::Http(url) => {
-                let mut endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(failed)?
-                    .tcp_nodelay(true);
+                let mut endpoint = keepalive.apply(
+                    Endpoint::from_shared(url.clone())
+                        .map_err(failed)?
+                        .tcp_nodelay(true),
+                );
                 match (url.starts_with("https://"), tls) {
                     (true, Some(tls)) => {
                         endpoint = endpoint.tls_config(tls.clone()).map_err(failed)?
@@ -95,12 +139,12 @@ impl Target {
                 let path = path.clone();
                 // The URI is required but only names the server for TLS: the
                 // connector dials the socket.
-                let endpoint = match tls {
+                let endpoint = keepalive.apply(match tls {
                     Some(tls) => Endpoint::from_static("https://localhost")
                         .tls_config(tls.clone())
                         .map_err(failed)?,
                     None => Endpoint::from_static("http://rules.invalid"),
-                };
+                });
                 endpoint
                     .connect_with_connector(tower::service_fn(move |_| {
                         let path = path.clone();

@@ -10,7 +10,7 @@ use anyhow::Context;
 use cassette_enforcement::{Config, Enforcer, FileKernel, Kernel};
 use cassette_model::InstanceId;
 use cassette_nft::NftKernel;
-use cassette_proto::Target;
+use cassette_proto::{Keepalive, Target};
 use cassette_ruleset::TableName;
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,8 +27,25 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version, about)]
 struct Args {
     /// The rules service: http://HOST:PORT, https://HOST:PORT or unix:/PATH.
-    #[arg(long, env = "CASSETTE_RULES", default_value = "http://127.0.0.1:50051")]
-    rules: Target,
+    /// Repeat it (or separate with commas) for several replicas: when one is
+    /// unreachable the enforcer tries the next.
+    #[arg(
+        long,
+        env = "CASSETTE_RULES",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
+    )]
+    rules: Vec<Target>,
+
+    /// How often the connection to the rules service is pinged (HTTP/2 and TCP
+    /// keepalive), e.g. 5s.
+    #[arg(long, env = "CASSETTE_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered (and a connect may take) before the
+    /// stream is dropped as dead and the next endpoint tried.
+    #[arg(long, env = "CASSETTE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    keepalive_timeout: Duration,
 
     /// CA (PEM) the rules service's certificate must chain to. Turns on TLS
     /// (with https:// or unix: targets).
@@ -117,6 +134,10 @@ async fn main() -> anyhow::Result<()> {
     });
     let config = Config {
         rules: args.rules.clone(),
+        keepalive: Keepalive {
+            interval: args.keepalive_interval,
+            timeout: args.keepalive_timeout,
+        },
         tls: client_tls(&args)?,
         instance,
         enforcer_id,
@@ -158,7 +179,8 @@ fn client_tls(args: &Args) -> anyhow::Result<Option<ClientTlsConfig>> {
 }
 
 async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result<()> {
-    tracing::info!(instance_id = %config.instance, rules = %config.rules, tls = config.tls.is_some(), "enforcer starting");
+    let endpoints: Vec<String> = config.rules.iter().map(ToString::to_string).collect();
+    tracing::info!(instance_id = %config.instance, rules = ?endpoints, tls = config.tls.is_some(), "enforcer starting");
     if args.create_firewall {
         tokio::spawn(create_firewall(
             config.rules.clone(),
@@ -194,12 +216,15 @@ async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result
 
 /// CreateFirewall (idempotent), retried until the rules service answers.
 /// Refused outright (an enforcer identity may not call the API) ends it.
-async fn create_firewall(rules: Target, tls: Option<ClientTlsConfig>, instance: InstanceId) {
+async fn create_firewall(rules: Vec<Target>, tls: Option<ClientTlsConfig>, instance: InstanceId) {
     use cassette_proto::pb::{
         firewall_service_client::FirewallServiceClient, CreateFirewallRequest,
     };
     let mut pause = Duration::from_millis(200);
-    loop {
+    for attempt in 0usize.. {
+        let Some(rules) = rules.get(attempt % rules.len().max(1)) else {
+            return;
+        };
         let created = async {
             let mut client = FirewallServiceClient::new(rules.connect_with(tls.as_ref()).await?);
             client

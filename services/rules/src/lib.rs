@@ -257,8 +257,11 @@ impl RulesService {
         let (stop, stopped) = watch::channel(false);
         let mut servers: Vec<Serving> = Vec::new();
         for listener in listeners {
-            let mut builder =
-                Server::builder().max_concurrent_streams(limits.max_concurrent_streams);
+            let mut builder = Server::builder()
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .http2_keepalive_interval(Some(limits.keepalive_interval))
+                .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+                .tcp_keepalive(Some(limits.keepalive_interval));
             if let Some(tls) = &self.security.tls {
                 builder = builder.tls_config(tls.clone())?;
             }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::status::LimitReached;
 
@@ -20,6 +21,10 @@ pub struct Limits {
     /// A ListFirewalls page stops before it grows past this many bytes
     /// (always with at least one firewall, so a reader makes progress).
     pub max_list_page_bytes: usize,
+    /// HTTP/2 pings to every client, and how long one may go unanswered
+    /// before the connection (and its sync streams) is dropped as dead.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -31,6 +36,9 @@ impl Default for Limits {
             max_waiters_per_principal: 1024,
             // Well under the 4 MiB most gRPC clients accept by default.
             max_list_page_bytes: 2 << 20,
+            // A dead enforcer is noticed within 15 s.
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }

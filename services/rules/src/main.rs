@@ -123,6 +123,13 @@ struct LimitArgs {
     /// WaitForSync calls one principal may have waiting.
     #[arg(long, env = "CASSETTE_MAX_WAITERS", default_value_t = Limits::default().max_waiters_per_principal)]
     max_waiters: usize,
+    /// How often every connection is pinged (HTTP/2 and TCP keepalive).
+    #[arg(long, env = "CASSETTE_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_seconds)]
+    keepalive_interval: std::time::Duration,
+    /// How long a ping may go unanswered before the connection and its sync
+    /// streams are dropped (the instance then shows no enforcer).
+    #[arg(long, env = "CASSETTE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_seconds)]
+    keepalive_timeout: std::time::Duration,
 }
 
 impl LimitArgs {
@@ -132,6 +139,8 @@ impl LimitArgs {
             max_concurrent_streams: self.max_concurrent_streams,
             max_follow_streams_per_principal: self.max_follow_streams,
             max_waiters_per_principal: self.max_waiters,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
             ..Limits::default()
         }
     }

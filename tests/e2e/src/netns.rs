@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use crate::{binary, PATIENCE};
 
 pub const INSTANCE_IP: &str = "198.51.100.1";
-const CLIENT_IP: &str = "198.51.100.2";
+/// The client namespace's address (where a test may run the rules service).
+pub const CLIENT_IP: &str = "198.51.100.2";
 
 /// Listeners the instance runs: TCP ports that accept, UDP ports that echo.
 const LISTENERS: &str = r#"

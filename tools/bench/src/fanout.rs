@@ -86,7 +86,8 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let mut enforcers = Vec::new();
     for (i, id) in instances.iter().enumerate() {
         let config = Config {
-            rules: target.clone(),
+            rules: vec![target.clone()],
+            keepalive: Default::default(),
             tls: None,
             instance: InstanceId::parse(id)?,
             enforcer_id: format!("sim-{i}"),

@@ -248,3 +248,173 @@ async fn a_full_disk_fails_writes_clearly_loses_nothing_acknowledged_and_recover
     drop(rules);
     drop(disk);
 }
+
+/// Drops every packet of the rules service's TCP port in the instance
+/// namespace (a table of the test's own, never the root namespace's): a
+/// silent partition, no RST.
+fn partition(lab: &cassette_e2e::netns::Lab, port: u16) {
+    let port = port.to_string();
+    let client = cassette_e2e::netns::CLIENT_IP;
+    for rule in [
+        vec!["add", "table", "inet", "partition"],
+        vec!["add chain inet partition out { type filter hook output priority -10 ; }"],
+        vec![
+            "add",
+            "rule",
+            "inet",
+            "partition",
+            "out",
+            "ip",
+            "daddr",
+            client,
+            "tcp",
+            "dport",
+            &port,
+            "drop",
+        ],
+        vec!["add chain inet partition in { type filter hook input priority -10 ; }"],
+        vec![
+            "add",
+            "rule",
+            "inet",
+            "partition",
+            "in",
+            "ip",
+            "saddr",
+            client,
+            "tcp",
+            "sport",
+            &port,
+            "drop",
+        ],
+    ] {
+        let output = lab.nft(&rule);
+        assert!(
+            output.status.success(),
+            "nft {rule:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+fn heal(lab: &cassette_e2e::netns::Lab) {
+    let output = lab.nft(&["delete", "table", "inet", "partition"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_partition_is_noticed_in_seconds_and_a_change_made_during_it_lands_after() {
+    use cassette_e2e::netns::{is_root, EnforcerProcess, Lab, CLIENT_IP};
+    use std::time::Instant;
+    use tokio::task::block_in_place;
+    if !is_root() {
+        eprintln!("a_silent_partition_is_noticed: skipped, needs root for namespaces and nftables");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = block_in_place(Lab::new);
+    block_in_place(|| lab.start_listeners());
+    // The rules service in the client namespace: TCP on the veth for the
+    // enforcer (plaintext inside the test's own namespaces), a Unix socket for us.
+    let port = cassette_e2e::free_port().port();
+    let socket = dir.path().join("rules.sock");
+    let tcp = format!("{CLIENT_IP}:{port}");
+    let rules = RulesProcess::spawn_command(
+        Lab::command(&lab.client_ns, &binary("cassette-rules")),
+        &dir.path().join("data"),
+        &format!("unix:{}", socket.display()),
+        cassette_e2e::Target::Unix(socket.clone()),
+        &[
+            "--listen",
+            &tcp,
+            "--insecure-plaintext",
+            "--keepalive-interval",
+            "1s",
+            "--keepalive-timeout",
+            "2s",
+        ],
+        None,
+    )
+    .await;
+    let mut client = rules.client().await;
+    cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let _enforcer = EnforcerProcess::start(
+        &lab.instance_ns,
+        &format!("http://{tcp}"),
+        "web-1",
+        dir.path().join("enforcer.log"),
+        &[
+            "--refresh-interval",
+            "1s",
+            "--keepalive-interval",
+            "1s",
+            "--keepalive-timeout",
+            "2s",
+        ],
+    );
+    let wait = |revision: u64, seconds: u64| pb::WaitForSyncRequest {
+        instance_id: "web-1".into(),
+        revision,
+        timeout: Some(Duration::from_secs(seconds).try_into().unwrap()),
+    };
+    client.wait_for_sync(wait(0, 30)).await.expect("first sync");
+
+    block_in_place(|| partition(&lab, port));
+    let cut = Instant::now();
+    // The service drops the dead stream: the instance shows no enforcer.
+    let mut connected = true;
+    while connected && cut.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let firewall = client
+            .get_firewall(pb::GetFirewallRequest {
+                instance_id: "web-1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        connected = firewall.sync.is_some_and(|s| s.enforcer_connected);
+    }
+    assert!(
+        !connected,
+        "the service still reports the partitioned enforcer after 20 s"
+    );
+    eprintln!("partition noticed by the service after {:?}", cut.elapsed());
+
+    // A change during the partition, then the network heals.
+    let revision = client
+        .add_rule(pb::AddRuleRequest {
+            instance_id: "web-1".into(),
+            port: 5432,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    assert!(
+        !block_in_place(|| lab.tcp_open(5432)),
+        "not in force during the partition"
+    );
+    block_in_place(|| heal(&lab));
+    let healed = Instant::now();
+    let status = client
+        .wait_for_sync(wait(revision, 15))
+        .await
+        .unwrap_or_else(|s| panic!("not in force within 15 s of the heal: {s:?}"))
+        .into_inner();
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    eprintln!("change in force {:?} after the heal", healed.elapsed());
+    assert!(
+        block_in_place(|| lab.tcp_open(5432)),
+        "5432 open after the heal"
+    );
+    let log = std::fs::read_to_string(dir.path().join("enforcer.log")).unwrap_or_default();
+    assert!(
+        log.contains("sync session ended"),
+        "the enforcer noticed the dead stream:\n{log}"
+    );
+}
