@@ -100,6 +100,7 @@ impl<K: Kernel> Enforcer<K> {
         let mut backoff = BACKOFF_START;
         let mut sessions = 0u64;
         let mut endpoint = 0usize;
+        let mut last_restore = Instant::now();
         loop {
             if sessions > 0 {
                 self.metrics.reconnects.inc();
@@ -121,9 +122,18 @@ impl<K: Kernel> Enforcer<K> {
             }
             let pause = jitter(backoff);
             info!(pause_ms = pause.as_millis() as u64, "reconnecting");
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(pause) => {}
+            let wake = Instant::now() + pause;
+            loop {
+                // Disconnected, the table is still looked after.
+                let next_restore = last_restore + self.config.refresh_interval;
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep_until(wake.into()) => break,
+                    _ = tokio::time::sleep_until(next_restore.into()) => {
+                        self.restore_table().await;
+                        last_restore = Instant::now();
+                    }
+                }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -216,6 +226,16 @@ impl<K: Kernel> Enforcer<K> {
         for wire in events {
             let event: Event = event_from_pb(wire)
                 .map_err(|e| SessionError::Fold(format!("event {}: {e}", wire.revision)))?;
+            if event.revision == 1 && self.revision() >= 1 {
+                // The service resends the history from the start: its log is
+                // behind what this enforcer applied (restored from a backup).
+                // Its answer wins.
+                warn!(
+                    applied_revision = self.revision(),
+                    "the rules service resends the history from revision 1: starting over from its log"
+                );
+                self.firewall = None;
+            }
             if event.revision <= self.revision() {
                 continue; // already folded (a resend after reconnect)
             }
@@ -319,6 +339,13 @@ impl<K: Kernel> Enforcer<K> {
             self.apply_and_ack(acks).await;
             return;
         }
+        self.restore_table().await;
+    }
+
+    /// Puts back what this enforcer last applied if the kernel no longer
+    /// holds it. Needs no rules service: fail-static keeps the last ruleset,
+    /// which includes restoring it when someone flushes it.
+    async fn restore_table(&mut self) {
         let Some(expected) = self.in_kernel.clone() else {
             return;
         };

@@ -189,7 +189,15 @@ impl Kernel for NftKernel {
     fn replace(&mut self, ruleset: &Ruleset) -> Result<(), KernelError> {
         self.runner
             .run(&ruleset.replace_script(&self.table), false)?;
-        self.reference = self.read_back()?.as_deref().map(structure);
+        // The transaction succeeded: that is what counts. A read-back failing
+        // now only costs the chain/rule reference, taken again at the next repair.
+        self.reference = match self.read_back() {
+            Ok(objects) => objects.as_deref().map(structure),
+            Err(error) => {
+                tracing::warn!(%error, "applied, but cannot read the table back");
+                None
+            }
+        };
         Ok(())
     }
 

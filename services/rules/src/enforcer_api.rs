@@ -100,12 +100,28 @@ impl EnforcerService for EnforcerApi {
                 return;
             }
             let connection = store.board().connect(&instance);
+            store
+                .board()
+                .lower_applied(&instance, hello.applied_revision);
+            // A Hello ahead of the log (the service's data was restored from an
+            // older backup): the log's answer wins, sent whole from revision 0.
+            let latest = store.revision(&instance).unwrap_or(0);
+            let position = if hello.applied_revision > latest {
+                tracing::warn!(
+                    applied_revision = hello.applied_revision,
+                    latest,
+                    "the enforcer claims a revision the log does not have: resyncing it from revision 0"
+                );
+                0
+            } else {
+                hello.applied_revision
+            };
             let sent = Arc::new(AtomicU64::new(0));
             let sender = tokio::spawn(
                 send_events(
                     store.clone(),
                     instance.clone(),
-                    hello.applied_revision,
+                    position,
                     outbound,
                     sent.clone(),
                     connection.replaced(),

@@ -358,8 +358,15 @@ async fn bind(listen: &Listen) -> anyhow::Result<Listener> {
                 .with_context(|| format!("cannot listen on {addr}"))?,
         ),
         Listen::Unix(path) => {
-            // A socket file left by a killed predecessor would refuse the bind.
-            if path.exists() {
+            // A socket file left by a killed predecessor would refuse the bind;
+            // anything that is not a socket is someone else's and stays.
+            if let Ok(metadata) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                anyhow::ensure!(
+                    metadata.file_type().is_socket(),
+                    "{} exists and is not a socket: refusing to replace it",
+                    path.display()
+                );
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }

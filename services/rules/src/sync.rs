@@ -180,6 +180,21 @@ impl SyncBoard {
         }
     }
 
+    /// A new stream says its kernel holds `revision`: never claim more than
+    /// that (an instance that rebooted, or an enforcer that lost its state,
+    /// shows PENDING until it acks again). A higher claim raises nothing: only
+    /// acks do.
+    pub fn lower_applied(&self, instance: &InstanceId, revision: u64) {
+        let channels = self.channels(instance);
+        channels.status.send_if_modified(|s| {
+            let lower = revision < s.applied_revision;
+            if lower {
+                s.applied_revision = revision;
+            }
+            lower
+        });
+    }
+
     /// Records an enforcer's ack of every event up to `revision`.
     pub fn record_ack(
         &self,

@@ -418,3 +418,21 @@ async fn a_silent_partition_is_noticed_in_seconds_and_a_change_made_during_it_la
         "the enforcer noticed the dead stream:\n{log}"
     );
 }
+
+#[test]
+fn a_unix_listen_path_that_is_not_a_socket_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "not a socket").unwrap();
+    let output = Command::new(binary("cassette-rules"))
+        .arg("--listen")
+        .arg(format!("unix:{}", precious.display()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run cassette-rules");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "not a socket");
+}

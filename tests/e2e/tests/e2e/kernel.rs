@@ -446,3 +446,73 @@ async fn kernel_secured_enforcer_applies_over_mutual_tls_and_acks_the_right_hash
     let firewall = f.firewall().await;
     assert!(firewall.sync.unwrap().enforcer_connected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_a_flushed_ruleset_is_restored_while_the_rules_service_is_down() {
+    if skip_unless_root("kernel_a_flushed_ruleset_is_restored_while_the_rules_service_is_down") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    let (_, revision) = f.add(5432, TCP).await;
+    f.wait(revision).await;
+    f.rules.kill_9();
+    let flushed = block_in_place(|| f.lab.nft(&["flush", "ruleset"]));
+    assert!(flushed.status.success());
+    // Fail-static includes putting the last ruleset back, with no service to ask.
+    block_in_place(|| {
+        eventually("the ruleset is restored without the rules service", || {
+            f.lab.set_elements("tcp_open") == [22, 80, 443, 5432]
+        })
+    });
+    f.assert_tcp(&[22, 5432], &[6379]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_a_rebooted_instance_shows_pending_until_it_has_reapplied() {
+    if skip_unless_root("kernel_a_rebooted_instance_shows_pending_until_it_has_reapplied") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    let (postgres, revision) = f.add(5432, TCP).await;
+    f.wait(revision).await;
+    // The instance reboots: its enforcer dies, its kernel comes back empty.
+    if let Some(mut enforcer) = f.enforcer.take() {
+        enforcer.kill_9();
+    }
+    let deleted = block_in_place(|| f.lab.nft(&["delete", "table", "inet", "cassette"]));
+    assert!(deleted.status.success());
+    // Its first Hello says it holds nothing: nothing may be shown as applied.
+    let channel = cassette_e2e::channel(&f.rules.target).await;
+    let hello = crate::sync::open_on(channel, INSTANCE, 0).await.unwrap();
+    let mut firewall = f.firewall().await;
+    for _ in 0..100 {
+        if firewall
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.applied_revision == 0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        firewall = f.firewall().await;
+    }
+    let sync = firewall.sync.clone().unwrap();
+    assert_eq!(
+        (sync.applied_revision, sync.state),
+        (0, pb::SyncState::Pending as i32),
+        "{sync:?}"
+    );
+    let rule = firewall.rules.iter().find(|r| r.id == postgres).unwrap();
+    assert_eq!(
+        rule.status,
+        pb::RuleStatus::Pending as i32,
+        "never APPLIED while not in the kernel"
+    );
+    drop(hello);
+
+    // The restarted enforcer re-applies; then it is applied again, for real.
+    f.start_enforcer(&[]);
+    let status = f.wait(revision).await;
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    f.assert_tcp(&[22, 5432], &[6379]);
+}

@@ -388,3 +388,19 @@ async fn a_long_history_is_streamed_in_bounded_pages() {
     );
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_hello_ahead_of_the_log_is_answered_with_the_whole_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    toggle_ssh(&mut client, "web-1", false).await;
+    // An enforcer that applied revision 99 of a log restored to revision 2.
+    let mut stream = open(&service, "web-1", 99).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![1, 2]), "resynced from 0");
+    stream.ack(2, None).await;
+    let status = wait(&mut client, 2, LONG).await.unwrap();
+    assert_eq!(status.applied_revision, 2, "{status:?}");
+    service.stop().await;
+}
