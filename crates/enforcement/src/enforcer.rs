@@ -315,12 +315,14 @@ impl<K: Kernel> Enforcer<K> {
                     Ok(()) => Ok(()),
                     Err(error) => {
                         warn!(%error, "element update refused; replacing the table");
+                        self.metrics.table_replacements.inc();
                         let d = desired.clone();
                         self.kernel_call(move |k| k.replace(&d)).await
                     }
                 }
             }
             None => {
+                self.metrics.table_replacements.inc();
                 let d = desired.clone();
                 self.kernel_call(move |k| k.replace(&d)).await
             }

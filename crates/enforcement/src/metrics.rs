@@ -8,6 +8,8 @@ pub struct EnforcerMetrics {
     pub failed_applies: Counter,
     pub drift_repairs: Counter,
     pub reconnects: Counter,
+    /// Applies that replaced the whole table instead of changing set elements.
+    pub table_replacements: Counter,
 }
 
 impl EnforcerMetrics {
@@ -22,6 +24,11 @@ impl EnforcerMetrics {
             &mut out,
             "cassette_enforcer_failed_applies_total",
             "Kernel transactions that were refused.",
+        );
+        self.table_replacements.write(
+            &mut out,
+            "cassette_enforcer_table_replacements_total",
+            "Applies that replaced the whole table (what it held was unknown, or a delta was refused).",
         );
         self.drift_repairs.write(
             &mut out,
