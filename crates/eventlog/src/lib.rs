@@ -161,6 +161,11 @@ impl EventLog {
         })
     }
 
+    /// Whether `dir` holds a log (opening one where there is none creates it).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("db").is_file()
+    }
+
     /// The last sequence on stable storage.
     pub fn durable_sequence(&self) -> u64 {
         self.durable.load(Ordering::Acquire)

@@ -125,7 +125,9 @@ impl NftKernel {
             .run(&format!("list table inet {}", self.table.as_str()), true);
         let text = match listed {
             Ok(text) => text,
-            Err(KernelError(message)) if message.contains("No such file or directory") => {
+            // nft's own answer for a missing table; "cannot run nft: No such
+            // file or directory" (no nft at all) is an error, not an absent table.
+            Err(KernelError(message)) if message.contains("Error: No such file or directory") => {
                 return Ok(None)
             }
             Err(error) => return Err(error),
@@ -245,6 +247,17 @@ mod tests {
         assert_eq!(set_elements(&objects, "tcp_open"), Some(vec![22, 80, 443]));
         assert_eq!(set_elements(&objects, "udp_open"), Some(vec![]));
         assert_eq!(set_elements(&objects, "missing"), None);
+    }
+
+    #[test]
+    fn no_nft_to_run_is_an_error_not_an_absent_table() {
+        let mut kernel = NftKernel::new(
+            TableName::default(),
+            Some(PathBuf::from("/nonexistent/cassette-test/nft")),
+        );
+        let error = kernel.exists().unwrap_err();
+        assert!(error.0.contains("cannot run"), "{error:?}");
+        assert!(kernel.holds(&Ruleset::defaults()).is_err());
     }
 
     #[test]

@@ -69,6 +69,10 @@ enum AuditCommand {
 }
 
 pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
+    // Opening creates a log where there is none: an audit must never write.
+    if !EventLog::exists(data_dir) {
+        bail!("{} holds no event log", data_dir.display());
+    }
     let log = EventLog::open(data_dir).with_context(|| {
         format!(
             "cannot open {} (a running service holds it: stop it, copy the directory, or use AuditService)",

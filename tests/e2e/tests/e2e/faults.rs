@@ -619,3 +619,23 @@ async fn fifty_enforcers_resume_after_a_rules_restart_without_reapplying_from_sc
         task.abort();
     }
 }
+
+#[test]
+fn the_offline_audit_never_creates_a_log_where_there_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-log-here");
+    let output = Command::new(binary("cassette-rules"))
+        .args(["audit", "--data-dir"])
+        .arg(&missing)
+        .arg("verify")
+        .output()
+        .expect("run cassette-rules audit");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("holds no event log"), "{stderr}");
+    assert!(
+        !missing.exists(),
+        "the audit wrote to {}",
+        missing.display()
+    );
+}
