@@ -639,3 +639,79 @@ fn the_offline_audit_never_creates_a_log_where_there_is_none() {
         missing.display()
     );
 }
+
+#[tokio::test]
+async fn a_stopping_service_ends_waiters_and_follow_streams_with_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = cassette_e2e::InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let waiter = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            client
+                .wait_for_sync(pb::WaitForSyncRequest {
+                    instance_id: "web-1".into(),
+                    revision: 0,
+                    timeout: Some(Duration::from_secs(300).try_into().unwrap()),
+                })
+                .await
+        })
+    };
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    let mut follow = pb::audit_service_client::AuditServiceClient::new(channel)
+        .list_events(pb::ListEventsRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(follow.message().await.unwrap().map(|e| e.revision), Some(1));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let stopped = std::time::Instant::now();
+    service.stop().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "a 300 s waiter held the stop for {:?}",
+        stopped.elapsed()
+    );
+    let waited = waiter.await.unwrap().unwrap_err();
+    assert_eq!(waited.code(), tonic::Code::Unavailable, "{waited:?}");
+    let ended = follow.message().await.unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+}
+
+#[tokio::test]
+async fn an_enforcer_moves_on_to_the_next_endpoint_when_one_is_unreachable() {
+    use cassette_enforcement::{Config, Enforcer, MemoryKernel};
+    let dir = tempfile::tempdir().unwrap();
+    let service = cassette_e2e::InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let dead = cassette_e2e::Target::Unix(dir.path().join("no-service-here.sock"));
+    let config = Config {
+        rules: vec![dead, cassette_e2e::tcp_target(service.addr)],
+        keepalive: Default::default(),
+        tls: None,
+        instance: cassette_model::InstanceId::parse("web-1").unwrap(),
+        enforcer_id: "failover".into(),
+        table: Default::default(),
+        refresh_interval: Duration::from_secs(3600),
+    };
+    let enforcer =
+        tokio::spawn(Enforcer::new(config, MemoryKernel::default()).run(std::future::pending()));
+    let status = client
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision: 0,
+            timeout: Some(Duration::from_secs(30).try_into().unwrap()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    enforcer.abort();
+    service.stop().await;
+}
