@@ -49,6 +49,10 @@ pub struct Enforcer<K: Kernel> {
     /// What the kernel holds, as far as this process knows (`None`: unknown,
     /// so the next apply replaces the table).
     in_kernel: Option<Ruleset>,
+    /// A repair failed: the kernel may not hold `in_kernel`. The next Hello
+    /// says revision 0, so the service resends everything (and shows PENDING,
+    /// then the outcome), and the next apply replaces the whole table.
+    kernel_unsure: bool,
     metrics: Arc<EnforcerMetrics>,
     /// A shared connection to use instead of dialing `config.rules` (many
     /// simulated enforcers multiplexed over a few connections).
@@ -67,6 +71,8 @@ enum SessionError {
     Fold(String),
     #[error("no rules service endpoint is configured")]
     NoEndpoint,
+    #[error("the table could not be repaired: resyncing from revision 0 to report it")]
+    RepairFailed,
 }
 
 impl<K: Kernel> Enforcer<K> {
@@ -76,6 +82,7 @@ impl<K: Kernel> Enforcer<K> {
             kernel: Some(kernel),
             firewall: None,
             in_kernel: None,
+            kernel_unsure: false,
             metrics: Arc::default(),
             channel: None,
         }
@@ -186,7 +193,11 @@ impl<K: Kernel> Enforcer<K> {
         let hello = pb::SyncRequest {
             message: Some(Message::Hello(pb::Hello {
                 instance_id: self.config.instance.to_string(),
-                applied_revision: self.revision(),
+                applied_revision: if self.kernel_unsure {
+                    0
+                } else {
+                    self.revision()
+                },
                 enforcer_id: self.config.enforcer_id.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
@@ -198,8 +209,12 @@ impl<K: Kernel> Enforcer<K> {
             .into_inner();
         info!(revision = self.revision(), "sync stream open");
 
-        // A previous apply may have failed: try again now that we can report it.
-        if self.firewall.is_some() && self.in_kernel.as_ref() != Some(&self.desired()) {
+        // A previous apply may have failed: try again now that we can report
+        // it (an unsure kernel is re-applied when the history arrives).
+        if !self.kernel_unsure
+            && self.firewall.is_some()
+            && self.in_kernel.as_ref() != Some(&self.desired())
+        {
             self.apply_and_ack(&acks).await;
         }
         let mut refresh = tokio::time::interval(self.config.refresh_interval);
@@ -217,7 +232,7 @@ impl<K: Kernel> Enforcer<K> {
                     self.fold_events(&events)?;
                     self.apply_and_ack(&acks).await;
                 }
-                _ = refresh.tick() => self.repair_drift(&acks).await,
+                _ = refresh.tick() => self.repair_drift(&acks).await?,
             }
         }
     }
@@ -305,10 +320,15 @@ impl<K: Kernel> Enforcer<K> {
     /// Changes the kernel from what it holds to `desired`: element changes
     /// when what it holds is known, else (or if that fails) a full replace.
     async fn put_in_force(&mut self, desired: Ruleset) -> Result<(), KernelError> {
-        if self.in_kernel.as_ref() == Some(&desired) {
+        if !self.kernel_unsure && self.in_kernel.as_ref() == Some(&desired) {
             return Ok(());
         }
-        let result = match self.in_kernel.clone() {
+        let known = if self.kernel_unsure {
+            None
+        } else {
+            self.in_kernel.clone()
+        };
+        let result = match known {
             Some(current) => {
                 let d = desired.clone();
                 match self.kernel_call(move |k| k.update(&current, &d)).await {
@@ -329,19 +349,31 @@ impl<K: Kernel> Enforcer<K> {
         };
         if result.is_ok() {
             self.in_kernel = Some(desired);
+            self.kernel_unsure = false;
         }
         result
     }
 
-    /// Reads the table back; if it is not what we put there, replaces it.
-    async fn repair_drift(&mut self, acks: &mpsc::Sender<pb::SyncRequest>) {
+    /// Reads the table back; if it is not what we put there, replaces it. A
+    /// repair that fails ends the session: the next one reports it (its Hello
+    /// says revision 0, and the re-apply's outcome is acked).
+    async fn repair_drift(
+        &mut self,
+        acks: &mpsc::Sender<pb::SyncRequest>,
+    ) -> Result<(), SessionError> {
         let desired = self.desired();
-        if self.firewall.is_some() && self.in_kernel.as_ref() != Some(&desired) {
-            // The last apply failed: retry it, and report.
+        if self.firewall.is_some()
+            && (self.kernel_unsure || self.in_kernel.as_ref() != Some(&desired))
+        {
+            // The last apply (or repair) failed: retry it, and report.
             self.apply_and_ack(acks).await;
-            return;
+            return Ok(());
         }
         self.restore_table().await;
+        if self.kernel_unsure {
+            return Err(SessionError::RepairFailed);
+        }
+        Ok(())
     }
 
     /// Puts back what this enforcer last applied if the kernel no longer
@@ -353,19 +385,26 @@ impl<K: Kernel> Enforcer<K> {
         };
         let e = expected.clone();
         match self.kernel_call(move |k| k.holds(&e)).await {
-            Ok(true) => {}
+            Ok(true) => self.kernel_unsure = false,
             Ok(false) => {
                 warn!(instance_id = %self.config.instance, "table drifted; replacing it");
                 let e = expected.clone();
                 match self.kernel_call(move |k| k.replace(&e)).await {
                     Ok(()) => {
                         self.metrics.drift_repairs.inc();
+                        self.kernel_unsure = false;
                         info!("drift repaired");
                     }
-                    Err(error) => warn!(%error, "cannot repair drift"),
+                    Err(error) => {
+                        warn!(%error, "cannot repair drift");
+                        self.kernel_unsure = true;
+                    }
                 }
             }
-            Err(error) => warn!(%error, "cannot read the table back"),
+            Err(error) => {
+                warn!(%error, "cannot read the table back");
+                self.kernel_unsure = true;
+            }
         }
     }
 

@@ -419,15 +419,20 @@ async fn the_sync_channel_cannot_lie() {
     let lab = Lab::start().await;
     let enforcer = lab.secured.enforcer("web-1");
 
-    // A Hello claiming a far-future revision is sent nothing, so its ack of the
-    // latest revision counts for nothing.
+    // A Hello claiming the latest revision is sent nothing, so its ack of that
+    // revision (even with the right hash) counts for nothing.
     let channel = lab.service.tls_channel(&enforcer).await;
-    let liar = open_on(channel, "web-1", 1 << 63).await.unwrap();
+    let liar = open_on(channel, "web-1", 1).await.unwrap();
     liar.ack_with_hash(1, None, &cassette_ruleset::Ruleset::defaults().hash())
         .await;
     let status = wait(&lab, Duration::from_millis(700)).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     drop(liar);
+    // A Hello claiming a revision the log does not have gets the log's history.
+    let channel = lab.service.tls_channel(&enforcer).await;
+    let mut ahead = open_on(channel, "web-1", 1 << 63).await.unwrap();
+    assert_eq!(ahead.next(Duration::from_secs(10)).await, Some(vec![1]));
+    drop(ahead);
 
     // An honest stream: history first, and an ack beyond what it was sent is ignored.
     let channel = lab.service.tls_channel(&enforcer).await;

@@ -715,3 +715,111 @@ async fn an_enforcer_moves_on_to_the_next_endpoint_when_one_is_unreachable() {
     enforcer.abort();
     service.stop().await;
 }
+
+/// A kernel that can be told to refuse every change (a broken nftables).
+#[derive(Clone, Default)]
+struct FlakyKernel {
+    table: std::sync::Arc<std::sync::Mutex<Option<cassette_ruleset::Ruleset>>>,
+    broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl cassette_enforcement::Kernel for FlakyKernel {
+    fn exists(&mut self) -> Result<bool, cassette_enforcement::KernelError> {
+        Ok(self.table.lock().unwrap().is_some())
+    }
+
+    fn replace(
+        &mut self,
+        ruleset: &cassette_ruleset::Ruleset,
+    ) -> Result<(), cassette_enforcement::KernelError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(cassette_enforcement::KernelError(
+                "Error: simulated broken kernel".into(),
+            ));
+        }
+        *self.table.lock().unwrap() = Some(ruleset.clone());
+        Ok(())
+    }
+
+    fn holds(
+        &mut self,
+        ruleset: &cassette_ruleset::Ruleset,
+    ) -> Result<bool, cassette_enforcement::KernelError> {
+        Ok(self.table.lock().unwrap().as_ref() == Some(ruleset))
+    }
+}
+
+#[tokio::test]
+async fn a_repair_that_fails_is_reported_and_nothing_is_shown_applied() {
+    use cassette_enforcement::{Config, Enforcer};
+    let dir = tempfile::tempdir().unwrap();
+    let service = cassette_e2e::InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let kernel = FlakyKernel::default();
+    let config = Config {
+        rules: vec![cassette_e2e::tcp_target(service.addr)],
+        keepalive: Default::default(),
+        tls: None,
+        instance: cassette_model::InstanceId::parse("web-1").unwrap(),
+        enforcer_id: "flaky".into(),
+        table: Default::default(),
+        refresh_interval: Duration::from_millis(200),
+    };
+    let enforcer = tokio::spawn(Enforcer::new(config, kernel.clone()).run(std::future::pending()));
+    let sync = |client: &mut cassette_e2e::Client| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_firewall(pb::GetFirewallRequest {
+                    instance_id: "web-1".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .sync
+                .unwrap()
+        }
+    };
+    let eventually = |want: i32| {
+        let mut client = client.clone();
+        async move {
+            let mut last = None;
+            for _ in 0..300 {
+                let status = sync(&mut client).await;
+                if status.state == want {
+                    return status;
+                }
+                last = Some(status);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("never reached state {want}: {last:?}");
+        }
+    };
+    eventually(pb::SyncState::InSync as i32).await;
+
+    // Someone deletes the table and nftables refuses every change: the
+    // repair fails, and the service learns it.
+    kernel
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    *kernel.table.lock().unwrap() = None;
+    let status = eventually(pb::SyncState::Error as i32).await;
+    assert!(
+        status.last_error.contains("simulated broken kernel"),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.applied_revision, 0,
+        "nothing is shown applied: {status:?}"
+    );
+
+    // Repaired once nftables works again.
+    kernel
+        .broken
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let status = eventually(pb::SyncState::InSync as i32).await;
+    assert_eq!(status.applied_revision, 1, "{status:?}");
+    enforcer.abort();
+    service.stop().await;
+}
