@@ -120,6 +120,10 @@ const SERVICES: [&str; 4] = [
     "cassette.firewall.v1.AuditService",
 ];
 
+/// How long a service whose log failed keeps answering (UNAVAILABLE, health
+/// NOT_SERVING) before it stops.
+const FAILURE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a stop waits for in-flight calls by default.
 pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -313,6 +317,11 @@ impl RulesService {
                 health
                     .set_service_status(service, tonic_health::ServingStatus::NotServing)
                     .await;
+            }
+            if failed.is_some() {
+                // Answer what is still queued (UNAVAILABLE) and let health
+                // checkers see NOT_SERVING before the connections close.
+                tokio::time::sleep(FAILURE_LINGER).await;
             }
             stop.send_replace(true);
             failed

@@ -141,8 +141,10 @@ async fn a_full_disk_fails_writes_clearly_loses_nothing_acknowledged_and_recover
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let disk = SmallDisk::mount(&dir.path().join("disk"), "6m");
-    let data = dir.path().join("disk/data");
+    // The data directory is the small disk itself; the service's log
+    // (`disk.log`, beside it) is not on it.
+    let data = dir.path().join("disk");
+    let disk = SmallDisk::mount(&data, "6m");
     let mut rules = RulesProcess::start(&data).await;
 
     // Four writers fill the disk with described rules until the service refuses.
