@@ -39,6 +39,10 @@ pub type Hash = [u8; 32];
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: Hash = [0; 32];
 
+/// sled's data file in the log's directory: what is fsynced, and what says a
+/// directory holds a log.
+const DATA_FILE: &str = "db";
+
 const EVENT: u8 = b'e';
 const INDEX: u8 = b'i';
 const HEAD: &[u8] = b"h";
@@ -133,7 +137,7 @@ impl EventLog {
         // What sled recovered may still be only in the page cache (a crash of
         // the process, not of the machine): sync it before anyone reads it, and
         // the directory so the data file's entry is durable too.
-        let data_file = File::open(dir.join("db")).map_err(LogError::Sync)?;
+        let data_file = File::open(dir.join(DATA_FILE)).map_err(LogError::Sync)?;
         data_file.sync_data().map_err(LogError::Sync)?;
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -163,7 +167,7 @@ impl EventLog {
 
     /// Whether `dir` holds a log (opening one where there is none creates it).
     pub fn exists(dir: &Path) -> bool {
-        dir.join("db").is_file()
+        dir.join(DATA_FILE).is_file()
     }
 
     /// The last sequence on stable storage.

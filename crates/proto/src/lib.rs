@@ -5,6 +5,7 @@
 //! Prost types stop here: crates past this edge speak `cassette_model`.
 
 mod convert;
+mod flags;
 mod target;
 
 /// Generated from `proto/cassette/firewall/v1/*.proto`.
@@ -18,6 +19,7 @@ pub use convert::{
     rule_to_pb,
 };
 
+pub use flags::parse_duration;
 pub use target::{Keepalive, Target, TargetError};
 
 /// The encoded `FileDescriptorSet` of every proto file, for server reflection.

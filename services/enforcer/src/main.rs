@@ -10,7 +10,7 @@ use anyhow::Context;
 use cassette_enforcement::{Config, Enforcer, FileKernel, Kernel};
 use cassette_model::InstanceId;
 use cassette_nft::NftKernel;
-use cassette_proto::{Keepalive, Target};
+use cassette_proto::{parse_duration, Keepalive, Target};
 use cassette_ruleset::TableName;
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
@@ -257,26 +257,4 @@ async fn create_firewall(rules: Vec<Target>, tls: Option<ClientTlsConfig>, insta
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
-}
-
-/// `500ms`, `30s`, `2m`, `1h`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number and a unit (ms, s, m, h)"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{text:?}: unit must be ms, s, m or h")),
-    };
-    if duration.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(duration)
 }

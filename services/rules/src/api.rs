@@ -289,7 +289,8 @@ impl FirewallService for FirewallApi {
             Span::current().record("revision", target);
             let deadline = Instant::now() + timeout;
             let mut status = self.store.board().watch_status(&instance_id);
-            let mut closing = self.store.closing();
+            let stopping = self.store.stopping();
+            tokio::pin!(stopping);
             loop {
                 let snapshot = status.borrow_and_update().clone();
                 if snapshot.has_acked(target) {
@@ -303,7 +304,7 @@ impl FirewallService for FirewallApi {
                         }
                     }
                     // A stopping service does not keep a waiter until its timeout.
-                    _ = closing.wait_for(|c| *c) => return Err(StoreError::ShuttingDown.into()),
+                    () = &mut stopping => return Err(StoreError::ShuttingDown.into()),
                     _ = tokio::time::sleep_until(deadline.into()) => {
                         return Err(Status::deadline_exceeded(format!(
                             "instance {instance_id} has not acknowledged revision {target} within {timeout:?} \

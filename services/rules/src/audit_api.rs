@@ -227,7 +227,8 @@ async fn stream_events(
         }
         _ => store.watch_head(),
     };
-    let mut closing = store.closing();
+    let stopping = store.stopping();
+    tokio::pin!(stopping);
     let mut cursor = Cursor {
         sequence: filter.after_sequence,
         revision: 0,
@@ -264,7 +265,7 @@ async fn stream_events(
         tokio::select! {
             changed = wake.changed() => if changed.is_err() { return },
             _ = outbound.closed() => return,
-            () = async { let _ = closing.wait_for(|c| *c).await; } => {
+            () = &mut stopping => {
                 // A live tail ends with a status that says why, not as if complete.
                 let _ = outbound.send(Err(StoreError::ShuttingDown.into())).await;
                 return;

@@ -15,7 +15,7 @@ use cassette_model::{InstanceId, ValidationError};
 use cassette_proto::pb::enforcer_service_server::EnforcerService;
 use cassette_proto::pb::sync_request::Message;
 use cassette_proto::{event_to_pb, pb};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -151,7 +151,8 @@ async fn wait_until_exists(
     outbound: &mpsc::Sender<Outbound>,
 ) -> bool {
     let mut head = store.watch_head();
-    let mut closing = store.closing();
+    let stopping = store.stopping();
+    tokio::pin!(stopping);
     loop {
         head.borrow_and_update();
         if store.revision(instance).is_ok() {
@@ -160,7 +161,7 @@ async fn wait_until_exists(
         tokio::select! {
             changed = head.changed() => if changed.is_err() { return false },
             _ = outbound.closed() => return false,
-            _ = wait_true(&mut closing) => return false,
+            () = &mut stopping => return false,
         }
     }
 }
@@ -177,7 +178,8 @@ async fn send_events(
 ) {
     tokio::pin!(replaced);
     let mut committed = store.board().watch_committed(&instance);
-    let mut closing = store.closing();
+    let stopping = store.stopping();
+    tokio::pin!(stopping);
     loop {
         let durable = *committed.borrow_and_update();
         if durable > position {
@@ -213,7 +215,7 @@ async fn send_events(
         tokio::select! {
             changed = committed.changed() => if changed.is_err() { return },
             _ = outbound.closed() => return,
-            _ = wait_true(&mut closing) => return,
+            () = &mut stopping => return,
             () = &mut replaced => {
                 tracing::info!("a newer sync stream for the instance opened; closing this one");
                 let _ = outbound.send(Err(stream_replaced(instance.as_str()))).await;
@@ -240,13 +242,14 @@ async fn receive_acks(
     mut inbound: Streaming<pb::SyncRequest>,
     mut sender: tokio::task::JoinHandle<()>,
 ) {
-    let mut closing = state.store.closing();
+    let stopping = state.store.stopping();
+    tokio::pin!(stopping);
     let replaced = state.connection.replaced();
     tokio::pin!(replaced);
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
-            _ = wait_true(&mut closing) => break,
+            () = &mut stopping => break,
             () = &mut replaced => {
                 state.store.metrics().replaced_streams.inc();
                 // Let the sender tell the enforcer why, unless it is stuck.
@@ -333,8 +336,4 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-async fn wait_true(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|v| *v).await;
 }

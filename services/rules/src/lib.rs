@@ -31,6 +31,7 @@ use cassette_auth::Authenticator;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
@@ -112,12 +113,13 @@ impl Security {
     }
 }
 
-/// What grpc.health.v1 reports on: the server as a whole ("") and each service.
+/// What grpc.health.v1 reports on: the server as a whole ("") and each
+/// service, by the names the generated servers register.
 const SERVICES: [&str; 4] = [
     "",
-    "cassette.firewall.v1.FirewallService",
-    "cassette.firewall.v1.EnforcerService",
-    "cassette.firewall.v1.AuditService",
+    <FirewallServiceServer<FirewallApi> as NamedService>::NAME,
+    <EnforcerServiceServer<EnforcerApi> as NamedService>::NAME,
+    <AuditServiceServer<AuditApi> as NamedService>::NAME,
 ];
 
 /// How long a service whose log failed keeps answering (UNAVAILABLE, health

@@ -67,7 +67,7 @@ struct Args {
 
     /// How long SIGTERM/SIGINT wait for in-flight calls before the log is
     /// flushed and the service exits anyway (e.g. 10s, 500ms).
-    #[arg(long, env = "CASSETTE_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_seconds)]
+    #[arg(long, env = "CASSETTE_SHUTDOWN_GRACE", default_value = "10s", value_parser = cassette_proto::parse_duration)]
     shutdown_grace: std::time::Duration,
 
     #[command(flatten)]
@@ -124,11 +124,11 @@ struct LimitArgs {
     #[arg(long, env = "CASSETTE_MAX_WAITERS", default_value_t = Limits::default().max_waiters_per_principal)]
     max_waiters: usize,
     /// How often every connection is pinged (HTTP/2 and TCP keepalive).
-    #[arg(long, env = "CASSETTE_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_seconds)]
+    #[arg(long, env = "CASSETTE_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = cassette_proto::parse_duration)]
     keepalive_interval: std::time::Duration,
     /// How long a ping may go unanswered before the connection and its sync
     /// streams are dropped (the instance then shows no enforcer).
-    #[arg(long, env = "CASSETTE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_seconds)]
+    #[arg(long, env = "CASSETTE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = cassette_proto::parse_duration)]
     keepalive_timeout: std::time::Duration,
 }
 
@@ -209,7 +209,7 @@ enum Command {
         #[arg(long)]
         tls_ca: Option<PathBuf>,
         /// Keep asking until it is serving or this much time has passed (e.g. 10s).
-        #[arg(long, value_parser = parse_seconds)]
+        #[arg(long, value_parser = cassette_proto::parse_duration)]
         wait: Option<std::time::Duration>,
     },
     /// A development PKI: a CA, the service's certificate, client certificates.
@@ -332,22 +332,6 @@ async fn health(
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-/// `10s`, `500ms`.
-fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
-    let invalid = || format!("{text:?}: expected a duration such as 10s or 500ms");
-    if let Some(ms) = text.strip_suffix("ms") {
-        return ms
-            .parse()
-            .map(std::time::Duration::from_millis)
-            .map_err(|_| invalid());
-    }
-    text.strip_suffix('s')
-        .ok_or_else(invalid)?
-        .parse()
-        .map(std::time::Duration::from_secs)
-        .map_err(|_| invalid())
 }
 
 async fn bind(listen: &Listen) -> anyhow::Result<Listener> {

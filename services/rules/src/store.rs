@@ -373,9 +373,13 @@ impl Store {
         self.failed.subscribe()
     }
 
-    /// Resolves when the service begins to stop.
-    pub fn closing(&self) -> watch::Receiver<bool> {
-        self.closing.subscribe()
+    /// Resolves once the service begins to stop: what every long-lived call
+    /// (sync streams, follow streams, WaitForSync) selects on.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|c| *c).await;
+        }
     }
 
     /// Ends long-lived streams; in-flight unary requests still finish.
