@@ -136,5 +136,31 @@ check "the rule survived in the kernel (5432 closed)" cannot_connect web-1 db-1 
 check "the kernel holds the defaults only" bash -c \
     "$(declare -f dc); compose=(${compose[*]}); project=$project; dc exec -T db-1-enforcer nft list set inet cassette tcp_open | grep -q 'elements = { 22, 80, 443 }'"
 
+# The instance reboots while the rules service is down: the enforcer comes
+# back on an empty kernel with only its state volume, and must put the user's
+# firewall back (SSH closed, 5432 open), not the defaults.
+rpc UpdateRule "{\"instance_id\": \"db-1\", \"rule_id\": \"$rule\", \"enabled\": true}" >/dev/null
+rpc UpdateRule '{"instance_id": "db-1", "rule_id": "default-ssh", "enabled": false}' >/dev/null
+check "opening 5432 and closing SSH on db-1 is applied" wait_for_sync db-1
+rules_id=$(dc ps -q rules)
+enforcer_id=$(dc ps -q db-1-enforcer)
+db1_pid=$(docker inspect -f '{{.State.Pid}}' "$(dc ps -q db-1)")
+docker stop "$rules_id" >/dev/null
+docker stop "$enforcer_id" >/dev/null
+nsenter -t "$db1_pid" -n nft delete table inet cassette
+docker start "$enforcer_id" >/dev/null
+db1_ports() { nsenter -t "$db1_pid" -n nft list set inet cassette tcp_open 2>/dev/null; }
+saved_firewall_back() {
+    for _ in $(seq 40); do
+        db1_ports | grep -q 'elements = { 80, 443, 5432 }' && return 0
+        sleep 0.25
+    done
+    return 1
+}
+check "with the rules service down, the restarted enforcer restores db-1's own firewall (80, 443, 5432; SSH closed)" saved_firewall_back
+check "web-1 reaches db-1:5432 with no control plane" can_connect web-1 db-1 5432
+docker start "$rules_id" >/dev/null
+check "the rules service is back and db-1 is in sync" bash -c "$(declare -f in_sync rpc); rules=$rules; admin=(${admin[*]}); in_sync db-1"
+
 echo "compose: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

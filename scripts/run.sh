@@ -43,11 +43,13 @@ if [ "$(id -u)" -eq 0 ] && command -v nft >/dev/null && command -v ip >/dev/null
         made_netns=1
     fi
     ip netns exec "$netns" "$bin/cassette-enforcer" \
-        --rules "unix:$socket" --instance "$instance" --backend nft &
+        --rules "unix:$socket" --instance "$instance" --backend nft \
+        --state-dir "$data/enforcer-state" &
     where="the nftables table: sudo ip netns exec $netns nft list table inet cassette"
 else
     "$bin/cassette-enforcer" --rules "unix:$socket" --instance "$instance" \
-        --backend file --ruleset-file "$data/ruleset.nft" &
+        --backend file --ruleset-file "$data/ruleset.nft" \
+        --state-dir "$data/enforcer-state" &
     where="the ruleset file: cat $data/ruleset.nft"
 fi
 pids+=($!)

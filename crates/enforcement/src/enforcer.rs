@@ -2,6 +2,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::{EnforcerMetrics, Kernel, KernelError};
+use crate::{EnforcerMetrics, Kernel, KernelError, StateFile};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -37,6 +38,10 @@ pub struct Config {
     pub table: TableName,
     /// How often the table is read back and repaired if it drifted.
     pub refresh_interval: Duration,
+    /// Where what was applied is saved after each apply and put back in force
+    /// at start-up (`None`: nothing is saved; a restart starts from the
+    /// defaults, or from what the kernel still holds).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One instance's enforcer. Owns the kernel backend and what it knows is in it.
@@ -53,6 +58,15 @@ pub struct Enforcer<K: Kernel> {
     /// says revision 0, so the service resends everything (and shows PENDING,
     /// then the outcome), and the next apply replaces the whole table.
     kernel_unsure: bool,
+    /// The state file, when `config.state_dir` is set.
+    state: Option<StateFile>,
+    /// The revision last saved (or restored) from the state file.
+    saved_revision: Option<u64>,
+    /// Why the saved state was not trusted at start-up: told to the service
+    /// in each Hello until a good state has been saved.
+    state_error: Option<String>,
+    /// Saving has been failing (one warning per run of failures).
+    save_failing: bool,
     metrics: Arc<EnforcerMetrics>,
     /// A shared connection to use instead of dialing `config.rules` (many
     /// simulated enforcers multiplexed over a few connections).
@@ -77,12 +91,20 @@ enum SessionError {
 
 impl<K: Kernel> Enforcer<K> {
     pub fn new(config: Config, kernel: K) -> Self {
+        let state = config
+            .state_dir
+            .as_ref()
+            .map(|dir| StateFile::new(dir, &config.table));
         Self {
             config,
             kernel: Some(kernel),
             firewall: None,
             in_kernel: None,
             kernel_unsure: false,
+            state,
+            saved_revision: None,
+            state_error: None,
+            save_failing: false,
             metrics: Arc::default(),
             channel: None,
         }
@@ -103,7 +125,7 @@ impl<K: Kernel> Enforcer<K> {
     /// the enforcer stops or loses the rules service (fail-static).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        self.install_defaults_if_empty().await;
+        self.start().await;
         let mut backoff = BACKOFF_START;
         let mut sessions = 0u64;
         let mut endpoint = 0usize;
@@ -137,12 +159,84 @@ impl<K: Kernel> Enforcer<K> {
                     _ = &mut shutdown => return,
                     _ = tokio::time::sleep_until(wake.into()) => break,
                     _ = tokio::time::sleep_until(next_restore.into()) => {
-                        self.restore_table().await;
+                        self.keep_in_force().await;
                         last_restore = Instant::now();
                     }
                 }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Before the first sync: the saved state, when there is one to trust
+    /// (an instance that rebooted keeps its firewall without the rules
+    /// service); otherwise the defaults on an empty kernel.
+    async fn start(&mut self) {
+        let Some(state) = self.state.clone() else {
+            return self.install_defaults_if_empty().await;
+        };
+        let instance = self.config.instance.clone();
+        let path = state.path().display().to_string();
+        let loaded = tokio::task::spawn_blocking(move || state.load(&instance))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::StateError::Unreadable {
+                    path: path.clone().into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        match loaded {
+            Ok(Some(firewall)) => self.restore_saved(firewall).await,
+            Ok(None) => {
+                info!(
+                    path,
+                    "no saved state: this instance has not synced here before"
+                );
+                self.install_defaults_if_empty().await;
+            }
+            Err(error) => {
+                self.metrics.state_rejections.inc();
+                warn!(
+                    %error,
+                    "not trusting the saved state: the kernel keeps its table (the defaults if it has none) and the enforcer resyncs from revision 0"
+                );
+                self.state_error = Some(error.to_string());
+                self.install_defaults_if_empty().await;
+            }
+        }
+    }
+
+    /// Puts a saved firewall in force (one transaction), unless the backend
+    /// can vouch that the kernel already holds it (nft cannot, for a table a
+    /// previous process built: it replaces it once). The Hello then carries
+    /// its revision: nothing is replayed if nothing changed.
+    async fn restore_saved(&mut self, firewall: Firewall) {
+        let revision = firewall.revision;
+        let desired = Ruleset::of(Some(&firewall));
+        self.firewall = Some(firewall);
+        self.saved_revision = Some(revision);
+        let d = desired.clone();
+        if let Ok(true) = self.kernel_call(move |k| k.holds(&d)).await {
+            info!(revision, "the kernel holds the saved state");
+            self.in_kernel = Some(desired);
+            self.metrics.state_restores.inc();
+            return;
+        }
+        self.metrics.table_replacements.inc();
+        let d = desired.clone();
+        match self.kernel_call(move |k| k.replace(&d)).await {
+            Ok(()) => {
+                info!(
+                    revision,
+                    "put the saved state in force before reaching the rules service"
+                );
+                self.in_kernel = Some(desired);
+                self.metrics.state_restores.inc();
+            }
+            Err(error) => {
+                self.metrics.failed_applies.inc();
+                warn!(%error, revision, "cannot put the saved state in force; retrying, and reporting once connected");
+            }
         }
     }
 
@@ -190,6 +284,12 @@ impl<K: Kernel> Enforcer<K> {
         };
         let mut client = EnforcerServiceClient::new(channel);
         let (acks, outbound) = mpsc::channel(16);
+        // The hash vouches for the revision only when the kernel is known to
+        // hold exactly its ruleset (not after a failed apply or repair).
+        let desired = self.desired();
+        let holds_folded = !self.kernel_unsure
+            && self.firewall.is_some()
+            && self.in_kernel.as_ref() == Some(&desired);
         let hello = pb::SyncRequest {
             message: Some(Message::Hello(pb::Hello {
                 instance_id: self.config.instance.to_string(),
@@ -200,6 +300,12 @@ impl<K: Kernel> Enforcer<K> {
                 },
                 enforcer_id: self.config.enforcer_id.clone(),
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                applied_ruleset_hash: if holds_folded {
+                    desired.hash()
+                } else {
+                    String::new()
+                },
+                state_error: self.state_error.clone().unwrap_or_default(),
             })),
         };
         let _ = acks.send(hello).await;
@@ -229,6 +335,7 @@ impl<K: Kernel> Enforcer<K> {
                     while let Some(next) = inbound.message().now_or_never() {
                         events.extend(next?.ok_or(SessionError::Closed)?.events);
                     }
+                    self.metrics.events_received.add(events.len() as u64);
                     self.fold_events(&events)?;
                     self.apply_and_ack(&acks).await;
                 }
@@ -243,13 +350,15 @@ impl<K: Kernel> Enforcer<K> {
                 .map_err(|e| SessionError::Fold(format!("event {}: {e}", wire.revision)))?;
             if event.revision == 1 && self.revision() >= 1 {
                 // The service resends the history from the start: its log is
-                // behind what this enforcer applied (restored from a backup).
-                // Its answer wins.
+                // behind what this enforcer applied (restored from a backup),
+                // or differs from it. Its answer wins.
                 warn!(
                     applied_revision = self.revision(),
-                    "the rules service resends the history from revision 1: starting over from its log"
+                    "the rules service resends the history from revision 1 (its log is behind, or differs from, what this enforcer applied): its log wins, starting over"
                 );
+                self.metrics.history_resends.inc();
                 self.firewall = None;
+                self.saved_revision = None;
             }
             if event.revision <= self.revision() {
                 continue; // already folded (a resend after reconnect)
@@ -259,6 +368,7 @@ impl<K: Kernel> Enforcer<K> {
                 Err(error) => {
                     // Start over from scratch on the next connection.
                     self.firewall = None;
+                    self.saved_revision = None;
                     self.in_kernel = None;
                     return Err(SessionError::Fold(error.to_string()));
                 }
@@ -283,6 +393,10 @@ impl<K: Kernel> Enforcer<K> {
             .await;
         let elapsed = started.elapsed();
         self.metrics.apply_duration.observe(elapsed);
+        if result.is_ok() {
+            // Before the ack: what is acknowledged survives a reboot too.
+            self.save_state().instrument(span.clone()).await;
+        }
         let ack = match &result {
             Ok(()) => {
                 span.in_scope(|| info!(apply_us = elapsed.as_micros() as u64, "applied"));
@@ -315,6 +429,43 @@ impl<K: Kernel> Enforcer<K> {
                 message: Some(Message::Ack(ack)),
             })
             .await;
+    }
+
+    /// Saves what the kernel now holds. A failure is reported, never fatal:
+    /// the kernel holds the ruleset, only a restart without the rules service
+    /// would fall back to the older saved state.
+    async fn save_state(&mut self) {
+        let (Some(state), Some(firewall)) = (self.state.clone(), self.firewall.clone()) else {
+            return;
+        };
+        let revision = firewall.revision;
+        if self.saved_revision == Some(revision) {
+            return;
+        }
+        let saved = tokio::task::spawn_blocking(move || state.save(&firewall))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::StateError::Save {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            });
+        match saved {
+            Ok(()) => {
+                self.metrics.state_saves.inc();
+                self.saved_revision = Some(revision);
+                self.state_error = None;
+                if std::mem::take(&mut self.save_failing) {
+                    info!(revision, "saving the state works again");
+                }
+            }
+            Err(error) => {
+                self.metrics.state_save_failures.inc();
+                if !std::mem::replace(&mut self.save_failing, true) {
+                    warn!(%error, revision, "cannot save the applied state: the kernel holds it, but a restart without the rules service would fall back to an older one");
+                }
+            }
+        }
     }
 
     /// Changes the kernel from what it holds to `desired`: element changes
@@ -374,6 +525,27 @@ impl<K: Kernel> Enforcer<K> {
             return Err(SessionError::RepairFailed);
         }
         Ok(())
+    }
+
+    /// While disconnected: keeps what this enforcer means to hold in force. A
+    /// saved state that could not be put in force at start-up is retried;
+    /// otherwise the table is repaired if it drifted.
+    async fn keep_in_force(&mut self) {
+        if self.in_kernel.is_none() && self.firewall.is_some() {
+            let desired = self.desired();
+            match self.put_in_force(desired).await {
+                Ok(()) => {
+                    info!(
+                        revision = self.revision(),
+                        "put in force while disconnected"
+                    );
+                    self.save_state().await;
+                }
+                Err(error) => warn!(%error, "still cannot put the ruleset in force"),
+            }
+            return;
+        }
+        self.restore_table().await;
     }
 
     /// Puts back what this enforcer last applied if the kernel no longer

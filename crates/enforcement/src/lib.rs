@@ -8,10 +8,12 @@
 mod backends;
 mod enforcer;
 mod metrics;
+mod state;
 
 pub use backends::{FileKernel, MemoryKernel};
 pub use enforcer::{Config, Enforcer};
 pub use metrics::EnforcerMetrics;
+pub use state::{StateError, StateFile};
 
 use cassette_ruleset::Ruleset;
 

@@ -10,6 +10,19 @@ pub struct EnforcerMetrics {
     pub reconnects: Counter,
     /// Applies that replaced the whole table instead of changing set elements.
     pub table_replacements: Counter,
+    /// Events received over sync streams (a resumed stream sends only what is new).
+    pub events_received: Counter,
+    /// The rules service resent the history from revision 1: its log was
+    /// behind, or differed from, what this enforcer had applied.
+    pub history_resends: Counter,
+    /// State files written after an apply.
+    pub state_saves: Counter,
+    pub state_save_failures: Counter,
+    /// A saved state was put in force (or found in force) at start-up.
+    pub state_restores: Counter,
+    /// A state file found at start-up was not trusted (corrupt, another
+    /// instance's, unreadable).
+    pub state_rejections: Counter,
 }
 
 impl EnforcerMetrics {
@@ -34,6 +47,36 @@ impl EnforcerMetrics {
             &mut out,
             "cassette_enforcer_drift_repairs_total",
             "Times the table was found changed behind the enforcer's back and replaced.",
+        );
+        self.events_received.write(
+            &mut out,
+            "cassette_enforcer_events_received_total",
+            "Events received over sync streams.",
+        );
+        self.history_resends.write(
+            &mut out,
+            "cassette_enforcer_history_resends_total",
+            "Times the rules service resent the history from revision 1 because its log was behind, or differed from, what this enforcer had applied (its log wins).",
+        );
+        self.state_saves.write(
+            &mut out,
+            "cassette_enforcer_state_saves_total",
+            "State files written (atomically, durably) after an apply.",
+        );
+        self.state_save_failures.write(
+            &mut out,
+            "cassette_enforcer_state_save_failures_total",
+            "Applies whose state could not be saved: the kernel holds them, but a restart without the rules service would fall back to an older state.",
+        );
+        self.state_restores.write(
+            &mut out,
+            "cassette_enforcer_state_restores_total",
+            "Start-ups that put the saved state in force before reaching the rules service.",
+        );
+        self.state_rejections.write(
+            &mut out,
+            "cassette_enforcer_state_rejections_total",
+            "State files not trusted at start-up (corrupt, another instance's, unreadable).",
         );
         self.reconnects.write(
             &mut out,

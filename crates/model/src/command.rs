@@ -416,4 +416,59 @@ mod tests {
             "{err}"
         );
     }
+
+    fn parts(firewall: &Firewall) -> crate::FirewallParts {
+        crate::FirewallParts {
+            instance_id: firewall.instance_id.clone(),
+            revision: firewall.revision,
+            rules: firewall.rules().to_vec(),
+            create_time: firewall.create_time,
+            update_time: firewall.update_time,
+            deleted: firewall.deleted,
+        }
+    }
+
+    #[test]
+    fn a_restored_fold_result_folds_on_like_the_original() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add(5432, Protocol::Tcp)).unwrap();
+        h.run(add(53, Protocol::Udp)).unwrap();
+        let mut shuffled = parts(h.firewall());
+        shuffled.rules.reverse();
+        let restored = Firewall::restore(shuffled).unwrap();
+        assert_eq!(
+            &restored,
+            h.firewall(),
+            "order is the fold's, whatever was saved"
+        );
+
+        h.run(Command::DeleteRule {
+            rule_id: RuleId::parse("rule-1").unwrap(),
+        })
+        .unwrap();
+        let next = h.events.last().unwrap();
+        assert_eq!(&fold(Some(restored), next).unwrap(), h.firewall());
+    }
+
+    #[test]
+    fn restore_refuses_what_no_fold_produces() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add(5432, Protocol::Tcp)).unwrap();
+        let good = parts(h.firewall());
+        let refused = |change: &dyn Fn(&mut crate::FirewallParts)| {
+            let mut bad = good.clone();
+            change(&mut bad);
+            Firewall::restore(bad).unwrap_err().to_string()
+        };
+        assert!(refused(&|p| p.revision = 0).contains("revision"));
+        assert!(
+            refused(&|p| p.rules[1].port = Port::new(22).unwrap()).contains("two rules for 22/tcp")
+        );
+        assert!(refused(&|p| p.rules[1].id = p.rules[0].id.clone()).contains("two rules with id"));
+        assert!(refused(&|p| p.rules[0].revision = 3).contains("outside 1..=2"));
+        assert!(refused(&|p| p.deleted = true).contains("deleted"));
+        assert!(Firewall::restore(good).is_ok());
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::error::{DomainError, FoldError};
+use crate::error::{DomainError, FoldError, ValidationError};
 use crate::event::{Event, EventPayload, RuleSpec};
 use crate::values::{Description, InstanceId, Port, Protocol, RuleId};
 
@@ -249,6 +249,87 @@ impl Firewall {
                 .map_err(|e| inapplicable(event, e))?;
         }
         Ok(firewall)
+    }
+}
+
+/// What a saved fold result is made of: see [`Firewall::restore`].
+#[derive(Debug, Clone)]
+pub struct FirewallParts {
+    pub instance_id: InstanceId,
+    pub revision: u64,
+    pub rules: Vec<Rule>,
+    pub create_time: SystemTime,
+    pub update_time: SystemTime,
+    pub deleted: bool,
+}
+
+impl Firewall {
+    /// A firewall saved earlier as the result of [`fold`] (an enforcer's state
+    /// file), checked against everything the fold guarantees: one rule per
+    /// port+protocol and per id, at most [`MAX_RULES`], no rule newer than the
+    /// firewall, no rules on a deleted one. Folding later events continues from it.
+    pub fn restore(parts: FirewallParts) -> Result<Firewall, ValidationError> {
+        let FirewallParts {
+            instance_id,
+            revision,
+            mut rules,
+            create_time,
+            update_time,
+            deleted,
+        } = parts;
+        if revision == 0 {
+            return Err(ValidationError::new("revision", "must be at least 1"));
+        }
+        if rules.len() > MAX_RULES {
+            return Err(ValidationError::new(
+                "rules",
+                format!("at most {MAX_RULES} rules, got {}", rules.len()),
+            ));
+        }
+        if deleted && !rules.is_empty() {
+            return Err(ValidationError::new(
+                "rules",
+                "a deleted firewall holds no rules",
+            ));
+        }
+        if let Some(rule) = rules
+            .iter()
+            .find(|r| r.revision == 0 || r.revision > revision)
+        {
+            return Err(ValidationError::new(
+                "rules",
+                format!(
+                    "rule {} was changed at revision {}, outside 1..={revision}",
+                    rule.id, rule.revision
+                ),
+            ));
+        }
+        rules.sort_by_key(|r| (r.port, r.protocol));
+        if let Some(pair) = rules
+            .windows(2)
+            .find(|w| (w[0].port, w[0].protocol) == (w[1].port, w[1].protocol))
+        {
+            return Err(ValidationError::new(
+                "rules",
+                format!("two rules for {}/{}", pair[0].port, pair[0].protocol),
+            ));
+        }
+        let mut ids: Vec<&RuleId> = rules.iter().map(|r| &r.id).collect();
+        ids.sort();
+        if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ValidationError::new(
+                "rules",
+                format!("two rules with id {}", pair[0]),
+            ));
+        }
+        Ok(Firewall {
+            instance_id,
+            revision,
+            rules,
+            create_time,
+            update_time,
+            deleted,
+        })
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Every view of a firewall (the rules service's projection, an enforcer's
 //! desired state, an audit answer "as of revision N") is [`fold`] over the
-//! instance's events. This crate does no I/O and knows nothing of gRPC or sled.
+//! instance's events, or a saved result of that fold checked on restore
+//! ([`Firewall::restore`], the enforcer's state file). This crate does no I/O and knows nothing of gRPC or sled.
 
 mod command;
 mod error;
@@ -14,7 +15,7 @@ mod values;
 pub use command::{decide, Command, RuleIdSource};
 pub use error::{DomainError, FoldError, ValidationError};
 pub use event::{Event, EventPayload, RuleSpec};
-pub use firewall::{fold, replay, Firewall, Rule, MAX_RULES};
+pub use firewall::{fold, replay, Firewall, FirewallParts, Rule, MAX_RULES};
 pub use values::{
     default_rules, ActorId, Description, InstanceId, Port, Protocol, RequestId, RuleId,
 };

@@ -4,8 +4,8 @@
 use std::time::SystemTime;
 
 use cassette_model::{
-    ActorId, Description, Event, EventPayload, Firewall, InstanceId, Port, Protocol, RequestId,
-    Rule, RuleId, RuleSpec, ValidationError,
+    ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port, Protocol,
+    RequestId, Rule, RuleId, RuleSpec, ValidationError,
 };
 
 use crate::pb;
@@ -58,6 +58,50 @@ pub fn firewall_to_pb(firewall: &Firewall) -> pb::Firewall {
         update_time: Some(timestamp(firewall.update_time)),
         sync: None,
     }
+}
+
+fn time_from_pb(
+    time: Option<prost_types::Timestamp>,
+    field: &'static str,
+) -> Result<SystemTime, ValidationError> {
+    let time = time.ok_or_else(|| ValidationError::new(field, "is missing"))?;
+    SystemTime::try_from(time).map_err(|e| ValidationError::new(field, e.to_string()))
+}
+
+fn rule_from_pb(rule: &pb::Rule) -> Result<Rule, ValidationError> {
+    Ok(Rule {
+        id: RuleId::parse(&rule.id)?,
+        port: Port::new(rule.port)?,
+        protocol: protocol_from_pb(rule.protocol)?,
+        description: Description::parse(&rule.description)?,
+        enabled: rule.enabled,
+        is_default: rule.is_default,
+        revision: rule.revision,
+        create_time: time_from_pb(rule.create_time, "create_time")?,
+        update_time: time_from_pb(rule.update_time, "update_time")?,
+    })
+}
+
+/// A saved fold result (an enforcer's state file) back into a firewall,
+/// checked as strictly as a fold would have built it ([`Firewall::restore`]).
+/// `deleted`: the firewall was deleted at its revision (the wire form has no
+/// tombstones).
+pub fn firewall_from_pb(
+    firewall: &pb::Firewall,
+    deleted: bool,
+) -> Result<Firewall, ValidationError> {
+    Firewall::restore(FirewallParts {
+        instance_id: InstanceId::parse(&firewall.instance_id)?,
+        revision: firewall.revision,
+        rules: firewall
+            .rules
+            .iter()
+            .map(rule_from_pb)
+            .collect::<Result<_, _>>()?,
+        create_time: time_from_pb(firewall.create_time, "create_time")?,
+        update_time: time_from_pb(firewall.update_time, "update_time")?,
+        deleted,
+    })
 }
 
 pub fn rule_spec_to_pb(spec: &RuleSpec) -> pb::RuleSpec {
@@ -164,12 +208,7 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
         },
         Payload::FirewallDeleted(_) => EventPayload::FirewallDeleted,
     };
-    let commit_time = event
-        .commit_time
-        .ok_or_else(|| missing("commit_time"))
-        .and_then(|t| {
-            SystemTime::try_from(t).map_err(|e| ValidationError::new("commit_time", e.to_string()))
-        })?;
+    let commit_time = time_from_pb(event.commit_time, "commit_time")?;
     Ok(Event {
         sequence: event.sequence,
         instance_id: InstanceId::parse(&event.instance_id)?,

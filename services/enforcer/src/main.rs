@@ -86,6 +86,24 @@ struct Args {
     )]
     ruleset_file: PathBuf,
 
+    /// Where the enforcer saves what it applied (one file per table,
+    /// `<table>.state`, written atomically after each apply) and, at start-up,
+    /// puts it back in force before it reaches the rules service: an instance
+    /// that reboots while the control plane is away keeps its firewall.
+    #[arg(
+        long,
+        env = "CASSETTE_STATE_DIR",
+        default_value = "/var/lib/cassette-enforcer"
+    )]
+    state_dir: PathBuf,
+
+    /// Keep no state file: a restart starts from what the kernel holds (the
+    /// defaults on an empty one) and replays the whole history. For dry runs
+    /// and measurements; an instance that reboots without the rules service
+    /// then comes back with the defaults.
+    #[arg(long, env = "CASSETTE_NO_STATE", conflicts_with = "state_dir")]
+    no_state: bool,
+
     /// How often the table is read back and repaired if it drifted (e.g. 30s, 500ms).
     #[arg(long, env = "CASSETTE_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     refresh_interval: Duration,
@@ -143,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         enforcer_id,
         table: table.clone(),
         refresh_interval: args.refresh_interval,
+        state_dir: (!args.no_state).then(|| args.state_dir.clone()),
     };
     match args.backend {
         Backend::Nft => {
@@ -180,7 +199,13 @@ fn client_tls(args: &Args) -> anyhow::Result<Option<ClientTlsConfig>> {
 
 async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result<()> {
     let endpoints: Vec<String> = config.rules.iter().map(ToString::to_string).collect();
-    tracing::info!(instance_id = %config.instance, rules = ?endpoints, tls = config.tls.is_some(), "enforcer starting");
+    tracing::info!(
+        instance_id = %config.instance,
+        rules = ?endpoints,
+        tls = config.tls.is_some(),
+        state_dir = %if args.no_state { "none".into() } else { args.state_dir.display().to_string() },
+        "enforcer starting"
+    );
     if args.create_firewall {
         tokio::spawn(create_firewall(
             config.rules.clone(),

@@ -24,7 +24,7 @@ use crate::caller::caller;
 use crate::requests;
 use crate::status::{invalid, refused, stream_replaced, Violations};
 use crate::store::Store;
-use crate::sync::Connection;
+use crate::sync::{Connection, Hello};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,22 +100,16 @@ impl EnforcerService for EnforcerApi {
                 return;
             }
             let connection = store.board().connect(&instance);
-            store
-                .board()
-                .lower_applied(&instance, hello.applied_revision);
-            // A Hello ahead of the log (the service's data was restored from an
-            // older backup): the log's answer wins, sent whole from revision 0.
-            let latest = store.revision(&instance).unwrap_or(0);
-            let position = if hello.applied_revision > latest {
-                tracing::warn!(
-                    applied_revision = hello.applied_revision,
-                    latest,
-                    "the enforcer claims a revision the log does not have: resyncing it from revision 0"
-                );
-                0
-            } else {
-                hello.applied_revision
-            };
+            let (position, verified) = resume_position(&store, &instance, &hello);
+            store.board().record_hello(
+                &instance,
+                Hello {
+                    revision: position,
+                    verified,
+                    state_error: (!hello.state_error.is_empty())
+                        .then(|| truncate(&hello.state_error, MAX_ACK_ERROR_BYTES).to_owned()),
+                },
+            );
             let sent = Arc::new(AtomicU64::new(0));
             let sender = tokio::spawn(
                 send_events(
@@ -139,6 +133,46 @@ impl EnforcerService for EnforcerApi {
         };
         tokio::spawn(serve.instrument(span));
         Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+/// Where a new stream starts: after the Hello's revision, unless the log
+/// disagrees. A Hello ahead of the log (the service's data was restored from
+/// an older backup), or one whose ruleset hash is not what the log's revision
+/// renders to (a log that diverged since), gets the log's whole history from
+/// revision 0: the log's answer wins. True with a position whose ruleset hash
+/// the Hello vouched for.
+fn resume_position(store: &Store, instance: &InstanceId, hello: &pb::Hello) -> (u64, bool) {
+    let claimed = hello.applied_revision;
+    let latest = store.revision(instance).unwrap_or(0);
+    if claimed > latest {
+        store.metrics().history_resends.inc();
+        tracing::warn!(
+            applied_revision = claimed,
+            latest,
+            "the enforcer claims a revision the log does not have: resyncing it from revision 0"
+        );
+        return (0, false);
+    }
+    if claimed == 0 || hello.applied_ruleset_hash.is_empty() {
+        return (claimed, false);
+    }
+    match store.ruleset_hash(instance, claimed) {
+        Ok(expected) if expected == hello.applied_ruleset_hash => (claimed, true),
+        Ok(expected) => {
+            store.metrics().history_resends.inc();
+            tracing::warn!(
+                applied_revision = claimed,
+                enforcer_hash = %truncate(&hello.applied_ruleset_hash, 64),
+                log_hash = %expected,
+                "the enforcer's kernel does not hold what the log's revision renders to: resyncing it from revision 0"
+            );
+            (0, false)
+        }
+        Err(error) => {
+            tracing::error!(%error, applied_revision = claimed, "cannot check the Hello's ruleset hash; resuming unverified");
+            (claimed, false)
+        }
     }
 }
 

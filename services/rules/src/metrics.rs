@@ -17,6 +17,9 @@ pub struct RulesMetrics {
     pub ruleset_hash_mismatches: Counter,
     /// Sync streams closed because a newer stream for the instance opened.
     pub replaced_streams: Counter,
+    /// Sync streams sent the whole history because their Hello disagreed with
+    /// the log (a revision it does not have, or a different ruleset).
+    pub history_resends: Counter,
 }
 
 impl RulesMetrics {
@@ -61,6 +64,11 @@ impl RulesMetrics {
             &mut out,
             "cassette_rules_replaced_sync_streams_total",
             "Sync streams closed because a newer one for the same instance opened.",
+        );
+        self.history_resends.write(
+            &mut out,
+            "cassette_rules_history_resends_total",
+            "Sync streams sent the whole history because their Hello disagreed with the log (a revision it does not have, or a ruleset hash that differs).",
         );
         out
     }

@@ -65,6 +65,7 @@ pub fn hello(hello: &pb::Hello, v: &mut Violations) -> Option<InstanceId> {
     let instance = v.check(InstanceId::parse(&hello.instance_id));
     v.check(bounded("enforcer_id", &hello.enforcer_id));
     v.check(bounded("version", &hello.version));
+    v.check(bounded("applied_ruleset_hash", &hello.applied_ruleset_hash));
     instance
 }
 

@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub failed: Option<(u64, String)>,
     pub last_latency: Option<Duration>,
     pub last_ack_time: Option<SystemTime>,
+    /// What the latest enforcer to say Hello reported about its saved state.
+    pub state_error: Option<String>,
 }
 
 impl Snapshot {
@@ -63,6 +65,7 @@ impl Snapshot {
             last_ack_time: self.last_ack_time.map(Into::into),
             latest_revision,
             failed_revision: self.failed.as_ref().map_or(0, |(r, _)| *r),
+            enforcer_state_error: self.state_error.clone().unwrap_or_default(),
         }
     }
 
@@ -180,18 +183,23 @@ impl SyncBoard {
         }
     }
 
-    /// A new stream says its kernel holds `revision`: never claim more than
-    /// that (an instance that rebooted, or an enforcer that lost its state,
-    /// shows PENDING until it acks again). A higher claim raises nothing: only
-    /// acks do.
-    pub fn lower_applied(&self, instance: &InstanceId, revision: u64) {
+    /// A new stream's Hello says its kernel holds `hello.revision`: never
+    /// claim more than that (an instance that rebooted, or an enforcer that
+    /// lost its state, shows PENDING until it acks again). A higher claim
+    /// raises nothing unless it is `verified` (its ruleset hash matched the
+    /// log's for that revision, as an ack's must): then it counts as applied.
+    pub fn record_hello(&self, instance: &InstanceId, hello: Hello) {
         let channels = self.channels(instance);
-        channels.status.send_if_modified(|s| {
-            let lower = revision < s.applied_revision;
-            if lower {
-                s.applied_revision = revision;
+        channels.status.send_modify(|s| {
+            s.applied_revision = s.applied_revision.min(hello.revision);
+            if hello.verified {
+                s.applied_revision = hello.revision;
+                if s.failed.as_ref().is_some_and(|(r, _)| *r <= hello.revision) {
+                    s.failed = None;
+                }
+                s.last_ack_time = Some(SystemTime::now());
             }
-            lower
+            s.state_error = hello.state_error;
         });
     }
 
@@ -226,6 +234,17 @@ impl SyncBoard {
             s.last_ack_time = Some(SystemTime::now());
         });
     }
+}
+
+/// What a new sync stream's Hello establishes.
+#[derive(Debug, Clone, Default)]
+pub struct Hello {
+    /// The revision the kernel holds, at most.
+    pub revision: u64,
+    /// The kernel holds exactly `revision` (the Hello's ruleset hash matched).
+    pub verified: bool,
+    /// Why the enforcer did not trust its saved state, if it did not.
+    pub state_error: Option<String>,
 }
 
 /// An open enforcer stream; dropping it marks the stream closed.

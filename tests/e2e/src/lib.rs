@@ -383,6 +383,14 @@ pub fn scrape(addr: SocketAddr) -> String {
     response
 }
 
+/// The value of an unlabelled metric in Prometheus text, if present.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_port() -> SocketAddr {
     let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");

@@ -4,6 +4,7 @@
 //! goes only between the two namespaces, to TEST-NET-2 addresses (RFC 5737)
 //! that exist nowhere else.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -153,6 +154,25 @@ impl Lab {
             .is_ok_and(|s| s.success())
     }
 
+    /// The body of `GET http://127.0.0.1:<port><path>` inside the instance
+    /// namespace (an enforcer's metrics), or `None` if nothing answers.
+    pub fn instance_http_get(&self, port: u16, path: &str) -> Option<String> {
+        let output = Self::command(&self.instance_ns, Path::new("python3"))
+            .args([
+                "-c",
+                "import sys, urllib.request\n\
+                 print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end='')",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Runs nft in the instance namespace.
     pub fn nft(&self, args: &[&str]) -> Output {
         Self::command(&self.instance_ns, Path::new("nft"))
@@ -207,22 +227,50 @@ impl Drop for Lab {
 }
 
 /// The real `cassette-enforcer` inside a namespace. Killed on drop; its log is
-/// printed if the test is failing.
+/// printed if the test is failing. Its state directory is beside its log
+/// (`enforcer.log` -> `enforcer.state/`), so a restarted enforcer finds what
+/// the previous one saved, and no test touches `/var/lib/cassette-enforcer`.
 pub struct EnforcerProcess {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl EnforcerProcess {
+    /// The state directory of an enforcer logging to `log`.
+    pub fn state_dir(log: &Path) -> PathBuf {
+        log.with_extension("state")
+    }
+
     pub fn start(ns: &str, rules: &str, instance: &str, log: PathBuf, extra: &[&str]) -> Self {
+        let mut command = Lab::command(ns, &binary("cassette-enforcer"));
+        command.args(Self::args(rules, instance, &log, extra));
+        Self::spawn(command, log)
+    }
+
+    /// The enforcer's arguments: nft backend, and the state directory beside
+    /// `log` unless `extra` names one.
+    pub fn args(rules: &str, instance: &str, log: &Path, extra: &[&str]) -> Vec<OsString> {
+        let mut args: Vec<OsString> =
+            ["--rules", rules, "--instance", instance, "--backend", "nft"]
+                .iter()
+                .map(OsString::from)
+                .collect();
+        if !extra.contains(&"--state-dir") {
+            args.push("--state-dir".into());
+            args.push(Self::state_dir(log).into());
+        }
+        args.extend(extra.iter().map(OsString::from));
+        args
+    }
+
+    /// Runs `command` (an enforcer, possibly wrapped) with its output in `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("open enforcer log");
-        let child = Lab::command(ns, &binary("cassette-enforcer"))
-            .args(["--rules", rules, "--instance", instance, "--backend", "nft"])
-            .args(extra)
+        let child = command
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
@@ -232,6 +280,13 @@ impl EnforcerProcess {
             child: Some(child),
             log,
         }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn kill_9(&mut self) {

@@ -27,6 +27,9 @@ pub struct Options {
     /// Serve and call over TLS, the enforcer with its certificate (what security costs).
     #[arg(long)]
     tls: bool,
+    /// Run the enforcer without its state file (what saving before each ack costs).
+    #[arg(long)]
+    no_state: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
@@ -59,6 +62,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             .args(["--rules", &format!("unix:{}", socket.display())])
             .args(["--instance", INSTANCE, "--backend", "nft", "--log", "warn"])
             .args(&enforcer_tls)
+            .args(state_args(dir.path(), options.no_state))
             .spawn()?,
     );
     let mut client = FirewallServiceClient::new(
@@ -180,4 +184,13 @@ fn process_costs(netns: &Netns) -> anyhow::Result<(f64, f64)> {
         percentile_ms(&mut nft, 50.0),
         percentile_ms(&mut exec, 50.0),
     ))
+}
+
+/// The enforcer's state file in the benchmark's temporary directory, or none.
+fn state_args(dir: &std::path::Path, no_state: bool) -> Vec<std::ffi::OsString> {
+    if no_state {
+        vec!["--no-state".into()]
+    } else {
+        vec!["--state-dir".into(), dir.join("enforcer-state").into()]
+    }
 }

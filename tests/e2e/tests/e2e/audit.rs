@@ -431,6 +431,8 @@ async fn get_firewall_at_renders_exactly_what_the_enforcer_applied() {
         ])
         .args(["--backend", "file", "--ruleset-file"])
         .arg(&ruleset)
+        .arg("--state-dir")
+        .arg(dir.path().join("enforcer-state"))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

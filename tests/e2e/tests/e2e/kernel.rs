@@ -11,22 +11,22 @@ use cassette_e2e::{pb, Client, RulesProcess, Target};
 use tempfile::TempDir;
 use tokio::task::block_in_place;
 
-const INSTANCE: &str = "web-1";
-const TCP: pb::Protocol = pb::Protocol::Tcp;
+pub(crate) const INSTANCE: &str = "web-1";
+pub(crate) const TCP: pb::Protocol = pb::Protocol::Tcp;
 
-struct Fixture {
-    dir: TempDir,
+pub(crate) struct Fixture {
+    pub(crate) dir: TempDir,
     /// The rules service's /metrics endpoint.
-    rules_metrics: std::net::SocketAddr,
-    lab: Lab,
-    rules: RulesProcess,
-    enforcer: Option<EnforcerProcess>,
-    client: Client,
+    pub(crate) rules_metrics: std::net::SocketAddr,
+    pub(crate) lab: Lab,
+    pub(crate) rules: RulesProcess,
+    pub(crate) enforcer: Option<EnforcerProcess>,
+    pub(crate) client: Client,
     /// TLS flags every enforcer gets (empty in development mode).
-    enforcer_tls: Vec<String>,
+    pub(crate) enforcer_tls: Vec<String>,
 }
 
-fn skip_unless_root(test: &str) -> bool {
+pub(crate) fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return false;
     }
@@ -37,14 +37,14 @@ fn skip_unless_root(test: &str) -> bool {
 impl Fixture {
     /// A running rules service, an instance with listeners, its firewall
     /// created, and an enforcer that has applied it.
-    async fn start(enforcer_args: &[&str]) -> Self {
+    pub(crate) async fn start(enforcer_args: &[&str]) -> Self {
         Self::start_with(enforcer_args, None).await
     }
 
     /// [`Fixture::start`]; with `secured`, the service runs TLS with its
     /// policy, the harness calls as the admin principal `console`, and the
     /// enforcer presents the certificate of `spiffe://cassette.local/enforcer/web-1`.
-    async fn start_with(enforcer_args: &[&str], secured: Option<&Secured>) -> Self {
+    pub(crate) async fn start_with(enforcer_args: &[&str], secured: Option<&Secured>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut lab = block_in_place(Lab::new);
         block_in_place(|| lab.start_listeners());
@@ -88,11 +88,11 @@ impl Fixture {
         fixture
     }
 
-    fn socket_target(&self) -> String {
+    pub(crate) fn socket_target(&self) -> String {
         format!("unix:{}", self.dir.path().join("rules.sock").display())
     }
 
-    fn start_enforcer(&mut self, extra: &[&str]) {
+    pub(crate) fn start_enforcer(&mut self, extra: &[&str]) {
         let mut args = vec!["--refresh-interval", "1s"];
         args.extend(self.enforcer_tls.iter().map(String::as_str));
         args.extend_from_slice(extra);
@@ -106,7 +106,7 @@ impl Fixture {
     }
 
     /// WaitForSync on `revision` (0: latest).
-    async fn wait(&mut self, revision: u64) -> pb::SyncStatus {
+    pub(crate) async fn wait(&mut self, revision: u64) -> pb::SyncStatus {
         self.client
             .wait_for_sync(pb::WaitForSyncRequest {
                 instance_id: INSTANCE.into(),
@@ -118,7 +118,7 @@ impl Fixture {
             .into_inner()
     }
 
-    async fn add(&mut self, port: u32, protocol: pb::Protocol) -> (String, u64) {
+    pub(crate) async fn add(&mut self, port: u32, protocol: pb::Protocol) -> (String, u64) {
         let firewall = self
             .client
             .add_rule(pb::AddRuleRequest {
@@ -138,7 +138,7 @@ impl Fixture {
         (rule.id.clone(), firewall.revision)
     }
 
-    async fn set_enabled(&mut self, rule_id: &str, enabled: bool) -> u64 {
+    pub(crate) async fn set_enabled(&mut self, rule_id: &str, enabled: bool) -> u64 {
         self.client
             .update_rule(pb::UpdateRuleRequest {
                 instance_id: INSTANCE.into(),
@@ -152,7 +152,7 @@ impl Fixture {
             .revision
     }
 
-    async fn firewall(&mut self) -> pb::Firewall {
+    pub(crate) async fn firewall(&mut self) -> pb::Firewall {
         self.client
             .get_firewall(pb::GetFirewallRequest {
                 instance_id: INSTANCE.into(),
@@ -162,11 +162,11 @@ impl Fixture {
             .into_inner()
     }
 
-    fn tcp_open(&self, port: u16) -> bool {
+    pub(crate) fn tcp_open(&self, port: u16) -> bool {
         block_in_place(|| self.lab.tcp_open(port))
     }
 
-    fn assert_tcp(&self, open: &[u16], closed: &[u16]) {
+    pub(crate) fn assert_tcp(&self, open: &[u16], closed: &[u16]) {
         for port in open {
             assert!(self.tcp_open(*port), "TCP {port} should accept connections");
         }
@@ -307,7 +307,7 @@ async fn kernel_enforcer_restart_replays_and_rebuilds_the_table() {
 }
 
 /// The table's first line with its handle: a replaced table gets a new one.
-fn table_handle(lab: &Lab) -> String {
+pub(crate) fn table_handle(lab: &Lab) -> String {
     let listing = lab.nft(&["-a", "list", "table", "inet", "cassette"]);
     let text = String::from_utf8_lossy(&listing.stdout);
     text.lines().next().unwrap_or_default().to_owned()

@@ -6,6 +6,8 @@
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
 //! - `faults`: fsync per acknowledged batch (under strace), a log that cannot be written.
 //! - `kernel`: the enforcer against real nftables in network namespaces (root).
+//! - `state`: the enforcer's saved state: reboots without the control plane,
+//!   untrusted state files, restarts that replay nothing (root), restored logs.
 //! - `sync`: EnforcerService.Sync with raw streams: fan-out, backpressure, acks.
 //! - `readme`: every grpcurl example of README.md, run against the real binary.
 
@@ -16,4 +18,5 @@ mod durability;
 mod faults;
 mod kernel;
 mod readme;
+mod state;
 mod sync;

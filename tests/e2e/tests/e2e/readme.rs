@@ -101,6 +101,8 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
                 "file",
                 "--ruleset-file",
                 "cassette-data/ruleset.nft",
+                "--state-dir",
+                "cassette-data/enforcer-state",
             ])
             .current_dir(&workdir)
             .stdin(Stdio::null())

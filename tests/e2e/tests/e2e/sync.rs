@@ -33,14 +33,24 @@ pub(crate) async fn open_on(
     instance: &str,
     applied: u64,
 ) -> Result<RawStream, tonic::Status> {
+    let hello = pb::Hello {
+        instance_id: instance.into(),
+        applied_revision: applied,
+        enforcer_id: "raw".into(),
+        version: "test".into(),
+        ..Default::default()
+    };
+    open_with_hello(channel, hello).await
+}
+
+/// Opens a sync stream on `channel` that says `hello`.
+pub(crate) async fn open_with_hello(
+    channel: tonic::transport::Channel,
+    hello: pb::Hello,
+) -> Result<RawStream, tonic::Status> {
     let (acks, outbound) = mpsc::channel(16);
     acks.send(pb::SyncRequest {
-        message: Some(Message::Hello(pb::Hello {
-            instance_id: instance.into(),
-            applied_revision: applied,
-            enforcer_id: "raw".into(),
-            version: "test".into(),
-        })),
+        message: Some(Message::Hello(hello)),
     })
     .await
     .unwrap();
@@ -83,6 +93,11 @@ impl RawStream {
             }
         }
         Some(events.iter().map(|e| e.revision).collect())
+    }
+
+    /// The ruleset hash of `revision`, if this stream folded it.
+    pub(crate) fn hash_of(&self, revision: u64) -> Option<String> {
+        self.hashes.get(&revision).cloned()
     }
 
     /// Acks `revision`: applied (with the hash of what it folded), or failed.
@@ -402,5 +417,97 @@ async fn a_hello_ahead_of_the_log_is_answered_with_the_whole_history() {
     stream.ack(2, None).await;
     let status = wait(&mut client, 2, LONG).await.unwrap();
     assert_eq!(status.applied_revision, 2, "{status:?}");
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_hello_that_vouches_for_its_revision_is_in_sync_at_once_and_replays_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    let revision = toggle_ssh(&mut client, "web-1", false).await;
+    let mut first = open(&service, "web-1", 0).await;
+    assert_eq!(first.next(LONG).await, Some(vec![1, 2]));
+    let hash = first.hash_of(revision).expect("folded");
+    drop(first);
+
+    // A restarted enforcer whose kernel still holds revision 2 (its saved
+    // state said so), and whose saved state once could not be trusted.
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    let mut stream = crate::sync::open_with_hello(
+        channel,
+        pb::Hello {
+            instance_id: "web-1".into(),
+            applied_revision: revision,
+            applied_ruleset_hash: hash,
+            state_error: "the saved state /x is corrupt: checksum mismatch".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let status = wait(&mut client, revision, LONG).await.unwrap();
+    assert_eq!(
+        (status.state, status.applied_revision),
+        (pb::SyncState::InSync as i32, revision),
+        "{status:?}"
+    );
+    assert_eq!(
+        status.enforcer_state_error,
+        "the saved state /x is corrupt: checksum mismatch"
+    );
+    assert_eq!(stream.next(SHORT).await, None, "nothing is replayed");
+    let firewall = get(&mut client, "web-1").await;
+    assert!(firewall
+        .rules
+        .iter()
+        .all(|r| r.status == pb::RuleStatus::Applied as i32));
+    assert_eq!(service.metrics.history_resends.get(), 0);
+    service.stop().await;
+}
+
+#[tokio::test]
+async fn a_hello_whose_ruleset_differs_from_the_log_gets_the_whole_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    let revision = toggle_ssh(&mut client, "web-1", false).await;
+    let mut first = open(&service, "web-1", 0).await;
+    assert_eq!(first.next(LONG).await, Some(vec![1, 2]));
+    first.ack(revision, None).await;
+    wait(&mut client, revision, LONG).await.unwrap();
+    drop(first);
+
+    // Its revision 2 is not the log's revision 2 (the log was restored and
+    // written again since): the log wins, and nothing shows applied.
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    let mut stream = crate::sync::open_with_hello(
+        channel,
+        pb::Hello {
+            instance_id: "web-1".into(),
+            applied_revision: revision,
+            applied_ruleset_hash: "0".repeat(64),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.next(LONG).await, Some(vec![1, 2]), "resynced from 0");
+    let sync = get(&mut client, "web-1").await.sync.unwrap();
+    assert_eq!(
+        (sync.applied_revision, sync.state),
+        (0, pb::SyncState::Pending as i32),
+        "{sync:?}"
+    );
+    assert_eq!(
+        sync.enforcer_state_error, "",
+        "no state problem was reported"
+    );
+    assert_eq!(service.metrics.history_resends.get(), 1);
+    stream.ack(revision, None).await;
+    let status = wait(&mut client, revision, LONG).await.unwrap();
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
     service.stop().await;
 }
