@@ -175,21 +175,11 @@ impl<K: Kernel> Enforcer<K> {
         let Some(state) = self.state.clone() else {
             return self.install_defaults_if_empty().await;
         };
-        let instance = self.config.instance.clone();
-        let path = state.path().display().to_string();
-        let loaded = tokio::task::spawn_blocking(move || state.load(&instance))
-            .await
-            .unwrap_or_else(|e| {
-                Err(crate::StateError::Unreadable {
-                    path: path.clone().into(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
-        match loaded {
+        match state.load_off_runtime(&self.config.instance).await {
             Ok(Some(firewall)) => self.restore_saved(firewall).await,
             Ok(None) => {
                 info!(
-                    path,
+                    path = %state.path().display(),
                     "no saved state: this instance has not synced here before"
                 );
                 self.install_defaults_if_empty().await;
@@ -442,15 +432,7 @@ impl<K: Kernel> Enforcer<K> {
         if self.saved_revision == Some(revision) {
             return;
         }
-        let saved = tokio::task::spawn_blocking(move || state.save(&firewall))
-            .await
-            .unwrap_or_else(|e| {
-                Err(crate::StateError::Save {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            });
-        match saved {
+        match state.save_off_runtime(firewall).await {
             Ok(()) => {
                 self.metrics.state_saves.inc();
                 self.saved_revision = Some(revision);

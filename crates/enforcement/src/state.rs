@@ -151,6 +151,36 @@ impl StateFile {
     }
 }
 
+// Loading and saving off the async runtime (file I/O and fsync block).
+impl StateFile {
+    pub async fn load_off_runtime(
+        &self,
+        instance: &InstanceId,
+    ) -> Result<Option<Firewall>, StateError> {
+        let (state, instance) = (self.clone(), instance.clone());
+        tokio::task::spawn_blocking(move || state.load(&instance))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateError::Unreadable {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+
+    pub async fn save_off_runtime(&self, firewall: Firewall) -> Result<(), StateError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || state.save(&firewall))
+            .await
+            .unwrap_or_else(|e| {
+                Err(StateError::Save {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })
+    }
+}
+
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)?;
