@@ -2,6 +2,8 @@
 //! into the events to append. The checks themselves live on [`Firewall`], so
 //! that the fold enforces exactly the same rules on replay.
 
+use std::time::SystemTime;
+
 use crate::error::DomainError;
 use crate::event::{EventPayload, RuleSpec};
 use crate::firewall::Firewall;
@@ -15,6 +17,9 @@ pub enum Command {
         protocol: Protocol,
         description: Description,
         enabled: bool,
+        /// Checked to be in the future by whoever built the command (the
+        /// model has no clock).
+        expire_time: Option<SystemTime>,
     },
     UpdateRule {
         rule_id: RuleId,
@@ -23,6 +28,13 @@ pub enum Command {
     },
     DeleteRule {
         rule_id: RuleId,
+    },
+    /// The service's expiry: deletes the rule if its expire time is at or
+    /// before `now`. Nothing happens if it is gone, or no longer due (so a
+    /// repeated or late expiry appends nothing).
+    ExpireRule {
+        rule_id: RuleId,
+        now: SystemTime,
     },
     DeleteFirewall,
 }
@@ -34,6 +46,7 @@ impl Command {
             Command::AddRule { .. } => "add_rule",
             Command::UpdateRule { .. } => "update_rule",
             Command::DeleteRule { .. } => "delete_rule",
+            Command::ExpireRule { .. } => "expire_rule",
             Command::DeleteFirewall => "delete_firewall",
         }
     }
@@ -69,6 +82,18 @@ pub fn decide(
         }
     }
     let live = state.filter(|f| f.is_live());
+    if let Command::ExpireRule { rule_id, now } = command {
+        return Ok(live
+            .into_iter()
+            .flat_map(|f| f.expired_rules(*now))
+            .find(|(id, _)| *id == rule_id)
+            .map(|(id, expire_time)| EventPayload::RuleExpired {
+                rule_id: id.clone(),
+                expire_time,
+            })
+            .into_iter()
+            .collect());
+    }
     if let Command::CreateFirewall = command {
         return Ok(match live {
             Some(_) => Vec::new(),
@@ -82,12 +107,13 @@ pub fn decide(
     })?;
 
     Ok(match command {
-        Command::CreateFirewall => unreachable!("handled above"),
+        Command::CreateFirewall | Command::ExpireRule { .. } => unreachable!("handled above"),
         Command::AddRule {
             port,
             protocol,
             description,
             enabled,
+            expire_time,
         } => {
             firewall.check_can_add(*port, *protocol)?;
             vec![EventPayload::RuleAdded(RuleSpec {
@@ -97,6 +123,7 @@ pub fn decide(
                 description: description.clone(),
                 enabled: *enabled,
                 is_default: false,
+                expire_time: *expire_time,
             })]
         }
         Command::UpdateRule {
@@ -204,7 +231,12 @@ mod tests {
             protocol,
             description: Description::default(),
             enabled: true,
+            expire_time: None,
         }
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
     }
 
     #[test]
@@ -470,5 +502,79 @@ mod tests {
         assert!(refused(&|p| p.rules[0].revision = 3).contains("outside 1..=2"));
         assert!(refused(&|p| p.deleted = true).contains("deleted"));
         assert!(Firewall::restore(good).is_ok());
+    }
+
+    #[test]
+    fn a_rule_expires_once_at_its_time_and_only_then() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(Command::AddRule {
+            port: Port::new(5432).unwrap(),
+            protocol: Protocol::Tcp,
+            description: Description::default(),
+            enabled: true,
+            expire_time: Some(at(100)),
+        })
+        .unwrap();
+        let rule = RuleId::parse("rule-1").unwrap();
+        assert_eq!(h.firewall().rule(&rule).unwrap().expire_time, Some(at(100)));
+        let expire = |now| Command::ExpireRule {
+            rule_id: rule.clone(),
+            now: at(now),
+        };
+        assert_eq!(h.run(expire(99)), Ok(0), "not yet due");
+        assert_eq!(h.run(expire(100)), Ok(1));
+        assert!(h.firewall().rule(&rule).is_none(), "deleted");
+        assert!(matches!(
+            h.events.last().unwrap().payload,
+            EventPayload::RuleExpired { expire_time, .. } if expire_time == at(100)
+        ));
+        assert_eq!(h.run(expire(200)), Ok(0), "a second expiry appends nothing");
+        assert_eq!(
+            replay(&h.events).unwrap().as_ref(),
+            Some(h.firewall()),
+            "replay agrees"
+        );
+    }
+
+    #[test]
+    fn expiry_of_a_deleted_rule_or_firewall_appends_nothing_and_the_fold_checks_the_time() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        let ssh = RuleId::parse("default-ssh").unwrap();
+        let expire_ssh = Command::ExpireRule {
+            rule_id: ssh.clone(),
+            now: at(1_000),
+        };
+        assert_eq!(
+            h.run(expire_ssh),
+            Ok(0),
+            "rules without an expire time never expire"
+        );
+
+        // A RuleExpired for a time the rule does not carry does not fold.
+        let firewall = h.firewall().clone();
+        let forged = Event {
+            sequence: 9,
+            instance_id: firewall.instance_id.clone(),
+            revision: firewall.revision + 1,
+            event_id: uuid::Uuid::nil(),
+            commit_time: at(1_000),
+            actor: ActorId::expiry(),
+            on_behalf_of: None,
+            request_id: None,
+            payload: EventPayload::RuleExpired {
+                rule_id: ssh,
+                expire_time: at(5),
+            },
+        };
+        assert!(fold(Some(firewall), &forged).is_err());
+
+        h.run(Command::DeleteFirewall).unwrap();
+        let n = h.run(Command::ExpireRule {
+            rule_id: RuleId::parse("rule-1").unwrap(),
+            now: at(1_000),
+        });
+        assert_eq!(n, Ok(0), "a deleted firewall has nothing to expire");
     }
 }

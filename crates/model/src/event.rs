@@ -31,6 +31,8 @@ pub struct RuleSpec {
     pub description: Description,
     pub enabled: bool,
     pub is_default: bool,
+    /// When the rule removes itself ("open 5432 for two hours"); `None`: never.
+    pub expire_time: Option<SystemTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,12 @@ pub enum EventPayload {
     RuleDeleted {
         rule_id: RuleId,
     },
+    /// The rule reached its `expire_time` and was deleted by the service
+    /// (actor `system:expiry`).
+    RuleExpired {
+        rule_id: RuleId,
+        expire_time: SystemTime,
+    },
     FirewallDeleted,
 }
 
@@ -65,6 +73,7 @@ impl EventPayload {
             EventPayload::RuleDisabled { .. } => "rule_disabled",
             EventPayload::RuleDescriptionChanged { .. } => "rule_description_changed",
             EventPayload::RuleDeleted { .. } => "rule_deleted",
+            EventPayload::RuleExpired { .. } => "rule_expired",
             EventPayload::FirewallDeleted => "firewall_deleted",
         }
     }

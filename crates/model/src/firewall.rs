@@ -21,6 +21,8 @@ pub struct Rule {
     pub revision: u64,
     pub create_time: SystemTime,
     pub update_time: SystemTime,
+    /// When the service deletes the rule (a `RuleExpired` event); `None`: never.
+    pub expire_time: Option<SystemTime>,
 }
 
 /// An instance's firewall as of `revision`.
@@ -92,6 +94,30 @@ impl Firewall {
         Ok(())
     }
 
+    /// Only a rule that carries this expire time can expire at it.
+    pub(crate) fn check_can_expire(
+        &self,
+        id: &RuleId,
+        expire_time: SystemTime,
+    ) -> Result<(), DomainError> {
+        let rule = self.check_rule(id)?;
+        if rule.is_default || rule.expire_time != Some(expire_time) {
+            return Err(DomainError::Invalid(ValidationError::new(
+                "expire_time",
+                format!("rule {id} does not expire at that time"),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rules whose expire time is at or before `now`, with that time.
+    pub fn expired_rules(&self, now: SystemTime) -> impl Iterator<Item = (&RuleId, SystemTime)> {
+        self.rules
+            .iter()
+            .filter(|_| self.is_live())
+            .filter_map(move |r| r.expire_time.filter(|t| *t <= now).map(|t| (&r.id, t)))
+    }
+
     fn new_rule(spec: &RuleSpec, event: &Event) -> Rule {
         Rule {
             id: spec.id.clone(),
@@ -103,6 +129,7 @@ impl Firewall {
             revision: event.revision,
             create_time: event.commit_time,
             update_time: event.commit_time,
+            expire_time: spec.expire_time,
         }
     }
 
@@ -216,6 +243,12 @@ impl Firewall {
                 r.description = description.clone();
             }),
             EventPayload::RuleDeleted { rule_id } => self.check_can_delete(rule_id).map(|()| {
+                self.rules.retain(|r| &r.id != rule_id);
+            }),
+            EventPayload::RuleExpired {
+                rule_id,
+                expire_time,
+            } => self.check_can_expire(rule_id, *expire_time).map(|()| {
                 self.rules.retain(|r| &r.id != rule_id);
             }),
             EventPayload::FirewallDeleted => {

@@ -227,9 +227,16 @@ impl ActorId {
     pub const FIELD: &'static str = "x-actor";
     pub const MAX_LEN: usize = 128;
     pub const ANONYMOUS: &'static str = "anonymous";
+    /// The service itself, deleting rules that reached their expire time. No
+    /// principal can take this name (principal names have no ':').
+    pub const EXPIRY: &'static str = "system:expiry";
 
     pub fn anonymous() -> Self {
         Self(Self::ANONYMOUS.to_owned())
+    }
+
+    pub fn expiry() -> Self {
+        Self(Self::EXPIRY.to_owned())
     }
 
     pub fn parse(value: &str) -> Result<Self, ValidationError> {
@@ -265,6 +272,7 @@ pub fn default_rules() -> Vec<crate::RuleSpec> {
         description: Description(description.to_owned()),
         enabled: true,
         is_default: true,
+        expire_time: None,
     })
     .collect()
 }

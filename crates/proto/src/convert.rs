@@ -46,6 +46,7 @@ pub fn rule_to_pb(rule: &Rule) -> pb::Rule {
         update_time: Some(timestamp(rule.update_time)),
         // Filled by whoever knows the enforcer's state (the rules service).
         status: pb::RuleStatus::Unspecified.into(),
+        expire_time: rule.expire_time.map(timestamp),
     }
 }
 
@@ -68,6 +69,13 @@ fn time_from_pb(
     SystemTime::try_from(time).map_err(|e| ValidationError::new(field, e.to_string()))
 }
 
+fn optional_time_from_pb(
+    time: Option<prost_types::Timestamp>,
+    field: &'static str,
+) -> Result<Option<SystemTime>, ValidationError> {
+    time.map(|t| time_from_pb(Some(t), field)).transpose()
+}
+
 fn rule_from_pb(rule: &pb::Rule) -> Result<Rule, ValidationError> {
     Ok(Rule {
         id: RuleId::parse(&rule.id)?,
@@ -79,6 +87,7 @@ fn rule_from_pb(rule: &pb::Rule) -> Result<Rule, ValidationError> {
         revision: rule.revision,
         create_time: time_from_pb(rule.create_time, "create_time")?,
         update_time: time_from_pb(rule.update_time, "update_time")?,
+        expire_time: optional_time_from_pb(rule.expire_time, "expire_time")?,
     })
 }
 
@@ -112,6 +121,7 @@ pub fn rule_spec_to_pb(spec: &RuleSpec) -> pb::RuleSpec {
         description: spec.description.as_str().to_owned(),
         enabled: spec.enabled,
         is_default: spec.is_default,
+        expire_time: spec.expire_time.map(timestamp),
     }
 }
 
@@ -123,6 +133,7 @@ fn rule_spec_from_pb(spec: &pb::RuleSpec) -> Result<RuleSpec, ValidationError> {
         description: Description::parse(&spec.description)?,
         enabled: spec.enabled,
         is_default: spec.is_default,
+        expire_time: optional_time_from_pb(spec.expire_time, "expire_time")?,
     })
 }
 
@@ -153,6 +164,13 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
         }),
         EventPayload::RuleDeleted { rule_id } => Payload::RuleDeleted(pb::RuleDeleted {
             rule_id: rule_id.to_string(),
+        }),
+        EventPayload::RuleExpired {
+            rule_id,
+            expire_time,
+        } => Payload::RuleExpired(pb::RuleExpired {
+            rule_id: rule_id.to_string(),
+            expire_time: Some(timestamp(*expire_time)),
         }),
         EventPayload::FirewallDeleted => Payload::FirewallDeleted(pb::FirewallDeleted {}),
     };
@@ -205,6 +223,10 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
         },
         Payload::RuleDeleted(e) => EventPayload::RuleDeleted {
             rule_id: RuleId::parse(&e.rule_id)?,
+        },
+        Payload::RuleExpired(e) => EventPayload::RuleExpired {
+            rule_id: RuleId::parse(&e.rule_id)?,
+            expire_time: time_from_pb(e.expire_time, "expire_time")?,
         },
         Payload::FirewallDeleted(_) => EventPayload::FirewallDeleted,
     };

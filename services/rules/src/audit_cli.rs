@@ -252,11 +252,14 @@ fn describe(event: &Event) -> String {
                 .join(", ")
         ),
         EventPayload::RuleAdded(spec) => format!(
-            "added {}/{} {}{}",
+            "added {}/{} {}{}{}",
             spec.port,
             spec.protocol,
             spec.id,
-            if spec.enabled { "" } else { " (disabled)" }
+            if spec.enabled { "" } else { " (disabled)" },
+            spec.expire_time
+                .map(|t| format!(" (expires {})", rfc3339(t)))
+                .unwrap_or_default()
         ),
         EventPayload::RuleEnabled { rule_id } => format!("enabled {rule_id}"),
         EventPayload::RuleDisabled { rule_id } => format!("disabled {rule_id}"),
@@ -265,6 +268,10 @@ fn describe(event: &Event) -> String {
             description,
         } => format!("described {rule_id} as {:?}", description.as_str()),
         EventPayload::RuleDeleted { rule_id } => format!("deleted {rule_id}"),
+        EventPayload::RuleExpired {
+            rule_id,
+            expire_time,
+        } => format!("expired {rule_id} (due {})", rfc3339(*expire_time)),
         EventPayload::FirewallDeleted => "deleted the firewall".to_owned(),
     };
     let for_whom = event

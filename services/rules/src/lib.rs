@@ -11,6 +11,7 @@ pub mod audit;
 pub mod audit_api;
 pub mod caller;
 pub mod enforcer_api;
+mod expiry;
 pub mod limits;
 pub mod metrics;
 pub mod requests;
@@ -298,6 +299,7 @@ impl RulesService {
                 ),
             });
         }
+        let expiry = tokio::spawn(expiry::run(self.store.clone()));
         let store = self.store.clone();
         let mut failure = self.store.failure();
         let signal = async move {
@@ -344,6 +346,7 @@ impl RulesService {
                 failed
             }
         };
+        expiry.abort();
         if let Some(reason) = failed {
             return Err(ServeError::LogFailed(reason));
         }

@@ -3,7 +3,7 @@
 //! names them all. The gRPC handlers call these; `fuzz/` feeds them arbitrary
 //! decoded messages.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use cassette_model::{Command, Description, InstanceId, Port, RequestId, RuleId, ValidationError};
 use cassette_proto::{pb, protocol_from_pb};
@@ -18,6 +18,9 @@ const MAX_HELLO_FIELD: usize = 128;
 /// DiffFirewall's events per page, by default and at most.
 const DIFF_PAGE_DEFAULT: usize = 100;
 const DIFF_PAGE_MAX: usize = 1000;
+/// How far ahead an expiring rule's end may be.
+const MIN_TTL: Duration = Duration::from_secs(1);
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// The instance and idempotency key every mutation carries.
 pub fn target(
@@ -31,15 +34,55 @@ pub fn target(
 }
 
 pub fn add_rule(r: &pb::AddRuleRequest, v: &mut Violations) -> Option<Command> {
+    add_rule_at(r, SystemTime::now(), v)
+}
+
+/// [`add_rule`] with the service's clock reading `now`.
+pub fn add_rule_at(r: &pb::AddRuleRequest, now: SystemTime, v: &mut Violations) -> Option<Command> {
     let port = v.check(Port::new(r.port));
     let protocol = v.check(protocol_from_pb(r.protocol));
     let description = v.check(Description::parse(&r.description));
+    let expire_time = v.check(expire_time(r.expire_time, r.ttl, now));
     Some(Command::AddRule {
         port: port?,
         protocol: protocol?,
         description: description?,
         enabled: r.enabled.unwrap_or(true),
+        expire_time: expire_time?,
     })
+}
+
+/// AddRule's `expire_time` or `ttl` (not both) as an absolute time between 1 s
+/// and 366 days after `now`.
+fn expire_time(
+    at: Option<prost_types::Timestamp>,
+    ttl: Option<prost_types::Duration>,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, ValidationError> {
+    let in_range = |field: &'static str, after: Option<Duration>| match after {
+        Some(after) if (MIN_TTL..=MAX_TTL).contains(&after) => Ok(()),
+        _ => Err(ValidationError::new(
+            field,
+            "must be between 1 second and 366 days from now",
+        )),
+    };
+    match (at, ttl) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(ValidationError::new(
+            "ttl",
+            "give expire_time or ttl, not both",
+        )),
+        (None, Some(ttl)) => {
+            let ttl = Duration::try_from(ttl).ok();
+            in_range("ttl", ttl)?;
+            Ok(ttl.and_then(|ttl| now.checked_add(ttl)))
+        }
+        (Some(at), None) => {
+            let at = SystemTime::try_from(at).ok();
+            in_range("expire_time", at.and_then(|at| at.duration_since(now).ok()))?;
+            Ok(at)
+        }
+    }
 }
 
 pub fn update_rule(r: &pb::UpdateRuleRequest, v: &mut Violations) -> Option<Command> {

@@ -8,7 +8,7 @@
 //! (group commit). Deciding is in-memory and takes microseconds; the fsync is
 //! the cost, and it is paid once per batch rather than once per request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -70,9 +70,45 @@ pub struct Mutation {
 struct Projection {
     firewalls: BTreeMap<InstanceId, Arc<Firewall>>,
     requests: HashMap<(InstanceId, RequestId), u64>,
+    /// Every live rule with an expire time, soonest first: the expiry
+    /// schedule, rebuilt from the log at start-up.
+    expiries: BTreeSet<(SystemTime, InstanceId, RuleId)>,
+}
+
+/// A firewall's rules that expire, as index keys.
+fn expiry_keys(firewall: &Firewall) -> impl Iterator<Item = (SystemTime, InstanceId, RuleId)> + '_ {
+    firewall
+        .rules()
+        .iter()
+        .filter(|_| firewall.is_live())
+        .filter_map(|r| {
+            r.expire_time
+                .map(|t| (t, firewall.instance_id.clone(), r.id.clone()))
+        })
 }
 
 impl Projection {
+    /// Indexes every expiring rule (after a replay).
+    fn index_expiries(&mut self) {
+        self.expiries = self
+            .firewalls
+            .values()
+            .flat_map(|f| expiry_keys(f))
+            .collect();
+    }
+
+    /// Installs a firewall's new state, keeping the expiry schedule in step.
+    fn install(&mut self, firewall: Arc<Firewall>) {
+        if let Some(old) = self.firewalls.get(&firewall.instance_id) {
+            for key in expiry_keys(old) {
+                self.expiries.remove(&key);
+            }
+        }
+        self.expiries.extend(expiry_keys(&firewall));
+        self.firewalls
+            .insert(firewall.instance_id.clone(), firewall);
+    }
+
     /// Folds one replayed event into the projection.
     fn replay(&mut self, event: &Event) -> Result<(), FoldError> {
         match self.firewalls.get_mut(&event.instance_id) {
@@ -176,6 +212,7 @@ impl Store {
             }
             Some((sequence, reason)) => return Err(StoreError::Unverified { sequence, reason }),
         };
+        projection.index_expiries();
         let stats = OpenStats {
             events: verification.events_checked,
             firewalls: projection.firewalls.len(),
@@ -318,6 +355,22 @@ impl Store {
     /// The sync state of `instance`'s enforcers.
     pub fn snapshot(&self, instance: &InstanceId) -> Snapshot {
         self.board.snapshot(instance)
+    }
+
+    /// When the next rule expires, if any does.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.read().expiries.first().map(|(t, _, _)| *t)
+    }
+
+    /// Up to `limit` rules whose expire time is at or before `now`, soonest first.
+    pub fn due_expiries(&self, now: SystemTime, limit: usize) -> Vec<(InstanceId, RuleId)> {
+        self.read()
+            .expiries
+            .iter()
+            .take_while(|(t, _, _)| *t <= now)
+            .take(limit)
+            .map(|(_, instance, rule)| (instance.clone(), rule.clone()))
+            .collect()
     }
 
     /// The instance's events with `after < revision <= until`.
@@ -501,7 +554,9 @@ impl Writer {
         {
             let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
             // The states folded while deciding are the states after these events.
-            projection.firewalls.extend(pending.firewalls);
+            for firewall in pending.firewalls.into_values() {
+                projection.install(firewall);
+            }
             for event in &events {
                 projection.record_request(event);
             }

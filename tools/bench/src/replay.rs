@@ -119,6 +119,7 @@ fn event(sequence: u64, i: u64, revision: u64) -> anyhow::Result<Event> {
             description: Description::parse("generated")?,
             enabled: true,
             is_default: false,
+            expire_time: None,
         }),
         r => {
             let n = r - RULES_PER_INSTANCE - 2;

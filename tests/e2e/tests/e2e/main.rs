@@ -4,6 +4,7 @@
 //! - `auth`: identity and authorization over real TLS: the attack table.
 //! - `audit`: AuditService and the offline audit commands, tampering included.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
+//! - `expiry`: expiring rules: validation, RuleExpired once, across restarts, real traffic.
 //! - `faults`: fsync per acknowledged batch (under strace), a log that cannot be written.
 //! - `kernel`: the enforcer against real nftables in network namespaces (root).
 //! - `state`: the enforcer's saved state: reboots without the control plane,
@@ -15,6 +16,7 @@ mod api;
 mod audit;
 mod auth;
 mod durability;
+mod expiry;
 mod faults;
 mod kernel;
 mod readme;
