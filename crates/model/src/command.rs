@@ -577,4 +577,47 @@ mod tests {
         });
         assert_eq!(n, Ok(0), "a deleted firewall has nothing to expire");
     }
+
+    #[test]
+    fn a_database_port_left_open_to_anywhere_is_warned_about_not_refused() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        let postgres = add(5432, Protocol::Tcp);
+        h.run(postgres.clone()).unwrap();
+        let warned = crate::warnings(&postgres, h.firewall());
+        assert_eq!(warned.len(), 1);
+        assert_eq!(warned[0].code, "DATABASE_PORT_OPEN");
+        assert_eq!(warned[0].rule_id.as_str(), "rule-1");
+        assert!(warned[0]
+            .message
+            .starts_with("5432/tcp (PostgreSQL) is open to anywhere."));
+        assert!(warned[0]
+            .message
+            .contains("use strong passwords and allowlists"));
+
+        let web = add(8080, Protocol::Tcp);
+        h.run(web.clone()).unwrap();
+        assert!(crate::warnings(&web, h.firewall()).is_empty());
+        let memcached = add(11211, Protocol::Udp);
+        h.run(memcached.clone()).unwrap();
+        assert_eq!(crate::warnings(&memcached, h.firewall()).len(), 1);
+
+        let rule_id = RuleId::parse("rule-1").unwrap();
+        let toggle = |enabled| Command::UpdateRule {
+            rule_id: rule_id.clone(),
+            enabled: Some(enabled),
+            description: None,
+        };
+        h.run(toggle(false)).unwrap();
+        assert!(
+            crate::warnings(&toggle(false), h.firewall()).is_empty(),
+            "closed"
+        );
+        h.run(toggle(true)).unwrap();
+        assert_eq!(
+            crate::warnings(&toggle(true), h.firewall()).len(),
+            1,
+            "open again"
+        );
+    }
 }

@@ -6,12 +6,14 @@
 //! instance's events, or a saved result of that fold checked on restore
 //! ([`Firewall::restore`], the enforcer's state file). This crate does no I/O and knows nothing of gRPC or sled.
 
+mod advice;
 mod command;
 mod error;
 mod event;
 mod firewall;
 mod values;
 
+pub use advice::{database_on, warnings, Warning};
 pub use command::{decide, Command, RuleIdSource};
 pub use error::{DomainError, FoldError, ValidationError};
 pub use event::{Event, EventPayload, RuleSpec};

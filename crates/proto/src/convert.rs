@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use cassette_model::{
     ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port, Protocol,
-    RequestId, Rule, RuleId, RuleSpec, ValidationError,
+    RequestId, Rule, RuleId, RuleSpec, ValidationError, Warning,
 };
 
 use crate::pb;
@@ -58,6 +58,7 @@ pub fn firewall_to_pb(firewall: &Firewall) -> pb::Firewall {
         create_time: Some(timestamp(firewall.create_time)),
         update_time: Some(timestamp(firewall.update_time)),
         sync: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -111,6 +112,14 @@ pub fn firewall_from_pb(
         update_time: time_from_pb(firewall.update_time, "update_time")?,
         deleted,
     })
+}
+
+pub fn warning_to_pb(warning: &Warning) -> pb::Warning {
+    pb::Warning {
+        code: warning.code.to_owned(),
+        message: warning.message.clone(),
+        rule_id: warning.rule_id.to_string(),
+    }
 }
 
 pub fn rule_spec_to_pb(spec: &RuleSpec) -> pb::RuleSpec {

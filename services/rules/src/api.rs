@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use cassette_auth::{Action, Caller};
 use cassette_model::{Command, Firewall, InstanceId, ValidationError};
-use cassette_proto::pb;
 use cassette_proto::pb::firewall_service_server::FirewallService;
+use cassette_proto::{pb, warning_to_pb};
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
@@ -68,6 +68,7 @@ impl FirewallApi {
             let (Some((instance_id, request_id)), Some(command)) = (target, command) else {
                 return Err(Status::internal("a validated field is missing"));
             };
+            let advised = command.clone();
             let mutation = Mutation {
                 instance_id,
                 command,
@@ -78,7 +79,12 @@ impl FirewallApi {
             };
             let firewall = self.store.mutate(mutation).await?;
             Span::current().record("revision", firewall.revision);
-            Ok(self.present(&firewall))
+            let mut answer = self.present(&firewall);
+            answer.warnings = cassette_model::warnings(&advised, &firewall)
+                .iter()
+                .map(warning_to_pb)
+                .collect();
+            Ok(answer)
         };
         in_span(span, answer).await
     }

@@ -684,3 +684,54 @@ async fn list_firewalls_pages_are_bounded_by_size_as_well_as_count() {
     assert_eq!(pages.concat(), instances, "every firewall once, in order");
     service.stop().await;
 }
+
+#[tokio::test]
+async fn a_database_port_open_to_anywhere_is_answered_with_advice_not_refused() {
+    let mut f = fresh().await;
+    create(&mut f.client, "web-1").await;
+    let added = f
+        .client
+        .add_rule(add("web-1", 5432, pb::Protocol::Tcp))
+        .await
+        .expect("allowed")
+        .into_inner();
+    let postgres = rule(&added, 5432, pb::Protocol::Tcp).unwrap().id.clone();
+    assert_eq!(added.warnings.len(), 1, "{:?}", added.warnings);
+    let warning = &added.warnings[0];
+    assert_eq!(
+        (warning.code.as_str(), warning.rule_id.as_str()),
+        ("DATABASE_PORT_OPEN", postgres.as_str())
+    );
+    assert!(
+        warning
+            .message
+            .contains("Database ports should usually stay closed"),
+        "{warning:?}"
+    );
+
+    let web = f
+        .client
+        .add_rule(add("web-1", 8080, pb::Protocol::Tcp))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(web.warnings.is_empty(), "{:?}", web.warnings);
+    let read = get(&mut f.client, "web-1").await.unwrap();
+    assert!(read.warnings.is_empty(), "only answers to changes advise");
+
+    let closed = f
+        .client
+        .update_rule(toggle("web-1", &postgres, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(closed.warnings.is_empty(), "{:?}", closed.warnings);
+    let reopened = f
+        .client
+        .update_rule(toggle("web-1", &postgres, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reopened.warnings.len(), 1);
+    f.service.stop().await;
+}

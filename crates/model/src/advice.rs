@@ -1,0 +1,74 @@
+//! The product page's advice, as warnings on a change: advice, never a
+//! refusal. "Database ports should usually stay closed. Access databases from
+//! your app on localhost, not over the internet. If you must expose a
+//! database, use strong passwords and allowlists."
+
+use crate::command::Command;
+use crate::firewall::{Firewall, Rule};
+use crate::values::{Protocol, RuleId};
+
+/// Ports of databases (and caches) that should not face the internet.
+const DATABASE_PORTS: &[(u16, Protocol, &str)] = &[
+    (1433, Protocol::Tcp, "Microsoft SQL Server"),
+    (1521, Protocol::Tcp, "Oracle Database"),
+    (3306, Protocol::Tcp, "MySQL"),
+    (5432, Protocol::Tcp, "PostgreSQL"),
+    (5984, Protocol::Tcp, "CouchDB"),
+    (6379, Protocol::Tcp, "Redis"),
+    (9042, Protocol::Tcp, "Cassandra"),
+    (9200, Protocol::Tcp, "Elasticsearch"),
+    (11211, Protocol::Tcp, "Memcached"),
+    (11211, Protocol::Udp, "Memcached"),
+    (27017, Protocol::Tcp, "MongoDB"),
+];
+
+/// One piece of advice about a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// Stable, for programs: `DATABASE_PORT_OPEN`.
+    pub code: &'static str,
+    /// The rule it is about.
+    pub rule_id: RuleId,
+    /// For people, in the product's words.
+    pub message: String,
+}
+
+impl Warning {
+    pub const DATABASE_PORT_OPEN: &'static str = "DATABASE_PORT_OPEN";
+}
+
+/// The database a port+protocol belongs to, if it is a database's.
+pub fn database_on(port: u16, protocol: Protocol) -> Option<&'static str> {
+    DATABASE_PORTS
+        .iter()
+        .find(|(p, proto, _)| *p == port && *proto == protocol)
+        .map(|(_, _, name)| *name)
+}
+
+/// The warnings for `command` given the firewall after it: adding or updating
+/// a rule that leaves a database port open to anywhere.
+pub fn warnings(command: &Command, after: &Firewall) -> Vec<Warning> {
+    let rule = match command {
+        Command::AddRule { port, protocol, .. } => after.rule_for(*port, *protocol),
+        Command::UpdateRule { rule_id, .. } => after.rule(rule_id),
+        _ => None,
+    };
+    rule.and_then(database_exposure).into_iter().collect()
+}
+
+fn database_exposure(rule: &Rule) -> Option<Warning> {
+    if !rule.enabled {
+        return None;
+    }
+    let database = database_on(rule.port.get(), rule.protocol)?;
+    Some(Warning {
+        code: Warning::DATABASE_PORT_OPEN,
+        rule_id: rule.id.clone(),
+        message: format!(
+            "{}/{} ({database}) is open to anywhere. Database ports should usually stay closed. \
+             Access databases from your app on localhost, not over the internet. If you must \
+             expose a database, use strong passwords and allowlists.",
+            rule.port, rule.protocol
+        ),
+    })
+}
