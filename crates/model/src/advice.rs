@@ -57,7 +57,7 @@ pub fn warnings(command: &Command, after: &Firewall) -> Vec<Warning> {
 }
 
 fn database_exposure(rule: &Rule) -> Option<Warning> {
-    if !rule.enabled {
+    if !rule.enabled || !rule.sources.is_anywhere() {
         return None;
     }
     let database = database_on(rule.port.get(), rule.protocol)?;

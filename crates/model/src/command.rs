@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use crate::error::DomainError;
 use crate::event::{EventPayload, RuleSpec};
 use crate::firewall::Firewall;
+use crate::sources::Sources;
 use crate::values::{default_rules, Description, InstanceId, Port, Protocol, RuleId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,11 +21,14 @@ pub enum Command {
         /// Checked to be in the future by whoever built the command (the
         /// model has no clock).
         expire_time: Option<SystemTime>,
+        sources: Sources,
     },
+    /// `None` leaves a field as it is.
     UpdateRule {
         rule_id: RuleId,
         enabled: Option<bool>,
         description: Option<Description>,
+        sources: Option<Sources>,
     },
     DeleteRule {
         rule_id: RuleId,
@@ -114,6 +118,7 @@ pub fn decide(
             description,
             enabled,
             expire_time,
+            sources,
         } => {
             firewall.check_can_add(*port, *protocol)?;
             vec![EventPayload::RuleAdded(RuleSpec {
@@ -124,12 +129,14 @@ pub fn decide(
                 enabled: *enabled,
                 is_default: false,
                 expire_time: *expire_time,
+                sources: sources.clone(),
             })]
         }
         Command::UpdateRule {
             rule_id,
             enabled,
             description,
+            sources,
         } => {
             let rule = firewall.check_rule(rule_id)?;
             let mut events = Vec::new();
@@ -146,6 +153,12 @@ pub fn decide(
                 events.push(EventPayload::RuleDescriptionChanged {
                     rule_id: rule_id.clone(),
                     description: description.clone(),
+                });
+            }
+            if let Some(sources) = sources.as_ref().filter(|s| *s != &rule.sources) {
+                events.push(EventPayload::RuleSourcesChanged {
+                    rule_id: rule_id.clone(),
+                    sources: sources.clone(),
                 });
             }
             events
@@ -232,6 +245,7 @@ mod tests {
             description: Description::default(),
             enabled: true,
             expire_time: None,
+            sources: Sources::anywhere(),
         }
     }
 
@@ -313,6 +327,7 @@ mod tests {
             rule_id: ssh.clone(),
             enabled: Some(false),
             description: None,
+            sources: None,
         };
         assert_eq!(h.run(disable.clone()), Ok(1));
         assert!(!h.firewall().rule(&ssh).unwrap().enabled);
@@ -338,6 +353,7 @@ mod tests {
             rule_id: rule_id.clone(),
             enabled: Some(false),
             description: Some(Description::parse("dev server").unwrap()),
+            sources: None,
         });
         assert_eq!(n, Ok(2));
         let rule = h.firewall().rule(&rule_id).unwrap();
@@ -514,6 +530,7 @@ mod tests {
             description: Description::default(),
             enabled: true,
             expire_time: Some(at(100)),
+            sources: Sources::anywhere(),
         })
         .unwrap();
         let rule = RuleId::parse("rule-1").unwrap();
@@ -607,6 +624,7 @@ mod tests {
             rule_id: rule_id.clone(),
             enabled: Some(enabled),
             description: None,
+            sources: None,
         };
         h.run(toggle(false)).unwrap();
         assert!(
@@ -619,5 +637,39 @@ mod tests {
             1,
             "open again"
         );
+    }
+
+    #[test]
+    fn an_allowlist_is_replaced_by_update_and_silences_the_database_warning() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add(5432, Protocol::Tcp)).unwrap();
+        let rule_id = RuleId::parse("rule-1").unwrap();
+        let office = Sources::parse("sources", &["203.0.113.0/24", "2001:db8::/32"]).unwrap();
+        let allow = |sources: Sources| Command::UpdateRule {
+            rule_id: rule_id.clone(),
+            enabled: None,
+            description: None,
+            sources: Some(sources),
+        };
+        assert_eq!(h.run(allow(office.clone())), Ok(1));
+        assert!(matches!(
+            &h.events.last().unwrap().payload,
+            EventPayload::RuleSourcesChanged { sources, .. } if *sources == office
+        ));
+        assert_eq!(h.firewall().rule(&rule_id).unwrap().sources, office);
+        assert!(crate::warnings(&allow(office.clone()), h.firewall()).is_empty());
+        assert_eq!(
+            h.run(allow(office.clone())),
+            Ok(0),
+            "the same list changes nothing"
+        );
+        assert_eq!(h.run(allow(Sources::anywhere())), Ok(1));
+        assert!(h.firewall().rule(&rule_id).unwrap().sources.is_anywhere());
+        assert_eq!(
+            crate::warnings(&allow(Sources::anywhere()), h.firewall()).len(),
+            1
+        );
+        assert_eq!(replay(&h.events).unwrap().as_ref(), Some(h.firewall()));
     }
 }

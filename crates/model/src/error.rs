@@ -1,21 +1,32 @@
 //! What can go wrong in the domain, named so that the API layer can map each
 //! kind to one status code and name the offending field.
 
+use std::borrow::Cow;
+
 use crate::values::{Port, Protocol};
 
-/// A request value outside its allowed range. `field` is the API's field name.
+/// A request value outside its allowed range. `field` is the API's field
+/// name, with the index of a list entry (`sources[2]`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct ValidationError {
-    pub field: &'static str,
+    pub field: Cow<'static, str>,
     pub message: String,
 }
 
 impl ValidationError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
-            field,
+            field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// The same error, about the field `field` (a list entry, a nested field).
+    pub fn at(self, field: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            field: field.into(),
+            ..self
         }
     }
 }

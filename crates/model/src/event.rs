@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use crate::sources::Sources;
 use crate::values::{ActorId, Description, InstanceId, Port, Protocol, RequestId, RuleId};
 
 /// One committed fact about one instance's firewall, with its envelope.
@@ -33,6 +34,8 @@ pub struct RuleSpec {
     pub is_default: bool,
     /// When the rule removes itself ("open 5432 for two hours"); `None`: never.
     pub expire_time: Option<SystemTime>,
+    /// The networks it accepts traffic from; empty: anywhere.
+    pub sources: Sources,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +57,11 @@ pub enum EventPayload {
     RuleDeleted {
         rule_id: RuleId,
     },
+    /// The rule's allowlist was replaced (empty: anywhere).
+    RuleSourcesChanged {
+        rule_id: RuleId,
+        sources: Sources,
+    },
     /// The rule reached its `expire_time` and was deleted by the service
     /// (actor `system:expiry`).
     RuleExpired {
@@ -73,6 +81,7 @@ impl EventPayload {
             EventPayload::RuleDisabled { .. } => "rule_disabled",
             EventPayload::RuleDescriptionChanged { .. } => "rule_description_changed",
             EventPayload::RuleDeleted { .. } => "rule_deleted",
+            EventPayload::RuleSourcesChanged { .. } => "rule_sources_changed",
             EventPayload::RuleExpired { .. } => "rule_expired",
             EventPayload::FirewallDeleted => "firewall_deleted",
         }

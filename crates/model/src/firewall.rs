@@ -4,6 +4,7 @@ use std::time::SystemTime;
 
 use crate::error::{DomainError, FoldError, ValidationError};
 use crate::event::{Event, EventPayload, RuleSpec};
+use crate::sources::Sources;
 use crate::values::{Description, InstanceId, Port, Protocol, RuleId};
 
 /// How many rules one firewall may hold, defaults included.
@@ -23,6 +24,8 @@ pub struct Rule {
     pub update_time: SystemTime,
     /// When the service deletes the rule (a `RuleExpired` event); `None`: never.
     pub expire_time: Option<SystemTime>,
+    /// The networks it accepts traffic from; empty: anywhere.
+    pub sources: Sources,
 }
 
 /// An instance's firewall as of `revision`.
@@ -130,6 +133,7 @@ impl Firewall {
             create_time: event.commit_time,
             update_time: event.commit_time,
             expire_time: spec.expire_time,
+            sources: spec.sources.clone(),
         }
     }
 
@@ -242,6 +246,9 @@ impl Firewall {
             } => self.touch_rule(rule_id, event, |r| {
                 r.description = description.clone();
             }),
+            EventPayload::RuleSourcesChanged { rule_id, sources } => {
+                self.touch_rule(rule_id, event, |r| r.sources = sources.clone())
+            }
             EventPayload::RuleDeleted { rule_id } => self.check_can_delete(rule_id).map(|()| {
                 self.rules.retain(|r| &r.id != rule_id);
             }),

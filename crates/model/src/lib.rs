@@ -11,6 +11,7 @@ mod command;
 mod error;
 mod event;
 mod firewall;
+mod sources;
 mod values;
 
 pub use advice::{database_on, warnings, Warning};
@@ -18,6 +19,7 @@ pub use command::{decide, Command, RuleIdSource};
 pub use error::{DomainError, FoldError, ValidationError};
 pub use event::{Event, EventPayload, RuleSpec};
 pub use firewall::{fold, replay, Firewall, FirewallParts, Rule, MAX_RULES};
+pub use sources::{Cidr, Sources};
 pub use values::{
     default_rules, ActorId, Description, InstanceId, Port, Protocol, RequestId, RuleId,
 };

@@ -273,6 +273,7 @@ pub fn default_rules() -> Vec<crate::RuleSpec> {
         enabled: true,
         is_default: true,
         expire_time: None,
+        sources: crate::Sources::anywhere(),
     })
     .collect()
 }

@@ -17,8 +17,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use cassette_enforcement::{Kernel, KernelError};
-use cassette_model::Protocol;
-use cassette_ruleset::{set_name, Ruleset, TableName};
+use std::collections::BTreeSet;
+
+use cassette_model::{Cidr, Protocol};
+use cassette_ruleset::{set_name, Ruleset, TableName, ALLOW_SETS};
 use serde_json::Value;
 
 use libnftables::Libnftables;
@@ -166,6 +168,37 @@ fn structure(objects: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// The `network . port` elements of an allowlist set, as nft lists them: a
+/// `concat` of a prefix (or a bare address, for one host) and a port.
+fn allowed_elements(objects: &[Value], name: &str) -> Option<BTreeSet<(Cidr, u16)>> {
+    let set = objects
+        .iter()
+        .filter_map(|o| o.get("set"))
+        .find(|s| s.get("name").and_then(Value::as_str) == Some(name))?;
+    let Some(elems) = set.get("elem").and_then(Value::as_array) else {
+        return Some(BTreeSet::new());
+    };
+    elems
+        .iter()
+        .map(|elem| {
+            let parts = elem.get("concat")?.as_array()?;
+            let [source, port] = parts.as_slice() else {
+                return None;
+            };
+            let network = match source {
+                Value::String(addr) => Cidr::parse(addr).ok()?,
+                other => {
+                    let prefix = other.get("prefix")?;
+                    let addr = prefix.get("addr")?.as_str()?;
+                    let len = prefix.get("len")?.as_u64()?;
+                    Cidr::parse(&format!("{addr}/{len}")).ok()?
+                }
+            };
+            Some((network, u16::try_from(port.as_u64()?).ok()?))
+        })
+        .collect()
+}
+
 /// The ports in a set, as nft lists them (absent `elem` = empty).
 fn set_elements(objects: &[Value], name: &str) -> Option<Vec<u16>> {
     let set = objects
@@ -222,8 +255,11 @@ impl Kernel for NftKernel {
                     .eq(ruleset.ports(protocol).iter().copied())
             })
         });
+        let allowlists_match = ALLOW_SETS
+            .iter()
+            .all(|set| allowed_elements(&objects, set.name) == Some(ruleset.allowed(set)));
         let structure_matches = self.reference.as_deref() == Some(&structure(&objects)[..]);
-        Ok(sets_match && structure_matches)
+        Ok(sets_match && allowlists_match && structure_matches)
     }
 }
 
@@ -270,5 +306,27 @@ mod tests {
         let mut accepting = objects.clone();
         accepting[3]["chain"]["policy"] = Value::from("accept");
         assert_ne!(structure(&objects), structure(&accepting));
+    }
+
+    #[test]
+    fn allowlist_elements_read_prefixes_and_hosts() {
+        let text = r#"[{"set": {"family": "inet", "name": "tcp4_allow", "table": "cassette", "type": ["ipv4_addr", "inet_service"], "handle": 4, "flags": ["interval"],
+            "elem": [{"concat": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, 5432]}, {"concat": ["192.0.2.7", 22]}]}},
+            {"set": {"family": "inet", "name": "tcp6_allow", "table": "cassette", "type": ["ipv6_addr", "inet_service"], "handle": 5, "flags": ["interval"]}}]"#;
+        let objects: Vec<Value> = serde_json::from_str(text).unwrap();
+        let net = |s: &str| Cidr::parse(s).unwrap();
+        assert_eq!(
+            allowed_elements(&objects, "tcp4_allow"),
+            Some(
+                [(net("10.0.0.0/8"), 5432), (net("192.0.2.7/32"), 22)]
+                    .into_iter()
+                    .collect()
+            )
+        );
+        assert_eq!(
+            allowed_elements(&objects, "tcp6_allow"),
+            Some(BTreeSet::new())
+        );
+        assert_eq!(allowed_elements(&objects, "udp4_allow"), None);
     }
 }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use cassette_model::{
     ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port, Protocol,
-    RequestId, Rule, RuleId, RuleSpec, ValidationError, Warning,
+    RequestId, Rule, RuleId, RuleSpec, Sources, ValidationError, Warning,
 };
 
 use crate::pb;
@@ -47,6 +47,7 @@ pub fn rule_to_pb(rule: &Rule) -> pb::Rule {
         // Filled by whoever knows the enforcer's state (the rules service).
         status: pb::RuleStatus::Unspecified.into(),
         expire_time: rule.expire_time.map(timestamp),
+        sources: sources_to_pb(&rule.sources),
     }
 }
 
@@ -89,6 +90,7 @@ fn rule_from_pb(rule: &pb::Rule) -> Result<Rule, ValidationError> {
         create_time: time_from_pb(rule.create_time, "create_time")?,
         update_time: time_from_pb(rule.update_time, "update_time")?,
         expire_time: optional_time_from_pb(rule.expire_time, "expire_time")?,
+        sources: Sources::parse("sources", &rule.sources)?,
     })
 }
 
@@ -131,7 +133,12 @@ pub fn rule_spec_to_pb(spec: &RuleSpec) -> pb::RuleSpec {
         enabled: spec.enabled,
         is_default: spec.is_default,
         expire_time: spec.expire_time.map(timestamp),
+        sources: sources_to_pb(&spec.sources),
     }
+}
+
+pub fn sources_to_pb(sources: &Sources) -> Vec<String> {
+    sources.networks().iter().map(ToString::to_string).collect()
 }
 
 fn rule_spec_from_pb(spec: &pb::RuleSpec) -> Result<RuleSpec, ValidationError> {
@@ -143,6 +150,7 @@ fn rule_spec_from_pb(spec: &pb::RuleSpec) -> Result<RuleSpec, ValidationError> {
         enabled: spec.enabled,
         is_default: spec.is_default,
         expire_time: optional_time_from_pb(spec.expire_time, "expire_time")?,
+        sources: Sources::parse("sources", &spec.sources)?,
     })
 }
 
@@ -174,6 +182,12 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
         EventPayload::RuleDeleted { rule_id } => Payload::RuleDeleted(pb::RuleDeleted {
             rule_id: rule_id.to_string(),
         }),
+        EventPayload::RuleSourcesChanged { rule_id, sources } => {
+            Payload::RuleSourcesChanged(pb::RuleSourcesChanged {
+                rule_id: rule_id.to_string(),
+                sources: sources_to_pb(sources),
+            })
+        }
         EventPayload::RuleExpired {
             rule_id,
             expire_time,
@@ -232,6 +246,10 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
         },
         Payload::RuleDeleted(e) => EventPayload::RuleDeleted {
             rule_id: RuleId::parse(&e.rule_id)?,
+        },
+        Payload::RuleSourcesChanged(e) => EventPayload::RuleSourcesChanged {
+            rule_id: RuleId::parse(&e.rule_id)?,
+            sources: Sources::parse("sources", &e.sources)?,
         },
         Payload::RuleExpired(e) => EventPayload::RuleExpired {
             rule_id: RuleId::parse(&e.rule_id)?,

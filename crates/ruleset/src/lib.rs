@@ -3,13 +3,16 @@
 //!
 //! Static chains, dynamic sets: a rule change is a set-element change. A first
 //! sync or a repair replaces the whole table in one transaction; later changes
-//! are element additions and deletions. This crate is pure (no I/O), so the
+//! are element additions and deletions. A rule open to anywhere is a port in
+//! `tcp_open`/`udp_open`; a rule with an allowlist is `source . port`
+//! elements of an interval set per protocol and address family
+//! (`tcp4_allow`, `tcp6_allow`, `udp4_allow`, `udp6_allow`). This crate is pure (no I/O), so the
 //! enforcer, the audit view and the tests all render the same text.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use cassette_model::{default_rules, Firewall, Protocol};
+use cassette_model::{default_rules, Cidr, Firewall, Protocol};
 use sha2::{Digest, Sha256};
 
 /// The name of the nftables table (family `inet`) the enforcer owns.
@@ -50,7 +53,60 @@ impl Default for TableName {
 pub struct Ruleset {
     tcp: BTreeSet<u16>,
     udp: BTreeSet<u16>,
+    /// Ports open only to some networks: (protocol, network, port).
+    allowed: BTreeSet<(Protocol, Cidr, u16)>,
 }
+
+/// One of the allowlist sets: `source . port` for a protocol and a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowSet {
+    pub name: &'static str,
+    pub protocol: Protocol,
+    pub ipv4: bool,
+}
+
+impl AllowSet {
+    fn address_type(&self) -> &'static str {
+        if self.ipv4 {
+            "ipv4_addr"
+        } else {
+            "ipv6_addr"
+        }
+    }
+
+    /// The match on the packet's source address.
+    fn source_match(&self) -> &'static str {
+        if self.ipv4 {
+            "ip saddr"
+        } else {
+            "ip6 saddr"
+        }
+    }
+}
+
+/// Every allowlist set, in the order the table defines them.
+pub const ALLOW_SETS: [AllowSet; 4] = [
+    AllowSet {
+        name: "tcp4_allow",
+        protocol: Protocol::Tcp,
+        ipv4: true,
+    },
+    AllowSet {
+        name: "tcp6_allow",
+        protocol: Protocol::Tcp,
+        ipv4: false,
+    },
+    AllowSet {
+        name: "udp4_allow",
+        protocol: Protocol::Udp,
+        ipv4: true,
+    },
+    AllowSet {
+        name: "udp6_allow",
+        protocol: Protocol::Udp,
+        ipv4: false,
+    },
+];
 
 impl Ruleset {
     /// The ruleset of a folded firewall: its enabled rules. No firewall, or a
@@ -63,9 +119,36 @@ impl Ruleset {
             .flat_map(|f| f.rules())
             .filter(|r| r.enabled)
         {
-            ruleset.ports_mut(rule.protocol).insert(rule.port.get());
+            let networks = rule.sources.networks();
+            if networks.is_empty() {
+                ruleset.ports_mut(rule.protocol).insert(rule.port.get());
+                continue;
+            }
+            // The kernel refuses overlapping intervals: a network inside
+            // another of the same list adds nothing and is left out.
+            for network in networks {
+                let covered = networks
+                    .iter()
+                    .any(|other| other != network && other.contains(network));
+                if !covered {
+                    ruleset
+                        .allowed
+                        .insert((rule.protocol, *network, rule.port.get()));
+                }
+            }
         }
         ruleset
+    }
+
+    /// The `(network, port)` elements of an allowlist set.
+    pub fn allowed(&self, set: &AllowSet) -> BTreeSet<(Cidr, u16)> {
+        self.allowed
+            .iter()
+            .filter(|(protocol, network, _)| {
+                *protocol == set.protocol && network.is_ipv4() == set.ipv4
+            })
+            .map(|(_, network, port)| (*network, *port))
+            .collect()
     }
 
     /// What an instance holds before its first sync: the product's defaults
@@ -108,6 +191,19 @@ impl Ruleset {
             }
             out.push_str("  }\n");
         }
+        for set in &ALLOW_SETS {
+            let _ = write!(
+                out,
+                "  set {} {{\n    type {} . inet_service;\n    flags interval;\n",
+                set.name,
+                set.address_type()
+            );
+            let elements = self.allowed(set);
+            if !elements.is_empty() {
+                let _ = writeln!(out, "    elements = {{ {} }}", join_allowed(&elements));
+            }
+            out.push_str("  }\n");
+        }
         out.push_str(concat!(
             "  chain input {\n",
             "    type filter hook input priority filter; policy drop;\n",
@@ -119,9 +215,17 @@ impl Ruleset {
             "    meta l4proto { 1, 58 } accept\n",
             "    tcp dport @tcp_open accept\n",
             "    udp dport @udp_open accept\n",
-            "  }\n",
-            "}\n",
         ));
+        for set in &ALLOW_SETS {
+            let _ = writeln!(
+                out,
+                "    {} . {} dport @{} accept",
+                set.source_match(),
+                set.protocol.name(),
+                set.name
+            );
+        }
+        out.push_str("  }\n}\n");
         out
     }
 
@@ -156,6 +260,27 @@ impl Ruleset {
                 let _ = writeln!(out, "add element inet {name} {set} {{ {} }}", join(&added));
             }
         }
+        for set in &ALLOW_SETS {
+            let (old, new) = (from.allowed(set), self.allowed(set));
+            let removed: BTreeSet<(Cidr, u16)> = old.difference(&new).copied().collect();
+            let added: BTreeSet<(Cidr, u16)> = new.difference(&old).copied().collect();
+            if !removed.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "delete element inet {name} {} {{ {} }}",
+                    set.name,
+                    join_allowed(&removed)
+                );
+            }
+            if !added.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "add element inet {name} {} {{ {} }}",
+                    set.name,
+                    join_allowed(&added)
+                );
+            }
+        }
         (!out.is_empty()).then_some(out)
     }
 
@@ -181,6 +306,14 @@ pub fn set_name(protocol: Protocol) -> &'static str {
     }
 }
 
+fn join_allowed(elements: &BTreeSet<(Cidr, u16)>) -> String {
+    elements
+        .iter()
+        .map(|(network, port)| format!("{network} . {port}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn join(ports: &BTreeSet<u16>) -> String {
     ports
         .iter()
@@ -197,6 +330,7 @@ mod tests {
         Ruleset {
             tcp: tcp.iter().copied().collect(),
             udp: udp.iter().copied().collect(),
+            allowed: BTreeSet::new(),
         }
     }
 
@@ -247,5 +381,41 @@ mod tests {
         assert_eq!(Ruleset::defaults().hash(), Ruleset::defaults().hash());
         assert_ne!(Ruleset::defaults().hash(), Ruleset::of(None).hash());
         assert_eq!(Ruleset::defaults().hash().len(), 64);
+    }
+
+    #[test]
+    fn allowlists_are_source_port_elements_per_family() {
+        let net = |s: &str| Cidr::parse(s).unwrap();
+        let mut to = ruleset(&[22], &[]);
+        to.allowed
+            .insert((Protocol::Tcp, net("203.0.113.0/24"), 5432));
+        to.allowed
+            .insert((Protocol::Tcp, net("2001:db8::/32"), 5432));
+        to.allowed.insert((Protocol::Udp, net("192.0.2.7"), 53));
+        let text = to.render(&TableName::default());
+        assert!(text.contains("  set tcp4_allow {\n    type ipv4_addr . inet_service;\n    flags interval;\n    elements = { 203.0.113.0/24 . 5432 }\n  }\n"), "{text}");
+        assert!(
+            text.contains("elements = { 2001:db8::/32 . 5432 }"),
+            "{text}"
+        );
+        assert!(text.contains("elements = { 192.0.2.7/32 . 53 }"), "{text}");
+        assert!(
+            text.contains("    ip6 saddr . tcp dport @tcp6_allow accept\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    ip saddr . udp dport @udp4_allow accept\n"),
+            "{text}"
+        );
+
+        let from = ruleset(&[22, 5432], &[]);
+        assert_eq!(
+            to.delta_script(&from, &TableName::default()).unwrap(),
+            "delete element inet cassette tcp_open { 5432 }\n\
+             add element inet cassette tcp4_allow { 203.0.113.0/24 . 5432 }\n\
+             add element inet cassette tcp6_allow { 2001:db8::/32 . 5432 }\n\
+             add element inet cassette udp4_allow { 192.0.2.7/32 . 53 }\n"
+        );
+        assert_ne!(to.hash(), from.hash());
     }
 }

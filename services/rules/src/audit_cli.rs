@@ -220,8 +220,18 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 fn describe_rule(rule: &Rule) -> String {
+    let mut extra = String::new();
+    if !rule.sources.is_anywhere() {
+        extra.push_str(&format!(
+            ", from {}",
+            cassette_proto::sources_to_pb(&rule.sources).join(" ")
+        ));
+    }
+    if let Some(expires) = rule.expire_time {
+        extra.push_str(&format!(", expires {}", rfc3339(expires)));
+    }
     format!(
-        "{}/{} {} {}{} ({}, revision {})",
+        "{}/{} {} {}{} ({}, revision {}{extra})",
         rule.port,
         rule.protocol,
         if rule.enabled { "enabled" } else { "disabled" },
@@ -268,6 +278,14 @@ fn describe(event: &Event) -> String {
             description,
         } => format!("described {rule_id} as {:?}", description.as_str()),
         EventPayload::RuleDeleted { rule_id } => format!("deleted {rule_id}"),
+        EventPayload::RuleSourcesChanged { rule_id, sources } => format!(
+            "allowed {rule_id} from {}",
+            if sources.is_anywhere() {
+                "anywhere".to_owned()
+            } else {
+                cassette_proto::sources_to_pb(sources).join(", ")
+            }
+        ),
         EventPayload::RuleExpired {
             rule_id,
             expire_time,

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use cassette_model::{Command, Description, InstanceId, Port, RequestId, RuleId, ValidationError};
+use cassette_model::{
+    Command, Description, InstanceId, Port, RequestId, RuleId, Sources, ValidationError,
+};
 use cassette_proto::{pb, protocol_from_pb};
 
 use crate::audit::EventPage;
@@ -43,12 +45,14 @@ pub fn add_rule_at(r: &pb::AddRuleRequest, now: SystemTime, v: &mut Violations) 
     let protocol = v.check(protocol_from_pb(r.protocol));
     let description = v.check(Description::parse(&r.description));
     let expire_time = v.check(expire_time(r.expire_time, r.ttl, now));
+    let sources = v.check(Sources::parse("sources", &r.sources));
     Some(Command::AddRule {
         port: port?,
         protocol: protocol?,
         description: description?,
         enabled: r.enabled.unwrap_or(true),
         expire_time: expire_time?,
+        sources: sources?,
     })
 }
 
@@ -91,10 +95,17 @@ pub fn update_rule(r: &pb::UpdateRuleRequest, v: &mut Violations) -> Option<Comm
         None => Some(None),
         Some(d) => v.check(Description::parse(d)).map(Some),
     };
+    let sources = match &r.sources {
+        None => Some(None),
+        Some(list) => v
+            .check(Sources::parse("sources.cidrs", &list.cidrs))
+            .map(Some),
+    };
     Some(Command::UpdateRule {
         rule_id: rule_id?,
         enabled: r.enabled,
         description: description?,
+        sources: sources?,
     })
 }
 

@@ -15,14 +15,21 @@ use crate::{binary, PATIENCE};
 pub const INSTANCE_IP: &str = "198.51.100.1";
 /// The client namespace's address (where a test may run the rules service).
 pub const CLIENT_IP: &str = "198.51.100.2";
+/// A second client address, for allowlists: one source allowed, one not.
+pub const OTHER_CLIENT_IP: &str = "198.51.100.3";
+/// The same three over IPv6 (documentation prefix).
+pub const INSTANCE_IP6: &str = "2001:db8:51::1";
+pub const CLIENT_IP6: &str = "2001:db8:51::2";
+pub const OTHER_CLIENT_IP6: &str = "2001:db8:51::3";
 
 /// Listeners the instance runs: TCP ports that accept, UDP ports that echo.
 const LISTENERS: &str = r#"
 import socket, sys, threading
 def tcp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port)); s.listen(64)
     while True:
         c, _ = s.accept(); c.close()
 def udp(port):
@@ -37,7 +44,7 @@ print("ready", flush=True)
 threading.Event().wait()
 "#;
 
-const TCP_PROBE: &str = "import socket,sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0).close()";
+const TCP_PROBE: &str = "import socket,sys\nsrc=(sys.argv[3], 0) if len(sys.argv) > 3 else None\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0, source_address=src).close()";
 const UDP_PROBE: &str = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1.0)\ns.sendto(b'ping',(sys.argv[1], int(sys.argv[2])))\nsys.exit(0 if s.recvfrom(64)[0]==b'ping' else 1)";
 
 /// Whether this process may create namespaces and program nftables.
@@ -90,11 +97,29 @@ impl Lab {
                 "netns", c,
             ],
         );
-        for (ns, ip) in [(i, INSTANCE_IP), (c, CLIENT_IP)] {
+        for (ns, ip) in [(i, INSTANCE_IP), (c, CLIENT_IP), (c, OTHER_CLIENT_IP)] {
             run(
                 "ip",
                 &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "veth0"],
             );
+        }
+        for (ns, ip) in [(i, INSTANCE_IP6), (c, CLIENT_IP6), (c, OTHER_CLIENT_IP6)] {
+            // nodad: usable at once, not after duplicate address detection.
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{ip}/64"),
+                    "dev",
+                    "veth0",
+                    "nodad",
+                ],
+            );
+        }
+        for ns in [i, c] {
             run("ip", &["-n", ns, "link", "set", "veth0", "up"]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
@@ -128,6 +153,22 @@ impl Lab {
     /// Whether a TCP connection from the client namespace to the instance succeeds.
     pub fn tcp_open(&self, port: u16) -> bool {
         self.probe(TCP_PROBE, port)
+    }
+
+    /// Whether a TCP connection from `source` (one of the client namespace's
+    /// addresses) to the instance's address of the same family succeeds.
+    pub fn tcp_open_from(&self, source: &str, port: u16) -> bool {
+        let target = if source.contains(':') {
+            INSTANCE_IP6
+        } else {
+            INSTANCE_IP
+        };
+        Self::command(&self.client_ns, Path::new("python3"))
+            .args(["-c", TCP_PROBE, target, &port.to_string(), source])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// Whether a UDP datagram to the instance comes back.

@@ -120,6 +120,7 @@ fn event(sequence: u64, i: u64, revision: u64) -> anyhow::Result<Event> {
             enabled: true,
             is_default: false,
             expire_time: None,
+            sources: Default::default(),
         }),
         r => {
             let n = r - RULES_PER_INSTANCE - 2;

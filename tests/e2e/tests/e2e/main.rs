@@ -1,5 +1,6 @@
 //! End-to-end tests, one binary (each test binary links everything).
 //!
+//! - `allowlist`: source allowlists: validation, replacement, audit, real traffic (root).
 //! - `api`: every semantic rule of FirewallService through the generated client.
 //! - `auth`: identity and authorization over real TLS: the attack table.
 //! - `audit`: AuditService and the offline audit commands, tampering included.
@@ -12,6 +13,7 @@
 //! - `sync`: EnforcerService.Sync with raw streams: fan-out, backpressure, acks.
 //! - `readme`: every grpcurl example of README.md, run against the real binary.
 
+mod allowlist;
 mod api;
 mod audit;
 mod auth;
