@@ -75,8 +75,11 @@ fn rule_id(firewall: &pb::Firewall, port: u32) -> String {
 }
 
 /// The firewall as history keeps it: without the live sync state.
+/// A firewall as the log knows it: without the enforcer's sync state, and
+/// without the advice that answered the change.
 fn as_history(mut firewall: pb::Firewall) -> pb::Firewall {
     firewall.sync = None;
+    firewall.warnings.clear();
     for rule in &mut firewall.rules {
         rule.status = pb::RuleStatus::Unspecified.into();
     }
