@@ -133,8 +133,10 @@ check "the restarted enforcer is back in sync" bash -c "$(declare -f in_sync rpc
 check "the rule survived in the API (disabled)" bash -c \
     "$(declare -f rpc); rules=$rules; admin=(${admin[*]}); rpc GetFirewall '{\"instance_id\": \"db-1\"}' | jq -e '.rules[] | select(.port == 5432) | .enabled != true' >/dev/null"
 check "the rule survived in the kernel (5432 closed)" cannot_connect web-1 db-1 5432
+# The open ports of db-1's tcp_open set (each element carries a counter).
+ports_json='[.nftables[] | .set? // empty | .elem[]? | if type == "object" then .elem.val else . end]'
 check "the kernel holds the defaults only" bash -c \
-    "$(declare -f dc); compose=(${compose[*]}); project=$project; dc exec -T db-1-enforcer nft list set inet cassette tcp_open | grep -q 'elements = { 22, 80, 443 }'"
+    "$(declare -f dc); compose=(${compose[*]}); project=$project; dc exec -T db-1-enforcer nft -j list set inet cassette tcp_open | jq -ce '$ports_json' | grep -qx '\[22,80,443\]'"
 
 # The instance reboots while the rules service is down: the enforcer comes
 # back on an empty kernel with only its state volume, and must put the user's
@@ -149,10 +151,10 @@ docker stop "$rules_id" >/dev/null
 docker stop "$enforcer_id" >/dev/null
 nsenter -t "$db1_pid" -n nft delete table inet cassette
 docker start "$enforcer_id" >/dev/null
-db1_ports() { nsenter -t "$db1_pid" -n nft list set inet cassette tcp_open 2>/dev/null; }
+db1_ports() { nsenter -t "$db1_pid" -n nft -j list set inet cassette tcp_open 2>/dev/null | jq -c "$ports_json"; }
 saved_firewall_back() {
     for _ in $(seq 40); do
-        db1_ports | grep -q 'elements = { 80, 443, 5432 }' && return 0
+        [ "$(db1_ports)" = '[80,443,5432]' ] && return 0
         sleep 0.25
     done
     return 1

@@ -1,15 +1,16 @@
 //! The sync loop: hello, fold, apply, ack; reconnect with backoff; repair drift.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use cassette_model::{fold, Event, Firewall, InstanceId};
+use cassette_model::{fold, Cidr, Event, Firewall, InstanceId, Protocol};
 use cassette_proto::pb::enforcer_service_client::EnforcerServiceClient;
 use cassette_proto::pb::sync_request::Message;
-use cassette_proto::{event_from_pb, pb, Keepalive, Target};
+use cassette_proto::{event_from_pb, pb, protocol_to_pb, Keepalive, Target};
 use cassette_ruleset::{Ruleset, TableName};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
@@ -18,6 +19,9 @@ use tonic::transport::{Channel, ClientTlsConfig};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::{EnforcerMetrics, Kernel, KernelError, StateFile};
+
+/// An element of the table: protocol, port, and allowlist network (if any).
+type HitKey = (Protocol, u16, Option<Cidr>);
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -38,6 +42,8 @@ pub struct Config {
     pub table: TableName,
     /// How often the table is read back and repaired if it drifted.
     pub refresh_interval: Duration,
+    /// How often the table's hit counters are reported while connected.
+    pub report_interval: Duration,
     /// Where what was applied is saved after each apply and put back in force
     /// at start-up (`None`: nothing is saved; a restart starts from the
     /// defaults, or from what the kernel still holds).
@@ -67,6 +73,9 @@ pub struct Enforcer<K: Kernel> {
     state_error: Option<String>,
     /// Saving has been failing (one warning per run of failures).
     save_failing: bool,
+    /// Each element's packets at the last report, and when its count last
+    /// grew (`None` before any report of this process).
+    hits_seen: Option<HashMap<HitKey, (u64, Option<SystemTime>)>>,
     metrics: Arc<EnforcerMetrics>,
     /// A shared connection to use instead of dialing `config.rules` (many
     /// simulated enforcers multiplexed over a few connections).
@@ -105,6 +114,7 @@ impl<K: Kernel> Enforcer<K> {
             saved_revision: None,
             state_error: None,
             save_failing: false,
+            hits_seen: None,
             metrics: Arc::default(),
             channel: None,
         }
@@ -316,6 +326,8 @@ impl<K: Kernel> Enforcer<K> {
         let mut refresh = tokio::time::interval(self.config.refresh_interval);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.tick().await;
+        let mut report = tokio::time::interval(self.config.report_interval);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = inbound.message() => {
@@ -330,6 +342,7 @@ impl<K: Kernel> Enforcer<K> {
                     self.apply_and_ack(&acks).await;
                 }
                 _ = refresh.tick() => self.repair_drift(&acks).await?,
+                _ = report.tick() => self.report(&acks).await,
             }
         }
     }
@@ -417,6 +430,55 @@ impl<K: Kernel> Enforcer<K> {
         let _ = acks
             .send(pb::SyncRequest {
                 message: Some(Message::Ack(ack)),
+            })
+            .await;
+    }
+
+    /// Reports the table's hit counters (if the backend keeps any), with
+    /// when each count last grew. Never written to the event log.
+    async fn report(&mut self, acks: &mpsc::Sender<pb::SyncRequest>) {
+        let hits = match self.kernel_call(|k| k.hits()).await {
+            Ok(Some(hits)) => hits,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the hit counters");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let before = self.hits_seen.take();
+        let mut seen = HashMap::with_capacity(hits.len());
+        let elements = hits
+            .iter()
+            .map(|h| {
+                let key = (h.protocol, h.port, h.source);
+                let last_hit = match before.as_ref().map(|b| b.get(&key)) {
+                    // The first report of this process is the baseline.
+                    None => None,
+                    // Put in the table since the last report, and hit already.
+                    Some(None) => (h.packets > 0).then_some(now),
+                    Some(Some(&(packets, _))) if h.packets > packets => Some(now),
+                    Some(Some(&(packets, last))) if h.packets == packets => last,
+                    // The counter restarted (the element was put back).
+                    Some(Some(_)) => (h.packets > 0).then_some(now),
+                };
+                seen.insert(key, (h.packets, last_hit));
+                pb::ElementHits {
+                    protocol: protocol_to_pb(h.protocol).into(),
+                    port: u32::from(h.port),
+                    source: h.source.map(|s| s.to_string()).unwrap_or_default(),
+                    packets: h.packets,
+                    last_hit_time: last_hit.map(Into::into),
+                }
+            })
+            .collect();
+        self.hits_seen = Some(seen);
+        let _ = acks
+            .send(pb::SyncRequest {
+                message: Some(Message::Report(pb::Report {
+                    hits: elements,
+                    observe_time: Some(now.into()),
+                })),
             })
             .await;
     }

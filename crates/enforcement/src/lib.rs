@@ -15,6 +15,7 @@ pub use enforcer::{Config, Enforcer};
 pub use metrics::EnforcerMetrics;
 pub use state::{StateError, StateFile};
 
+use cassette_model::{Cidr, Protocol};
 use cassette_ruleset::Ruleset;
 
 /// Why a kernel operation failed: the backend's own message (nft's, verbatim).
@@ -39,4 +40,21 @@ pub trait Kernel: Send + 'static {
 
     /// Reads the table back: does it hold exactly `ruleset`, and nothing else?
     fn holds(&mut self, ruleset: &Ruleset) -> Result<bool, KernelError>;
+
+    /// The packets each open port (and each allowlist element) has accepted
+    /// since it was put in the table; `None` when the backend counts nothing
+    /// (or there is no table).
+    fn hits(&mut self) -> Result<Option<Vec<Hits>>, KernelError> {
+        Ok(None)
+    }
+}
+
+/// One element's packet counter: a port open to anywhere (`source: None`) or
+/// an allowlist entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hits {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub source: Option<Cidr>,
+    pub packets: u64,
 }

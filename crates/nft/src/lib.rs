@@ -16,7 +16,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use cassette_enforcement::{Kernel, KernelError};
+use cassette_enforcement::{Hits, Kernel, KernelError};
 use std::collections::BTreeSet;
 
 use cassette_model::{Cidr, Protocol};
@@ -168,52 +168,103 @@ fn structure(objects: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// The `network . port` elements of an allowlist set, as nft lists them: a
-/// `concat` of a prefix (or a bare address, for one host) and a port.
-fn allowed_elements(objects: &[Value], name: &str) -> Option<BTreeSet<(Cidr, u16)>> {
+/// A set's elements as nft lists them: each value, with the packets its
+/// counter has seen (`{"elem": {"val": V, "counter": {...}}}`; a bare `V`
+/// when the set keeps no counters). `None` if the set is missing.
+fn set_entries<'a>(objects: &'a [Value], name: &str) -> Option<Vec<(&'a Value, Option<u64>)>> {
     let set = objects
         .iter()
         .filter_map(|o| o.get("set"))
         .find(|s| s.get("name").and_then(Value::as_str) == Some(name))?;
     let Some(elems) = set.get("elem").and_then(Value::as_array) else {
-        return Some(BTreeSet::new());
+        return Some(Vec::new());
     };
-    elems
-        .iter()
-        .map(|elem| {
-            let parts = elem.get("concat")?.as_array()?;
-            let [source, port] = parts.as_slice() else {
-                return None;
-            };
-            let network = match source {
-                Value::String(addr) => Cidr::parse(addr).ok()?,
-                other => {
-                    let prefix = other.get("prefix")?;
-                    let addr = prefix.get("addr")?.as_str()?;
-                    let len = prefix.get("len")?.as_u64()?;
-                    Cidr::parse(&format!("{addr}/{len}")).ok()?
-                }
-            };
-            Some((network, u16::try_from(port.as_u64()?).ok()?))
-        })
+    Some(
+        elems
+            .iter()
+            .map(|e| match e.get("elem") {
+                Some(inner) => (
+                    inner.get("val").unwrap_or(&Value::Null),
+                    inner
+                        .get("counter")
+                        .and_then(|c| c.get("packets"))
+                        .and_then(Value::as_u64),
+                ),
+                None => (e, None),
+            })
+            .collect(),
+    )
+}
+
+fn port_of(value: &Value) -> Option<u16> {
+    value.as_u64().and_then(|p| u16::try_from(p).ok())
+}
+
+/// An allowlist element's value: a `concat` of a prefix (or a bare address,
+/// for one host) and a port.
+fn network_port_of(value: &Value) -> Option<(Cidr, u16)> {
+    let parts = value.get("concat")?.as_array()?;
+    let [source, port] = parts.as_slice() else {
+        return None;
+    };
+    let network = match source {
+        Value::String(addr) => Cidr::parse(addr).ok()?,
+        other => {
+            let prefix = other.get("prefix")?;
+            let addr = prefix.get("addr")?.as_str()?;
+            let len = prefix.get("len")?.as_u64()?;
+            Cidr::parse(&format!("{addr}/{len}")).ok()?
+        }
+    };
+    Some((network, port_of(port)?))
+}
+
+/// The `network . port` elements of an allowlist set.
+fn allowed_elements(objects: &[Value], name: &str) -> Option<BTreeSet<(Cidr, u16)>> {
+    set_entries(objects, name)?
+        .into_iter()
+        .map(|(value, _)| network_port_of(value))
         .collect()
 }
 
-/// The ports in a set, as nft lists them (absent `elem` = empty).
+/// The ports in a set (absent `elem` = empty).
 fn set_elements(objects: &[Value], name: &str) -> Option<Vec<u16>> {
-    let set = objects
-        .iter()
-        .filter_map(|o| o.get("set"))
-        .find(|s| s.get("name").and_then(Value::as_str) == Some(name))?;
-    let mut ports: Vec<u16> = match set.get("elem").and_then(Value::as_array) {
-        None => Vec::new(),
-        Some(elems) => elems
-            .iter()
-            .map(|e| e.as_u64().and_then(|p| u16::try_from(p).ok()))
-            .collect::<Option<_>>()?,
-    };
+    let mut ports: Vec<u16> = set_entries(objects, name)?
+        .into_iter()
+        .map(|(value, _)| port_of(value))
+        .collect::<Option<_>>()?;
     ports.sort_unstable();
     Some(ports)
+}
+
+/// Every element's packet counter, open ports and allowlists alike.
+fn hit_counts(objects: &[Value]) -> Vec<Hits> {
+    let mut hits = Vec::new();
+    for protocol in [Protocol::Tcp, Protocol::Udp] {
+        for (value, packets) in set_entries(objects, set_name(protocol)).unwrap_or_default() {
+            if let (Some(port), Some(packets)) = (port_of(value), packets) {
+                hits.push(Hits {
+                    protocol,
+                    port,
+                    source: None,
+                    packets,
+                });
+            }
+        }
+    }
+    for set in &ALLOW_SETS {
+        for (value, packets) in set_entries(objects, set.name).unwrap_or_default() {
+            if let (Some((network, port)), Some(packets)) = (network_port_of(value), packets) {
+                hits.push(Hits {
+                    protocol: set.protocol,
+                    port,
+                    source: Some(network),
+                    packets,
+                });
+            }
+        }
+    }
+    hits
 }
 
 impl Kernel for NftKernel {
@@ -260,6 +311,10 @@ impl Kernel for NftKernel {
             .all(|set| allowed_elements(&objects, set.name) == Some(ruleset.allowed(set)));
         let structure_matches = self.reference.as_deref() == Some(&structure(&objects)[..]);
         Ok(sets_match && allowlists_match && structure_matches)
+    }
+
+    fn hits(&mut self) -> Result<Option<Vec<Hits>>, KernelError> {
+        Ok(self.read_back()?.map(|objects| hit_counts(&objects)))
     }
 }
 
@@ -328,5 +383,31 @@ mod tests {
             Some(BTreeSet::new())
         );
         assert_eq!(allowed_elements(&objects, "udp4_allow"), None);
+    }
+
+    #[test]
+    fn counters_are_read_per_element() {
+        let text = r#"[{"set": {"family": "inet", "name": "tcp_open", "table": "cassette", "type": "inet_service", "handle": 2,
+              "elem": [{"elem": {"val": 22, "counter": {"packets": 7, "bytes": 420}}}, {"elem": {"val": 80, "counter": {"packets": 0, "bytes": 0}}}], "stmt": [{"counter": null}]}},
+            {"set": {"family": "inet", "name": "udp_open", "table": "cassette", "type": "inet_service", "handle": 3, "stmt": [{"counter": null}]}},
+            {"set": {"family": "inet", "name": "tcp4_allow", "table": "cassette", "type": ["ipv4_addr", "inet_service"], "handle": 4, "flags": ["interval"],
+              "elem": [{"elem": {"val": {"concat": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, 5432]}, "counter": {"packets": 3, "bytes": 180}}}]}}]"#;
+        let objects: Vec<Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(set_elements(&objects, "tcp_open"), Some(vec![22, 80]));
+        assert_eq!(set_elements(&objects, "udp_open"), Some(vec![]));
+        let hits = hit_counts(&objects);
+        assert_eq!(hits.len(), 3, "{hits:?}");
+        assert!(hits.contains(&Hits {
+            protocol: Protocol::Tcp,
+            port: 22,
+            source: None,
+            packets: 7
+        }));
+        assert!(hits.contains(&Hits {
+            protocol: Protocol::Tcp,
+            port: 5432,
+            source: Some(Cidr::parse("10.0.0.0/8").unwrap()),
+            packets: 3
+        }));
     }
 }

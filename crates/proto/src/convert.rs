@@ -44,8 +44,11 @@ pub fn rule_to_pb(rule: &Rule) -> pb::Rule {
         revision: rule.revision,
         create_time: Some(timestamp(rule.create_time)),
         update_time: Some(timestamp(rule.update_time)),
-        // Filled by whoever knows the enforcer's state (the rules service).
+        // Filled by whoever knows the enforcer's state (the rules service),
+        // as are the hit counts.
         status: pb::RuleStatus::Unspecified.into(),
+        hits: 0,
+        last_hit_time: None,
         expire_time: rule.expire_time.map(timestamp),
         sources: sources_to_pb(&rule.sources),
     }

@@ -180,9 +180,10 @@ impl Ruleset {
         let table = table.as_str();
         let mut out = format!("table inet {table} {{\n");
         for protocol in [Protocol::Tcp, Protocol::Udp] {
+            // Every element counts the packets it accepted (hit counts).
             let _ = write!(
                 out,
-                "  set {} {{\n    type inet_service;\n",
+                "  set {} {{\n    type inet_service;\n    counter;\n",
                 set_name(protocol)
             );
             let ports = self.ports(protocol);
@@ -194,7 +195,7 @@ impl Ruleset {
         for set in &ALLOW_SETS {
             let _ = write!(
                 out,
-                "  set {} {{\n    type {} . inet_service;\n    flags interval;\n",
+                "  set {} {{\n    type {} . inet_service;\n    flags interval;\n    counter;\n",
                 set.name,
                 set.address_type()
             );
@@ -343,7 +344,7 @@ mod tests {
     #[test]
     fn render_is_the_designed_table() {
         let text = ruleset(&[22, 5432], &[]).render(&TableName::default());
-        assert!(text.starts_with("table inet cassette {\n  set tcp_open {\n    type inet_service;\n    elements = { 22, 5432 }\n  }\n  set udp_open {\n    type inet_service;\n  }\n"), "{text}");
+        assert!(text.starts_with("table inet cassette {\n  set tcp_open {\n    type inet_service;\n    counter;\n    elements = { 22, 5432 }\n  }\n  set udp_open {\n    type inet_service;\n    counter;\n  }\n"), "{text}");
         assert!(text.contains("policy drop;"));
         assert!(text.contains("udp dport @udp_open accept"));
     }
@@ -393,7 +394,7 @@ mod tests {
             .insert((Protocol::Tcp, net("2001:db8::/32"), 5432));
         to.allowed.insert((Protocol::Udp, net("192.0.2.7"), 53));
         let text = to.render(&TableName::default());
-        assert!(text.contains("  set tcp4_allow {\n    type ipv4_addr . inet_service;\n    flags interval;\n    elements = { 203.0.113.0/24 . 5432 }\n  }\n"), "{text}");
+        assert!(text.contains("  set tcp4_allow {\n    type ipv4_addr . inet_service;\n    flags interval;\n    counter;\n    elements = { 203.0.113.0/24 . 5432 }\n  }\n"), "{text}");
         assert!(
             text.contains("elements = { 2001:db8::/32 . 5432 }"),
             "{text}"

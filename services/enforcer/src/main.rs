@@ -108,6 +108,11 @@ struct Args {
     #[arg(long, env = "CASSETTE_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     refresh_interval: Duration,
 
+    /// How often the table's hit counters are reported to the rules service
+    /// (e.g. 10s, 500ms): each rule's hits and last hit time.
+    #[arg(long, env = "CASSETTE_REPORT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    report_interval: Duration,
+
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, env = "CASSETTE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -161,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         enforcer_id,
         table: table.clone(),
         refresh_interval: args.refresh_interval,
+        report_interval: args.report_interval,
         state_dir: (!args.no_state).then(|| args.state_dir.clone()),
     };
     match args.backend {

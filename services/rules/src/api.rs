@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use cassette_auth::{Action, Caller};
 use cassette_model::{Command, Firewall, InstanceId, ValidationError};
@@ -19,7 +19,7 @@ use crate::limits::{Limits, Slots};
 use crate::requests;
 use crate::status::{invalid, refused, Violations};
 use crate::store::{Mutation, Store, StoreError};
-use crate::sync::present;
+use crate::sync::{present, Hits};
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
@@ -88,6 +88,34 @@ impl FirewallApi {
         };
         in_span(span, answer).await
     }
+}
+
+/// Keeps only the firewall's enabled rules that accepted no packet for at
+/// least `unused_for` (no hit since, and applied before, that time) by its
+/// enforcer's last report. False when none is left, or nothing was reported.
+fn keep_unused(view: &mut pb::Firewall, hits: Option<&Hits>, unused_for: Duration) -> bool {
+    let Some(since) = hits
+        .and_then(|h| h.observed)
+        .and_then(|observed| observed.checked_sub(unused_for))
+    else {
+        return false;
+    };
+    let before = |t: Option<prost_types::Timestamp>| {
+        t.and_then(|t| SystemTime::try_from(t).ok())
+            .is_none_or(|t| t < since)
+    };
+    view.rules.retain(|rule| {
+        let applied = rule.status == pb::RuleStatus::Applied as i32;
+        // Hits counted before the enforcer's first report have no time: not
+        // known to be unused.
+        let when_known = rule.hits == 0 || rule.last_hit_time.is_some();
+        rule.enabled
+            && applied
+            && when_known
+            && before(rule.update_time)
+            && before(rule.last_hit_time)
+    });
+    !view.rules.is_empty()
 }
 
 fn request_span(
@@ -181,6 +209,7 @@ impl FirewallService for FirewallApi {
                     ))
                 })?),
             };
+            let unused_for = requests::unused_for(request.unused_for).map_err(invalid)?;
             let (page, mut more) = self
                 .store
                 .list(after.as_ref(), limit, |id| caller.may_see(id.as_str()));
@@ -188,17 +217,26 @@ impl FirewallService for FirewallApi {
             // always with at least one firewall so a reader makes progress.
             let mut firewalls = Vec::with_capacity(page.len());
             let mut bytes = 0;
+            let mut last_seen = None;
             for firewall in &page {
-                let view = self.present(firewall);
+                let mut view = self.present(firewall);
+                if let Some(unused_for) = unused_for {
+                    let hits = self.store.snapshot(&firewall.instance_id).hits;
+                    if !keep_unused(&mut view, hits.as_deref(), unused_for) {
+                        last_seen = Some(view.instance_id);
+                        continue;
+                    }
+                }
                 bytes += prost::Message::encoded_len(&view);
                 if bytes > self.max_page_bytes && !firewalls.is_empty() {
                     more = true;
                     break;
                 }
+                last_seen = Some(view.instance_id.clone());
                 firewalls.push(view);
             }
-            let next_page_token = match (more, firewalls.last()) {
-                (true, Some(last)) => last.instance_id.clone(),
+            let next_page_token = match (more, last_seen) {
+                (true, Some(last)) => last,
                 _ => String::new(),
             };
             Ok(pb::ListFirewallsResponse {

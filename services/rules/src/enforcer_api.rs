@@ -24,7 +24,7 @@ use crate::caller::caller;
 use crate::requests;
 use crate::status::{invalid, refused, stream_replaced, Violations};
 use crate::store::Store;
-use crate::sync::{Connection, Hello};
+use crate::sync::{Connection, Hello, Hits};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -295,6 +295,12 @@ async fn receive_acks(
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Ack(ack)),
             })) => state.record_ack(&ack),
+            Ok(Some(pb::SyncRequest {
+                message: Some(Message::Report(report)),
+            })) => state
+                .store
+                .board()
+                .record_hits(&state.instance, Hits::from_report(&report)),
             Ok(Some(_)) => tracing::warn!("ignoring a message that is not an ack"),
             Ok(None) => break,
             Err(status) => {

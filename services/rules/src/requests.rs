@@ -56,6 +56,20 @@ pub fn add_rule_at(r: &pb::AddRuleRequest, now: SystemTime, v: &mut Violations) 
     })
 }
 
+/// ListFirewalls' `unused_for`: absent, or 1 second to 366 days.
+pub fn unused_for(d: Option<prost_types::Duration>) -> Result<Option<Duration>, ValidationError> {
+    let Some(d) = d else {
+        return Ok(None);
+    };
+    match Duration::try_from(d) {
+        Ok(d) if (MIN_TTL..=MAX_TTL).contains(&d) => Ok(Some(d)),
+        _ => Err(ValidationError::new(
+            "unused_for",
+            "must be between 1 second and 366 days",
+        )),
+    }
+}
+
 /// AddRule's `expire_time` or `ttl` (not both) as an absolute time between 1 s
 /// and 366 days after `now`.
 fn expire_time(

@@ -29,6 +29,51 @@ pub struct Snapshot {
     pub last_ack_time: Option<SystemTime>,
     /// What the latest enforcer to say Hello reported about its saved state.
     pub state_error: Option<String>,
+    /// The enforcer's last report of the kernel's hit counters.
+    pub hits: Option<Arc<Hits>>,
+}
+
+/// Hit counts per rule (its protocol and port, all its sources together), as
+/// the enforcer last reported them. Never in the event log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hits {
+    pub observed: Option<SystemTime>,
+    /// (wire protocol, port) -> (packets, last hit).
+    pub by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)>,
+}
+
+impl Hits {
+    /// At most this many elements are read from one report.
+    pub const MAX_ELEMENTS: usize = 65_536;
+
+    pub fn from_report(report: &pb::Report) -> Self {
+        let mut by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)> = HashMap::new();
+        for element in report.hits.iter().take(Self::MAX_ELEMENTS) {
+            let last = element
+                .last_hit_time
+                .and_then(|t| SystemTime::try_from(t).ok());
+            let entry = by_rule.entry((element.protocol, element.port)).or_default();
+            entry.0 = entry.0.saturating_add(element.packets);
+            entry.1 = entry.1.max(last);
+        }
+        Self {
+            observed: report
+                .observe_time
+                .and_then(|t| SystemTime::try_from(t).ok()),
+            by_rule,
+        }
+    }
+
+    /// A rule's hits and last hit: only an enabled rule has an element.
+    fn of(&self, rule: &pb::Rule) -> (u64, Option<SystemTime>) {
+        if !rule.enabled {
+            return (0, None);
+        }
+        self.by_rule
+            .get(&(rule.protocol, rule.port))
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 impl Snapshot {
@@ -80,6 +125,11 @@ impl Snapshot {
                 pb::RuleStatus::Pending
             };
             rule.status = status.into();
+            if let Some(hits) = &self.hits {
+                let (packets, last) = hits.of(rule);
+                rule.hits = packets;
+                rule.last_hit_time = last.map(Into::into);
+            }
         }
         firewall.sync = Some(self.to_pb(firewall.revision));
     }
@@ -201,6 +251,14 @@ impl SyncBoard {
             }
             s.state_error = hello.state_error;
         });
+    }
+
+    /// Keeps the enforcer's latest hit counts for the instance.
+    pub fn record_hits(&self, instance: &InstanceId, hits: Hits) {
+        let hits = Arc::new(hits);
+        self.channels(instance)
+            .status
+            .send_modify(|s| s.hits = Some(hits));
     }
 
     /// Records an enforcer's ack of every event up to `revision`.

@@ -232,7 +232,9 @@ impl Lab {
             .flatten()
             .filter_map(|object| object["set"]["elem"].as_array())
             .flatten();
+        // With per-element counters, each is {"elem": {"val": PORT, "counter": ...}}.
         let mut ports: Vec<u16> = elements
+            .map(|element| element.get("elem").map_or(element, |e| &e["val"]))
             .filter_map(|port| port.as_u64().and_then(|p| u16::try_from(p).ok()))
             .collect();
         ports.sort_unstable();

@@ -93,6 +93,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             enforcer_id: format!("sim-{i}"),
             table: TableName::default(),
             refresh_interval: Duration::from_secs(3600),
+            report_interval: Duration::from_secs(3600),
             state_dir: None,
         };
         let enforcer = Enforcer::new(config, MemoryKernel::default())

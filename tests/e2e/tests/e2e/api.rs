@@ -484,6 +484,7 @@ async fn list_firewalls_pages_in_instance_order() {
             .list_firewalls(pb::ListFirewallsRequest {
                 page_size: 3,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -502,6 +503,7 @@ async fn list_firewalls_pages_in_instance_order() {
         .list_firewalls(pb::ListFirewallsRequest {
             page_size: 3,
             page_token: "!!".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -661,6 +663,7 @@ async fn list_firewalls_pages_are_bounded_by_size_as_well_as_count() {
             .list_firewalls(pb::ListFirewallsRequest {
                 page_size: 1000,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

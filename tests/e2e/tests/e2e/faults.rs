@@ -580,6 +580,7 @@ async fn fifty_enforcers_resume_after_a_rules_restart_without_reapplying_from_sc
             enforcer_id: format!("sim-{i}"),
             table: Default::default(),
             refresh_interval: Duration::from_secs(3600),
+            report_interval: Duration::from_secs(3600),
             state_dir: None,
         };
         let enforcer = Enforcer::new(config, MemoryKernel::default());
@@ -715,6 +716,7 @@ async fn an_enforcer_moves_on_to_the_next_endpoint_when_one_is_unreachable() {
         enforcer_id: "failover".into(),
         table: Default::default(),
         refresh_interval: Duration::from_secs(3600),
+        report_interval: Duration::from_secs(3600),
         state_dir: None,
     };
     let enforcer =
@@ -782,6 +784,7 @@ async fn a_repair_that_fails_is_reported_and_nothing_is_shown_applied() {
         enforcer_id: "flaky".into(),
         table: Default::default(),
         refresh_interval: Duration::from_millis(200),
+        report_interval: Duration::from_secs(3600),
         state_dir: None,
     };
     let enforcer = tokio::spawn(Enforcer::new(config, kernel.clone()).run(std::future::pending()));

@@ -516,3 +516,39 @@ async fn kernel_a_rebooted_instance_shows_pending_until_it_has_reapplied() {
     assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
     f.assert_tcp(&[22, 5432], &[6379]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_n_connections_show_at_least_n_hits_on_the_rule() {
+    if skip_unless_root("kernel_n_connections_show_at_least_n_hits_on_the_rule") {
+        return;
+    }
+    const CONNECTIONS: u64 = 5;
+    let mut f = Fixture::start(&["--report-interval", "300ms"]).await;
+    let (postgres, revision) = f.add(5432, TCP).await;
+    f.wait(revision).await;
+    for _ in 0..CONNECTIONS {
+        assert!(f.tcp_open(5432));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rule = loop {
+        let firewall = f.firewall().await;
+        let rule = firewall
+            .rules
+            .into_iter()
+            .find(|r| r.id == postgres)
+            .unwrap();
+        if rule.hits >= CONNECTIONS && rule.last_hit_time.is_some() {
+            break rule;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{CONNECTIONS} connections, reported: {rule:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("{CONNECTIONS} connections: {} hits reported", rule.hits);
+    // A rule nobody connected to has none.
+    let firewall = f.firewall().await;
+    let https = firewall.rules.iter().find(|r| r.port == 443).unwrap();
+    assert_eq!((https.hits, https.last_hit_time), (0, None));
+}

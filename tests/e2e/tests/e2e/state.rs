@@ -385,6 +385,7 @@ async fn state_ahead_of_a_restored_log_gives_way_to_the_log() {
         enforcer_id: "state".into(),
         table: TableName::default(),
         refresh_interval: Duration::from_secs(3600),
+        report_interval: Duration::from_secs(3600),
         state_dir: Some(state_dir.clone()),
     };
     let toggle = |client: &mut cassette_e2e::Client, rule: &str, enabled: bool| {

@@ -95,6 +95,16 @@ impl RawStream {
         Some(events.iter().map(|e| e.revision).collect())
     }
 
+    /// Sends a report of the kernel's hit counters.
+    pub(crate) async fn report(&self, report: pb::Report) {
+        self.acks
+            .send(pb::SyncRequest {
+                message: Some(Message::Report(report)),
+            })
+            .await
+            .unwrap();
+    }
+
     /// The ruleset hash of `revision`, if this stream folded it.
     pub(crate) fn hash_of(&self, revision: u64) -> Option<String> {
         self.hashes.get(&revision).cloned()
@@ -509,5 +519,93 @@ async fn a_hello_whose_ruleset_differs_from_the_log_gets_the_whole_history() {
     stream.ack(revision, None).await;
     let status = wait(&mut client, revision, LONG).await.unwrap();
     assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    service.stop().await;
+}
+
+fn element(port: u32, packets: u64, last_hit: Option<std::time::SystemTime>) -> pb::ElementHits {
+    pb::ElementHits {
+        protocol: pb::Protocol::Tcp.into(),
+        port,
+        packets,
+        last_hit_time: last_hit.map(Into::into),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn reported_hits_show_on_rules_and_list_firewalls_finds_unused_ones() {
+    use std::time::SystemTime;
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    let mut stream = open(&service, "web-1", 0).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![1]));
+    stream.ack(1, None).await;
+    wait(&mut client, 1, LONG).await.unwrap();
+    let unused = |d: Duration| pb::ListFirewallsRequest {
+        unused_for: d.try_into().ok(),
+        ..Default::default()
+    };
+    // Nothing reported yet: nothing is known to be unused.
+    let listed = client
+        .list_firewalls(unused(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(listed.into_inner().firewalls.is_empty());
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let now = SystemTime::now();
+    let hour_ago = now - Duration::from_secs(3600);
+    stream
+        .report(pb::Report {
+            hits: vec![
+                element(22, 0, None),
+                element(80, 12, Some(now)),
+                element(443, 3, Some(hour_ago)),
+            ],
+            observe_time: Some(now.into()),
+        })
+        .await;
+    // SSH: never hit; HTTP: hit just now; HTTPS: last hit an hour ago.
+    let mut firewall = get(&mut client, "web-1").await;
+    for _ in 0..100 {
+        if firewall.rules.iter().any(|r| r.hits > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        firewall = get(&mut client, "web-1").await;
+    }
+    let by_port =
+        |f: &pb::Firewall, port: u32| f.rules.iter().find(|r| r.port == port).cloned().unwrap();
+    assert_eq!(by_port(&firewall, 80).hits, 12);
+    assert_eq!(by_port(&firewall, 80).last_hit_time, Some(now.into()));
+    assert_eq!(by_port(&firewall, 443).hits, 3);
+    assert_eq!(by_port(&firewall, 22).hits, 0);
+    assert_eq!(by_port(&firewall, 22).last_hit_time, None);
+
+    let listed = client
+        .list_firewalls(unused(Duration::from_secs(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    let ports: Vec<u32> = listed.firewalls[0].rules.iter().map(|r| r.port).collect();
+    assert_eq!(ports, [22, 443], "unused for a second: SSH and HTTPS");
+    let listed = client
+        .list_firewalls(unused(Duration::from_secs(7200)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.firewalls.is_empty(),
+        "nothing was applied two hours ago: {listed:?}"
+    );
+    let status = client
+        .list_firewalls(unused(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("unused_for"), "{status:?}");
+    drop(stream);
     service.stop().await;
 }
