@@ -366,6 +366,51 @@ pub async fn create_firewall(client: &mut Client, instance: &str) -> pb::Firewal
         .into_inner()
 }
 
+/// Turns `rule` of `instance` on or off; the revision after. Panics if refused.
+pub async fn set_enabled(client: &mut Client, instance: &str, rule: &str, enabled: bool) -> u64 {
+    client
+        .update_rule(pb::UpdateRuleRequest {
+            instance_id: instance.into(),
+            rule_id: rule.into(),
+            enabled: Some(enabled),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| panic!("update rule {rule} of {instance}: {s:?}"))
+        .into_inner()
+        .revision
+}
+
+/// GetFirewall for `instance`; panics if it fails.
+pub async fn get_firewall(client: &mut Client, instance: &str) -> pb::Firewall {
+    client
+        .get_firewall(pb::GetFirewallRequest {
+            instance_id: instance.into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("get firewall {instance}: {s:?}"))
+        .into_inner()
+}
+
+pub type AuditClient = pb::audit_service_client::AuditServiceClient<Channel>;
+
+/// Every event ListEvents streams for `request`; panics if it fails.
+pub async fn list_events(
+    client: &mut AuditClient,
+    request: pb::ListEventsRequest,
+) -> Vec<pb::Event> {
+    let mut stream = client
+        .list_events(request)
+        .await
+        .expect("list events")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.expect("event stream") {
+        events.push(event);
+    }
+    events
+}
+
 /// The text a `/metrics` endpoint on `addr` serves.
 pub fn scrape(addr: SocketAddr) -> String {
     use std::io::{Read, Write};

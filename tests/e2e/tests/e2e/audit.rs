@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cassette_e2e::{binary, pb, Client, InProcess, RulesProcess, PATIENCE};
+use cassette_e2e::{
+    binary, list_events as events, pb, AuditClient, Client, InProcess, RulesProcess, PATIENCE,
+};
 use cassette_eventlog::tamper;
 use tonic::Request;
 
@@ -100,17 +102,6 @@ async fn script(client: &mut Client) -> Vec<pb::Firewall> {
     seen.push(update(client, "a-1", "default-ssh", true, "bob").await);
     seen
 }
-
-async fn events(client: &mut AuditClient, request: pb::ListEventsRequest) -> Vec<pb::Event> {
-    let mut stream = client.list_events(request).await.unwrap().into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = stream.message().await.unwrap() {
-        events.push(event);
-    }
-    events
-}
-
-type AuditClient = pb::audit_service_client::AuditServiceClient<tonic::transport::Channel>;
 
 async fn audit_client(service: &InProcess) -> AuditClient {
     AuditClient::new(cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await)

@@ -74,16 +74,8 @@ fn with_metadata<T>(message: T, metadata: &[(&'static str, &str)]) -> Request<T>
 
 /// The events of the whole log, as the admin sees them.
 async fn events(admin: &Channel) -> Vec<pb::Event> {
-    let mut stream = AuditServiceClient::new(admin.clone())
-        .list_events(pb::ListEventsRequest::default())
-        .await
-        .expect("list events")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = stream.message().await.expect("event stream") {
-        events.push(event);
-    }
-    events
+    let mut audit = AuditServiceClient::new(admin.clone());
+    cassette_e2e::list_events(&mut audit, pb::ListEventsRequest::default()).await
 }
 
 struct Lab {

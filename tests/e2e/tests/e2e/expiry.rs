@@ -4,14 +4,12 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use cassette_e2e::{pb, Client, RulesProcess};
+use cassette_e2e::{pb, AuditClient, Client, RulesProcess};
 use tokio::task::block_in_place;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::kernel::{skip_unless_root, Fixture, INSTANCE, TCP};
-
-type AuditClient = pb::audit_service_client::AuditServiceClient<tonic::transport::Channel>;
 
 fn add_for(instance: &str, port: u32, lasting: Duration) -> pb::AddRuleRequest {
     pb::AddRuleRequest {
@@ -23,19 +21,11 @@ fn add_for(instance: &str, port: u32, lasting: Duration) -> pb::AddRuleRequest {
 }
 
 async fn events(audit: &mut AuditClient, instance: &str) -> Vec<pb::Event> {
-    let mut stream = audit
-        .list_events(pb::ListEventsRequest {
-            instance_id: instance.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list events")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(event) = stream.message().await.expect("event stream") {
-        events.push(event);
-    }
-    events
+    let request = pb::ListEventsRequest {
+        instance_id: instance.into(),
+        ..Default::default()
+    };
+    cassette_e2e::list_events(audit, request).await
 }
 
 fn expirations(events: &[pb::Event]) -> Vec<&pb::Event> {
@@ -49,13 +39,7 @@ fn expirations(events: &[pb::Event]) -> Vec<&pb::Event> {
 async fn until_gone(client: &mut Client, instance: &str, port: u32) -> pb::Firewall {
     let deadline = Instant::now() + cassette_e2e::PATIENCE;
     loop {
-        let firewall = client
-            .get_firewall(pb::GetFirewallRequest {
-                instance_id: instance.into(),
-            })
-            .await
-            .expect("get firewall")
-            .into_inner();
+        let firewall = cassette_e2e::get_firewall(client, instance).await;
         if firewall.rules.iter().all(|r| r.port != port) {
             return firewall;
         }
@@ -110,13 +94,7 @@ async fn expire_time_and_ttl_are_validated_naming_the_field() {
         );
         assert!(status.message().contains("366 days") || status.message().contains("not both"));
     }
-    let firewall = client
-        .get_firewall(pb::GetFirewallRequest {
-            instance_id: "web-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let firewall = cassette_e2e::get_firewall(&mut client, "web-1").await;
     assert_eq!(firewall.revision, 1, "nothing was appended");
 
     // A valid one shows its expire time.

@@ -358,6 +358,17 @@ async fn state_a_read_only_state_dir_never_stops_an_apply() {
     );
 }
 
+/// Waits (2 s at most) until the state file holds `revision`.
+async fn until_saved(state: &StateFile, instance: &InstanceId, revision: u64) {
+    for _ in 0..100 {
+        let saved = state.load(instance).ok().flatten().map(|f| f.revision);
+        if saved == Some(revision) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -388,22 +399,9 @@ async fn state_ahead_of_a_restored_log_gives_way_to_the_log() {
         report_interval: Duration::from_secs(3600),
         state_dir: Some(state_dir.clone()),
     };
-    let toggle = |client: &mut cassette_e2e::Client, rule: &str, enabled: bool| {
+    let toggle = |client: &mut cassette_e2e::Client, rule: &'static str, enabled: bool| {
         let mut client = client.clone();
-        let rule = rule.to_owned();
-        async move {
-            client
-                .update_rule(pb::UpdateRuleRequest {
-                    instance_id: INSTANCE.into(),
-                    rule_id: rule,
-                    enabled: Some(enabled),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .revision
-        }
+        async move { cassette_e2e::set_enabled(&mut client, INSTANCE, rule, enabled).await }
     };
     let in_sync = |client: &mut cassette_e2e::Client, revision: u64| {
         let mut client = client.clone();
@@ -438,17 +436,7 @@ async fn state_ahead_of_a_restored_log_gives_way_to_the_log() {
     assert_eq!(in_sync(&mut client, 3).await.applied_revision, 3);
     let state = StateFile::new(&state_dir, &TableName::default());
     let web1 = InstanceId::parse(INSTANCE).unwrap();
-    for _ in 0..100 {
-        if state
-            .load(&web1)
-            .ok()
-            .flatten()
-            .is_some_and(|f| f.revision == 3)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_saved(&state, &web1, 3).await;
     task.abort();
     let _ = task.await;
     service.stop().await;
@@ -481,17 +469,7 @@ async fn state_ahead_of_a_restored_log_gives_way_to_the_log() {
         "revision 3 was restored first"
     );
     assert_eq!(metrics.history_resends.get(), 1, "then the log won");
-    for _ in 0..100 {
-        if state
-            .load(&web1)
-            .ok()
-            .flatten()
-            .is_some_and(|f| f.revision == 2)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_saved(&state, &web1, 2).await;
     assert_eq!(state.load(&web1).unwrap().map(|f| f.revision), Some(2));
     task.abort();
     service.stop().await;

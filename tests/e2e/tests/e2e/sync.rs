@@ -142,17 +142,7 @@ async fn create(client: &mut cassette_e2e::Client, instance: &str) {
 }
 
 async fn toggle_ssh(client: &mut cassette_e2e::Client, instance: &str, enabled: bool) -> u64 {
-    client
-        .update_rule(pb::UpdateRuleRequest {
-            instance_id: instance.into(),
-            rule_id: "default-ssh".into(),
-            enabled: Some(enabled),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .revision
+    cassette_e2e::set_enabled(client, instance, "default-ssh", enabled).await
 }
 
 async fn get(client: &mut cassette_e2e::Client, instance: &str) -> pb::Firewall {
@@ -430,23 +420,43 @@ async fn a_hello_ahead_of_the_log_is_answered_with_the_whole_history() {
     service.stop().await;
 }
 
+/// web-1 at revision 2, streamed to an enforcer that folded it (and, with
+/// `ack`, acknowledged it) and went away: the revision and its ruleset hash.
+async fn applied_then_gone(
+    service: &InProcess,
+    client: &mut cassette_e2e::Client,
+    ack: bool,
+) -> (u64, String) {
+    create(client, "web-1").await;
+    let revision = toggle_ssh(client, "web-1", false).await;
+    let mut first = open(service, "web-1", 0).await;
+    assert_eq!(first.next(LONG).await, Some(vec![1, 2]));
+    if ack {
+        first.ack(revision, None).await;
+        wait(client, revision, LONG).await.unwrap();
+    }
+    (revision, first.hash_of(revision).expect("folded"))
+}
+
+/// A new sync stream that says `hello`.
+async fn hello_on(service: &InProcess, hello: pb::Hello) -> RawStream {
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    open_with_hello(channel, hello)
+        .await
+        .expect("open sync stream")
+}
+
 #[tokio::test]
 async fn a_hello_that_vouches_for_its_revision_is_in_sync_at_once_and_replays_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let service = InProcess::start(dir.path()).await;
     let mut client = service.client().await;
-    create(&mut client, "web-1").await;
-    let revision = toggle_ssh(&mut client, "web-1", false).await;
-    let mut first = open(&service, "web-1", 0).await;
-    assert_eq!(first.next(LONG).await, Some(vec![1, 2]));
-    let hash = first.hash_of(revision).expect("folded");
-    drop(first);
+    let (revision, hash) = applied_then_gone(&service, &mut client, false).await;
 
     // A restarted enforcer whose kernel still holds revision 2 (its saved
     // state said so), and whose saved state once could not be trusted.
-    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
-    let mut stream = crate::sync::open_with_hello(
-        channel,
+    let mut stream = hello_on(
+        &service,
         pb::Hello {
             instance_id: "web-1".into(),
             applied_revision: revision,
@@ -455,8 +465,7 @@ async fn a_hello_that_vouches_for_its_revision_is_in_sync_at_once_and_replays_no
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let status = wait(&mut client, revision, LONG).await.unwrap();
     assert_eq!(
         (status.state, status.applied_revision),
@@ -482,19 +491,12 @@ async fn a_hello_whose_ruleset_differs_from_the_log_gets_the_whole_history() {
     let dir = tempfile::tempdir().unwrap();
     let service = InProcess::start(dir.path()).await;
     let mut client = service.client().await;
-    create(&mut client, "web-1").await;
-    let revision = toggle_ssh(&mut client, "web-1", false).await;
-    let mut first = open(&service, "web-1", 0).await;
-    assert_eq!(first.next(LONG).await, Some(vec![1, 2]));
-    first.ack(revision, None).await;
-    wait(&mut client, revision, LONG).await.unwrap();
-    drop(first);
+    let (revision, _) = applied_then_gone(&service, &mut client, true).await;
 
     // Its revision 2 is not the log's revision 2 (the log was restored and
     // written again since): the log wins, and nothing shows applied.
-    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
-    let mut stream = crate::sync::open_with_hello(
-        channel,
+    let mut stream = hello_on(
+        &service,
         pb::Hello {
             instance_id: "web-1".into(),
             applied_revision: revision,
@@ -502,8 +504,7 @@ async fn a_hello_whose_ruleset_differs_from_the_log_gets_the_whole_history() {
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(stream.next(LONG).await, Some(vec![1, 2]), "resynced from 0");
     let sync = get(&mut client, "web-1").await.sync.unwrap();
     assert_eq!(
