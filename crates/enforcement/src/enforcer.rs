@@ -23,6 +23,9 @@ use crate::{EnforcerMetrics, Kernel, KernelError, StateFile};
 /// An element of the table: protocol, port, and allowlist network (if any).
 type HitKey = (Protocol, u16, Option<Cidr>);
 
+/// The service reads at most this many listening sockets from a report.
+const MAX_REPORTED_SOCKETS: usize = 65_536;
+
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -332,14 +335,22 @@ impl<K: Kernel> Enforcer<K> {
             tokio::select! {
                 message = inbound.message() => {
                     let first = message?.ok_or(SessionError::Closed)?;
+                    let mut report_now = first.report_now;
                     let mut events = first.events;
                     // Batch whatever else has already arrived into one transaction.
                     while let Some(next) = inbound.message().now_or_never() {
-                        events.extend(next?.ok_or(SessionError::Closed)?.events);
+                        let next = next?.ok_or(SessionError::Closed)?;
+                        report_now |= next.report_now;
+                        events.extend(next.events);
                     }
-                    self.metrics.events_received.add(events.len() as u64);
-                    self.fold_events(&events)?;
-                    self.apply_and_ack(&acks).await;
+                    if !events.is_empty() {
+                        self.metrics.events_received.add(events.len() as u64);
+                        self.fold_events(&events)?;
+                        self.apply_and_ack(&acks).await;
+                    }
+                    if report_now {
+                        self.report(&acks).await;
+                    }
                 }
                 _ = refresh.tick() => self.repair_drift(&acks).await?,
                 _ = report.tick() => self.report(&acks).await,
@@ -434,16 +445,39 @@ impl<K: Kernel> Enforcer<K> {
             .await;
     }
 
-    /// Reports the table's hit counters (if the backend keeps any), with
-    /// when each count last grew. Never written to the event log.
+    /// Reports what the enforcer sees: the table's hit counters (if the
+    /// backend keeps any), with when each count last grew, and the sockets
+    /// listening in the instance. Never written to the event log.
     async fn report(&mut self, acks: &mpsc::Sender<pb::SyncRequest>) {
-        let hits = match self.kernel_call(|k| k.hits()).await {
-            Ok(Some(hits)) => hits,
-            Ok(None) => return,
+        let (hits, hits_counted) = match self.kernel_call(|k| k.hits()).await {
+            Ok(Some(hits)) => (hits, true),
+            Ok(None) => (Vec::new(), false),
             Err(error) => {
                 tracing::debug!(%error, "cannot read the hit counters");
-                return;
+                (Vec::new(), false)
             }
+        };
+        let listening = match tokio::task::spawn_blocking(|| {
+            crate::listening_sockets(std::path::Path::new("/proc/net"))
+        })
+        .await
+        {
+            Ok(Ok(sockets)) => Some(pb::ListeningSockets {
+                sockets: sockets
+                    .iter()
+                    .take(MAX_REPORTED_SOCKETS)
+                    .map(|s| pb::ListeningSocket {
+                        protocol: protocol_to_pb(s.protocol).into(),
+                        port: u32::from(s.port),
+                        address: s.address.to_string(),
+                    })
+                    .collect(),
+            }),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "cannot read the listening sockets");
+                None
+            }
+            Err(_) => None,
         };
         let now = SystemTime::now();
         let before = self.hits_seen.take();
@@ -478,6 +512,8 @@ impl<K: Kernel> Enforcer<K> {
                 message: Some(Message::Report(pb::Report {
                     hits: elements,
                     observe_time: Some(now.into()),
+                    listening,
+                    hits_counted,
                 })),
             })
             .await;

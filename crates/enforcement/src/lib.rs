@@ -7,11 +7,13 @@
 
 mod backends;
 mod enforcer;
+mod listening;
 mod metrics;
 mod state;
 
 pub use backends::{FileKernel, MemoryKernel};
 pub use enforcer::{Config, Enforcer};
+pub use listening::{listening_sockets, Listening};
 pub use metrics::EnforcerMetrics;
 pub use state::{StateError, StateFile};
 

@@ -10,16 +10,17 @@ use std::time::{Duration, Instant, SystemTime};
 use cassette_auth::{Action, Caller};
 use cassette_model::{Command, Firewall, InstanceId, ValidationError};
 use cassette_proto::pb::firewall_service_server::FirewallService;
-use cassette_proto::{pb, warning_to_pb};
+use cassette_proto::{pb, protocol_to_pb, warning_to_pb};
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
 use crate::caller::caller;
+use crate::diagnose::diagnose;
 use crate::limits::{Limits, Slots};
 use crate::requests;
 use crate::status::{invalid, refused, Violations};
 use crate::store::{Mutation, Store, StoreError};
-use crate::sync::{present, Hits};
+use crate::sync::{present, Observed, Snapshot};
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
@@ -90,12 +91,40 @@ impl FirewallApi {
     }
 }
 
+impl FirewallApi {
+    /// The instance's sync state after asking its connected enforcer for a
+    /// fresh report, waiting up to [`REPORT_WAIT`] for it (else the last one).
+    async fn fresh_report(&self, instance: &InstanceId) -> Snapshot {
+        let board = self.store.board();
+        let mut status = board.watch_status(instance);
+        let asked = SystemTime::now();
+        if status.borrow_and_update().connected == 0 {
+            return status.borrow().clone();
+        }
+        board.request_report(instance);
+        let fresh = async {
+            status
+                .wait_for(|s| s.observed.as_ref().is_some_and(|o| o.received >= asked))
+                .await
+                .map(|snapshot| snapshot.clone())
+        };
+        match tokio::time::timeout(REPORT_WAIT, fresh).await {
+            Ok(Ok(snapshot)) => snapshot,
+            _ => board.snapshot(instance),
+        }
+    }
+}
+
+/// How long Diagnose waits for the enforcer's fresh report.
+const REPORT_WAIT: Duration = Duration::from_secs(2);
+
 /// Keeps only the firewall's enabled rules that accepted no packet for at
 /// least `unused_for` (no hit since, and applied before, that time) by its
 /// enforcer's last report. False when none is left, or nothing was reported.
-fn keep_unused(view: &mut pb::Firewall, hits: Option<&Hits>, unused_for: Duration) -> bool {
-    let Some(since) = hits
-        .and_then(|h| h.observed)
+fn keep_unused(view: &mut pb::Firewall, observed: Option<&Observed>, unused_for: Duration) -> bool {
+    let Some(since) = observed
+        .filter(|o| o.counted)
+        .and_then(|o| o.observed)
         .and_then(|observed| observed.checked_sub(unused_for))
     else {
         return false;
@@ -221,8 +250,8 @@ impl FirewallService for FirewallApi {
             for firewall in &page {
                 let mut view = self.present(firewall);
                 if let Some(unused_for) = unused_for {
-                    let hits = self.store.snapshot(&firewall.instance_id).hits;
-                    if !keep_unused(&mut view, hits.as_deref(), unused_for) {
+                    let observed = self.store.snapshot(&firewall.instance_id).observed;
+                    if !keep_unused(&mut view, observed.as_deref(), unused_for) {
                         last_seen = Some(view.instance_id);
                         continue;
                     }
@@ -298,6 +327,41 @@ impl FirewallService for FirewallApi {
         )
         .await
         .map(|_| Response::new(pb::DeleteFirewallResponse {}))
+    }
+
+    async fn diagnose(
+        &self,
+        request: Request<pb::DiagnoseRequest>,
+    ) -> Result<Response<pb::Diagnosis>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let span = request_span("Diagnose", &request.instance_id, "", &caller);
+        let answer = async {
+            caller
+                .authorize(Action::Read, "Diagnose", &request.instance_id)
+                .map_err(refused)?;
+            let mut v = Violations::default();
+            let instance_id = v.check(InstanceId::parse(&request.instance_id));
+            let target = requests::diagnose(&request, &mut v);
+            v.finish()?;
+            let (Some(instance_id), Some((port, protocol))) = (instance_id, target) else {
+                return Err(Status::internal("a validated field is missing"));
+            };
+            let firewall = self.store.get(&instance_id)?;
+            Span::current().record("revision", firewall.revision);
+            let sync = self.fresh_report(&instance_id).await;
+            let checks = diagnose(&firewall, port, protocol, &sync, SystemTime::now());
+            Ok(pb::Diagnosis {
+                instance_id: instance_id.to_string(),
+                port: u32::from(port.get()),
+                protocol: protocol_to_pb(protocol).into(),
+                ok: checks
+                    .iter()
+                    .all(|c| c.result == pb::CheckResult::Pass as i32),
+                checks,
+            })
+        };
+        in_span(span, answer).await
     }
 
     async fn wait_for_sync(

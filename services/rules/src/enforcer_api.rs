@@ -24,7 +24,7 @@ use crate::caller::caller;
 use crate::requests;
 use crate::status::{invalid, refused, stream_replaced, Violations};
 use crate::store::Store;
-use crate::sync::{Connection, Hello, Hits};
+use crate::sync::{Connection, Hello, Observed};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -212,6 +212,8 @@ async fn send_events(
 ) {
     tokio::pin!(replaced);
     let mut committed = store.board().watch_committed(&instance);
+    let mut report_requests = store.board().watch_report_requests(&instance);
+    report_requests.borrow_and_update();
     let stopping = store.stopping();
     tokio::pin!(stopping);
     loop {
@@ -236,6 +238,7 @@ async fn send_events(
                 return;
             };
             let message = pb::SyncResponse {
+                report_now: false,
                 events: events.iter().map(|e| event_to_pb(e, &[])).collect(),
             };
             // Before the send: the enforcer may ack as soon as it has it.
@@ -248,6 +251,15 @@ async fn send_events(
         }
         tokio::select! {
             changed = committed.changed() => if changed.is_err() { return },
+            asked = report_requests.changed() => {
+                if asked.is_err() {
+                    return;
+                }
+                let ask = pb::SyncResponse { events: Vec::new(), report_now: true };
+                if outbound.send(Ok(ask)).await.is_err() {
+                    return;
+                }
+            }
             _ = outbound.closed() => return,
             () = &mut stopping => return,
             () = &mut replaced => {
@@ -300,7 +312,7 @@ async fn receive_acks(
             })) => state
                 .store
                 .board()
-                .record_hits(&state.instance, Hits::from_report(&report)),
+                .record_report(&state.instance, Observed::from_report(&report)),
             Ok(Some(_)) => tracing::warn!("ignoring a message that is not an ack"),
             Ok(None) => break,
             Err(status) => {

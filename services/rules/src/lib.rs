@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod audit_api;
 pub mod caller;
+mod diagnose;
 pub mod enforcer_api;
 mod expiry;
 pub mod limits;

@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use cassette_model::{
-    Command, Description, InstanceId, Port, RequestId, RuleId, Sources, ValidationError,
+    Command, Description, InstanceId, Port, Protocol, RequestId, RuleId, Sources, ValidationError,
 };
 use cassette_proto::{pb, protocol_from_pb};
 
@@ -54,6 +54,13 @@ pub fn add_rule_at(r: &pb::AddRuleRequest, now: SystemTime, v: &mut Violations) 
         expire_time: expire_time?,
         sources: sources?,
     })
+}
+
+/// Diagnose's port and protocol.
+pub fn diagnose(r: &pb::DiagnoseRequest, v: &mut Violations) -> Option<(Port, Protocol)> {
+    let port = v.check(Port::new(r.port));
+    let protocol = v.check(protocol_from_pb(r.protocol));
+    Some((port?, protocol?))
 }
 
 /// ListFirewalls' `unused_for`: absent, or 1 second to 366 days.

@@ -29,26 +29,34 @@ pub struct Snapshot {
     pub last_ack_time: Option<SystemTime>,
     /// What the latest enforcer to say Hello reported about its saved state.
     pub state_error: Option<String>,
-    /// The enforcer's last report of the kernel's hit counters.
-    pub hits: Option<Arc<Hits>>,
+    /// What the enforcer last reported seeing (hit counts, listening sockets).
+    pub observed: Option<Arc<Observed>>,
 }
 
-/// Hit counts per rule (its protocol and port, all its sources together), as
-/// the enforcer last reported them. Never in the event log.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Hits {
+/// What the enforcer last reported seeing on the instance: hit counts per
+/// rule (its protocol and port, all its sources together) and the listening
+/// sockets. Never in the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// When the enforcer looked (its clock).
     pub observed: Option<SystemTime>,
+    /// When the report arrived (this service's clock).
+    pub received: SystemTime,
+    /// Whether the hits are the kernel's counters (else nothing is known of them).
+    pub counted: bool,
     /// (wire protocol, port) -> (packets, last hit).
     pub by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)>,
+    /// (wire protocol, port) -> the addresses listening; `None`: not read.
+    pub listening: Option<HashMap<(i32, u32), Vec<String>>>,
 }
 
-impl Hits {
-    /// At most this many elements are read from one report.
-    pub const MAX_ELEMENTS: usize = 65_536;
+impl Observed {
+    /// At most this many elements and sockets are read from one report.
+    pub const MAX_ENTRIES: usize = 65_536;
 
     pub fn from_report(report: &pb::Report) -> Self {
         let mut by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)> = HashMap::new();
-        for element in report.hits.iter().take(Self::MAX_ELEMENTS) {
+        for element in report.hits.iter().take(Self::MAX_ENTRIES) {
             let last = element
                 .last_hit_time
                 .and_then(|t| SystemTime::try_from(t).ok());
@@ -56,21 +64,34 @@ impl Hits {
             entry.0 = entry.0.saturating_add(element.packets);
             entry.1 = entry.1.max(last);
         }
+        let listening = report.listening.as_ref().map(|l| {
+            let mut by_port: HashMap<(i32, u32), Vec<String>> = HashMap::new();
+            for socket in l.sockets.iter().take(Self::MAX_ENTRIES) {
+                by_port
+                    .entry((socket.protocol, socket.port))
+                    .or_default()
+                    .push(socket.address.chars().take(64).collect());
+            }
+            by_port
+        });
         Self {
             observed: report
                 .observe_time
                 .and_then(|t| SystemTime::try_from(t).ok()),
+            received: SystemTime::now(),
+            counted: report.hits_counted,
             by_rule,
+            listening,
         }
     }
 
     /// A rule's hits and last hit: only an enabled rule has an element.
-    fn of(&self, rule: &pb::Rule) -> (u64, Option<SystemTime>) {
-        if !rule.enabled {
+    pub fn hits_of(&self, protocol: i32, port: u32, enabled: bool) -> (u64, Option<SystemTime>) {
+        if !enabled {
             return (0, None);
         }
         self.by_rule
-            .get(&(rule.protocol, rule.port))
+            .get(&(protocol, port))
             .copied()
             .unwrap_or_default()
     }
@@ -125,8 +146,8 @@ impl Snapshot {
                 pb::RuleStatus::Pending
             };
             rule.status = status.into();
-            if let Some(hits) = &self.hits {
-                let (packets, last) = hits.of(rule);
+            if let Some(observed) = self.observed.as_ref().filter(|o| o.counted) {
+                let (packets, last) = observed.hits_of(rule.protocol, rule.port, rule.enabled);
                 rule.hits = packets;
                 rule.last_hit_time = last.map(Into::into);
             }
@@ -142,6 +163,8 @@ struct Channels {
     /// Bumped by each new sync stream: one live stream per instance, the
     /// newest; older ones see the change and close.
     generation: watch::Sender<u64>,
+    /// Bumped to ask the live stream's enforcer for a fresh report.
+    report_requests: watch::Sender<u64>,
 }
 
 /// The latest durable revision of an instance, as the projection has it.
@@ -180,6 +203,7 @@ impl SyncBoard {
                     committed: watch::Sender::new((self.committed)(instance)),
                     status: watch::Sender::new(Snapshot::default()),
                     generation: watch::Sender::new(0),
+                    report_requests: watch::Sender::new(0),
                 })
             })
             .clone()
@@ -253,12 +277,24 @@ impl SyncBoard {
         });
     }
 
-    /// Keeps the enforcer's latest hit counts for the instance.
-    pub fn record_hits(&self, instance: &InstanceId, hits: Hits) {
-        let hits = Arc::new(hits);
+    /// Keeps what the instance's enforcer last reported seeing.
+    pub fn record_report(&self, instance: &InstanceId, observed: Observed) {
+        let observed = Arc::new(observed);
         self.channels(instance)
             .status
-            .send_modify(|s| s.hits = Some(hits));
+            .send_modify(|s| s.observed = Some(observed));
+    }
+
+    /// Asks the instance's live sync stream (if any) for a fresh report.
+    pub fn request_report(&self, instance: &InstanceId) {
+        self.channels(instance)
+            .report_requests
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes when someone asks for a fresh report.
+    pub fn watch_report_requests(&self, instance: &InstanceId) -> watch::Receiver<u64> {
+        self.channels(instance).report_requests.subscribe()
     }
 
     /// Records an enforcer's ack of every event up to `revision`.

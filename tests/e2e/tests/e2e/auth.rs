@@ -366,6 +366,18 @@ async fn scoped_principals_list_only_their_instances() {
         .map(|f| f.instance_id)
         .collect();
     assert_eq!(listed, ["web-1", "web-2"]);
+    // Troubleshooting is a read, scoped like one.
+    let diagnose = |instance: &str| pb::DiagnoseRequest {
+        instance_id: instance.into(),
+        port: 22,
+        ..Default::default()
+    };
+    assert!(web.diagnose(diagnose("web-1")).await.is_ok());
+    expect_code(
+        "web-team diagnosing db-1",
+        web.diagnose(diagnose("db-1")).await,
+        Code::PermissionDenied,
+    );
 
     let auditor = lab
         .service

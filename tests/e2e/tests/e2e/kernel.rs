@@ -552,3 +552,63 @@ async fn kernel_n_connections_show_at_least_n_hits_on_the_rule() {
     let https = firewall.rules.iter().find(|r| r.port == 443).unwrap();
     assert_eq!((https.hits, https.last_hit_time), (0, None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_diagnose_passes_for_a_working_port_and_names_what_is_missing() {
+    if skip_unless_root("kernel_diagnose_passes_for_a_working_port_and_names_what_is_missing") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    let (_, revision) = f.add(5432, TCP).await;
+    f.wait(revision).await;
+    assert!(f.tcp_open(5432));
+    let diagnose = |client: &mut Client, port: u32| {
+        let mut client = client.clone();
+        async move {
+            client
+                .diagnose(pb::DiagnoseRequest {
+                    instance_id: INSTANCE.into(),
+                    port,
+                    ..Default::default()
+                })
+                .await
+                .expect("diagnose")
+                .into_inner()
+        }
+    };
+    // The enforcer's fresh report: the kernel's element, the listener, the packet.
+    let working = diagnose(&mut f.client, 5432).await;
+    assert!(working.ok, "{working:#?}");
+
+    // 3000: a rule, applied, but no service behind it.
+    let (_, revision) = f.add(3000, TCP).await;
+    f.wait(revision).await;
+    let broken = diagnose(&mut f.client, 3000).await;
+    assert!(!broken.ok);
+    let listening = broken
+        .checks
+        .iter()
+        .find(|c| c.name == "service_listening")
+        .unwrap();
+    assert_eq!(
+        listening.result,
+        pb::CheckResult::Fail as i32,
+        "{broken:#?}"
+    );
+    assert!(
+        listening
+            .next_step
+            .contains("sudo netstat -tlnp | grep 3000"),
+        "{listening:?}"
+    );
+    let in_kernel = broken
+        .checks
+        .iter()
+        .find(|c| c.name == "rule_in_kernel")
+        .unwrap();
+    assert_eq!(
+        in_kernel.result,
+        pb::CheckResult::Pass as i32,
+        "{broken:#?}"
+    );
+}

@@ -566,6 +566,8 @@ async fn reported_hits_show_on_rules_and_list_firewalls_finds_unused_ones() {
                 element(443, 3, Some(hour_ago)),
             ],
             observe_time: Some(now.into()),
+            hits_counted: true,
+            listening: None,
         })
         .await;
     // SSH: never hit; HTTP: hit just now; HTTPS: last hit an hour ago.
@@ -607,6 +609,132 @@ async fn reported_hits_show_on_rules_and_list_firewalls_finds_unused_ones() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("unused_for"), "{status:?}");
+    drop(stream);
+    service.stop().await;
+}
+
+fn result_of(diagnosis: &pb::Diagnosis, name: &str) -> (pb::CheckResult, String) {
+    let check = diagnosis
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no {name} in {diagnosis:?}"));
+    (
+        pb::CheckResult::try_from(check.result).unwrap(),
+        format!("{} | {}", check.detail, check.next_step),
+    )
+}
+
+#[tokio::test]
+async fn diagnose_answers_the_checklist_from_the_rule_the_acks_and_a_fresh_report() {
+    use pb::CheckResult::{Fail, Pass, Unknown};
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    let added = client
+        .add_rule(pb::AddRuleRequest {
+            instance_id: "web-1".into(),
+            port: 5432,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let diagnoser = client.clone();
+    let diagnose = move |port: u32| {
+        let mut client = diagnoser.clone();
+        async move {
+            client
+                .diagnose(pb::DiagnoseRequest {
+                    instance_id: "web-1".into(),
+                    port,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+
+    // No enforcer: the rule exists and is enabled, nothing is applied.
+    let before = diagnose(5432).await.unwrap().into_inner();
+    assert_eq!(before.checks.len(), 6);
+    assert_eq!(result_of(&before, "rule_exists").0, Pass);
+    assert_eq!(result_of(&before, "rule_enabled").0, Pass);
+    let (applied, why) = result_of(&before, "rule_applied");
+    assert_eq!(applied, Fail);
+    assert!(why.contains("no enforcer is connected"), "{why}");
+    assert_eq!(result_of(&before, "service_listening").0, Unknown);
+    assert!(!before.ok);
+
+    // An enforcer applies it; asked for a fresh report, it says what
+    // listens and that no packet came yet.
+    let mut stream = open(&service, "web-1", 0).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![1, 2]));
+    stream.ack(added.revision, None).await;
+    wait(&mut client, added.revision, LONG).await.unwrap();
+    let asking = tokio::spawn(diagnose(5432));
+    assert_eq!(
+        stream.next(LONG).await,
+        Some(vec![]),
+        "a report is asked for"
+    );
+    stream
+        .report(pb::Report {
+            hits: vec![element(22, 0, None), element(5432, 0, None)],
+            observe_time: Some(std::time::SystemTime::now().into()),
+            listening: Some(pb::ListeningSockets {
+                sockets: vec![pb::ListeningSocket {
+                    protocol: pb::Protocol::Tcp.into(),
+                    port: 5432,
+                    address: "::".into(),
+                }],
+            }),
+            hits_counted: true,
+        })
+        .await;
+    let after = asking.await.unwrap().unwrap().into_inner();
+    for name in [
+        "rule_exists",
+        "rule_enabled",
+        "rule_applied",
+        "rule_in_kernel",
+    ] {
+        assert_eq!(result_of(&after, name).0, Pass, "{name}: {after:?}");
+    }
+    let (listening, why) = result_of(&after, "service_listening");
+    assert_eq!(listening, Pass);
+    assert!(why.contains("listening on :: port 5432"), "{why}");
+    let (packets, why) = result_of(&after, "packets_arriving");
+    assert_eq!(packets, Fail);
+    assert!(why.contains("no packet has reached the rule"), "{why}");
+    assert!(!after.ok);
+
+    // A port with no rule: the first step is to add one.
+    let asking = tokio::spawn(diagnose(3000));
+    assert_eq!(stream.next(LONG).await, Some(vec![]));
+    stream
+        .report(pb::Report {
+            hits_counted: true,
+            ..Default::default()
+        })
+        .await;
+    let missing = asking.await.unwrap().unwrap().into_inner();
+    let (exists, why) = result_of(&missing, "rule_exists");
+    assert_eq!(exists, Fail);
+    assert!(why.contains("Add a rule for 3000/tcp"), "{why}");
+    assert_eq!(result_of(&missing, "packets_arriving").0, Unknown);
+
+    let status = diagnose(0).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = client
+        .diagnose(pb::DiagnoseRequest {
+            instance_id: "nope-1".into(),
+            port: 22,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
     drop(stream);
     service.stop().await;
 }

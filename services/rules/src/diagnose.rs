@@ -1,0 +1,262 @@
+//! `Diagnose`: the product page's troubleshooting checklist for "connection
+//! refused after opening a port", answered with facts from the projection
+//! (the rule), the sync state (what the enforcer applied) and the enforcer's
+//! last report (what the kernel holds, what listens, what packets arrived).
+//! Each check that does not pass says what to do next, in the page's words.
+
+use std::time::{Duration, SystemTime};
+
+use cassette_model::{Firewall, Port, Protocol, Rule};
+use cassette_proto::{pb, protocol_to_pb, sources_to_pb};
+
+use crate::sync::{Observed, Snapshot};
+
+/// The six checks, in the checklist's order.
+pub fn diagnose(
+    firewall: &Firewall,
+    port: Port,
+    protocol: Protocol,
+    sync: &Snapshot,
+    now: SystemTime,
+) -> Vec<pb::Check> {
+    let target = format!("{port}/{protocol}");
+    let Some(rule) = firewall.rule_for(port, protocol) else {
+        let mut checks = vec![fail(
+            "rule_exists",
+            format!("no rule for {target} on {}", firewall.instance_id),
+            format!("Add a rule for {target} (AddRule; the \"Add Port\" form)."),
+        )];
+        checks.extend(
+            [
+                "rule_enabled",
+                "rule_applied",
+                "rule_in_kernel",
+                "service_listening",
+                "packets_arriving",
+            ]
+            .map(|name| unknown(name, "no rule to check".into())),
+        );
+        return checks;
+    };
+    let observed = sync.observed.as_deref();
+    vec![
+        pass(
+            "rule_exists",
+            format!(
+                "rule {} ({:?}) accepts {target} from {}",
+                rule.id,
+                rule.description.as_str(),
+                if rule.sources.is_anywhere() {
+                    "anywhere".to_owned()
+                } else {
+                    sources_to_pb(&rule.sources).join(", ")
+                }
+            ),
+        ),
+        enabled(rule),
+        applied(rule, sync),
+        in_kernel(rule, observed, now),
+        listening(rule, observed, now),
+        packets(rule, observed),
+    ]
+}
+
+fn enabled(rule: &Rule) -> pb::Check {
+    if rule.enabled {
+        pass("rule_enabled", "enabled (the toggle is green)".into())
+    } else {
+        fail(
+            "rule_enabled",
+            "disabled (the toggle is gray: blocking)".into(),
+            "Confirm the firewall rule is enabled (toggle should be green): UpdateRule with enabled true."
+                .into(),
+        )
+    }
+}
+
+fn applied(rule: &Rule, sync: &Snapshot) -> pb::Check {
+    if sync.applied_revision >= rule.revision {
+        let mut detail = format!(
+            "the enforcer applied revision {} (the rule's last change is revision {})",
+            sync.applied_revision, rule.revision
+        );
+        if let Some(latency) = sync.last_latency {
+            detail.push_str(&format!(
+                "; last acknowledgement {} ms after the commit",
+                latency.as_millis()
+            ));
+        }
+        if sync.connected == 0 {
+            detail.push_str("; no enforcer is connected now");
+        }
+        return pass("rule_applied", detail);
+    }
+    if let Some((revision, error)) = sync.failed.as_ref().filter(|(r, _)| *r >= rule.revision) {
+        return fail(
+            "rule_applied",
+            format!("the enforcer failed to apply revision {revision}: {error}"),
+            "Fix what nftables refused (its message above); the enforcer retries and reports each attempt."
+                .into(),
+        );
+    }
+    if sync.connected == 0 {
+        return fail(
+            "rule_applied",
+            format!(
+                "no enforcer is connected; the last one applied revision {}, the rule changed at revision {}",
+                sync.applied_revision, rule.revision
+            ),
+            "Check that the instance's enforcer (cassette-enforcer) is running and reaches the rules service."
+                .into(),
+        );
+    }
+    fail(
+        "rule_applied",
+        format!(
+            "pending: the enforcer applied revision {}, the rule changed at revision {}",
+            sync.applied_revision, rule.revision
+        ),
+        "Wait 10 seconds for the rule to propagate (WaitForSync waits exactly as long as needed)."
+            .into(),
+    )
+}
+
+/// How old a report is, for the details.
+fn age(observed: &Observed, now: SystemTime) -> String {
+    let age = now
+        .duration_since(observed.received)
+        .unwrap_or(Duration::ZERO);
+    format!("reported {} ms ago", age.as_millis())
+}
+
+fn in_kernel(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::Check {
+    let Some(observed) = observed.filter(|o| o.counted) else {
+        return unknown(
+            "rule_in_kernel",
+            "the enforcer has not reported what its kernel holds (its backend counts nothing)"
+                .into(),
+        );
+    };
+    let key = (
+        i32::from(protocol_to_pb(rule.protocol)),
+        u32::from(rule.port.get()),
+    );
+    let held = observed.by_rule.contains_key(&key);
+    match (rule.enabled, held) {
+        (true, true) => pass(
+            "rule_in_kernel",
+            format!(
+                "the kernel's table accepts {}/{} ({})",
+                rule.port,
+                rule.protocol,
+                age(observed, now)
+            ),
+        ),
+        (true, false) => fail(
+            "rule_in_kernel",
+            format!(
+                "the kernel's table has no element for {}/{} ({})",
+                rule.port,
+                rule.protocol,
+                age(observed, now)
+            ),
+            "Wait 10 seconds for the rule to propagate; if it stays missing, read the enforcer's log (it repairs drift every refresh interval)."
+                .into(),
+        ),
+        (false, _) => unknown(
+            "rule_in_kernel",
+            "the rule is disabled, so the kernel blocks the port".into(),
+        ),
+    }
+}
+
+fn listening(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::Check {
+    let Some((observed, sockets)) = observed.and_then(|o| o.listening.as_ref().map(|l| (o, l)))
+    else {
+        return unknown(
+            "service_listening",
+            "the enforcer has not reported the instance's listening sockets".into(),
+        );
+    };
+    let key = (
+        i32::from(protocol_to_pb(rule.protocol)),
+        u32::from(rule.port.get()),
+    );
+    match sockets.get(&key) {
+        Some(addresses) if !addresses.is_empty() => pass(
+            "service_listening",
+            format!(
+                "listening on {} port {} ({})",
+                addresses.join(", "),
+                rule.port,
+                age(observed, now)
+            ),
+        ),
+        _ => fail(
+            "service_listening",
+            format!(
+                "nothing listens on {}/{} inside the instance ({})",
+                rule.port,
+                rule.protocol,
+                age(observed, now)
+            ),
+            format!(
+                "Verify the service is actually running (sudo systemctl status servicename) and \
+                 check it's listening on the right port (sudo netstat -tlnp | grep {}).",
+                rule.port
+            ),
+        ),
+    }
+}
+
+fn packets(rule: &Rule, observed: Option<&Observed>) -> pb::Check {
+    let Some(observed) = observed.filter(|o| o.counted) else {
+        return unknown(
+            "packets_arriving",
+            "the enforcer has not reported hit counts".into(),
+        );
+    };
+    let key_protocol = i32::from(protocol_to_pb(rule.protocol));
+    match observed.hits_of(key_protocol, u32::from(rule.port.get()), rule.enabled) {
+        (0, _) => fail(
+            "packets_arriving",
+            "no packet has reached the rule since it was applied".into(),
+            format!(
+                "Check that the client connects to this instance's address on port {} ({}), and \
+                 that nothing on the way blocks it.",
+                rule.port, rule.protocol
+            ),
+        ),
+        (hits, last) => pass(
+            "packets_arriving",
+            match last {
+                Some(last) => format!(
+                    "{hits} packets since the rule was applied, the last at {}",
+                    prost_types::Timestamp::from(last)
+                ),
+                None => format!("{hits} packets since the rule was applied"),
+            },
+        ),
+    }
+}
+
+fn check(name: &str, result: pb::CheckResult, detail: String, next_step: String) -> pb::Check {
+    pb::Check {
+        name: name.to_owned(),
+        result: result.into(),
+        detail,
+        next_step,
+    }
+}
+
+fn pass(name: &str, detail: String) -> pb::Check {
+    check(name, pb::CheckResult::Pass, detail, String::new())
+}
+
+fn fail(name: &str, detail: String, next_step: String) -> pb::Check {
+    check(name, pb::CheckResult::Fail, detail, next_step)
+}
+
+fn unknown(name: &str, detail: String) -> pb::Check {
+    check(name, pb::CheckResult::Unknown, detail, String::new())
+}
