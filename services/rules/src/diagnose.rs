@@ -80,11 +80,14 @@ fn applied(rule: &Rule, sync: &Snapshot) -> pb::Check {
             "the enforcer applied revision {} (the rule's last change is revision {})",
             sync.applied_revision, rule.revision
         );
-        if let Some(latency) = sync.last_latency {
+        if let Some(at) = sync.last_ack_time {
             detail.push_str(&format!(
-                "; last acknowledgement {} ms after the commit",
-                latency.as_millis()
+                "; last acknowledgement at {}",
+                prost_types::Timestamp::from(at)
             ));
+        }
+        if let Some(latency) = sync.last_latency {
+            detail.push_str(&format!(", {} ms after its commit", latency.as_millis()));
         }
         if sync.connected == 0 {
             detail.push_str("; no enforcer is connected now");
