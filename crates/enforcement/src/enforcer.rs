@@ -1,16 +1,15 @@
 //! The sync loop: hello, fold, apply, ack; reconnect with backoff; repair drift.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use cassette_model::{fold, Cidr, Event, Firewall, InstanceId, Protocol};
+use cassette_model::{fold, Event, Firewall, InstanceId};
 use cassette_proto::pb::enforcer_service_client::EnforcerServiceClient;
 use cassette_proto::pb::sync_request::Message;
-use cassette_proto::{event_from_pb, pb, protocol_to_pb, Keepalive, Target};
+use cassette_proto::{event_from_pb, pb, Keepalive, Target};
 use cassette_ruleset::{Ruleset, TableName};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
@@ -18,13 +17,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::report::Reporter;
 use crate::{EnforcerMetrics, Kernel, KernelError, StateFile};
-
-/// An element of the table: protocol, port, and allowlist network (if any).
-type HitKey = (Protocol, u16, Option<Cidr>);
-
-/// The service reads at most this many listening sockets from a report.
-const MAX_REPORTED_SOCKETS: usize = 65_536;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -76,9 +70,8 @@ pub struct Enforcer<K: Kernel> {
     state_error: Option<String>,
     /// Saving has been failing (one warning per run of failures).
     save_failing: bool,
-    /// Each element's packets at the last report, and when its count last
-    /// grew (`None` before any report of this process).
-    hits_seen: Option<HashMap<HitKey, (u64, Option<SystemTime>)>>,
+    /// Remembers hit counts between reports.
+    reporter: Reporter,
     metrics: Arc<EnforcerMetrics>,
     /// A shared connection to use instead of dialing `config.rules` (many
     /// simulated enforcers multiplexed over a few connections).
@@ -117,7 +110,7 @@ impl<K: Kernel> Enforcer<K> {
             saved_revision: None,
             state_error: None,
             save_failing: false,
-            hits_seen: None,
+            reporter: Reporter::default(),
             metrics: Arc::default(),
             channel: None,
         }
@@ -331,6 +324,9 @@ impl<K: Kernel> Enforcer<K> {
         refresh.tick().await;
         let mut report = tokio::time::interval(self.config.report_interval);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first report comes one interval in (or when asked), not with
+        // every reconnect.
+        report.tick().await;
         loop {
             tokio::select! {
                 message = inbound.message() => {
@@ -446,75 +442,28 @@ impl<K: Kernel> Enforcer<K> {
     }
 
     /// Reports what the enforcer sees: the table's hit counters (if the
-    /// backend keeps any), with when each count last grew, and the sockets
-    /// listening in the instance. Never written to the event log.
+    /// backend keeps any) and the sockets listening in the instance.
     async fn report(&mut self, acks: &mpsc::Sender<pb::SyncRequest>) {
-        let (hits, hits_counted) = match self.kernel_call(|k| k.hits()).await {
-            Ok(Some(hits)) => (hits, true),
-            Ok(None) => (Vec::new(), false),
-            Err(error) => {
+        let hits = self
+            .kernel_call(|k| k.hits())
+            .await
+            .unwrap_or_else(|error| {
                 tracing::debug!(%error, "cannot read the hit counters");
-                (Vec::new(), false)
-            }
-        };
-        let listening = match tokio::task::spawn_blocking(|| {
+                None
+            });
+        let listening = tokio::task::spawn_blocking(|| {
             crate::listening_sockets(std::path::Path::new("/proc/net"))
         })
         .await
-        {
-            Ok(Ok(sockets)) => Some(pb::ListeningSockets {
-                sockets: sockets
-                    .iter()
-                    .take(MAX_REPORTED_SOCKETS)
-                    .map(|s| pb::ListeningSocket {
-                        protocol: protocol_to_pb(s.protocol).into(),
-                        port: u32::from(s.port),
-                        address: s.address.to_string(),
-                    })
-                    .collect(),
-            }),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "cannot read the listening sockets");
-                None
-            }
-            Err(_) => None,
-        };
-        let now = SystemTime::now();
-        let before = self.hits_seen.take();
-        let mut seen = HashMap::with_capacity(hits.len());
-        let elements = hits
-            .iter()
-            .map(|h| {
-                let key = (h.protocol, h.port, h.source);
-                let last_hit = match before.as_ref().map(|b| b.get(&key)) {
-                    // The first report of this process is the baseline.
-                    None => None,
-                    // Put in the table since the last report, and hit already.
-                    Some(None) => (h.packets > 0).then_some(now),
-                    Some(Some(&(packets, _))) if h.packets > packets => Some(now),
-                    Some(Some(&(packets, last))) if h.packets == packets => last,
-                    // The counter restarted (the element was put back).
-                    Some(Some(_)) => (h.packets > 0).then_some(now),
-                };
-                seen.insert(key, (h.packets, last_hit));
-                pb::ElementHits {
-                    protocol: protocol_to_pb(h.protocol).into(),
-                    port: u32::from(h.port),
-                    source: h.source.map(|s| s.to_string()).unwrap_or_default(),
-                    packets: h.packets,
-                    last_hit_time: last_hit.map(Into::into),
-                }
-            })
-            .collect();
-        self.hits_seen = Some(seen);
+        .ok()
+        .and_then(|read| {
+            read.inspect_err(|error| tracing::debug!(%error, "cannot read the listening sockets"))
+                .ok()
+        });
+        let report = self.reporter.report(hits, listening, SystemTime::now());
         let _ = acks
             .send(pb::SyncRequest {
-                message: Some(Message::Report(pb::Report {
-                    hits: elements,
-                    observe_time: Some(now.into()),
-                    listening,
-                    hits_counted,
-                })),
+                message: Some(Message::Report(report)),
             })
             .await;
     }

@@ -9,6 +9,7 @@ mod backends;
 mod enforcer;
 mod listening;
 mod metrics;
+mod report;
 mod state;
 
 pub use backends::{FileKernel, MemoryKernel};
