@@ -325,8 +325,12 @@ impl<K: Kernel> Enforcer<K> {
         let mut report = tokio::time::interval(self.config.report_interval);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first report comes one interval in (or when asked), not with
-        // every reconnect.
+        // every reconnect; the first reading of the process is its baseline.
         report.tick().await;
+        if !self.reporter.has_baseline() {
+            let hits = self.kernel_call(|k| k.hits()).await.unwrap_or(None);
+            self.reporter.baseline(hits, SystemTime::now());
+        }
         loop {
             tokio::select! {
                 message = inbound.message() => {

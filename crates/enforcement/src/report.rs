@@ -27,6 +27,16 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// Whether a first reading has been taken (counts grown after it have a time).
+    pub fn has_baseline(&self) -> bool {
+        self.seen.is_some()
+    }
+
+    /// Takes a reading without reporting it: what later counts grow from.
+    pub fn baseline(&mut self, hits: Option<Vec<Hits>>, now: SystemTime) {
+        self.report(hits, None, now);
+    }
+
     /// The report for what was read at `now`: `hits` (`None`: the backend
     /// counts nothing) and `listening` (`None`: not readable).
     pub fn report(
@@ -129,6 +139,22 @@ mod tests {
             last_hit(&third, 80),
             None,
             "put back: counting again from 0"
+        );
+
+        let mut fresh = Reporter::default();
+        assert!(!fresh.has_baseline());
+        fresh.baseline(Some(vec![hits(22, 4)]), t(1));
+        assert!(fresh.has_baseline());
+        let after_baseline = fresh.report(Some(vec![hits(22, 4), hits(5432, 5)]), None, t(2));
+        assert_eq!(
+            last_hit(&after_baseline, 5432),
+            Some(t(2).into()),
+            "added after the baseline, hit"
+        );
+        assert_eq!(
+            last_hit(&after_baseline, 22),
+            None,
+            "not grown since the baseline"
         );
 
         let uncounted = reporter.report(None, Some(Vec::new()), t(40));
