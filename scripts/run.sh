@@ -14,7 +14,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "cassette-firewall needs a Rust toolchain: see https://rustup.rs" >&2
     exit 1
 fi
-cargo build --release --locked --bin cassette-rules --bin cassette-enforcer
+cargo build --release --locked --bin cassette-rules --bin cassette-enforcer --bin cassette
 
 bin=${CARGO_TARGET_DIR:-target}/release
 data=${CASSETTE_DATA_DIR:-$PWD/cassette-data}
@@ -57,10 +57,11 @@ pids+=($!)
 cat <<MSG
 
 cassette-firewall is running: rules service on 127.0.0.1:50051, enforcer for $instance.
-Try, in another terminal (more in README.md):
-  grpcurl -plaintext -d '{"instance_id": "$instance"}' 127.0.0.1:50051 cassette.firewall.v1.FirewallService/CreateFirewall
-  grpcurl -plaintext -d '{"instance_id": "$instance", "port": 5432}' 127.0.0.1:50051 cassette.firewall.v1.FirewallService/AddRule
-  grpcurl -plaintext -d '{"instance_id": "$instance"}' 127.0.0.1:50051 cassette.firewall.v1.FirewallService/WaitForSync
+Try, in another terminal (more in README.md; grpcurl works too):
+  $bin/cassette firewall create $instance
+  $bin/cassette rule add $instance 5432 --description PostgreSQL
+  $bin/cassette wait $instance
+  $bin/cassette firewall get $instance
 and look at $where
 Ctrl-C stops everything.
 

@@ -6,6 +6,8 @@
 
 mod convert;
 mod flags;
+#[cfg(feature = "json")]
+mod json;
 mod target;
 
 /// Generated from `proto/cassette/firewall/v1/*.proto`.
@@ -20,6 +22,8 @@ pub use convert::{
 };
 
 pub use flags::parse_duration;
+#[cfg(feature = "json")]
+pub use json::{JsonError, ProtoJson};
 pub use target::{Keepalive, Target, TargetError};
 
 /// The encoded `FileDescriptorSet` of every proto file, for server reflection.

@@ -7,12 +7,11 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use cassette_eventlog::{hex, EventLog, Record};
 use cassette_model::{Event, EventPayload, InstanceId, Rule};
-use cassette_proto::event_to_pb;
+use cassette_proto::{event_to_pb, ProtoJson};
 use cassette_rules::audit::{self, At, Cursor, EventFilter};
 use cassette_rules::audit_api::verification_to_pb;
 use clap::{Args, Subcommand};
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -307,25 +306,17 @@ fn describe(event: &Event) -> String {
     )
 }
 
-/// Protobuf JSON through the published descriptors: the same shape grpcurl prints.
-struct Json(DescriptorPool);
+/// Protobuf JSON, the shape grpcurl prints.
+struct Json(ProtoJson);
 
 impl Json {
     fn new() -> anyhow::Result<Self> {
-        Ok(Self(DescriptorPool::decode(
-            cassette_proto::FILE_DESCRIPTOR_SET,
-        )?))
+        Ok(Self(ProtoJson::new()?))
     }
 
     /// Prints `message`, of type `cassette.firewall.v1.<name>`.
     fn print(&self, name: &str, message: &impl Message) -> anyhow::Result<()> {
-        let full_name = format!("cassette.firewall.v1.{name}");
-        let descriptor = self
-            .0
-            .get_message_by_name(&full_name)
-            .with_context(|| format!("no descriptor for {full_name}"))?;
-        let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())?;
-        println!("{}", serde_json::to_string(&dynamic)?);
+        println!("{}", self.0.to_string(name, message)?);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! - `allowlist`: source allowlists: validation, replacement, audit, real traffic (root).
 //! - `api`: every semantic rule of FirewallService through the generated client.
 //! - `auth`: identity and authorization over real TLS: the attack table.
+//! - `cli`: the `cassette` command line: every command, its errors and exit codes.
 //! - `audit`: AuditService and the offline audit commands, tampering included.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
 //! - `expiry`: expiring rules: validation, RuleExpired once, across restarts, real traffic.
@@ -17,6 +18,7 @@ mod allowlist;
 mod api;
 mod audit;
 mod auth;
+mod cli;
 mod durability;
 mod expiry;
 mod faults;

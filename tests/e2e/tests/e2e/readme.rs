@@ -120,7 +120,8 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
         assert!(Instant::now() < deadline, "the enforcer did not connect");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut script = String::from("set -o pipefail\n");
+    // `cassette` finds the service the way a user's shell would.
+    let mut script = format!("set -o pipefail\nexport CASSETTE_RULES=http://{addr}\n");
     for (i, example) in examples.iter().enumerate() {
         script.push_str(&format!("echo '{MARKER} {i}'\n"));
         let command = example

@@ -1,0 +1,173 @@
+//! The `cassette` command line against the real rules service (and a real
+//! file-backend enforcer): every command, its output, its errors on stderr
+//! with the field named, and its exit codes.
+
+use std::process::{Command, Stdio};
+
+use cassette_e2e::{binary, RulesProcess};
+
+/// Runs `cassette` against `rules`; (exit code, stdout, stderr).
+fn cassette(rules: &str, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary("cassette"))
+        .args(["--rules", rules])
+        .args(args)
+        .env_remove("CASSETTE_RULES")
+        .env_remove("CASSETTE_OUTPUT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cassette");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn ok(rules: &str, args: &[&str]) -> String {
+    let (code, stdout, stderr) = cassette(rules, args);
+    assert_eq!(code, 0, "cassette {args:?}: {stderr}");
+    stdout
+}
+
+/// The rule id in the table row for `port`.
+fn rule_id(table: &str, port: u16) -> String {
+    table
+        .lines()
+        .find(|l| l.starts_with(&format!("{port} ")))
+        .and_then(|l| l.split_whitespace().nth(6))
+        .unwrap_or_else(|| panic!("no row for {port} in\n{table}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_every_command_with_its_output_errors_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = RulesProcess::start(&dir.path().join("data")).await;
+    let rules = format!("http://{}", service.listen);
+    let rules = rules.as_str();
+
+    let created = ok(rules, &["firewall", "create", "web-1"]);
+    assert!(
+        created.starts_with("web-1  revision 1  no enforcer (applied revision 0 of 1)"),
+        "{created}"
+    );
+    assert!(created.contains("22    tcp    on  pending"), "{created}");
+
+    // An enforcer, so that wait and the applied states are real.
+    let mut enforcer = Command::new(binary("cassette-enforcer"))
+        .args(["--rules", rules, "--instance", "web-1", "--backend", "file"])
+        .arg("--ruleset-file")
+        .arg(dir.path().join("ruleset.nft"))
+        .arg("--state-dir")
+        .arg(dir.path().join("enforcer-state"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the enforcer");
+
+    let added = ok(
+        rules,
+        &[
+            "rule",
+            "add",
+            "web-1",
+            "5432",
+            "--description",
+            "PostgreSQL",
+        ],
+    );
+    assert!(
+        added.contains("warning: 5432/tcp (PostgreSQL) is open to anywhere"),
+        "{added}"
+    );
+    let postgres = rule_id(&added, 5432);
+    let waited = ok(rules, &["wait", "web-1", "--timeout", "30s"]);
+    assert!(
+        waited.starts_with("in sync: applied revision 2 of 2"),
+        "{waited}"
+    );
+    let shown = ok(rules, &["firewall", "get", "web-1"]);
+    assert!(shown.contains("5432  tcp    on  applied"), "{shown}");
+
+    let udp = ok(
+        rules,
+        &[
+            "rule",
+            "add",
+            "web-1",
+            "53",
+            "--udp",
+            "--disabled",
+            "--source",
+            "10.0.0.0/8",
+            "--ttl",
+            "2h",
+        ],
+    );
+    assert!(udp.contains("53    udp    off"), "{udp}");
+    assert!(udp.contains("10.0.0.0/8"), "{udp}");
+    assert!(udp.contains("(expires "), "{udp}");
+    let dns = rule_id(&udp, 53);
+    assert!(ok(rules, &["rule", "enable", "web-1", &dns]).contains("53    udp    on"));
+    assert!(ok(rules, &["rule", "disable", "web-1", "default-ssh"]).contains("22    tcp    off"));
+    let described = ok(
+        rules,
+        &["rule", "describe", "web-1", &postgres, "orders database"],
+    );
+    assert!(described.contains("orders database"), "{described}");
+    let deleted = ok(rules, &["rule", "delete", "web-1", &dns]);
+    assert!(!deleted.lines().any(|l| l.starts_with("53 ")), "{deleted}");
+
+    let json = ok(rules, &["--output", "json", "firewall", "get", "web-1"]);
+    assert!(json.starts_with("{\"instanceId\":\"web-1\""), "{json}");
+    let listed = ok(rules, &["firewall", "list"]);
+    assert!(listed.starts_with("web-1  revision"), "{listed}");
+    let events = ok(rules, &["events", "--instance", "web-1"]);
+    assert!(
+        events.contains("web-1#2  anonymous  rule added"),
+        "{events}"
+    );
+    let diagnosis = ok(rules, &["diagnose", "web-1", "5432"]);
+    assert!(diagnosis.starts_with("PASS    rule_exists"), "{diagnosis}");
+
+    // Errors: the server's message and field on stderr, one exit code a kind.
+    let (code, _, stderr) = cassette(rules, &["firewall", "get", "db-1"]);
+    assert_eq!(code, 3, "not found: {stderr}");
+    assert!(
+        stderr.contains("firewall for instance db-1 not found"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cassette(rules, &["rule", "add", "web-1", "70000"]);
+    assert_eq!(code, 4, "invalid: {stderr}");
+    assert!(
+        stderr.contains("  port: must be between 1 and 65535, got 70000"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = cassette(
+        rules,
+        &["rule", "add", "web-1", "9000", "--source", "10.0.0.1/8"],
+    );
+    assert_eq!(code, 4, "invalid: {stderr}");
+    assert!(stderr.contains("  sources[0]:"), "{stderr}");
+    let (code, _, stderr) = cassette(rules, &["rule", "add", "web-1", "5432"]);
+    assert_eq!(code, 5, "conflict: {stderr}");
+    assert!(
+        stderr.contains(&postgres),
+        "names the existing rule: {stderr}"
+    );
+    let (code, _, stderr) = cassette(rules, &["rule", "delete", "web-1", "default-ssh"]);
+    assert_eq!(code, 5, "a default rule: {stderr}");
+    let (code, _, _) = cassette(rules, &["firewall", "delete", "web-1"]);
+    assert_eq!(code, 0);
+    let (code, _, stderr) = cassette("http://127.0.0.1:1", &["firewall", "list"]);
+    assert_eq!(code, 6, "unavailable: {stderr}");
+    let (code, _, _) = cassette(rules, &["frobnicate"]);
+    assert_eq!(code, 2, "usage");
+
+    // Waiting on an instance whose enforcer is gone times out: unavailable.
+    let _ = enforcer.kill();
+    let _ = enforcer.wait();
+    ok(rules, &["firewall", "create", "web-2"]);
+    let (code, _, stderr) = cassette(rules, &["wait", "web-2", "--timeout", "1s"]);
+    assert_eq!(code, 6, "timed out: {stderr}");
+}

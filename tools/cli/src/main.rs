@@ -1,0 +1,425 @@
+//! `cassette`: the command line for operators and scripts. Every command is
+//! one call of the generated client; the service validates (one validation
+//! for every door) and this prints its answer, or its error with the field
+//! it names, and exits with a code that says what kind of failure it was.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use cassette_proto::pb::audit_service_client::AuditServiceClient;
+use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
+use cassette_proto::{parse_duration, pb, Target};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::output::Output;
+
+/// Manage cassette firewalls: create them, open and close ports, wait for the
+/// kernel to have a change, read the audit log.
+///
+/// Exit codes: 0 ok; 1 other error; 2 usage; 3 not found; 4 invalid input;
+/// 5 conflict (already exists, stale revision, a default rule); 6 unavailable
+/// or timed out; 7 not allowed (unauthenticated, permission denied).
+#[derive(Debug, Parser)]
+#[command(name = "cassette", version, about)]
+struct Cli {
+    #[command(flatten)]
+    connection: Connection,
+
+    /// How to print answers.
+    #[arg(
+        long,
+        global = true,
+        env = "CASSETTE_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
+    output: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Connection {
+    /// The rules service: http://HOST:PORT, https://HOST:PORT or unix:/PATH.
+    #[arg(
+        long,
+        global = true,
+        env = "CASSETTE_RULES",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    rules: Target,
+
+    /// A bearer token (sent as `authorization: Bearer ...`).
+    #[arg(long, global = true, env = "CASSETTE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// CA (PEM) the service's certificate must chain to; turns on TLS.
+    #[arg(long, global = true, env = "CASSETTE_CA")]
+    ca: Option<PathBuf>,
+
+    /// Client certificate (PEM), with --key.
+    #[arg(long, global = true, env = "CASSETTE_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, env = "CASSETTE_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, show, list and delete firewalls.
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
+    /// Add, toggle, describe and delete rules.
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Wait until the instance's kernel has a revision (default: the latest).
+    Wait {
+        instance: String,
+        #[arg(long, default_value_t = 0)]
+        revision: u64,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// The audit log: who changed what, when.
+    Events {
+        #[arg(long)]
+        instance: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        /// Keep printing new events as they are committed.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// The troubleshooting checklist for one port.
+    Diagnose {
+        instance: String,
+        port: u32,
+        #[arg(long)]
+        udp: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FirewallCommand {
+    /// Create an instance's firewall (with SSH, HTTP, HTTPS open); idempotent.
+    Create { instance: String },
+    /// Show a firewall: each rule with its state.
+    Get { instance: String },
+    /// List firewalls (every page).
+    List {
+        /// Only rules that accepted no packet for this long (e.g. 7d, 12h).
+        #[arg(long, value_parser = parse_duration)]
+        unused_for: Option<Duration>,
+    },
+    /// Delete a firewall (the instance then accepts nothing).
+    Delete { instance: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum RuleCommand {
+    /// Open a port.
+    Add {
+        instance: String,
+        port: u32,
+        /// UDP instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Add it switched off.
+        #[arg(long)]
+        disabled: bool,
+        /// Only from these networks (repeat; CIDR or address).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Remove it after this long (e.g. 2h).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Turn a rule on (the toggle goes green).
+    Enable { instance: String, rule: String },
+    /// Turn a rule off (gray: blocking, rule kept).
+    Disable { instance: String, rule: String },
+    /// Set a rule's description.
+    Describe {
+        instance: String,
+        rule: String,
+        description: String,
+    },
+    /// Delete a custom rule.
+    Delete { instance: String, rule: String },
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Firewalls = FirewallServiceClient<InterceptedService<Channel, Bearer>>;
+type Audit = AuditServiceClient<InterceptedService<Channel, Bearer>>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = match error.downcast_ref::<tonic::Status>() {
+                Some(status) => {
+                    output::print_status(status);
+                    exit_code(status.code())
+                }
+                None => {
+                    eprintln!("error: {error:#}");
+                    1
+                }
+            };
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The exit code for a failed call's status.
+fn exit_code(code: tonic::Code) -> u8 {
+    use tonic::Code;
+    match code {
+        Code::NotFound => 3,
+        Code::InvalidArgument | Code::OutOfRange => 4,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => 5,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted => 6,
+        Code::Unauthenticated | Code::PermissionDenied => 7,
+        _ => 1,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = Output::new(matches!(cli.output, Format::Json))?;
+    let (channel, bearer) = connect(&cli.connection).await?;
+    let mut firewalls: Firewalls =
+        FirewallServiceClient::with_interceptor(channel.clone(), bearer.clone());
+    match cli.command {
+        Command::Firewall(command) => match command {
+            FirewallCommand::Create { instance } => {
+                let request = pb::CreateFirewallRequest {
+                    instance_id: instance,
+                    request_id: String::new(),
+                };
+                out.firewall(&firewalls.create_firewall(request).await?.into_inner())
+            }
+            FirewallCommand::Get { instance } => {
+                let request = pb::GetFirewallRequest {
+                    instance_id: instance,
+                };
+                out.firewall(&firewalls.get_firewall(request).await?.into_inner())
+            }
+            FirewallCommand::List { unused_for } => {
+                let mut page_token = String::new();
+                let mut all = Vec::new();
+                // Bounded: a page holds at least one firewall.
+                for _ in 0..1_000_000 {
+                    let page = firewalls
+                        .list_firewalls(pb::ListFirewallsRequest {
+                            page_size: 1000,
+                            page_token: page_token.clone(),
+                            unused_for: unused_for.and_then(|d| d.try_into().ok()),
+                        })
+                        .await?
+                        .into_inner();
+                    all.extend(page.firewalls);
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    page_token = page.next_page_token;
+                }
+                out.firewalls(&all)
+            }
+            FirewallCommand::Delete { instance } => {
+                let request = pb::DeleteFirewallRequest {
+                    instance_id: instance.clone(),
+                    ..Default::default()
+                };
+                firewalls.delete_firewall(request).await?;
+                out.done(&format!("deleted the firewall of {instance}"))
+            }
+        },
+        Command::Rule(command) => {
+            let answer = match command {
+                RuleCommand::Add {
+                    instance,
+                    port,
+                    udp,
+                    description,
+                    disabled,
+                    sources,
+                    ttl,
+                } => {
+                    let request = pb::AddRuleRequest {
+                        instance_id: instance,
+                        port,
+                        protocol: protocol(udp).into(),
+                        description,
+                        enabled: Some(!disabled),
+                        sources,
+                        ttl: ttl.and_then(|d| d.try_into().ok()),
+                        ..Default::default()
+                    };
+                    firewalls.add_rule(request).await?
+                }
+                RuleCommand::Enable { instance, rule } => {
+                    firewalls.update_rule(toggle(instance, rule, true)).await?
+                }
+                RuleCommand::Disable { instance, rule } => {
+                    firewalls.update_rule(toggle(instance, rule, false)).await?
+                }
+                RuleCommand::Describe {
+                    instance,
+                    rule,
+                    description,
+                } => {
+                    let request = pb::UpdateRuleRequest {
+                        instance_id: instance,
+                        rule_id: rule,
+                        description: Some(description),
+                        ..Default::default()
+                    };
+                    firewalls.update_rule(request).await?
+                }
+                RuleCommand::Delete { instance, rule } => {
+                    let request = pb::DeleteRuleRequest {
+                        instance_id: instance,
+                        rule_id: rule,
+                        ..Default::default()
+                    };
+                    firewalls.delete_rule(request).await?
+                }
+            };
+            out.firewall(&answer.into_inner())
+        }
+        Command::Wait {
+            instance,
+            revision,
+            timeout,
+        } => {
+            let request = pb::WaitForSyncRequest {
+                instance_id: instance,
+                revision,
+                timeout: timeout.try_into().ok(),
+            };
+            out.sync(&firewalls.wait_for_sync(request).await?.into_inner())
+        }
+        Command::Events {
+            instance,
+            actor,
+            follow,
+        } => {
+            let mut audit: Audit = AuditServiceClient::with_interceptor(channel, bearer);
+            let request = pb::ListEventsRequest {
+                instance_id: instance.unwrap_or_default(),
+                actor: actor.unwrap_or_default(),
+                follow,
+                ..Default::default()
+            };
+            let mut stream = audit.list_events(request).await?.into_inner();
+            while let Some(event) = stream.message().await? {
+                out.event(&event)?;
+            }
+            Ok(())
+        }
+        Command::Diagnose {
+            instance,
+            port,
+            udp,
+        } => {
+            let request = pb::DiagnoseRequest {
+                instance_id: instance,
+                port,
+                protocol: protocol(udp).into(),
+            };
+            out.diagnosis(&firewalls.diagnose(request).await?.into_inner())
+        }
+    }
+}
+
+fn protocol(udp: bool) -> pb::Protocol {
+    if udp {
+        pb::Protocol::Udp
+    } else {
+        pb::Protocol::Tcp
+    }
+}
+
+fn toggle(instance: String, rule: String, enabled: bool) -> pb::UpdateRuleRequest {
+    pb::UpdateRuleRequest {
+        instance_id: instance,
+        rule_id: rule,
+        enabled: Some(enabled),
+        ..Default::default()
+    }
+}
+
+/// The channel (TLS with --ca, a client certificate with --cert/--key) and
+/// the token interceptor.
+async fn connect(c: &Connection) -> anyhow::Result<(Channel, Bearer)> {
+    let read = |path: &PathBuf, flag: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    };
+    let tls = match &c.ca {
+        None => None,
+        Some(ca) => {
+            let mut tls =
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "--ca")?));
+            if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
+                tls = tls.identity(Identity::from_pem(
+                    read(cert, "--cert")?,
+                    read(key, "--key")?,
+                ));
+            }
+            Some(tls)
+        }
+    };
+    let token = match &c.token {
+        None => None,
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .context("--token must be printable ASCII")?,
+        ),
+    };
+    // Unreachable is UNAVAILABLE, like a service that answers so (exit 6).
+    let channel = c.rules.connect_with(tls.as_ref()).await.map_err(|e| {
+        tonic::Status::unavailable(format!(
+            "cannot reach the rules service at {}: {e}",
+            c.rules
+        ))
+    })?;
+    Ok((channel, Bearer(token)))
+}

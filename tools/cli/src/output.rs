@@ -1,0 +1,234 @@
+//! How answers are printed: tables for people (each rule with its state), or
+//! protobuf JSON for scripts (the shape grpcurl prints), one object a line.
+//! Errors print the server's message and the fields it names.
+
+use cassette_proto::{pb, ProtoJson};
+use tonic_types::StatusExt;
+
+pub struct Output {
+    json: Option<ProtoJson>,
+}
+
+impl Output {
+    pub fn new(json: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            json: json.then(ProtoJson::new).transpose()?,
+        })
+    }
+
+    fn json(&self, name: &str, message: &impl prost::Message) -> anyhow::Result<bool> {
+        match &self.json {
+            Some(json) => {
+                println!("{}", json.to_string(name, message)?);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub fn firewall(&self, firewall: &pb::Firewall) -> anyhow::Result<()> {
+        if self.json("Firewall", firewall)? {
+            return Ok(());
+        }
+        print!("{}", firewall_table(firewall));
+        Ok(())
+    }
+
+    pub fn firewalls(&self, firewalls: &[pb::Firewall]) -> anyhow::Result<()> {
+        for (i, firewall) in firewalls.iter().enumerate() {
+            if i > 0 && self.json.is_none() {
+                println!();
+            }
+            self.firewall(firewall)?;
+        }
+        Ok(())
+    }
+
+    pub fn sync(&self, sync: &pb::SyncStatus) -> anyhow::Result<()> {
+        if self.json("SyncStatus", sync)? {
+            return Ok(());
+        }
+        println!("{}", sync_line(sync));
+        Ok(())
+    }
+
+    pub fn event(&self, event: &pb::Event) -> anyhow::Result<()> {
+        if self.json("Event", event)? {
+            return Ok(());
+        }
+        let what = event
+            .payload
+            .as_ref()
+            .map(payload_name)
+            .unwrap_or("unknown");
+        let when = event.commit_time.map(|t| t.to_string()).unwrap_or_default();
+        println!(
+            "{:>6}  {}  {}#{}  {}  {what}",
+            event.sequence, when, event.instance_id, event.revision, event.actor
+        );
+        Ok(())
+    }
+
+    pub fn diagnosis(&self, diagnosis: &pb::Diagnosis) -> anyhow::Result<()> {
+        if self.json("Diagnosis", diagnosis)? {
+            return Ok(());
+        }
+        for check in &diagnosis.checks {
+            let result = match pb::CheckResult::try_from(check.result) {
+                Ok(pb::CheckResult::Pass) => "PASS",
+                Ok(pb::CheckResult::Fail) => "FAIL",
+                _ => "UNKNOWN",
+            };
+            println!("{result:<7} {:<18} {}", check.name, check.detail);
+            if !check.next_step.is_empty() {
+                println!("{:26}next: {}", "", check.next_step);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn done(&self, what: &str) -> anyhow::Result<()> {
+        if self.json.is_none() {
+            println!("{what}");
+        }
+        Ok(())
+    }
+}
+
+fn payload_name(payload: &pb::event::Payload) -> &'static str {
+    use pb::event::Payload;
+    match payload {
+        Payload::FirewallCreated(_) => "firewall created",
+        Payload::RuleAdded(_) => "rule added",
+        Payload::RuleEnabled(_) => "rule enabled",
+        Payload::RuleDisabled(_) => "rule disabled",
+        Payload::RuleDescriptionChanged(_) => "rule described",
+        Payload::RuleDeleted(_) => "rule deleted",
+        Payload::FirewallDeleted(_) => "firewall deleted",
+        Payload::RuleExpired(_) => "rule expired",
+        Payload::RuleSourcesChanged(_) => "rule sources changed",
+    }
+}
+
+fn protocol_name(protocol: i32) -> &'static str {
+    match pb::Protocol::try_from(protocol) {
+        Ok(pb::Protocol::Udp) => "udp",
+        _ => "tcp",
+    }
+}
+
+/// The sync state in a few words (the table's header).
+fn sync_state(sync: &pb::SyncStatus) -> String {
+    let state = match pb::SyncState::try_from(sync.state) {
+        Ok(pb::SyncState::InSync) => "in sync",
+        Ok(pb::SyncState::Pending) => "pending",
+        Ok(pb::SyncState::Error) => "error",
+        Ok(pb::SyncState::NoEnforcer) => "no enforcer",
+        _ => "unknown",
+    };
+    format!(
+        "{state} (applied revision {} of {})",
+        sync.applied_revision, sync.latest_revision
+    )
+}
+
+fn sync_line(sync: &pb::SyncStatus) -> String {
+    let state = match pb::SyncState::try_from(sync.state) {
+        Ok(pb::SyncState::InSync) => "in sync",
+        Ok(pb::SyncState::Pending) => "pending",
+        Ok(pb::SyncState::Error) => "error",
+        Ok(pb::SyncState::NoEnforcer) => "no enforcer",
+        _ => "unknown",
+    };
+    let mut line = format!(
+        "{state}: applied revision {} of {}",
+        sync.applied_revision, sync.latest_revision
+    );
+    if let Some(latency) = sync
+        .last_ack_latency
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+    {
+        line.push_str(&format!(
+            ", last ack {:.1} ms after its commit",
+            latency.as_secs_f64() * 1e3
+        ));
+    }
+    if !sync.last_error.is_empty() {
+        line.push_str(&format!(
+            " (revision {} failed: {})",
+            sync.failed_revision, sync.last_error
+        ));
+    }
+    line
+}
+
+/// The firewall as a table: one row a rule, with its toggle and its state.
+fn firewall_table(firewall: &pb::Firewall) -> String {
+    let mut out = format!("{}  revision {}", firewall.instance_id, firewall.revision);
+    if let Some(sync) = &firewall.sync {
+        out.push_str(&format!("  {}", sync_state(sync)));
+    }
+    out.push('\n');
+    let mut rows = vec![[
+        "PORT".to_owned(),
+        "PROTO".to_owned(),
+        "ON".to_owned(),
+        "STATUS".to_owned(),
+        "HITS".to_owned(),
+        "FROM".to_owned(),
+        "RULE".to_owned(),
+        "DESCRIPTION".to_owned(),
+    ]];
+    for rule in &firewall.rules {
+        let status = match pb::RuleStatus::try_from(rule.status) {
+            Ok(pb::RuleStatus::Applied) => "applied",
+            Ok(pb::RuleStatus::Pending) => "pending",
+            Ok(pb::RuleStatus::Failed) => "failed",
+            _ => "-",
+        };
+        let mut description = rule.description.clone();
+        if let Some(expires) = rule.expire_time {
+            description.push_str(&format!(" (expires {expires})"));
+        }
+        rows.push([
+            rule.port.to_string(),
+            protocol_name(rule.protocol).to_owned(),
+            if rule.enabled { "on" } else { "off" }.to_owned(),
+            status.to_owned(),
+            rule.hits.to_string(),
+            if rule.sources.is_empty() {
+                "anywhere".to_owned()
+            } else {
+                rule.sources.join(",")
+            },
+            rule.id.clone(),
+            description.trim().to_owned(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    for warning in &firewall.warnings {
+        out.push_str(&format!("warning: {}\n", warning.message));
+    }
+    out
+}
+
+/// The server's message, and each field it names, on stderr.
+pub fn print_status(status: &tonic::Status) {
+    eprintln!("error: {:?}: {}", status.code(), status.message());
+    if let Some(bad) = status.get_details_bad_request() {
+        for violation in bad.field_violations {
+            eprintln!("  {}: {}", violation.field, violation.description);
+        }
+    }
+}
