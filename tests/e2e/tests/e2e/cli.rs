@@ -171,3 +171,76 @@ async fn cli_every_command_with_its_output_errors_and_exit_codes() {
     let (code, _, stderr) = cassette(rules, &["wait", "web-2", "--timeout", "1s"]);
     assert_eq!(code, 6, "timed out: {stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_speaks_tls_with_a_token_or_a_certificate_and_says_when_it_may_not() {
+    use cassette_e2e::secured::{token_sha256, Secured};
+    const TOKEN: &str = "ops-bot-secret-token";
+    let secured = Secured::new(&format!(
+        r#"
+[[principal]]
+name = "ops-bot"
+role = "editor"
+instances = ["*"]
+token_sha256 = "{}"
+
+[[principal]]
+name = "viewer"
+role = "viewer"
+instances = ["*"]
+"#,
+        token_sha256(TOKEN)
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cassette_e2e::free_port();
+    let args = secured.server_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _service = RulesProcess::spawn_with_tls(
+        &dir.path().join("data"),
+        &addr.to_string(),
+        cassette_e2e::Target::Http(format!("https://{addr}")),
+        &args,
+        Some(secured.principal("viewer")),
+    )
+    .await;
+    let rules = format!("https://{addr}");
+    let ca = secured.pki.ca_cert_path().display().to_string();
+
+    let with_token = ok(
+        &rules,
+        &["--ca", &ca, "--token", TOKEN, "firewall", "create", "web-1"],
+    );
+    assert!(with_token.starts_with("web-1  revision 1"), "{with_token}");
+    let (code, _, stderr) = cassette(
+        &rules,
+        &["--ca", &ca, "--token", "wrong", "firewall", "get", "web-1"],
+    );
+    assert_eq!(code, 7, "an unknown token: {stderr}");
+
+    // The viewer's certificate reads, and may not change anything.
+    let issued = secured
+        .pki
+        .issue("spiffe://cassette.local/principal/viewer", "cli-viewer")
+        .expect("issue the viewer's certificate");
+    let cert = issued.cert_path.display().to_string();
+    let key = issued.key_path.display().to_string();
+    let viewer = [
+        "--ca",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
+    let read = ok(
+        &rules,
+        &[&viewer[..], &["firewall", "get", "web-1"]].concat(),
+    );
+    assert!(read.contains("default-ssh"), "{read}");
+    let (code, _, stderr) = cassette(
+        &rules,
+        &[&viewer[..], &["rule", "add", "web-1", "5432"]].concat(),
+    );
+    assert_eq!(code, 7, "a viewer adding a rule: {stderr}");
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+}
