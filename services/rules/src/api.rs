@@ -248,10 +248,10 @@ impl FirewallService for FirewallApi {
             let mut bytes = 0;
             let mut last_seen = None;
             for firewall in &page {
-                let mut view = self.present(firewall);
+                let sync = self.store.snapshot(&firewall.instance_id);
+                let mut view = present(firewall, &sync);
                 if let Some(unused_for) = unused_for {
-                    let observed = self.store.snapshot(&firewall.instance_id).observed;
-                    if !keep_unused(&mut view, observed.as_deref(), unused_for) {
+                    if !keep_unused(&mut view, sync.observed.as_deref(), unused_for) {
                         last_seen = Some(view.instance_id);
                         continue;
                     }

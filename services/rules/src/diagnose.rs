@@ -124,6 +124,14 @@ fn applied(rule: &Rule, sync: &Snapshot) -> pb::Check {
     )
 }
 
+/// The rule's (wire protocol, port): how the enforcer's report is keyed.
+fn wire_key(rule: &Rule) -> (i32, u32) {
+    (
+        i32::from(protocol_to_pb(rule.protocol)),
+        u32::from(rule.port.get()),
+    )
+}
+
 /// How old a report is, for the details.
 fn age(observed: &Observed, now: SystemTime) -> String {
     let age = now
@@ -140,11 +148,7 @@ fn in_kernel(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
                 .into(),
         );
     };
-    let key = (
-        i32::from(protocol_to_pb(rule.protocol)),
-        u32::from(rule.port.get()),
-    );
-    let held = observed.by_rule.contains_key(&key);
+    let held = observed.by_rule.contains_key(&wire_key(rule));
     match (rule.enabled, held) {
         (true, true) => pass(
             "rule_in_kernel",
@@ -181,11 +185,7 @@ fn listening(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
             "the enforcer has not reported the instance's listening sockets".into(),
         );
     };
-    let key = (
-        i32::from(protocol_to_pb(rule.protocol)),
-        u32::from(rule.port.get()),
-    );
-    match sockets.get(&key) {
+    match sockets.get(&wire_key(rule)) {
         Some(addresses) if !addresses.is_empty() => pass(
             "service_listening",
             format!(
@@ -219,8 +219,8 @@ fn packets(rule: &Rule, observed: Option<&Observed>) -> pb::Check {
             "the enforcer has not reported hit counts".into(),
         );
     };
-    let key_protocol = i32::from(protocol_to_pb(rule.protocol));
-    match observed.hits_of(key_protocol, u32::from(rule.port.get()), rule.enabled) {
+    let (protocol, port) = wire_key(rule);
+    match observed.hits_of(protocol, port, rule.enabled) {
         (0, _) => fail(
             "packets_arriving",
             "no packet has reached the rule since it was applied".into(),

@@ -117,32 +117,32 @@ fn protocol_name(protocol: i32) -> &'static str {
     }
 }
 
-/// The sync state in a few words (the table's header).
-fn sync_state(sync: &pb::SyncStatus) -> String {
-    let state = match pb::SyncState::try_from(sync.state) {
+fn state_name(sync: &pb::SyncStatus) -> &'static str {
+    match pb::SyncState::try_from(sync.state) {
         Ok(pb::SyncState::InSync) => "in sync",
         Ok(pb::SyncState::Pending) => "pending",
         Ok(pb::SyncState::Error) => "error",
         Ok(pb::SyncState::NoEnforcer) => "no enforcer",
         _ => "unknown",
-    };
+    }
+}
+
+/// The sync state in a few words (the table's header).
+fn sync_state(sync: &pb::SyncStatus) -> String {
     format!(
-        "{state} (applied revision {} of {})",
-        sync.applied_revision, sync.latest_revision
+        "{} (applied revision {} of {})",
+        state_name(sync),
+        sync.applied_revision,
+        sync.latest_revision
     )
 }
 
 fn sync_line(sync: &pb::SyncStatus) -> String {
-    let state = match pb::SyncState::try_from(sync.state) {
-        Ok(pb::SyncState::InSync) => "in sync",
-        Ok(pb::SyncState::Pending) => "pending",
-        Ok(pb::SyncState::Error) => "error",
-        Ok(pb::SyncState::NoEnforcer) => "no enforcer",
-        _ => "unknown",
-    };
     let mut line = format!(
-        "{state}: applied revision {} of {}",
-        sync.applied_revision, sync.latest_revision
+        "{}: applied revision {} of {}",
+        state_name(sync),
+        sync.applied_revision,
+        sync.latest_revision
     );
     if let Some(latency) = sync
         .last_ack_latency

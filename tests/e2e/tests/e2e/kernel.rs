@@ -139,27 +139,11 @@ impl Fixture {
     }
 
     pub(crate) async fn set_enabled(&mut self, rule_id: &str, enabled: bool) -> u64 {
-        self.client
-            .update_rule(pb::UpdateRuleRequest {
-                instance_id: INSTANCE.into(),
-                rule_id: rule_id.into(),
-                enabled: Some(enabled),
-                ..Default::default()
-            })
-            .await
-            .expect("update rule")
-            .into_inner()
-            .revision
+        cassette_e2e::set_enabled(&mut self.client, INSTANCE, rule_id, enabled).await
     }
 
     pub(crate) async fn firewall(&mut self) -> pb::Firewall {
-        self.client
-            .get_firewall(pb::GetFirewallRequest {
-                instance_id: INSTANCE.into(),
-            })
-            .await
-            .expect("get firewall")
-            .into_inner()
+        cassette_e2e::get_firewall(&mut self.client, INSTANCE).await
     }
 
     pub(crate) fn tcp_open(&self, port: u16) -> bool {

@@ -146,13 +146,7 @@ async fn toggle_ssh(client: &mut cassette_e2e::Client, instance: &str, enabled: 
 }
 
 async fn get(client: &mut cassette_e2e::Client, instance: &str) -> pb::Firewall {
-    client
-        .get_firewall(pb::GetFirewallRequest {
-            instance_id: instance.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    cassette_e2e::get_firewall(client, instance).await
 }
 
 async fn wait(
