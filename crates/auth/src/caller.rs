@@ -123,7 +123,7 @@ impl Caller {
     }
 
     /// `principal web-team (editor of web-*)`, for messages.
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match &self.who {
             Who::Anonymous { actor } => format!("{} (development mode)", actor.as_str()),
             Who::Principal(grant) => format!(

@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod audit_api;
 pub mod caller;
+pub mod console;
 mod diagnose;
 pub mod enforcer_api;
 mod expiry;
@@ -63,8 +64,18 @@ pub enum ServeError {
          --insecure-plaintext if you really mean it)"
     )]
     PlaintextNotLoopback(std::net::SocketAddr),
+    #[error(
+        "refusing to serve the console in plaintext on {0}: without --tls-cert every caller is an \
+         admin, so only a loopback --http-listen is served (give --tls-cert/--tls-key, or \
+         --insecure-plaintext if you really mean it)"
+    )]
+    ConsolePlaintextNotLoopback(std::net::SocketAddr),
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
+    #[error(transparent)]
+    ConsoleTls(#[from] console::HttpTlsError),
+    #[error("the console: {0}")]
+    Console(String),
     #[error("stopped: writing the event log failed ({0}); restart on what is on disk")]
     LogFailed(String),
 }
@@ -75,6 +86,8 @@ pub struct Security {
     /// TLS for every listener (server certificate, and the CA client
     /// certificates must chain to); `None` is plaintext.
     pub tls: Option<ServerTlsConfig>,
+    /// The server certificate and key (PEM) again, for the console's HTTPS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
     /// Serve plaintext on non-loopback addresses too.
     pub insecure_plaintext: bool,
 }
@@ -86,6 +99,7 @@ impl Security {
         Self {
             authenticator: Arc::new(Authenticator::development()),
             tls: None,
+            identity_pem: None,
             insecure_plaintext: false,
         }
     }
@@ -100,6 +114,7 @@ impl Security {
         client_ca: Option<Vec<u8>>,
         authenticator: Authenticator,
     ) -> Self {
+        let identity_pem = Some((cert.clone(), key.clone()));
         let mut tls =
             ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
         if let Some(ca) = client_ca {
@@ -110,6 +125,7 @@ impl Security {
         Self {
             authenticator: Arc::new(authenticator),
             tls: Some(tls),
+            identity_pem,
             insecure_plaintext: false,
         }
     }
@@ -132,7 +148,7 @@ const FAILURE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One listener's server, running until the stop signal.
-type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+type Serving = Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>;
 
 /// A bound socket to serve gRPC on.
 pub enum Listener {
@@ -147,6 +163,7 @@ pub struct RulesService {
     security: Security,
     limits: Limits,
     shutdown_grace: std::time::Duration,
+    console: Option<TcpListener>,
 }
 
 impl RulesService {
@@ -173,6 +190,7 @@ impl RulesService {
             security: Security::development(),
             limits: Limits::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            console: None,
         })
     }
 
@@ -190,6 +208,13 @@ impl RulesService {
     /// How long a stop waits for in-flight calls before it flushes and ends anyway.
     pub fn with_shutdown_grace(mut self, grace: std::time::Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Also serves the console (the Firewall page, its JSON API, `/metrics`
+    /// and `/healthz`) on `listener`: HTTPS when the service has TLS.
+    pub fn with_console(mut self, listener: TcpListener) -> Self {
+        self.console = Some(listener);
         self
     }
 
@@ -217,7 +242,7 @@ impl RulesService {
     /// [`RulesService::serve`] on several listeners at once (say, loopback TCP
     /// for users and a Unix socket for enforcers in other network namespaces).
     pub async fn serve_all(
-        self,
+        mut self,
         listeners: Vec<Listener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
@@ -247,6 +272,12 @@ impl RulesService {
                     }
                 }
             }
+            if let Some(console) = &self.console {
+                let addr = console.local_addr().map_err(ServeError::Listener)?;
+                if !addr.ip().is_loopback() {
+                    return Err(ServeError::ConsolePlaintextNotLoopback(addr));
+                }
+            }
         }
         if self.security.authenticator.is_development() {
             tracing::warn!(
@@ -256,7 +287,8 @@ impl RulesService {
         }
         let limits = &self.limits;
         let authenticate = caller::Authenticate(self.security.authenticator.clone());
-        let firewall = FirewallServiceServer::new(FirewallApi::new(self.store.clone(), limits))
+        let firewall_api = Arc::new(FirewallApi::new(self.store.clone(), limits));
+        let firewall = FirewallServiceServer::from_arc(firewall_api.clone())
             .max_decoding_message_size(limits.max_message_bytes);
         let enforcer = EnforcerServiceServer::new(EnforcerApi::new(self.store.clone()))
             .max_decoding_message_size(limits.max_message_bytes);
@@ -291,14 +323,47 @@ impl RulesService {
                 let _ = stopped.wait_for(|s| *s).await;
             };
             servers.push(match listener {
-                Listener::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(
-                    TcpIncoming::from(l).with_nodelay(Some(true)),
-                    stop_signal,
-                )),
-                Listener::Unix(l) => Box::pin(
-                    router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop_signal),
-                ),
+                Listener::Tcp(l) => Box::pin(async move {
+                    router
+                        .serve_with_incoming_shutdown(
+                            TcpIncoming::from(l).with_nodelay(Some(true)),
+                            stop_signal,
+                        )
+                        .await
+                        .map_err(ServeError::from)
+                }),
+                Listener::Unix(l) => Box::pin(async move {
+                    router
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop_signal)
+                        .await
+                        .map_err(ServeError::from)
+                }),
             });
+        }
+        if let Some(listener) = self.console.take() {
+            let tls = match &self.security.identity_pem {
+                Some((cert, key)) => Some(console::HttpTls::from_pem(cert, key)?),
+                None => None,
+            };
+            let console = console::Console::new(
+                firewall_api.clone(),
+                self.store.clone(),
+                self.security.authenticator.clone(),
+                limits,
+            )
+            .map_err(|e| ServeError::Console(e.to_string()))?;
+            let router = console::router(console).layer(axum::extract::DefaultBodyLimit::max(
+                limits.max_message_bytes,
+            ));
+            let mut stopped = stopped.clone();
+            let stop_signal = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            servers.push(Box::pin(async move {
+                console::serve(listener, tls, router, stop_signal)
+                    .await
+                    .map_err(ServeError::Listener)
+            }));
         }
         let expiry = tokio::spawn(expiry::run(self.store.clone()));
         let store = self.store.clone();

@@ -57,7 +57,15 @@ struct Args {
     #[arg(long, env = "CASSETTE_ALLOW_UNVERIFIED_LOG")]
     allow_unverified_log: bool,
 
-    /// Serve Prometheus metrics on http://ADDR/metrics.
+    /// Where to serve the console: the Firewall page, its JSON API
+    /// (/api/v1/...), /metrics and /healthz. HTTPS with the service's
+    /// certificate when --tls-cert is given; without it, loopback only.
+    /// "off" serves none.
+    #[arg(long, env = "CASSETTE_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    http_listen: HttpListen,
+
+    /// Also serve Prometheus metrics on http://ADDR/metrics (the console's
+    /// listener serves them too).
     #[arg(long, env = "CASSETTE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
@@ -276,6 +284,22 @@ async fn main() -> anyhow::Result<()> {
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
         }
     };
+    let service = match args.http_listen {
+        HttpListen::Off => service,
+        HttpListen::Addr(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for the console (--http-listen)")
+            })?;
+            let scheme = if args.security.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let bound = listener.local_addr().context("console listener")?;
+            tracing::info!(url = %format!("{scheme}://{bound}/"), "serving the console");
+            service.with_console(listener)
+        }
+    };
     let mut listeners = Vec::new();
     for listen in &args.listen {
         listeners.push(bind(listen).await?);
@@ -360,6 +384,27 @@ async fn bind(listen: &Listen) -> anyhow::Result<Listener> {
             )
         }
     })
+}
+
+/// The console's listen address, or `off`.
+#[derive(Debug, Clone)]
+enum HttpListen {
+    Off,
+    Addr(SocketAddr),
+}
+
+impl std::str::FromStr for HttpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(HttpListen::Off),
+            _ => s
+                .parse()
+                .map(HttpListen::Addr)
+                .map_err(|e| format!("{s:?} is neither HOST:PORT nor off: {e}")),
+        }
+    }
 }
 
 /// A gRPC listen address: `HOST:PORT` or `unix:/PATH`.

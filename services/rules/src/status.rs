@@ -169,3 +169,73 @@ fn domain_status(error: DomainError, message: String) -> Status {
     };
     Status::with_error_details(code, message, details)
 }
+
+/// The HTTP status the JSON API answers a gRPC code with (Google's HTTP
+/// mapping of the canonical codes).
+pub fn http_code(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::ResourceExhausted => 429,
+        Code::Cancelled => 499,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
+}
+
+/// A status as the JSON API's error body, with what its rich details name:
+/// `{"error": {"code": "INVALID_ARGUMENT", "status": 400, "message": ...,
+/// "fieldViolations": [{"field", "description"}], "resource": {"type", "name"}}}`.
+pub fn http_error(status: &Status) -> (u16, serde_json::Value) {
+    let http = http_code(status.code());
+    let details = status.get_error_details();
+    let mut error = serde_json::json!({
+        "code": grpc_code_name(status.code()),
+        "status": http,
+        "message": status.message(),
+    });
+    if let Some(bad_request) = details.bad_request() {
+        error["fieldViolations"] = bad_request
+            .field_violations
+            .iter()
+            .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
+            .collect();
+    }
+    if let Some(resource) = details.resource_info() {
+        error["resource"] = serde_json::json!({
+            "type": resource.resource_type,
+            "name": resource.resource_name,
+            "description": resource.description,
+        });
+    }
+    (http, serde_json::json!({ "error": error }))
+}
+
+/// The canonical name of a code, as grpcurl and Google's JSON errors spell it.
+fn grpc_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

@@ -435,6 +435,11 @@ impl Store {
         }
     }
 
+    /// Whether the service has begun to stop.
+    pub fn is_stopping(&self) -> bool {
+        *self.closing.borrow()
+    }
+
     /// Ends long-lived streams; in-flight unary requests still finish.
     pub fn begin_shutdown(&self) {
         self.closing.send_replace(true);

@@ -17,6 +17,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+pub mod browser;
 pub mod netns;
 pub mod secured;
 
@@ -205,6 +206,8 @@ pub struct RulesProcess {
     pub target: Target,
     /// TLS (and the identity) `client` and the health check use.
     pub tls: Option<ClientTlsConfig>,
+    /// The console's address (`--http-listen`), unless `extra` turned it off.
+    pub console: Option<SocketAddr>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -262,6 +265,16 @@ impl RulesProcess {
             .append(true)
             .open(&log)
             .expect("open service log");
+        // Tests run side by side: each console on a port of its own, unless
+        // the test chose one (or "off").
+        let console = match extra.iter().position(|a| *a == "--http-listen") {
+            Some(i) => extra.get(i + 1).and_then(|a| a.parse().ok()),
+            None => {
+                let addr = free_port();
+                command.arg("--http-listen").arg(addr.to_string());
+                Some(addr)
+            }
+        };
         let child = command
             .arg("--listen")
             .arg(listen)
@@ -277,6 +290,7 @@ impl RulesProcess {
             listen: listen.to_owned(),
             target,
             tls,
+            console,
             child: Some(child),
             log,
         };

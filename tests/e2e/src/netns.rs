@@ -325,6 +325,11 @@ impl EnforcerProcess {
         }
     }
 
+    /// The pid, to signal it (SIGSTOP holds an apply back; SIGCONT lets it go).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

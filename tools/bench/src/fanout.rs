@@ -45,7 +45,14 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     };
     let rules = Guarded(
         std::process::Command::new(sibling_binary("cassette-rules")?)
-            .args(["--listen", &addr.to_string(), "--log", "warn"])
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--log",
+                "warn",
+                "--http-listen",
+                "off",
+            ])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .spawn()?,

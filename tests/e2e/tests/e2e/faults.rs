@@ -331,6 +331,8 @@ async fn a_silent_partition_is_noticed_in_seconds_and_a_change_made_during_it_la
         &format!("unix:{}", socket.display()),
         cassette_e2e::Target::Unix(socket.clone()),
         &[
+            "--http-listen",
+            "off",
             "--listen",
             &tcp,
             "--insecure-plaintext",

@@ -14,6 +14,9 @@ use cassette_e2e::{binary, RulesProcess, PATIENCE};
 const README_ADDR: &str = "127.0.0.1:50051";
 /// Where the README's secured service listens.
 const README_SECURE_ADDR: &str = "127.0.0.1:50443";
+/// Where the README's consoles listen (development, and the secured one).
+const README_CONSOLE: &str = "127.0.0.1:8080";
+const README_SECURE_CONSOLE: &str = "127.0.0.1:8443";
 const MARKER: &str = "@@@ example";
 
 #[derive(Debug)]
@@ -85,8 +88,10 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
     )
     .expect("copy examples/policy.toml");
     let secure_addr = cassette_e2e::free_port().to_string();
+    let secure_console = cassette_e2e::free_port().to_string();
     let rules = RulesProcess::start(&workdir.join("cassette-data")).await;
     let addr = rules.listen.clone();
+    let console = rules.console.expect("the console listens").to_string();
     let bin_dir = binary("cassette-rules")
         .parent()
         .expect("binary directory")
@@ -128,6 +133,8 @@ async fn every_grpcurl_example_in_the_readme_works_as_shown() {
             .command
             .replace(README_ADDR, &addr)
             .replace(README_SECURE_ADDR, &secure_addr)
+            .replace(README_CONSOLE, &console)
+            .replace(README_SECURE_CONSOLE, &secure_console)
             .replace("target/release/", &format!("{bin_dir}/"));
         script.push_str(&command);
         script.push_str(" 2>&1\n");

@@ -1,0 +1,171 @@
+//! The console: the Firewall page people use, the JSON API it calls, its
+//! live updates, and the service's `/metrics` and `/healthz`, on one HTTP
+//! listener (`--http-listen`).
+//!
+//! The JSON API is a door onto the same `FirewallService` as gRPC: each route
+//! parses protobuf JSON into the gRPC request message, authenticates the
+//! caller from the same headers the gRPC interceptor reads, and calls the
+//! gRPC handler, so validation, authorization, spans and the error mapping
+//! exist once. The page is plain HTML, CSS and JavaScript compiled into the
+//! binary; it sends a bearer token as a header (kept in sessionStorage),
+//! never a cookie, so no request is made on a user's behalf without them.
+
+mod assets;
+mod json_api;
+mod live;
+mod server;
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use cassette_auth::{Authenticator, Caller, Credentials};
+use cassette_proto::ProtoJson;
+use tonic::Status;
+
+use crate::api::FirewallApi;
+use crate::caller::{ACTOR_METADATA, ON_BEHALF_OF_METADATA};
+use crate::limits::{Limits, Slots};
+use crate::status::{self, http_error};
+use crate::store::Store;
+
+pub use server::{serve, HttpTls, HttpTlsError};
+
+/// What every console route shares.
+pub struct Console {
+    api: Arc<FirewallApi>,
+    store: Arc<Store>,
+    authenticator: Arc<Authenticator>,
+    json: ProtoJson,
+    live_streams: Arc<Slots>,
+}
+
+impl Console {
+    pub fn new(
+        api: Arc<FirewallApi>,
+        store: Arc<Store>,
+        authenticator: Arc<Authenticator>,
+        limits: &Limits,
+    ) -> Result<Arc<Self>, cassette_proto::JsonError> {
+        Ok(Arc::new(Self {
+            api,
+            store,
+            authenticator,
+            json: ProtoJson::new()?,
+            live_streams: Slots::new(
+                "console live streams",
+                limits.max_follow_streams_per_principal,
+            ),
+        }))
+    }
+
+    /// The caller, from the same headers the gRPC interceptor reads (a
+    /// bearer token, and in development mode `x-actor`); no certificate.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Status> {
+        let header = |name: &'static str| -> Result<Option<&str>, Status> {
+            headers
+                .get(name)
+                .map(|v| v.to_str())
+                .transpose()
+                .map_err(|_| {
+                    status::invalid(cassette_model::ValidationError::new(
+                        name,
+                        "must be printable ASCII",
+                    ))
+                })
+        };
+        let credentials = Credentials {
+            certificate: None,
+            authorization: header("authorization")?,
+            actor: header(ACTOR_METADATA)?,
+            on_behalf_of: header(ON_BEHALF_OF_METADATA)?,
+        };
+        self.authenticator
+            .authenticate(&credentials)
+            .inspect_err(
+                |error| tracing::info!(%error, "console request refused by authentication"),
+            )
+            .map_err(status::refused)
+    }
+
+    /// A gRPC answer as the JSON API's: the message in protobuf JSON, or the
+    /// status as an HTTP error.
+    fn answer<T: prost::Message>(&self, name: &str, result: Result<T, Status>) -> Response {
+        match result.and_then(|message| {
+            self.json
+                .to_string(name, &message)
+                .map_err(|e| Status::internal(e.to_string()))
+        }) {
+            Ok(body) => json_response(axum::http::StatusCode::OK, body),
+            Err(status) => error_response(&status),
+        }
+    }
+}
+
+fn json_response(code: axum::http::StatusCode, body: String) -> Response {
+    (
+        code,
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// A status as the JSON API's error: the HTTP code `status.rs` maps it to,
+/// and `{"error": {code, message, fieldViolations, resource}}`.
+fn error_response(status: &Status) -> Response {
+    let (code, body) = http_error(status);
+    json_response(
+        axum::http::StatusCode::from_u16(code)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+        body.to_string(),
+    )
+}
+
+/// Every route of the console listener.
+pub fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .merge(assets::routes())
+        .merge(json_api::routes())
+        .route("/api/v1/firewalls/{instance_id}/live", get(live::stream))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(console)
+}
+
+/// 200 SERVING while the service takes changes; 503 with the reason when it
+/// is stopping, its log failed, or it is read-only.
+async fn healthz(axum::extract::State(console): axum::extract::State<Arc<Console>>) -> Response {
+    let store = &console.store;
+    let failure = store.failure().borrow().clone();
+    let reason = match (failure, store.read_only(), store.is_stopping()) {
+        (Some(reason), _, _) => Some(format!("NOT_SERVING: the event log failed: {reason}")),
+        (None, Err(read_only), _) => Some(format!("NOT_SERVING: {read_only}")),
+        (None, Ok(()), true) => Some("NOT_SERVING: stopping".to_owned()),
+        (None, Ok(()), false) => None,
+    };
+    match reason {
+        None => (axum::http::StatusCode::OK, "SERVING\n").into_response(),
+        Some(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(axum::extract::State(console): axum::extract::State<Arc<Console>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        console.store.metrics().render(),
+    )
+        .into_response()
+}
