@@ -1,6 +1,6 @@
 //! The enforcer's Prometheus metrics.
 
-use cassette_metrics::{Counter, Histogram};
+use cassette_metrics::{Counter, Histogram, Registry};
 
 #[derive(Debug, Default)]
 pub struct EnforcerMetrics {
@@ -27,62 +27,62 @@ pub struct EnforcerMetrics {
 
 impl EnforcerMetrics {
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.apply_duration.write(
-            &mut out,
+        let mut registry = Registry::default();
+        self.apply_duration.register(
+            &mut registry,
             "cassette_enforcer_apply_duration_seconds",
             "Time to put a batch of events in force in the kernel.",
         );
-        self.failed_applies.write(
-            &mut out,
+        self.failed_applies.register(
+            &mut registry,
             "cassette_enforcer_failed_applies_total",
             "Kernel transactions that were refused.",
         );
-        self.table_replacements.write(
-            &mut out,
+        self.table_replacements.register(
+            &mut registry,
             "cassette_enforcer_table_replacements_total",
             "Applies that replaced the whole table (what it held was unknown, or a delta was refused).",
         );
-        self.drift_repairs.write(
-            &mut out,
+        self.drift_repairs.register(
+            &mut registry,
             "cassette_enforcer_drift_repairs_total",
             "Times the table was found changed behind the enforcer's back and replaced.",
         );
-        self.events_received.write(
-            &mut out,
+        self.events_received.register(
+            &mut registry,
             "cassette_enforcer_events_received_total",
             "Events received over sync streams.",
         );
-        self.history_resends.write(
-            &mut out,
+        self.history_resends.register(
+            &mut registry,
             "cassette_enforcer_history_resends_total",
             "Times the rules service resent the history from revision 1 because its log was behind, or differed from, what this enforcer had applied (its log wins).",
         );
-        self.state_saves.write(
-            &mut out,
+        self.state_saves.register(
+            &mut registry,
             "cassette_enforcer_state_saves_total",
             "State files written (atomically, durably) after an apply.",
         );
-        self.state_save_failures.write(
-            &mut out,
+        self.state_save_failures.register(
+            &mut registry,
             "cassette_enforcer_state_save_failures_total",
             "Applies whose state could not be saved: the kernel holds them, but a restart without the rules service would fall back to an older state.",
         );
-        self.state_restores.write(
-            &mut out,
+        self.state_restores.register(
+            &mut registry,
             "cassette_enforcer_state_restores_total",
             "Start-ups that put the saved state in force before reaching the rules service.",
         );
-        self.state_rejections.write(
-            &mut out,
+        self.state_rejections.register(
+            &mut registry,
             "cassette_enforcer_state_rejections_total",
             "State files not trusted at start-up (corrupt, another instance's, unreadable).",
         );
-        self.reconnects.write(
-            &mut out,
+        self.reconnects.register(
+            &mut registry,
             "cassette_enforcer_reconnects_total",
             "Sync streams opened after the first.",
         );
-        out
+        cassette_metrics::encode(&registry)
     }
 }

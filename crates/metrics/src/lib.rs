@@ -1,68 +1,26 @@
-//! Prometheus text-format metrics: lock-free counters, gauges and latency
-//! histograms, and a minimal HTTP endpoint serving `GET /metrics`.
+//! Metrics on `prometheus-client` (OpenMetrics text), with the few shapes the
+//! services use (counters, gauges, latency histograms in seconds), and the
+//! `/metrics` endpoint on axum, the HTTP stack the console also runs on.
 //!
-//! Hand-written because what we need is small (a few series, one endpoint)
-//! and the services already carry an async runtime; a full HTTP stack or
-//! metrics framework would cost more to build than this file.
+//! Each service keeps its metrics in one struct of handles registered once in
+//! a [`Registry`] under the names they have always had; counters are
+//! registered without their `_total` suffix, which the encoder adds.
 
-use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::metrics::{counter, gauge, histogram};
 use tokio::net::TcpListener;
 
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+pub use prometheus_client::registry::Registry;
 
-impl Counter {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    pub fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            self.get()
-        );
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicI64);
-
-impl Gauge {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    pub fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
-            self.get()
-        );
-    }
-}
+/// The content type of [`encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds in seconds, from 100 µs to 10 s.
 const LATENCY_BOUNDS: [f64; 16] = [
@@ -70,117 +28,131 @@ const LATENCY_BOUNDS: [f64; 16] = [
     10.0,
 ];
 
-/// A latency histogram in seconds with fixed buckets.
-#[derive(Debug)]
-pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BOUNDS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+#[derive(Debug, Default, Clone)]
+pub struct Counter(counter::Counter);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.inc_by(n);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+
+    /// Registers as `name` (which ends in `_total`, as it is exposed).
+    pub fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        let name = name.strip_suffix("_total").unwrap_or(name);
+        registry.register(name, help_text(help), self.0.clone());
+    }
 }
+
+#[derive(Debug, Default, Clone)]
+pub struct Gauge(gauge::Gauge);
+
+impl Gauge {
+    pub fn inc(&self) {
+        self.0.inc();
+    }
+
+    pub fn dec(&self) {
+        self.0.dec();
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.get()
+    }
+
+    pub fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register(name, help_text(help), self.0.clone());
+    }
+}
+
+/// A latency histogram in seconds with fixed buckets (100 µs to 10 s).
+#[derive(Debug, Clone)]
+pub struct Histogram(histogram::Histogram);
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_nanos: AtomicU64::new(0),
-        }
+        Self(histogram::Histogram::new(LATENCY_BOUNDS))
     }
 }
 
 impl Histogram {
     pub fn observe(&self, value: Duration) {
-        let seconds = value.as_secs_f64();
-        if let Some(i) = LATENCY_BOUNDS.iter().position(|b| seconds <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.0.observe(value.as_secs_f64());
     }
 
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+    /// Registers as `name` (which ends in `_seconds`).
+    pub fn register(&self, registry: &mut Registry, name: &str, help: &str) {
+        registry.register(name, help_text(help), self.0.clone());
     }
+}
 
-    pub fn write(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
-        );
+/// prometheus-client ends every help text with a period of its own.
+fn help_text(help: &str) -> &str {
+    help.strip_suffix('.').unwrap_or(help)
+}
+
+/// The registry's metrics in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut out, registry) {
+        tracing::warn!(%error, "cannot encode metrics");
     }
+    out
+}
+
+/// A handler for `GET /metrics`.
+pub async fn respond(text: String) -> axum::response::Response {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
 /// Serves `GET /metrics` with `render()`'s text until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     render: Arc<dyn Fn() -> String + Send + Sync>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    tokio::pin!(shutdown);
-    loop {
-        let (mut stream, _) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics endpoint: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let mut request = Vec::with_capacity(1024);
-            let mut buf = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-            });
-            if read.await.is_err() {
-                return;
-            }
-            let response = if request.starts_with(b"GET /metrics ") {
-                let body = render();
-                format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    .to_owned()
-            };
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
+    let router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let render = render.clone();
+            async move { respond(render()).await }
+        }),
+    );
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(%error, "metrics endpoint stopped");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
+    fn names_stay_and_histogram_buckets_are_cumulative() {
+        let mut registry = Registry::default();
         let h = Histogram::default();
+        h.register(&mut registry, "lat_seconds", "Test latency.");
+        let c = Counter::default();
+        c.register(&mut registry, "things_total", "things");
+        let g = Gauge::default();
+        g.register(&mut registry, "open_things", "open");
         h.observe(Duration::from_micros(50));
         h.observe(Duration::from_millis(3));
         h.observe(Duration::from_secs(60));
-        let mut out = String::new();
-        h.write(&mut out, "lat_seconds", "test");
+        c.add(7);
+        g.inc();
+        let out = encode(&registry);
         assert!(
             out.contains("lat_seconds_bucket{le=\"0.0001\"} 1\n"),
             "{out}"
@@ -189,39 +161,42 @@ mod tests {
             out.contains("lat_seconds_bucket{le=\"0.005\"} 2\n"),
             "{out}"
         );
-        assert!(out.contains("lat_seconds_bucket{le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("lat_seconds_bucket{le=\"10.0\"} 2\n"), "{out}");
         assert!(out.contains("lat_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("lat_seconds_count 3\n"), "{out}");
+        assert!(out.contains("things_total 7\n"), "{out}");
+        assert!(out.contains("open_things 1\n"), "{out}");
+        assert!(out.contains("# HELP lat_seconds Test latency.\n"), "{out}");
+        assert!(out.ends_with("# EOF\n"), "{out}");
     }
 
     #[tokio::test]
     async fn serves_metrics_over_http() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let counter = Arc::new(Counter::default());
+        let counter = Counter::default();
+        let mut registry = Registry::default();
+        counter.register(&mut registry, "things_total", "things");
         counter.add(7);
-        let c = counter.clone();
+        let registry = Arc::new(registry);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(
             listener,
-            Arc::new(move || {
-                let mut out = String::new();
-                c.write(&mut out, "things_total", "things");
-                out
-            }),
+            Arc::new(move || encode(&registry)),
             async {
                 let _ = stopped.await;
             },
         ));
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
         assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-        assert!(response.ends_with("things_total 7\n"), "{response}");
+        assert!(response.contains("openmetrics-text"), "{response}");
+        assert!(response.contains("things_total 7\n"), "{response}");
         let _ = stop.send(());
         server.await.unwrap();
     }

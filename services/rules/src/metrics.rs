@@ -1,6 +1,6 @@
 //! The rules service's Prometheus metrics.
 
-use cassette_metrics::{Counter, Gauge, Histogram};
+use cassette_metrics::{Counter, Gauge, Histogram, Registry};
 
 #[derive(Debug, Default)]
 pub struct RulesMetrics {
@@ -24,52 +24,52 @@ pub struct RulesMetrics {
 
 impl RulesMetrics {
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.ack_latency.write(
-            &mut out,
+        let mut registry = Registry::default();
+        self.ack_latency.register(
+            &mut registry,
             "cassette_rules_ack_latency_seconds",
             "Commit of an event to its enforcer's acknowledgement, on the service's clock.",
         );
-        self.connected_enforcers.write(
-            &mut out,
+        self.connected_enforcers.register(
+            &mut registry,
             "cassette_rules_connected_enforcers",
             "Open enforcer sync streams.",
         );
-        self.tracked_instances.write(
-            &mut out,
+        self.tracked_instances.register(
+            &mut registry,
             "cassette_rules_tracked_instances",
             "Instances the service keeps sync state for (existing instances with a stream, waiter or ack).",
         );
-        self.events_appended.write(
-            &mut out,
+        self.events_appended.register(
+            &mut registry,
             "cassette_rules_events_appended_total",
             "Events durably appended to the log.",
         );
-        self.failed_acks.write(
-            &mut out,
+        self.failed_acks.register(
+            &mut registry,
             "cassette_rules_failed_acks_total",
             "Acknowledgements reporting a failed apply.",
         );
-        self.ignored_acks.write(
-            &mut out,
+        self.ignored_acks.register(
+            &mut registry,
             "cassette_rules_ignored_acks_total",
             "Acknowledgements of a revision their sync stream was never sent (ignored).",
         );
-        self.ruleset_hash_mismatches.write(
-            &mut out,
+        self.ruleset_hash_mismatches.register(
+            &mut registry,
             "cassette_rules_ruleset_hash_mismatches_total",
             "Acknowledgements whose ruleset hash differs from the one the service computes.",
         );
-        self.replaced_streams.write(
-            &mut out,
+        self.replaced_streams.register(
+            &mut registry,
             "cassette_rules_replaced_sync_streams_total",
             "Sync streams closed because a newer one for the same instance opened.",
         );
-        self.history_resends.write(
-            &mut out,
+        self.history_resends.register(
+            &mut registry,
             "cassette_rules_history_resends_total",
             "Sync streams sent the whole history because their Hello disagreed with the log (a revision it does not have, or a ruleset hash that differs).",
         );
-        out
+        cassette_metrics::encode(&registry)
     }
 }

@@ -434,7 +434,7 @@ pub fn scrape(addr: SocketAddr) -> String {
         .set_read_timeout(Some(PATIENCE))
         .expect("read timeout");
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
         .expect("send request");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read metrics");

@@ -160,12 +160,5 @@ async fn healthz(axum::extract::State(console): axum::extract::State<Arc<Console
 }
 
 async fn metrics(axum::extract::State(console): axum::extract::State<Arc<Console>>) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        console.store.metrics().render(),
-    )
-        .into_response()
+    cassette_metrics::respond(console.store.metrics().render()).await
 }
