@@ -688,3 +688,142 @@ token_sha256 = "{}"
     .await;
     assert_eq!(events.last().map(|e| e.actor.as_str()), Some("web-team"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_signs_in_with_a_token_over_https_and_shows_only_what_it_may_see() {
+    let test = "console_signs_in_with_a_token_over_https_and_shows_only_what_it_may_see";
+    if skip_without_browser(test) {
+        return;
+    }
+    use cassette_e2e::secured::{token_sha256, Secured};
+    let secured = Secured::new(&format!(
+        r#"
+[[principal]]
+name = "console"
+role = "admin"
+instances = ["*"]
+
+[[principal]]
+name = "web-team"
+role = "editor"
+instances = ["web-*"]
+token_sha256 = "{}"
+"#,
+        token_sha256(WEB_TOKEN)
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cassette_e2e::free_port();
+    let args = secured.server_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rules = cassette_e2e::RulesProcess::spawn_with_tls(
+        &dir.path().join("data"),
+        &addr.to_string(),
+        cassette_e2e::Target::Http(format!("https://{addr}")),
+        &args,
+        Some(secured.principal("console")),
+    )
+    .await;
+    let mut client = rules.client().await;
+    for instance in ["web-1", "db-1"] {
+        cassette_e2e::create_firewall(&mut client, instance).await;
+    }
+    let console = rules.console.expect("console");
+    // The development CA is not in the browser's store.
+    let browser = Browser::start(1280, 900, &["--ignore-certificate-errors"]).await;
+    let base = format!("https://127.0.0.1:{}", console.port());
+
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser.wait_text("#login-error", "no credentials").await;
+    let token = browser
+        .client
+        .find(Locator::Id("token"))
+        .await
+        .expect("token field");
+    token.send_keys("guessed").await.unwrap();
+    let sign_in = browser
+        .client
+        .find(Locator::XPath("//button[normalize-space()='Sign in']"))
+        .await
+        .expect("Sign in");
+    sign_in.click().await.unwrap();
+    browser
+        .wait_text("#login-error", "unknown bearer token")
+        .await;
+    browser.screenshot("13-sign-in-refused").await;
+    token.clear().await.unwrap();
+    token.send_keys(WEB_TOKEN).await.unwrap();
+    sign_in.click().await.unwrap();
+    browser
+        .wait_text("tr[data-instance-id=\"web-1\"]", "22/TCP")
+        .await;
+    assert!(
+        browser
+            .client
+            .find_all(Locator::Css("tr[data-instance-id=\"db-1\"]"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "db-1 is not web-team's"
+    );
+    browser.wait_text("#who", "web-team").await;
+    browser.screenshot("14-signed-in").await;
+
+    // The token stays in the tab: its instance's page works, the change is web-team's.
+    browser
+        .client
+        .goto(&format!("{base}/instances/web-1"))
+        .await
+        .unwrap();
+    browser.wait_attr("#live", "data-live", "true").await;
+    let port = browser.client.find(Locator::Id("port")).await.unwrap();
+    port.send_keys("3000").await.unwrap();
+    browser
+        .client
+        .find(Locator::XPath("//button[normalize-space()='Add Port']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // No enforcer runs here: saved, and honestly pending.
+    browser
+        .wait_attr(&row(3000), "data-status", "pending")
+        .await;
+    browser.wait_text(&row(3000), "no enforcer").await;
+    let events = cassette_e2e::list_events(
+        &mut cassette_proto::pb::audit_service_client::AuditServiceClient::new(
+            cassette_e2e::channel_with(&rules.target, rules.tls.as_ref()).await,
+        ),
+        pb::ListEventsRequest {
+            instance_id: "web-1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(events.last().map(|e| e.actor.as_str()), Some("web-team"));
+
+    // Another team's instance says why not, and changes nothing.
+    browser
+        .client
+        .goto(&format!("{base}/instances/db-1"))
+        .await
+        .unwrap();
+    browser
+        .wait_text("#page-error", "may not call GetFirewall")
+        .await;
+    browser.screenshot("15-not-yours").await;
+    assert_eq!(get_firewall(&mut client, "db-1").await.revision, 1);
+
+    // Signing out forgets the token.
+    browser
+        .client
+        .find(Locator::XPath("//button[normalize-space()='Sign out']"))
+        .await
+        .expect("Sign out")
+        .click()
+        .await
+        .unwrap();
+    browser.client.goto(&format!("{base}/")).await.unwrap();
+    browser.wait_text("#login-error", "no credentials").await;
+    browser.close().await;
+}

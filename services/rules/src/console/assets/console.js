@@ -90,7 +90,8 @@
     return result;
   }
 
-  async function api(method, path, body) {
+  // A 401 shows the sign-in form, unless `signingIn` (the form's own check).
+  async function api(method, path, body, signingIn) {
     const init = { method, headers: headers(), cache: "no-store" };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
@@ -111,7 +112,7 @@
     }
     if (!response.ok) {
       const error = new ApiError(response.status, json.error || { message: response.statusText });
-      if (response.status === 401) showLogin(error.message);
+      if (response.status === 401 && !signingIn) showLogin(error.message);
       throw error;
     }
     return json;
@@ -289,9 +290,10 @@
           event.preventDefault();
           sessionStorage.setItem(TOKEN_KEY, token.value.trim());
           try {
-            await api("GET", "/api/v1/whoami");
+            await api("GET", "/api/v1/whoami", undefined, true);
             start();
           } catch (error) {
+            sessionStorage.removeItem(TOKEN_KEY);
             alert.textContent = error.message;
           }
         },
@@ -703,8 +705,17 @@
       (error) => {
         connection.textContent = "Not live";
         connection.setAttribute("data-live", "false");
-        if (error.httpStatus === 404) {
-          show(h("section", { class: "card" }, h("h1", {}, instanceId), h("p", { class: "form-error", role: "alert" }, error.message), h("a", { href: "/" }, "Back to instances")));
+        if (error.httpStatus === 404 || error.httpStatus === 403) {
+          // Nothing to show or change here: say why, and the way back.
+          show(
+            h(
+              "section",
+              { class: "card" },
+              h("h1", {}, instanceId),
+              h("p", { class: "form-error", role: "alert", id: "page-error" }, error.message),
+              h("a", { href: "/" }, "Back to instances"),
+            ),
+          );
         } else if (error.httpStatus !== 401) {
           pageAlert.textContent = error.message;
         }
