@@ -132,6 +132,19 @@ impl Browser {
         }
     }
 
+    /// Clicks the element `locator` finds.
+    pub async fn click(&self, locator: Locator<'_>) {
+        let element = self
+            .client
+            .find(locator)
+            .await
+            .unwrap_or_else(|e| panic!("find {locator:?}: {e}"));
+        element
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {locator:?}: {e}"));
+    }
+
     /// Waits until nothing matches `css`.
     pub async fn wait_gone(&self, css: &str) {
         let deadline = Instant::now() + PATIENCE;

@@ -146,13 +146,8 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
 
     // A quick pick, with the enforcer running: click to applied.
     browser
-        .client
-        .find(Locator::Css("button.chip[data-port=\"3000\"]"))
-        .await
-        .expect("quick pick 3000")
-        .click()
-        .await
-        .unwrap();
+        .click(Locator::Css("button.chip[data-port=\"3000\"]"))
+        .await;
     let clicked = Instant::now();
     add.click().await.unwrap();
     browser
@@ -166,14 +161,7 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
     // Toggle 5432 off: gray, applied, and closed in the kernel.
     let switch = format!("{} [role=\"switch\"]", row(5432));
     let clicked = Instant::now();
-    browser
-        .client
-        .find(Locator::Css(&switch))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Css(&switch)).await;
     browser.wait_attr(&switch, "aria-checked", "false").await;
     browser
         .wait_attr(&row(5432), "data-status", "applied")
@@ -213,14 +201,7 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
         .wait_text("#confirm-title", "Delete the rule for port 5432/TCP?")
         .await;
     browser.screenshot("06-delete-confirm").await;
-    browser
-        .client
-        .find(Locator::Id("confirm-ok"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("confirm-ok")).await;
     browser.wait_gone(&row(5432)).await;
     let firewall = get_firewall(&mut fixture.client, INSTANCE).await;
     assert!(
@@ -274,26 +255,12 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
 
     // Disabling SSH asks first, with the seed's warning; cancel changes nothing.
     let ssh_switch_css = format!("{} [role=\"switch\"]", row(22));
-    browser
-        .client
-        .find(Locator::Css(&ssh_switch_css))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Css(&ssh_switch_css)).await;
     browser
         .wait_text("#confirm-message", "you'll only have web console access")
         .await;
     browser.screenshot("09-ssh-confirm").await;
-    browser
-        .client
-        .find(Locator::Id("confirm-cancel"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click(Locator::Id("confirm-cancel")).await;
     browser
         .wait_attr(&ssh_switch_css, "aria-checked", "true")
         .await;
@@ -528,6 +495,83 @@ async fn the_json_api_is_the_grpc_api_with_its_validation_and_error_mapping() {
 const WEB_TOKEN: &str = "web-team-console-token";
 const VIEWER_TOKEN: &str = "viewer-console-token";
 
+/// A secured rules service (TLS, a policy with a scoped editor and a viewer
+/// that have bearer tokens) with firewalls for web-1 and db-1, its console on HTTPS.
+struct SecuredConsole {
+    secured: cassette_e2e::secured::Secured,
+    rules: cassette_e2e::RulesProcess,
+    client: cassette_e2e::Client,
+    console: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl SecuredConsole {
+    async fn start() -> Self {
+        use cassette_e2e::secured::{token_sha256, Secured};
+        let secured = Secured::new(&format!(
+            r#"
+[[principal]]
+name = "console"
+role = "admin"
+instances = ["*"]
+
+[[principal]]
+name = "web-team"
+role = "editor"
+instances = ["web-*"]
+token_sha256 = "{}"
+
+[[principal]]
+name = "viewer"
+role = "viewer"
+instances = ["*"]
+token_sha256 = "{}"
+"#,
+            token_sha256(WEB_TOKEN),
+            token_sha256(VIEWER_TOKEN)
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let addr = cassette_e2e::free_port();
+        let args = secured.server_args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let rules = cassette_e2e::RulesProcess::spawn_with_tls(
+            &dir.path().join("data"),
+            &addr.to_string(),
+            cassette_e2e::Target::Http(format!("https://{addr}")),
+            &args,
+            Some(secured.principal("console")),
+        )
+        .await;
+        let mut client = rules.client().await;
+        for instance in ["web-1", "db-1"] {
+            cassette_e2e::create_firewall(&mut client, instance).await;
+        }
+        let console = rules.console.expect("console");
+        Self {
+            secured,
+            rules,
+            client,
+            console,
+            _dir: dir,
+        }
+    }
+
+    /// Who the log says made `instance`'s last change.
+    async fn last_actor(&self, instance: &str) -> Option<String> {
+        let events = cassette_e2e::list_events(
+            &mut cassette_proto::pb::audit_service_client::AuditServiceClient::new(
+                cassette_e2e::channel_with(&self.rules.target, self.rules.tls.as_ref()).await,
+            ),
+            pb::ListEventsRequest {
+                instance_id: instance.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        events.last().map(|e| e.actor.clone())
+    }
+}
+
 /// `curl` over HTTPS checking the development CA: (status, body).
 fn curl(
     ca: &std::path::Path,
@@ -567,47 +611,9 @@ fn curl(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secured_console_is_https_and_authorizes_each_call_like_grpc() {
-    use cassette_e2e::secured::{token_sha256, Secured};
-    let secured = Secured::new(&format!(
-        r#"
-[[principal]]
-name = "console"
-role = "admin"
-instances = ["*"]
-
-[[principal]]
-name = "web-team"
-role = "editor"
-instances = ["web-*"]
-token_sha256 = "{}"
-
-[[principal]]
-name = "viewer"
-role = "viewer"
-instances = ["*"]
-token_sha256 = "{}"
-"#,
-        token_sha256(WEB_TOKEN),
-        token_sha256(VIEWER_TOKEN)
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let addr = cassette_e2e::free_port();
-    let args = secured.server_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let rules = cassette_e2e::RulesProcess::spawn_with_tls(
-        &dir.path().join("data"),
-        &addr.to_string(),
-        cassette_e2e::Target::Http(format!("https://{addr}")),
-        &args,
-        Some(secured.principal("console")),
-    )
-    .await;
-    let mut client = rules.client().await;
-    for instance in ["web-1", "db-1"] {
-        cassette_e2e::create_firewall(&mut client, instance).await;
-    }
-    let console = rules.console.expect("console");
-    let ca = secured.pki.ca_cert_path();
+    let mut fixture = SecuredConsole::start().await;
+    let console = fixture.console;
+    let ca = fixture.secured.pki.ca_cert_path();
     let url = |path: &str| format!("https://127.0.0.1:{}{path}", console.port());
     let call = |method: &str, path: &str, token: Option<&str>, body: &str| {
         block_in_place(|| curl(&ca, &url(path), method, token, body))
@@ -665,8 +671,8 @@ token_sha256 = "{}"
         r#"{"port": 3000}"#,
     );
     assert_eq!(status, 403, "a viewer changes nothing: {body}");
-    assert_eq!(get_firewall(&mut client, "db-1").await.revision, 1);
-    assert_eq!(get_firewall(&mut client, "web-1").await.revision, 1);
+    assert_eq!(get_firewall(&mut fixture.client, "db-1").await.revision, 1);
+    assert_eq!(get_firewall(&mut fixture.client, "web-1").await.revision, 1);
 
     // Its change is recorded as its own, not the console's.
     let (status, body) = call(
@@ -676,17 +682,10 @@ token_sha256 = "{}"
         r#"{"port": 3000}"#,
     );
     assert_eq!(status, 200, "{body}");
-    let events = cassette_e2e::list_events(
-        &mut cassette_proto::pb::audit_service_client::AuditServiceClient::new(
-            cassette_e2e::channel_with(&rules.target, rules.tls.as_ref()).await,
-        ),
-        pb::ListEventsRequest {
-            instance_id: "web-1".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(events.last().map(|e| e.actor.as_str()), Some("web-team"));
+    assert_eq!(
+        fixture.last_actor("web-1").await.as_deref(),
+        Some("web-team")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,39 +694,8 @@ async fn console_signs_in_with_a_token_over_https_and_shows_only_what_it_may_see
     if skip_without_browser(test) {
         return;
     }
-    use cassette_e2e::secured::{token_sha256, Secured};
-    let secured = Secured::new(&format!(
-        r#"
-[[principal]]
-name = "console"
-role = "admin"
-instances = ["*"]
-
-[[principal]]
-name = "web-team"
-role = "editor"
-instances = ["web-*"]
-token_sha256 = "{}"
-"#,
-        token_sha256(WEB_TOKEN)
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let addr = cassette_e2e::free_port();
-    let args = secured.server_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let rules = cassette_e2e::RulesProcess::spawn_with_tls(
-        &dir.path().join("data"),
-        &addr.to_string(),
-        cassette_e2e::Target::Http(format!("https://{addr}")),
-        &args,
-        Some(secured.principal("console")),
-    )
-    .await;
-    let mut client = rules.client().await;
-    for instance in ["web-1", "db-1"] {
-        cassette_e2e::create_firewall(&mut client, instance).await;
-    }
-    let console = rules.console.expect("console");
+    let mut fixture = SecuredConsole::start().await;
+    let console = fixture.console;
     // The development CA is not in the browser's store.
     let browser = Browser::start(1280, 900, &["--ignore-certificate-errors"]).await;
     let base = format!("https://127.0.0.1:{}", console.port());
@@ -778,29 +746,17 @@ token_sha256 = "{}"
     let port = browser.client.find(Locator::Id("port")).await.unwrap();
     port.send_keys("3000").await.unwrap();
     browser
-        .client
-        .find(Locator::XPath("//button[normalize-space()='Add Port']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        .click(Locator::XPath("//button[normalize-space()='Add Port']"))
+        .await;
     // No enforcer runs here: saved, and honestly pending.
     browser
         .wait_attr(&row(3000), "data-status", "pending")
         .await;
     browser.wait_text(&row(3000), "no enforcer").await;
-    let events = cassette_e2e::list_events(
-        &mut cassette_proto::pb::audit_service_client::AuditServiceClient::new(
-            cassette_e2e::channel_with(&rules.target, rules.tls.as_ref()).await,
-        ),
-        pb::ListEventsRequest {
-            instance_id: "web-1".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(events.last().map(|e| e.actor.as_str()), Some("web-team"));
+    assert_eq!(
+        fixture.last_actor("web-1").await.as_deref(),
+        Some("web-team")
+    );
 
     // Another team's instance says why not, and changes nothing.
     browser
@@ -812,17 +768,12 @@ token_sha256 = "{}"
         .wait_text("#page-error", "may not call GetFirewall")
         .await;
     browser.screenshot("15-not-yours").await;
-    assert_eq!(get_firewall(&mut client, "db-1").await.revision, 1);
+    assert_eq!(get_firewall(&mut fixture.client, "db-1").await.revision, 1);
 
     // Signing out forgets the token.
     browser
-        .client
-        .find(Locator::XPath("//button[normalize-space()='Sign out']"))
-        .await
-        .expect("Sign out")
-        .click()
-        .await
-        .unwrap();
+        .click(Locator::XPath("//button[normalize-space()='Sign out']"))
+        .await;
     browser.client.goto(&format!("{base}/")).await.unwrap();
     browser.wait_text("#login-error", "no credentials").await;
     browser.close().await;
