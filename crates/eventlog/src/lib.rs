@@ -33,6 +33,8 @@ use cassette_proto::{event_from_pb, event_to_pb, pb};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+pub mod etcd;
+
 /// SHA-256 of a stored record's bytes.
 pub type Hash = [u8; 32];
 
@@ -61,6 +63,15 @@ pub enum LogError {
     Poisoned,
     #[error("event log fsync: {0}")]
     Sync(#[source] std::io::Error),
+    /// Another writer appended after the head this append was decided
+    /// against (the etcd log): nothing was written; catch up and decide again.
+    #[error("another writer appended first: the head is {found}, not {expected}")]
+    Conflict { expected: u64, found: u64 },
+    /// The replicated store could not be reached or could not commit in time.
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+    #[error("append too large: {0}")]
+    TooLarge(String),
 }
 
 /// An error from the storage engine, kept opaque so sled stays an implementation detail.
@@ -129,10 +140,11 @@ pub struct EventLog {
 impl EventLog {
     /// Opens (or creates) the log in `dir`. Fails if another process has it open.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        let db = open_db(
+            sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput),
+        )?;
         let tree = db.open_tree("events")?;
         // What sled recovered may still be only in the page cache (a crash of
         // the process, not of the machine): sync it before anyone reads it, and
@@ -457,6 +469,24 @@ impl EventLog {
     }
 }
 
+/// Opens sled's database, waiting a moment for a lock that a log closed in
+/// this process may still hold: sled's flusher thread lets it go just after
+/// the log is dropped. A lock another process holds stays an error.
+fn open_db(config: sled::Config) -> Result<sled::Db, LogError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
 fn hash(bytes: &[u8]) -> Hash {
     Sha256::digest(bytes).into()
 }
@@ -531,7 +561,7 @@ pub mod tamper {
     use super::*;
 
     fn open(dir: &Path) -> Result<sled::Tree, LogError> {
-        Ok(sled::Config::new().path(dir).open()?.open_tree("events")?)
+        Ok(open_db(sled::Config::new().path(dir))?.open_tree("events")?)
     }
 
     /// Flips one bit in the middle of record `sequence`'s stored bytes.

@@ -7,6 +7,7 @@
 //! - `console`: the Firewall page in a real browser (chromium), and its JSON API.
 //! - `audit`: AuditService and the offline audit commands, tampering included.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
+//! - `etcd`: the event log on a real three-member etcd cluster: races, member loss, no quorum.
 //! - `expiry`: expiring rules: validation, RuleExpired once, across restarts, real traffic.
 //! - `faults`: fsync per acknowledged batch (under strace), a log that cannot be written.
 //! - `kernel`: the enforcer against real nftables in network namespaces (root).
@@ -22,6 +23,7 @@ mod auth;
 mod cli;
 mod console;
 mod durability;
+mod etcd;
 mod expiry;
 mod faults;
 mod kernel;

@@ -1,0 +1,590 @@
+//! The event log on etcd, for several rules replicas over one replicated log.
+//!
+//! The records are the sled log's, byte for byte (the `Event` with the
+//! previous record's hash), under a key prefix (`/cassette/v1` by default):
+//! - `<prefix>/e/<sequence, 20 digits>` -> the record;
+//! - `<prefix>/i/<instance>/<revision, 20 digits>` -> sequence (u64 big-endian)
+//!   + the record's hash (instance ids are `[a-z0-9-]`, so `/` ends one);
+//! - `<prefix>/head` -> the last sequence (u64 big-endian) + its record's hash.
+//!
+//! An append is one etcd transaction: *if the head is still the one the
+//! writer decided against* (and none of the index keys exists yet), put the
+//! records, their index entries and the new head. etcd commits it on a quorum
+//! before it answers, so an append that returns is durable, and of two
+//! writers that decided against the same head exactly one wins: the other
+//! gets [`LogError::Conflict`], catches up and decides again. That is the
+//! whole concurrency control: no lease, no leader of our own.
+//!
+//! etcd's limits shape the batches: at most 128 operations per transaction by
+//! default (two puts per event and one for the head: [`MAX_BATCH_EVENTS`]) and
+//! 1.5 MiB per request ([`MAX_BATCH_BYTES`]). A transaction whose answer is
+//! lost (a leader change, a timeout) has an unknown outcome: the append tries
+//! again, on the next endpoint, and a transaction refused because the head moved
+//! is checked against the head it would have written, so a retry never writes
+//! twice and never reports a write that did not happen. One that still has no
+//! answer at the deadline is reported as unavailable, its outcome unknown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cassette_model::{Event, InstanceId};
+use cassette_proto::event_to_pb;
+use prost::Message;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::{decode, hash, Hash, Head, LogError, Record, GENESIS_HASH};
+
+#[allow(clippy::all, clippy::pedantic)]
+mod api {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use api::compare::{CompareResult, CompareTarget, TargetUnion};
+use api::kv_client::KvClient;
+use api::request_op::Request as Op;
+use api::response_op::Response as OpResponse;
+use api::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+
+/// Most events one append carries: two puts each, and the head, within etcd's
+/// default `--max-txn-ops` of 128.
+pub const MAX_BATCH_EVENTS: usize = 63;
+/// Most bytes of records one append carries, under etcd's default 1.5 MiB
+/// request limit with room for keys and index entries.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Where the etcd cluster is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// Client URLs of the cluster's members (`http://` or `https://`).
+    pub endpoints: Vec<String>,
+    /// Every key of this log starts with it (`/cassette/v1`).
+    pub prefix: String,
+    /// TLS for `https://` endpoints.
+    pub tls: Option<ClientTlsConfig>,
+    /// How long one request may take before it is retried elsewhere.
+    pub request_timeout: Duration,
+    /// How long an append keeps retrying (leader elections take about a
+    /// second) before it gives up as unavailable.
+    pub append_deadline: Duration,
+}
+
+impl EtcdConfig {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Self {
+            endpoints,
+            prefix: "/cassette/v1".to_owned(),
+            tls: None,
+            request_timeout: Duration::from_secs(2),
+            append_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The event log in an etcd cluster.
+pub struct EtcdLog {
+    members: Vec<KvClient<Channel>>,
+    /// The member requests go to; moves on when one fails.
+    current: AtomicUsize,
+    prefix: String,
+    append_deadline: Duration,
+}
+
+impl EtcdLog {
+    /// Connects lazily to every endpoint (a member that is down now may
+    /// answer later); fails only on a malformed endpoint or TLS setup.
+    pub fn connect(config: &EtcdConfig) -> Result<Self, LogError> {
+        if config.endpoints.is_empty() {
+            return Err(LogError::Unavailable("no etcd endpoints given".to_owned()));
+        }
+        let mut members = Vec::with_capacity(config.endpoints.len());
+        for url in &config.endpoints {
+            let mut endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| LogError::Unavailable(format!("etcd endpoint {url:?}: {e}")))?
+                .connect_timeout(config.request_timeout)
+                .timeout(config.request_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5));
+            if let Some(tls) = &config.tls {
+                endpoint = endpoint
+                    .tls_config(tls.clone())
+                    .map_err(|e| LogError::Unavailable(format!("etcd TLS for {url}: {e}")))?;
+            }
+            members.push(KvClient::new(endpoint.connect_lazy()));
+        }
+        Ok(Self {
+            members,
+            current: AtomicUsize::new(0),
+            prefix: config.prefix.trim_end_matches('/').to_owned(),
+            append_deadline: config.append_deadline,
+        })
+    }
+
+    fn client(&self) -> KvClient<Channel> {
+        let i = self.current.load(Ordering::Relaxed) % self.members.len();
+        self.members[i].clone()
+    }
+
+    /// After a failed request: the next member takes the following ones.
+    fn next_member(&self) {
+        self.current.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn head_key(&self) -> Vec<u8> {
+        format!("{}/head", self.prefix).into_bytes()
+    }
+
+    fn record_key(&self, sequence: u64) -> Vec<u8> {
+        format!("{}/e/{sequence:020}", self.prefix).into_bytes()
+    }
+
+    fn index_prefix(&self, instance: &InstanceId) -> Vec<u8> {
+        format!("{}/i/{}/", self.prefix, instance.as_str()).into_bytes()
+    }
+
+    fn index_key(&self, instance: &InstanceId, revision: u64) -> Vec<u8> {
+        format!("{}/i/{}/{revision:020}", self.prefix, instance.as_str()).into_bytes()
+    }
+
+    /// A read-only transaction (one linearizable round trip), on the next
+    /// member if this one fails, for at most the append deadline.
+    async fn read(&self, ranges: Vec<RangeRequest>) -> Result<Vec<api::RangeResponse>, LogError> {
+        let request = TxnRequest {
+            compare: vec![],
+            success: ranges
+                .into_iter()
+                .map(|r| RequestOp {
+                    request: Some(Op::RequestRange(r)),
+                })
+                .collect(),
+            failure: vec![],
+        };
+        let response = self.txn(request).await?;
+        Ok(response
+            .responses
+            .into_iter()
+            .filter_map(|r| match r.response {
+                Some(OpResponse::ResponseRange(range)) => Some(range),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// One transaction, retried on other members while the cluster cannot
+    /// answer, up to the append deadline.
+    async fn txn(&self, request: TxnRequest) -> Result<api::TxnResponse, LogError> {
+        let deadline = Instant::now() + self.append_deadline;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            match self.client().txn(request.clone()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if !retryable(&status) => {
+                    return Err(LogError::Unavailable(format!(
+                        "etcd refused the request: {}",
+                        status.message()
+                    )))
+                }
+                Err(status) => {
+                    self.next_member();
+                    if Instant::now() + pause >= deadline {
+                        return Err(LogError::Unavailable(format!(
+                            "etcd did not answer within {:?}: {}",
+                            self.append_deadline,
+                            status.message()
+                        )));
+                    }
+                    tracing::debug!(error = %status.message(), "etcd request failed; trying the next member");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// The last record, as the cluster agrees on it now.
+    pub async fn head(&self) -> Result<Head, LogError> {
+        let mut ranges = self
+            .read(vec![RangeRequest {
+                key: self.head_key(),
+                ..Default::default()
+            }])
+            .await?;
+        head_of(
+            ranges
+                .pop()
+                .and_then(|r| r.kvs.into_iter().next())
+                .map(|kv| kv.value),
+        )
+    }
+
+    /// The instance's last revision in the log (0 if it has none).
+    pub async fn last_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
+        let mut ranges = self.read(vec![self.last_index(instance)]).await?;
+        Ok(ranges
+            .pop()
+            .and_then(|r| r.kvs.into_iter().next())
+            .map_or(0, |kv| revision_of(&kv.key)))
+    }
+
+    fn last_index(&self, instance: &InstanceId) -> RangeRequest {
+        let key = self.index_prefix(instance);
+        RangeRequest {
+            range_end: prefix_end(&key),
+            key,
+            limit: 1,
+            sort_order: api::range_request::SortOrder::Descend as i32,
+            sort_target: api::range_request::SortTarget::Key as i32,
+            keys_only: true,
+            ..Default::default()
+        }
+    }
+
+    /// Appends `events` after `expected` (the head the writer decided
+    /// against) in one transaction, durable on a quorum when it returns.
+    ///
+    /// [`LogError::Conflict`] if another writer appended since (nothing is
+    /// written; catch up and decide again), [`LogError::OutOfOrder`] if the
+    /// events do not continue the log, [`LogError::TooLarge`] above etcd's
+    /// limits, [`LogError::Unavailable`] if the cluster did not answer
+    /// within the deadline: then the outcome is unknown (an attempt still in
+    /// flight may commit), never a success that did not happen. A write whose
+    /// answer was lost and that a retry finds in the head is a success.
+    pub async fn append(&self, expected: Head, events: &[Event]) -> Result<Head, LogError> {
+        if events.is_empty() {
+            return Ok(expected);
+        }
+        if events.len() > MAX_BATCH_EVENTS {
+            return Err(LogError::TooLarge(format!(
+                "{} events in one append; etcd takes at most {MAX_BATCH_EVENTS} per transaction",
+                events.len()
+            )));
+        }
+        // The instances' last revisions and the head, read together.
+        let instances: Vec<&InstanceId> = {
+            let mut seen = Vec::new();
+            for event in events {
+                if !seen.contains(&&event.instance_id) {
+                    seen.push(&event.instance_id);
+                }
+            }
+            seen
+        };
+        let mut ranges = vec![RangeRequest {
+            key: self.head_key(),
+            ..Default::default()
+        }];
+        ranges.extend(instances.iter().map(|i| self.last_index(i)));
+        let answers = self.read(ranges).await?;
+        let mut answers = answers.into_iter();
+        let head = head_of(
+            answers
+                .next()
+                .and_then(|r| r.kvs.into_iter().next())
+                .map(|kv| kv.value),
+        )?;
+        if head != expected {
+            return Err(LogError::Conflict {
+                expected: expected.sequence,
+                found: head.sequence,
+            });
+        }
+        let mut revisions: HashMap<&InstanceId, u64> = instances
+            .iter()
+            .zip(answers)
+            .map(|(i, r)| (*i, r.kvs.first().map_or(0, |kv| revision_of(&kv.key))))
+            .collect();
+
+        let mut puts = Vec::with_capacity(events.len() * 2 + 1);
+        let mut compare = vec![self.head_is(expected)];
+        let mut next = expected;
+        let mut bytes_total = 0;
+        for event in events {
+            if event.sequence != next.sequence + 1 {
+                return Err(LogError::OutOfOrder(format!(
+                    "sequence {} does not follow {}",
+                    event.sequence, next.sequence
+                )));
+            }
+            let last = revisions.get(&event.instance_id).copied().unwrap_or(0);
+            if event.revision != last + 1 {
+                return Err(LogError::OutOfOrder(format!(
+                    "instance {} revision {} does not follow {}",
+                    event.instance_id, event.revision, last
+                )));
+            }
+            revisions.insert(&event.instance_id, event.revision);
+            let bytes = event_to_pb(event, &next.hash).encode_to_vec();
+            bytes_total += bytes.len();
+            let record_hash = hash(&bytes);
+            let mut indexed = event.sequence.to_be_bytes().to_vec();
+            indexed.extend_from_slice(&record_hash);
+            let index_key = self.index_key(&event.instance_id, event.revision);
+            compare.push(Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Create as i32,
+                key: index_key.clone(),
+                target_union: Some(TargetUnion::CreateRevision(0)),
+                range_end: vec![],
+            });
+            puts.push(put(self.record_key(event.sequence), bytes));
+            puts.push(put(index_key, indexed));
+            next = Head {
+                sequence: event.sequence,
+                hash: record_hash,
+            };
+        }
+        if bytes_total > MAX_BATCH_BYTES {
+            return Err(LogError::TooLarge(format!(
+                "{bytes_total} bytes of records in one append; etcd takes at most {MAX_BATCH_BYTES}"
+            )));
+        }
+        puts.push(put(self.head_key(), head_value(next)));
+        let request = TxnRequest {
+            compare,
+            success: puts,
+            failure: vec![RequestOp {
+                request: Some(Op::RequestRange(RangeRequest {
+                    key: self.head_key(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let response = self.txn(request).await?;
+        if response.succeeded {
+            return Ok(next);
+        }
+        // Refused: the head moved. If it moved to exactly what this append
+        // writes, an earlier attempt whose answer was lost committed it.
+        let now = head_of(
+            response
+                .responses
+                .into_iter()
+                .find_map(|r| match r.response {
+                    Some(OpResponse::ResponseRange(range)) => range.kvs.into_iter().next(),
+                    _ => None,
+                })
+                .map(|kv| kv.value),
+        )?;
+        if now == next {
+            return Ok(next);
+        }
+        Err(LogError::Conflict {
+            expected: expected.sequence,
+            found: now.sequence,
+        })
+    }
+
+    fn head_is(&self, head: Head) -> Compare {
+        if head.sequence == 0 {
+            // An empty log has no head key: its creation revision is 0.
+            Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Create as i32,
+                key: self.head_key(),
+                target_union: Some(TargetUnion::CreateRevision(0)),
+                range_end: vec![],
+            }
+        } else {
+            Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
+                key: self.head_key(),
+                target_union: Some(TargetUnion::Value(head_value(head))),
+                range_end: vec![],
+            }
+        }
+    }
+
+    /// Up to `limit` records after `after_sequence`, in sequence order.
+    pub async fn read_after(
+        &self,
+        after_sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let end = format!("{}/e0", self.prefix).into_bytes();
+        let mut ranges = self
+            .read(vec![RangeRequest {
+                key: self.record_key(after_sequence + 1),
+                range_end: end,
+                limit: i64::try_from(limit).unwrap_or(i64::MAX),
+                ..Default::default()
+            }])
+            .await?;
+        let kvs = ranges.pop().map(|r| r.kvs).unwrap_or_default();
+        let mut records = Vec::with_capacity(kvs.len());
+        for (expected, kv) in (after_sequence + 1..).zip(kvs) {
+            let sequence = sequence_of(&kv.key)?;
+            if sequence != expected {
+                return Err(LogError::Corrupt {
+                    sequence: expected,
+                    reason: format!("missing: the next record is {sequence}"),
+                });
+            }
+            records.push(decode(sequence, &kv.value)?);
+        }
+        Ok(records)
+    }
+
+    /// The instance's records with `after_revision < revision <= until_revision`.
+    pub async fn read_instance_records(
+        &self,
+        instance: &InstanceId,
+        after_revision: u64,
+        until_revision: u64,
+    ) -> Result<Vec<Record>, LogError> {
+        if until_revision <= after_revision {
+            return Ok(vec![]);
+        }
+        let mut ranges = self
+            .read(vec![RangeRequest {
+                key: self.index_key(instance, after_revision + 1),
+                range_end: self.index_key(instance, until_revision.saturating_add(1)),
+                ..Default::default()
+            }])
+            .await?;
+        let index = ranges.pop().map(|r| r.kvs).unwrap_or_default();
+        let keys: Vec<RangeRequest> = index
+            .iter()
+            .map(|kv| RangeRequest {
+                key: self.record_key(u64_prefix(&kv.value)),
+                ..Default::default()
+            })
+            .collect();
+        let mut records = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_BATCH_EVENTS) {
+            for range in self.read(chunk.to_vec()).await? {
+                let Some(kv) = range.kvs.into_iter().next() else {
+                    return Err(LogError::Corrupt {
+                        sequence: 0,
+                        reason: format!(
+                            "instance {instance}: an index entry names a missing record"
+                        ),
+                    });
+                };
+                records.push(decode(sequence_of(&kv.key)?, &kv.value)?);
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// Whether a failed etcd call may succeed on another try or member.
+fn retryable(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted => true,
+        // "etcdserver: leader changed", "no leader", "request timed out"
+        Code::Internal | Code::Cancelled => true,
+        _ => false,
+    }
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestPut(PutRequest {
+            key,
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+fn head_value(head: Head) -> Vec<u8> {
+    let mut value = head.sequence.to_be_bytes().to_vec();
+    value.extend_from_slice(&head.hash);
+    value
+}
+
+fn head_of(value: Option<Vec<u8>>) -> Result<Head, LogError> {
+    let Some(value) = value else {
+        return Ok(Head {
+            sequence: 0,
+            hash: GENESIS_HASH,
+        });
+    };
+    if value.len() != 40 {
+        return Err(LogError::Corrupt {
+            sequence: 0,
+            reason: format!("the head anchor is {} bytes, not 40", value.len()),
+        });
+    }
+    let hash = Hash::try_from(&value[8..]).map_err(|_| LogError::Corrupt {
+        sequence: 0,
+        reason: "the head anchor's hash is malformed".to_owned(),
+    })?;
+    Ok(Head {
+        sequence: u64_prefix(&value),
+        hash,
+    })
+}
+
+/// The smallest key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The number after the last `/` of a key.
+fn trailing_number(key: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(key).ok()?;
+    text.rsplit('/').next()?.parse().ok()
+}
+
+fn revision_of(key: &[u8]) -> u64 {
+    trailing_number(key).unwrap_or(0)
+}
+
+fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
+    trailing_number(key).ok_or_else(|| LogError::Corrupt {
+        sequence: 0,
+        reason: format!("malformed record key {:?}", String::from_utf8_lossy(key)),
+    })
+}
+
+fn u64_prefix(bytes: &[u8]) -> u64 {
+    crate::u64_prefix(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_are_exact_for_instance_ids() {
+        assert_eq!(prefix_end(b"/c/i/web-1/"), b"/c/i/web-10".to_vec());
+        // web-1x sorts after web-1/ and after the range's end: outside it.
+        assert!(b"/c/i/web-1x/".as_slice() > b"/c/i/web-10".as_slice());
+        assert_eq!(prefix_end(&[0x61, 0xff]), vec![0x62]);
+    }
+
+    #[test]
+    fn head_anchors_round_trip_and_a_bad_one_is_corrupt() {
+        let head = Head {
+            sequence: 42,
+            hash: [7; 32],
+        };
+        assert_eq!(head_of(Some(head_value(head))).unwrap(), head);
+        assert_eq!(head_of(None).unwrap().sequence, 0);
+        assert!(matches!(
+            head_of(Some(vec![1, 2, 3])),
+            Err(LogError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn keys_sort_by_number() {
+        let config = EtcdConfig::new(vec!["http://127.0.0.1:1".into()]);
+        let log = EtcdLog::connect(&config).expect("a well-formed endpoint");
+        assert!(log.record_key(9) < log.record_key(10));
+        assert_eq!(sequence_of(&log.record_key(1234)).unwrap(), 1234);
+        let instance = InstanceId::parse("web-1").unwrap();
+        assert_eq!(revision_of(&log.index_key(&instance, 77)), 77);
+    }
+}

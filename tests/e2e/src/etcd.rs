@@ -1,0 +1,208 @@
+//! A real etcd cluster for the tests: Debian's `etcd-server` (3.4), three
+//! members on loopback ports with their own data directories, fast elections.
+//! Members can be killed (SIGKILL) and started again on their data; every
+//! process is killed on drop, also when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, PATIENCE};
+
+/// Whether Debian's etcd is installed (scripts/test.sh installs `etcd-server`).
+pub fn available() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    peer_url: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    pub members: Vec<Member>,
+    initial_cluster: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until the cluster has a leader.
+    pub async fn start(size: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let token = format!("cassette-test-{}", uuid::Uuid::now_v7());
+        let members: Vec<Member> = (0..size)
+            .map(|i| {
+                let name = format!("m{i}");
+                Member {
+                    client_url: format!("http://{}", free_port()),
+                    peer_url: format!("http://{}", free_port()),
+                    data_dir: dir.path().join(&name),
+                    log: dir.path().join(format!("{name}.log")),
+                    name,
+                    child: None,
+                }
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members,
+            initial_cluster,
+            token,
+            _dir: dir,
+        };
+        for i in 0..size {
+            cluster.start_member(i);
+        }
+        cluster.wait_for_leader().await;
+        cluster
+    }
+
+    /// The client URLs of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Starts member `i` (again, on its data directory if it ran before).
+    pub fn start_member(&mut self, i: usize) {
+        let member = &mut self.members[i];
+        assert!(member.child.is_none(), "{} is running", member.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log)
+            .expect("etcd log");
+        let child = Command::new("etcd")
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .args(["--listen-client-urls", &member.client_url])
+            .args(["--advertise-client-urls", &member.client_url])
+            .args(["--listen-peer-urls", &member.peer_url])
+            .args(["--initial-advertise-peer-urls", &member.peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            // Elections in about a second, not ten.
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("run etcd (Debian package etcd-server)");
+        member.child = Some(child);
+    }
+
+    /// SIGKILL of member `i`.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The index of the current leader, by asking the running members.
+    pub async fn leader(&self) -> Option<usize> {
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            let Some(status) = status(&member.client_url).await else {
+                continue;
+            };
+            let leader = status.get("leader").and_then(|v| v.as_u64());
+            let id = status
+                .get("header")
+                .and_then(|h| h.get("member_id"))
+                .and_then(|v| v.as_u64());
+            if leader.is_some() && leader == id {
+                return self.members.iter().position(|m| m.name == member.name);
+            }
+            // Ask the leader itself next: only it says it is the leader.
+        }
+        None
+    }
+
+    pub async fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the etcd cluster elected no leader\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                format!(
+                    "--- etcd {} ---\n{}",
+                    m.name,
+                    std::fs::read_to_string(&m.log).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    pub fn data_dir(&self, i: usize) -> &Path {
+        &self.members[i].data_dir
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
+/// A member's status (its `/v3/maintenance/status`, through etcd's JSON gateway).
+async fn status(client_url: &str) -> Option<serde_json::Value> {
+    let url = format!("{client_url}/v3/maintenance/status");
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "2",
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+            &url,
+        ])
+        .output()
+        .await
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    // The gateway prints 64-bit numbers as strings.
+    let number = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .or_else(|| v.as_u64())
+    };
+    let leader = value.get("leader").and_then(number)?;
+    let id = value.get("header")?.get("member_id").and_then(number)?;
+    Some(serde_json::json!({ "leader": leader, "header": { "member_id": id } }))
+}

@@ -1,0 +1,287 @@
+//! The event log on a real etcd cluster (Debian's etcd-server 3.4, three
+//! members on loopback): gapless appends read back by sequence and by
+//! instance, one winner among writers racing on the same head, nothing
+//! acknowledged lost when the leader dies, and no false success without a
+//! quorum.
+
+use std::time::{Duration, SystemTime};
+
+use cassette_e2e::etcd::{self, EtcdCluster};
+use cassette_eventlog::etcd::{EtcdConfig, EtcdLog, MAX_BATCH_EVENTS};
+use cassette_eventlog::{Head, LogError};
+use cassette_model::{ActorId, Event, EventPayload, InstanceId, RuleId};
+
+fn skip_without_etcd(test: &str) -> bool {
+    if etcd::available() {
+        return false;
+    }
+    eprintln!("{test}: skipped, needs Debian's etcd-server (scripts/test.sh installs it)");
+    true
+}
+
+fn event(sequence: u64, instance: &str, revision: u64) -> Event {
+    let payload = if revision == 1 {
+        EventPayload::FirewallCreated {
+            default_rules: cassette_model::default_rules(),
+        }
+    } else if revision % 2 == 0 {
+        EventPayload::RuleDisabled {
+            rule_id: RuleId::parse("default-ssh").unwrap(),
+        }
+    } else {
+        EventPayload::RuleEnabled {
+            rule_id: RuleId::parse("default-ssh").unwrap(),
+        }
+    };
+    Event {
+        sequence,
+        instance_id: InstanceId::parse(instance).unwrap(),
+        revision,
+        event_id: uuid::Uuid::now_v7(),
+        commit_time: SystemTime::now(),
+        actor: ActorId::anonymous(),
+        on_behalf_of: None,
+        request_id: None,
+        payload,
+    }
+}
+
+fn log_on(cluster: &EtcdCluster, prefix: &str) -> EtcdLog {
+    let mut config = EtcdConfig::new(cluster.endpoints());
+    config.prefix = prefix.to_owned();
+    EtcdLog::connect(&config).expect("etcd log")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_log_appends_gaplessly_and_reads_back_by_sequence_and_instance() {
+    if skip_without_etcd("etcd_log_appends_gaplessly_and_reads_back_by_sequence_and_instance") {
+        return;
+    }
+    let cluster = EtcdCluster::start(3).await;
+    let log = log_on(&cluster, "/cassette/v1");
+    let mut head = log.head().await.expect("head");
+    assert_eq!(head.sequence, 0);
+    // 200 events over three instances, in batches of up to 50.
+    let mut revisions = [0u64; 3];
+    let mut sequence = 0;
+    let mut heads = vec![];
+    while sequence < 200 {
+        let mut batch = vec![];
+        for _ in 0..50 {
+            sequence += 1;
+            let i = (sequence % 3) as usize;
+            revisions[i] += 1;
+            batch.push(event(sequence, &format!("web-{i}"), revisions[i]));
+        }
+        head = log.append(head, &batch).await.expect("append");
+        heads.push(head);
+    }
+    assert_eq!(log.head().await.unwrap(), head);
+
+    // By sequence: every record, chained.
+    let mut records = vec![];
+    while records.len() < 200 {
+        let after = records.len() as u64;
+        let page = log.read_after(after, 64).await.expect("read");
+        assert!(!page.is_empty(), "a page after {after}");
+        records.extend(page);
+    }
+    assert!(log.read_after(200, 64).await.unwrap().is_empty());
+    let mut previous = cassette_eventlog::GENESIS_HASH.to_vec();
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record.event.sequence, i as u64 + 1);
+        assert_eq!(record.prev_hash, previous, "record {} links", i + 1);
+        previous = record.hash.to_vec();
+    }
+    assert_eq!(records.last().unwrap().hash, head.hash);
+
+    // By instance: an index lookup, in revision order.
+    let web1 = InstanceId::parse("web-1").unwrap();
+    assert_eq!(log.last_revision(&web1).await.unwrap(), revisions[1]);
+    let some = log.read_instance_records(&web1, 10, 20).await.unwrap();
+    let got: Vec<u64> = some.iter().map(|r| r.event.revision).collect();
+    assert_eq!(got, (11..=20).collect::<Vec<_>>());
+    assert!(some.iter().all(|r| r.event.instance_id == web1));
+
+    // Another prefix is another log.
+    let other = log_on(&cluster, "/elsewhere");
+    assert_eq!(other.head().await.unwrap().sequence, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_log_refuses_what_does_not_continue_it_and_what_etcd_cannot_take() {
+    if skip_without_etcd("etcd_log_refuses_what_does_not_continue_it_and_what_etcd_cannot_take") {
+        return;
+    }
+    let cluster = EtcdCluster::start(3).await;
+    let log = log_on(&cluster, "/cassette/v1");
+    let head = log
+        .append(log.head().await.unwrap(), &[event(1, "web-1", 1)])
+        .await
+        .unwrap();
+    for (what, batch) in [
+        ("a sequence gap", vec![event(3, "web-1", 2)]),
+        ("a revision gap", vec![event(2, "web-1", 3)]),
+        ("a revision again", vec![event(2, "web-1", 1)]),
+    ] {
+        let result = log.append(head, &batch).await;
+        assert!(
+            matches!(result, Err(LogError::OutOfOrder(_))),
+            "{what}: {result:?}"
+        );
+    }
+    let too_many: Vec<Event> = (0..=MAX_BATCH_EVENTS as u64)
+        .map(|i| event(2 + i, "web-2", 1 + i))
+        .collect();
+    let result = log.append(head, &too_many).await;
+    assert!(matches!(result, Err(LogError::TooLarge(_))), "{result:?}");
+    let stale = Head {
+        sequence: 0,
+        hash: cassette_eventlog::GENESIS_HASH,
+    };
+    let result = log.append(stale, &[event(1, "web-9", 1)]).await;
+    assert!(
+        matches!(
+            result,
+            Err(LogError::Conflict {
+                expected: 0,
+                found: 1
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(log.head().await.unwrap(), head, "nothing was written");
+    assert_eq!(log.read_after(0, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_writers_racing_on_one_head_through_three_members_have_one_winner() {
+    if skip_without_etcd("fifty_writers_racing_on_one_head_through_three_members_have_one_winner") {
+        return;
+    }
+    let cluster = EtcdCluster::start(3).await;
+    // Each writer talks to a different member first.
+    let writers: Vec<EtcdLog> = (0..3)
+        .map(|i| {
+            let mut endpoints = cluster.endpoints();
+            endpoints.rotate_left(i);
+            let mut config = EtcdConfig::new(endpoints);
+            config.prefix = "/race".to_owned();
+            EtcdLog::connect(&config).unwrap()
+        })
+        .collect();
+    let writers = std::sync::Arc::new(writers);
+    for round in 0..5u64 {
+        let head = writers[0].head().await.unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|w| {
+                let writers = writers.clone();
+                tokio::spawn(async move {
+                    let batch = [event(head.sequence + 1, &format!("r{round}-w{w}"), 1)];
+                    // Every writer decided against the same head.
+                    writers[w % 3].append(head, &batch).await.map(|_| w)
+                })
+            })
+            .collect();
+        let mut winners = vec![];
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(w) => winners.push(w),
+                Err(LogError::Conflict { .. }) => {}
+                Err(other) => panic!("round {round}: {other}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let records = writers[1].read_after(head.sequence, 10).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].event.instance_id.as_str(),
+            format!("r{round}-w{}", winners[0]),
+            "the log holds the winner's event"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_log_keeps_every_acknowledged_append_through_leader_and_member_loss() {
+    if skip_without_etcd("etcd_log_keeps_every_acknowledged_append_through_leader_and_member_loss")
+    {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(3).await;
+    let log = log_on(&cluster, "/cassette/v1");
+    let mut head = log.head().await.unwrap();
+    let mut acked = 0u64;
+    let append = |head: Head| {
+        let event = event(head.sequence + 1, "web-1", head.sequence + 1);
+        async move { (head.sequence + 1, event) }
+    };
+    for step in ["a follower", "the leader"] {
+        for _ in 0..20 {
+            let (next, event) = append(head).await;
+            head = log.append(head, &[event]).await.expect("append");
+            acked = next;
+        }
+        let leader = cluster.wait_for_leader().await;
+        let victim = if step == "the leader" {
+            leader
+        } else {
+            (leader + 1) % 3
+        };
+        cluster.kill_member(victim);
+        // Writes continue (after the election, for the leader).
+        let started = std::time::Instant::now();
+        for _ in 0..20 {
+            let (next, event) = append(head).await;
+            head = log
+                .append(head, &[event])
+                .await
+                .unwrap_or_else(|e| panic!("append after losing {step}: {e}"));
+            acked = next;
+        }
+        eprintln!("20 appends after losing {step}: {:?}", started.elapsed());
+        cluster.start_member(victim);
+        cluster.wait_for_leader().await;
+    }
+    let records = log.read_after(0, 1000).await.unwrap();
+    assert_eq!(
+        records.len() as u64,
+        acked,
+        "every acknowledged append is there"
+    );
+    assert_eq!(records.last().unwrap().hash, head.hash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_an_append_is_unavailable_never_a_false_success() {
+    if skip_without_etcd("without_a_quorum_an_append_is_unavailable_never_a_false_success") {
+        return;
+    }
+    let mut cluster = EtcdCluster::start(3).await;
+    let mut config = EtcdConfig::new(cluster.endpoints());
+    config.append_deadline = Duration::from_secs(3);
+    config.request_timeout = Duration::from_millis(500);
+    let log = EtcdLog::connect(&config).unwrap();
+    let head = log
+        .append(log.head().await.unwrap(), &[event(1, "web-1", 1)])
+        .await
+        .unwrap();
+    cluster.kill_member(1);
+    cluster.kill_member(2);
+    let result = log.append(head, &[event(2, "web-1", 2)]).await;
+    assert!(
+        matches!(result, Err(LogError::Unavailable(_))),
+        "no quorum: {result:?}"
+    );
+    cluster.start_member(1);
+    cluster.start_member(2);
+    cluster.wait_for_leader().await;
+    // The unanswered append either never happened or happened whole.
+    let now = log.head().await.unwrap();
+    assert!(now == head || now.sequence == 2, "{now:?}");
+    let next = log
+        .append(now, &[event(now.sequence + 1, "web-1", now.sequence + 1)])
+        .await
+        .expect("writes resume with the quorum");
+    assert_eq!(next.sequence, now.sequence + 1);
+}
