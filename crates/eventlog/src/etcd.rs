@@ -33,7 +33,7 @@ use cassette_proto::event_to_pb;
 use prost::Message;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::{decode, hash, Hash, Head, LogError, Record, GENESIS_HASH};
+use crate::{decode, hash, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 #[allow(clippy::all, clippy::pedantic)]
 mod api {
@@ -52,6 +52,9 @@ pub const MAX_BATCH_EVENTS: usize = 63;
 /// Most bytes of records one append carries, under etcd's default 1.5 MiB
 /// request limit with room for keys and index entries.
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Records read per request when verifying.
+const VERIFY_PAGE: usize = 1000;
 
 /// Where the etcd cluster is and how to reach it.
 #[derive(Debug, Clone)]
@@ -424,6 +427,57 @@ impl EtcdLog {
             records.push(decode(sequence, &kv.value)?);
         }
         Ok(records)
+    }
+
+    /// Checks the hash chain record by record (pages of [`VERIFY_PAGE`]) and
+    /// the head anchor against the last record.
+    pub async fn verify(&self) -> Result<Verification, LogError> {
+        let mut previous = Head {
+            sequence: 0,
+            hash: GENESIS_HASH,
+        };
+        let mut checked = 0;
+        let bad = |sequence: u64, reason: String, checked: u64, head: Head| Verification {
+            events_checked: checked,
+            head,
+            first_bad: Some((sequence, reason)),
+        };
+        loop {
+            let page = match self.read_after(previous.sequence, VERIFY_PAGE).await {
+                Ok(page) => page,
+                Err(LogError::Corrupt { sequence, reason }) => {
+                    return Ok(bad(sequence, reason, checked, previous))
+                }
+                Err(e) => return Err(e),
+            };
+            if page.is_empty() {
+                break;
+            }
+            for record in page {
+                if record.prev_hash != previous.hash {
+                    let reason = format!("does not link to record {}", previous.sequence);
+                    return Ok(bad(record.event.sequence, reason, checked, previous));
+                }
+                checked += 1;
+                previous = Head {
+                    sequence: record.event.sequence,
+                    hash: record.hash,
+                };
+            }
+        }
+        let anchor = self.head().await?;
+        if anchor != previous {
+            let reason = format!(
+                "the head anchor says record {} but the log ends at {} (or their hashes differ)",
+                anchor.sequence, previous.sequence
+            );
+            return Ok(bad(previous.sequence + 1, reason, checked, previous));
+        }
+        Ok(Verification {
+            events_checked: checked,
+            head: previous,
+            first_bad: None,
+        })
     }
 
     /// The instance's records with `after_revision < revision <= until_revision`.

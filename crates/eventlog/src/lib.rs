@@ -34,6 +34,9 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 pub mod etcd;
+mod log;
+
+pub use log::Log;
 
 /// SHA-256 of a stored record's bytes.
 pub type Hash = [u8; 32];

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use cassette_eventlog::{EventLog, Record};
+use cassette_eventlog::{Log, Record};
 use cassette_model::{replay, DomainError, Event, Firewall, InstanceId, Rule, ValidationError};
 use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
 use cassette_ruleset::{Ruleset, TableName};
@@ -57,8 +57,8 @@ pub struct Cursor {
 /// The next matching records after `cursor`, reading at most `limit`
 /// records; the cursor moves past everything read. An empty answer with an
 /// unmoved cursor means the reader has caught up with the log.
-pub fn next_events(
-    log: &EventLog,
+pub async fn next_events(
+    log: &Log,
     filter: &EventFilter,
     cursor: &mut Cursor,
     limit: usize,
@@ -67,12 +67,13 @@ pub fn next_events(
         // An index lookup: only this instance's records are read.
         Some(instance) => {
             let until = cursor.revision.saturating_add(limit as u64);
-            log.read_instance_records(instance, cursor.revision, until)?
+            log.read_instance_records(instance, cursor.revision, until)
+                .await?
         }
-        None => log
-            .scan(cursor.sequence.max(filter.after_sequence))
-            .take(limit)
-            .collect::<Result<_, _>>()?,
+        None => {
+            log.read_after(cursor.sequence.max(filter.after_sequence), limit)
+                .await?
+        }
     };
     if let Some(last) = read.last() {
         cursor.sequence = cursor.sequence.max(last.event.sequence);
@@ -128,12 +129,12 @@ fn invalid(field: &'static str, message: String) -> StoreError {
 }
 
 /// The firewall of `instance` at `at`, by replaying its events up to there.
-pub fn firewall_at(
-    log: &EventLog,
+pub async fn firewall_at(
+    log: &Log,
     instance: &InstanceId,
     at: At,
 ) -> Result<FirewallAt, StoreError> {
-    let latest = log.last_revision(instance)?;
+    let latest = log.last_revision(instance).await?;
     if latest == 0 {
         return Err(not_found(instance));
     }
@@ -150,9 +151,9 @@ pub fn firewall_at(
                 format!("must be between 1 and {latest}, got {r}"),
             ))
         }
-        At::Revision(r) => log.read_instance(instance, 0, r)?,
+        At::Revision(r) => log.read_instance(instance, 0, r).await?,
         At::Time(t) => {
-            let mut events = log.read_instance(instance, 0, latest)?;
+            let mut events = log.read_instance(instance, 0, latest).await?;
             events.retain(|e| e.commit_time <= t);
             if events.is_empty() {
                 return Err(invalid(
@@ -220,14 +221,14 @@ impl Diff {
     }
 }
 
-pub fn diff(
-    log: &EventLog,
+pub async fn diff(
+    log: &Log,
     instance: &InstanceId,
     from: u64,
     to: u64,
     page: EventPage,
 ) -> Result<Diff, StoreError> {
-    let latest = log.last_revision(instance)?;
+    let latest = log.last_revision(instance).await?;
     if latest == 0 {
         return Err(not_found(instance));
     }
@@ -243,7 +244,7 @@ pub fn diff(
             format!("must be less than to_revision ({to}), got {from}"),
         ));
     }
-    let records = log.read_instance_records(instance, 0, to)?;
+    let records = log.read_instance_records(instance, 0, to).await?;
     let (before, between) = records.split_at(from as usize);
     let rules = |records: &[Record]| -> Result<BTreeMap<String, Rule>, StoreError> {
         Ok(replay(records.iter().map(|r| &r.event))?

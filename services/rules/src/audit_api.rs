@@ -129,7 +129,7 @@ impl AuditService for AuditApi {
         let (Some(instance), Some(at)) = (instance, at) else {
             return Err(Status::internal("a validated field is missing"));
         };
-        let found = audit::firewall_at(self.store.log(), &instance, at)?;
+        let found = audit::firewall_at(self.store.log(), &instance, at).await?;
         Ok(Response::new(found.to_pb()))
     }
 
@@ -152,7 +152,8 @@ impl AuditService for AuditApi {
             request.from_revision,
             request.to_revision,
             page,
-        )?;
+        )
+        .await?;
         Ok(Response::new(diff.to_pb()))
     }
 
@@ -167,10 +168,13 @@ impl AuditService for AuditApi {
             .authorize_any(Action::Audit, "VerifyLog")
             .map_err(refused)?;
         let store = self.store.clone();
-        let verification = tokio::task::spawn_blocking(move || store.log().verify())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        // It reads the whole log: off the async workers.
+        let runtime = tokio::runtime::Handle::current();
+        let verification =
+            tokio::task::spawn_blocking(move || runtime.block_on(store.log().verify()))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(verification_to_pb(&verification)))
     }
 }
@@ -236,7 +240,7 @@ async fn stream_events(
     loop {
         wake.borrow_and_update();
         let before = cursor;
-        let page = match audit::next_events(store.log(), &filter, &mut cursor, PAGE) {
+        let page = match audit::next_events(store.log(), &filter, &mut cursor, PAGE).await {
             Ok(page) => page,
             Err(error) => {
                 let _ = outbound.send(Err(error.into())).await;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context};
-use cassette_eventlog::{hex, EventLog, Record};
+use cassette_eventlog::{hex, EventLog, Log, Record};
 use cassette_model::{Event, EventPayload, InstanceId, Rule};
 use cassette_proto::{event_to_pb, ProtoJson};
 use cassette_rules::audit::{self, At, Cursor, EventFilter};
@@ -67,17 +67,17 @@ enum AuditCommand {
     Export,
 }
 
-pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
+pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
     // Opening creates a log where there is none: an audit must never write.
     if !EventLog::exists(data_dir) {
         bail!("{} holds no event log", data_dir.display());
     }
-    let log = EventLog::open(data_dir).with_context(|| {
+    let log = Log::Sled(EventLog::open(data_dir).with_context(|| {
         format!(
             "cannot open {} (a running service holds it: stop it, copy the directory, or use AuditService)",
             data_dir.display()
         )
-    })?;
+    })?);
     let json = Json::new()?;
     match args.command {
         AuditCommand::Events {
@@ -104,9 +104,10 @@ pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
                     Ok(())
                 }
             })
+            .await
         }
         AuditCommand::Export => {
-            for_each_event(&log, &EventFilter::default(), |r| json.print_event(r))
+            for_each_event(&log, &EventFilter::default(), |r| json.print_event(r)).await
         }
         AuditCommand::At {
             instance,
@@ -119,7 +120,7 @@ pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
                 (None, Some(t)) => At::Time(parse_time(&t)?),
                 (None, None) => bail!("give --revision or --time"),
             };
-            let found = audit::firewall_at(&log, &instance, at)?;
+            let found = audit::firewall_at(&log, &instance, at).await?;
             if args.json {
                 return json.print("FirewallAt", &found.to_pb());
             }
@@ -142,7 +143,7 @@ pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
         }
         AuditCommand::Diff { instance, from, to } => {
             let instance = InstanceId::parse(&instance)?;
-            let diff = audit::diff(&log, &instance, from, to, audit::EventPage::ALL)?;
+            let diff = audit::diff(&log, &instance, from, to, audit::EventPage::ALL).await?;
             if args.json {
                 return json.print("FirewallDiff", &diff.to_pb());
             }
@@ -162,7 +163,7 @@ pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCommand::Verify => {
-            let verification = log.verify()?;
+            let verification = log.verify().await?;
             if args.json {
                 json.print("VerifyLogResponse", &verification_to_pb(&verification))?;
             } else {
@@ -187,8 +188,8 @@ pub fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
     }
 }
 
-fn for_each_event(
-    log: &EventLog,
+async fn for_each_event(
+    log: &Log,
     filter: &EventFilter,
     mut each: impl FnMut(&Record) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -198,7 +199,7 @@ fn for_each_event(
     };
     loop {
         let before = (cursor.sequence, cursor.revision);
-        for record in audit::next_events(log, filter, &mut cursor, 1000)? {
+        for record in audit::next_events(log, filter, &mut cursor, 1000).await? {
             each(&record)?;
         }
         if filter.exhausted(cursor.sequence) || before == (cursor.sequence, cursor.revision) {

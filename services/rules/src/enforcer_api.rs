@@ -100,7 +100,7 @@ impl EnforcerService for EnforcerApi {
                 return;
             }
             let connection = store.board().connect(&instance);
-            let (position, verified) = resume_position(&store, &instance, &hello);
+            let (position, verified) = resume_position(&store, &instance, &hello).await;
             store.board().record_hello(
                 &instance,
                 Hello {
@@ -142,7 +142,7 @@ impl EnforcerService for EnforcerApi {
 /// renders to (a log that diverged since), gets the log's whole history from
 /// revision 0: the log's answer wins. True with a position whose ruleset hash
 /// the Hello vouched for.
-fn resume_position(store: &Store, instance: &InstanceId, hello: &pb::Hello) -> (u64, bool) {
+async fn resume_position(store: &Store, instance: &InstanceId, hello: &pb::Hello) -> (u64, bool) {
     let claimed = hello.applied_revision;
     let latest = store.revision(instance).unwrap_or(0);
     if claimed > latest {
@@ -157,7 +157,7 @@ fn resume_position(store: &Store, instance: &InstanceId, hello: &pb::Hello) -> (
     if claimed == 0 || hello.applied_ruleset_hash.is_empty() {
         return (claimed, false);
     }
-    match store.ruleset_hash(instance, claimed) {
+    match store.ruleset_hash(instance, claimed).await {
         Ok(expected) if expected == hello.applied_ruleset_hash => (claimed, true),
         Ok(expected) => {
             store.metrics().history_resends.inc();
@@ -221,7 +221,7 @@ async fn send_events(
         if durable > position {
             // One page at a time: a long history is never held in memory whole.
             let until = durable.min(position.saturating_add(MAX_EVENTS_PER_MESSAGE as u64));
-            let events = match store.read_events(&instance, position, until) {
+            let events = match store.read_events(&instance, position, until).await {
                 Ok(events) => events,
                 Err(error) => {
                     tracing::error!(%error, "cannot read events for a sync stream");
@@ -306,7 +306,7 @@ async fn receive_acks(
         match message {
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Ack(ack)),
-            })) => state.record_ack(&ack),
+            })) => state.record_ack(&ack).await,
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Report(report)),
             })) => state
@@ -327,7 +327,7 @@ async fn receive_acks(
 }
 
 impl StreamState {
-    fn record_ack(&self, ack: &pb::Ack) {
+    async fn record_ack(&self, ack: &pb::Ack) {
         let store = &self.store;
         let sent = self.sent.load(Ordering::Acquire);
         if ack.revision == 0 || ack.revision > sent {
@@ -340,7 +340,7 @@ impl StreamState {
             return;
         }
         let result = if ack.ok {
-            match store.ruleset_hash(&self.instance, ack.revision) {
+            match store.ruleset_hash(&self.instance, ack.revision).await {
                 Ok(expected) if expected == ack.ruleset_hash => Ok(()),
                 Ok(expected) => {
                     store.metrics().ruleset_hash_mismatches.inc();
@@ -363,6 +363,7 @@ impl StreamState {
         // while the stream was open (a replayed history would count its age).
         let latency = store
             .commit_time(&self.instance, ack.revision)
+            .await
             .filter(|committed| *committed >= self.connected_at)
             .and_then(|committed| SystemTime::now().duration_since(committed).ok());
         tracing::info!(

@@ -228,7 +228,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     match args.command.take() {
-        Some(Command::Audit(audit)) => return audit_cli::run(&args.data_dir, audit),
+        Some(Command::Audit(audit)) => return audit_cli::run(&args.data_dir, audit).await,
         Some(Command::Health {
             rules,
             tls_ca,

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
-use cassette_eventlog::{EventLog, LogError};
+use cassette_eventlog::{EventLog, Head, Log, LogError};
 use cassette_model::{
     decide, fold, ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId, RequestId,
     RuleId,
@@ -141,7 +141,7 @@ enum WriterMessage {
 
 /// Shared by every request handler.
 pub struct Store {
-    log: Arc<EventLog>,
+    log: Arc<Log>,
     projection: Arc<RwLock<Projection>>,
     writer: mpsc::Sender<WriterMessage>,
     board: Arc<SyncBoard>,
@@ -180,7 +180,7 @@ impl Store {
         allow_unverified: bool,
     ) -> Result<(Arc<Self>, OpenStats), StoreError> {
         let started = Instant::now();
-        let log = Arc::new(EventLog::open(data_dir)?);
+        let log = EventLog::open(data_dir)?;
         let mut projection = Projection::default();
         let mut last_time = SystemTime::UNIX_EPOCH;
         let verification = log.verify_each(|record| {
@@ -229,7 +229,9 @@ impl Store {
             }),
         ));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let head = watch::Sender::new(log.head().sequence);
+        let log_head = log.head();
+        let log = Arc::new(Log::Sled(log));
+        let head = watch::Sender::new(log_head.sequence);
         let failed = watch::Sender::new(None);
         let writer_read_only = read_only.clone();
         let writer = Writer {
@@ -240,7 +242,7 @@ impl Store {
             head: head.clone(),
             failed: failed.clone(),
             read_only,
-            next_sequence: log.head().sequence + 1,
+            log_head,
             last_time,
         };
         tokio::spawn(writer.run(rx));
@@ -273,12 +275,12 @@ impl Store {
             Answer::AppliedBefore { revision } => {
                 // A retry of an older request: its answer is the state then,
                 // replayed here rather than in the writer, which serves everyone.
-                let log = self.log.clone();
-                tokio::task::spawn_blocking(move || {
-                    crate::audit::firewall_at(&log, &instance, crate::audit::At::Revision(revision))
-                })
+                crate::audit::firewall_at(
+                    &self.log,
+                    &instance,
+                    crate::audit::At::Revision(revision),
+                )
                 .await
-                .map_err(|e| StoreError::WriteFailed(format!("replay task failed: {e}")))?
                 .map(|then| Arc::new(then.firewall))
             }
         }
@@ -343,7 +345,7 @@ impl Store {
     }
 
     /// The event log, for audit reads.
-    pub fn log(&self) -> &EventLog {
+    pub fn log(&self) -> &Log {
         &self.log
     }
 
@@ -374,30 +376,35 @@ impl Store {
     }
 
     /// The instance's events with `after < revision <= until`.
-    pub fn read_events(
+    pub async fn read_events(
         &self,
         instance: &InstanceId,
         after: u64,
         until: u64,
     ) -> Result<Vec<Event>, StoreError> {
-        Ok(self.log.read_instance(instance, after, until)?)
+        Ok(self.log.read_instance(instance, after, until).await?)
     }
 
     /// The hash of the ruleset revision `revision` of `instance` renders to:
     /// what an enforcer's ok ack of that revision must report.
-    pub fn ruleset_hash(&self, instance: &InstanceId, revision: u64) -> Result<String, StoreError> {
+    pub async fn ruleset_hash(
+        &self,
+        instance: &InstanceId,
+        revision: u64,
+    ) -> Result<String, StoreError> {
         if let Some(current) = self.read().firewalls.get(instance) {
             if current.revision == revision {
                 return Ok(Ruleset::of(Some(current)).hash());
             }
         }
         let then =
-            crate::audit::firewall_at(&self.log, instance, crate::audit::At::Revision(revision))?;
+            crate::audit::firewall_at(&self.log, instance, crate::audit::At::Revision(revision))
+                .await?;
         Ok(Ruleset::of(Some(&then.firewall)).hash())
     }
 
     /// When revision `revision` of `instance` was committed.
-    pub fn commit_time(&self, instance: &InstanceId, revision: u64) -> Option<SystemTime> {
+    pub async fn commit_time(&self, instance: &InstanceId, revision: u64) -> Option<SystemTime> {
         if let Some(f) = self.read().firewalls.get(instance) {
             if f.revision == revision {
                 return Some(f.update_time);
@@ -406,6 +413,7 @@ impl Store {
         let events = self
             .log
             .read_instance(instance, revision.saturating_sub(1), revision)
+            .await
             .ok()?;
         events.first().map(|e| e.commit_time)
     }
@@ -461,7 +469,7 @@ impl Store {
 }
 
 struct Writer {
-    log: Arc<EventLog>,
+    log: Arc<Log>,
     projection: Arc<RwLock<Projection>>,
     board: Arc<SyncBoard>,
     metrics: Arc<RulesMetrics>,
@@ -469,7 +477,8 @@ struct Writer {
     failed: watch::Sender<Option<String>>,
     /// Set when the log failed verification: every mutation is refused.
     read_only: Option<(u64, String)>,
-    next_sequence: u64,
+    /// The last record appended: the next batch continues it.
+    log_head: Head,
     /// Commit times never go backwards, even if the wall clock does.
     last_time: SystemTime,
 }
@@ -534,7 +543,8 @@ impl Writer {
             self.last_time = now;
         }
 
-        if let Err(error) = self.log.append(&events).await {
+        let appended = self.log.append(self.log_head, &events).await;
+        if let Err(error) = appended {
             tracing::error!(%error, events = events.len(), "append failed: the batch's outcome is unknown");
             let reason = match error {
                 // An earlier failure stopped appends: nothing of this batch was written.
@@ -549,7 +559,9 @@ impl Writer {
             self.failed.send_replace(Some(error.to_string()));
             return;
         }
-        self.next_sequence += events.len() as u64;
+        if let Ok(head) = appended {
+            self.log_head = head;
+        }
         self.metrics.events_appended.add(events.len() as u64);
         let committed: Vec<(InstanceId, u64)> = pending
             .firewalls
@@ -570,7 +582,7 @@ impl Writer {
         for (instance, revision) in &committed {
             self.board.notify_committed(instance, *revision);
         }
-        self.head.send_replace(self.next_sequence - 1);
+        self.head.send_replace(self.log_head.sequence);
         for (mutation, reply, outcome, range) in outcomes {
             if let Ok(Answer::Firewall(firewall)) = &outcome {
                 info!(
@@ -641,7 +653,7 @@ impl Writer {
         let mut firewall = state.map(|f| Firewall::clone(f));
         for payload in payloads {
             let event = Event {
-                sequence: self.next_sequence + events.len() as u64,
+                sequence: self.log_head.sequence + 1 + events.len() as u64,
                 instance_id: instance.clone(),
                 revision: firewall.as_ref().map_or(0, |f| f.revision) + 1,
                 event_id: uuid::Uuid::now_v7(),

@@ -442,7 +442,7 @@ fn a_unix_listen_path_that_is_not_a_socket_is_refused_and_kept() {
     let precious = dir.path().join("precious.txt");
     std::fs::write(&precious, "not a socket").unwrap();
     let output = Command::new(binary("cassette-rules"))
-        .arg("--listen")
+        .args(["--http-listen", "off", "--listen"])
         .arg(format!("unix:{}", precious.display()))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
