@@ -87,6 +87,7 @@ impl EtcdConfig {
 /// The event log in an etcd cluster.
 pub struct EtcdLog {
     members: Vec<KvClient<Channel>>,
+    channels: Vec<Channel>,
     /// The member requests go to; moves on when one fails.
     current: AtomicUsize,
     prefix: String,
@@ -100,7 +101,7 @@ impl EtcdLog {
         if config.endpoints.is_empty() {
             return Err(LogError::Unavailable("no etcd endpoints given".to_owned()));
         }
-        let mut members = Vec::with_capacity(config.endpoints.len());
+        let mut channels = Vec::with_capacity(config.endpoints.len());
         for url in &config.endpoints {
             let mut endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| LogError::Unavailable(format!("etcd endpoint {url:?}: {e}")))?
@@ -114,10 +115,11 @@ impl EtcdLog {
                     .tls_config(tls.clone())
                     .map_err(|e| LogError::Unavailable(format!("etcd TLS for {url}: {e}")))?;
             }
-            members.push(KvClient::new(endpoint.connect_lazy()));
+            channels.push(endpoint.connect_lazy());
         }
         Ok(Self {
-            members,
+            members: channels.iter().cloned().map(KvClient::new).collect(),
+            channels,
             current: AtomicUsize::new(0),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             append_deadline: config.append_deadline,
@@ -203,6 +205,65 @@ impl EtcdLog {
                 }
             }
         }
+    }
+
+    /// Wakes (coalesced) every time any writer appends: a watch on the head
+    /// key, re-created on another member when a stream ends (after a
+    /// compaction a watch would be cancelled; readers re-read by sequence, so
+    /// the watch only says *when*, never *what*). Ends when the receiver is
+    /// dropped.
+    pub fn head_changes(&self) -> tokio::sync::mpsc::Receiver<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let channels = self.channels.clone();
+        let key = self.head_key();
+        tokio::spawn(async move {
+            let mut member = 0usize;
+            while !tx.is_closed() {
+                let channel = channels[member % channels.len()].clone();
+                member += 1;
+                let mut client = api::watch_client::WatchClient::new(channel);
+                let (requests, outbound) = tokio::sync::mpsc::channel(1);
+                let create = api::WatchRequest {
+                    request_union: Some(api::watch_request::RequestUnion::CreateRequest(
+                        api::WatchCreateRequest {
+                            key: key.clone(),
+                            ..Default::default()
+                        },
+                    )),
+                };
+                if requests.send(create).await.is_err() {
+                    return;
+                }
+                let stream = tokio_stream::wrappers::ReceiverStream::new(outbound);
+                match client.watch(stream).await {
+                    Ok(response) => {
+                        let mut responses = response.into_inner();
+                        // Whatever happened while no watch was open is read now.
+                        let _ = tx.try_send(());
+                        loop {
+                            tokio::select! {
+                                () = tx.closed() => return,
+                                message = responses.message() => match message {
+                                    Ok(Some(answer)) if answer.canceled => break,
+                                    Ok(Some(answer)) => {
+                                        if !answer.events.is_empty() {
+                                            let _ = tx.try_send(());
+                                        }
+                                    }
+                                    _ => break,
+                                },
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        tracing::debug!(error = %status.message(), "etcd watch failed; trying the next member");
+                    }
+                }
+                drop(requests);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        rx
     }
 
     /// The last record, as the cluster agrees on it now.

@@ -103,6 +103,20 @@ impl Log {
         }
     }
 
+    /// Wakes when another writer may have appended (a replica on a shared
+    /// log); `None` when this process is the only writer (sled).
+    pub fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        match self {
+            Log::Sled(_) => None,
+            Log::Etcd(log) => Some(log.head_changes()),
+        }
+    }
+
+    /// Whether other processes append to this log too.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Log::Etcd(_))
+    }
+
     /// Makes everything durable (appends already are; this is for shutdown).
     pub fn flush(&self) -> Result<(), LogError> {
         match self {

@@ -194,6 +194,30 @@ impl RulesService {
         })
     }
 
+    /// Opens the event log in an etcd cluster shared with other replicas and
+    /// replays it (`--store etcd`).
+    pub async fn open_etcd(
+        config: &cassette_eventlog::etcd::EtcdConfig,
+    ) -> Result<Self, ServeError> {
+        let (store, stats) = Store::open_etcd(config).await.map_err(ServeError::Open)?;
+        tracing::info!(
+            endpoints = ?config.endpoints,
+            prefix = %config.prefix,
+            events = stats.events,
+            firewalls = stats.firewalls,
+            elapsed_ms = stats.elapsed.as_millis() as u64,
+            "event log replayed from etcd"
+        );
+        Ok(Self {
+            store,
+            stats,
+            security: Security::development(),
+            limits: Limits::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            console: None,
+        })
+    }
+
     /// Serves with `security` instead of development mode.
     pub fn with_security(mut self, security: Security) -> Self {
         self.security = security;

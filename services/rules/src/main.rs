@@ -53,6 +53,14 @@ struct Args {
     )]
     data_dir: PathBuf,
 
+    /// Where the event log lives: sled in --data-dir (one rules service), or
+    /// an etcd cluster that several rules replicas share.
+    #[arg(long, env = "CASSETTE_STORE", default_value = "sled", value_enum)]
+    store: StoreKind,
+
+    #[command(flatten)]
+    etcd: EtcdArgs,
+
     /// Serve a log that fails hash-chain verification, read-only, to investigate it.
     #[arg(long, env = "CASSETTE_ALLOW_UNVERIFIED_LOG")]
     allow_unverified_log: bool,
@@ -115,6 +123,66 @@ struct SecurityArgs {
     /// caller is an admin). Only behind something else that authenticates.
     #[arg(long, env = "CASSETTE_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StoreKind {
+    Sled,
+    Etcd,
+}
+
+/// The etcd cluster of `--store etcd`.
+#[derive(Debug, clap::Args)]
+struct EtcdArgs {
+    /// Client URLs of the etcd members (http:// or https://), comma-separated.
+    #[arg(long, env = "CASSETTE_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Every key of the log starts with it: several deployments can share a cluster.
+    #[arg(long, env = "CASSETTE_ETCD_PREFIX", default_value = "/cassette/v1")]
+    etcd_prefix: String,
+    /// CA (PEM) to check https:// etcd members with.
+    #[arg(long, env = "CASSETTE_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an etcd cluster that asks for one.
+    #[arg(long, env = "CASSETTE_ETCD_CERT", requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "CASSETTE_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// How long an append keeps trying (through leader elections) before it
+    /// answers UNAVAILABLE.
+    #[arg(long, env = "CASSETTE_ETCD_APPEND_DEADLINE", default_value = "10s", value_parser = cassette_proto::parse_duration)]
+    etcd_append_deadline: std::time::Duration,
+}
+
+impl EtcdArgs {
+    fn config(&self) -> anyhow::Result<cassette_eventlog::etcd::EtcdConfig> {
+        anyhow::ensure!(
+            !self.etcd_endpoints.is_empty(),
+            "--store etcd needs --etcd-endpoints URL[,URL...]"
+        );
+        let mut config = cassette_eventlog::etcd::EtcdConfig::new(self.etcd_endpoints.clone());
+        config.prefix = self.etcd_prefix.clone();
+        config.append_deadline = self.etcd_append_deadline;
+        if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
+            let read = |path: &PathBuf, what: &str| {
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read {what} {}", path.display()))
+            };
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &self.etcd_ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--etcd-ca")?));
+            }
+            if let (Some(cert), Some(key)) = (&self.etcd_cert, &self.etcd_key) {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert, "--etcd-cert")?,
+                    read(key, "--etcd-key")?,
+                ));
+            }
+            config.tls = Some(tls);
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -243,16 +311,29 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let security = args.security.security()?;
     let authenticator = security.authenticator.clone();
-    let service =
-        cassette_rules::RulesService::open_with(&args.data_dir, args.allow_unverified_log)
-            .with_context(|| format!("cannot open {}", args.data_dir.display()))?
-            .with_security(security)
-            .with_limits(args.limits.limits())
-            .with_shutdown_grace(args.shutdown_grace);
+    let service = match args.store {
+        StoreKind::Sled => {
+            std::fs::create_dir_all(&args.data_dir).with_context(|| {
+                format!("cannot create data directory {}", args.data_dir.display())
+            })?;
+            cassette_rules::RulesService::open_with(&args.data_dir, args.allow_unverified_log)
+                .with_context(|| format!("cannot open {}", args.data_dir.display()))?
+        }
+        StoreKind::Etcd => {
+            let config = args.etcd.config()?;
+            cassette_rules::RulesService::open_etcd(&config)
+                .await
+                .with_context(|| {
+                    format!("cannot open the event log in etcd {:?}", config.endpoints)
+                })?
+        }
+    };
+    let service = service
+        .with_security(security)
+        .with_limits(args.limits.limits())
+        .with_shutdown_grace(args.shutdown_grace);
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {

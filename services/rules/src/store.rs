@@ -14,7 +14,8 @@ use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
-use cassette_eventlog::{EventLog, Head, Log, LogError};
+use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
+use cassette_eventlog::{EventLog, Head, Log, LogError, Record, GENESIS_HASH};
 use cassette_model::{
     decide, fold, ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId, RequestId,
     RuleId,
@@ -28,6 +29,14 @@ use tracing::{info, info_span, Instrument};
 
 /// How many queued mutations one commit takes at most.
 const MAX_BATCH: usize = 1024;
+/// On a shared (etcd) log: a mutation makes at most three events, and one
+/// append carries at most `cassette_eventlog::etcd::MAX_BATCH_EVENTS`.
+const MAX_SHARED_BATCH: usize = cassette_eventlog::etcd::MAX_BATCH_EVENTS / 3;
+/// How often a writer on a shared log catches up and decides again when
+/// other replicas keep appending first, before it answers UNAVAILABLE.
+const MAX_CONFLICTS: usize = 16;
+/// Records read per request when replaying or catching up.
+const REPLAY_PAGE: usize = 1000;
 /// How many mutations may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
 
@@ -123,6 +132,21 @@ impl Projection {
         Ok(())
     }
 
+    /// Folds a record another replica appended, keeping the expiry schedule
+    /// in step (a replay at start-up indexes expiries once, at the end).
+    fn catch_up(&mut self, event: &Event) -> Result<(), FoldError> {
+        if let Some(old) = self.firewalls.get(&event.instance_id) {
+            for key in expiry_keys(old) {
+                self.expiries.remove(&key);
+            }
+        }
+        self.replay(event)?;
+        if let Some(new) = self.firewalls.get(&event.instance_id) {
+            self.expiries.extend(expiry_keys(new));
+        }
+        Ok(())
+    }
+
     fn record_request(&mut self, event: &Event) {
         if let Some(request_id) = &event.request_id {
             self.requests.insert(
@@ -135,6 +159,8 @@ impl Projection {
 
 enum WriterMessage {
     Mutate(Mutation, Reply),
+    /// Another replica appended: read what is new into the projection.
+    CatchUp,
     /// Commit what is queued before this, then stop.
     Drain(oneshot::Sender<()>),
 }
@@ -218,6 +244,53 @@ impl Store {
             firewalls: projection.firewalls.len(),
             elapsed: started.elapsed(),
         };
+        let log_head = log.head();
+        let store = Self::start(Log::Sled(log), log_head, projection, last_time, read_only);
+        Ok((store, stats))
+    }
+
+    /// Opens the log in an etcd cluster shared with other replicas: replays
+    /// it by sequence (checking the hash chain), starts the writer, and
+    /// follows what other replicas append.
+    pub async fn open_etcd(config: &EtcdConfig) -> Result<(Arc<Self>, OpenStats), StoreError> {
+        let started = Instant::now();
+        let log = EtcdLog::connect(config)?;
+        let mut projection = Projection::default();
+        let mut last_time = SystemTime::UNIX_EPOCH;
+        let mut head = Head {
+            sequence: 0,
+            hash: GENESIS_HASH,
+        };
+        loop {
+            let page = log.read_after(head.sequence, REPLAY_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for record in page {
+                follow_chain(&mut head, &record)?;
+                projection.replay(&record.event)?;
+                last_time = last_time.max(record.event.commit_time);
+            }
+        }
+        projection.index_expiries();
+        let stats = OpenStats {
+            events: head.sequence,
+            firewalls: projection.firewalls.len(),
+            elapsed: started.elapsed(),
+        };
+        let store = Self::start(Log::Etcd(log), head, projection, last_time, None);
+        Ok((store, stats))
+    }
+
+    /// Starts the writer (and, on a shared log, the follower of other
+    /// replicas' appends) over a replayed projection.
+    fn start(
+        log: Log,
+        log_head: Head,
+        projection: Projection,
+        last_time: SystemTime,
+        read_only: Option<(u64, String)>,
+    ) -> Arc<Self> {
         let projection = Arc::new(RwLock::new(projection));
         let metrics = Arc::new(RulesMetrics::default());
         let committed = projection.clone();
@@ -229,8 +302,8 @@ impl Store {
             }),
         ));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let log_head = log.head();
-        let log = Arc::new(Log::Sled(log));
+        let changes = log.changes();
+        let log = Arc::new(log);
         let head = watch::Sender::new(log_head.sequence);
         let failed = watch::Sender::new(None);
         let writer_read_only = read_only.clone();
@@ -246,20 +319,31 @@ impl Store {
             last_time,
         };
         tokio::spawn(writer.run(rx));
-        Ok((
-            Arc::new(Self {
-                log,
-                projection,
-                writer: tx,
-                board,
-                metrics,
-                head,
-                closing: watch::Sender::new(false),
-                failed,
-                read_only: writer_read_only,
-            }),
-            stats,
-        ))
+        if let Some(mut changes) = changes {
+            // Another replica's append: the writer reads it in, in order with
+            // its own commits. A full queue is a busy writer: it catches up
+            // at its next conflict, and the next change wakes it again.
+            let queue = tx.clone();
+            tokio::spawn(async move {
+                while changes.recv().await.is_some() {
+                    match queue.try_send(WriterMessage::CatchUp) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+            });
+        }
+        Arc::new(Self {
+            log,
+            projection,
+            writer: tx,
+            board,
+            metrics,
+            head,
+            closing: watch::Sender::new(false),
+            failed,
+            read_only: writer_read_only,
+        })
     }
 
     /// Applies `mutation` and returns the firewall after it, once durable.
@@ -501,16 +585,28 @@ impl Writer {
             let mut batch = Vec::new();
             let mut drained = None;
             let mut next = Some(first);
+            let mut catch_up = false;
             while let Some(message) = next.take() {
                 match message {
                     WriterMessage::Mutate(mutation, reply) => batch.push((mutation, reply)),
+                    WriterMessage::CatchUp => catch_up = true,
                     WriterMessage::Drain(done) => {
                         drained = Some(done);
                         break;
                     }
                 }
-                if batch.len() < MAX_BATCH {
+                let max = if self.log.is_shared() {
+                    MAX_SHARED_BATCH
+                } else {
+                    MAX_BATCH
+                };
+                if batch.len() < max {
                     next = queue.try_recv().ok();
+                }
+            }
+            if catch_up {
+                if let Err(error) = self.catch_up().await {
+                    tracing::warn!(%error, "cannot read other replicas' appends yet");
                 }
             }
             if !batch.is_empty() {
@@ -524,10 +620,65 @@ impl Writer {
         }
     }
 
+    /// Reads what other replicas appended after this writer's head into the
+    /// projection, in order, checking the hash chain, and wakes the streams
+    /// of the instances it touched.
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        loop {
+            let page = self
+                .log
+                .read_after(self.log_head.sequence, REPLAY_PAGE)
+                .await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            let mut touched: HashMap<InstanceId, u64> = HashMap::new();
+            {
+                let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
+                for record in &page {
+                    follow_chain(&mut self.log_head, record)?;
+                    projection.catch_up(&record.event)?;
+                    self.last_time = self.last_time.max(record.event.commit_time);
+                    touched.insert(record.event.instance_id.clone(), record.event.revision);
+                }
+            }
+            for (instance, revision) in &touched {
+                self.board.notify_committed(instance, *revision);
+            }
+            self.head.send_replace(self.log_head.sequence);
+        }
+    }
+
     /// Decides every mutation of the batch against the projection plus the
     /// batch's own earlier outcomes, appends all their events in one durable
-    /// write, publishes them, then answers.
-    async fn commit(&mut self, batch: Vec<(Mutation, Reply)>) {
+    /// write, publishes them, then answers. On a shared log another replica
+    /// may have appended first: then it catches up and decides again.
+    async fn commit(&mut self, mut batch: Vec<(Mutation, Reply)>) {
+        for _ in 0..MAX_CONFLICTS {
+            match self.try_commit(batch).await {
+                None => return,
+                Some(again) => batch = again,
+            }
+            if let Err(error) = self.catch_up().await {
+                tracing::warn!(%error, "cannot catch up with the other replicas");
+                let reason = format!("{error}; the change was not stored");
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
+                }
+                return;
+            }
+        }
+        let reason = "other replicas kept appending first; the change was not stored";
+        for (_, reply) in batch {
+            let _ = reply.send(Err(StoreError::WriteFailed(reason.to_owned())));
+        }
+    }
+
+    /// One attempt; the batch back if another writer appended first.
+    async fn try_commit(
+        &mut self,
+        batch: Vec<(Mutation, Reply)>,
+    ) -> Option<Vec<(Mutation, Reply)>> {
         let mut events = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut pending = Pending::default();
@@ -544,24 +695,50 @@ impl Writer {
         }
 
         let appended = self.log.append(self.log_head, &events).await;
-        if let Err(error) = appended {
-            tracing::error!(%error, events = events.len(), "append failed: the batch's outcome is unknown");
-            let reason = match error {
-                // An earlier failure stopped appends: nothing of this batch was written.
-                LogError::Poisoned => format!("{error}; the change was not stored"),
-                _ => format!(
-                    "{error}; whether the change was stored is unknown: retry with the same request_id once the service is back"
-                ),
-            };
-            for (_, reply, _, _) in outcomes {
-                let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
+        let head = match appended {
+            Ok(head) => head,
+            Err(LogError::Conflict { expected, found }) => {
+                tracing::debug!(
+                    expected,
+                    found,
+                    "another replica appended first: deciding again"
+                );
+                return Some(
+                    outcomes
+                        .into_iter()
+                        .map(|(mutation, reply, _, _)| (mutation, reply))
+                        .collect(),
+                );
             }
-            self.failed.send_replace(Some(error.to_string()));
-            return;
-        }
-        if let Ok(head) = appended {
-            self.log_head = head;
-        }
+            Err(error @ LogError::Unavailable(_)) => {
+                // A shared log out of reach: refuse, keep serving reads; the
+                // next batch catches up with whatever did commit.
+                tracing::warn!(%error, events = events.len(), "append not acknowledged by the cluster");
+                let reason = format!(
+                    "{error}; whether the change was stored is unknown: retry with the same request_id"
+                );
+                for (_, reply, _, _) in outcomes {
+                    let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
+                }
+                return None;
+            }
+            Err(error) => {
+                tracing::error!(%error, events = events.len(), "append failed: the batch's outcome is unknown");
+                let reason = match error {
+                    // An earlier failure stopped appends: nothing of this batch was written.
+                    LogError::Poisoned => format!("{error}; the change was not stored"),
+                    _ => format!(
+                        "{error}; whether the change was stored is unknown: retry with the same request_id once the service is back"
+                    ),
+                };
+                for (_, reply, _, _) in outcomes {
+                    let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
+                }
+                self.failed.send_replace(Some(error.to_string()));
+                return None;
+            }
+        };
+        self.log_head = head;
         self.metrics.events_appended.add(events.len() as u64);
         let committed: Vec<(InstanceId, u64)> = pending
             .firewalls
@@ -597,6 +774,7 @@ impl Writer {
             }
             let _ = reply.send(outcome);
         }
+        None
     }
 
     fn decide_one(
@@ -673,6 +851,22 @@ impl Writer {
         }
         Ok(Answer::Firewall(firewall))
     }
+}
+
+/// Moves `head` to `record` if it is the next record and links to it.
+fn follow_chain(head: &mut Head, record: &Record) -> Result<(), StoreError> {
+    let sequence = record.event.sequence;
+    if sequence != head.sequence + 1 || record.prev_hash != head.hash {
+        return Err(StoreError::Unverified {
+            sequence,
+            reason: format!("does not follow record {} in the hash chain", head.sequence),
+        });
+    }
+    *head = Head {
+        sequence,
+        hash: record.hash,
+    };
+    Ok(())
 }
 
 /// Outcomes decided earlier in the same batch, not yet durable.

@@ -15,6 +15,7 @@
 //!   untrusted state files, restarts that replay nothing (root), restored logs.
 //! - `sync`: EnforcerService.Sync with raw streams: fan-out, backpressure, acks.
 //! - `readme`: every grpcurl example of README.md, run against the real binary.
+//! - `replicas`: several rules replicas on one etcd-backed log.
 
 mod allowlist;
 mod api;
@@ -28,5 +29,6 @@ mod expiry;
 mod faults;
 mod kernel;
 mod readme;
+mod replicas;
 mod state;
 mod sync;
