@@ -35,8 +35,10 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{decode, hash, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
+pub use crate::etcd_shared::{SharedChange, SharedWriter};
+
 #[allow(clippy::all, clippy::pedantic)]
-mod api {
+pub(crate) mod api {
     tonic::include_proto!("etcdserverpb");
 }
 
@@ -124,6 +126,14 @@ impl EtcdLog {
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             append_deadline: config.append_deadline,
         })
+    }
+
+    pub(crate) fn channels(&self) -> &[Channel] {
+        &self.channels
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn client(&self) -> KvClient<Channel> {
@@ -635,7 +645,7 @@ fn head_of(value: Option<Vec<u8>>) -> Result<Head, LogError> {
 }
 
 /// The smallest key after every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -34,6 +34,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 pub mod etcd;
+mod etcd_shared;
 mod log;
 
 pub use log::Log;

@@ -112,6 +112,23 @@ impl Log {
         }
     }
 
+    /// Shares small values with the other replicas of a shared log (see
+    /// [`EtcdLog::share`]); `None` for a log only this process writes.
+    pub fn share(
+        &self,
+        space: &str,
+        replica: &str,
+        ttl: std::time::Duration,
+    ) -> Option<(
+        crate::etcd::SharedWriter,
+        tokio::sync::mpsc::Receiver<crate::etcd::SharedChange>,
+    )> {
+        match self {
+            Log::Sled(_) => None,
+            Log::Etcd(log) => Some(log.share(space, replica, ttl)),
+        }
+    }
+
     /// Whether other processes append to this log too.
     pub fn is_shared(&self) -> bool {
         matches!(self, Log::Etcd(_))

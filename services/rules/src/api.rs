@@ -115,6 +115,10 @@ impl FirewallApi {
     }
 }
 
+/// How long WaitForSync on a replica waits for a revision written through
+/// another replica to arrive, before calling it beyond the log.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+
 /// How long Diagnose waits for the enforcer's fresh report.
 const REPORT_WAIT: Duration = Duration::from_secs(2);
 
@@ -383,7 +387,15 @@ impl FirewallService for FirewallApi {
             let (Some(instance_id), Some(timeout)) = (instance_id, timeout) else {
                 return Err(Status::internal("a validated field is missing"));
             };
-            let latest = self.store.revision(&instance_id)?;
+            let mut latest = self.store.revision(&instance_id)?;
+            if request.revision > latest && self.store.log().is_shared() {
+                // Written through another replica a moment ago: this one
+                // follows within milliseconds.
+                latest = self
+                    .store
+                    .await_revision(&instance_id, request.revision, timeout.min(CATCH_UP_WAIT))
+                    .await;
+            }
             let target = match request.revision {
                 0 => latest,
                 r if r > latest => {
@@ -418,7 +430,7 @@ impl FirewallService for FirewallApi {
                             "instance {instance_id} has not acknowledged revision {target} within {timeout:?} \
                              (applied revision {}, enforcer connected: {})",
                             snapshot.applied_revision,
-                            snapshot.connected > 0
+                            snapshot.is_connected()
                         )));
                     }
                 }

@@ -89,7 +89,7 @@ fn applied(rule: &Rule, sync: &Snapshot) -> pb::Check {
         if let Some(latency) = sync.last_latency {
             detail.push_str(&format!(", {} ms after its commit", latency.as_millis()));
         }
-        if sync.connected == 0 {
+        if !sync.is_connected() {
             detail.push_str("; no enforcer is connected now");
         }
         return pass("rule_applied", detail);
@@ -102,7 +102,7 @@ fn applied(rule: &Rule, sync: &Snapshot) -> pb::Check {
                 .into(),
         );
     }
-    if sync.connected == 0 {
+    if !sync.is_connected() {
         return fail(
             "rule_applied",
             format!(

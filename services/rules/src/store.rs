@@ -319,6 +319,11 @@ impl Store {
             last_time,
         };
         tokio::spawn(writer.run(rx));
+        if let Some((writer, changes)) =
+            log.share("sync", &uuid::Uuid::now_v7().to_string(), SHARED_TTL)
+        {
+            share_sync_state(&board, writer, changes);
+        }
         if let Some(mut changes) = changes {
             // Another replica's append: the writer reads it in, in order with
             // its own commits. A full queue is a busy writer: it catches up
@@ -383,6 +388,20 @@ impl Store {
                 }
                 .into()
             })
+    }
+
+    /// Waits up to `patience` until the projection holds `revision` of an
+    /// existing `instance` (another replica's write arriving); the latest
+    /// revision then.
+    pub async fn await_revision(
+        &self,
+        instance: &InstanceId,
+        revision: u64,
+        patience: std::time::Duration,
+    ) -> u64 {
+        let mut committed = self.board.watch_committed(instance);
+        let _ = tokio::time::timeout(patience, committed.wait_for(|r| *r >= revision)).await;
+        self.revision(instance).unwrap_or(0)
     }
 
     /// The live firewall of `instance_id`.
@@ -851,6 +870,43 @@ impl Writer {
         }
         Ok(Answer::Firewall(firewall))
     }
+}
+
+/// How long a replica's published sync state outlives the replica (its
+/// etcd lease): an instance whose replica was killed shows no enforcer after
+/// at most this, until its enforcer reaches another replica.
+const SHARED_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// On a shared log: what this replica's enforcer streams acknowledge is
+/// published for the others, and what theirs acknowledge shows here.
+fn share_sync_state(
+    board: &Arc<SyncBoard>,
+    writer: cassette_eventlog::etcd::SharedWriter,
+    mut changes: mpsc::Receiver<cassette_eventlog::etcd::SharedChange>,
+) {
+    use prost::Message;
+    board.set_publisher(Box::new(move |instance, snapshot| {
+        writer.publish(instance.as_str(), snapshot.to_pb(0).encode_to_vec());
+    }));
+    let board = board.clone();
+    tokio::spawn(async move {
+        while let Some(change) = changes.recv().await {
+            let Ok(instance) = InstanceId::parse(&change.name) else {
+                continue;
+            };
+            let status = match change.value {
+                None => None,
+                Some(bytes) => match cassette_proto::pb::SyncStatus::decode(bytes.as_slice()) {
+                    Ok(status) => Some(status),
+                    Err(error) => {
+                        tracing::warn!(%error, replica = %change.replica, "undecodable shared sync state");
+                        continue;
+                    }
+                },
+            };
+            board.record_remote(&instance, &change.replica, status);
+        }
+    });
 }
 
 /// Moves `head` to `record` if it is the next record and links to it.

@@ -7,7 +7,7 @@
 //! enforcer can never delay the writer or another enforcer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use cassette_model::{Firewall, InstanceId};
@@ -31,6 +31,9 @@ pub struct Snapshot {
     pub state_error: Option<String>,
     /// What the enforcer last reported seeing (hit counts, listening sockets).
     pub observed: Option<Arc<Observed>>,
+    /// The instance's enforcer streams to another replica (a shared log),
+    /// and the fields above are what that replica published.
+    pub remote_connected: bool,
 }
 
 /// What the enforcer last reported seeing on the instance: hit counts per
@@ -108,8 +111,27 @@ impl Snapshot {
         self.failed.as_ref().is_some_and(|(r, _)| *r >= revision)
     }
 
+    /// An enforcer streams for the instance, to this replica or another.
+    pub fn is_connected(&self) -> bool {
+        self.connected > 0 || self.remote_connected
+    }
+
+    /// Takes what another replica published (its `to_pb`) as this state.
+    fn take_remote(&mut self, remote: &pb::SyncStatus) {
+        self.remote_connected = remote.enforcer_connected;
+        self.applied_revision = remote.applied_revision;
+        self.failed = (remote.failed_revision > 0)
+            .then(|| (remote.failed_revision, remote.last_error.clone()));
+        self.last_latency = remote.last_ack_latency.and_then(|d| d.try_into().ok());
+        self.last_ack_time = remote
+            .last_ack_time
+            .and_then(|t| SystemTime::try_from(t).ok());
+        self.state_error =
+            (!remote.enforcer_state_error.is_empty()).then(|| remote.enforcer_state_error.clone());
+    }
+
     pub fn to_pb(&self, latest_revision: u64) -> pb::SyncStatus {
-        let state = if self.connected == 0 {
+        let state = if !self.is_connected() {
             pb::SyncState::NoEnforcer
         } else if self.failed.is_some() {
             pb::SyncState::Error
@@ -119,7 +141,7 @@ impl Snapshot {
             pb::SyncState::Pending
         };
         pb::SyncStatus {
-            enforcer_connected: self.connected > 0,
+            enforcer_connected: self.is_connected(),
             applied_revision: self.applied_revision,
             state: state.into(),
             last_error: self
@@ -165,6 +187,8 @@ struct Channels {
     generation: watch::Sender<u64>,
     /// Bumped to ask the live stream's enforcer for a fresh report.
     report_requests: watch::Sender<u64>,
+    /// What other replicas published (replica -> its view), on a shared log.
+    remote: Mutex<HashMap<String, pb::SyncStatus>>,
 }
 
 /// The latest durable revision of an instance, as the projection has it.
@@ -175,7 +199,13 @@ pub struct SyncBoard {
     instances: Mutex<HashMap<InstanceId, Arc<Channels>>>,
     committed: CommittedRevision,
     metrics: Arc<RulesMetrics>,
+    /// On a shared log: tells the other replicas what this one's streams
+    /// acknowledged.
+    publish: OnceLock<Publish>,
 }
+
+/// Hands a local stream's sync state to the other replicas.
+pub type Publish = Box<dyn Fn(&InstanceId, &Snapshot) + Send + Sync>;
 
 impl SyncBoard {
     pub fn new(metrics: Arc<RulesMetrics>, committed: CommittedRevision) -> Self {
@@ -183,7 +213,71 @@ impl SyncBoard {
             instances: Mutex::default(),
             committed,
             metrics,
+            publish: OnceLock::new(),
         }
+    }
+
+    /// Shares local streams' sync state with other replicas from now on.
+    pub fn set_publisher(&self, publish: Publish) {
+        let _ = self.publish.set(publish);
+    }
+
+    /// After a local stream changed the instance's state: tell the others.
+    fn published(&self, instance: &InstanceId, channels: &Channels) {
+        if let Some(publish) = self.publish.get() {
+            publish(instance, &channels.status.borrow());
+        }
+    }
+
+    /// What another replica published about `instance` (`None`: it no longer
+    /// does). Shown here while no enforcer streams to this replica; the
+    /// freshest connected replica's view wins.
+    pub fn record_remote(
+        &self,
+        instance: &InstanceId,
+        replica: &str,
+        status: Option<pb::SyncStatus>,
+    ) {
+        // Sync state only for instances that exist here.
+        if (self.committed)(instance) == 0 {
+            return;
+        }
+        let channels = self.channels(instance);
+        {
+            let mut remote = channels.remote.lock().unwrap_or_else(|p| p.into_inner());
+            match status {
+                Some(status) => remote.insert(replica.to_owned(), status),
+                None => remote.remove(replica),
+            };
+        }
+        self.show_remote(&channels);
+    }
+
+    /// Shows the freshest remote view, unless a local stream is the truth.
+    fn show_remote(&self, channels: &Channels) {
+        let chosen = {
+            let remote = channels.remote.lock().unwrap_or_else(|p| p.into_inner());
+            let ack_time = |s: &pb::SyncStatus| {
+                s.last_ack_time
+                    .and_then(|t| SystemTime::try_from(t).ok())
+                    .unwrap_or(SystemTime::UNIX_EPOCH)
+            };
+            remote
+                .values()
+                .max_by_key(|s| (s.enforcer_connected, ack_time(s)))
+                .cloned()
+        };
+        channels.status.send_if_modified(|s| {
+            if s.connected > 0 {
+                return false;
+            }
+            let before = s.clone();
+            match &chosen {
+                Some(remote) => s.take_remote(remote),
+                None => s.remote_connected = false,
+            }
+            *s != before
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Arc<Channels>>> {
@@ -204,6 +298,7 @@ impl SyncBoard {
                     status: watch::Sender::new(Snapshot::default()),
                     generation: watch::Sender::new(0),
                     report_requests: watch::Sender::new(0),
+                    remote: Mutex::default(),
                 })
             })
             .clone()
@@ -249,10 +344,12 @@ impl SyncBoard {
             generation = *g;
         });
         channels.status.send_modify(|s| s.connected += 1);
+        self.published(instance, &channels);
         self.metrics.connected_enforcers.inc();
         Connection {
             board: self.clone(),
             channels,
+            instance: instance.clone(),
             generation,
         }
     }
@@ -275,6 +372,7 @@ impl SyncBoard {
             }
             s.state_error = hello.state_error;
         });
+        self.published(instance, &channels);
     }
 
     /// Keeps what the instance's enforcer last reported seeing.
@@ -327,6 +425,7 @@ impl SyncBoard {
             }
             s.last_ack_time = Some(SystemTime::now());
         });
+        self.published(instance, &channels);
     }
 }
 
@@ -345,6 +444,7 @@ pub struct Hello {
 pub struct Connection {
     board: Arc<SyncBoard>,
     channels: Arc<Channels>,
+    instance: InstanceId,
     generation: u64,
 }
 
@@ -364,6 +464,9 @@ impl Drop for Connection {
         self.channels
             .status
             .send_modify(|s| s.connected = s.connected.saturating_sub(1));
+        self.board.published(&self.instance, &self.channels);
+        // The enforcer may have moved to another replica: its view shows now.
+        self.board.show_remote(&self.channels);
         self.board.metrics.connected_enforcers.dec();
     }
 }

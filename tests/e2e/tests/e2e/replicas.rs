@@ -231,3 +231,182 @@ async fn replicas_without_an_etcd_quorum_refuse_writes_keep_reading_and_resume()
         assert_eq!(firewall.rules.iter().filter(|r| r.port == 9090).count(), 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_and_its_enforcer_moves_on(
+) {
+    if skip_without_etcd("replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_and_its_enforcer_moves_on") {
+        return;
+    }
+    let mut replicas = Replicas::start(2).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    replicas.seen(1, "web-1", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = dir.path().join("ruleset.nft");
+    let rules = format!(
+        "{},{}",
+        replicas.replicas[0].target, replicas.replicas[1].target
+    );
+    let log = std::fs::File::create(dir.path().join("enforcer.log")).unwrap();
+    let mut enforcer = Command::new(binary("cassette-enforcer"))
+        .args([
+            "--rules",
+            &rules,
+            "--instance",
+            "web-1",
+            "--backend",
+            "file",
+        ])
+        .arg("--ruleset-file")
+        .arg(&ruleset)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn cassette-enforcer");
+
+    // Two writers per replica add ports until told to stop; each records
+    // what was acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u32)
+        .map(|w| {
+            let mut client = replicas.clients[(w % 2) as usize].clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut acked = vec![];
+                for i in 0..200u32 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let port = 10_000 + w * 1000 + i;
+                    if client.add_rule(add("web-1", port)).await.is_ok() {
+                        acked.push(port);
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replicas.replicas[0].kill_9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = vec![];
+    for writer in writers {
+        acked.extend(writer.await.unwrap());
+    }
+    let firewall = cassette_e2e::get_firewall(&mut replicas.clients[1], "web-1").await;
+    let held: std::collections::HashSet<u32> = firewall.rules.iter().map(|r| r.port).collect();
+    let lost: Vec<u32> = acked
+        .iter()
+        .copied()
+        .filter(|p| !held.contains(p))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    eprintln!("{} acknowledged adds, none lost", acked.len());
+
+    // The enforcer moved to B and has everything.
+    let synced = replicas.clients[1]
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision: firewall.revision,
+            timeout: Some(Duration::from_secs(20).try_into().unwrap()),
+        })
+        .await
+        .expect("WaitForSync on B")
+        .into_inner();
+    let _ = enforcer.kill();
+    let _ = enforcer.wait();
+    assert!(synced.applied_revision >= firewall.revision, "{synced:?}");
+    let text = std::fs::read_to_string(&ruleset).unwrap();
+    for port in acked.iter().take(20) {
+        assert!(
+            text.contains(&port.to_string()),
+            "port {port} in the ruleset"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_another() {
+    if skip_without_etcd("replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_another")
+    {
+        return;
+    }
+    let mut replicas = Replicas::start(2).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    replicas.seen(1, "web-1", 1).await;
+    // The enforcer knows only B.
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("enforcer.log")).unwrap();
+    let mut enforcer = Command::new(binary("cassette-enforcer"))
+        .args(["--rules", &replicas.replicas[1].target.to_string()])
+        .args(["--instance", "web-1", "--backend", "file", "--ruleset-file"])
+        .arg(dir.path().join("ruleset.nft"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn cassette-enforcer");
+    let wait = |revision: u64| pb::WaitForSyncRequest {
+        instance_id: "web-1".into(),
+        revision,
+        timeout: Some(Duration::from_secs(20).try_into().unwrap()),
+    };
+    let mut on_a = vec![];
+    for port in 4000..4020 {
+        let revision = replicas.clients[0]
+            .add_rule(add("web-1", port))
+            .await
+            .expect("add on A")
+            .into_inner()
+            .revision;
+        let started = Instant::now();
+        let status = replicas.clients[0]
+            .wait_for_sync(wait(revision))
+            .await
+            .expect("WaitForSync on A, whose replica has no stream")
+            .into_inner();
+        on_a.push(started.elapsed());
+        assert!(status.applied_revision >= revision, "{status:?}");
+        assert!(status.enforcer_connected, "{status:?}");
+    }
+    on_a.sort();
+    eprintln!(
+        "WaitForSync on A for changes made on A, applied by an enforcer on B: p50 {:?}, max {:?}",
+        on_a[on_a.len() / 2],
+        on_a[on_a.len() - 1]
+    );
+    let firewall = cassette_e2e::get_firewall(&mut replicas.clients[0], "web-1").await;
+    let sync = firewall.sync.expect("sync");
+    assert_eq!(sync.state, pb::SyncState::InSync as i32, "{sync:?}");
+    assert!(firewall
+        .rules
+        .iter()
+        .all(|r| r.status == pb::RuleStatus::Applied as i32));
+
+    // B dies: A stops claiming a connected enforcer once B's lease lapses.
+    replicas.replicas[1].kill_9();
+    let started = Instant::now();
+    loop {
+        let firewall = cassette_e2e::get_firewall(&mut replicas.clients[0], "web-1").await;
+        if !firewall.sync.is_some_and(|s| s.enforcer_connected) {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "A still shows the enforcer of a dead replica"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "A saw B's enforcer gone {:?} after B's kill -9",
+        started.elapsed()
+    );
+    let _ = enforcer.kill();
+    let _ = enforcer.wait();
+}

@@ -1,0 +1,255 @@
+//! Small values replicas share beside the log, in the same etcd cluster:
+//! each replica publishes under `<prefix>/<space>/<name>/<replica>`, on an
+//! etcd lease of its own, so what a replica published disappears soon after
+//! the replica does (a kill -9 included), and every replica follows the
+//! others' values as they change. The rules service shares its enforcers'
+//! sync state this way (an ack received by one replica shows on all).
+//!
+//! Never part of the log: these values are what is happening now, not history.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Mutex, Notify};
+use tonic::transport::Channel;
+
+use super::etcd::api;
+use super::etcd::{prefix_end, EtcdLog};
+
+/// A change of another replica's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedChange {
+    pub name: String,
+    pub replica: String,
+    /// `None`: removed (the replica said so, or its lease expired).
+    pub value: Option<Vec<u8>>,
+}
+
+/// Publishes this replica's values (latest wins, written in the background).
+#[derive(Clone)]
+pub struct SharedWriter {
+    pending: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    wake: Arc<Notify>,
+}
+
+impl SharedWriter {
+    /// Sets this replica's value of `name` (coalesced: only the latest is written).
+    pub fn publish(&self, name: &str, value: Vec<u8>) {
+        let pending = self.pending.clone();
+        let wake = self.wake.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            pending.lock().await.insert(name, value);
+            wake.notify_one();
+        });
+    }
+}
+
+struct Space {
+    channels: Vec<Channel>,
+    /// `<prefix>/<space>/`
+    root: String,
+    replica: String,
+    ttl: Duration,
+}
+
+impl EtcdLog {
+    /// Shares values in `space` as `replica` (its values live as long as it
+    /// renews a lease of `ttl`), and follows every other replica's.
+    pub fn share(
+        &self,
+        space: &str,
+        replica: &str,
+        ttl: Duration,
+    ) -> (SharedWriter, mpsc::Receiver<SharedChange>) {
+        let space = Arc::new(Space {
+            channels: self.channels().to_vec(),
+            root: format!("{}/{space}/", self.prefix()),
+            replica: replica.to_owned(),
+            ttl,
+        });
+        let writer = SharedWriter {
+            pending: Arc::default(),
+            wake: Arc::default(),
+        };
+        let (changes, followed) = mpsc::channel(1024);
+        tokio::spawn(write(space.clone(), writer.clone()));
+        tokio::spawn(follow(space, changes));
+        (writer, followed)
+    }
+}
+
+/// Writes what is published, on a lease kept alive in the background; a new
+/// lease (after a partition made etcd expire the old) gets every value again.
+async fn write(space: Arc<Space>, writer: SharedWriter) {
+    let mut member = 0usize;
+    let mut written: HashMap<String, Vec<u8>> = HashMap::new();
+    loop {
+        let channel = space.channels[member % space.channels.len()].clone();
+        member += 1;
+        let mut leases = api::lease_client::LeaseClient::new(channel.clone());
+        let mut kv = api::kv_client::KvClient::new(channel);
+        let ttl = i64::try_from(space.ttl.as_secs().max(1)).unwrap_or(10);
+        let lease = match leases
+            .lease_grant(api::LeaseGrantRequest { ttl, id: 0 })
+            .await
+        {
+            Ok(granted) => granted.into_inner().id,
+            Err(status) => {
+                tracing::debug!(error = %status.message(), "etcd lease grant failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        // Everything this replica published goes on the new lease.
+        {
+            let mut pending = writer.pending.lock().await;
+            for (name, value) in written.drain() {
+                pending.entry(name).or_insert(value);
+            }
+        }
+        let (beats, outbound) = mpsc::channel(1);
+        // etcd answers the stream (headers included) only once it has a
+        // request: the first beat goes before the call is awaited.
+        if beats
+            .send(api::LeaseKeepAliveRequest { id: lease })
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let mut alive = match leases
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await
+        {
+            Ok(stream) => stream.into_inner(),
+            Err(_) => continue,
+        };
+        let mut beat = tokio::time::interval(space.ttl / 3);
+        'lease: loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    if beats.send(api::LeaseKeepAliveRequest { id: lease }).await.is_err() {
+                        break 'lease;
+                    }
+                    match alive.message().await {
+                        Ok(Some(answer)) if answer.ttl > 0 => {}
+                        _ => break 'lease,
+                    }
+                }
+                () = writer.wake.notified() => {
+                    let batch: Vec<(String, Vec<u8>)> =
+                        writer.pending.lock().await.drain().collect();
+                    for (name, value) in batch {
+                        let key = format!("{}{name}/{}", space.root, space.replica);
+                        let put = api::PutRequest {
+                            key: key.into_bytes(),
+                            value: value.clone(),
+                            lease,
+                            prev_kv: false,
+                        };
+                        if kv.put(put).await.is_err() {
+                            writer.pending.lock().await.entry(name).or_insert(value);
+                            writer.wake.notify_one();
+                            break 'lease;
+                        }
+                        written.insert(name, value);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Lists the space, then watches it from the revision listed; again from a
+/// fresh list whenever the watch ends (a compaction, a member lost).
+async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
+    let mut member = 0usize;
+    let root = space.root.clone().into_bytes();
+    let end = prefix_end(&root);
+    while !changes.is_closed() {
+        let channel = space.channels[member % space.channels.len()].clone();
+        member += 1;
+        let mut kv = api::kv_client::KvClient::new(channel.clone());
+        let listed = kv
+            .range(api::RangeRequest {
+                key: root.clone(),
+                range_end: end.clone(),
+                ..Default::default()
+            })
+            .await;
+        let listed = match listed {
+            Ok(listed) => listed.into_inner(),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let revision = listed.header.map_or(0, |h| h.revision);
+        for kv in listed.kvs {
+            if let Some(change) = change_of(&space, &kv.key, Some(kv.value)) {
+                if changes.send(change).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let (requests, outbound) = mpsc::channel(1);
+        let create = api::WatchRequest {
+            request_union: Some(api::watch_request::RequestUnion::CreateRequest(
+                api::WatchCreateRequest {
+                    key: root.clone(),
+                    range_end: end.clone(),
+                    start_revision: revision + 1,
+                    ..Default::default()
+                },
+            )),
+        };
+        if requests.send(create).await.is_err() {
+            return;
+        }
+        let mut watch = api::watch_client::WatchClient::new(channel);
+        let Ok(stream) = watch
+            .watch(tokio_stream::wrappers::ReceiverStream::new(outbound))
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let mut stream = stream.into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(answer)) if !answer.canceled => {
+                    for event in answer.events {
+                        let Some(kv) = event.kv else { continue };
+                        let deleted = event.r#type == api::watch_event::EventType::Delete as i32;
+                        let value = (!deleted).then_some(kv.value);
+                        if let Some(change) = change_of(&space, &kv.key, value) {
+                            if changes.send(change).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        drop(requests);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `<root><name>/<replica>` as a change of another replica's value.
+fn change_of(space: &Space, key: &[u8], value: Option<Vec<u8>>) -> Option<SharedChange> {
+    let key = std::str::from_utf8(key).ok()?;
+    let (name, replica) = key.strip_prefix(&space.root)?.rsplit_once('/')?;
+    if replica == space.replica {
+        return None;
+    }
+    Some(SharedChange {
+        name: name.to_owned(),
+        replica: replica.to_owned(),
+        value,
+    })
+}
