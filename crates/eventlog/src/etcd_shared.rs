@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Mutex, Notify};
+use std::sync::Mutex;
+
+use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
 
 use super::etcd::api;
@@ -34,15 +36,15 @@ pub struct SharedWriter {
 }
 
 impl SharedWriter {
-    /// Sets this replica's value of `name` (coalesced: only the latest is written).
+    /// Sets this replica's value of `name` (coalesced: only the latest is
+    /// written). Never blocks on etcd; calls are kept in order.
     pub fn publish(&self, name: &str, value: Vec<u8>) {
-        let pending = self.pending.clone();
-        let wake = self.wake.clone();
-        let name = name.to_owned();
-        tokio::spawn(async move {
-            pending.lock().await.insert(name, value);
-            wake.notify_one();
-        });
+        self.pending().insert(name.to_owned(), value);
+        self.wake.notify_one();
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -104,7 +106,7 @@ async fn write(space: Arc<Space>, writer: SharedWriter) {
         };
         // Everything this replica published goes on the new lease.
         {
-            let mut pending = writer.pending.lock().await;
+            let mut pending = writer.pending();
             for (name, value) in written.drain() {
                 pending.entry(name).or_insert(value);
             }
@@ -139,8 +141,7 @@ async fn write(space: Arc<Space>, writer: SharedWriter) {
                     }
                 }
                 () = writer.wake.notified() => {
-                    let batch: Vec<(String, Vec<u8>)> =
-                        writer.pending.lock().await.drain().collect();
+                    let batch: Vec<(String, Vec<u8>)> = writer.pending().drain().collect();
                     for (name, value) in batch {
                         let key = format!("{}{name}/{}", space.root, space.replica);
                         let put = api::PutRequest {
@@ -150,7 +151,7 @@ async fn write(space: Arc<Space>, writer: SharedWriter) {
                             prev_kv: false,
                         };
                         if kv.put(put).await.is_err() {
-                            writer.pending.lock().await.entry(name).or_insert(value);
+                            writer.pending().entry(name).or_insert(value);
                             writer.wake.notify_one();
                             break 'lease;
                         }

@@ -36,6 +36,10 @@ pub struct Options {
     /// Serve and call over TLS with a client certificate (what security costs).
     #[arg(long)]
     tls: bool,
+    /// Keep the in-process service's log in this etcd cluster (client URLs,
+    /// comma-separated) instead of sled, under a fresh prefix.
+    #[arg(long, value_delimiter = ',', conflicts_with = "target")]
+    etcd_endpoints: Vec<String>,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
@@ -46,7 +50,14 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         None => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
-            let mut service = RulesService::open(dir.path())?;
+            let mut service = if options.etcd_endpoints.is_empty() {
+                RulesService::open(dir.path())?
+            } else {
+                let mut config =
+                    cassette_eventlog::etcd::EtcdConfig::new(options.etcd_endpoints.clone());
+                config.prefix = format!("/cassette-bench/{}", uuid::Uuid::now_v7().simple());
+                RulesService::open_etcd(&config).await?
+            };
             if let Some(tls) = &tls {
                 service = service.with_security(tls.security()?);
             }
@@ -105,6 +116,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "clients": options.clients,
         "connections": options.connections,
         "tls": options.tls,
+        "store": if options.etcd_endpoints.is_empty() { "sled" } else { "etcd" },
         "rules_per_firewall": options.rules_per_firewall + 3,
         "events": ops,
         "seconds": round3(elapsed),
