@@ -334,41 +334,10 @@ impl EtcdLog {
                 events.len()
             )));
         }
-        // The instances' last revisions and the head, read together.
-        let instances: Vec<&InstanceId> = {
-            let mut seen = Vec::new();
-            for event in events {
-                if !seen.contains(&&event.instance_id) {
-                    seen.push(&event.instance_id);
-                }
-            }
-            seen
-        };
-        let mut ranges = vec![RangeRequest {
-            key: self.head_key(),
-            ..Default::default()
-        }];
-        ranges.extend(instances.iter().map(|i| self.last_index(i)));
-        let answers = self.read(ranges).await?;
-        let mut answers = answers.into_iter();
-        let head = head_of(
-            answers
-                .next()
-                .and_then(|r| r.kvs.into_iter().next())
-                .map(|kv| kv.value),
-        )?;
-        if head != expected {
-            return Err(LogError::Conflict {
-                expected: expected.sequence,
-                found: head.sequence,
-            });
-        }
-        let mut revisions: HashMap<&InstanceId, u64> = instances
-            .iter()
-            .zip(answers)
-            .map(|(i, r)| (*i, r.kvs.first().map_or(0, |kv| revision_of(&kv.key))))
-            .collect();
-
+        // One round trip: what the log must hold for these events to
+        // continue it (the head, and each instance's previous revision but
+        // not this one) is compared inside the transaction itself.
+        let mut revisions: HashMap<&InstanceId, u64> = HashMap::new();
         let mut puts = Vec::with_capacity(events.len() * 2 + 1);
         let mut compare = vec![self.head_is(expected)];
         let mut next = expected;
@@ -380,12 +349,30 @@ impl EtcdLog {
                     event.sequence, next.sequence
                 )));
             }
-            let last = revisions.get(&event.instance_id).copied().unwrap_or(0);
-            if event.revision != last + 1 {
-                return Err(LogError::OutOfOrder(format!(
-                    "instance {} revision {} does not follow {}",
-                    event.instance_id, event.revision, last
-                )));
+            match revisions.get(&event.instance_id) {
+                Some(&last) if event.revision != last + 1 => {
+                    return Err(LogError::OutOfOrder(format!(
+                        "instance {} revision {} does not follow {}",
+                        event.instance_id, event.revision, last
+                    )));
+                }
+                Some(_) => {}
+                // The instance's first event here: the log holds the revision
+                // before it (unless it is the first).
+                None if event.revision > 1 => compare.push(Compare {
+                    result: CompareResult::Greater as i32,
+                    target: CompareTarget::Create as i32,
+                    key: self.index_key(&event.instance_id, event.revision - 1),
+                    target_union: Some(TargetUnion::CreateRevision(0)),
+                    range_end: vec![],
+                }),
+                None if event.revision == 0 => {
+                    return Err(LogError::OutOfOrder(format!(
+                        "instance {} revision 0: revisions start at 1",
+                        event.instance_id
+                    )));
+                }
+                None => {}
             }
             revisions.insert(&event.instance_id, event.revision);
             let bytes = event_to_pb(event, &next.hash).encode_to_vec();
@@ -443,10 +430,30 @@ impl EtcdLog {
         if now == next {
             return Ok(next);
         }
-        Err(LogError::Conflict {
-            expected: expected.sequence,
-            found: now.sequence,
-        })
+        if now != expected {
+            return Err(LogError::Conflict {
+                expected: expected.sequence,
+                found: now.sequence,
+            });
+        }
+        // The head held: an instance's revisions do not continue the log.
+        // Say which (a rare path: read the instances' last revisions).
+        let mut checked = std::collections::HashSet::new();
+        for event in events {
+            if !checked.insert(&event.instance_id) {
+                continue;
+            }
+            let last = self.last_revision(&event.instance_id).await?;
+            if event.revision != last + 1 {
+                return Err(LogError::OutOfOrder(format!(
+                    "instance {} revision {} does not follow {}",
+                    event.instance_id, event.revision, last
+                )));
+            }
+        }
+        Err(LogError::OutOfOrder(
+            "the log refused the events' revisions".to_owned(),
+        ))
     }
 
     fn head_is(&self, head: Head) -> Compare {
