@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod append;
 mod e2e;
 mod fanout;
+mod lag;
 mod procs;
 mod replay;
 mod stats;
@@ -36,6 +37,8 @@ enum Bench {
     E2e(e2e::Options),
     /// Many simulated enforcers on one rules service: ack latency and memory.
     Fanout(fanout::Options),
+    /// Two replicas on one etcd log: commit through A -> visible on B.
+    Lag(lag::Options),
 }
 
 #[tokio::main]
@@ -45,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Replay(options) => replay::run(options).await?,
         Bench::E2e(options) => e2e::run(options).await?,
         Bench::Fanout(options) => fanout::run(options).await?,
+        Bench::Lag(options) => lag::run(options).await?,
     };
     println!("{results}");
     Ok(())
