@@ -149,6 +149,49 @@ impl EtcdCluster {
         }
     }
 
+    /// Compacts the cluster's history up to its current revision (what
+    /// etcd's auto-compaction does on a schedule), through the JSON gateway.
+    pub async fn compact(&self) {
+        let member = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member");
+        let post = |path: &'static str, body: String| {
+            let url = format!("{}{path}", member.client_url);
+            async move {
+                let output = tokio::process::Command::new("curl")
+                    .args([
+                        "--silent",
+                        "--max-time",
+                        "10",
+                        "-X",
+                        "POST",
+                        "-d",
+                        &body,
+                        &url,
+                    ])
+                    .output()
+                    .await
+                    .expect("run curl");
+                serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_else(|e| {
+                    panic!("{path}: {e}: {}", String::from_utf8_lossy(&output.stdout))
+                })
+            }
+        };
+        let status = post("/v3/maintenance/status", "{}".into()).await;
+        let revision = status["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse::<u64>().ok())
+            .expect("the cluster's revision");
+        let compacted = post(
+            "/v3/kv/compaction",
+            format!(r#"{{"revision": "{revision}", "physical": true}}"#),
+        )
+        .await;
+        assert!(compacted.get("header").is_some(), "compaction: {compacted}");
+    }
+
     pub fn logs(&self) -> String {
         self.members
             .iter()

@@ -410,3 +410,47 @@ async fn replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_anothe
     let _ = enforcer.kill();
     let _ = enforcer.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_one_down_while_etcd_compacts_catches_up_on_return() {
+    if skip_without_etcd("replicas_one_down_while_etcd_compacts_catches_up_on_return") {
+        return;
+    }
+    let mut replicas = Replicas::start(2).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    replicas.seen(1, "web-1", 1).await;
+    replicas.replicas[1].kill_9();
+    let mut revision = 1;
+    for port in 5000..5100 {
+        revision = replicas.clients[0]
+            .add_rule(add("web-1", port))
+            .await
+            .expect("add on A")
+            .into_inner()
+            .revision;
+    }
+    // Every superseded version of the log's head is gone from etcd.
+    replicas.cluster.compact().await;
+    let listen = replicas.replicas[1].listen.clone();
+    let endpoints = replicas.cluster.endpoints().join(",");
+    let back = RulesProcess::spawn(
+        &replicas._dir.path().join("replica-1-again"),
+        &listen,
+        replicas.replicas[1].target.clone(),
+        &["--store", "etcd", "--etcd-endpoints", &endpoints],
+    )
+    .await;
+    let mut client = back.client().await;
+    let firewall = cassette_e2e::get_firewall(&mut client, "web-1").await;
+    assert_eq!(firewall.revision, revision, "replayed to the end");
+    assert_eq!(firewall.rules.len(), 103);
+    // And it follows what comes next, after the compaction.
+    let next = replicas.clients[0]
+        .add_rule(add("web-1", 6000))
+        .await
+        .expect("add on A")
+        .into_inner()
+        .revision;
+    replicas.clients[1] = client;
+    replicas.seen(1, "web-1", next).await;
+}
