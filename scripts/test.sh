@@ -43,6 +43,10 @@ grpcurl -version
 # (the test build reuses every dependency compiled here).
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The service's API, audit, sync, auth, expiry and allowlist tests again, on
+# the etcd log (each in-process service on a one-member etcd of its own).
+CASSETTE_TEST_STORE=etcd cargo test -p cassette-e2e --locked --test e2e -- \
+    api:: audit:: sync:: auth:: expiry:: allowlist::
 
 # docker-compose.yml with real containers, from the binaries built above.
 ./docker/test-compose.sh target/debug

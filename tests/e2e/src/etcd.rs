@@ -32,13 +32,22 @@ pub struct EtcdCluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     token: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster has a leader.
     pub async fn start(size: usize) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut cluster = Self::start_in(dir.path(), size).await;
+        cluster._dir = Some(dir);
+        cluster
+    }
+
+    /// [`EtcdCluster::start`] with the members' data in `dir` (kept after
+    /// the cluster stops: started again on it, the cluster has its data back).
+    pub async fn start_in(dir: &Path, size: usize) -> Self {
+        std::fs::create_dir_all(dir).expect("etcd directory");
         let token = format!("cassette-test-{}", uuid::Uuid::now_v7());
         let members: Vec<Member> = (0..size)
             .map(|i| {
@@ -46,8 +55,8 @@ impl EtcdCluster {
                 Member {
                     client_url: format!("http://{}", free_port()),
                     peer_url: format!("http://{}", free_port()),
-                    data_dir: dir.path().join(&name),
-                    log: dir.path().join(format!("{name}.log")),
+                    data_dir: dir.join(&name),
+                    log: dir.join(format!("{name}.log")),
                     name,
                     child: None,
                 }
@@ -62,7 +71,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token,
-            _dir: dir,
+            _dir: None,
         };
         for i in 0..size {
             cluster.start_member(i);

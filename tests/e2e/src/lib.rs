@@ -119,6 +119,8 @@ pub struct InProcess {
     pub metrics: std::sync::Arc<cassette_rules::RulesMetrics>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), cassette_rules::ServeError>>>,
+    /// The etcd the log is in, with `CASSETTE_TEST_STORE=etcd`.
+    etcd: Option<etcd::EtcdCluster>,
 }
 
 impl InProcess {
@@ -145,10 +147,21 @@ impl InProcess {
             .await
             .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let service = RulesService::open(dir)
-            .expect("open rules service")
-            .with_security(security)
-            .with_limits(limits);
+        // CASSETTE_TEST_STORE=etcd runs the same tests on the etcd log: a
+        // one-member cluster with its data in `dir`, so a restart on the same
+        // directory finds the log again.
+        let (service, etcd) = match std::env::var("CASSETTE_TEST_STORE").as_deref() {
+            Ok("etcd") => {
+                let etcd = etcd::EtcdCluster::start_in(&dir.join("etcd"), 1).await;
+                let config = cassette_eventlog::etcd::EtcdConfig::new(etcd.endpoints());
+                let service = RulesService::open_etcd(&config)
+                    .await
+                    .expect("open rules service on etcd");
+                (service, Some(etcd))
+            }
+            _ => (RulesService::open(dir).expect("open rules service"), None),
+        };
+        let service = service.with_security(security).with_limits(limits);
         let metrics = service.metrics();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(service.serve(listener, async {
@@ -159,6 +172,7 @@ impl InProcess {
             metrics,
             stop: Some(stop),
             task: Some(task),
+            etcd,
         }
     }
 
@@ -188,6 +202,8 @@ impl InProcess {
                 .expect("service task")
                 .expect("service stops cleanly");
         }
+        // The log's etcd stops with the service (kept on disk for a restart).
+        self.etcd.take();
     }
 }
 
