@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin_dir=${1:-target/release}
 image=${CASSETTE_IMAGE:-cassette-firewall:local}
-base=${CASSETTE_BASE_IMAGE:-cassette-base:bookworm}
+base=${CASSETTE_BASE_IMAGE:-cassette-base:bookworm-2}
 docker image inspect "$base" >/dev/null 2>&1 || base=debian:bookworm-slim
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT

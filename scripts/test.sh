@@ -50,3 +50,5 @@ CASSETTE_TEST_STORE=etcd cargo test -p cassette-e2e --locked --test e2e -- \
 
 # docker-compose.yml with real containers, from the binaries built above.
 ./docker/test-compose.sh target/debug
+# docker-compose.ha.yml: three etcd members, two replicas, a replica stopped.
+./docker/test-compose-ha.sh target/debug
