@@ -15,20 +15,15 @@ if ! docker info >/dev/null 2>&1; then
     echo "compose-ha: skipped, no Docker engine on this machine"
     exit 0
 fi
-if command -v docker-compose >/dev/null 2>&1; then
-    compose=(docker-compose)
-else
-    compose=(docker compose)
-fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+label=compose-ha
+# shellcheck source=docker/compose-lib.sh
+. docker/compose-lib.sh
 export CASSETTE_IMAGE=cassette-firewall:test-ha-$$
 export CASSETTE_RULES_A_PORT CASSETTE_RULES_B_PORT
 CASSETTE_RULES_A_PORT=$(free_port)
 CASSETTE_RULES_B_PORT=$(free_port)
 project=cassette-ha-test-$$
 dc() { "${compose[@]}" -f docker-compose.ha.yml -p "$project" "$@"; }
-passed=0
-failed=0
 creds=$(mktemp -d)
 cleanup() {
     dc down -v --remove-orphans >/dev/null 2>&1 || true
@@ -36,19 +31,6 @@ cleanup() {
     rm -rf "$creds"
 }
 trap cleanup EXIT
-
-check() { # check NAME COMMAND...: one assertion
-    local name=$1
-    shift
-    if "$@"; then
-        echo "compose-ha: ok: $name"
-        passed=$((passed + 1))
-    else
-        echo "compose-ha: FAILED: $name"
-        failed=$((failed + 1))
-        dc logs --tail 30 >&2 || true
-    fi
-}
 
 ./docker/build-base-image.sh
 ./docker/build-image.sh "$bin_dir"

@@ -15,23 +15,16 @@ if ! docker info >/dev/null 2>&1; then
     echo "compose: skipped, no Docker engine on this machine"
     exit 0
 fi
-if command -v docker-compose >/dev/null 2>&1; then
-    compose=(docker-compose)
-elif docker compose version >/dev/null 2>&1; then
-    compose=(docker compose)
-else
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose
-    compose=(docker-compose)
-fi
+label=compose
+# shellcheck source=docker/compose-lib.sh
+. docker/compose-lib.sh
 
 export CASSETTE_IMAGE=cassette-firewall:test-$$
 export CASSETTE_RULES_PORT
-CASSETTE_RULES_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+CASSETTE_RULES_PORT=$(free_port)
 project=cassette-test-$$
 dc() { "${compose[@]}" -p "$project" "$@"; }
 rules=127.0.0.1:$CASSETTE_RULES_PORT
-passed=0
-failed=0
 
 creds=$(mktemp -d)
 cleanup() {
@@ -40,19 +33,6 @@ cleanup() {
     rm -rf "$creds"
 }
 trap cleanup EXIT
-
-check() { # check NAME COMMAND...: one assertion
-    local name=$1
-    shift
-    if "$@"; then
-        echo "compose: ok: $name"
-        passed=$((passed + 1))
-    else
-        echo "compose: FAILED: $name"
-        failed=$((failed + 1))
-        dc logs --tail 30 >&2 || true
-    fi
-}
 
 # The README's "Run with Docker Compose" steps.
 ./docker/build-base-image.sh

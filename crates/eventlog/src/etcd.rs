@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 use cassette_model::{Event, InstanceId};
 use cassette_proto::event_to_pb;
 use prost::Message;
+use std::sync::{Arc, RwLock};
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::{decode, hash, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
@@ -72,6 +76,10 @@ pub struct EtcdConfig {
     /// How long an append keeps retrying (leader elections take about a
     /// second) before it gives up as unavailable.
     pub append_deadline: Duration,
+    /// User and password for a cluster with authentication enabled: the
+    /// token etcd gives for them goes with every request, renewed when etcd
+    /// says it expired.
+    pub credentials: Option<(String, String)>,
 }
 
 impl EtcdConfig {
@@ -82,14 +90,84 @@ impl EtcdConfig {
             tls: None,
             request_timeout: Duration::from_secs(2),
             append_deadline: Duration::from_secs(10),
+            credentials: None,
         }
     }
 }
 
+/// A channel to one member that carries the auth token, if any.
+pub(crate) type Member = InterceptedService<Channel, TokenInterceptor>;
+
+/// etcd's auth token for our credentials, shared by every client of a log.
+#[derive(Clone)]
+pub(crate) struct Auth {
+    token: Arc<RwLock<Option<MetadataValue<Ascii>>>>,
+    credentials: Option<Arc<(String, String)>>,
+}
+
+/// Puts the current token (if any) on each request.
+#[derive(Clone)]
+pub(crate) struct TokenInterceptor(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = self.0.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            request.metadata_mut().insert("token", token);
+        }
+        Ok(request)
+    }
+}
+
+impl Auth {
+    pub(crate) fn member(&self, channel: &Channel) -> Member {
+        InterceptedService::new(channel.clone(), TokenInterceptor(self.token.clone()))
+    }
+
+    fn has_token(&self) -> bool {
+        self.token
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Asks `channel`'s member for a token for our credentials (nothing to
+    /// do without credentials).
+    pub(crate) async fn refresh(&self, channel: &Channel) -> Result<(), tonic::Status> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        let answer = api::auth_client::AuthClient::new(channel.clone())
+            .authenticate(api::AuthenticateRequest {
+                name: credentials.0.clone(),
+                password: credentials.1.clone(),
+            })
+            .await?
+            .into_inner();
+        let token = answer
+            .token
+            .parse::<MetadataValue<Ascii>>()
+            .map_err(|_| tonic::Status::internal("etcd gave a token that is not ASCII"))?;
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        Ok(())
+    }
+}
+
+/// Whether etcd refused a request for its token (none, or expired).
+pub(crate) fn needs_token(status: &tonic::Status) -> bool {
+    let message = status.message();
+    status.code() == tonic::Code::Unauthenticated
+        || message.contains("invalid auth token")
+        || message.contains("user name is empty")
+}
+
 /// The event log in an etcd cluster.
 pub struct EtcdLog {
-    members: Vec<KvClient<Channel>>,
+    members: Vec<KvClient<Member>>,
     channels: Vec<Channel>,
+    auth: Auth,
     /// The member requests go to; moves on when one fails.
     current: AtomicUsize,
     prefix: String,
@@ -119,9 +197,17 @@ impl EtcdLog {
             }
             channels.push(endpoint.connect_lazy());
         }
+        let auth = Auth {
+            token: Arc::default(),
+            credentials: config.credentials.clone().map(Arc::new),
+        };
         Ok(Self {
-            members: channels.iter().cloned().map(KvClient::new).collect(),
+            members: channels
+                .iter()
+                .map(|c| KvClient::new(auth.member(c)))
+                .collect(),
             channels,
+            auth,
             current: AtomicUsize::new(0),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             append_deadline: config.append_deadline,
@@ -132,11 +218,19 @@ impl EtcdLog {
         &self.channels
     }
 
+    pub(crate) fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    fn channel(&self) -> &Channel {
+        &self.channels[self.current.load(Ordering::Relaxed) % self.channels.len()]
+    }
+
     pub(crate) fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    fn client(&self) -> KvClient<Channel> {
+    fn client(&self) -> KvClient<Member> {
         let i = self.current.load(Ordering::Relaxed) % self.members.len();
         self.members[i].clone()
     }
@@ -192,8 +286,30 @@ impl EtcdLog {
         let deadline = Instant::now() + self.append_deadline;
         let mut pause = Duration::from_millis(25);
         loop {
+            if self.auth.credentials.is_some() && !self.auth.has_token() {
+                if let Err(status) = self.auth.refresh(self.channel()).await {
+                    if status.code() == tonic::Code::InvalidArgument
+                        || status.message().contains("authentication failed")
+                    {
+                        return Err(LogError::Unavailable(format!(
+                            "etcd refused our credentials: {}",
+                            status.message()
+                        )));
+                    }
+                }
+            }
             match self.client().txn(request.clone()).await {
                 Ok(response) => return Ok(response.into_inner()),
+                Err(status) if needs_token(&status) && self.auth.credentials.is_some() => {
+                    // Expired: the next attempt authenticates again.
+                    *self.auth.token.write().unwrap_or_else(|p| p.into_inner()) = None;
+                    if Instant::now() >= deadline {
+                        return Err(LogError::Unavailable(format!(
+                            "etcd refused our token: {}",
+                            status.message()
+                        )));
+                    }
+                }
                 Err(status) if !retryable(&status) => {
                     return Err(LogError::Unavailable(format!(
                         "etcd refused the request: {}",
@@ -225,13 +341,14 @@ impl EtcdLog {
     pub fn head_changes(&self) -> tokio::sync::mpsc::Receiver<()> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let channels = self.channels.clone();
+        let auth = self.auth.clone();
         let key = self.head_key();
         tokio::spawn(async move {
             let mut member = 0usize;
             while !tx.is_closed() {
                 let channel = channels[member % channels.len()].clone();
                 member += 1;
-                let mut client = api::watch_client::WatchClient::new(channel);
+                let mut client = api::watch_client::WatchClient::new(auth.member(&channel));
                 let (requests, outbound) = tokio::sync::mpsc::channel(1);
                 let create = api::WatchRequest {
                     request_union: Some(api::watch_request::RequestUnion::CreateRequest(
@@ -267,6 +384,9 @@ impl EtcdLog {
                     }
                     Err(status) => {
                         tracing::debug!(error = %status.message(), "etcd watch failed; trying the next member");
+                        if needs_token(&status) {
+                            let _ = auth.refresh(&channel).await;
+                        }
                     }
                 }
                 drop(requests);

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
 
 use super::etcd::api;
-use super::etcd::{prefix_end, EtcdLog};
+use super::etcd::{needs_token, prefix_end, Auth, EtcdLog};
 
 /// A change of another replica's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,7 @@ impl SharedWriter {
 
 struct Space {
     channels: Vec<Channel>,
+    auth: Auth,
     /// `<prefix>/<space>/`
     root: String,
     replica: String,
@@ -67,6 +68,7 @@ impl EtcdLog {
     ) -> (SharedWriter, mpsc::Receiver<SharedChange>) {
         let space = Arc::new(Space {
             channels: self.channels().to_vec(),
+            auth: self.auth().clone(),
             root: format!("{}/{space}/", self.prefix()),
             replica: replica.to_owned(),
             ttl,
@@ -90,8 +92,8 @@ async fn write(space: Arc<Space>, writer: SharedWriter) {
     loop {
         let channel = space.channels[member % space.channels.len()].clone();
         member += 1;
-        let mut leases = api::lease_client::LeaseClient::new(channel.clone());
-        let mut kv = api::kv_client::KvClient::new(channel);
+        let mut leases = api::lease_client::LeaseClient::new(space.auth.member(&channel));
+        let mut kv = api::kv_client::KvClient::new(space.auth.member(&channel));
         let ttl = i64::try_from(space.ttl.as_secs().max(1)).unwrap_or(10);
         let lease = match leases
             .lease_grant(api::LeaseGrantRequest { ttl, id: 0 })
@@ -100,6 +102,9 @@ async fn write(space: Arc<Space>, writer: SharedWriter) {
             Ok(granted) => granted.into_inner().id,
             Err(status) => {
                 tracing::debug!(error = %status.message(), "etcd lease grant failed");
+                if needs_token(&status) {
+                    let _ = space.auth.refresh(&channel).await;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -173,7 +178,7 @@ async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
     while !changes.is_closed() {
         let channel = space.channels[member % space.channels.len()].clone();
         member += 1;
-        let mut kv = api::kv_client::KvClient::new(channel.clone());
+        let mut kv = api::kv_client::KvClient::new(space.auth.member(&channel));
         let listed = kv
             .range(api::RangeRequest {
                 key: root.clone(),
@@ -183,7 +188,10 @@ async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
             .await;
         let listed = match listed {
             Ok(listed) => listed.into_inner(),
-            Err(_) => {
+            Err(status) => {
+                if needs_token(&status) {
+                    let _ = space.auth.refresh(&channel).await;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -210,7 +218,7 @@ async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
         if requests.send(create).await.is_err() {
             return;
         }
-        let mut watch = api::watch_client::WatchClient::new(channel);
+        let mut watch = api::watch_client::WatchClient::new(space.auth.member(&channel));
         let Ok(stream) = watch
             .watch(tokio_stream::wrappers::ReceiverStream::new(outbound))
             .await

@@ -149,6 +149,17 @@ struct EtcdArgs {
     /// The client certificate's key (PEM).
     #[arg(long, env = "CASSETTE_ETCD_KEY", requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
+    /// User for an etcd cluster with authentication enabled.
+    #[arg(long, env = "CASSETTE_ETCD_USER", requires = "etcd_password")]
+    etcd_user: Option<String>,
+    /// Its password (better given as CASSETTE_ETCD_PASSWORD than on the command line).
+    #[arg(
+        long,
+        env = "CASSETTE_ETCD_PASSWORD",
+        requires = "etcd_user",
+        hide_env_values = true
+    )]
+    etcd_password: Option<String>,
     /// How long an append keeps trying (through leader elections) before it
     /// answers UNAVAILABLE.
     #[arg(long, env = "CASSETTE_ETCD_APPEND_DEADLINE", default_value = "10s", value_parser = cassette_proto::parse_duration)]
@@ -164,6 +175,9 @@ impl EtcdArgs {
         let mut config = cassette_eventlog::etcd::EtcdConfig::new(self.etcd_endpoints.clone());
         config.prefix = self.etcd_prefix.clone();
         config.append_deadline = self.etcd_append_deadline;
+        if let (Some(user), Some(password)) = (&self.etcd_user, &self.etcd_password) {
+            config.credentials = Some((user.clone(), password.clone()));
+        }
         if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
             let read = |path: &PathBuf, what: &str| {
                 std::fs::read(path)

@@ -201,6 +201,39 @@ impl EtcdCluster {
         assert!(compacted.get("header").is_some(), "compaction: {compacted}");
     }
 
+    /// Turns on etcd's authentication with `user` (given the root role) and
+    /// `password`, through the JSON gateway of the first running member.
+    pub async fn enable_auth(&self, user: &str, password: &str) {
+        let member = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a running member");
+        for (path, body) in [
+            ("/v3/auth/role/add", serde_json::json!({ "name": "root" })),
+            (
+                "/v3/auth/user/add",
+                serde_json::json!({ "name": user, "password": password }),
+            ),
+            (
+                "/v3/auth/user/grant",
+                serde_json::json!({ "user": user, "role": "root" }),
+            ),
+            ("/v3/auth/enable", serde_json::json!({})),
+        ] {
+            let url = format!("{}{path}", member.client_url);
+            let output = tokio::process::Command::new("curl")
+                .args(["--silent", "--max-time", "10", "-X", "POST", "-d"])
+                .arg(body.to_string())
+                .arg(&url)
+                .output()
+                .await
+                .expect("run curl");
+            let answer = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(answer.contains("header"), "{path}: {answer}");
+        }
+    }
+
     pub fn logs(&self) -> String {
         self.members
             .iter()

@@ -285,3 +285,35 @@ async fn without_a_quorum_an_append_is_unavailable_never_a_false_success() {
         .expect("writes resume with the quorum");
     assert_eq!(next.sequence, now.sequence + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_log_on_a_cluster_with_authentication_uses_its_credentials() {
+    if skip_without_etcd("etcd_log_on_a_cluster_with_authentication_uses_its_credentials") {
+        return;
+    }
+    let cluster = EtcdCluster::start(1).await;
+    cluster.enable_auth("root", "root-password").await;
+    let mut config = EtcdConfig::new(cluster.endpoints());
+    config.append_deadline = Duration::from_secs(3);
+    let anonymous = EtcdLog::connect(&config).unwrap();
+    let refused = anonymous.head().await;
+    assert!(
+        matches!(&refused, Err(LogError::Unavailable(m)) if m.contains("user name is empty")),
+        "{refused:?}"
+    );
+    config.credentials = Some(("root".into(), "wrong".into()));
+    let wrong = EtcdLog::connect(&config).unwrap();
+    let refused = wrong.head().await;
+    assert!(
+        matches!(&refused, Err(LogError::Unavailable(m)) if m.contains("credentials")),
+        "{refused:?}"
+    );
+    config.credentials = Some(("root".into(), "root-password".into()));
+    let log = EtcdLog::connect(&config).unwrap();
+    let head = log
+        .append(log.head().await.unwrap(), &[event(1, "web-1", 1)])
+        .await
+        .expect("append with credentials");
+    assert_eq!(head.sequence, 1);
+    assert_eq!(log.read_after(0, 10).await.unwrap().len(), 1);
+}

@@ -81,6 +81,35 @@ impl Replicas {
     }
 }
 
+/// A real enforcer for web-1 (file backend: its ruleset in `dir/ruleset.nft`)
+/// given the `rules` endpoints; killed on drop.
+struct FileEnforcer(std::process::Child);
+
+impl FileEnforcer {
+    fn start(rules: &str, dir: &std::path::Path) -> Self {
+        let log = std::fs::File::create(dir.join("enforcer.log")).unwrap();
+        let child = Command::new(binary("cassette-enforcer"))
+            .args(["--rules", rules, "--instance", "web-1", "--backend", "file"])
+            .arg("--ruleset-file")
+            .arg(dir.join("ruleset.nft"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cassette-enforcer");
+        Self(child)
+    }
+}
+
+impl Drop for FileEnforcer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn add(instance: &str, port: u32) -> pb::AddRuleRequest {
     pb::AddRuleRequest {
         instance_id: instance.into(),
@@ -155,18 +184,7 @@ async fn replicas_a_write_on_one_is_read_on_the_others_and_applied_by_an_enforce
     // An enforcer on B applies a change made on A.
     let dir = tempfile::tempdir().unwrap();
     let ruleset = dir.path().join("ruleset.nft");
-    let log = std::fs::File::create(dir.path().join("enforcer.log")).unwrap();
-    let mut enforcer = Command::new(binary("cassette-enforcer"))
-        .args(["--rules", &replicas.replicas[1].target.to_string()])
-        .args(["--instance", "web-1", "--backend", "file", "--ruleset-file"])
-        .arg(&ruleset)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn cassette-enforcer");
+    let enforcer = FileEnforcer::start(&replicas.replicas[1].target.to_string(), dir.path());
     let revision = replicas.clients[0]
         .add_rule(add("web-1", 6379))
         .await
@@ -182,8 +200,7 @@ async fn replicas_a_write_on_one_is_read_on_the_others_and_applied_by_an_enforce
         .await
         .expect("WaitForSync on B")
         .into_inner();
-    let _ = enforcer.kill();
-    let _ = enforcer.wait();
+    drop(enforcer);
     assert!(synced.applied_revision >= revision, "{synced:?}");
     let text = std::fs::read_to_string(&ruleset).unwrap();
     assert!(text.contains("6379"), "{text}");
@@ -247,25 +264,7 @@ async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_a
         "{},{}",
         replicas.replicas[0].target, replicas.replicas[1].target
     );
-    let log = std::fs::File::create(dir.path().join("enforcer.log")).unwrap();
-    let mut enforcer = Command::new(binary("cassette-enforcer"))
-        .args([
-            "--rules",
-            &rules,
-            "--instance",
-            "web-1",
-            "--backend",
-            "file",
-        ])
-        .arg("--ruleset-file")
-        .arg(&ruleset)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn cassette-enforcer");
+    let enforcer = FileEnforcer::start(&rules, dir.path());
 
     // Two writers per replica add ports until told to stop; each records
     // what was acknowledged.
@@ -317,8 +316,7 @@ async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_a
         .await
         .expect("WaitForSync on B")
         .into_inner();
-    let _ = enforcer.kill();
-    let _ = enforcer.wait();
+    drop(enforcer);
     assert!(synced.applied_revision >= firewall.revision, "{synced:?}");
     let text = std::fs::read_to_string(&ruleset).unwrap();
     for port in acked.iter().take(20) {
@@ -340,18 +338,7 @@ async fn replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_anothe
     replicas.seen(1, "web-1", 1).await;
     // The enforcer knows only B.
     let dir = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(dir.path().join("enforcer.log")).unwrap();
-    let mut enforcer = Command::new(binary("cassette-enforcer"))
-        .args(["--rules", &replicas.replicas[1].target.to_string()])
-        .args(["--instance", "web-1", "--backend", "file", "--ruleset-file"])
-        .arg(dir.path().join("ruleset.nft"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn cassette-enforcer");
+    let enforcer = FileEnforcer::start(&replicas.replicas[1].target.to_string(), dir.path());
     let wait = |revision: u64| pb::WaitForSyncRequest {
         instance_id: "web-1".into(),
         revision,
@@ -407,8 +394,7 @@ async fn replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_anothe
         "A saw B's enforcer gone {:?} after B's kill -9",
         started.elapsed()
     );
-    let _ = enforcer.kill();
-    let _ = enforcer.wait();
+    drop(enforcer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
