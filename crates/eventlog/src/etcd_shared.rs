@@ -116,57 +116,98 @@ async fn write(space: Arc<Space>, writer: SharedWriter) {
                 pending.entry(name).or_insert(value);
             }
         }
-        let (beats, outbound) = mpsc::channel(1);
-        // etcd answers the stream (headers included) only once it has a
-        // request: the first beat goes before the call is awaited.
+        // The lease is kept alive on its own, however long the writes take
+        // (thousands of instances' states can be waiting after a start).
+        let lost = Arc::new(Notify::new());
+        let keeper = tokio::spawn(keep_alive(leases, lease, space.ttl, lost.clone()));
+        'lease: loop {
+            tokio::select! {
+                () = lost.notified() => break 'lease,
+                () = writer.wake.notified() => {
+                    let batch: Vec<(String, Vec<u8>)> = writer.pending().drain().collect();
+                    // Up to PUTS_PER_TXN values per round trip.
+                    let mut rest = batch.as_slice();
+                    while !rest.is_empty() {
+                        let (chunk, after) = rest.split_at(rest.len().min(PUTS_PER_TXN));
+                        rest = after;
+                        let puts = chunk
+                            .iter()
+                            .map(|(name, value)| api::RequestOp {
+                                request: Some(api::request_op::Request::RequestPut(api::PutRequest {
+                                    key: format!("{}{name}/{}", space.root, space.replica).into_bytes(),
+                                    value: value.clone(),
+                                    lease,
+                                    prev_kv: false,
+                                })),
+                            })
+                            .collect();
+                        let txn = api::TxnRequest { compare: vec![], success: puts, failure: vec![] };
+                        if kv.txn(txn).await.is_err() {
+                            // Not written: back in the queue, unless newer values came.
+                            let mut pending = writer.pending();
+                            for (name, value) in chunk.iter().chain(rest) {
+                                pending.entry(name.clone()).or_insert_with(|| value.clone());
+                            }
+                            drop(pending);
+                            writer.wake.notify_one();
+                            break 'lease;
+                        }
+                        written.extend(chunk.iter().cloned());
+                    }
+                }
+            }
+        }
+        keeper.abort();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Values written per transaction (etcd takes 128 operations by default).
+const PUTS_PER_TXN: usize = 100;
+
+/// Renews `lease` every third of its time to live; says so on `lost` when
+/// etcd no longer does (expired, or the member is gone).
+async fn keep_alive(
+    mut leases: api::lease_client::LeaseClient<super::etcd::Member>,
+    lease: i64,
+    ttl: Duration,
+    lost: Arc<Notify>,
+) {
+    let (beats, outbound) = mpsc::channel(1);
+    // etcd answers the stream (headers included) only once it has a
+    // request: the first beat goes before the call is awaited.
+    if beats
+        .send(api::LeaseKeepAliveRequest { id: lease })
+        .await
+        .is_err()
+    {
+        lost.notify_one();
+        return;
+    }
+    let Ok(stream) = leases
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+    else {
+        lost.notify_one();
+        return;
+    };
+    let mut alive = stream.into_inner();
+    let mut beat = tokio::time::interval(ttl / 3);
+    loop {
+        beat.tick().await;
         if beats
             .send(api::LeaseKeepAliveRequest { id: lease })
             .await
             .is_err()
         {
-            continue;
+            break;
         }
-        let mut alive = match leases
-            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(outbound))
-            .await
-        {
-            Ok(stream) => stream.into_inner(),
-            Err(_) => continue,
-        };
-        let mut beat = tokio::time::interval(space.ttl / 3);
-        'lease: loop {
-            tokio::select! {
-                _ = beat.tick() => {
-                    if beats.send(api::LeaseKeepAliveRequest { id: lease }).await.is_err() {
-                        break 'lease;
-                    }
-                    match alive.message().await {
-                        Ok(Some(answer)) if answer.ttl > 0 => {}
-                        _ => break 'lease,
-                    }
-                }
-                () = writer.wake.notified() => {
-                    let batch: Vec<(String, Vec<u8>)> = writer.pending().drain().collect();
-                    for (name, value) in batch {
-                        let key = format!("{}{name}/{}", space.root, space.replica);
-                        let put = api::PutRequest {
-                            key: key.into_bytes(),
-                            value: value.clone(),
-                            lease,
-                            prev_kv: false,
-                        };
-                        if kv.put(put).await.is_err() {
-                            writer.pending().entry(name).or_insert(value);
-                            writer.wake.notify_one();
-                            break 'lease;
-                        }
-                        written.insert(name, value);
-                    }
-                }
-            }
+        match alive.message().await {
+            Ok(Some(answer)) if answer.ttl > 0 => {}
+            _ => break,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    lost.notify_one();
 }
 
 /// Lists the space, then watches it from the revision listed; again from a

@@ -1,7 +1,10 @@
 //! `fanout`: N simulated enforcers (the real enforcement loop with an
-//! in-memory kernel, real gRPC streams) on one real rules service process;
-//! R changes a second to random instances, each timed from the call until
-//! WaitForSync reports its ack. Also the service's memory per enforcer.
+//! in-memory kernel, real gRPC streams) on one real rules service process,
+//! or spread over several replicas on one etcd log (`--replicas`,
+//! `--etcd-endpoints`); R changes a second to random instances through the
+//! first replica, each timed from the call until WaitForSync there reports
+//! its ack (received by whichever replica the enforcer streams to). Also the
+//! services' memory per enforcer.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -32,36 +35,68 @@ pub struct Options {
     /// How long to send changes, in seconds.
     #[arg(long, default_value_t = 10)]
     duration: u64,
-    /// HTTP/2 connections the enforcers' streams share.
+    /// HTTP/2 connections the enforcers' streams share (spread over the replicas).
     #[arg(long, default_value_t = 100)]
     connections: u32,
+    /// Rules replicas (more than one needs --etcd-endpoints).
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// Keep the log in this etcd cluster (client URLs, comma-separated) under
+    /// a fresh prefix, instead of sled.
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?
-    };
-    let rules = Guarded(
-        std::process::Command::new(sibling_binary("cassette-rules")?)
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--log",
-                "warn",
-                "--http-listen",
-                "off",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .spawn()?,
+    anyhow::ensure!(
+        options.replicas <= 1 || !options.etcd_endpoints.is_empty(),
+        "--replicas above 1 share a log: give --etcd-endpoints"
     );
-    let pid = rules.0.id();
-    let target = Target::Http(format!("http://{addr}"));
+    let prefix = format!("/cassette-bench/{}", uuid::Uuid::now_v7().simple());
+    let mut replicas = Vec::new();
+    let mut targets = Vec::new();
+    for r in 0..options.replicas.max(1) {
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            probe.local_addr()?
+        };
+        let mut command = std::process::Command::new(sibling_binary("cassette-rules")?);
+        command.args([
+            "--listen",
+            &addr.to_string(),
+            "--log",
+            "warn",
+            "--http-listen",
+            "off",
+        ]);
+        if options.etcd_endpoints.is_empty() {
+            command.arg("--data-dir").arg(dir.path().join("data"));
+        } else {
+            command
+                .args([
+                    "--store",
+                    "etcd",
+                    "--etcd-prefix",
+                    &prefix,
+                    "--etcd-endpoints",
+                ])
+                .arg(options.etcd_endpoints.join(","))
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("unused-{r}")));
+        }
+        replicas.push(Guarded(command.spawn()?));
+        targets.push(Target::Http(format!("http://{addr}")));
+    }
+    let pids: Vec<u32> = replicas.iter().map(|r| r.0.id()).collect();
+    let rss = || -> anyhow::Result<u64> { pids.iter().map(|p| rss_kib(*p)).sum() };
+    let target = targets[0].clone();
     let control = connect_retrying(&target).await?;
     let client = FirewallServiceClient::new(control.clone());
-    let rss_idle = rss_kib(pid)?;
+    for other in &targets[1..] {
+        connect_retrying(other).await?;
+    }
+    let rss_idle = rss()?;
 
     let n = options.enforcers.max(1);
     let instances: Vec<String> = (0..n).map(|i| format!("fan-{i}")).collect();
@@ -84,16 +119,24 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         created.elapsed().as_secs_f64()
     );
 
-    let mut channels = Vec::new();
-    for _ in 0..options.connections.max(1) {
-        channels.push(target.connect().await?);
+    // Each replica gets its share of the connections; enforcer i streams to
+    // replica i % replicas.
+    let per_replica = (options.connections / options.replicas.max(1)).max(1);
+    let mut channels: Vec<Vec<Channel>> = Vec::new();
+    for replica in &targets {
+        let mut own = Vec::new();
+        for _ in 0..per_replica {
+            own.push(replica.connect().await?);
+        }
+        channels.push(own);
     }
-    let rss_before = rss_kib(pid)?;
+    let rss_before = rss()?;
     let started = Instant::now();
     let mut enforcers = Vec::new();
     for (i, id) in instances.iter().enumerate() {
+        let replica = i % targets.len();
         let config = Config {
-            rules: vec![target.clone()],
+            rules: vec![targets[replica].clone()],
             keepalive: Default::default(),
             tls: None,
             instance: InstanceId::parse(id)?,
@@ -103,8 +146,9 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             report_interval: Duration::from_secs(3600),
             state_dir: None,
         };
+        let own = &channels[replica];
         let enforcer = Enforcer::new(config, MemoryKernel::default())
-            .with_channel(channels[i % channels.len()].clone());
+            .with_channel(own[(i / targets.len()) % own.len()].clone());
         enforcers.push(tokio::spawn(enforcer.run(std::future::pending())));
     }
     run_all(&instances, 64, |id| {
@@ -113,7 +157,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     })
     .await?;
     let connect_seconds = started.elapsed().as_secs_f64();
-    let rss_connected = rss_kib(pid)?;
+    let rss_connected = rss()?;
     eprintln!("fanout: {n} enforcers connected and synced in {connect_seconds:.1}s");
 
     // Changes at a fixed rate; each toggles default-ssh on a random instance.
@@ -154,16 +198,18 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         latencies.push(change.await??);
     }
     let elapsed = Duration::from_secs(options.duration).as_secs_f64();
-    let rss_loaded = rss_kib(pid)?;
+    let rss_loaded = rss()?;
     for enforcer in enforcers {
         enforcer.abort();
     }
-    drop(rules);
+    drop(replicas);
 
     let per_enforcer = (rss_connected.saturating_sub(rss_before)) as f64 / f64::from(n);
     Ok(json!({
         "bench": "fanout",
         "enforcers": n,
+        "replicas": targets.len(),
+        "store": if options.etcd_endpoints.is_empty() { "sled" } else { "etcd" },
         "connections": options.connections,
         "rate": options.rate,
         "changes": sent,
