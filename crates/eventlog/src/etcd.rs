@@ -37,7 +37,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::{decode, hash, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
+use crate::{decode, hash, u64_prefix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 pub use crate::etcd_shared::{SharedChange, SharedWriter};
 
@@ -333,13 +333,14 @@ impl EtcdLog {
         }
     }
 
-    /// Wakes (coalesced) every time any writer appends: a watch on the head
-    /// key, re-created on another member when a stream ends (after a
+    /// The log's head sequence as the last append by any writer left it
+    /// (`u64::MAX`: unknown, after the watch was (re)opened), from a watch on
+    /// the head key re-created on another member when a stream ends (after a
     /// compaction a watch would be cancelled; readers re-read by sequence, so
     /// the watch only says *when*, never *what*). Ends when the receiver is
     /// dropped.
-    pub fn head_changes(&self) -> tokio::sync::mpsc::Receiver<()> {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+    pub fn head_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        let (tx, rx) = tokio::sync::watch::channel(u64::MAX);
         let channels = self.channels.clone();
         let auth = self.auth.clone();
         let key = self.head_key();
@@ -348,33 +349,24 @@ impl EtcdLog {
             while !tx.is_closed() {
                 let channel = channels[member % channels.len()].clone();
                 member += 1;
-                let mut client = api::watch_client::WatchClient::new(auth.member(&channel));
-                let (requests, outbound) = tokio::sync::mpsc::channel(1);
-                let create = api::WatchRequest {
-                    request_union: Some(api::watch_request::RequestUnion::CreateRequest(
-                        api::WatchCreateRequest {
-                            key: key.clone(),
-                            ..Default::default()
-                        },
-                    )),
+                let create = api::WatchCreateRequest {
+                    key: key.clone(),
+                    ..Default::default()
                 };
-                if requests.send(create).await.is_err() {
-                    return;
-                }
-                let stream = tokio_stream::wrappers::ReceiverStream::new(outbound);
-                match client.watch(stream).await {
-                    Ok(response) => {
-                        let mut responses = response.into_inner();
+                match open_watch(&auth, &channel, create).await {
+                    Ok((_requests, mut responses)) => {
                         // Whatever happened while no watch was open is read now.
-                        let _ = tx.try_send(());
+                        tx.send_replace(u64::MAX);
                         loop {
                             tokio::select! {
                                 () = tx.closed() => return,
                                 message = responses.message() => match message {
                                     Ok(Some(answer)) if answer.canceled => break,
                                     Ok(Some(answer)) => {
-                                        if !answer.events.is_empty() {
-                                            let _ = tx.try_send(());
+                                        let last = answer.events.into_iter().filter_map(|e| e.kv).next_back();
+                                        if let Some(kv) = last {
+                                            let sequence = head_of(Some(kv.value)).map_or(u64::MAX, |h| h.sequence);
+                                            tx.send_replace(sequence);
                                         }
                                     }
                                     _ => break,
@@ -389,7 +381,6 @@ impl EtcdLog {
                         }
                     }
                 }
-                drop(requests);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
@@ -630,6 +621,18 @@ impl EtcdLog {
     /// Checks the hash chain record by record (pages of [`VERIFY_PAGE`]) and
     /// the head anchor against the last record.
     pub async fn verify(&self) -> Result<Verification, LogError> {
+        self.verify_each(|_| Ok(())).await
+    }
+
+    /// [`EtcdLog::verify`], handing each good record to `visit` in order (so
+    /// one pass both checks and replays the log, as the sled log's
+    /// `verify_each`). A record `visit` refuses is reported as the first bad
+    /// one. Other replicas may append meanwhile: the walk ends at a head
+    /// anchor it has reached, not at the first empty page.
+    pub async fn verify_each(
+        &self,
+        mut visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
         let mut previous = Head {
             sequence: 0,
             hash: GENESIS_HASH,
@@ -649,11 +652,28 @@ impl EtcdLog {
                 Err(e) => return Err(e),
             };
             if page.is_empty() {
+                let anchor = self.head().await?;
+                if anchor.sequence > previous.sequence
+                    && !self.read_after(previous.sequence, 1).await?.is_empty()
+                {
+                    // Appended since the page was read: read on.
+                    continue;
+                }
+                if anchor != previous {
+                    let reason = format!(
+                        "the head anchor says record {} but the log ends at {} (or their hashes differ)",
+                        anchor.sequence, previous.sequence
+                    );
+                    return Ok(bad(previous.sequence + 1, reason, checked, previous));
+                }
                 break;
             }
             for record in page {
                 if record.prev_hash != previous.hash {
                     let reason = format!("does not link to record {}", previous.sequence);
+                    return Ok(bad(record.event.sequence, reason, checked, previous));
+                }
+                if let Err(reason) = visit(&record) {
                     return Ok(bad(record.event.sequence, reason, checked, previous));
                 }
                 checked += 1;
@@ -662,14 +682,6 @@ impl EtcdLog {
                     hash: record.hash,
                 };
             }
-        }
-        let anchor = self.head().await?;
-        if anchor != previous {
-            let reason = format!(
-                "the head anchor says record {} but the log ends at {} (or their hashes differ)",
-                anchor.sequence, previous.sequence
-            );
-            return Ok(bad(previous.sequence + 1, reason, checked, previous));
         }
         Ok(Verification {
             events_checked: checked,
@@ -719,6 +731,33 @@ impl EtcdLog {
         }
         Ok(records)
     }
+}
+
+/// Opens a watch on `channel`'s member. etcd answers the stream (headers
+/// included) only once it has the create request, so that goes in before the
+/// call is awaited; the stream lasts as long as the returned sender.
+pub(crate) async fn open_watch(
+    auth: &Auth,
+    channel: &Channel,
+    create: api::WatchCreateRequest,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<api::WatchRequest>,
+        tonic::Streaming<api::WatchResponse>,
+    ),
+    tonic::Status,
+> {
+    let (requests, outbound) = tokio::sync::mpsc::channel(1);
+    let create = api::WatchRequest {
+        request_union: Some(api::watch_request::RequestUnion::CreateRequest(create)),
+    };
+    // The receiver is alive until the call below takes it.
+    let _ = requests.send(create).await;
+    let responses = api::watch_client::WatchClient::new(auth.member(channel))
+        .watch(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    Ok((requests, responses))
 }
 
 /// Whether a failed etcd call may succeed on another try or member.
@@ -798,10 +837,6 @@ fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
         sequence: 0,
         reason: format!("malformed record key {:?}", String::from_utf8_lossy(key)),
     })
-}
-
-fn u64_prefix(bytes: &[u8]) -> u64 {
-    crate::u64_prefix(bytes)
 }
 
 #[cfg(test)]

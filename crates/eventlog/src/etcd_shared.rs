@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
 
 use super::etcd::api;
-use super::etcd::{needs_token, prefix_end, Auth, EtcdLog};
+use super::etcd::{needs_token, open_watch, prefix_end, Auth, EtcdLog};
 
 /// A change of another replica's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,29 +245,22 @@ async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
                 }
             }
         }
-        let (requests, outbound) = mpsc::channel(1);
-        let create = api::WatchRequest {
-            request_union: Some(api::watch_request::RequestUnion::CreateRequest(
-                api::WatchCreateRequest {
-                    key: root.clone(),
-                    range_end: end.clone(),
-                    start_revision: revision + 1,
-                    ..Default::default()
-                },
-            )),
+        let create = api::WatchCreateRequest {
+            key: root.clone(),
+            range_end: end.clone(),
+            start_revision: revision + 1,
+            ..Default::default()
         };
-        if requests.send(create).await.is_err() {
-            return;
-        }
-        let mut watch = api::watch_client::WatchClient::new(space.auth.member(&channel));
-        let Ok(stream) = watch
-            .watch(tokio_stream::wrappers::ReceiverStream::new(outbound))
-            .await
-        else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
+        let (_requests, mut stream) = match open_watch(&space.auth, &channel, create).await {
+            Ok(opened) => opened,
+            Err(status) => {
+                if needs_token(&status) {
+                    let _ = space.auth.refresh(&channel).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
         };
-        let mut stream = stream.into_inner();
         loop {
             match stream.message().await {
                 Ok(Some(answer)) if !answer.canceled => {
@@ -285,7 +278,6 @@ async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
                 _ => break,
             }
         }
-        drop(requests);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -103,9 +103,9 @@ impl Log {
         }
     }
 
-    /// Wakes when another writer may have appended (a replica on a shared
-    /// log); `None` when this process is the only writer (sled).
-    pub fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+    /// The head sequence other writers' appends left (`u64::MAX`: unknown,
+    /// look) on a shared log; `None` when this process is the only writer (sled).
+    pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         match self {
             Log::Sled(_) => None,
             Log::Etcd(log) => Some(log.head_changes()),

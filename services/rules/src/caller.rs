@@ -23,36 +23,46 @@ pub struct Authenticate(pub Arc<Authenticator>);
 impl Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let certificates = peer_certificates(&request);
-        let header = |name: &'static str| -> Result<Option<&str>, Status> {
-            request
-                .metadata()
-                .get(name)
-                .map(|v| v.to_str())
-                .transpose()
-                .map_err(|_| {
-                    crate::status::invalid(cassette_model::ValidationError::new(
-                        name,
-                        "must be printable ASCII",
-                    ))
-                })
-        };
-        let credentials = Credentials {
-            certificate: certificates
-                .as_ref()
-                .and_then(|c| c.first())
-                .map(|c| c.as_ref()),
-            authorization: header("authorization")?,
-            actor: header(ACTOR_METADATA)?,
-            on_behalf_of: header(ON_BEHALF_OF_METADATA)?,
-        };
-        let caller = self
-            .0
-            .authenticate(&credentials)
-            .inspect_err(|error| tracing::info!(%error, "request refused by authentication"))
-            .map_err(crate::status::refused)?;
+        let certificate = certificates
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref());
+        let caller = authenticate(&self.0, request.metadata().as_ref(), certificate)?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
+}
+
+/// The caller from a request's headers (the bearer token, and the identity
+/// headers) and its verified client certificate, if TLS asked for one: what
+/// the gRPC interceptor and the console's JSON API both use.
+pub fn authenticate(
+    authenticator: &Authenticator,
+    headers: &axum::http::HeaderMap,
+    certificate: Option<&[u8]>,
+) -> Result<Caller, Status> {
+    let header = |name: &'static str| -> Result<Option<&str>, Status> {
+        headers
+            .get(name)
+            .map(|v| v.to_str())
+            .transpose()
+            .map_err(|_| {
+                crate::status::invalid(cassette_model::ValidationError::new(
+                    name,
+                    "must be printable ASCII",
+                ))
+            })
+    };
+    let credentials = Credentials {
+        certificate,
+        authorization: header("authorization")?,
+        actor: header(ACTOR_METADATA)?,
+        on_behalf_of: header(ON_BEHALF_OF_METADATA)?,
+    };
+    authenticator
+        .authenticate(&credentials)
+        .inspect_err(|error| tracing::info!(%error, "request refused by authentication"))
+        .map_err(crate::status::refused)
 }
 
 /// The client's certificate chain, over TCP or a Unix socket.

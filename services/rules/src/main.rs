@@ -179,10 +179,6 @@ impl EtcdArgs {
             config.credentials = Some((user.clone(), password.clone()));
         }
         if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
-            let read = |path: &PathBuf, what: &str| {
-                std::fs::read(path)
-                    .with_context(|| format!("cannot read {what} {}", path.display()))
-            };
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &self.etcd_ca {
                 tls = tls.ca_certificate(Certificate::from_pem(read(ca, "--etcd-ca")?));
@@ -240,9 +236,6 @@ impl SecurityArgs {
     /// The service's security from the flags, reading every file now so a
     /// bad one stops the start with its name.
     fn security(&self) -> anyhow::Result<Security> {
-        let read = |path: &PathBuf, what: &str| {
-            std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
-        };
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             if self.policy.is_some() || self.client_ca.is_some() {
                 bail!("--policy and --client-ca need --tls-cert and --tls-key");
@@ -414,10 +407,7 @@ async fn health(
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
     let tls = match tls_ca {
         Some(path) => Some(
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
-                std::fs::read(path)
-                    .with_context(|| format!("cannot read --tls-ca {}", path.display()))?,
-            )),
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(path, "--tls-ca")?)),
         ),
         None => None,
     };
@@ -451,6 +441,11 @@ async fn health(
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+}
+
+/// A file a flag names, read now so a bad one stops the start with its name.
+fn read(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
 }
 
 async fn bind(listen: &Listen) -> anyhow::Result<Listener> {

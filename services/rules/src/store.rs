@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
-use cassette_eventlog::{EventLog, Head, Log, LogError, Record, GENESIS_HASH};
+use cassette_eventlog::{EventLog, Head, Log, LogError, Record};
 use cassette_model::{
     decide, fold, ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId, RequestId,
     RuleId,
@@ -132,18 +132,16 @@ impl Projection {
         Ok(())
     }
 
-    /// Folds a record another replica appended, keeping the expiry schedule
-    /// in step (a replay at start-up indexes expiries once, at the end).
+    /// Folds a record another replica appended and installs the result, so
+    /// the expiry schedule stays in step (a replay at start-up indexes
+    /// expiries once, at the end).
     fn catch_up(&mut self, event: &Event) -> Result<(), FoldError> {
-        if let Some(old) = self.firewalls.get(&event.instance_id) {
-            for key in expiry_keys(old) {
-                self.expiries.remove(&key);
-            }
-        }
-        self.replay(event)?;
-        if let Some(new) = self.firewalls.get(&event.instance_id) {
-            self.expiries.extend(expiry_keys(new));
-        }
+        let current = self
+            .firewalls
+            .get(&event.instance_id)
+            .map(|f| Firewall::clone(f));
+        self.install(Arc::new(fold(current, event)?));
+        self.record_request(event);
         Ok(())
     }
 
@@ -159,8 +157,9 @@ impl Projection {
 
 enum WriterMessage {
     Mutate(Mutation, Reply),
-    /// Another replica appended: read what is new into the projection.
-    CatchUp,
+    /// A writer left the log's head at this sequence (`u64::MAX`: unknown):
+    /// read what is new into the projection, unless it was this writer.
+    CatchUp(u64),
     /// Commit what is queued before this, then stop.
     Drain(oneshot::Sender<()>),
 }
@@ -257,21 +256,19 @@ impl Store {
         let log = EtcdLog::connect(config)?;
         let mut projection = Projection::default();
         let mut last_time = SystemTime::UNIX_EPOCH;
-        let mut head = Head {
-            sequence: 0,
-            hash: GENESIS_HASH,
-        };
-        loop {
-            let page = log.read_after(head.sequence, REPLAY_PAGE).await?;
-            if page.is_empty() {
-                break;
-            }
-            for record in page {
-                follow_chain(&mut head, &record)?;
-                projection.replay(&record.event)?;
+        let verification = log
+            .verify_each(|record| {
+                projection
+                    .replay(&record.event)
+                    .map_err(|e| e.to_string())?;
                 last_time = last_time.max(record.event.commit_time);
-            }
+                Ok(())
+            })
+            .await?;
+        if let Some((sequence, reason)) = verification.first_bad {
+            return Err(StoreError::Unverified { sequence, reason });
         }
+        let head = verification.head;
         projection.index_expiries();
         let stats = OpenStats {
             events: head.sequence,
@@ -330,8 +327,9 @@ impl Store {
             // at its next conflict, and the next change wakes it again.
             let queue = tx.clone();
             tokio::spawn(async move {
-                while changes.recv().await.is_some() {
-                    match queue.try_send(WriterMessage::CatchUp) {
+                while changes.changed().await.is_ok() {
+                    let head = *changes.borrow_and_update();
+                    match queue.try_send(WriterMessage::CatchUp(head)) {
                         Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
@@ -608,7 +606,11 @@ impl Writer {
             while let Some(message) = next.take() {
                 match message {
                     WriterMessage::Mutate(mutation, reply) => batch.push((mutation, reply)),
-                    WriterMessage::CatchUp => catch_up = true,
+                    // Its own appends come back through the watch too:
+                    // only a head beyond this writer's is news.
+                    WriterMessage::CatchUp(head) => {
+                        catch_up |= head > self.log_head.sequence;
+                    }
                     WriterMessage::Drain(done) => {
                         drained = Some(done);
                         break;
@@ -681,16 +683,14 @@ impl Writer {
             if let Err(error) = self.catch_up().await {
                 tracing::warn!(%error, "cannot catch up with the other replicas");
                 let reason = format!("{error}; the change was not stored");
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
-                }
+                refuse(batch.into_iter().map(|(_, reply)| reply), &reason);
                 return;
             }
         }
-        let reason = "other replicas kept appending first; the change was not stored";
-        for (_, reply) in batch {
-            let _ = reply.send(Err(StoreError::WriteFailed(reason.to_owned())));
-        }
+        refuse(
+            batch.into_iter().map(|(_, reply)| reply),
+            "other replicas kept appending first; the change was not stored",
+        );
     }
 
     /// One attempt; the batch back if another writer appended first.
@@ -736,9 +736,7 @@ impl Writer {
                 let reason = format!(
                     "{error}; whether the change was stored is unknown: retry with the same request_id"
                 );
-                for (_, reply, _, _) in outcomes {
-                    let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
-                }
+                refuse(outcomes.into_iter().map(|(_, reply, _, _)| reply), &reason);
                 return None;
             }
             Err(error) => {
@@ -750,9 +748,7 @@ impl Writer {
                         "{error}; whether the change was stored is unknown: retry with the same request_id once the service is back"
                     ),
                 };
-                for (_, reply, _, _) in outcomes {
-                    let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
-                }
+                refuse(outcomes.into_iter().map(|(_, reply, _, _)| reply), &reason);
                 self.failed.send_replace(Some(error.to_string()));
                 return None;
             }
@@ -907,6 +903,13 @@ fn share_sync_state(
             board.record_remote(&instance, &change.replica, status);
         }
     });
+}
+
+/// Answers every caller of a batch that was not committed.
+fn refuse(replies: impl Iterator<Item = Reply>, reason: &str) {
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::WriteFailed(reason.to_owned())));
+    }
 }
 
 /// Moves `head` to `record` if it is the next record and links to it.

@@ -21,14 +21,13 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use cassette_auth::{Authenticator, Caller, Credentials};
+use cassette_auth::{Authenticator, Caller};
 use cassette_proto::ProtoJson;
 use tonic::Status;
 
 use crate::api::FirewallApi;
-use crate::caller::{ACTOR_METADATA, ON_BEHALF_OF_METADATA};
 use crate::limits::{Limits, Slots};
-use crate::status::{self, http_error};
+use crate::status::http_error;
 use crate::store::Store;
 
 pub use server::{serve, HttpTls, HttpTlsError};
@@ -64,30 +63,7 @@ impl Console {
     /// The caller, from the same headers the gRPC interceptor reads (a
     /// bearer token, and in development mode `x-actor`); no certificate.
     fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Status> {
-        let header = |name: &'static str| -> Result<Option<&str>, Status> {
-            headers
-                .get(name)
-                .map(|v| v.to_str())
-                .transpose()
-                .map_err(|_| {
-                    status::invalid(cassette_model::ValidationError::new(
-                        name,
-                        "must be printable ASCII",
-                    ))
-                })
-        };
-        let credentials = Credentials {
-            certificate: None,
-            authorization: header("authorization")?,
-            actor: header(ACTOR_METADATA)?,
-            on_behalf_of: header(ON_BEHALF_OF_METADATA)?,
-        };
-        self.authenticator
-            .authenticate(&credentials)
-            .inspect_err(
-                |error| tracing::info!(%error, "console request refused by authentication"),
-            )
-            .map_err(status::refused)
+        crate::caller::authenticate(&self.authenticator, headers, None)
     }
 
     /// A gRPC answer as the JSON API's: the message in protobuf JSON, or the
