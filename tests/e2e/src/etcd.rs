@@ -19,6 +19,15 @@ pub fn available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// True (and says so) when `test` cannot run here for want of etcd.
+pub fn skip(test: &str) -> bool {
+    if available() {
+        return false;
+    }
+    eprintln!("{test}: skipped, needs Debian's etcd-server (scripts/test.sh installs it)");
+    true
+}
+
 pub struct Member {
     pub name: String,
     pub client_url: String,
@@ -158,57 +167,40 @@ impl EtcdCluster {
         }
     }
 
-    /// Compacts the cluster's history up to its current revision (what
-    /// etcd's auto-compaction does on a schedule), through the JSON gateway.
-    pub async fn compact(&self) {
-        let member = self
+    /// The first running member's client URL.
+    fn running(&self) -> &str {
+        &self
             .members
             .iter()
             .find(|m| m.child.is_some())
-            .expect("a running member");
-        let post = |path: &'static str, body: String| {
-            let url = format!("{}{path}", member.client_url);
-            async move {
-                let output = tokio::process::Command::new("curl")
-                    .args([
-                        "--silent",
-                        "--max-time",
-                        "10",
-                        "-X",
-                        "POST",
-                        "-d",
-                        &body,
-                        &url,
-                    ])
-                    .output()
-                    .await
-                    .expect("run curl");
-                serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap_or_else(|e| {
-                    panic!("{path}: {e}: {}", String::from_utf8_lossy(&output.stdout))
-                })
-            }
-        };
-        let status = post("/v3/maintenance/status", "{}".into()).await;
+            .expect("a running member")
+            .client_url
+    }
+
+    /// Compacts the cluster's history up to its current revision (what
+    /// etcd's auto-compaction does on a schedule), through the JSON gateway.
+    pub async fn compact(&self) {
+        let url = self.running();
+        let status = gateway(url, "/v3/maintenance/status", serde_json::json!({}))
+            .await
+            .expect("the cluster's status");
         let revision = status["header"]["revision"]
             .as_str()
             .and_then(|r| r.parse::<u64>().ok())
             .expect("the cluster's revision");
-        let compacted = post(
-            "/v3/kv/compaction",
-            format!(r#"{{"revision": "{revision}", "physical": true}}"#),
-        )
-        .await;
-        assert!(compacted.get("header").is_some(), "compaction: {compacted}");
+        let body = serde_json::json!({ "revision": revision.to_string(), "physical": true });
+        let compacted = gateway(url, "/v3/kv/compaction", body).await;
+        assert!(
+            compacted
+                .as_ref()
+                .is_some_and(|c| c.get("header").is_some()),
+            "compaction: {compacted:?}"
+        );
     }
 
     /// Turns on etcd's authentication with `user` (given the root role) and
     /// `password`, through the JSON gateway of the first running member.
     pub async fn enable_auth(&self, user: &str, password: &str) {
-        let member = self
-            .members
-            .iter()
-            .find(|m| m.child.is_some())
-            .expect("a running member");
         for (path, body) in [
             ("/v3/auth/role/add", serde_json::json!({ "name": "root" })),
             (
@@ -221,16 +213,11 @@ impl EtcdCluster {
             ),
             ("/v3/auth/enable", serde_json::json!({})),
         ] {
-            let url = format!("{}{path}", member.client_url);
-            let output = tokio::process::Command::new("curl")
-                .args(["--silent", "--max-time", "10", "-X", "POST", "-d"])
-                .arg(body.to_string())
-                .arg(&url)
-                .output()
-                .await
-                .expect("run curl");
-            let answer = String::from_utf8_lossy(&output.stdout).into_owned();
-            assert!(answer.contains("header"), "{path}: {answer}");
+            let answer = gateway(self.running(), path, body).await;
+            assert!(
+                answer.as_ref().is_some_and(|a| a.get("header").is_some()),
+                "{path}: {answer:?}"
+            );
         }
     }
 
@@ -246,10 +233,6 @@ impl EtcdCluster {
             })
             .collect()
     }
-
-    pub fn data_dir(&self, i: usize) -> &Path {
-        &self.members[i].data_dir
-    }
 }
 
 impl Drop for EtcdCluster {
@@ -263,24 +246,26 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// A member's status (its `/v3/maintenance/status`, through etcd's JSON gateway).
-async fn status(client_url: &str) -> Option<serde_json::Value> {
-    let url = format!("{client_url}/v3/maintenance/status");
+/// POSTs `body` to a member's JSON gateway (`path` under its client URL);
+/// the answer, if it is JSON.
+async fn gateway(
+    client_url: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Option<serde_json::Value> {
     let output = tokio::process::Command::new("curl")
-        .args([
-            "--silent",
-            "--max-time",
-            "2",
-            "-X",
-            "POST",
-            "-d",
-            "{}",
-            &url,
-        ])
+        .args(["--silent", "--max-time", "5", "-X", "POST", "-d"])
+        .arg(body.to_string())
+        .arg(format!("{client_url}{path}"))
         .output()
         .await
         .ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// A member's status (its `/v3/maintenance/status`, through etcd's JSON gateway).
+async fn status(client_url: &str) -> Option<serde_json::Value> {
+    let value = gateway(client_url, "/v3/maintenance/status", serde_json::json!({})).await?;
     // The gateway prints 64-bit numbers as strings.
     let number = |v: &serde_json::Value| {
         v.as_str()

@@ -444,19 +444,46 @@ pub async fn list_events(
 
 /// The text a `/metrics` endpoint on `addr` serves.
 pub fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = http(addr, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// A raw HTTP/1.1 request (the console, a `/metrics` endpoint); (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, PATIENCE).expect("connect to metrics");
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, PATIENCE)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream
         .set_read_timeout(Some(PATIENCE))
         .expect("read timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-        .expect("send request");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).expect("send");
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read metrics");
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// The value of an unlabelled metric in Prometheus text, if present.

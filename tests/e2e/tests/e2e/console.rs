@@ -4,10 +4,10 @@
 //! `target/console-screenshots/` for people to look at.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cassette_e2e::browser::{self, Browser};
-use cassette_e2e::get_firewall;
+use cassette_e2e::{get_firewall, http};
 use cassette_proto::pb;
 use fantoccini::Locator;
 use tokio::task::block_in_place;
@@ -308,43 +308,6 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
         .await;
     browser.screenshot("12-instances").await;
     browser.close().await;
-}
-
-/// Test helper: a raw HTTP/1.1 request to the console; (status, body).
-pub(crate) fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-        .expect("connect to the console");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {response}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,14 +11,6 @@ use cassette_eventlog::etcd::{EtcdConfig, EtcdLog, MAX_BATCH_EVENTS};
 use cassette_eventlog::{Head, LogError};
 use cassette_model::{ActorId, Event, EventPayload, InstanceId, RuleId};
 
-fn skip_without_etcd(test: &str) -> bool {
-    if etcd::available() {
-        return false;
-    }
-    eprintln!("{test}: skipped, needs Debian's etcd-server (scripts/test.sh installs it)");
-    true
-}
-
 fn event(sequence: u64, instance: &str, revision: u64) -> Event {
     let payload = if revision == 1 {
         EventPayload::FirewallCreated {
@@ -54,7 +46,7 @@ fn log_on(cluster: &EtcdCluster, prefix: &str) -> EtcdLog {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_log_appends_gaplessly_and_reads_back_by_sequence_and_instance() {
-    if skip_without_etcd("etcd_log_appends_gaplessly_and_reads_back_by_sequence_and_instance") {
+    if etcd::skip("etcd_log_appends_gaplessly_and_reads_back_by_sequence_and_instance") {
         return;
     }
     let cluster = EtcdCluster::start(3).await;
@@ -110,7 +102,7 @@ async fn etcd_log_appends_gaplessly_and_reads_back_by_sequence_and_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_log_refuses_what_does_not_continue_it_and_what_etcd_cannot_take() {
-    if skip_without_etcd("etcd_log_refuses_what_does_not_continue_it_and_what_etcd_cannot_take") {
+    if etcd::skip("etcd_log_refuses_what_does_not_continue_it_and_what_etcd_cannot_take") {
         return;
     }
     let cluster = EtcdCluster::start(3).await;
@@ -156,7 +148,7 @@ async fn etcd_log_refuses_what_does_not_continue_it_and_what_etcd_cannot_take() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_writers_racing_on_one_head_through_three_members_have_one_winner() {
-    if skip_without_etcd("fifty_writers_racing_on_one_head_through_three_members_have_one_winner") {
+    if etcd::skip("fifty_writers_racing_on_one_head_through_three_members_have_one_winner") {
         return;
     }
     let cluster = EtcdCluster::start(3).await;
@@ -204,8 +196,7 @@ async fn fifty_writers_racing_on_one_head_through_three_members_have_one_winner(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_log_keeps_every_acknowledged_append_through_leader_and_member_loss() {
-    if skip_without_etcd("etcd_log_keeps_every_acknowledged_append_through_leader_and_member_loss")
-    {
+    if etcd::skip("etcd_log_keeps_every_acknowledged_append_through_leader_and_member_loss") {
         return;
     }
     let mut cluster = EtcdCluster::start(3).await;
@@ -254,7 +245,7 @@ async fn etcd_log_keeps_every_acknowledged_append_through_leader_and_member_loss
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_quorum_an_append_is_unavailable_never_a_false_success() {
-    if skip_without_etcd("without_a_quorum_an_append_is_unavailable_never_a_false_success") {
+    if etcd::skip("without_a_quorum_an_append_is_unavailable_never_a_false_success") {
         return;
     }
     let mut cluster = EtcdCluster::start(3).await;
@@ -288,7 +279,7 @@ async fn without_a_quorum_an_append_is_unavailable_never_a_false_success() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_log_on_a_cluster_with_authentication_uses_its_credentials() {
-    if skip_without_etcd("etcd_log_on_a_cluster_with_authentication_uses_its_credentials") {
+    if etcd::skip("etcd_log_on_a_cluster_with_authentication_uses_its_credentials") {
         return;
     }
     let cluster = EtcdCluster::start(1).await;

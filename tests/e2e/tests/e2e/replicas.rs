@@ -11,14 +11,6 @@ use cassette_e2e::etcd::{self, EtcdCluster};
 use cassette_e2e::{binary, free_port, pb, tcp_target, Client, RulesProcess, PATIENCE};
 use tonic::Code;
 
-fn skip_without_etcd(test: &str) -> bool {
-    if etcd::available() {
-        return false;
-    }
-    eprintln!("{test}: skipped, needs Debian's etcd-server (scripts/test.sh installs it)");
-    true
-}
-
 struct Replicas {
     cluster: EtcdCluster,
     replicas: Vec<RulesProcess>,
@@ -120,9 +112,8 @@ fn add(instance: &str, port: u32) -> pb::AddRuleRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_fifty_concurrent_adds_of_one_port_over_three_replicas_have_one_winner() {
-    if skip_without_etcd(
-        "replicas_fifty_concurrent_adds_of_one_port_over_three_replicas_have_one_winner",
-    ) {
+    if etcd::skip("replicas_fifty_concurrent_adds_of_one_port_over_three_replicas_have_one_winner")
+    {
         return;
     }
     let mut replicas = Replicas::start(3).await;
@@ -155,7 +146,7 @@ async fn replicas_fifty_concurrent_adds_of_one_port_over_three_replicas_have_one
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_a_write_on_one_is_read_on_the_others_and_applied_by_an_enforcer_streaming_from_one(
 ) {
-    if skip_without_etcd("replicas_a_write_on_one_is_read_on_the_others_and_applied_by_an_enforcer_streaming_from_one") {
+    if etcd::skip("replicas_a_write_on_one_is_read_on_the_others_and_applied_by_an_enforcer_streaming_from_one") {
         return;
     }
     let mut replicas = Replicas::start(2).await;
@@ -208,7 +199,7 @@ async fn replicas_a_write_on_one_is_read_on_the_others_and_applied_by_an_enforce
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_without_an_etcd_quorum_refuse_writes_keep_reading_and_resume() {
-    if skip_without_etcd("replicas_without_an_etcd_quorum_refuse_writes_keep_reading_and_resume") {
+    if etcd::skip("replicas_without_an_etcd_quorum_refuse_writes_keep_reading_and_resume") {
         return;
     }
     let mut replicas = Replicas::start(2).await;
@@ -252,7 +243,7 @@ async fn replicas_without_an_etcd_quorum_refuse_writes_keep_reading_and_resume()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_and_its_enforcer_moves_on(
 ) {
-    if skip_without_etcd("replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_and_its_enforcer_moves_on") {
+    if etcd::skip("replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_and_its_enforcer_moves_on") {
         return;
     }
     let mut replicas = Replicas::start(2).await;
@@ -329,8 +320,7 @@ async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_another() {
-    if skip_without_etcd("replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_another")
-    {
+    if etcd::skip("replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_another") {
         return;
     }
     let mut replicas = Replicas::start(2).await;
@@ -399,7 +389,7 @@ async fn replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_anothe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_one_down_while_etcd_compacts_catches_up_on_return() {
-    if skip_without_etcd("replicas_one_down_while_etcd_compacts_catches_up_on_return") {
+    if etcd::skip("replicas_one_down_while_etcd_compacts_catches_up_on_return") {
         return;
     }
     let mut replicas = Replicas::start(2).await;
