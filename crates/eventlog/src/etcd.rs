@@ -151,6 +151,7 @@ impl Auth {
             .parse::<MetadataValue<Ascii>>()
             .map_err(|_| tonic::Status::internal("etcd gave a token that is not ASCII"))?;
         *self.token.write().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        tracing::info!(user = %credentials.0, "authenticated to etcd");
         Ok(())
     }
 }

@@ -41,14 +41,21 @@ pub struct EtcdCluster {
     pub members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    /// More flags for every member (`--auth-token-ttl 1`).
+    args: Vec<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster has a leader.
     pub async fn start(size: usize) -> Self {
+        Self::start_with(size, &[]).await
+    }
+
+    /// [`EtcdCluster::start`] with more flags for every member.
+    pub async fn start_with(size: usize, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cluster = Self::start_in(dir.path(), size).await;
+        let mut cluster = Self::launch(dir.path(), size, args).await;
         cluster._dir = Some(dir);
         cluster
     }
@@ -56,6 +63,10 @@ impl EtcdCluster {
     /// [`EtcdCluster::start`] with the members' data in `dir` (kept after
     /// the cluster stops: started again on it, the cluster has its data back).
     pub async fn start_in(dir: &Path, size: usize) -> Self {
+        Self::launch(dir, size, &[]).await
+    }
+
+    async fn launch(dir: &Path, size: usize, args: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("etcd directory");
         let token = format!("cassette-test-{}", uuid::Uuid::now_v7());
         let members: Vec<Member> = (0..size)
@@ -80,6 +91,7 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             _dir: None,
         };
         for i in 0..size {
@@ -117,6 +129,7 @@ impl EtcdCluster {
             // Elections in about a second, not ten.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "warn"])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -150,6 +163,24 @@ impl EtcdCluster {
             // Ask the leader itself next: only it says it is the leader.
         }
         None
+    }
+
+    /// Waits until member `i` answers and knows a leader (after a restart:
+    /// it has rejoined the cluster).
+    pub async fn wait_for_member(&self, i: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while status(&self.members[i].client_url)
+            .await
+            .is_none_or(|s| s["leader"].as_u64().unwrap_or(0) == 0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "etcd {} did not rejoin\n{}",
+                self.members[i].name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn wait_for_leader(&self) -> usize {
@@ -221,6 +252,24 @@ impl EtcdCluster {
         }
     }
 
+    /// A token etcd gives for `user` and `password` (auth enabled).
+    pub async fn authenticate(&self, user: &str, password: &str) -> String {
+        let body = serde_json::json!({ "name": user, "password": password });
+        let answer = gateway(self.running(), "/v3/auth/authenticate", body).await;
+        answer
+            .as_ref()
+            .and_then(|a| a["token"].as_str())
+            .unwrap_or_else(|| panic!("authenticate: {answer:?}"))
+            .to_owned()
+    }
+
+    /// Whether etcd still takes `token` (it reads `/cassette` with it).
+    pub async fn token_accepted(&self, token: &str) -> bool {
+        let body = serde_json::json!({ "key": "L2Nhc3NldHRl" });
+        let answer = gateway_with(self.running(), "/v3/kv/range", body, Some(token)).await;
+        answer.is_some_and(|a| a.get("header").is_some())
+    }
+
     pub fn logs(&self) -> String {
         self.members
             .iter()
@@ -253,7 +302,21 @@ async fn gateway(
     path: &str,
     body: serde_json::Value,
 ) -> Option<serde_json::Value> {
-    let output = tokio::process::Command::new("curl")
+    gateway_with(client_url, path, body, None).await
+}
+
+/// [`gateway`] with etcd's auth `token`.
+async fn gateway_with(
+    client_url: &str,
+    path: &str,
+    body: serde_json::Value,
+    token: Option<&str>,
+) -> Option<serde_json::Value> {
+    let mut curl = tokio::process::Command::new("curl");
+    if let Some(token) = token {
+        curl.args(["-H", &format!("Authorization: {token}")]);
+    }
+    let output = curl
         .args(["--silent", "--max-time", "5", "-X", "POST", "-d"])
         .arg(body.to_string())
         .arg(format!("{client_url}{path}"))

@@ -5,6 +5,8 @@
 //! keep serving.
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cassette_e2e::etcd::{self, EtcdCluster};
@@ -20,25 +22,37 @@ struct Replicas {
 
 impl Replicas {
     async fn start(n: usize) -> Self {
-        let cluster = EtcdCluster::start(3).await;
+        Self::on(EtcdCluster::start(3).await, n, None).await
+    }
+
+    /// `n` replicas on `cluster`, logging in as `credentials` (user, password).
+    async fn on(cluster: EtcdCluster, n: usize, credentials: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let endpoints = cluster.endpoints().join(",");
         let mut replicas = Vec::new();
         let mut clients = Vec::new();
         for i in 0..n {
             let addr = free_port();
-            let replica = RulesProcess::spawn(
+            let mut command = Command::new(binary("cassette-rules"));
+            let mut extra = vec![
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                &endpoints,
+                "--etcd-append-deadline",
+                "3s",
+            ];
+            if let Some((user, password)) = credentials {
+                extra.extend(["--etcd-user", user]);
+                command.env("CASSETTE_ETCD_PASSWORD", password);
+            }
+            let replica = RulesProcess::spawn_command(
+                command,
                 &dir.path().join(format!("replica-{i}")),
                 &addr.to_string(),
                 tcp_target(addr),
-                &[
-                    "--store",
-                    "etcd",
-                    "--etcd-endpoints",
-                    &endpoints,
-                    "--etcd-append-deadline",
-                    "3s",
-                ],
+                &extra,
+                None,
             )
             .await;
             clients.push(replica.client().await);
@@ -100,6 +114,91 @@ impl Drop for FileEnforcer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Two writers per client add ports of `instance` until stopped, each
+/// recording what was acknowledged.
+struct WriteLoad {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<u32>>>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl WriteLoad {
+    fn start(clients: &[Client], instance: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let writers = (0..2 * clients.len() as u32)
+            .map(|w| {
+                let mut client = clients[w as usize % clients.len()].clone();
+                let (stop, acked, instance) = (stop.clone(), acked.clone(), instance.to_owned());
+                tokio::spawn(async move {
+                    for i in 0..1000u32 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let port = 10_000 + w * 1000 + i;
+                        if client.add_rule(add(&instance, port)).await.is_ok() {
+                            acked.lock().unwrap().push(port);
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            acked,
+            writers,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `more` writes beyond those acknowledged now are.
+    async fn continues(&self, more: usize, after: &str) {
+        let target = self.acked() + more;
+        let started = Instant::now();
+        while self.acked() < target {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "writes did not continue after {after}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "{more} writes acknowledged {:?} after {after}",
+            started.elapsed()
+        );
+    }
+
+    /// Stops the writers; every port acknowledged.
+    async fn stop(self) -> Vec<u32> {
+        self.stop.store(true, Ordering::Relaxed);
+        for writer in self.writers {
+            writer.await.unwrap();
+        }
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+/// Panics unless replica `i` holds every port in `acked`.
+async fn assert_none_lost(replicas: &mut Replicas, i: usize, acked: &[u32]) -> pb::Firewall {
+    let firewall = cassette_e2e::get_firewall(&mut replicas.clients[i], "web-1").await;
+    let held: std::collections::HashSet<u32> = firewall.rules.iter().map(|r| r.port).collect();
+    let lost: Vec<u32> = acked
+        .iter()
+        .copied()
+        .filter(|p| !held.contains(p))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "replica {i}: acknowledged but lost: {lost:?}"
+    );
+    firewall
 }
 
 fn add(instance: &str, port: u32) -> pb::AddRuleRequest {
@@ -257,44 +356,12 @@ async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_a
     );
     let enforcer = FileEnforcer::start(&rules, dir.path());
 
-    // Two writers per replica add ports until told to stop; each records
-    // what was acknowledged.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers: Vec<_> = (0..4u32)
-        .map(|w| {
-            let mut client = replicas.clients[(w % 2) as usize].clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut acked = vec![];
-                for i in 0..200u32 {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    let port = 10_000 + w * 1000 + i;
-                    if client.add_rule(add("web-1", port)).await.is_ok() {
-                        acked.push(port);
-                    }
-                }
-                acked
-            })
-        })
-        .collect();
+    let load = WriteLoad::start(&replicas.clients, "web-1");
     tokio::time::sleep(Duration::from_millis(300)).await;
     replicas.replicas[0].kill_9();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acked = vec![];
-    for writer in writers {
-        acked.extend(writer.await.unwrap());
-    }
-    let firewall = cassette_e2e::get_firewall(&mut replicas.clients[1], "web-1").await;
-    let held: std::collections::HashSet<u32> = firewall.rules.iter().map(|r| r.port).collect();
-    let lost: Vec<u32> = acked
-        .iter()
-        .copied()
-        .filter(|p| !held.contains(p))
-        .collect();
-    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    let acked = load.stop().await;
+    let firewall = assert_none_lost(&mut replicas, 1, &acked).await;
     eprintln!("{} acknowledged adds, none lost", acked.len());
 
     // The enforcer moved to B and has everything.
@@ -429,4 +496,90 @@ async fn replicas_one_down_while_etcd_compacts_catches_up_on_return() {
         .revision;
     replicas.clients[1] = client;
     replicas.seen(1, "web-1", next).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_writing_through_the_loss_of_an_etcd_follower_then_its_leader() {
+    if etcd::skip("replicas_keep_writing_through_the_loss_of_an_etcd_follower_then_its_leader") {
+        return;
+    }
+    let mut replicas = Replicas::start(2).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    replicas.seen(1, "web-1", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let enforcer = FileEnforcer::start(&replicas.replicas[1].target.to_string(), dir.path());
+    let load = WriteLoad::start(&replicas.clients, "web-1");
+    load.continues(20, "the start").await;
+
+    let leader = replicas.cluster.wait_for_leader().await;
+    let follower = (leader + 1) % 3;
+    replicas.cluster.kill_member(follower);
+    load.continues(50, "the loss of a follower").await;
+    replicas.cluster.start_member(follower);
+    replicas.cluster.wait_for_member(follower).await;
+
+    replicas.cluster.kill_member(leader);
+    load.continues(50, "the loss of the leader").await;
+    let elected = replicas.cluster.wait_for_leader().await;
+    assert_ne!(elected, leader);
+    let acked = load.stop().await;
+    eprintln!("{} acknowledged adds", acked.len());
+
+    let firewall = assert_none_lost(&mut replicas, 0, &acked).await;
+    replicas.seen(1, "web-1", firewall.revision).await;
+    assert_none_lost(&mut replicas, 1, &acked).await;
+    // The enforcer (streaming to B) has all of it; WaitForSync on A says so.
+    let synced = replicas.clients[0]
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision: firewall.revision,
+            timeout: Some(Duration::from_secs(20).try_into().unwrap()),
+        })
+        .await
+        .expect("WaitForSync on A")
+        .into_inner();
+    drop(enforcer);
+    assert!(synced.applied_revision >= firewall.revision, "{synced:?}");
+    let text = std::fs::read_to_string(dir.path().join("ruleset.nft")).unwrap();
+    let last = acked.iter().max().unwrap();
+    assert!(
+        text.contains(&last.to_string()),
+        "port {last} in the ruleset"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_a_secured_etcd_log_in_again_when_their_token_expires() {
+    if etcd::skip("replicas_on_a_secured_etcd_log_in_again_when_their_token_expires") {
+        return;
+    }
+    // Tokens idle for a second expire (etcd's default is five minutes).
+    let cluster = EtcdCluster::start_with(1, &["--auth-token-ttl", "1"]).await;
+    cluster.enable_auth("root", "root-password").await;
+    let mut replicas = Replicas::on(cluster, 2, Some(("root", "root-password"))).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    replicas.seen(1, "web-1", 1).await;
+    let token = replicas.cluster.authenticate("root", "root-password").await;
+    assert!(replicas.cluster.token_accepted(&token).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !replicas.cluster.token_accepted(&token).await,
+        "an idle token expired"
+    );
+    // Each replica's token expired the same way: writes through either go on.
+    for (i, port) in [(0, 8080), (1, 9090)] {
+        replicas.clients[i]
+            .add_rule(add("web-1", port))
+            .await
+            .unwrap_or_else(|s| panic!("replica {i} after its token expired: {s:?}"));
+    }
+    let revision = cassette_e2e::get_firewall(&mut replicas.clients[1], "web-1")
+        .await
+        .revision;
+    assert_eq!(revision, 3);
+    replicas.seen(0, "web-1", 3).await;
+    for (i, replica) in replicas.replicas.iter().enumerate() {
+        let logins = replica.log().matches("authenticated to etcd").count();
+        assert!(logins >= 2, "replica {i} logged in {logins} time(s)");
+    }
 }
