@@ -98,7 +98,7 @@ impl FirewallApi {
         let board = self.store.board();
         let mut status = board.watch_status(instance);
         let asked = SystemTime::now();
-        if status.borrow_and_update().connected == 0 {
+        if !status.borrow_and_update().is_connected() {
             return status.borrow().clone();
         }
         board.request_report(instance);
@@ -211,6 +211,8 @@ impl FirewallService for FirewallApi {
             let instance_id = InstanceId::parse(&request.instance_id).map_err(invalid)?;
             let firewall = self.store.get(&instance_id)?;
             Span::current().record("revision", firewall.revision);
+            // Hit counts from the enforcer, wherever it streams.
+            self.store.board().want_reports(&instance_id);
             Ok(self.present(&firewall))
         };
         in_span(span, answer).await

@@ -24,7 +24,7 @@ use crate::caller::caller;
 use crate::requests;
 use crate::status::{invalid, refused, stream_replaced, Violations};
 use crate::store::Store;
-use crate::sync::{Connection, Hello, Observed};
+use crate::sync::{Connection, Hello};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -309,10 +309,7 @@ async fn receive_acks(
             })) => state.record_ack(&ack).await,
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Report(report)),
-            })) => state
-                .store
-                .board()
-                .record_report(&state.instance, Observed::from_report(&report)),
+            })) => state.store.board().record_report(&state.instance, &report),
             Ok(Some(_)) => tracing::warn!("ignoring a message that is not an ack"),
             Ok(None) => break,
             Err(status) => {

@@ -16,6 +16,7 @@ pub mod enforcer_api;
 mod expiry;
 pub mod limits;
 pub mod metrics;
+mod peers;
 pub mod requests;
 mod status;
 pub mod store;

@@ -316,10 +316,12 @@ impl Store {
             last_time,
         };
         tokio::spawn(writer.run(rx));
-        if let Some((writer, changes)) =
-            log.share("sync", &uuid::Uuid::now_v7().to_string(), SHARED_TTL)
-        {
-            share_sync_state(&board, writer, changes);
+        if let Some((writer, changes)) = log.share(
+            "sync",
+            &uuid::Uuid::now_v7().to_string(),
+            crate::peers::SHARED_TTL,
+        ) {
+            crate::peers::share(&board, writer, changes);
         }
         if let Some(mut changes) = changes {
             // Another replica's append: the writer reads it in, in order with
@@ -866,43 +868,6 @@ impl Writer {
         }
         Ok(Answer::Firewall(firewall))
     }
-}
-
-/// How long a replica's published sync state outlives the replica (its
-/// etcd lease): an instance whose replica was killed shows no enforcer after
-/// at most this, until its enforcer reaches another replica.
-const SHARED_TTL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// On a shared log: what this replica's enforcer streams acknowledge is
-/// published for the others, and what theirs acknowledge shows here.
-fn share_sync_state(
-    board: &Arc<SyncBoard>,
-    writer: cassette_eventlog::etcd::SharedWriter,
-    mut changes: mpsc::Receiver<cassette_eventlog::etcd::SharedChange>,
-) {
-    use prost::Message;
-    board.set_publisher(Box::new(move |instance, snapshot| {
-        writer.publish(instance.as_str(), snapshot.to_pb(0).encode_to_vec());
-    }));
-    let board = board.clone();
-    tokio::spawn(async move {
-        while let Some(change) = changes.recv().await {
-            let Ok(instance) = InstanceId::parse(&change.name) else {
-                continue;
-            };
-            let status = match change.value {
-                None => None,
-                Some(bytes) => match cassette_proto::pb::SyncStatus::decode(bytes.as_slice()) {
-                    Ok(status) => Some(status),
-                    Err(error) => {
-                        tracing::warn!(%error, replica = %change.replica, "undecodable shared sync state");
-                        continue;
-                    }
-                },
-            };
-            board.record_remote(&instance, &change.replica, status);
-        }
-    });
 }
 
 /// Answers every caller of a batch that was not committed.

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use cassette_model::{Firewall, InstanceId};
 use cassette_proto::pb;
@@ -57,7 +57,25 @@ impl Observed {
     /// At most this many elements and sockets are read from one report.
     pub const MAX_ENTRIES: usize = 65_536;
 
+    /// A report from this replica's own stream, received now.
     pub fn from_report(report: &pb::Report) -> Self {
+        Self::received_at(report, SystemTime::now())
+    }
+
+    /// A report another replica's stream received, forwarded: as received
+    /// when the enforcer looked (never later than now), since a forwarded
+    /// report can be read long after it arrived (a replica following the
+    /// shared values from the start lists old ones).
+    pub fn forwarded(report: &pb::Report) -> Self {
+        let now = SystemTime::now();
+        let looked = report
+            .observe_time
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .map_or(now, |t| t.min(now));
+        Self::received_at(report, looked)
+    }
+
+    fn received_at(report: &pb::Report, received: SystemTime) -> Self {
         let mut by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)> = HashMap::new();
         for element in report.hits.iter().take(Self::MAX_ENTRIES) {
             let last = element
@@ -81,7 +99,7 @@ impl Observed {
             observed: report
                 .observe_time
                 .and_then(|t| SystemTime::try_from(t).ok()),
-            received: SystemTime::now(),
+            received,
             counted: report.hits_counted,
             by_rule,
             listening,
@@ -189,6 +207,10 @@ struct Channels {
     report_requests: watch::Sender<u64>,
     /// What other replicas published (replica -> its view), on a shared log.
     remote: Mutex<HashMap<String, pb::SyncStatus>>,
+    /// Until when another replica wants this one's reports of the instance.
+    forward_until: Mutex<Option<Instant>>,
+    /// When this replica last asked the others for the instance's reports.
+    asked_peers: Mutex<Option<Instant>>,
 }
 
 /// The latest durable revision of an instance, as the projection has it.
@@ -199,13 +221,25 @@ pub struct SyncBoard {
     instances: Mutex<HashMap<InstanceId, Arc<Channels>>>,
     committed: CommittedRevision,
     metrics: Arc<RulesMetrics>,
-    /// On a shared log: tells the other replicas what this one's streams
-    /// acknowledged.
-    publish: OnceLock<Publish>,
+    /// On a shared log: the other replicas.
+    peers: OnceLock<Box<dyn Peers>>,
 }
 
-/// Hands a local stream's sync state to the other replicas.
-pub type Publish = Box<dyn Fn(&InstanceId, &Snapshot) + Send + Sync>;
+/// What this replica tells the other replicas on a shared log (written in
+/// the background: never blocks).
+pub trait Peers: Send + Sync {
+    /// What this replica's stream for the instance acknowledged.
+    fn status(&self, instance: &InstanceId, status: pb::SyncStatus);
+    /// What the instance's enforcer reported to this replica, for replicas
+    /// that asked.
+    fn report(&self, instance: &InstanceId, report: &pb::Report);
+    /// Asks whichever replica has the instance's enforcer for its reports
+    /// (a fresh one now, then each one for [`REPORT_INTEREST`]).
+    fn ask_for_reports(&self, instance: &InstanceId);
+}
+
+/// How long a replica forwards an instance's reports after another asked.
+pub const REPORT_INTEREST: Duration = Duration::from_secs(60);
 
 impl SyncBoard {
     pub fn new(metrics: Arc<RulesMetrics>, committed: CommittedRevision) -> Self {
@@ -213,20 +247,76 @@ impl SyncBoard {
             instances: Mutex::default(),
             committed,
             metrics,
-            publish: OnceLock::new(),
+            peers: OnceLock::new(),
         }
     }
 
-    /// Shares local streams' sync state with other replicas from now on.
-    pub fn set_publisher(&self, publish: Publish) {
-        let _ = self.publish.set(publish);
+    /// Shares local streams' sync state and reports with other replicas
+    /// from now on.
+    pub fn set_peers(&self, peers: Box<dyn Peers>) {
+        let _ = self.peers.set(peers);
     }
 
     /// After a local stream changed the instance's state: tell the others.
     fn published(&self, instance: &InstanceId, channels: &Channels) {
-        if let Some(publish) = self.publish.get() {
-            publish(instance, &channels.status.borrow());
+        if let Some(peers) = self.peers.get() {
+            peers.status(instance, channels.status.borrow().to_pb(0));
         }
+    }
+
+    /// Another replica asked for the instance's reports: ask this replica's
+    /// stream (if it has the enforcer) for a fresh one, and forward each
+    /// report for [`REPORT_INTEREST`].
+    pub fn record_remote_ask(&self, instance: &InstanceId) {
+        if (self.committed)(instance) == 0 {
+            return;
+        }
+        let channels = self.channels(instance);
+        *lock(&channels.forward_until) = Some(Instant::now() + REPORT_INTEREST);
+        channels
+            .report_requests
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A report another replica's stream received, forwarded because this
+    /// one asked: shown here while no enforcer streams to this replica.
+    pub fn record_remote_report(&self, instance: &InstanceId, report: &pb::Report) {
+        if (self.committed)(instance) == 0 {
+            return;
+        }
+        let observed = Arc::new(Observed::forwarded(report));
+        self.channels(instance).status.send_if_modified(|s| {
+            let fresher = s
+                .observed
+                .as_ref()
+                .is_none_or(|o| o.received <= observed.received);
+            let take = s.connected == 0 && fresher;
+            if take {
+                s.observed = Some(observed);
+            }
+            take
+        });
+    }
+
+    /// Keeps another replica's reports of the instance coming while someone
+    /// reads it here (at most one ask per half [`REPORT_INTEREST`]).
+    pub fn want_reports(&self, instance: &InstanceId) {
+        let Some(peers) = self.peers.get() else {
+            return;
+        };
+        // Only an instance another replica's enforcer state shows here.
+        let Some(channels) = self.lock().get(instance).cloned() else {
+            return;
+        };
+        if !channels.status.borrow().remote_connected || channels.status.borrow().connected > 0 {
+            return;
+        }
+        let mut asked = lock(&channels.asked_peers);
+        if asked.is_some_and(|at| at.elapsed() < REPORT_INTEREST / 2) {
+            return;
+        }
+        *asked = Some(Instant::now());
+        peers.ask_for_reports(instance);
     }
 
     /// What another replica published about `instance` (`None`: it no longer
@@ -244,7 +334,7 @@ impl SyncBoard {
         }
         let channels = self.channels(instance);
         {
-            let mut remote = channels.remote.lock().unwrap_or_else(|p| p.into_inner());
+            let mut remote = lock(&channels.remote);
             match status {
                 Some(status) => remote.insert(replica.to_owned(), status),
                 None => remote.remove(replica),
@@ -256,7 +346,7 @@ impl SyncBoard {
     /// Shows the freshest remote view, unless a local stream is the truth.
     fn show_remote(&self, channels: &Channels) {
         let chosen = {
-            let remote = channels.remote.lock().unwrap_or_else(|p| p.into_inner());
+            let remote = lock(&channels.remote);
             let ack_time = |s: &pb::SyncStatus| {
                 s.last_ack_time
                     .and_then(|t| SystemTime::try_from(t).ok())
@@ -281,7 +371,7 @@ impl SyncBoard {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Arc<Channels>>> {
-        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.instances)
     }
 
     /// The instance's channels. New ones start at the projection's revision,
@@ -299,6 +389,8 @@ impl SyncBoard {
                     generation: watch::Sender::new(0),
                     report_requests: watch::Sender::new(0),
                     remote: Mutex::default(),
+                    forward_until: Mutex::default(),
+                    asked_peers: Mutex::default(),
                 })
             })
             .clone()
@@ -375,19 +467,32 @@ impl SyncBoard {
         self.published(instance, &channels);
     }
 
-    /// Keeps what the instance's enforcer last reported seeing.
-    pub fn record_report(&self, instance: &InstanceId, observed: Observed) {
-        let observed = Arc::new(observed);
-        self.channels(instance)
-            .status
-            .send_modify(|s| s.observed = Some(observed));
+    /// Keeps what the instance's enforcer last reported seeing (and
+    /// forwards it, if another replica asked for it lately).
+    pub fn record_report(&self, instance: &InstanceId, report: &pb::Report) {
+        let observed = Arc::new(Observed::from_report(report));
+        let channels = self.channels(instance);
+        channels.status.send_modify(|s| s.observed = Some(observed));
+        let forward = lock(&channels.forward_until).is_some_and(|until| Instant::now() < until);
+        if let Some(peers) = self.peers.get().filter(|_| forward) {
+            peers.report(instance, report);
+        }
     }
 
-    /// Asks the instance's live sync stream (if any) for a fresh report.
+    /// Asks the instance's enforcer for a fresh report: through this
+    /// replica's live sync stream, or else through the replica it streams to.
     pub fn request_report(&self, instance: &InstanceId) {
-        self.channels(instance)
+        let channels = self.channels(instance);
+        channels
             .report_requests
             .send_modify(|n| *n = n.wrapping_add(1));
+        if channels.status.borrow().connected > 0 {
+            return;
+        }
+        if let Some(peers) = self.peers.get() {
+            *lock(&channels.asked_peers) = Some(Instant::now());
+            peers.ask_for_reports(instance);
+        }
     }
 
     /// Wakes when someone asks for a fresh report.
@@ -469,6 +574,12 @@ impl Drop for Connection {
         self.board.show_remote(&self.channels);
         self.board.metrics.connected_enforcers.dec();
     }
+}
+
+/// A poisoned lock still guards data a panic left consistent (each holder
+/// only assigns).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The projection's view of a firewall, decorated with its sync state.

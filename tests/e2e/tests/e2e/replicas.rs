@@ -583,3 +583,98 @@ async fn replicas_on_a_secured_etcd_log_in_again_when_their_token_expires() {
         assert!(logins >= 2, "replica {i} logged in {logins} time(s)");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_forward_an_enforcers_reports_to_the_replica_that_asks() {
+    use crate::sync::{element, open_on, result_of};
+    use pb::CheckResult::Pass;
+    if etcd::skip("replicas_forward_an_enforcers_reports_to_the_replica_that_asks") {
+        return;
+    }
+    let mut replicas = Replicas::start(2).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    let added = replicas.clients[0]
+        .add_rule(add("web-1", 5432))
+        .await
+        .unwrap()
+        .into_inner();
+    replicas.seen(1, "web-1", added.revision).await;
+    // The enforcer streams to B, and applies everything.
+    let channel = cassette_e2e::channel(&replicas.replicas[1].target).await;
+    let mut stream = open_on(channel, "web-1", 0).await.unwrap();
+    let mut received = vec![];
+    while !received.contains(&added.revision) {
+        let events = stream.next(Duration::from_secs(10)).await;
+        received.extend(events.expect("B streams the rule"));
+    }
+    stream.ack(added.revision, None).await;
+
+    // Diagnose on A: B asks its enforcer for a fresh report, and forwards it.
+    let mut diagnoser = replicas.clients[0].clone();
+    let asking = tokio::spawn(async move {
+        diagnoser
+            .diagnose(pb::DiagnoseRequest {
+                instance_id: "web-1".into(),
+                port: 5432,
+                ..Default::default()
+            })
+            .await
+    });
+    assert_eq!(
+        stream.next(Duration::from_secs(10)).await,
+        Some(vec![]),
+        "B asks the enforcer for a report on A's behalf"
+    );
+    let report = |packets| pb::Report {
+        hits: vec![element(5432, packets, Some(std::time::SystemTime::now()))],
+        observe_time: Some(std::time::SystemTime::now().into()),
+        listening: Some(pb::ListeningSockets {
+            sockets: vec![pb::ListeningSocket {
+                protocol: pb::Protocol::Tcp.into(),
+                port: 5432,
+                address: "::".into(),
+            }],
+        }),
+        hits_counted: true,
+    };
+    stream.report(report(7)).await;
+    let diagnosis = asking.await.unwrap().unwrap().into_inner();
+    for name in [
+        "rule_exists",
+        "rule_enabled",
+        "rule_applied",
+        "rule_in_kernel",
+        "service_listening",
+        "packets_arriving",
+    ] {
+        assert_eq!(result_of(&diagnosis, name).0, Pass, "{name}: {diagnosis:?}");
+    }
+    assert!(result_of(&diagnosis, "service_listening")
+        .1
+        .contains("listening on :: port 5432"));
+    assert!(diagnosis.ok);
+
+    // A shows the enforcer's hit counts, and later reports while asked.
+    let hits_on_a = |client: &mut Client| {
+        let mut client = client.clone();
+        async move {
+            let firewall = cassette_e2e::get_firewall(&mut client, "web-1").await;
+            firewall
+                .rules
+                .iter()
+                .find(|r| r.port == 5432)
+                .map(|r| r.hits)
+        }
+    };
+    assert_eq!(hits_on_a(&mut replicas.clients[0]).await, Some(7));
+    stream.report(report(9)).await;
+    let started = Instant::now();
+    while hits_on_a(&mut replicas.clients[0]).await != Some(9) {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "A never showed the next report"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("a report on B shown on A after {:?}", started.elapsed());
+}

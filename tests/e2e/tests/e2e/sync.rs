@@ -517,7 +517,11 @@ async fn a_hello_whose_ruleset_differs_from_the_log_gets_the_whole_history() {
     service.stop().await;
 }
 
-fn element(port: u32, packets: u64, last_hit: Option<std::time::SystemTime>) -> pb::ElementHits {
+pub(crate) fn element(
+    port: u32,
+    packets: u64,
+    last_hit: Option<std::time::SystemTime>,
+) -> pb::ElementHits {
     pb::ElementHits {
         protocol: pb::Protocol::Tcp.into(),
         port,
@@ -607,7 +611,7 @@ async fn reported_hits_show_on_rules_and_list_firewalls_finds_unused_ones() {
     service.stop().await;
 }
 
-fn result_of(diagnosis: &pb::Diagnosis, name: &str) -> (pb::CheckResult, String) {
+pub(crate) fn result_of(diagnosis: &pb::Diagnosis, name: &str) -> (pb::CheckResult, String) {
     let check = diagnosis
         .checks
         .iter()
