@@ -237,7 +237,7 @@ async fn connect_retrying(target: &Target) -> anyhow::Result<Channel> {
     }
 }
 
-async fn wait(
+pub(crate) async fn wait(
     client: &mut FirewallServiceClient<Channel>,
     instance_id: String,
     revision: u64,

@@ -1,12 +1,17 @@
 //! `lag`: two rules replicas (in process, on real sockets) on one log in an
 //! etcd cluster. Changes are made through A one after another; the time from
 //! A's answer until B's ListEvents follow stream delivers the same event is
-//! how far B's projection trails the commit.
+//! how far B's projection trails the commit. A simulated enforcer streams
+//! from B; the time from A's answer until WaitForSync on A reports the
+//! change applied is how long an ack received by B takes to show on A
+//! (through B's stream to the enforcer, its ack, and the shared sync state).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use cassette_enforcement::{Config, Enforcer, MemoryKernel};
 use cassette_eventlog::etcd::EtcdConfig;
+use cassette_model::InstanceId;
 use cassette_proto::pb;
 use cassette_proto::pb::audit_service_client::AuditServiceClient;
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
@@ -14,6 +19,7 @@ use cassette_proto::Target;
 use cassette_rules::RulesService;
 use serde_json::json;
 
+use crate::fanout::wait;
 use crate::stats::{percentile_ms, round3};
 
 #[derive(Debug, clap::Args)]
@@ -59,7 +65,24 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         .into_inner();
     // The follow stream starts with the history: the creation.
     follow.message().await?.context("the creation event")?;
+    let enforcer = Enforcer::new(
+        Config {
+            rules: vec![replicas[1].clone()],
+            keepalive: Default::default(),
+            tls: None,
+            instance: InstanceId::parse("lag-1")?,
+            enforcer_id: "lag-enforcer".into(),
+            table: cassette_ruleset::TableName::default(),
+            refresh_interval: Duration::from_secs(3600),
+            report_interval: Duration::from_secs(3600),
+            state_dir: None,
+        },
+        MemoryKernel::default(),
+    );
+    let enforcer = tokio::spawn(enforcer.run(std::future::pending()));
+    wait(&mut a, "lag-1".into(), 1).await?;
     let mut lags = Vec::with_capacity(options.changes as usize);
+    let mut acks = Vec::with_capacity(options.changes as usize);
     for i in 0..options.changes {
         let answer = a
             .update_rule(pb::UpdateRuleRequest {
@@ -81,7 +104,14 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             }
         }
         lags.push(answered.elapsed());
+        let synced = wait(&mut a, "lag-1".into(), answer.revision).await?;
+        anyhow::ensure!(
+            synced.applied_revision >= answer.revision,
+            "WaitForSync on A: {synced:?}"
+        );
+        acks.push(answered.elapsed());
     }
+    enforcer.abort();
     for stop in stops {
         let _ = stop.send(());
     }
@@ -91,5 +121,8 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "p50_ms": round3(percentile_ms(&mut lags, 50.0)),
         "p99_ms": round3(percentile_ms(&mut lags, 99.0)),
         "max_ms": round3(percentile_ms(&mut lags, 100.0)),
+        "applied_on_b_seen_on_a_p50_ms": round3(percentile_ms(&mut acks, 50.0)),
+        "applied_on_b_seen_on_a_p99_ms": round3(percentile_ms(&mut acks, 99.0)),
+        "applied_on_b_seen_on_a_max_ms": round3(percentile_ms(&mut acks, 100.0)),
     }))
 }
