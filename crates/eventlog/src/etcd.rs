@@ -282,20 +282,28 @@ impl EtcdLog {
     }
 
     /// One transaction, retried on other members while the cluster cannot
-    /// answer, up to the append deadline.
+    /// answer, up to the append deadline. A refusal is
+    /// [`LogError::Refused`] (nothing written) only while no earlier attempt
+    /// went unanswered: that one may have committed.
     async fn txn(&self, request: TxnRequest) -> Result<api::TxnResponse, LogError> {
         let deadline = Instant::now() + self.append_deadline;
         let mut pause = Duration::from_millis(25);
+        let mut unanswered = false;
+        let refused = |unanswered: bool, why: String| {
+            if unanswered {
+                LogError::Unavailable(format!("{why} (after an attempt that got no answer)"))
+            } else {
+                LogError::Refused(why)
+            }
+        };
         loop {
             if self.auth.credentials.is_some() && !self.auth.has_token() {
                 if let Err(status) = self.auth.refresh(self.channel()).await {
                     if status.code() == tonic::Code::InvalidArgument
                         || status.message().contains("authentication failed")
                     {
-                        return Err(LogError::Unavailable(format!(
-                            "etcd refused our credentials: {}",
-                            status.message()
-                        )));
+                        let why = format!("etcd refused our credentials: {}", status.message());
+                        return Err(refused(unanswered, why));
                     }
                 }
             }
@@ -305,19 +313,15 @@ impl EtcdLog {
                     // Expired: the next attempt authenticates again.
                     *self.auth.token.write().unwrap_or_else(|p| p.into_inner()) = None;
                     if Instant::now() >= deadline {
-                        return Err(LogError::Unavailable(format!(
-                            "etcd refused our token: {}",
-                            status.message()
-                        )));
+                        let why = format!("etcd refused our token: {}", status.message());
+                        return Err(refused(unanswered, why));
                     }
                 }
                 Err(status) if !retryable(&status) => {
-                    return Err(LogError::Unavailable(format!(
-                        "etcd refused the request: {}",
-                        status.message()
-                    )))
+                    return Err(refused(unanswered, refusal(&status)));
                 }
                 Err(status) => {
+                    unanswered = true;
                     self.next_member();
                     if Instant::now() + pause >= deadline {
                         return Err(LogError::Unavailable(format!(
@@ -762,6 +766,19 @@ pub(crate) async fn open_watch(
 }
 
 /// Whether a failed etcd call may succeed on another try or member.
+/// What etcd's refusal means, for whoever runs the cluster.
+fn refusal(status: &tonic::Status) -> String {
+    let message = status.message();
+    if message.contains("database space exceeded") {
+        format!(
+            "{message}: etcd's database reached its quota (--quota-backend-bytes); \
+             compact its history, defragment each member and disarm the NOSPACE alarm"
+        )
+    } else {
+        format!("etcd refused the request: {message}")
+    }
+}
+
 fn retryable(status: &tonic::Status) -> bool {
     use tonic::Code;
     match status.code() {

@@ -74,6 +74,10 @@ pub enum LogError {
     /// The replicated store could not be reached or could not commit in time.
     #[error("the event log is unavailable: {0}")]
     Unavailable(String),
+    /// The replicated store refused the write outright (its database is
+    /// full, our credentials were refused): nothing was written.
+    #[error("the event log refused the write: {0}")]
+    Refused(String),
     #[error("append too large: {0}")]
     TooLarge(String),
 }

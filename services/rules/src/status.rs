@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use cassette_eventlog::LogError;
 use cassette_model::{DomainError, ValidationError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -60,7 +61,11 @@ impl From<StoreError> for Status {
         let message = error.to_string();
         match error {
             StoreError::Domain(domain) => domain_status(domain, message),
-            StoreError::ShuttingDown | StoreError::WriteFailed(_) => Status::unavailable(message),
+            StoreError::ShuttingDown
+            | StoreError::WriteFailed(_)
+            | StoreError::Log(LogError::Unavailable(_) | LogError::Refused(_)) => {
+                Status::unavailable(message)
+            }
             StoreError::ReadOnly { .. } => Status::failed_precondition(message),
             StoreError::Log(_) | StoreError::Fold(_) | StoreError::Unverified { .. } => {
                 Status::internal(message)

@@ -731,13 +731,17 @@ impl Writer {
                         .collect(),
                 );
             }
-            Err(error @ LogError::Unavailable(_)) => {
-                // A shared log out of reach: refuse, keep serving reads; the
-                // next batch catches up with whatever did commit.
+            Err(error @ (LogError::Unavailable(_) | LogError::Refused(_))) => {
+                // A shared log out of reach or refusing: refuse, keep serving
+                // reads; the next batch catches up with whatever did commit.
                 tracing::warn!(%error, events = events.len(), "append not acknowledged by the cluster");
-                let reason = format!(
-                    "{error}; whether the change was stored is unknown: retry with the same request_id"
-                );
+                let reason = if matches!(error, LogError::Refused(_)) {
+                    format!("{error}; the change was not stored")
+                } else {
+                    format!(
+                        "{error}; whether the change was stored is unknown: retry with the same request_id"
+                    )
+                };
                 refuse(outcomes.into_iter().map(|(_, reply, _, _)| reply), &reason);
                 return None;
             }

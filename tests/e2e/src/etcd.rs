@@ -229,6 +229,63 @@ impl EtcdCluster {
         );
     }
 
+    /// What an operator does when etcd's database is full (its quota's
+    /// NOSPACE alarm): compacts the history, defragments every running
+    /// member, and disarms the alarms.
+    pub async fn free_space(&self) {
+        self.compact().await;
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            let answer = gateway(
+                &member.client_url,
+                "/v3/maintenance/defragment",
+                serde_json::json!({}),
+            )
+            .await;
+            // etcd 3.4 answers a defragmentation with `{}`.
+            assert!(
+                answer.as_ref().is_some_and(|a| a.get("error").is_none()),
+                "defragment {}: {answer:?}",
+                member.name
+            );
+        }
+        let listed = gateway(
+            self.running(),
+            "/v3/maintenance/alarm",
+            serde_json::json!({ "action": "GET" }),
+        )
+        .await
+        .expect("the cluster's alarms");
+        for alarm in listed["alarms"].as_array().into_iter().flatten() {
+            let body = serde_json::json!({
+                "action": "DEACTIVATE",
+                "memberID": alarm["memberID"],
+                "alarm": alarm["alarm"],
+            });
+            let answer = gateway(self.running(), "/v3/maintenance/alarm", body).await;
+            assert!(
+                answer.as_ref().is_some_and(|a| a.get("error").is_none()),
+                "disarm {alarm}: {answer:?}"
+            );
+        }
+    }
+
+    /// The cluster's alarms (`NOSPACE` when its database is full).
+    pub async fn alarms(&self) -> Vec<String> {
+        let listed = gateway(
+            self.running(),
+            "/v3/maintenance/alarm",
+            serde_json::json!({ "action": "GET" }),
+        )
+        .await
+        .expect("the cluster's alarms");
+        listed["alarms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["alarm"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Turns on etcd's authentication with `user` (given the root role) and
     /// `password`, through the JSON gateway of the first running member.
     pub async fn enable_auth(&self, user: &str, password: &str) {

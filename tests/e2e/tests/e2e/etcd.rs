@@ -289,14 +289,14 @@ async fn etcd_log_on_a_cluster_with_authentication_uses_its_credentials() {
     let anonymous = EtcdLog::connect(&config).unwrap();
     let refused = anonymous.head().await;
     assert!(
-        matches!(&refused, Err(LogError::Unavailable(m)) if m.contains("user name is empty")),
+        matches!(&refused, Err(LogError::Refused(m)) if m.contains("user name is empty")),
         "{refused:?}"
     );
     config.credentials = Some(("root".into(), "wrong".into()));
     let wrong = EtcdLog::connect(&config).unwrap();
     let refused = wrong.head().await;
     assert!(
-        matches!(&refused, Err(LogError::Unavailable(m)) if m.contains("credentials")),
+        matches!(&refused, Err(LogError::Refused(m)) if m.contains("credentials")),
         "{refused:?}"
     );
     config.credentials = Some(("root".into(), "root-password".into()));

@@ -678,3 +678,63 @@ async fn replicas_forward_an_enforcers_reports_to_the_replica_that_asks() {
     }
     eprintln!("a report on B shown on A after {:?}", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_a_full_etcd_refuse_writes_by_name_keep_reading_and_resume_once_space_is_freed()
+{
+    if etcd::skip(
+        "replicas_on_a_full_etcd_refuse_writes_by_name_keep_reading_and_resume_once_space_is_freed",
+    ) {
+        return;
+    }
+    // A 2 MiB quota (etcd's default is 2 GiB) that creations fill in seconds.
+    let cluster = EtcdCluster::start_with(1, &["--quota-backend-bytes", "2097152"]).await;
+    let mut replicas = Replicas::on(cluster, 2, None).await;
+    let mut created = vec![];
+    let refusal = loop {
+        assert!(created.len() < 20_000, "etcd's quota never filled");
+        let id = format!("web-{}", created.len());
+        match replicas.clients[created.len() % 2]
+            .create_firewall(pb::CreateFirewallRequest {
+                instance_id: id.clone(),
+                request_id: String::new(),
+            })
+            .await
+        {
+            Ok(_) => created.push(id),
+            Err(status) => break status,
+        }
+    };
+    eprintln!("etcd full after {} creations: {refusal:?}", created.len());
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
+    for said in [
+        "database space exceeded",
+        "defragment each member",
+        "the change was not stored",
+    ] {
+        assert!(refusal.message().contains(said), "{said:?} in {refusal:?}");
+    }
+    assert_eq!(replicas.cluster.alarms().await, vec!["NOSPACE".to_owned()]);
+    // Every acknowledged creation is there, on both replicas; reads go on.
+    let last = created.last().unwrap().clone();
+    replicas.seen(0, &last, 1).await;
+    replicas.seen(1, &last, 1).await;
+    for i in 0..2 {
+        let refused = replicas.clients[i].add_rule(add(&created[0], 8080)).await;
+        assert_eq!(refused.unwrap_err().code(), Code::Unavailable);
+        for id in created.iter().step_by(97) {
+            cassette_e2e::get_firewall(&mut replicas.clients[i], id).await;
+        }
+    }
+
+    replicas.cluster.free_space().await;
+    assert!(replicas.cluster.alarms().await.is_empty());
+    let added = replicas.clients[1]
+        .add_rule(add(&created[0], 8080))
+        .await
+        .expect("writes resume once space is freed")
+        .into_inner();
+    replicas.seen(0, &created[0], added.revision).await;
+    let firewall = cassette_e2e::get_firewall(&mut replicas.clients[0], &created[0]).await;
+    assert_eq!(firewall.rules.iter().filter(|r| r.port == 8080).count(), 1);
+}
