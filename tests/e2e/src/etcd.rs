@@ -248,14 +248,7 @@ impl EtcdCluster {
                 member.name
             );
         }
-        let listed = gateway(
-            self.running(),
-            "/v3/maintenance/alarm",
-            serde_json::json!({ "action": "GET" }),
-        )
-        .await
-        .expect("the cluster's alarms");
-        for alarm in listed["alarms"].as_array().into_iter().flatten() {
+        for alarm in self.alarm_list().await {
             let body = serde_json::json!({
                 "action": "DEACTIVATE",
                 "memberID": alarm["memberID"],
@@ -271,6 +264,15 @@ impl EtcdCluster {
 
     /// The cluster's alarms (`NOSPACE` when its database is full).
     pub async fn alarms(&self) -> Vec<String> {
+        self.alarm_list()
+            .await
+            .iter()
+            .filter_map(|a| a["alarm"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The cluster's alarms as etcd lists them (`memberID`, `alarm`).
+    async fn alarm_list(&self) -> Vec<serde_json::Value> {
         let listed = gateway(
             self.running(),
             "/v3/maintenance/alarm",
@@ -278,12 +280,7 @@ impl EtcdCluster {
         )
         .await
         .expect("the cluster's alarms");
-        listed["alarms"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["alarm"].as_str().map(str::to_owned))
-            .collect()
+        listed["alarms"].as_array().cloned().unwrap_or_default()
     }
 
     /// Turns on etcd's authentication with `user` (given the root role) and

@@ -87,6 +87,25 @@ impl Replicas {
     }
 }
 
+impl Replicas {
+    /// Waits (WaitForSync on replica `i`) until the enforcer applied
+    /// `revision` of web-1; stops the enforcer, so its ruleset file holds
+    /// what was applied.
+    async fn applied(&mut self, enforcer: &mut FileEnforcer, i: usize, revision: u64) {
+        let synced = self.clients[i]
+            .wait_for_sync(pb::WaitForSyncRequest {
+                instance_id: "web-1".into(),
+                revision,
+                timeout: Some(Duration::from_secs(20).try_into().unwrap()),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("WaitForSync on replica {i}: {s:?}"))
+            .into_inner();
+        enforcer.stop();
+        assert!(synced.applied_revision >= revision, "{synced:?}");
+    }
+}
+
 /// A real enforcer for web-1 (file backend: its ruleset in `dir/ruleset.nft`)
 /// given the `rules` endpoints; killed on drop.
 struct FileEnforcer(std::process::Child);
@@ -109,10 +128,16 @@ impl FileEnforcer {
     }
 }
 
-impl Drop for FileEnforcer {
-    fn drop(&mut self) {
+impl FileEnforcer {
+    fn stop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Drop for FileEnforcer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -274,24 +299,14 @@ async fn replicas_a_write_on_one_is_read_on_the_others_and_applied_by_an_enforce
     // An enforcer on B applies a change made on A.
     let dir = tempfile::tempdir().unwrap();
     let ruleset = dir.path().join("ruleset.nft");
-    let enforcer = FileEnforcer::start(&replicas.replicas[1].target.to_string(), dir.path());
+    let mut enforcer = FileEnforcer::start(&replicas.replicas[1].target.to_string(), dir.path());
     let revision = replicas.clients[0]
         .add_rule(add("web-1", 6379))
         .await
         .expect("add on A")
         .into_inner()
         .revision;
-    let synced = replicas.clients[1]
-        .wait_for_sync(pb::WaitForSyncRequest {
-            instance_id: "web-1".into(),
-            revision,
-            timeout: Some(Duration::from_secs(20).try_into().unwrap()),
-        })
-        .await
-        .expect("WaitForSync on B")
-        .into_inner();
-    drop(enforcer);
-    assert!(synced.applied_revision >= revision, "{synced:?}");
+    replicas.applied(&mut enforcer, 1, revision).await;
     let text = std::fs::read_to_string(&ruleset).unwrap();
     assert!(text.contains("6379"), "{text}");
 }
@@ -354,7 +369,7 @@ async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_a
         "{},{}",
         replicas.replicas[0].target, replicas.replicas[1].target
     );
-    let enforcer = FileEnforcer::start(&rules, dir.path());
+    let mut enforcer = FileEnforcer::start(&rules, dir.path());
 
     let load = WriteLoad::start(&replicas.clients, "web-1");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -365,17 +380,7 @@ async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_a
     eprintln!("{} acknowledged adds, none lost", acked.len());
 
     // The enforcer moved to B and has everything.
-    let synced = replicas.clients[1]
-        .wait_for_sync(pb::WaitForSyncRequest {
-            instance_id: "web-1".into(),
-            revision: firewall.revision,
-            timeout: Some(Duration::from_secs(20).try_into().unwrap()),
-        })
-        .await
-        .expect("WaitForSync on B")
-        .into_inner();
-    drop(enforcer);
-    assert!(synced.applied_revision >= firewall.revision, "{synced:?}");
+    replicas.applied(&mut enforcer, 1, firewall.revision).await;
     let text = std::fs::read_to_string(&ruleset).unwrap();
     for port in acked.iter().take(20) {
         assert!(
@@ -507,7 +512,7 @@ async fn replicas_keep_writing_through_the_loss_of_an_etcd_follower_then_its_lea
     cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
     replicas.seen(1, "web-1", 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let enforcer = FileEnforcer::start(&replicas.replicas[1].target.to_string(), dir.path());
+    let mut enforcer = FileEnforcer::start(&replicas.replicas[1].target.to_string(), dir.path());
     let load = WriteLoad::start(&replicas.clients, "web-1");
     load.continues(20, "the start").await;
 
@@ -529,17 +534,7 @@ async fn replicas_keep_writing_through_the_loss_of_an_etcd_follower_then_its_lea
     replicas.seen(1, "web-1", firewall.revision).await;
     assert_none_lost(&mut replicas, 1, &acked).await;
     // The enforcer (streaming to B) has all of it; WaitForSync on A says so.
-    let synced = replicas.clients[0]
-        .wait_for_sync(pb::WaitForSyncRequest {
-            instance_id: "web-1".into(),
-            revision: firewall.revision,
-            timeout: Some(Duration::from_secs(20).try_into().unwrap()),
-        })
-        .await
-        .expect("WaitForSync on A")
-        .into_inner();
-    drop(enforcer);
-    assert!(synced.applied_revision >= firewall.revision, "{synced:?}");
+    replicas.applied(&mut enforcer, 0, firewall.revision).await;
     let text = std::fs::read_to_string(dir.path().join("ruleset.nft")).unwrap();
     let last = acked.iter().max().unwrap();
     assert!(
