@@ -581,7 +581,7 @@ async fn replicas_on_a_secured_etcd_log_in_again_when_their_token_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_forward_an_enforcers_reports_to_the_replica_that_asks() {
-    use crate::sync::{element, open_on, result_of};
+    use crate::sync::{element, listening_report, open_on, result_of};
     use pb::CheckResult::Pass;
     if etcd::skip("replicas_forward_an_enforcers_reports_to_the_replica_that_asks") {
         return;
@@ -620,17 +620,9 @@ async fn replicas_forward_an_enforcers_reports_to_the_replica_that_asks() {
         Some(vec![]),
         "B asks the enforcer for a report on A's behalf"
     );
-    let report = |packets| pb::Report {
-        hits: vec![element(5432, packets, Some(std::time::SystemTime::now()))],
-        observe_time: Some(std::time::SystemTime::now().into()),
-        listening: Some(pb::ListeningSockets {
-            sockets: vec![pb::ListeningSocket {
-                protocol: pb::Protocol::Tcp.into(),
-                port: 5432,
-                address: "::".into(),
-            }],
-        }),
-        hits_counted: true,
+    let report = |packets| {
+        let hits = vec![element(5432, packets, Some(std::time::SystemTime::now()))];
+        listening_report(hits, 5432)
     };
     stream.report(report(7)).await;
     let diagnosis = asking.await.unwrap().unwrap().into_inner();

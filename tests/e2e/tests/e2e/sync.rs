@@ -517,6 +517,23 @@ async fn a_hello_whose_ruleset_differs_from_the_log_gets_the_whole_history() {
     service.stop().await;
 }
 
+/// A report of counted `hits`, observed now, with a TCP socket listening
+/// on `port` (all addresses).
+pub(crate) fn listening_report(hits: Vec<pb::ElementHits>, port: u32) -> pb::Report {
+    pb::Report {
+        hits,
+        observe_time: Some(std::time::SystemTime::now().into()),
+        listening: Some(pb::ListeningSockets {
+            sockets: vec![pb::ListeningSocket {
+                protocol: pb::Protocol::Tcp.into(),
+                port,
+                address: "::".into(),
+            }],
+        }),
+        hits_counted: true,
+    }
+}
+
 pub(crate) fn element(
     port: u32,
     packets: u64,
@@ -677,18 +694,10 @@ async fn diagnose_answers_the_checklist_from_the_rule_the_acks_and_a_fresh_repor
         "a report is asked for"
     );
     stream
-        .report(pb::Report {
-            hits: vec![element(22, 0, None), element(5432, 0, None)],
-            observe_time: Some(std::time::SystemTime::now().into()),
-            listening: Some(pb::ListeningSockets {
-                sockets: vec![pb::ListeningSocket {
-                    protocol: pb::Protocol::Tcp.into(),
-                    port: 5432,
-                    address: "::".into(),
-                }],
-            }),
-            hits_counted: true,
-        })
+        .report(listening_report(
+            vec![element(22, 0, None), element(5432, 0, None)],
+            5432,
+        ))
         .await;
     let after = asking.await.unwrap().unwrap().into_inner();
     for name in [
