@@ -62,6 +62,10 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Records read per request when verifying.
 const VERIFY_PAGE: usize = 1000;
 
+/// How often a replica reads the log's head beside its watch (see
+/// [`EtcdLog::head_changes`]).
+pub const HEAD_CHECK: Duration = Duration::from_secs(1);
+
 /// Where the etcd cluster is and how to reach it.
 #[derive(Debug, Clone)]
 pub struct EtcdConfig {
@@ -344,6 +348,15 @@ impl EtcdLog {
     /// compaction a watch would be cancelled; readers re-read by sequence, so
     /// the watch only says *when*, never *what*). Ends when the receiver is
     /// dropped.
+    ///
+    /// A watch can fall silent without ending: its member frozen (a paused
+    /// VM, a stalled disk) until keepalive gives up on the connection, or cut
+    /// off from the cluster's majority (etcd then ends watches that asked for
+    /// a leader, as these do, but only after a few election timeouts). So the
+    /// head is also read every [`HEAD_CHECK`] through another member: a
+    /// newer head is passed on at once, and a watch that has not delivered,
+    /// a check later, a head the cluster already had is given up for one on
+    /// another member.
     pub fn head_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         let (tx, rx) = tokio::sync::watch::channel(u64::MAX);
         let channels = self.channels.clone();
@@ -362,6 +375,14 @@ impl EtcdLog {
                     Ok((_requests, mut responses)) => {
                         // Whatever happened while no watch was open is read now.
                         tx.send_replace(u64::MAX);
+                        // The highest head the watch delivered (or the first
+                        // check found), and a head the watch must have
+                        // delivered by the next check.
+                        let mut delivered: Option<u64> = None;
+                        let mut expected: Option<u64> = None;
+                        let mut checker = member;
+                        let mut check = tokio::time::interval(HEAD_CHECK);
+                        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         loop {
                             tokio::select! {
                                 () = tx.closed() => return,
@@ -371,11 +392,36 @@ impl EtcdLog {
                                         let last = answer.events.into_iter().filter_map(|e| e.kv).next_back();
                                         if let Some(kv) = last {
                                             let sequence = head_of(Some(kv.value)).map_or(u64::MAX, |h| h.sequence);
+                                            delivered = delivered.max(Some(sequence));
                                             tx.send_replace(sequence);
                                         }
                                     }
                                     _ => break,
                                 },
+                                _ = check.tick() => {
+                                    if expected.is_some_and(|e| delivered < Some(e)) {
+                                        tracing::warn!(
+                                            member = (member - 1) % channels.len(),
+                                            "the etcd watch on the log's head fell silent; watching through another member"
+                                        );
+                                        break;
+                                    }
+                                    let checked = channels[checker % channels.len()].clone();
+                                    let read = read_head_sequence(&auth, &checked, &key);
+                                    match tokio::time::timeout(HEAD_CHECK, read).await {
+                                        Ok(Ok(sequence)) => {
+                                            if delivered.is_none() {
+                                                // The head when the watch opened.
+                                                delivered = Some(sequence);
+                                            } else if Some(sequence) > delivered {
+                                                tx.send_replace(sequence);
+                                                expected = Some(sequence);
+                                            }
+                                        }
+                                        // That member cannot say: ask another next time.
+                                        _ => checker += 1,
+                                    }
+                                }
                             }
                         }
                     }
@@ -741,6 +787,26 @@ impl EtcdLog {
 /// Opens a watch on `channel`'s member. etcd answers the stream (headers
 /// included) only once it has the create request, so that goes in before the
 /// call is awaited; the stream lasts as long as the returned sender.
+/// The head's sequence as `channel`'s member reads it, linearizably (a
+/// member without a leader cannot answer).
+async fn read_head_sequence(
+    auth: &Auth,
+    channel: &Channel,
+    key: &[u8],
+) -> Result<u64, tonic::Status> {
+    let answer = KvClient::new(auth.member(channel))
+        .range(RangeRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let value = answer.kvs.into_iter().next().map(|kv| kv.value);
+    head_of(value)
+        .map(|h| h.sequence)
+        .map_err(|e| tonic::Status::data_loss(e.to_string()))
+}
+
 pub(crate) async fn open_watch(
     auth: &Auth,
     channel: &Channel,
@@ -758,14 +824,20 @@ pub(crate) async fn open_watch(
     };
     // The receiver is alive until the call below takes it.
     let _ = requests.send(create).await;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+    // etcd's "require leader": a member cut off from the cluster's majority
+    // ends the watch (instead of keeping it open and silent).
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
     let responses = api::watch_client::WatchClient::new(auth.member(channel))
-        .watch(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .watch(request)
         .await?
         .into_inner();
     Ok((requests, responses))
 }
 
-/// Whether a failed etcd call may succeed on another try or member.
 /// What etcd's refusal means, for whoever runs the cluster.
 fn refusal(status: &tonic::Status) -> String {
     let message = status.message();
@@ -779,6 +851,7 @@ fn refusal(status: &tonic::Status) -> String {
     }
 }
 
+/// Whether a failed etcd call may succeed on another try or member.
 fn retryable(status: &tonic::Status) -> bool {
     use tonic::Code;
     match status.code() {

@@ -146,6 +146,26 @@ impl EtcdCluster {
         }
     }
 
+    /// SIGSTOP of member `i`: its connections stay open and nothing
+    /// answers (a paused VM, a stalled disk). [`EtcdCluster::thaw_member`]
+    /// resumes it; killing it works either way.
+    pub fn freeze_member(&mut self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    pub fn thaw_member(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let child = self.members[i].child.as_ref().expect("a running member");
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {signal} {}", self.members[i].name);
+    }
+
     /// The index of the current leader, by asking the running members.
     pub async fn leader(&self) -> Option<usize> {
         for member in self.members.iter().filter(|m| m.child.is_some()) {
@@ -315,6 +335,28 @@ impl EtcdCluster {
             .and_then(|a| a["token"].as_str())
             .unwrap_or_else(|| panic!("authenticate: {answer:?}"))
             .to_owned()
+    }
+
+    /// Turns authentication off and on again (as `user`), which makes etcd
+    /// forget every token it gave.
+    pub async fn revoke_tokens(&self, user: &str, password: &str) {
+        let token = self.authenticate(user, password).await;
+        let off = gateway_with(
+            self.running(),
+            "/v3/auth/disable",
+            serde_json::json!({}),
+            Some(&token),
+        )
+        .await;
+        assert!(
+            off.as_ref().is_some_and(|a| a.get("header").is_some()),
+            "auth disable: {off:?}"
+        );
+        let on = gateway(self.running(), "/v3/auth/enable", serde_json::json!({})).await;
+        assert!(
+            on.as_ref().is_some_and(|a| a.get("header").is_some()),
+            "auth enable: {on:?}"
+        );
     }
 
     /// Whether etcd still takes `token` (it reads `/cassette` with it).

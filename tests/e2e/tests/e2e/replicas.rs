@@ -22,16 +22,27 @@ struct Replicas {
 
 impl Replicas {
     async fn start(n: usize) -> Self {
-        Self::on(EtcdCluster::start(3).await, n, None).await
+        Self::on(EtcdCluster::start(3).await, n, None, 0).await
     }
 
     /// `n` replicas on `cluster`, logging in as `credentials` (user, password).
-    async fn on(cluster: EtcdCluster, n: usize, credentials: Option<(&str, &str)>) -> Self {
+    /// Replica `i` lists the members starting at member `first + i` (so
+    /// replica 0 watches and writes through member `first` first, replica 1
+    /// through the next).
+    async fn on(
+        cluster: EtcdCluster,
+        n: usize,
+        credentials: Option<(&str, &str)>,
+        first: usize,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let endpoints = cluster.endpoints().join(",");
         let mut replicas = Vec::new();
         let mut clients = Vec::new();
         for i in 0..n {
+            let mut members = cluster.endpoints();
+            let len = members.len();
+            members.rotate_left((first + i) % len);
+            let endpoints = members.join(",");
             let addr = free_port();
             let mut command = Command::new(binary("cassette-rules"));
             let mut extra = vec![
@@ -544,29 +555,34 @@ async fn replicas_keep_writing_through_the_loss_of_an_etcd_follower_then_its_lea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_on_a_secured_etcd_log_in_again_when_their_token_expires() {
-    if etcd::skip("replicas_on_a_secured_etcd_log_in_again_when_their_token_expires") {
+async fn replicas_on_a_secured_etcd_log_in_again_when_etcd_forgets_their_tokens() {
+    if etcd::skip("replicas_on_a_secured_etcd_log_in_again_when_etcd_forgets_their_tokens") {
         return;
     }
-    // Tokens idle for a second expire (etcd's default is five minutes).
-    let cluster = EtcdCluster::start_with(1, &["--auth-token-ttl", "1"]).await;
+    let cluster = EtcdCluster::start(1).await;
     cluster.enable_auth("root", "root-password").await;
-    let mut replicas = Replicas::on(cluster, 2, Some(("root", "root-password"))).await;
+    let mut replicas = Replicas::on(cluster, 2, Some(("root", "root-password")), 0).await;
     cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
     replicas.seen(1, "web-1", 1).await;
     let token = replicas.cluster.authenticate("root", "root-password").await;
     assert!(replicas.cluster.token_accepted(&token).await);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // etcd forgets every token when authentication is turned off and on.
+    // (An idle token also expires, after --auth-token-ttl; the replicas'
+    // reads of the log's head every second keep theirs from idling.)
+    replicas
+        .cluster
+        .revoke_tokens("root", "root-password")
+        .await;
     assert!(
         !replicas.cluster.token_accepted(&token).await,
-        "an idle token expired"
+        "etcd forgot the token"
     );
-    // Each replica's token expired the same way: writes through either go on.
+    // The replicas' tokens went the same way: writes through either go on.
     for (i, port) in [(0, 8080), (1, 9090)] {
         replicas.clients[i]
             .add_rule(add("web-1", port))
             .await
-            .unwrap_or_else(|s| panic!("replica {i} after its token expired: {s:?}"));
+            .unwrap_or_else(|s| panic!("replica {i} after etcd forgot its token: {s:?}"));
     }
     let revision = cassette_e2e::get_firewall(&mut replicas.clients[1], "web-1")
         .await
@@ -676,7 +692,7 @@ async fn replicas_on_a_full_etcd_refuse_writes_by_name_keep_reading_and_resume_o
     }
     // A 2 MiB quota (etcd's default is 2 GiB) that creations fill in seconds.
     let cluster = EtcdCluster::start_with(1, &["--quota-backend-bytes", "2097152"]).await;
-    let mut replicas = Replicas::on(cluster, 2, None).await;
+    let mut replicas = Replicas::on(cluster, 2, None, 0).await;
     let mut created = vec![];
     let refusal = loop {
         assert!(created.len() < 20_000, "etcd's quota never filled");
@@ -724,4 +740,52 @@ async fn replicas_on_a_full_etcd_refuse_writes_by_name_keep_reading_and_resume_o
     replicas.seen(0, &created[0], added.revision).await;
     let firewall = cassette_e2e::get_firewall(&mut replicas.clients[0], &created[0]).await;
     assert_eq!(firewall.rules.iter().filter(|r| r.port == 8080).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_following_the_log_when_the_etcd_member_they_watch_freezes() {
+    if etcd::skip("replicas_keep_following_the_log_when_the_etcd_member_they_watch_freezes") {
+        return;
+    }
+    // A watches the log through a follower, B writes through the next member.
+    let cluster = EtcdCluster::start(3).await;
+    let follower = (cluster.wait_for_leader().await + 1) % 3;
+    let mut replicas = Replicas::on(cluster, 2, None, follower).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    replicas.seen(1, "web-1", 1).await;
+    replicas.cluster.freeze_member(follower);
+    let frozen = Instant::now();
+    let added = replicas.clients[1]
+        .add_rule(add("web-1", 8080))
+        .await
+        .expect("a write through B")
+        .into_inner();
+    let written = frozen.elapsed();
+    replicas.seen(0, "web-1", added.revision).await;
+    eprintln!(
+        "A's member frozen: B's write answered after {written:?}, on A after {:?}",
+        frozen.elapsed()
+    );
+    // A saw its watch fall silent (keepalive alone would take 5-10 s) and
+    // watches through another member.
+    let started = Instant::now();
+    while !replicas.replicas[0].log().contains("fell silent") {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "A never noticed its silent watch"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "A watches through another member {:?} after the freeze",
+        frozen.elapsed()
+    );
+    let again = replicas.clients[1]
+        .add_rule(add("web-1", 9090))
+        .await
+        .expect("a second write through B")
+        .into_inner();
+    let lag = replicas.seen(0, "web-1", again.revision).await;
+    eprintln!("the next write on A after {lag:?}");
+    replicas.cluster.thaw_member(follower);
 }
