@@ -188,14 +188,25 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
                 .await?
                 .into_inner()
                 .revision;
+            let committed = sent.elapsed();
             wait(&mut client, id, revision).await?;
-            anyhow::Ok(sent.elapsed())
+            anyhow::Ok((i, committed, sent.elapsed()))
         }));
     }
     let sent = changes.len();
     let mut latencies = Vec::with_capacity(sent);
+    let mut commits = Vec::with_capacity(sent);
+    // Acks received by the replica the changes went through, and by others.
+    let (mut local, mut remote) = (Vec::new(), Vec::new());
     for change in changes {
-        latencies.push(change.await??);
+        let (i, committed, acked) = change.await??;
+        latencies.push(acked);
+        commits.push(committed);
+        if i % targets.len() == 0 {
+            local.push(acked);
+        } else {
+            remote.push(acked);
+        }
     }
     let elapsed = Duration::from_secs(options.duration).as_secs_f64();
     let rss_loaded = rss()?;
@@ -216,6 +227,10 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "changes_per_sec": (sent as f64 / elapsed).round(),
         "p50_ms": round3(percentile_ms(&mut latencies, 50.0)),
         "p99_ms": round3(percentile_ms(&mut latencies, 99.0)),
+        "commit_p50_ms": round3(percentile_ms(&mut commits, 50.0)),
+        "commit_p99_ms": round3(percentile_ms(&mut commits, 99.0)),
+        "acked_on_first_replica_p99_ms": round3(percentile_ms(&mut local, 99.0)),
+        "acked_on_other_replicas_p99_ms": round3(percentile_ms(&mut remote, 99.0)),
         "connect_and_sync_seconds": round3(connect_seconds),
         "service_rss_idle_kib": rss_idle,
         "service_rss_connected_kib": rss_connected,
