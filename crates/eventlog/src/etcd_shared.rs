@@ -162,6 +162,11 @@ async fn write(space: Arc<Space>, writer: SharedWriter) {
     }
 }
 
+/// How often a follower's watch is asked for its progress.
+const PROGRESS_CHECK: Duration = Duration::from_secs(1);
+/// A watch that answered nothing, progress included, for this long is silent.
+const SILENT_AFTER: Duration = Duration::from_millis(2500);
+
 /// Values written per transaction (etcd takes 128 operations by default).
 const PUTS_PER_TXN: usize = 100;
 
@@ -211,7 +216,11 @@ async fn keep_alive(
 }
 
 /// Lists the space, then watches it from the revision listed; again from a
-/// fresh list whenever the watch ends (a compaction, a member lost).
+/// fresh list whenever the watch ends (a compaction, a member lost, a member
+/// cut off from the majority: the watch asks for a leader) or falls silent:
+/// the watch is asked for its progress every [`PROGRESS_CHECK`], and one
+/// that has not answered anything for [`SILENT_AFTER`] (its member frozen,
+/// before keepalive gives up on it) is given up for one on another member.
 async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
     let mut member = 0usize;
     let root = space.root.clone().into_bytes();
@@ -251,7 +260,7 @@ async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
             start_revision: revision + 1,
             ..Default::default()
         };
-        let (_requests, mut stream) = match open_watch(&space.auth, &channel, create).await {
+        let (requests, mut stream) = match open_watch(&space.auth, &channel, create).await {
             Ok(opened) => opened,
             Err(status) => {
                 if needs_token(&status) {
@@ -261,8 +270,34 @@ async fn follow(space: Arc<Space>, changes: mpsc::Sender<SharedChange>) {
                 continue;
             }
         };
+        let mut progress = tokio::time::interval(PROGRESS_CHECK);
+        let mut answered = tokio::time::Instant::now();
         loop {
-            match stream.message().await {
+            let message = tokio::select! {
+                message = stream.message() => message,
+                _ = progress.tick() => {
+                    if answered.elapsed() > SILENT_AFTER {
+                        tracing::warn!(
+                            space = %space.root,
+                            "the etcd watch of shared values fell silent; watching through another member"
+                        );
+                        break;
+                    }
+                    let ask = api::WatchRequest {
+                        request_union: Some(api::watch_request::RequestUnion::ProgressRequest(
+                            api::WatchProgressRequest {},
+                        )),
+                    };
+                    // Never wait on a stalled stream: a full queue is an
+                    // unanswered ask already.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = requests.try_send(ask) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            answered = tokio::time::Instant::now();
+            match message {
                 Ok(Some(answer)) if !answer.canceled => {
                     for event in answer.events {
                         let Some(kv) = event.kv else { continue };

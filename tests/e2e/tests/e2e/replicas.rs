@@ -99,10 +99,9 @@ impl Replicas {
 }
 
 impl Replicas {
-    /// Waits (WaitForSync on replica `i`) until the enforcer applied
-    /// `revision` of web-1; stops the enforcer, so its ruleset file holds
-    /// what was applied.
-    async fn applied(&mut self, enforcer: &mut FileEnforcer, i: usize, revision: u64) {
+    /// Waits (WaitForSync on replica `i`) until web-1's enforcer applied
+    /// `revision`, wherever it streams.
+    async fn synced(&mut self, i: usize, revision: u64) {
         let synced = self.clients[i]
             .wait_for_sync(pb::WaitForSyncRequest {
                 instance_id: "web-1".into(),
@@ -112,8 +111,14 @@ impl Replicas {
             .await
             .unwrap_or_else(|s| panic!("WaitForSync on replica {i}: {s:?}"))
             .into_inner();
-        enforcer.stop();
         assert!(synced.applied_revision >= revision, "{synced:?}");
+    }
+
+    /// [`Replicas::synced`], then stops the enforcer, so its ruleset file
+    /// holds what was applied.
+    async fn applied(&mut self, enforcer: &mut FileEnforcer, i: usize, revision: u64) {
+        self.synced(i, revision).await;
+        enforcer.stop();
     }
 }
 
@@ -747,12 +752,17 @@ async fn replicas_keep_following_the_log_when_the_etcd_member_they_watch_freezes
     if etcd::skip("replicas_keep_following_the_log_when_the_etcd_member_they_watch_freezes") {
         return;
     }
-    // A watches the log through a follower, B writes through the next member.
+    // A watches the log (and the shared sync state) through a follower; B
+    // writes through the next member, and its enforcer acks to B.
     let cluster = EtcdCluster::start(3).await;
     let follower = (cluster.wait_for_leader().await + 1) % 3;
     let mut replicas = Replicas::on(cluster, 2, None, follower).await;
     cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
     replicas.seen(1, "web-1", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let _enforcer = FileEnforcer::start(&replicas.replicas[1].target.to_string(), dir.path());
+    replicas.synced(0, 1).await;
+
     replicas.cluster.freeze_member(follower);
     let frozen = Instant::now();
     let added = replicas.clients[1]
@@ -766,18 +776,23 @@ async fn replicas_keep_following_the_log_when_the_etcd_member_they_watch_freezes
         "A's member frozen: B's write answered after {written:?}, on A after {:?}",
         frozen.elapsed()
     );
-    // A saw its watch fall silent (keepalive alone would take 5-10 s) and
-    // watches through another member.
-    let started = Instant::now();
-    while !replicas.replicas[0].log().contains("fell silent") {
-        assert!(
-            started.elapsed() < PATIENCE,
-            "A never noticed its silent watch"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // The ack B's enforcer sent shows on A too.
+    replicas.synced(0, added.revision).await;
+    eprintln!("B's enforcer's ack on A after {:?}", frozen.elapsed());
+    // A saw both its watches fall silent (keepalive alone would take 5-10 s)
+    // and watches through another member.
+    for said in [
+        "the etcd watch on the log's head fell silent",
+        "the etcd watch of shared values fell silent",
+    ] {
+        let started = Instant::now();
+        while !replicas.replicas[0].log().contains(said) {
+            assert!(started.elapsed() < PATIENCE, "A never said {said:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     eprintln!(
-        "A watches through another member {:?} after the freeze",
+        "A watches through other members {:?} after the freeze",
         frozen.elapsed()
     );
     let again = replicas.clients[1]
