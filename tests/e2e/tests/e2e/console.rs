@@ -290,6 +290,55 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
         .await;
     browser.screenshot("10-changed-elsewhere").await;
 
+    // Troubleshooting, the seed's checklist: 3000 has a rule, nothing listens.
+    browser
+        .click(Locator::Css(&format!("{} button.check", row(3000))))
+        .await;
+    browser
+        .wait_attr("#diagnosis", "data-state", "problems")
+        .await;
+    for (check, result) in [
+        ("rule_exists", "pass"),
+        ("rule_enabled", "pass"),
+        ("rule_applied", "pass"),
+        ("rule_in_kernel", "pass"),
+        ("service_listening", "fail"),
+    ] {
+        let item = format!("#diagnosis li[data-check=\"{check}\"]");
+        browser.wait_attr(&item, "data-result", result).await;
+    }
+    browser
+        .wait_text(
+            "#diagnosis li[data-check=\"service_listening\"] .next",
+            "Verify the service is actually running",
+        )
+        .await;
+    browser
+        .wait_text("#diagnosis .summary", "4 of 6 checks pass")
+        .await;
+    browser
+        .client
+        .execute(
+            "document.getElementById('diagnosis').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .expect("scroll to the checklist");
+    browser.screenshot("10b-troubleshoot-nothing-listens").await;
+    // 6379 listens in the instance: after a real connection, every check passes.
+    assert!(fixture.tcp_open(6379), "6379 is open in the kernel");
+    browser
+        .click(Locator::Css(&format!("{} button.check", row(6379))))
+        .await;
+    browser.wait_attr("#diagnosis", "data-state", "ok").await;
+    let passed = browser
+        .client
+        .find_all(Locator::Css("#diagnosis li[data-result=\"pass\"]"))
+        .await
+        .unwrap();
+    assert_eq!(passed.len(), 6, "every check passes for 6379");
+    browser.screenshot("10c-troubleshoot-all-pass").await;
+
     // A phone's width, and the instance list.
     browser
         .client

@@ -194,6 +194,21 @@
 
   // ---- formatting ----------------------------------------------------------
 
+  // Diagnose's checks, in the seed's words.
+  const CHECK_LABELS = {
+    rule_exists: "A rule accepts the port",
+    rule_enabled: "The rule is enabled (its toggle is green)",
+    rule_applied: "The enforcer applied it",
+    rule_in_kernel: "It is in the instance's firewall",
+    service_listening: "A service is listening on the port",
+    packets_arriving: "Connections reach the port",
+  };
+  const CHECK_RESULTS = {
+    CHECK_RESULT_PASS: ["pass", "✓", "passed"],
+    CHECK_RESULT_FAIL: ["fail", "✗", "failed"],
+    CHECK_RESULT_UNKNOWN: ["unknown", "?", "unknown"],
+  };
+
   const protocolName = (protocol) => (protocol === "PROTOCOL_UDP" ? "UDP" : "TCP");
 
   function seconds(duration) {
@@ -589,6 +604,9 @@
           ? h("span", { class: "default-tag", title: "Default rules can be disabled but not deleted" }, "Default")
           : h("button", { type: "button", class: "delete", "aria-label": "Delete rule", title: "Delete rule" }, trashIcon());
         if (!rule.isDefault) deleteButton.addEventListener("click", () => remove(r.rule));
+        const target = `${rule.port}/${protocolName(rule.protocol)}`;
+        const checkButton = h("button", { type: "button", class: "check", "aria-label": `Troubleshoot port ${target}`, title: "Can't connect? Check this port" }, "Check");
+        checkButton.addEventListener("click", () => troubleshoot(r.rule));
         r = {
           tr: h("tr"),
           port: h("td", { class: "port", "data-label": "Port" }),
@@ -596,7 +614,7 @@
           description: h("td", { class: "description", "data-label": "Description" }),
           status: h("td", { class: "status", "data-label": "Status" }),
           toggle: h("td", { class: "toggle", "data-label": "Accepting" }, toggleButton),
-          actions: h("td", { class: "actions" }, deleteButton),
+          actions: h("td", { class: "actions" }, checkButton, h("span", { class: "slot" }, deleteButton)),
           toggleButton,
         };
         r.tr.append(r.port, r.protocol, r.description, r.status, r.toggle, r.actions);
@@ -634,6 +652,57 @@
       r.toggleButton.setAttribute("aria-label", `Accept connections on port ${rule.port}/${proto}`);
       r.toggleButton.title = rule.enabled ? "Accepting connections (click to block)" : "Blocking connections (click to accept)";
       return r.tr;
+    }
+
+    // The seed's "Connection refused after opening a port" checklist, answered
+    // with facts by Diagnose: the rule, its toggle, the enforcer's acks, the
+    // instance's kernel, what listens and what arrives.
+    const diagnosis = h("section", { class: "diagnosis", id: "diagnosis", "aria-labelledby": "diagnosis-title", hidden: true });
+    async function troubleshoot(rule) {
+      const target = `${rule.port}/${protocolName(rule.protocol)}`;
+      const head = h("div", { class: "card-head" }, h("h2", { id: "diagnosis-title" }, `Troubleshooting port ${target}`));
+      const close = h("button", { type: "button", class: "button secondary", onclick: () => { diagnosis.hidden = true; } }, "Close");
+      diagnosis.hidden = false;
+      diagnosis.setAttribute("data-state", "checking");
+      diagnosis.replaceChildren(head, h("p", { class: "muted", role: "status" }, "Checking the rule, the enforcer and the instance…"));
+      diagnosis.scrollIntoView({ block: "nearest", behavior: "smooth" });
+      let result;
+      try {
+        const query = `port=${encodeURIComponent(rule.port)}&protocol=${encodeURIComponent(rule.protocol || "PROTOCOL_TCP")}`;
+        result = await api("GET", `/api/v1/firewalls/${encodeURIComponent(instanceId)}/diagnose?${query}`);
+      } catch (error) {
+        diagnosis.setAttribute("data-state", "error");
+        diagnosis.replaceChildren(head, h("p", { class: "form-error", role: "alert" }, error.message), close);
+        return;
+      }
+      const checks = result.checks || [];
+      const passed = checks.filter((c) => c.result === "CHECK_RESULT_PASS").length;
+      diagnosis.setAttribute("data-state", result.ok ? "ok" : "problems");
+      diagnosis.replaceChildren(
+        head,
+        h("p", { class: "summary", role: "status" }, result.ok ? `All ${checks.length} checks pass: the port is open and something answers on it.` : `${passed} of ${checks.length} checks pass.`),
+        h(
+          "ol",
+          { class: "checks" },
+          checks.map((check) => {
+            const [kind, mark, word] = CHECK_RESULTS[check.result] || CHECK_RESULTS.CHECK_RESULT_UNKNOWN;
+            return h(
+              "li",
+              { "data-check": check.name, "data-result": kind },
+              h("span", { class: `mark ${kind}`, "aria-hidden": "true" }, mark),
+              h(
+                "div",
+                { class: "check-body" },
+                h("strong", {}, CHECK_LABELS[check.name] || check.name),
+                h("span", { class: "visually-hidden" }, ` (${word})`),
+                h("span", { class: "detail" }, check.detail || ""),
+                check.nextStep ? h("span", { class: "next" }, check.nextStep) : null,
+              ),
+            );
+          }),
+        ),
+        h("div", { class: "diagnosis-actions" }, h("button", { type: "button", class: "button primary", onclick: () => troubleshoot(rule) }, "Check again"), close),
+      );
     }
 
     function renderEnforcer() {
@@ -694,6 +763,7 @@
         enforcer,
         pageAlert,
         table,
+        diagnosis,
         form,
       ),
     );
