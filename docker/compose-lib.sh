@@ -1,7 +1,9 @@
 # Shared by docker/test-compose.sh and docker/test-compose-ha.sh (sourced):
-# finding docker-compose, a free loopback port, and one assertion at a time.
-# Each script defines dc() (its compose command with its file and project)
-# and a $label for its output.
+# finding docker-compose, a free loopback port, bringing the project up (and
+# down again on exit), waiting for a healthy service, the admin's
+# credentials, and one assertion at a time. Each script defines dc() (its
+# compose command with its file and project), $CASSETTE_IMAGE and a $label
+# for its output.
 
 if command -v docker-compose >/dev/null 2>&1; then
     compose=(docker-compose)
@@ -29,4 +31,41 @@ check() { # check NAME COMMAND...: one assertion
         failed=$((failed + 1))
         dc logs --tail 30 >&2 || true
     fi
+}
+
+# compose_up BIN_DIR: builds the images and starts the project; on exit the
+# project, its volumes, the image and $creds (a temporary directory for the
+# admin's credentials) are removed, also on failure.
+compose_up() {
+    creds=$(mktemp -d)
+    trap compose_down EXIT
+    ./docker/build-base-image.sh
+    ./docker/build-image.sh "$1"
+    dc up -d >/dev/null 2>&1 || { dc logs --tail 50 >&2; exit 1; }
+}
+
+compose_down() {
+    dc down -v --remove-orphans >/dev/null 2>&1 || true
+    docker image rm "$CASSETTE_IMAGE" >/dev/null 2>&1 || true
+    rm -rf "$creds"
+}
+
+healthy() { # healthy SERVICE SECONDS: waits until SERVICE is healthy
+    local id
+    id=$(dc ps -q "$1")
+    for _ in $(seq $(($2 * 2))); do
+        [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ] && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+# admin_credentials SERVICE: copies the admin principal's certificate, key and
+# the CA from SERVICE's PKI volume into $creds (as an operator would) and sets
+# admin=(grpcurl's flags for them).
+admin_credentials() {
+    for file in ca.pem principal-admin.pem principal-admin.key; do
+        dc exec -T "$1" cat "/pki/$file" >"$creds/$file"
+    done
+    admin=(-cacert "$creds/ca.pem" -cert "$creds/principal-admin.pem" -key "$creds/principal-admin.key")
 }

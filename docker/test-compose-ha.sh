@@ -24,33 +24,11 @@ CASSETTE_RULES_A_PORT=$(free_port)
 CASSETTE_RULES_B_PORT=$(free_port)
 project=cassette-ha-test-$$
 dc() { "${compose[@]}" -f docker-compose.ha.yml -p "$project" "$@"; }
-creds=$(mktemp -d)
-cleanup() {
-    dc down -v --remove-orphans >/dev/null 2>&1 || true
-    docker image rm "$CASSETTE_IMAGE" >/dev/null 2>&1 || true
-    rm -rf "$creds"
-}
-trap cleanup EXIT
+compose_up "$bin_dir"
 
-./docker/build-base-image.sh
-./docker/build-image.sh "$bin_dir"
-dc up -d >/dev/null 2>&1 || { dc logs --tail 50 >&2; exit 1; }
-
-healthy() { # healthy SERVICE: waits until it is healthy (120 s at most)
-    local id
-    id=$(dc ps -q "$1")
-    for _ in $(seq 240); do
-        [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ] && return 0
-        sleep 0.5
-    done
-    return 1
-}
-check "rules-a is healthy on the etcd log" healthy rules-a
-check "rules-b is healthy on the etcd log" healthy rules-b
-for file in ca.pem principal-admin.pem principal-admin.key; do
-    dc exec -T rules-a cat "/pki/$file" >"$creds/$file"
-done
-admin=(-cacert "$creds/ca.pem" -cert "$creds/principal-admin.pem" -key "$creds/principal-admin.key")
+check "rules-a is healthy on the etcd log" healthy rules-a 120
+check "rules-b is healthy on the etcd log" healthy rules-b 120
+admin_credentials rules-a
 rpc() { # rpc a|b METHOD JSON: as the admin principal, over TLS, through one replica
     local port=$CASSETTE_RULES_A_PORT
     [ "$1" = b ] && port=$CASSETTE_RULES_B_PORT
@@ -78,7 +56,7 @@ check "the enforcer streams from rules-b now" bash -c \
     "$(declare -f rpc); admin=(${admin[*]}); CASSETTE_RULES_A_PORT=$CASSETTE_RULES_A_PORT; CASSETTE_RULES_B_PORT=$CASSETTE_RULES_B_PORT; rpc b GetFirewall '{\"instance_id\": \"web-1\"}' | jq -e '.sync.enforcerConnected' >/dev/null"
 dc start rules-a >/dev/null 2>&1
 check "rules-a comes back with the change made while it was away" bash -c \
-    "$(declare -f rpc healthy dc); compose=(${compose[*]}); project=$project; admin=(${admin[*]}); CASSETTE_RULES_A_PORT=$CASSETTE_RULES_A_PORT; CASSETTE_RULES_B_PORT=$CASSETTE_RULES_B_PORT; healthy rules-a && rpc a GetFirewall '{\"instance_id\": \"web-1\"}' | jq -e '.rules[] | select(.port == 8080) | .enabled != true' >/dev/null"
+    "$(declare -f rpc healthy dc); compose=(${compose[*]}); project=$project; admin=(${admin[*]}); CASSETTE_RULES_A_PORT=$CASSETTE_RULES_A_PORT; CASSETTE_RULES_B_PORT=$CASSETTE_RULES_B_PORT; healthy rules-a 120 && rpc a GetFirewall '{\"instance_id\": \"web-1\"}' | jq -e '.rules[] | select(.port == 8080) | .enabled != true' >/dev/null"
 
 echo "compose-ha: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -26,33 +26,11 @@ project=cassette-test-$$
 dc() { "${compose[@]}" -p "$project" "$@"; }
 rules=127.0.0.1:$CASSETTE_RULES_PORT
 
-creds=$(mktemp -d)
-cleanup() {
-    dc down -v --remove-orphans >/dev/null 2>&1 || true
-    docker image rm "$CASSETTE_IMAGE" >/dev/null 2>&1 || true
-    rm -rf "$creds"
-}
-trap cleanup EXIT
-
 # The README's "Run with Docker Compose" steps.
-./docker/build-base-image.sh
-./docker/build-image.sh "$bin_dir"
-dc up -d >/dev/null 2>&1 || { dc logs --tail 50 >&2; exit 1; }
+compose_up "$bin_dir"
 
-healthy() { # waits until the rules service is healthy (60 s at most)
-    local id
-    id=$(dc ps -q rules)
-    for _ in $(seq 120); do
-        [ "$(docker inspect -f '{{.State.Health.Status}}' "$id")" = healthy ] && return 0
-        sleep 0.5
-    done
-    return 1
-}
 # The admin's credentials, from the PKI volume (as an operator would copy them).
-for file in ca.pem principal-admin.pem principal-admin.key; do
-    dc exec -T rules cat "/pki/$file" >"$creds/$file"
-done
-admin=(-cacert "$creds/ca.pem" -cert "$creds/principal-admin.pem" -key "$creds/principal-admin.key")
+admin_credentials rules
 rpc() { # rpc METHOD JSON: as the admin principal, over TLS
     grpcurl "${admin[@]}" -max-time 40 -d "$2" "$rules" "cassette.firewall.v1.FirewallService/$1"
 }
@@ -79,7 +57,7 @@ wait_for_sync() {
     rpc WaitForSync "{\"instance_id\": \"$1\", \"timeout\": \"30s\"}" | jq -e '.state == "SYNC_STATE_IN_SYNC"' >/dev/null
 }
 
-check "the rules service is healthy" healthy
+check "the rules service is healthy" healthy rules 60
 # In production the console creates firewalls; here the admin does.
 rpc CreateFirewall '{"instance_id": "web-1"}' >/dev/null
 rpc CreateFirewall '{"instance_id": "db-1"}' >/dev/null

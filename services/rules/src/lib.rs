@@ -185,14 +185,7 @@ impl RulesService {
             elapsed_ms = stats.elapsed.as_millis() as u64,
             "event log replayed"
         );
-        Ok(Self {
-            store,
-            stats,
-            security: Security::development(),
-            limits: Limits::default(),
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            console: None,
-        })
+        Ok(Self::serving(store, stats))
     }
 
     /// Opens the event log in an etcd cluster shared with other replicas and
@@ -209,14 +202,19 @@ impl RulesService {
             elapsed_ms = stats.elapsed.as_millis() as u64,
             "event log replayed from etcd"
         );
-        Ok(Self {
+        Ok(Self::serving(store, stats))
+    }
+
+    /// A service for `store`, in development mode with the default limits.
+    fn serving(store: Arc<Store>, stats: OpenStats) -> Self {
+        Self {
             store,
             stats,
             security: Security::development(),
             limits: Limits::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             console: None,
-        })
+        }
     }
 
     /// Serves with `security` instead of development mode.

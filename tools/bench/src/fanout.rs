@@ -135,19 +135,8 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let mut enforcers = Vec::new();
     for (i, id) in instances.iter().enumerate() {
         let replica = i % targets.len();
-        let config = Config {
-            rules: vec![targets[replica].clone()],
-            keepalive: Default::default(),
-            tls: None,
-            instance: InstanceId::parse(id)?,
-            enforcer_id: format!("sim-{i}"),
-            table: TableName::default(),
-            refresh_interval: Duration::from_secs(3600),
-            report_interval: Duration::from_secs(3600),
-            state_dir: None,
-        };
         let own = &channels[replica];
-        let enforcer = Enforcer::new(config, MemoryKernel::default())
+        let enforcer = simulated(&targets[replica], id, &format!("sim-{i}"))?
             .with_channel(own[(i / targets.len()) % own.len()].clone());
         enforcers.push(tokio::spawn(enforcer.run(std::future::pending())));
     }
@@ -250,6 +239,27 @@ async fn connect_retrying(target: &Target) -> anyhow::Result<Channel> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// A simulated enforcer for `instance`, streaming from `rules`, its kernel
+/// in memory; it neither repairs nor reports on its own.
+pub(crate) fn simulated(
+    rules: &Target,
+    instance: &str,
+    enforcer_id: &str,
+) -> anyhow::Result<Enforcer<MemoryKernel>> {
+    let config = Config {
+        rules: vec![rules.clone()],
+        keepalive: Default::default(),
+        tls: None,
+        instance: InstanceId::parse(instance)?,
+        enforcer_id: enforcer_id.to_owned(),
+        table: TableName::default(),
+        refresh_interval: Duration::from_secs(3600),
+        report_interval: Duration::from_secs(3600),
+        state_dir: None,
+    };
+    Ok(Enforcer::new(config, MemoryKernel::default()))
 }
 
 pub(crate) async fn wait(

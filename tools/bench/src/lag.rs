@@ -9,9 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use cassette_enforcement::{Config, Enforcer, MemoryKernel};
 use cassette_eventlog::etcd::EtcdConfig;
-use cassette_model::InstanceId;
 use cassette_proto::pb;
 use cassette_proto::pb::audit_service_client::AuditServiceClient;
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
@@ -19,7 +17,7 @@ use cassette_proto::Target;
 use cassette_rules::RulesService;
 use serde_json::json;
 
-use crate::fanout::wait;
+use crate::fanout::{simulated, wait};
 use crate::stats::{percentile_ms, round3};
 
 #[derive(Debug, clap::Args)]
@@ -65,20 +63,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         .into_inner();
     // The follow stream starts with the history: the creation.
     follow.message().await?.context("the creation event")?;
-    let enforcer = Enforcer::new(
-        Config {
-            rules: vec![replicas[1].clone()],
-            keepalive: Default::default(),
-            tls: None,
-            instance: InstanceId::parse("lag-1")?,
-            enforcer_id: "lag-enforcer".into(),
-            table: cassette_ruleset::TableName::default(),
-            refresh_interval: Duration::from_secs(3600),
-            report_interval: Duration::from_secs(3600),
-            state_dir: None,
-        },
-        MemoryKernel::default(),
-    );
+    let enforcer = simulated(&replicas[1], "lag-1", "lag-enforcer")?;
     let enforcer = tokio::spawn(enforcer.run(std::future::pending()));
     wait(&mut a, "lag-1".into(), 1).await?;
     let mut lags = Vec::with_capacity(options.changes as usize);
