@@ -66,8 +66,34 @@ impl EtcdCluster {
         Self::launch(dir, size, &[]).await
     }
 
+    /// Ports are found free and then bound by etcd: another test can take
+    /// one in between. A fresh cluster that lost that race starts again on
+    /// other ports (one on kept data is never wiped: it fails as it is).
     async fn launch(dir: &Path, size: usize, args: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("etcd directory");
+        let data = |i: usize| dir.join(format!("m{i}"));
+        let fresh = (0..size).all(|i| !data(i).exists());
+        for attempt in 1.. {
+            let mut cluster = Self::configure(dir, size, args);
+            for i in 0..size {
+                cluster.start_member(i);
+            }
+            if fresh && attempt < 5 && cluster.lost_a_port().await {
+                drop(cluster);
+                for i in 0..size {
+                    let _ = std::fs::remove_dir_all(data(i));
+                    let _ = std::fs::remove_file(dir.join(format!("m{i}.log")));
+                }
+                continue;
+            }
+            cluster.wait_for_leader().await;
+            return cluster;
+        }
+        unreachable!("the attempts above return")
+    }
+
+    /// Members (not started) on free loopback ports, their data in `dir`.
+    fn configure(dir: &Path, size: usize, args: &[&str]) -> Self {
         let token = format!("cassette-test-{}", uuid::Uuid::now_v7());
         let members: Vec<Member> = (0..size)
             .map(|i| {
@@ -87,18 +113,36 @@ impl EtcdCluster {
             .map(|m| format!("{}={}", m.name, m.peer_url))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Self {
+        Self {
             members,
             initial_cluster,
             token,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             _dir: None,
-        };
-        for i in 0..size {
-            cluster.start_member(i);
         }
-        cluster.wait_for_leader().await;
-        cluster
+    }
+
+    /// Waits for a leader; true if a member exited instead, its port taken.
+    async fn lost_a_port(&mut self) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if self.leader().await.is_some() {
+                return false;
+            }
+            for member in &mut self.members {
+                let exited = member
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+                let log = std::fs::read_to_string(&member.log).unwrap_or_default();
+                if exited && log.contains("address already in use") {
+                    eprintln!("etcd {}: its port was taken; starting again", member.name);
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// The client URLs of every member.
