@@ -67,22 +67,29 @@ impl EtcdCluster {
     }
 
     /// Ports are found free and then bound by etcd: another test can take
-    /// one in between. A fresh cluster that lost that race starts again on
-    /// other ports (one on kept data is never wiped: it fails as it is).
+    /// one in between. A cluster that lost that race starts again on other
+    /// ports (a member that failed to bind wrote nothing). A fresh cluster's
+    /// members that did start recorded the old ports: their data goes first;
+    /// data that was kept is never wiped.
     async fn launch(dir: &Path, size: usize, args: &[&str]) -> Self {
         std::fs::create_dir_all(dir).expect("etcd directory");
         let data = |i: usize| dir.join(format!("m{i}"));
         let fresh = (0..size).all(|i| !data(i).exists());
         for attempt in 1.. {
             let mut cluster = Self::configure(dir, size, args);
+            // Where this attempt's lines start in each member's log.
+            let logged: Vec<u64> = (cluster.members.iter())
+                .map(|m| std::fs::metadata(&m.log).map_or(0, |l| l.len()))
+                .collect();
             for i in 0..size {
                 cluster.start_member(i);
             }
-            if fresh && attempt < 5 && cluster.lost_a_port().await {
+            if attempt < 5 && cluster.lost_a_port(&logged).await {
                 drop(cluster);
                 for i in 0..size {
-                    let _ = std::fs::remove_dir_all(data(i));
-                    let _ = std::fs::remove_file(dir.join(format!("m{i}.log")));
+                    if fresh {
+                        let _ = std::fs::remove_dir_all(data(i));
+                    }
                 }
                 continue;
             }
@@ -122,23 +129,30 @@ impl EtcdCluster {
         }
     }
 
-    /// Waits for a leader; true if a member exited instead, its port taken.
-    async fn lost_a_port(&mut self) -> bool {
+    /// Waits for a leader; true if a member exited instead, its port taken
+    /// (said in its log after `logged`).
+    async fn lost_a_port(&mut self, logged: &[u64]) -> bool {
         let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
-            if self.leader().await.is_some() {
-                return false;
-            }
-            for member in &mut self.members {
+            let elected = self.leader().await.is_some();
+            // Members bind first thing, long before an election: a leader
+            // with every member still running means every port was ours.
+            for (member, &from) in self.members.iter_mut().zip(logged) {
                 let exited = member
                     .child
                     .as_mut()
                     .is_some_and(|c| c.try_wait().ok().flatten().is_some());
-                let log = std::fs::read_to_string(&member.log).unwrap_or_default();
-                if exited && log.contains("address already in use") {
+                let log = std::fs::read(&member.log).unwrap_or_default();
+                let this_attempt = log.get(from as usize..).unwrap_or_default();
+                if exited
+                    && String::from_utf8_lossy(this_attempt).contains("address already in use")
+                {
                     eprintln!("etcd {}: its port was taken; starting again", member.name);
                     return true;
                 }
+            }
+            if elected {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
