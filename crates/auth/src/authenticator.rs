@@ -11,7 +11,7 @@ use crate::identity::{Identity, TrustDomain};
 use crate::policy::{Policy, PolicyError};
 
 /// Metadata naming who asks in development mode (ignored otherwise).
-pub const ACTOR_HEADER: &str = "x-actor";
+pub const ACTOR_HEADER: &str = cassette_model::ActorId::FIELD;
 /// Metadata a delegate principal uses to name the end user it acts for.
 pub const ON_BEHALF_OF_HEADER: &str = "x-on-behalf-of";
 

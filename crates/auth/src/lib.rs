@@ -18,7 +18,7 @@ mod glob;
 pub mod identity;
 pub mod policy;
 
-pub use authenticator::{Authenticator, Credentials, Mode};
+pub use authenticator::{Authenticator, Credentials, Mode, ACTOR_HEADER, ON_BEHALF_OF_HEADER};
 pub use caller::{Action, AuthError, Caller};
 pub use glob::{InstanceGlob, InvalidGlob};
 pub use identity::{Identity, PrincipalName, TrustDomain};

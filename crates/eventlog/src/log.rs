@@ -103,6 +103,19 @@ impl Log {
         }
     }
 
+    /// [`Log::verify`], handing each good record to `visit` in order, so one
+    /// pass both checks and replays the log; a record `visit` refuses is
+    /// reported as the first bad one.
+    pub async fn verify_each(
+        &self,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        match self {
+            Log::Sled(log) => log.verify_each(visit),
+            Log::Etcd(log) => log.verify_each(visit).await,
+        }
+    }
+
     /// The head sequence other writers' appends left (`u64::MAX`: unknown,
     /// look) on a shared log; `None` when this process is the only writer (sled).
     pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

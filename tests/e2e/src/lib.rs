@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
 pub use cassette_proto::Target;
-use cassette_rules::RulesService;
+use cassette_rules::{LogConfig, RulesService};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -154,12 +154,17 @@ impl InProcess {
             Ok("etcd") => {
                 let etcd = etcd::EtcdCluster::start_in(&dir.join("etcd"), 1).await;
                 let config = cassette_eventlog::etcd::EtcdConfig::new(etcd.endpoints());
-                let service = RulesService::open_etcd(&config)
+                let service = RulesService::open(&LogConfig::Etcd(config))
                     .await
                     .expect("open rules service on etcd");
                 (service, Some(etcd))
             }
-            _ => (RulesService::open(dir).expect("open rules service"), None),
+            _ => (
+                RulesService::open(&LogConfig::sled(dir))
+                    .await
+                    .expect("open rules service"),
+                None,
+            ),
         };
         let service = service.with_security(security).with_limits(limits);
         let metrics = service.metrics();

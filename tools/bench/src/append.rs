@@ -9,7 +9,7 @@ use anyhow::Context;
 use cassette_proto::pb;
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
 use cassette_proto::Target;
-use cassette_rules::RulesService;
+use cassette_rules::{LogConfig, RulesService};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -51,12 +51,12 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let mut service = if options.etcd_endpoints.is_empty() {
-                RulesService::open(dir.path())?
+                RulesService::open(&LogConfig::sled(dir.path())).await?
             } else {
                 let mut config =
                     cassette_eventlog::etcd::EtcdConfig::new(options.etcd_endpoints.clone());
                 config.prefix = format!("/cassette-bench/{}", uuid::Uuid::now_v7().simple());
-                RulesService::open_etcd(&config).await?
+                RulesService::open(&LogConfig::Etcd(config)).await?
             };
             if let Some(tls) = &tls {
                 service = service.with_security(tls.security()?);

@@ -8,7 +8,7 @@ use anyhow::Context;
 use cassette_proto::pb;
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
 use cassette_proto::Target;
-use cassette_rules::{Listener, RulesService};
+use cassette_rules::{Listener, LogConfig, RulesService};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -41,7 +41,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("rules.sock");
     let tls = options.tls.then(crate::tls::BenchTls::new).transpose()?;
-    let mut service = RulesService::open(&dir.path().join("data"))?;
+    let mut service = RulesService::open(&LogConfig::sled(dir.path().join("data"))).await?;
     let mut enforcer_tls = Vec::new();
     let mut client_tls = None;
     if let Some(tls) = &tls {

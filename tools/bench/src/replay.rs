@@ -10,7 +10,7 @@ use cassette_model::{
 };
 use cassette_proto::pb;
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
-use cassette_rules::RulesService;
+use cassette_rules::{LogConfig, RulesService};
 use serde_json::json;
 
 use crate::stats::round3;
@@ -67,7 +67,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     );
 
     let started = Instant::now();
-    let service = RulesService::open(dir)?;
+    let service = RulesService::open(&LogConfig::sled(dir)).await?;
     let replayed = service.stats();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 use tonic::Status;
 
 use super::{json_response, Console};
-use crate::api::FirewallApi;
-use crate::status::invalid;
+use crate::grpc::FirewallApi;
+use crate::grpc::status::invalid;
 
 pub fn routes() -> Router<Arc<Console>> {
     Router::new()
@@ -103,7 +103,7 @@ impl Console {
                     };
                     invalid(ValidationError::new(field, message))
                 }
-                other => Status::internal(other.to_string()),
+                other => crate::grpc::status::internal(other),
             })
     }
 

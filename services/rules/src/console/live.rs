@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::grpc::status as grpc_status;
+
 use super::{error_response, Console};
 
 /// A comment line this often keeps proxies and the page's dead-connection
@@ -42,10 +44,11 @@ pub async fn stream(
     }
     let slot = match console.live_streams.acquire(caller.actor().as_str()) {
         Ok(slot) => slot,
-        Err(limit) => return error_response(&Status::from(limit)),
+        Err(limit) => return error_response(&grpc_status::limit(limit)),
     };
-    let Ok(id) = InstanceId::parse(&instance_id) else {
-        return error_response(&Status::internal("a firewall's id does not parse"));
+    let id = match InstanceId::parse(&instance_id) {
+        Ok(id) => id,
+        Err(error) => return error_response(&grpc_status::internal(error)),
     };
     let board = console.store.board();
     let mut committed = board.watch_committed(&id);
@@ -66,7 +69,7 @@ pub async fn stream(
                 let event = match console.firewall(&caller, &instance_id).await {
                     Ok(firewall) => match console.json.to_string("Firewall", &firewall) {
                         Ok(json) => format!("event: firewall\ndata: {json}\n\n"),
-                        Err(error) => error_event(&Status::internal(error.to_string())),
+                        Err(error) => error_event(&grpc_status::internal(error)),
                     },
                     Err(status) => error_event(&status),
                 };
@@ -77,9 +80,7 @@ pub async fn stream(
                 loop {
                     tokio::select! {
                         () = &mut stopping => {
-                            let _ = tx.send(Ok(Bytes::from(error_event(&Status::unavailable(
-                                "the rules service is stopping",
-                            ))))).await;
+                            let _ = tx.send(Ok(Bytes::from(error_event(&grpc_status::stopping())))).await;
                             return;
                         }
                         () = tx.closed() => return,
@@ -107,6 +108,6 @@ pub async fn stream(
 }
 
 fn error_event(status: &Status) -> String {
-    let (_, body) = crate::status::http_error(status);
+    let (_, body) = grpc_status::http_error(status);
     format!("event: error\ndata: {body}\n\n")
 }

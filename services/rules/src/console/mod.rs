@@ -25,10 +25,10 @@ use cassette_auth::{Authenticator, Caller};
 use cassette_proto::ProtoJson;
 use tonic::Status;
 
-use crate::api::FirewallApi;
-use crate::limits::{Limits, Slots};
-use crate::status::http_error;
-use crate::store::Store;
+use crate::grpc::FirewallApi;
+use cassette_service::limits::{Limits, Slots};
+use crate::grpc::status::http_error;
+use cassette_service::store::Store;
 
 pub use server::{serve, HttpTls, HttpTlsError};
 
@@ -63,7 +63,7 @@ impl Console {
     /// The caller, from the same headers the gRPC interceptor reads (a
     /// bearer token, and in development mode `x-actor`); no certificate.
     fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, Status> {
-        crate::caller::authenticate(&self.authenticator, headers, None)
+        crate::grpc::caller::authenticate(&self.authenticator, headers, None)
     }
 
     /// A gRPC answer as the JSON API's: the message in protobuf JSON, or the
@@ -72,7 +72,7 @@ impl Console {
         match result.and_then(|message| {
             self.json
                 .to_string(name, &message)
-                .map_err(|e| Status::internal(e.to_string()))
+                .map_err(crate::grpc::status::internal)
         }) {
             Ok(body) => json_response(axum::http::StatusCode::OK, body),
             Err(status) => error_response(&status),

@@ -582,7 +582,9 @@ async fn per_principal_caps_answer_resource_exhausted() {
 #[tokio::test]
 async fn development_mode_refuses_plaintext_beyond_loopback() {
     let dir = tempfile::tempdir().unwrap();
-    let service = cassette_rules::RulesService::open(dir.path()).unwrap();
+    let service = cassette_rules::RulesService::open(&cassette_rules::LogConfig::sled(dir.path()))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let error = service
         .serve(listener, std::future::ready(()))

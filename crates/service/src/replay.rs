@@ -1,13 +1,14 @@
-//! Audit answers from the event log, by replay, with the same fold and
-//! renderer the system runs on. Shared by `AuditService` and the offline
-//! `cassette-rules audit` commands, so both give the same answers.
+//! History from the event log, by replay, with the same fold and renderer
+//! the system runs on: filtered reads of the log, an instance's firewall at
+//! a revision or a time, and what changed between two revisions. The store
+//! (idempotent retries, ack checks), `AuditService` and the offline
+//! `cassette-rules audit` commands all ask here, so they give one answer.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use cassette_eventlog::{Log, Record};
 use cassette_model::{replay, DomainError, Event, Firewall, InstanceId, Rule, ValidationError};
-use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
 use cassette_ruleset::{Ruleset, TableName};
 
 use crate::store::StoreError;
@@ -105,16 +106,6 @@ impl FirewallAt {
     pub fn ruleset(&self) -> String {
         Ruleset::of(Some(&self.firewall)).render(&TableName::default())
     }
-
-    pub fn to_pb(&self) -> pb::FirewallAt {
-        pb::FirewallAt {
-            firewall: Some(firewall_to_pb(&self.firewall)),
-            revision: self.event.revision,
-            ruleset: self.ruleset(),
-            commit_time: Some(self.event.commit_time.into()),
-            deleted: !self.firewall.is_live(),
-        }
-    }
 }
 
 fn not_found(instance: &InstanceId) -> StoreError {
@@ -198,29 +189,8 @@ impl EventPage {
     };
 }
 
-impl Diff {
-    pub fn to_pb(&self) -> pb::FirewallDiff {
-        pb::FirewallDiff {
-            added: self.added.iter().map(rule_to_pb).collect(),
-            removed: self.removed.iter().map(rule_to_pb).collect(),
-            changed: self
-                .changed
-                .iter()
-                .map(|(before, after)| pb::RuleChange {
-                    before: Some(rule_to_pb(before)),
-                    after: Some(rule_to_pb(after)),
-                })
-                .collect(),
-            events: self
-                .events
-                .iter()
-                .map(|r| event_to_pb(&r.event, &r.prev_hash))
-                .collect(),
-            next_page_token: self.next_after.map(|r| r.to_string()).unwrap_or_default(),
-        }
-    }
-}
-
+/// What changed in `instance`'s firewall from revision `from` to `to`, with
+/// `page` of the events between.
 pub async fn diff(
     log: &Log,
     instance: &InstanceId,

@@ -6,15 +6,11 @@
 
 use std::sync::Arc;
 
-use cassette_auth::{Authenticator, Caller, Credentials};
+use cassette_auth::{Authenticator, Caller, Credentials, ACTOR_HEADER, ON_BEHALF_OF_HEADER};
 use tonic::service::Interceptor;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
-/// Metadata naming who asks, honoured in development mode only.
-pub const ACTOR_METADATA: &str = "x-actor";
-/// Metadata a delegate principal sets to name the end user it acts for.
-pub const ON_BEHALF_OF_METADATA: &str = "x-on-behalf-of";
 
 /// The interceptor in front of FirewallService, EnforcerService and AuditService.
 #[derive(Clone)]
@@ -47,7 +43,7 @@ pub fn authenticate(
             .map(|v| v.to_str())
             .transpose()
             .map_err(|_| {
-                crate::status::invalid(cassette_model::ValidationError::new(
+                crate::grpc::status::invalid(cassette_model::ValidationError::new(
                     name,
                     "must be printable ASCII",
                 ))
@@ -56,13 +52,13 @@ pub fn authenticate(
     let credentials = Credentials {
         certificate,
         authorization: header("authorization")?,
-        actor: header(ACTOR_METADATA)?,
-        on_behalf_of: header(ON_BEHALF_OF_METADATA)?,
+        actor: header(ACTOR_HEADER)?,
+        on_behalf_of: header(ON_BEHALF_OF_HEADER)?,
     };
     authenticator
         .authenticate(&credentials)
         .inspect_err(|error| tracing::info!(%error, "request refused by authentication"))
-        .map_err(crate::status::refused)
+        .map_err(crate::grpc::status::refused)
 }
 
 /// The client's certificate chain, over TCP or a Unix socket.
@@ -86,5 +82,5 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or_else(|| Status::internal("request reached a handler unauthenticated"))
+        .ok_or_else(crate::grpc::status::unauthenticated_handler)
 }

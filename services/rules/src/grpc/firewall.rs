@@ -14,13 +14,14 @@ use cassette_proto::{pb, protocol_to_pb, warning_to_pb};
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
-use crate::caller::caller;
-use crate::diagnose::diagnose;
-use crate::limits::{Limits, Slots};
-use crate::requests;
-use crate::status::{invalid, refused, Violations};
-use crate::store::{Mutation, Store, StoreError};
-use crate::sync::{present, Observed, Snapshot};
+use crate::grpc::caller::caller;
+use crate::grpc::diagnose::diagnose;
+use cassette_service::limits::{Limits, Slots};
+use crate::grpc::requests;
+use crate::grpc::status::{self, invalid, refused, Violations};
+use cassette_service::store::{Mutation, Store, StoreError};
+use cassette_service::sync::{Observed, Snapshot};
+use crate::grpc::present::{present, sync_status};
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
@@ -65,10 +66,7 @@ impl FirewallApi {
             let mut v = Violations::default();
             let target = requests::target(instance_id, request_id, &mut v);
             let command = command(&request, &mut v);
-            v.finish()?;
-            let (Some((instance_id, request_id)), Some(command)) = (target, command) else {
-                return Err(Status::internal("a validated field is missing"));
-            };
+            let ((instance_id, request_id), command) = v.finish_with(target.zip(command))?;
             let advised = command.clone();
             let mutation = Mutation {
                 instance_id,
@@ -78,7 +76,7 @@ impl FirewallApi {
                 actor: caller.actor(),
                 on_behalf_of: caller.on_behalf_of().cloned(),
             };
-            let firewall = self.store.mutate(mutation).await?;
+            let firewall = self.store.mutate(mutation).await.map_err(status::store)?;
             Span::current().record("revision", firewall.revision);
             let mut answer = self.present(&firewall);
             answer.warnings = cassette_model::warnings(&advised, &firewall)
@@ -209,7 +207,7 @@ impl FirewallService for FirewallApi {
                 .authorize(Action::Read, "GetFirewall", &request.instance_id)
                 .map_err(refused)?;
             let instance_id = InstanceId::parse(&request.instance_id).map_err(invalid)?;
-            let firewall = self.store.get(&instance_id)?;
+            let firewall = self.store.get(&instance_id).map_err(status::store)?;
             Span::current().record("revision", firewall.revision);
             // Hit counts from the enforcer, wherever it streams.
             self.store.board().want_reports(&instance_id);
@@ -349,11 +347,8 @@ impl FirewallService for FirewallApi {
             let mut v = Violations::default();
             let instance_id = v.check(InstanceId::parse(&request.instance_id));
             let target = requests::diagnose(&request, &mut v);
-            v.finish()?;
-            let (Some(instance_id), Some((port, protocol))) = (instance_id, target) else {
-                return Err(Status::internal("a validated field is missing"));
-            };
-            let firewall = self.store.get(&instance_id)?;
+            let (instance_id, (port, protocol)) = v.finish_with(instance_id.zip(target))?;
+            let firewall = self.store.get(&instance_id).map_err(status::store)?;
             Span::current().record("revision", firewall.revision);
             let sync = self.fresh_report(&instance_id).await;
             let checks = diagnose(&firewall, port, protocol, &sync, SystemTime::now());
@@ -381,15 +376,15 @@ impl FirewallService for FirewallApi {
             caller
                 .authorize(Action::Read, "WaitForSync", &request.instance_id)
                 .map_err(refused)?;
-            let _slot = self.waiters.acquire(caller.actor().as_str())?;
+            let _slot = self
+                .waiters
+                .acquire(caller.actor().as_str())
+                .map_err(status::limit)?;
             let mut v = Violations::default();
             let instance_id = v.check(InstanceId::parse(&request.instance_id));
             let timeout = v.check(requests::wait_timeout(request.timeout));
-            v.finish()?;
-            let (Some(instance_id), Some(timeout)) = (instance_id, timeout) else {
-                return Err(Status::internal("a validated field is missing"));
-            };
-            let mut latest = self.store.revision(&instance_id)?;
+            let (instance_id, timeout) = v.finish_with(instance_id.zip(timeout))?;
+            let mut latest = self.store.revision(&instance_id).map_err(status::store)?;
             if request.revision > latest && self.store.log().is_shared() {
                 // Written through another replica a moment ago: this one
                 // follows within milliseconds.
@@ -417,18 +412,18 @@ impl FirewallService for FirewallApi {
                 let snapshot = status.borrow_and_update().clone();
                 if snapshot.has_acked(target) {
                     let latest = self.store.revision(&instance_id).unwrap_or(latest);
-                    return Ok(snapshot.to_pb(latest));
+                    return Ok(sync_status(&snapshot, latest));
                 }
                 tokio::select! {
                     changed = status.changed() => {
                         if changed.is_err() {
-                            return Err(StoreError::ShuttingDown.into());
+                            return Err(status::store(StoreError::ShuttingDown));
                         }
                     }
                     // A stopping service does not keep a waiter until its timeout.
-                    () = &mut stopping => return Err(StoreError::ShuttingDown.into()),
+                    () = &mut stopping => return Err(status::store(StoreError::ShuttingDown)),
                     _ = tokio::time::sleep_until(deadline.into()) => {
-                        return Err(Status::deadline_exceeded(format!(
+                        return Err(status::not_synced_in_time(format!(
                             "instance {instance_id} has not acknowledged revision {target} within {timeout:?} \
                              (applied revision {}, enforcer connected: {})",
                             snapshot.applied_revision,

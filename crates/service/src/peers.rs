@@ -13,16 +13,30 @@
 //! Reports go only where they are asked for: every enforcer reports every
 //! few seconds, and a cluster-wide write for each would load etcd for
 //! counters nobody reads.
+//!
+//! The values' bytes are the public protobuf messages; this crate speaks no
+//! protobuf, so the doors hand in the [`Wire`] that encodes them.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cassette_eventlog::etcd::{SharedChange, SharedWriter};
 use cassette_model::InstanceId;
-use cassette_proto::pb;
-use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::sync::{Peers, SyncBoard, REPORT_INTEREST};
+use crate::sync::{Observed, Peers, Snapshot, SyncBoard, REPORT_INTEREST};
+
+/// How the shared values are encoded: `SyncStatus` and `Report`, the
+/// messages every replica version reads.
+pub trait Wire: Send + Sync + 'static {
+    /// A replica's own view of an instance (what its stream acknowledged).
+    fn encode_status(&self, status: &Snapshot) -> Vec<u8>;
+    /// Another replica's view: `remote_connected` set if it had the enforcer.
+    fn decode_status(&self, bytes: &[u8]) -> Result<Snapshot, String>;
+    fn encode_report(&self, report: &Observed) -> Vec<u8>;
+    /// A forwarded report; its `received` is filled in here.
+    fn decode_report(&self, bytes: &[u8]) -> Result<Observed, String>;
+}
 
 /// How long a replica's published values outlive the replica (its etcd
 /// lease): an instance whose replica was killed shows no enforcer after at
@@ -32,16 +46,17 @@ pub const SHARED_TTL: Duration = Duration::from_secs(5);
 const ASKS: &str = "asks";
 const REPORT: &str = "report";
 
-struct Shared(SharedWriter);
+struct Shared(SharedWriter, Arc<dyn Wire>);
 
 impl Peers for Shared {
-    fn status(&self, instance: &InstanceId, status: pb::SyncStatus) {
-        self.0.publish(instance.as_str(), status.encode_to_vec());
+    fn status(&self, instance: &InstanceId, status: &Snapshot) {
+        self.0
+            .publish(instance.as_str(), self.1.encode_status(status));
     }
 
-    fn report(&self, instance: &InstanceId, report: &pb::Report) {
+    fn report(&self, instance: &InstanceId, report: &Observed) {
         self.0
-            .publish(&format!("{instance}/{REPORT}"), report.encode_to_vec());
+            .publish(&format!("{instance}/{REPORT}"), self.1.encode_report(report));
     }
 
     fn ask_for_reports(&self, instance: &InstanceId) {
@@ -57,20 +72,21 @@ impl Peers for Shared {
 /// Publishes this replica's values through `writer` and applies the other
 /// replicas' `changes` to `board`.
 pub fn share(
-    board: &std::sync::Arc<SyncBoard>,
+    board: &Arc<SyncBoard>,
     writer: SharedWriter,
     mut changes: mpsc::Receiver<SharedChange>,
+    wire: Arc<dyn Wire>,
 ) {
-    board.set_peers(Box::new(Shared(writer)));
+    board.set_peers(Box::new(Shared(writer, wire.clone())));
     let board = board.clone();
     tokio::spawn(async move {
         while let Some(change) = changes.recv().await {
-            apply(&board, change);
+            apply(&board, &*wire, change);
         }
     });
 }
 
-fn apply(board: &SyncBoard, change: SharedChange) {
+fn apply(board: &SyncBoard, wire: &dyn Wire, change: SharedChange) {
     let (name, kind) = match change.name.split_once('/') {
         Some((name, kind)) => (name, Some(kind)),
         None => (change.name.as_str(), None),
@@ -83,12 +99,20 @@ fn apply(board: &SyncBoard, change: SharedChange) {
     };
     match (kind, change.value) {
         (None, None) => board.record_remote(&instance, &change.replica, None),
-        (None, Some(bytes)) => match pb::SyncStatus::decode(bytes.as_slice()) {
+        (None, Some(bytes)) => match wire.decode_status(&bytes) {
             Ok(status) => board.record_remote(&instance, &change.replica, Some(status)),
             Err(error) => undecodable(&error),
         },
-        (Some(REPORT), Some(bytes)) => match pb::Report::decode(bytes.as_slice()) {
-            Ok(report) => board.record_remote_report(&instance, &report),
+        (Some(REPORT), Some(bytes)) => match wire.decode_report(&bytes) {
+            Ok(mut report) => {
+                // As received when the enforcer looked (never later than
+                // now): a forwarded report can be read long after it arrived
+                // (a replica following the shared values from the start
+                // lists old ones).
+                let now = SystemTime::now();
+                report.received = report.observed.map_or(now, |t| t.min(now));
+                board.record_remote_report(&instance, report)
+            }
             Err(error) => undecodable(&error),
         },
         (Some(ASKS), Some(bytes)) => {

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use cassette_eventlog::hex;
 use cassette_model::{ActorId, InstanceId, ValidationError};
 use cassette_proto::pb::audit_service_server::AuditService;
 use cassette_proto::pb::get_firewall_at_request::At as PbAt;
@@ -13,12 +12,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
-use crate::audit::{self, At, Cursor, EventFilter};
-use crate::caller::caller;
-use crate::limits::{Limits, Slot, Slots};
-use crate::requests;
-use crate::status::{refused, Violations};
-use crate::store::{Store, StoreError};
+use cassette_service::replay::{self, At, Cursor, EventFilter};
+use crate::grpc::caller::caller;
+use crate::grpc::present;
+use cassette_service::limits::{Limits, Slot, Slots};
+use crate::grpc::requests;
+use crate::grpc::status::{self, refused, Violations};
+use cassette_service::store::{Store, StoreError};
 use cassette_auth::{Action, Caller};
 
 /// Records read per step of a ListEvents stream.
@@ -73,7 +73,11 @@ impl AuditService for AuditApi {
                 .map_err(refused)?,
         }
         let slot = match request.follow {
-            true => Some(self.follows.acquire(caller.actor().as_str())?),
+            true => Some(
+                self.follows
+                    .acquire(caller.actor().as_str())
+                    .map_err(status::limit)?,
+            ),
             false => None,
         };
         let mut v = Violations::default();
@@ -84,12 +88,8 @@ impl AuditService for AuditApi {
             "" => Some(None),
             a => v.check(ActorId::parse(a).map(|_| Some(a.to_owned()))),
         };
-        v.finish()?;
-        let (Some(instance), Some(since), Some(until), Some(actor)) =
-            (instance, since, until, actor)
-        else {
-            return Err(Status::internal("a validated field is missing"));
-        };
+        let (((instance, since), until), actor) =
+            v.finish_with(instance.zip(since).zip(until).zip(actor))?;
         let filter = EventFilter {
             instance,
             after_sequence: request.after_sequence,
@@ -125,12 +125,11 @@ impl AuditService for AuditApi {
                 None
             }
         };
-        v.finish()?;
-        let (Some(instance), Some(at)) = (instance, at) else {
-            return Err(Status::internal("a validated field is missing"));
-        };
-        let found = audit::firewall_at(self.store.log(), &instance, at).await?;
-        Ok(Response::new(found.to_pb()))
+        let (instance, at) = v.finish_with(instance.zip(at))?;
+        let found = replay::firewall_at(self.store.log(), &instance, at)
+            .await
+            .map_err(status::store)?;
+        Ok(Response::new(present::firewall_at(&found)))
     }
 
     #[tracing::instrument(name = "request", skip_all, fields(method = "DiffFirewall", instance_id = %request.get_ref().instance_id, principal = field::Empty))]
@@ -142,19 +141,17 @@ impl AuditService for AuditApi {
         let mut v = Violations::default();
         let instance = v.check(InstanceId::parse(&request.instance_id));
         let page = requests::diff_page(&request, &mut v);
-        v.finish()?;
-        let (Some(instance), Some(page)) = (instance, page) else {
-            return Err(Status::internal("a validated field is missing"));
-        };
-        let diff = audit::diff(
+        let (instance, page) = v.finish_with(instance.zip(page))?;
+        let diff = replay::diff(
             self.store.log(),
             &instance,
             request.from_revision,
             request.to_revision,
             page,
         )
-        .await?;
-        Ok(Response::new(diff.to_pb()))
+        .await
+        .map_err(status::store)?;
+        Ok(Response::new(present::diff(&diff)))
     }
 
     #[tracing::instrument(name = "request", skip_all, fields(method = "VerifyLog", principal = field::Empty))]
@@ -173,9 +170,9 @@ impl AuditService for AuditApi {
         let verification =
             tokio::task::spawn_blocking(move || runtime.block_on(store.log().verify()))
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(verification_to_pb(&verification)))
+                .map_err(status::internal)?
+                .map_err(status::internal)?;
+        Ok(Response::new(present::verification(&verification)))
     }
 }
 
@@ -200,18 +197,6 @@ struct Reader {
     caller: Caller,
     /// The follow-stream slot, released when the stream ends.
     _slot: Option<Slot>,
-}
-
-pub fn verification_to_pb(v: &cassette_eventlog::Verification) -> pb::VerifyLogResponse {
-    let (first_bad_sequence, reason) = v.first_bad.clone().unwrap_or_default();
-    pb::VerifyLogResponse {
-        ok: v.ok(),
-        events_checked: v.events_checked,
-        head_sequence: v.head.sequence,
-        head_hash: hex(&v.head.hash),
-        first_bad_sequence,
-        reason,
-    }
 }
 
 /// Sends matching events page by page; with `follow`, then waits for commits.
@@ -240,10 +225,10 @@ async fn stream_events(
     loop {
         wake.borrow_and_update();
         let before = cursor;
-        let page = match audit::next_events(store.log(), &filter, &mut cursor, PAGE).await {
+        let page = match replay::next_events(store.log(), &filter, &mut cursor, PAGE).await {
             Ok(page) => page,
             Err(error) => {
-                let _ = outbound.send(Err(error.into())).await;
+                let _ = outbound.send(Err(status::store(error))).await;
                 return;
             }
         };
@@ -271,7 +256,7 @@ async fn stream_events(
             _ = outbound.closed() => return,
             () = &mut stopping => {
                 // A live tail ends with a status that says why, not as if complete.
-                let _ = outbound.send(Err(StoreError::ShuttingDown.into())).await;
+                let _ = outbound.send(Err(status::store(StoreError::ShuttingDown))).await;
                 return;
             }
         }

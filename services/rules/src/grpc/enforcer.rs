@@ -20,11 +20,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::caller::caller;
-use crate::requests;
-use crate::status::{invalid, refused, stream_replaced, Violations};
-use crate::store::Store;
-use crate::sync::{Connection, Hello};
+use crate::grpc::caller::caller;
+use crate::grpc::present;
+use crate::grpc::requests;
+use crate::grpc::status::{self, invalid, refused, stream_replaced, Violations};
+use cassette_service::store::Store;
+use cassette_service::sync::{Connection, Hello};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +60,7 @@ impl EnforcerService for EnforcerApi {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 10 seconds"))??;
+            .map_err(|_| status::no_hello(HELLO_TIMEOUT))??;
         let Some(pb::SyncRequest {
             message: Some(Message::Hello(hello)),
         }) = first
@@ -71,13 +72,10 @@ impl EnforcerService for EnforcerApi {
         };
         caller.authorize_sync(&hello.instance_id).map_err(refused)?;
         // From a log that failed verification, enforcers keep what they have.
-        self.store.read_only()?;
+        self.store.read_only().map_err(status::store)?;
         let mut v = Violations::default();
         let instance = requests::hello(&hello, &mut v);
-        v.finish()?;
-        let Some(instance) = instance else {
-            return Err(Status::internal("a validated field is missing"));
-        };
+        let instance = v.finish_with(instance)?;
         let span = tracing::info_span!(
             "sync",
             instance_id = %instance,
@@ -225,7 +223,7 @@ async fn send_events(
                 Ok(events) => events,
                 Err(error) => {
                     tracing::error!(%error, "cannot read events for a sync stream");
-                    let _ = outbound.send(Err(error.into())).await;
+                    let _ = outbound.send(Err(status::store(error))).await;
                     return;
                 }
             };
@@ -309,7 +307,10 @@ async fn receive_acks(
             })) => state.record_ack(&ack).await,
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Report(report)),
-            })) => state.store.board().record_report(&state.instance, &report),
+            })) => state.store.board().record_report(
+                &state.instance,
+                present::observed(&report, SystemTime::now()),
+            ),
             Ok(Some(_)) => tracing::warn!("ignoring a message that is not an ack"),
             Ok(None) => break,
             Err(status) => {

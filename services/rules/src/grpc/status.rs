@@ -1,6 +1,9 @@
 //! The one place that maps the domain's errors to gRPC statuses with
 //! google.rpc rich details, so a generated client can tell which field or
-//! which resource was wrong. Handlers never build a `Status` by hand.
+//! which resource was wrong. Handlers never build a `Status` by hand:
+//! `clippy.toml` refuses `tonic::Status` constructors anywhere else, and
+//! this module allows them with `#![allow(clippy::disallowed_methods)]`.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 
@@ -9,7 +12,7 @@ use cassette_model::{DomainError, ValidationError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::store::StoreError;
+use cassette_service::{LimitReached, StoreError};
 use cassette_auth::AuthError;
 
 const DOMAIN: &str = "cassette.firewall.v1";
@@ -22,6 +25,14 @@ impl Violations {
     /// The value, or `None` with the violation recorded.
     pub fn check<T>(&mut self, result: Result<T, ValidationError>) -> Option<T> {
         result.map_err(|e| self.0.push(e)).ok()
+    }
+
+    /// The validated `value` if no field was invalid, else INVALID_ARGUMENT
+    /// naming each. `value` is every checked field together (`a.zip(b)`):
+    /// with no violation recorded, each of them is there.
+    pub fn finish_with<T>(self, value: Option<T>) -> Result<T, Status> {
+        self.finish()?;
+        value.ok_or_else(|| Status::internal("a validated field is missing"))
     }
 
     /// `Ok(())` if no field was invalid, else INVALID_ARGUMENT naming each.
@@ -56,8 +67,10 @@ pub fn invalid(error: ValidationError) -> Status {
         .unwrap_or_else(|| Status::internal("unreachable"))
 }
 
-impl From<StoreError> for Status {
-    fn from(error: StoreError) -> Self {
+/// The status of a store error: the domain's refusals with their details,
+/// UNAVAILABLE for what a retry may fix, INTERNAL for a log that is broken.
+pub fn store(error: StoreError) -> Status {
+    {
         let message = error.to_string();
         match error {
             StoreError::Domain(domain) => domain_status(domain, message),
@@ -85,16 +98,8 @@ pub fn refused(error: AuthError) -> Status {
 }
 
 /// A per-principal cap (follow streams, WaitForSync waiters) is reached.
-#[derive(Debug, thiserror::Error)]
-#[error("{principal} already has {limit} open {what}: close one first (RESOURCE_EXHAUSTED)")]
-pub struct LimitReached {
-    pub what: &'static str,
-    pub limit: usize,
-    pub principal: String,
-}
-
-impl From<LimitReached> for Status {
-    fn from(error: LimitReached) -> Self {
+pub fn limit(error: LimitReached) -> Status {
+    {
         Status::with_error_details(
             Code::ResourceExhausted,
             error.to_string(),
@@ -104,6 +109,32 @@ impl From<LimitReached> for Status {
             ),
         )
     }
+}
+
+/// A request that reached a handler without the interceptor's `Caller`.
+pub fn unauthenticated_handler() -> Status {
+    Status::internal("request reached a handler unauthenticated")
+}
+
+/// A sync stream that said no Hello within `wait`.
+pub fn no_hello(wait: std::time::Duration) -> Status {
+    Status::deadline_exceeded(format!("no hello within {} seconds", wait.as_secs()))
+}
+
+/// WaitForSync's timeout passed before the revision was acknowledged.
+pub fn not_synced_in_time(message: String) -> Status {
+    Status::deadline_exceeded(message)
+}
+
+/// The console's live stream ends because the service stops.
+pub fn stopping() -> Status {
+    Status::unavailable("the rules service is stopping")
+}
+
+/// A failure that is this service's own fault (an answer that cannot be
+/// encoded, a task that panicked): INTERNAL with what happened.
+pub fn internal(error: impl std::fmt::Display) -> Status {
+    Status::internal(error.to_string())
 }
 
 /// Ends a sync stream that a newer stream for the same instance replaced.

@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use cassette_model::{Firewall, InstanceId};
-use cassette_proto::pb;
+use cassette_model::InstanceId;
 use tokio::sync::watch;
 
 use crate::metrics::RulesMetrics;
@@ -57,55 +56,6 @@ impl Observed {
     /// At most this many elements and sockets are read from one report.
     pub const MAX_ENTRIES: usize = 65_536;
 
-    /// A report from this replica's own stream, received now.
-    pub fn from_report(report: &pb::Report) -> Self {
-        Self::received_at(report, SystemTime::now())
-    }
-
-    /// A report another replica's stream received, forwarded: as received
-    /// when the enforcer looked (never later than now), since a forwarded
-    /// report can be read long after it arrived (a replica following the
-    /// shared values from the start lists old ones).
-    pub fn forwarded(report: &pb::Report) -> Self {
-        let now = SystemTime::now();
-        let looked = report
-            .observe_time
-            .and_then(|t| SystemTime::try_from(t).ok())
-            .map_or(now, |t| t.min(now));
-        Self::received_at(report, looked)
-    }
-
-    fn received_at(report: &pb::Report, received: SystemTime) -> Self {
-        let mut by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)> = HashMap::new();
-        for element in report.hits.iter().take(Self::MAX_ENTRIES) {
-            let last = element
-                .last_hit_time
-                .and_then(|t| SystemTime::try_from(t).ok());
-            let entry = by_rule.entry((element.protocol, element.port)).or_default();
-            entry.0 = entry.0.saturating_add(element.packets);
-            entry.1 = entry.1.max(last);
-        }
-        let listening = report.listening.as_ref().map(|l| {
-            let mut by_port: HashMap<(i32, u32), Vec<String>> = HashMap::new();
-            for socket in l.sockets.iter().take(Self::MAX_ENTRIES) {
-                by_port
-                    .entry((socket.protocol, socket.port))
-                    .or_default()
-                    .push(socket.address.chars().take(64).collect());
-            }
-            by_port
-        });
-        Self {
-            observed: report
-                .observe_time
-                .and_then(|t| SystemTime::try_from(t).ok()),
-            received,
-            counted: report.hits_counted,
-            by_rule,
-            listening,
-        }
-    }
-
     /// A rule's hits and last hit: only an enabled rule has an element.
     pub fn hits_of(&self, protocol: i32, port: u32, enabled: bool) -> (u64, Option<SystemTime>) {
         if !enabled {
@@ -134,66 +84,57 @@ impl Snapshot {
         self.connected > 0 || self.remote_connected
     }
 
-    /// Takes what another replica published (its `to_pb`) as this state.
-    fn take_remote(&mut self, remote: &pb::SyncStatus) {
-        self.remote_connected = remote.enforcer_connected;
+    /// Takes what another replica published as this state (its own
+    /// stream's view: `remote_connected` says whether it had the enforcer).
+    fn take_remote(&mut self, remote: &Snapshot) {
+        self.remote_connected = remote.remote_connected;
         self.applied_revision = remote.applied_revision;
-        self.failed = (remote.failed_revision > 0)
-            .then(|| (remote.failed_revision, remote.last_error.clone()));
-        self.last_latency = remote.last_ack_latency.and_then(|d| d.try_into().ok());
-        self.last_ack_time = remote
-            .last_ack_time
-            .and_then(|t| SystemTime::try_from(t).ok());
-        self.state_error =
-            (!remote.enforcer_state_error.is_empty()).then(|| remote.enforcer_state_error.clone());
+        self.failed.clone_from(&remote.failed);
+        self.last_latency = remote.last_latency;
+        self.last_ack_time = remote.last_ack_time;
+        self.state_error.clone_from(&remote.state_error);
     }
 
-    pub fn to_pb(&self, latest_revision: u64) -> pb::SyncStatus {
-        let state = if !self.is_connected() {
-            pb::SyncState::NoEnforcer
-        } else if self.failed.is_some() {
-            pb::SyncState::Error
-        } else if self.applied_revision >= latest_revision {
-            pb::SyncState::InSync
+    /// The rule changed at `revision`: applied, failed or pending.
+    pub fn rule_status(&self, revision: u64) -> RuleStatus {
+        if self.applied_revision >= revision {
+            RuleStatus::Applied
+        } else if self.failed_since(revision) {
+            RuleStatus::Failed
         } else {
-            pb::SyncState::Pending
-        };
-        pb::SyncStatus {
-            enforcer_connected: self.is_connected(),
-            applied_revision: self.applied_revision,
-            state: state.into(),
-            last_error: self
-                .failed
-                .as_ref()
-                .map(|(_, e)| e.clone())
-                .unwrap_or_default(),
-            last_ack_latency: self.last_latency.and_then(|d| d.try_into().ok()),
-            last_ack_time: self.last_ack_time.map(Into::into),
-            latest_revision,
-            failed_revision: self.failed.as_ref().map_or(0, |(r, _)| *r),
-            enforcer_state_error: self.state_error.clone().unwrap_or_default(),
+            RuleStatus::Pending
         }
     }
 
-    /// Fills `firewall.sync` and each rule's status.
-    pub fn decorate(&self, firewall: &mut pb::Firewall) {
-        for rule in &mut firewall.rules {
-            let status = if self.applied_revision >= rule.revision {
-                pb::RuleStatus::Applied
-            } else if self.failed_since(rule.revision) {
-                pb::RuleStatus::Failed
-            } else {
-                pb::RuleStatus::Pending
-            };
-            rule.status = status.into();
-            if let Some(observed) = self.observed.as_ref().filter(|o| o.counted) {
-                let (packets, last) = observed.hits_of(rule.protocol, rule.port, rule.enabled);
-                rule.hits = packets;
-                rule.last_hit_time = last.map(Into::into);
-            }
+    /// The instance's state when its latest revision is `latest_revision`.
+    pub fn state(&self, latest_revision: u64) -> SyncState {
+        if !self.is_connected() {
+            SyncState::NoEnforcer
+        } else if self.failed.is_some() {
+            SyncState::Error
+        } else if self.applied_revision >= latest_revision {
+            SyncState::InSync
+        } else {
+            SyncState::Pending
         }
-        firewall.sync = Some(self.to_pb(firewall.revision));
     }
+}
+
+/// Whether a rule's last change is in force on the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleStatus {
+    Applied,
+    Pending,
+    Failed,
+}
+
+/// An instance's enforcer, as far as this replica knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    NoEnforcer,
+    Error,
+    InSync,
+    Pending,
 }
 
 struct Channels {
@@ -206,7 +147,7 @@ struct Channels {
     /// Bumped to ask the live stream's enforcer for a fresh report.
     report_requests: watch::Sender<u64>,
     /// What other replicas published (replica -> its view), on a shared log.
-    remote: Mutex<HashMap<String, pb::SyncStatus>>,
+    remote: Mutex<HashMap<String, Snapshot>>,
     /// Until when another replica wants this one's reports of the instance.
     forward_until: Mutex<Option<Instant>>,
     /// When this replica last asked the others for the instance's reports.
@@ -229,10 +170,10 @@ pub struct SyncBoard {
 /// the background: never blocks).
 pub trait Peers: Send + Sync {
     /// What this replica's stream for the instance acknowledged.
-    fn status(&self, instance: &InstanceId, status: pb::SyncStatus);
+    fn status(&self, instance: &InstanceId, status: &Snapshot);
     /// What the instance's enforcer reported to this replica, for replicas
     /// that asked.
-    fn report(&self, instance: &InstanceId, report: &pb::Report);
+    fn report(&self, instance: &InstanceId, report: &Observed);
     /// Asks whichever replica has the instance's enforcer for its reports
     /// (a fresh one now, then each one for [`REPORT_INTEREST`]).
     fn ask_for_reports(&self, instance: &InstanceId);
@@ -260,7 +201,7 @@ impl SyncBoard {
     /// After a local stream changed the instance's state: tell the others.
     fn published(&self, instance: &InstanceId, channels: &Channels) {
         if let Some(peers) = self.peers.get() {
-            peers.status(instance, channels.status.borrow().to_pb(0));
+            peers.status(instance, &channels.status.borrow());
         }
     }
 
@@ -280,11 +221,11 @@ impl SyncBoard {
 
     /// A report another replica's stream received, forwarded because this
     /// one asked: shown here while no enforcer streams to this replica.
-    pub fn record_remote_report(&self, instance: &InstanceId, report: &pb::Report) {
+    pub fn record_remote_report(&self, instance: &InstanceId, observed: Observed) {
         if (self.committed)(instance) == 0 {
             return;
         }
-        let observed = Arc::new(Observed::forwarded(report));
+        let observed = Arc::new(observed);
         self.channels(instance).status.send_if_modified(|s| {
             let fresher = s
                 .observed
@@ -326,7 +267,7 @@ impl SyncBoard {
         &self,
         instance: &InstanceId,
         replica: &str,
-        status: Option<pb::SyncStatus>,
+        status: Option<Snapshot>,
     ) {
         // Sync state only for instances that exist here.
         if (self.committed)(instance) == 0 {
@@ -347,14 +288,12 @@ impl SyncBoard {
     fn show_remote(&self, channels: &Channels) {
         let chosen = {
             let remote = lock(&channels.remote);
-            let ack_time = |s: &pb::SyncStatus| {
-                s.last_ack_time
-                    .and_then(|t| SystemTime::try_from(t).ok())
-                    .unwrap_or(SystemTime::UNIX_EPOCH)
-            };
             remote
                 .values()
-                .max_by_key(|s| (s.enforcer_connected, ack_time(s)))
+                .max_by_key(|s| {
+                    let ack_time = s.last_ack_time.unwrap_or(SystemTime::UNIX_EPOCH);
+                    (s.remote_connected, ack_time)
+                })
                 .cloned()
         };
         channels.status.send_if_modified(|s| {
@@ -469,13 +408,15 @@ impl SyncBoard {
 
     /// Keeps what the instance's enforcer last reported seeing (and
     /// forwards it, if another replica asked for it lately).
-    pub fn record_report(&self, instance: &InstanceId, report: &pb::Report) {
-        let observed = Arc::new(Observed::from_report(report));
+    pub fn record_report(&self, instance: &InstanceId, observed: Observed) {
+        let observed = Arc::new(observed);
         let channels = self.channels(instance);
-        channels.status.send_modify(|s| s.observed = Some(observed));
+        channels
+            .status
+            .send_modify(|s| s.observed = Some(observed.clone()));
         let forward = lock(&channels.forward_until).is_some_and(|until| Instant::now() < until);
         if let Some(peers) = self.peers.get().filter(|_| forward) {
-            peers.report(instance, report);
+            peers.report(instance, &observed);
         }
     }
 
@@ -580,11 +521,4 @@ impl Drop for Connection {
 /// only assigns).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The projection's view of a firewall, decorated with its sync state.
-pub fn present(firewall: &Firewall, snapshot: &Snapshot) -> pb::Firewall {
-    let mut view = cassette_proto::firewall_to_pb(firewall);
-    snapshot.decorate(&mut view);
-    view
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use cassette_model::{Firewall, Port, Protocol, Rule};
 use cassette_proto::{pb, protocol_to_pb, sources_to_pb};
 
-use crate::sync::{Observed, Snapshot};
+use cassette_service::sync::{Observed, Snapshot};
 
 /// The six checks, in the checklist's order.
 pub fn diagnose(

@@ -6,7 +6,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::status::LimitReached;
+/// A per-principal cap (follow streams, WaitForSync waiters) is reached.
+#[derive(Debug, thiserror::Error)]
+#[error("{principal} already has {limit} open {what}: close one first (RESOURCE_EXHAUSTED)")]
+pub struct LimitReached {
+    pub what: &'static str,
+    pub limit: usize,
+    pub principal: String,
+}
 
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -8,8 +8,8 @@ use anyhow::{bail, Context};
 use cassette_eventlog::{hex, EventLog, Log, Record};
 use cassette_model::{Event, EventPayload, InstanceId, Rule};
 use cassette_proto::{event_to_pb, ProtoJson};
-use cassette_rules::audit::{self, At, Cursor, EventFilter};
-use cassette_rules::audit_api::verification_to_pb;
+use cassette_rules::grpc::present;
+use cassette_service::replay::{self, At, Cursor, EventFilter};
 use clap::{Args, Subcommand};
 use prost::Message;
 
@@ -120,9 +120,9 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
                 (None, Some(t)) => At::Time(parse_time(&t)?),
                 (None, None) => bail!("give --revision or --time"),
             };
-            let found = audit::firewall_at(&log, &instance, at).await?;
+            let found = replay::firewall_at(&log, &instance, at).await?;
             if args.json {
-                return json.print("FirewallAt", &found.to_pb());
+                return json.print("FirewallAt", &present::firewall_at(&found));
             }
             println!(
                 "{instance} at revision {} (committed {} by {}){}",
@@ -143,9 +143,9 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
         }
         AuditCommand::Diff { instance, from, to } => {
             let instance = InstanceId::parse(&instance)?;
-            let diff = audit::diff(&log, &instance, from, to, audit::EventPage::ALL).await?;
+            let diff = replay::diff(&log, &instance, from, to, replay::EventPage::ALL).await?;
             if args.json {
-                return json.print("FirewallDiff", &diff.to_pb());
+                return json.print("FirewallDiff", &present::diff(&diff));
             }
             println!("{instance} from revision {from} to {to}:");
             for rule in &diff.added {
@@ -165,7 +165,7 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
         AuditCommand::Verify => {
             let verification = log.verify().await?;
             if args.json {
-                json.print("VerifyLogResponse", &verification_to_pb(&verification))?;
+                json.print("VerifyLogResponse", &present::verification(&verification))?;
             } else {
                 match &verification.first_bad {
                     None => println!(
@@ -199,7 +199,7 @@ async fn for_each_event(
     };
     loop {
         let before = (cursor.sequence, cursor.revision);
-        for record in audit::next_events(log, filter, &mut cursor, 1000).await? {
+        for record in replay::next_events(log, filter, &mut cursor, 1000).await? {
             each(&record)?;
         }
         if filter.exhausted(cursor.sequence) || before == (cursor.sequence, cursor.revision) {

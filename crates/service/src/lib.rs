@@ -1,0 +1,31 @@
+//! The rules service's application, without any transport: what the gRPC
+//! handlers and the console call, in model types.
+//!
+//! - [`Store`]: the log opened from one [`LogConfig`] (sled or etcd), replayed
+//!   into the projection; the single writer that decides, appends and
+//!   publishes; reads from memory.
+//! - [`replay`]: history by replay (an instance's firewall at a revision or a
+//!   time, diffs, filtered reads of the log), with the one fold and renderer.
+//! - [`sync`]: what each instance's enforcers acknowledged, and the
+//!   per-instance wake-ups behind sync streams and WaitForSync; `peers`
+//!   shares it between replicas of one shared log.
+//! - `expiry`: rules deleted on time, through the writer.
+//! - [`limits`]: caps on what one caller may hold; [`RulesMetrics`].
+//!
+//! Cargo keeps the doors out: this crate depends on no gRPC, HTTP or
+//! protobuf crate, so protobuf types cannot leak in.
+
+mod expiry;
+pub mod limits;
+pub mod metrics;
+pub mod peers;
+mod projection;
+pub mod replay;
+pub mod store;
+pub mod sync;
+mod writer;
+
+pub use expiry::run as run_expiry;
+pub use limits::{LimitReached, Limits, Slot, Slots};
+pub use metrics::RulesMetrics;
+pub use store::{LogConfig, Mutation, OpenStats, Store, StoreError};

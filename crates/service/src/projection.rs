@@ -1,0 +1,99 @@
+//! The projection: every firewall folded from the log, the request ids
+//! already applied (idempotent retries) and the expiry schedule, kept in
+//! memory and updated only after a durable append.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cassette_model::{fold, Event, Firewall, FoldError, InstanceId, RequestId, RuleId};
+
+/// Every live and deleted firewall, folded from the log, plus the request ids
+/// already applied (for idempotent retries). Updated only after a durable append.
+///
+/// Firewalls are shared (`Arc`) so that readers and answers take a pointer,
+/// not a copy, and the writer installs the state it folded while deciding.
+#[derive(Default)]
+pub(crate) struct Projection {
+    pub(crate) firewalls: BTreeMap<InstanceId, Arc<Firewall>>,
+    pub(crate) requests: HashMap<(InstanceId, RequestId), u64>,
+    /// Every live rule with an expire time, soonest first: the expiry
+    /// schedule, rebuilt from the log at start-up.
+    pub(crate) expiries: BTreeSet<(SystemTime, InstanceId, RuleId)>,
+}
+
+/// A firewall's rules that expire, as index keys.
+fn expiry_keys(firewall: &Firewall) -> impl Iterator<Item = (SystemTime, InstanceId, RuleId)> + '_ {
+    firewall
+        .rules()
+        .iter()
+        .filter(|_| firewall.is_live())
+        .filter_map(|r| {
+            r.expire_time
+                .map(|t| (t, firewall.instance_id.clone(), r.id.clone()))
+        })
+}
+
+impl Projection {
+    /// How many firewalls (live and deleted) it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.firewalls.len()
+    }
+
+    /// Indexes every expiring rule (after a replay).
+    pub(crate) fn index_expiries(&mut self) {
+        self.expiries = self
+            .firewalls
+            .values()
+            .flat_map(|f| expiry_keys(f))
+            .collect();
+    }
+
+    /// Installs a firewall's new state, keeping the expiry schedule in step.
+    pub(crate) fn install(&mut self, firewall: Arc<Firewall>) {
+        if let Some(old) = self.firewalls.get(&firewall.instance_id) {
+            for key in expiry_keys(old) {
+                self.expiries.remove(&key);
+            }
+        }
+        self.expiries.extend(expiry_keys(&firewall));
+        self.firewalls
+            .insert(firewall.instance_id.clone(), firewall);
+    }
+
+    /// Folds one replayed event into the projection.
+    pub(crate) fn replay(&mut self, event: &Event) -> Result<(), FoldError> {
+        match self.firewalls.get_mut(&event.instance_id) {
+            Some(firewall) => Arc::make_mut(firewall).apply(event)?,
+            None => {
+                let firewall = fold(None, event)?;
+                self.firewalls
+                    .insert(event.instance_id.clone(), Arc::new(firewall));
+            }
+        }
+        self.record_request(event);
+        Ok(())
+    }
+
+    /// Folds a record another replica appended and installs the result, so
+    /// the expiry schedule stays in step (a replay at start-up indexes
+    /// expiries once, at the end).
+    pub(crate) fn catch_up(&mut self, event: &Event) -> Result<(), FoldError> {
+        let current = self
+            .firewalls
+            .get(&event.instance_id)
+            .map(|f| Firewall::clone(f));
+        self.install(Arc::new(fold(current, event)?));
+        self.record_request(event);
+        Ok(())
+    }
+
+    pub(crate) fn record_request(&mut self, event: &Event) {
+        if let Some(request_id) = &event.request_id {
+            self.requests.insert(
+                (event.instance_id.clone(), request_id.clone()),
+                event.revision,
+            );
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! The firewall store: the event log, the in-memory projection folded from
+//! it, and the single writer (`writer.rs`) that decides, appends and
+//! publishes. Reads are served from the projection without touching the log.
+
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Instant, SystemTime};
+
+use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
+use cassette_eventlog::{EventLog, Head, Log, LogError};
+use cassette_model::{
+    ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId, RequestId, RuleId,
+};
+use cassette_ruleset::Ruleset;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::metrics::RulesMetrics;
+use crate::peers::Wire;
+use crate::projection::Projection;
+use crate::replay::{firewall_at, At};
+use crate::sync::{Snapshot, SyncBoard};
+use crate::writer::{Answer, Writer, WriterMessage};
+
+/// Records read per request when replaying or catching up.
+pub(crate) const REPLAY_PAGE: usize = 1000;
+/// How many mutations may wait for the writer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 8192;
+
+/// Where the event log is: the one value both engines open from.
+// Made once at start-up: the etcd variant's size costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum LogConfig {
+    /// The embedded sled log in a data directory, written by this process
+    /// alone. With `allow_unverified`, a log that fails verification is
+    /// served read-only (the history before the first bad record), to
+    /// investigate, instead of refused.
+    Sled {
+        data_dir: PathBuf,
+        allow_unverified: bool,
+    },
+    /// A log in an etcd cluster that several replicas share.
+    Etcd(EtcdConfig),
+}
+
+impl LogConfig {
+    /// The sled log in `data_dir`, refused if it fails verification.
+    pub fn sled(data_dir: impl Into<PathBuf>) -> Self {
+        LogConfig::Sled {
+            data_dir: data_dir.into(),
+            allow_unverified: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the log does not fold: {0}")]
+    Fold(#[from] FoldError),
+    #[error("the rules service is shutting down")]
+    ShuttingDown,
+    #[error("the event log write failed: {0}")]
+    WriteFailed(String),
+    #[error("the event log fails verification at record {sequence}: {reason}")]
+    Unverified { sequence: u64, reason: String },
+    #[error("read-only: the event log failed verification at record {sequence} ({reason}); the service was started to investigate it")]
+    ReadOnly { sequence: u64, reason: String },
+}
+
+/// A change someone asked for.
+#[derive(Debug)]
+pub struct Mutation {
+    pub instance_id: InstanceId,
+    pub command: Command,
+    pub request_id: Option<RequestId>,
+    pub expected_revision: Option<u64>,
+    pub actor: ActorId,
+    /// The end user a delegate actor acts for.
+    pub on_behalf_of: Option<ActorId>,
+}
+
+
+/// Shared by every request handler.
+pub struct Store {
+    log: Arc<Log>,
+    projection: Arc<RwLock<Projection>>,
+    writer: mpsc::Sender<WriterMessage>,
+    board: Arc<SyncBoard>,
+    metrics: Arc<RulesMetrics>,
+    /// The log's last durable sequence, for audit tails of the whole log.
+    head: watch::Sender<u64>,
+    /// Set when the service stops, so long-lived streams end.
+    closing: watch::Sender<bool>,
+    /// Set when a write failed: what is on disk is unknown, the service must
+    /// stop and be restarted on what is really there.
+    failed: watch::Sender<Option<String>>,
+    /// Set when the log failed verification (served read-only to investigate).
+    read_only: Option<(u64, String)>,
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenStats {
+    pub events: u64,
+    pub firewalls: usize,
+    pub elapsed: std::time::Duration,
+}
+
+impl Store {
+    /// Opens the log, replays it into the projection with the model's fold
+    /// while checking its hash chain (one pass), and starts the writer; on a
+    /// shared log, also the follower of other replicas' appends and the
+    /// sharing of sync state, whose values `wire` encodes. Must run inside a
+    /// tokio runtime.
+    pub async fn open(
+        config: &LogConfig,
+        wire: Arc<dyn Wire>,
+    ) -> Result<(Arc<Self>, OpenStats), StoreError> {
+        let started = Instant::now();
+        let (log, allow_unverified) = match config {
+            LogConfig::Sled {
+                data_dir,
+                allow_unverified,
+            } => (Log::Sled(EventLog::open(data_dir)?), *allow_unverified),
+            LogConfig::Etcd(etcd) => (Log::Etcd(EtcdLog::connect(etcd)?), false),
+        };
+        let mut projection = Projection::default();
+        let mut last_time = SystemTime::UNIX_EPOCH;
+        let verification = log
+            .verify_each(|record| {
+                projection
+                    .replay(&record.event)
+                    .map_err(|e| e.to_string())?;
+                last_time = last_time.max(record.event.commit_time);
+                Ok(())
+            })
+            .await?;
+        let read_only = match verification.first_bad {
+            None => None,
+            Some((sequence, reason)) if allow_unverified => {
+                tracing::warn!(sequence, %reason, "event log fails verification: serving read-only");
+                // The single pass folded each record before its successor could
+                // confirm its hash: fold again, stopping before the bad record.
+                projection = Projection::default();
+                last_time = SystemTime::UNIX_EPOCH;
+                let mut after = 0;
+                // Records before the bad one are good: read no further than them.
+                while after + 1 < sequence {
+                    let want = usize::try_from(sequence - 1 - after).unwrap_or(REPLAY_PAGE);
+                    let page = log.read_after(after, want.min(REPLAY_PAGE)).await?;
+                    let Some(last) = page.last().map(|r| r.event.sequence) else {
+                        break;
+                    };
+                    for record in &page {
+                        projection.replay(&record.event)?;
+                        last_time = last_time.max(record.event.commit_time);
+                    }
+                    after = last;
+                }
+                Some((sequence, reason))
+            }
+            Some((sequence, reason)) => return Err(StoreError::Unverified { sequence, reason }),
+        };
+        projection.index_expiries();
+        let stats = OpenStats {
+            events: verification.events_checked,
+            firewalls: projection.len(),
+            elapsed: started.elapsed(),
+        };
+        let store = Self::start(log, verification.head, projection, last_time, read_only, wire);
+        Ok((store, stats))
+    }
+
+    /// Starts the writer (and, on a shared log, the follower of other
+    /// replicas' appends) over a replayed projection.
+    fn start(
+        log: Log,
+        log_head: Head,
+        projection: Projection,
+        last_time: SystemTime,
+        read_only: Option<(u64, String)>,
+        wire: Arc<dyn Wire>,
+    ) -> Arc<Self> {
+        let projection = Arc::new(RwLock::new(projection));
+        let metrics = Arc::new(RulesMetrics::default());
+        let committed = projection.clone();
+        let board = Arc::new(SyncBoard::new(
+            metrics.clone(),
+            Box::new(move |instance| {
+                let projection = committed.read().unwrap_or_else(|p| p.into_inner());
+                projection.firewalls.get(instance).map_or(0, |f| f.revision)
+            }),
+        ));
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let changes = log.changes();
+        let log = Arc::new(log);
+        let head = watch::Sender::new(log_head.sequence);
+        let failed = watch::Sender::new(None);
+        let writer_read_only = read_only.clone();
+        let writer = Writer {
+            log: log.clone(),
+            projection: projection.clone(),
+            board: board.clone(),
+            metrics: metrics.clone(),
+            head: head.clone(),
+            failed: failed.clone(),
+            read_only,
+            log_head,
+            last_time,
+        };
+        tokio::spawn(writer.run(rx));
+        if let Some((writer, changes)) = log.share(
+            "sync",
+            &uuid::Uuid::now_v7().to_string(),
+            crate::peers::SHARED_TTL,
+        ) {
+            crate::peers::share(&board, writer, changes, wire);
+        }
+        if let Some(mut changes) = changes {
+            // Another replica's append: the writer reads it in, in order with
+            // its own commits. A full queue is a busy writer: it catches up
+            // at its next conflict, and the next change wakes it again.
+            let queue = tx.clone();
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    let head = *changes.borrow_and_update();
+                    match queue.try_send(WriterMessage::CatchUp(head)) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+            });
+        }
+        Arc::new(Self {
+            log,
+            projection,
+            writer: tx,
+            board,
+            metrics,
+            head,
+            closing: watch::Sender::new(false),
+            failed,
+            read_only: writer_read_only,
+        })
+    }
+
+    /// Applies `mutation` and returns the firewall after it, once durable.
+    pub async fn mutate(&self, mutation: Mutation) -> Result<Arc<Firewall>, StoreError> {
+        let instance = mutation.instance_id.clone();
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(WriterMessage::Mutate(mutation, reply))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        match answer.await.map_err(|_| StoreError::ShuttingDown)?? {
+            Answer::Firewall(firewall) => Ok(firewall),
+            Answer::AppliedBefore { revision } => {
+                // A retry of an older request: its answer is the state then,
+                // replayed here rather than in the writer, which serves everyone.
+                firewall_at(&self.log, &instance, At::Revision(revision))
+                    .await
+                .map(|then| Arc::new(then.firewall))
+            }
+        }
+    }
+
+    /// The latest revision of `instance_id`, deleted firewalls included
+    /// (an enforcer still applies a deletion); NOT_FOUND if it never existed.
+    pub fn revision(&self, instance_id: &InstanceId) -> Result<u64, StoreError> {
+        self.read()
+            .firewalls
+            .get(instance_id)
+            .map(|f| f.revision)
+            .ok_or_else(|| {
+                DomainError::FirewallNotFound {
+                    instance_id: instance_id.to_string(),
+                }
+                .into()
+            })
+    }
+
+    /// Waits up to `patience` until the projection holds `revision` of an
+    /// existing `instance` (another replica's write arriving); the latest
+    /// revision then.
+    pub async fn await_revision(
+        &self,
+        instance: &InstanceId,
+        revision: u64,
+        patience: std::time::Duration,
+    ) -> u64 {
+        let mut committed = self.board.watch_committed(instance);
+        let _ = tokio::time::timeout(patience, committed.wait_for(|r| *r >= revision)).await;
+        self.revision(instance).unwrap_or(0)
+    }
+
+    /// The live firewall of `instance_id`.
+    pub fn get(&self, instance_id: &InstanceId) -> Result<Arc<Firewall>, StoreError> {
+        self.read()
+            .firewalls
+            .get(instance_id)
+            .filter(|f| f.is_live())
+            .cloned()
+            .ok_or_else(|| {
+                DomainError::FirewallNotFound {
+                    instance_id: instance_id.to_string(),
+                }
+                .into()
+            })
+    }
+
+    /// Up to `limit` live firewalls that `visible` lets through, with instance
+    /// ids after `after`, in id order, and whether more follow.
+    pub fn list(
+        &self,
+        after: Option<&InstanceId>,
+        limit: usize,
+        visible: impl Fn(&InstanceId) -> bool,
+    ) -> (Vec<Arc<Firewall>>, bool) {
+        let projection = self.read();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut live = projection
+            .firewalls
+            .range((start, Bound::Unbounded))
+            .filter(|(id, f)| f.is_live() && visible(id))
+            .map(|(_, f)| f);
+        let page: Vec<_> = live.by_ref().take(limit).cloned().collect();
+        let more = live.next().is_some();
+        (page, more)
+    }
+
+    pub fn metrics(&self) -> &Arc<RulesMetrics> {
+        &self.metrics
+    }
+
+    pub fn board(&self) -> &Arc<SyncBoard> {
+        &self.board
+    }
+
+    /// The event log, for audit reads.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Wakes with each newly durable sequence of the whole log.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// The sync state of `instance`'s enforcers.
+    pub fn snapshot(&self, instance: &InstanceId) -> Snapshot {
+        self.board.snapshot(instance)
+    }
+
+    /// When the next rule expires, if any does.
+    pub fn next_expiry(&self) -> Option<SystemTime> {
+        self.read().expiries.first().map(|(t, _, _)| *t)
+    }
+
+    /// Up to `limit` rules whose expire time is at or before `now`, soonest first.
+    pub fn due_expiries(&self, now: SystemTime, limit: usize) -> Vec<(InstanceId, RuleId)> {
+        self.read()
+            .expiries
+            .iter()
+            .take_while(|(t, _, _)| *t <= now)
+            .take(limit)
+            .map(|(_, instance, rule)| (instance.clone(), rule.clone()))
+            .collect()
+    }
+
+    /// The instance's events with `after < revision <= until`.
+    pub async fn read_events(
+        &self,
+        instance: &InstanceId,
+        after: u64,
+        until: u64,
+    ) -> Result<Vec<Event>, StoreError> {
+        Ok(self.log.read_instance(instance, after, until).await?)
+    }
+
+    /// The hash of the ruleset revision `revision` of `instance` renders to:
+    /// what an enforcer's ok ack of that revision must report.
+    pub async fn ruleset_hash(
+        &self,
+        instance: &InstanceId,
+        revision: u64,
+    ) -> Result<String, StoreError> {
+        if let Some(current) = self.read().firewalls.get(instance) {
+            if current.revision == revision {
+                return Ok(Ruleset::of(Some(current)).hash());
+            }
+        }
+        let then = firewall_at(&self.log, instance, At::Revision(revision)).await?;
+        Ok(Ruleset::of(Some(&then.firewall)).hash())
+    }
+
+    /// When revision `revision` of `instance` was committed.
+    pub async fn commit_time(&self, instance: &InstanceId, revision: u64) -> Option<SystemTime> {
+        if let Some(f) = self.read().firewalls.get(instance) {
+            if f.revision == revision {
+                return Some(f.update_time);
+            }
+        }
+        let events = self
+            .log
+            .read_instance(instance, revision.saturating_sub(1), revision)
+            .await
+            .ok()?;
+        events.first().map(|e| e.commit_time)
+    }
+
+    /// Why the service is read-only (a log that failed verification), if it is.
+    pub fn read_only(&self) -> Result<(), StoreError> {
+        match &self.read_only {
+            None => Ok(()),
+            Some((sequence, reason)) => Err(StoreError::ReadOnly {
+                sequence: *sequence,
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// Wakes with the reason once a write to the log has failed.
+    pub fn failure(&self) -> watch::Receiver<Option<String>> {
+        self.failed.subscribe()
+    }
+
+    /// Resolves once the service begins to stop: what every long-lived call
+    /// (sync streams, follow streams, WaitForSync) selects on.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Whether the service has begun to stop.
+    pub fn is_stopping(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Ends long-lived streams; in-flight unary requests still finish.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Commits everything queued so far, stops the writer and flushes the log.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        let (done, drained) = oneshot::channel();
+        if self.writer.send(WriterMessage::Drain(done)).await.is_ok() {
+            let _ = drained.await;
+        }
+        self.log.flush()?;
+        Ok(())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Projection> {
+        self.projection.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+

@@ -1,0 +1,376 @@
+//! The single writer: takes every queued mutation as one batch, decides
+//! each against the projection (plus the batch's earlier outcomes), appends
+//! the batch in one durable write, installs the folded states, wakes the
+//! streams of the instances it touched, and only then answers.
+//!
+//! Why one writer: validation against current state and the append must be
+//! atomic per instance (two racing requests for a port can never both win),
+//! and the log's hash chain is global. One task that takes every queued
+//! mutation as a batch gives both, and makes every batch share one fsync
+//! (group commit). Deciding is in-memory and takes microseconds; the fsync is
+//! the cost, and it is paid once per batch rather than once per request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use cassette_eventlog::{Head, Log, LogError, Record};
+use cassette_model::{decide, fold, Event, Firewall, FoldError, InstanceId, RequestId, RuleId};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, info_span, Instrument};
+
+use crate::metrics::RulesMetrics;
+use crate::projection::Projection;
+use crate::store::{Mutation, StoreError, REPLAY_PAGE};
+use crate::sync::SyncBoard;
+
+/// How many queued mutations one commit takes at most.
+const MAX_BATCH: usize = 1024;
+/// On a shared (etcd) log: a mutation makes at most three events, and one
+/// append carries at most `cassette_eventlog::etcd::MAX_BATCH_EVENTS`.
+const MAX_SHARED_BATCH: usize = cassette_eventlog::etcd::MAX_BATCH_EVENTS / 3;
+/// How often a writer on a shared log catches up and decides again when
+/// other replicas keep appending first, before it answers UNAVAILABLE.
+const MAX_CONFLICTS: usize = 16;
+
+pub(crate) enum WriterMessage {
+    Mutate(Mutation, Reply),
+    /// A writer left the log's head at this sequence (`u64::MAX`: unknown):
+    /// read what is new into the projection, unless it was this writer.
+    CatchUp(u64),
+    /// Commit what is queued before this, then stop.
+    Drain(oneshot::Sender<()>),
+}
+
+pub(crate) struct Writer {
+    pub(crate) log: Arc<Log>,
+    pub(crate) projection: Arc<RwLock<Projection>>,
+    pub(crate) board: Arc<SyncBoard>,
+    pub(crate) metrics: Arc<RulesMetrics>,
+    pub(crate) head: watch::Sender<u64>,
+    pub(crate) failed: watch::Sender<Option<String>>,
+    /// Set when the log failed verification: every mutation is refused.
+    pub(crate) read_only: Option<(u64, String)>,
+    /// The last record appended: the next batch continues it.
+    pub(crate) log_head: Head,
+    /// Commit times never go backwards, even if the wall clock does.
+    pub(crate) last_time: SystemTime,
+}
+
+/// What the writer answers a mutation with.
+pub(crate) enum Answer {
+    /// The firewall after the mutation (or after the retried request, when it
+    /// is the current state or was decided in the same batch).
+    Firewall(Arc<Firewall>),
+    /// A retry of a request that appended `revision` earlier; the caller
+    /// replays the state then from the log.
+    AppliedBefore { revision: u64 },
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Answer, StoreError>>;
+
+impl Writer {
+    pub(crate) async fn run(mut self, mut queue: mpsc::Receiver<WriterMessage>) {
+        while let Some(first) = queue.recv().await {
+            let mut batch = Vec::new();
+            let mut drained = None;
+            let mut next = Some(first);
+            let mut catch_up = false;
+            while let Some(message) = next.take() {
+                match message {
+                    WriterMessage::Mutate(mutation, reply) => batch.push((mutation, reply)),
+                    // Its own appends come back through the watch too:
+                    // only a head beyond this writer's is news.
+                    WriterMessage::CatchUp(head) => {
+                        catch_up |= head > self.log_head.sequence;
+                    }
+                    WriterMessage::Drain(done) => {
+                        drained = Some(done);
+                        break;
+                    }
+                }
+                let max = if self.log.is_shared() {
+                    MAX_SHARED_BATCH
+                } else {
+                    MAX_BATCH
+                };
+                if batch.len() < max {
+                    next = queue.try_recv().ok();
+                }
+            }
+            if catch_up {
+                if let Err(error) = self.catch_up().await {
+                    tracing::warn!(%error, "cannot read other replicas' appends yet");
+                }
+            }
+            if !batch.is_empty() {
+                let span = info_span!("commit", mutations = batch.len());
+                self.commit(batch).instrument(span).await;
+            }
+            if let Some(done) = drained {
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    /// Reads what other replicas appended after this writer's head into the
+    /// projection, in order, checking the hash chain, and wakes the streams
+    /// of the instances it touched.
+    async fn catch_up(&mut self) -> Result<(), StoreError> {
+        loop {
+            let page = self
+                .log
+                .read_after(self.log_head.sequence, REPLAY_PAGE)
+                .await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            let mut touched: HashMap<InstanceId, u64> = HashMap::new();
+            {
+                let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
+                for record in &page {
+                    follow_chain(&mut self.log_head, record)?;
+                    projection.catch_up(&record.event)?;
+                    self.last_time = self.last_time.max(record.event.commit_time);
+                    touched.insert(record.event.instance_id.clone(), record.event.revision);
+                }
+            }
+            for (instance, revision) in &touched {
+                self.board.notify_committed(instance, *revision);
+            }
+            self.head.send_replace(self.log_head.sequence);
+        }
+    }
+
+    /// Decides every mutation of the batch against the projection plus the
+    /// batch's own earlier outcomes, appends all their events in one durable
+    /// write, publishes them, then answers. On a shared log another replica
+    /// may have appended first: then it catches up and decides again.
+    async fn commit(&mut self, mut batch: Vec<(Mutation, Reply)>) {
+        for _ in 0..MAX_CONFLICTS {
+            match self.try_commit(batch).await {
+                None => return,
+                Some(again) => batch = again,
+            }
+            if let Err(error) = self.catch_up().await {
+                tracing::warn!(%error, "cannot catch up with the other replicas");
+                let reason = format!("{error}; the change was not stored");
+                refuse(batch.into_iter().map(|(_, reply)| reply), &reason);
+                return;
+            }
+        }
+        refuse(
+            batch.into_iter().map(|(_, reply)| reply),
+            "other replicas kept appending first; the change was not stored",
+        );
+    }
+
+    /// One attempt; the batch back if another writer appended first.
+    async fn try_commit(
+        &mut self,
+        batch: Vec<(Mutation, Reply)>,
+    ) -> Option<Vec<(Mutation, Reply)>> {
+        let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut pending = Pending::default();
+        {
+            let projection = self.projection.read().unwrap_or_else(|p| p.into_inner());
+            let now = SystemTime::now().max(self.last_time);
+            for (mutation, reply) in batch {
+                let first_event = events.len();
+                let outcome =
+                    self.decide_one(&projection, &mut pending, &mutation, now, &mut events);
+                outcomes.push((mutation, reply, outcome, first_event..events.len()));
+            }
+            self.last_time = now;
+        }
+
+        let appended = self.log.append(self.log_head, &events).await;
+        let head = match appended {
+            Ok(head) => head,
+            Err(LogError::Conflict { expected, found }) => {
+                tracing::debug!(
+                    expected,
+                    found,
+                    "another replica appended first: deciding again"
+                );
+                return Some(
+                    outcomes
+                        .into_iter()
+                        .map(|(mutation, reply, _, _)| (mutation, reply))
+                        .collect(),
+                );
+            }
+            Err(error @ (LogError::Unavailable(_) | LogError::Refused(_))) => {
+                // A shared log out of reach or refusing: refuse, keep serving
+                // reads; the next batch catches up with whatever did commit.
+                tracing::warn!(%error, events = events.len(), "append not acknowledged by the cluster");
+                let reason = if matches!(error, LogError::Refused(_)) {
+                    format!("{error}; the change was not stored")
+                } else {
+                    format!(
+                        "{error}; whether the change was stored is unknown: retry with the same request_id"
+                    )
+                };
+                refuse(outcomes.into_iter().map(|(_, reply, _, _)| reply), &reason);
+                return None;
+            }
+            Err(error) => {
+                tracing::error!(%error, events = events.len(), "append failed: the batch's outcome is unknown");
+                let reason = match error {
+                    // An earlier failure stopped appends: nothing of this batch was written.
+                    LogError::Poisoned => format!("{error}; the change was not stored"),
+                    _ => format!(
+                        "{error}; whether the change was stored is unknown: retry with the same request_id once the service is back"
+                    ),
+                };
+                refuse(outcomes.into_iter().map(|(_, reply, _, _)| reply), &reason);
+                self.failed.send_replace(Some(error.to_string()));
+                return None;
+            }
+        };
+        self.log_head = head;
+        self.metrics.events_appended.add(events.len() as u64);
+        let committed: Vec<(InstanceId, u64)> = pending
+            .firewalls
+            .iter()
+            .map(|(id, f)| (id.clone(), f.revision))
+            .collect();
+        {
+            let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
+            // The states folded while deciding are the states after these events.
+            for firewall in pending.firewalls.into_values() {
+                projection.install(firewall);
+            }
+            for event in &events {
+                projection.record_request(event);
+            }
+        }
+        // Only now, durable and in the projection, may enforcers see them.
+        for (instance, revision) in &committed {
+            self.board.notify_committed(instance, *revision);
+        }
+        self.head.send_replace(self.log_head.sequence);
+        for (mutation, reply, outcome, range) in outcomes {
+            if let Ok(Answer::Firewall(firewall)) = &outcome {
+                info!(
+                    instance_id = %mutation.instance_id,
+                    revision = firewall.revision,
+                    request_id = mutation.request_id.as_ref().map(RequestId::as_str),
+                    actor = mutation.actor.as_str(),
+                    command = mutation.command.name(),
+                    events = range.len(),
+                    "mutation committed"
+                );
+            }
+            let _ = reply.send(outcome);
+        }
+        None
+    }
+
+    fn decide_one(
+        &self,
+        projection: &Projection,
+        pending: &mut Pending,
+        mutation: &Mutation,
+        now: SystemTime,
+        events: &mut Vec<Event>,
+    ) -> Result<Answer, StoreError> {
+        if let Some((sequence, reason)) = &self.read_only {
+            return Err(StoreError::ReadOnly {
+                sequence: *sequence,
+                reason: reason.clone(),
+            });
+        }
+        let instance = &mutation.instance_id;
+        let request_key = mutation.request_id.clone().map(|r| (instance.clone(), r));
+        if let Some(key) = &request_key {
+            if let Some(firewall) = pending.requests.get(key) {
+                return Ok(Answer::Firewall(firewall.clone()));
+            }
+            if let Some(&revision) = projection.requests.get(key) {
+                return Ok(match projection.firewalls.get(instance) {
+                    Some(current) if current.revision == revision => {
+                        Answer::Firewall(current.clone())
+                    }
+                    _ => Answer::AppliedBefore { revision },
+                });
+            }
+        }
+        let state = pending
+            .firewalls
+            .get(instance)
+            .or_else(|| projection.firewalls.get(instance));
+        let mut new_rule_id = || RuleId::from_uuid(uuid::Uuid::now_v7());
+        let payloads = decide(
+            instance,
+            state.map(|f| &**f),
+            &mutation.command,
+            mutation.expected_revision,
+            &mut new_rule_id,
+        )?;
+        if payloads.is_empty() {
+            // Nothing changes; decide only answers with no events for a live firewall.
+            return state.cloned().map(Answer::Firewall).ok_or_else(|| {
+                StoreError::Fold(FoldError::Inapplicable {
+                    instance_id: instance.to_string(),
+                    revision: 0,
+                    reason: "no-op on a missing firewall".into(),
+                })
+            });
+        }
+        let mut firewall = state.map(|f| Firewall::clone(f));
+        for payload in payloads {
+            let event = Event {
+                sequence: self.log_head.sequence + 1 + events.len() as u64,
+                instance_id: instance.clone(),
+                revision: firewall.as_ref().map_or(0, |f| f.revision) + 1,
+                event_id: uuid::Uuid::now_v7(),
+                commit_time: now,
+                actor: mutation.actor.clone(),
+                on_behalf_of: mutation.on_behalf_of.clone(),
+                request_id: mutation.request_id.clone(),
+                payload,
+            };
+            firewall = Some(fold(firewall, &event)?);
+            events.push(event);
+        }
+        let firewall = Arc::new(firewall.expect("folded at least one event"));
+        pending.firewalls.insert(instance.clone(), firewall.clone());
+        if let Some(key) = request_key {
+            pending.requests.insert(key, firewall.clone());
+        }
+        Ok(Answer::Firewall(firewall))
+    }
+}
+
+/// Answers every caller of a batch that was not committed.
+fn refuse(replies: impl Iterator<Item = Reply>, reason: &str) {
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::WriteFailed(reason.to_owned())));
+    }
+}
+
+/// Moves `head` to `record` if it is the next record and links to it.
+fn follow_chain(head: &mut Head, record: &Record) -> Result<(), StoreError> {
+    let sequence = record.event.sequence;
+    if sequence != head.sequence + 1 || record.prev_hash != head.hash {
+        return Err(StoreError::Unverified {
+            sequence,
+            reason: format!("does not follow record {} in the hash chain", head.sequence),
+        });
+    }
+    *head = Head {
+        sequence,
+        hash: record.hash,
+    };
+    Ok(())
+}
+
+/// Outcomes decided earlier in the same batch, not yet durable.
+#[derive(Default)]
+struct Pending {
+    firewalls: HashMap<InstanceId, Arc<Firewall>>,
+    requests: HashMap<(InstanceId, RequestId), Arc<Firewall>>,
+}

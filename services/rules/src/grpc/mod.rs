@@ -1,0 +1,17 @@
+//! The gRPC doors: the three services' handlers, the interceptor that
+//! authenticates every call, request validation into model commands
+//! (`requests`), the one error mapping (`status`), and the presentation of
+//! model answers as protobuf (`present`). Protobuf types stop here.
+
+pub mod audit;
+pub mod caller;
+mod diagnose;
+pub mod enforcer;
+pub mod firewall;
+pub mod present;
+pub mod requests;
+pub mod status;
+
+pub use audit::AuditApi;
+pub use enforcer::EnforcerApi;
+pub use firewall::FirewallApi;

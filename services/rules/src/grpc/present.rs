@@ -1,0 +1,206 @@
+//! The application's answers as protobuf: sync state on a firewall and its
+//! rules, enforcer reports in and out, audit answers, and the [`ProtoWire`]
+//! that encodes what replicas share. The model types stay in
+//! `cassette-service`; their wire form is decided here, once.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use cassette_eventlog::{hex, Verification};
+use cassette_model::Firewall;
+use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
+use cassette_service::peers::Wire;
+use cassette_service::replay::{Diff, FirewallAt};
+use cassette_service::sync::{Observed, RuleStatus, Snapshot, SyncState};
+use prost::Message;
+
+/// An instance's sync state when its latest revision is `latest_revision`.
+pub fn sync_status(snapshot: &Snapshot, latest_revision: u64) -> pb::SyncStatus {
+    let state = match snapshot.state(latest_revision) {
+        SyncState::NoEnforcer => pb::SyncState::NoEnforcer,
+        SyncState::Error => pb::SyncState::Error,
+        SyncState::InSync => pb::SyncState::InSync,
+        SyncState::Pending => pb::SyncState::Pending,
+    };
+    pb::SyncStatus {
+        enforcer_connected: snapshot.is_connected(),
+        applied_revision: snapshot.applied_revision,
+        state: state.into(),
+        last_error: snapshot
+            .failed
+            .as_ref()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default(),
+        last_ack_latency: snapshot.last_latency.and_then(|d| d.try_into().ok()),
+        last_ack_time: snapshot.last_ack_time.map(Into::into),
+        latest_revision,
+        failed_revision: snapshot.failed.as_ref().map_or(0, |(r, _)| *r),
+        enforcer_state_error: snapshot.state_error.clone().unwrap_or_default(),
+    }
+}
+
+/// The projection's view of a firewall, with its sync state: `sync`, each
+/// rule's status and, from the enforcer's last report, its hits.
+pub fn present(firewall: &Firewall, snapshot: &Snapshot) -> pb::Firewall {
+    let mut view = firewall_to_pb(firewall);
+    for rule in &mut view.rules {
+        let status = match snapshot.rule_status(rule.revision) {
+            RuleStatus::Applied => pb::RuleStatus::Applied,
+            RuleStatus::Failed => pb::RuleStatus::Failed,
+            RuleStatus::Pending => pb::RuleStatus::Pending,
+        };
+        rule.status = status.into();
+        if let Some(observed) = snapshot.observed.as_ref().filter(|o| o.counted) {
+            let (packets, last) = observed.hits_of(rule.protocol, rule.port, rule.enabled);
+            rule.hits = packets;
+            rule.last_hit_time = last.map(Into::into);
+        }
+    }
+    view.sync = Some(sync_status(snapshot, view.revision));
+    view
+}
+
+/// An enforcer's report, as received at `received` (this service's clock):
+/// hits summed per rule (its protocol and port, all its sources together),
+/// at most [`Observed::MAX_ENTRIES`] elements and sockets read.
+pub fn observed(report: &pb::Report, received: SystemTime) -> Observed {
+    let mut by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)> = HashMap::new();
+    for element in report.hits.iter().take(Observed::MAX_ENTRIES) {
+        let last = element
+            .last_hit_time
+            .and_then(|t| SystemTime::try_from(t).ok());
+        let entry = by_rule.entry((element.protocol, element.port)).or_default();
+        entry.0 = entry.0.saturating_add(element.packets);
+        entry.1 = entry.1.max(last);
+    }
+    let listening = report.listening.as_ref().map(|l| {
+        let mut by_port: HashMap<(i32, u32), Vec<String>> = HashMap::new();
+        for socket in l.sockets.iter().take(Observed::MAX_ENTRIES) {
+            by_port
+                .entry((socket.protocol, socket.port))
+                .or_default()
+                .push(socket.address.chars().take(64).collect());
+        }
+        by_port
+    });
+    Observed {
+        observed: report
+            .observe_time
+            .and_then(|t| SystemTime::try_from(t).ok()),
+        received,
+        counted: report.hits_counted,
+        by_rule,
+        listening,
+    }
+}
+
+/// What [`observed`] read, as a report again (to forward to a replica).
+fn report(observed: &Observed) -> pb::Report {
+    pb::Report {
+        hits: observed
+            .by_rule
+            .iter()
+            .map(|(&(protocol, port), &(packets, last))| pb::ElementHits {
+                protocol,
+                port,
+                source: String::new(),
+                packets,
+                last_hit_time: last.map(Into::into),
+            })
+            .collect(),
+        observe_time: observed.observed.map(Into::into),
+        listening: observed.listening.as_ref().map(|l| pb::ListeningSockets {
+            sockets: l
+                .iter()
+                .flat_map(|(&(protocol, port), addresses)| {
+                    addresses.iter().map(move |address| pb::ListeningSocket {
+                        protocol,
+                        port,
+                        address: address.clone(),
+                    })
+                })
+                .collect(),
+        }),
+        hits_counted: observed.counted,
+    }
+}
+
+pub fn firewall_at(found: &FirewallAt) -> pb::FirewallAt {
+    pb::FirewallAt {
+        firewall: Some(firewall_to_pb(&found.firewall)),
+        revision: found.event.revision,
+        ruleset: found.ruleset(),
+        commit_time: Some(found.event.commit_time.into()),
+        deleted: !found.firewall.is_live(),
+    }
+}
+
+pub fn diff(diff: &Diff) -> pb::FirewallDiff {
+    pb::FirewallDiff {
+        added: diff.added.iter().map(rule_to_pb).collect(),
+        removed: diff.removed.iter().map(rule_to_pb).collect(),
+        changed: diff
+            .changed
+            .iter()
+            .map(|(before, after)| pb::RuleChange {
+                before: Some(rule_to_pb(before)),
+                after: Some(rule_to_pb(after)),
+            })
+            .collect(),
+        events: diff
+            .events
+            .iter()
+            .map(|r| event_to_pb(&r.event, &r.prev_hash))
+            .collect(),
+        next_page_token: diff.next_after.map(|r| r.to_string()).unwrap_or_default(),
+    }
+}
+
+pub fn verification(v: &Verification) -> pb::VerifyLogResponse {
+    let (first_bad_sequence, reason) = v.first_bad.clone().unwrap_or_default();
+    pb::VerifyLogResponse {
+        ok: v.ok(),
+        events_checked: v.events_checked,
+        head_sequence: v.head.sequence,
+        head_hash: hex(&v.head.hash),
+        first_bad_sequence,
+        reason,
+    }
+}
+
+/// What replicas share beside the log, as the public messages: a replica's
+/// view is the `SyncStatus` it would answer (latest revision 0), a
+/// forwarded report a `Report`.
+pub struct ProtoWire;
+
+impl Wire for ProtoWire {
+    fn encode_status(&self, status: &Snapshot) -> Vec<u8> {
+        sync_status(status, 0).encode_to_vec()
+    }
+
+    fn decode_status(&self, bytes: &[u8]) -> Result<Snapshot, String> {
+        let remote = pb::SyncStatus::decode(bytes).map_err(|e| e.to_string())?;
+        Ok(Snapshot {
+            remote_connected: remote.enforcer_connected,
+            applied_revision: remote.applied_revision,
+            failed: (remote.failed_revision > 0)
+                .then(|| (remote.failed_revision, remote.last_error.clone())),
+            last_latency: remote.last_ack_latency.and_then(|d| d.try_into().ok()),
+            last_ack_time: remote
+                .last_ack_time
+                .and_then(|t| SystemTime::try_from(t).ok()),
+            state_error: (!remote.enforcer_state_error.is_empty())
+                .then(|| remote.enforcer_state_error.clone()),
+            ..Snapshot::default()
+        })
+    }
+
+    fn encode_report(&self, observed: &Observed) -> Vec<u8> {
+        report(observed).encode_to_vec()
+    }
+
+    fn decode_report(&self, bytes: &[u8]) -> Result<Observed, String> {
+        let report = pb::Report::decode(bytes).map_err(|e| e.to_string())?;
+        Ok(observed(&report, SystemTime::now()))
+    }
+}

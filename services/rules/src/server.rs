@@ -1,0 +1,409 @@
+//! The server: one opened application (`cassette-service`'s store) behind
+//! the gRPC services, the console and health, on every listener, until a
+//! stop signal or a failed log write ends it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cassette_auth::Authenticator;
+use cassette_proto::pb::audit_service_server::AuditServiceServer;
+use cassette_proto::pb::enforcer_service_server::EnforcerServiceServer;
+use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
+use cassette_service::{Limits, LogConfig, OpenStats, RulesMetrics, Store, StoreError};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
+
+use crate::console;
+use crate::grpc::{caller, present, AuditApi, EnforcerApi, FirewallApi};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the event log: {0}")]
+    Open(#[source] StoreError),
+    #[error("cannot flush the event log on shutdown: {0}")]
+    Close(#[source] StoreError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(
+        "refusing to serve plaintext on {0}: without --tls-cert every caller is an admin, so only \
+         loopback addresses and Unix sockets are served (give --tls-cert/--tls-key, or \
+         --insecure-plaintext if you really mean it)"
+    )]
+    PlaintextNotLoopback(std::net::SocketAddr),
+    #[error(
+        "refusing to serve the console in plaintext on {0}: without --tls-cert every caller is an \
+         admin, so only a loopback --http-listen is served (give --tls-cert/--tls-key, or \
+         --insecure-plaintext if you really mean it)"
+    )]
+    ConsolePlaintextNotLoopback(std::net::SocketAddr),
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error(transparent)]
+    ConsoleTls(#[from] console::HttpTlsError),
+    #[error("the console: {0}")]
+    Console(String),
+    #[error("stopped: writing the event log failed ({0}); restart on what is on disk")]
+    LogFailed(String),
+}
+
+/// Who may call, and over what.
+pub struct Security {
+    pub authenticator: Arc<Authenticator>,
+    /// TLS for every listener (server certificate, and the CA client
+    /// certificates must chain to); `None` is plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// The server certificate and key (PEM) again, for the console's HTTPS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// Serve plaintext on non-loopback addresses too.
+    pub insecure_plaintext: bool,
+}
+
+impl Security {
+    /// Development mode: plaintext on loopback and Unix sockets only, every
+    /// caller `anonymous` with role admin.
+    pub fn development() -> Self {
+        Self {
+            authenticator: Arc::new(Authenticator::development()),
+            tls: None,
+            identity_pem: None,
+            insecure_plaintext: false,
+        }
+    }
+
+    /// TLS on every listener with the server certificate `cert` and its `key`
+    /// (PEM). Client certificates must chain to `client_ca` (PEM); without it
+    /// only bearer tokens authenticate. Certificates are optional at the TLS
+    /// layer because bearer-token callers present none.
+    pub fn tls(
+        cert: Vec<u8>,
+        key: Vec<u8>,
+        client_ca: Option<Vec<u8>>,
+        authenticator: Authenticator,
+    ) -> Self {
+        let identity_pem = Some((cert.clone(), key.clone()));
+        let mut tls =
+            ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+                .client_auth_optional(true);
+        }
+        Self {
+            authenticator: Arc::new(authenticator),
+            tls: Some(tls),
+            identity_pem,
+            insecure_plaintext: false,
+        }
+    }
+}
+
+/// What grpc.health.v1 reports on: the server as a whole ("") and each
+/// service, by the names the generated servers register.
+const SERVICES: [&str; 4] = [
+    "",
+    <FirewallServiceServer<FirewallApi> as NamedService>::NAME,
+    <EnforcerServiceServer<EnforcerApi> as NamedService>::NAME,
+    <AuditServiceServer<AuditApi> as NamedService>::NAME,
+];
+
+/// How long a service whose log failed keeps answering (UNAVAILABLE, health
+/// NOT_SERVING) before it stops.
+const FAILURE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long a stop waits for in-flight calls by default.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One listener's server, running until the stop signal.
+type Serving = Pin<Box<dyn Future<Output = Result<(), ServeError>> + Send>>;
+
+/// A bound socket to serve gRPC on.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// An opened rules service: its log replayed, its writer running.
+pub struct RulesService {
+    store: Arc<Store>,
+    stats: OpenStats,
+    security: Security,
+    limits: Limits,
+    shutdown_grace: std::time::Duration,
+    console: Option<TcpListener>,
+}
+
+impl RulesService {
+    /// Opens the log `config` names and replays it (checking its hash
+    /// chain): the embedded sled log, or one in an etcd cluster shared with
+    /// other replicas. Must run inside a tokio runtime.
+    pub async fn open(config: &LogConfig) -> Result<Self, ServeError> {
+        let (store, stats) = Store::open(config, Arc::new(present::ProtoWire))
+            .await
+            .map_err(ServeError::Open)?;
+        match config {
+            LogConfig::Sled { data_dir, .. } => tracing::info!(
+                data_dir = %data_dir.display(),
+                events = stats.events,
+                firewalls = stats.firewalls,
+                elapsed_ms = stats.elapsed.as_millis() as u64,
+                "event log replayed"
+            ),
+            LogConfig::Etcd(etcd) => tracing::info!(
+                endpoints = ?etcd.endpoints,
+                prefix = %etcd.prefix,
+                events = stats.events,
+                firewalls = stats.firewalls,
+                elapsed_ms = stats.elapsed.as_millis() as u64,
+                "event log replayed from etcd"
+            ),
+        }
+        Ok(Self::serving(store, stats))
+    }
+
+    /// A service for `store`, in development mode with the default limits.
+    fn serving(store: Arc<Store>, stats: OpenStats) -> Self {
+        Self {
+            store,
+            stats,
+            security: Security::development(),
+            limits: Limits::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            console: None,
+        }
+    }
+
+    /// Serves with `security` instead of development mode.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How long a stop waits for in-flight calls before it flushes and ends anyway.
+    pub fn with_shutdown_grace(mut self, grace: std::time::Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Also serves the console (the Firewall page, its JSON API, `/metrics`
+    /// and `/healthz`) on `listener`: HTTPS when the service has TLS.
+    pub fn with_console(mut self, listener: TcpListener) -> Self {
+        self.console = Some(listener);
+        self
+    }
+
+    pub fn stats(&self) -> OpenStats {
+        self.stats
+    }
+
+    /// The service's metrics, for a `/metrics` endpoint.
+    pub fn metrics(&self) -> Arc<RulesMetrics> {
+        self.store.metrics().clone()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops accepting,
+    /// ends sync streams, finishes in-flight requests, commits what they
+    /// queued and flushes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        self.serve_all(vec![Listener::Tcp(listener)], shutdown)
+            .await
+    }
+
+    /// [`RulesService::serve`] on several listeners at once (say, loopback TCP
+    /// for users and a Unix socket for enforcers in other network namespaces).
+    pub async fn serve_all(
+        mut self,
+        listeners: Vec<Listener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        // Read-only (a log that failed verification) is not serving: it
+        // answers to investigate, but takes no changes and syncs no enforcer.
+        let status = match self.store.read_only() {
+            Ok(()) => tonic_health::ServingStatus::Serving,
+            Err(_) => tonic_health::ServingStatus::NotServing,
+        };
+        for service in SERVICES {
+            health.set_service_status(service, status).await;
+        }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(cassette_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc error details, so grpcurl can print BadRequest & co.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        if self.security.tls.is_none() && !self.security.insecure_plaintext {
+            for listener in &listeners {
+                if let Listener::Tcp(l) = listener {
+                    let addr = l.local_addr().map_err(ServeError::Listener)?;
+                    if !addr.ip().is_loopback() {
+                        return Err(ServeError::PlaintextNotLoopback(addr));
+                    }
+                }
+            }
+            if let Some(console) = &self.console {
+                let addr = console.local_addr().map_err(ServeError::Listener)?;
+                if !addr.ip().is_loopback() {
+                    return Err(ServeError::ConsolePlaintextNotLoopback(addr));
+                }
+            }
+        }
+        if self.security.authenticator.is_development() {
+            tracing::warn!(
+                "development mode: no TLS, every caller is `anonymous` with role admin \
+                 (x-actor names who asks); give --tls-cert, --tls-key and --policy to secure it"
+            );
+        }
+        let limits = &self.limits;
+        let authenticate = caller::Authenticate(self.security.authenticator.clone());
+        let firewall_api = Arc::new(FirewallApi::new(self.store.clone(), limits));
+        let firewall = FirewallServiceServer::from_arc(firewall_api.clone())
+            .max_decoding_message_size(limits.max_message_bytes);
+        let enforcer = EnforcerServiceServer::new(EnforcerApi::new(self.store.clone()))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let audit = AuditServiceServer::new(AuditApi::new(self.store.clone(), limits))
+            .max_decoding_message_size(limits.max_message_bytes);
+        let (stop, stopped) = watch::channel(false);
+        let mut servers: Vec<Serving> = Vec::new();
+        for listener in listeners {
+            let mut builder = Server::builder()
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .http2_keepalive_interval(Some(limits.keepalive_interval))
+                .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+                .tcp_keepalive(Some(limits.keepalive_interval));
+            if let Some(tls) = &self.security.tls {
+                builder = builder.tls_config(tls.clone())?;
+            }
+            let router = builder
+                .add_service(health_service.clone())
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?)
+                .add_service(InterceptedService::new(
+                    firewall.clone(),
+                    authenticate.clone(),
+                ))
+                .add_service(InterceptedService::new(
+                    enforcer.clone(),
+                    authenticate.clone(),
+                ))
+                .add_service(InterceptedService::new(audit.clone(), authenticate.clone()));
+            let mut stopped = stopped.clone();
+            let stop_signal = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            servers.push(match listener {
+                Listener::Tcp(l) => Box::pin(async move {
+                    router
+                        .serve_with_incoming_shutdown(
+                            TcpIncoming::from(l).with_nodelay(Some(true)),
+                            stop_signal,
+                        )
+                        .await
+                        .map_err(ServeError::from)
+                }),
+                Listener::Unix(l) => Box::pin(async move {
+                    router
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop_signal)
+                        .await
+                        .map_err(ServeError::from)
+                }),
+            });
+        }
+        if let Some(listener) = self.console.take() {
+            let tls = match &self.security.identity_pem {
+                Some((cert, key)) => Some(console::HttpTls::from_pem(cert, key)?),
+                None => None,
+            };
+            let console = console::Console::new(
+                firewall_api.clone(),
+                self.store.clone(),
+                self.security.authenticator.clone(),
+                limits,
+            )
+            .map_err(|e| ServeError::Console(e.to_string()))?;
+            let router = console::router(console).layer(axum::extract::DefaultBodyLimit::max(
+                limits.max_message_bytes,
+            ));
+            let mut stopped = stopped.clone();
+            let stop_signal = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            servers.push(Box::pin(async move {
+                console::serve(listener, tls, router, stop_signal)
+                    .await
+                    .map_err(ServeError::Listener)
+            }));
+        }
+        let expiry = tokio::spawn(cassette_service::run_expiry(self.store.clone()));
+        let store = self.store.clone();
+        let mut failure = self.store.failure();
+        let signal = async move {
+            let failed = tokio::select! {
+                () = shutdown => None,
+                reason = failure.wait_for(Option::is_some) => {
+                    reason.ok().and_then(|r| r.clone())
+                }
+            };
+            match &failed {
+                None => tracing::info!("shutting down: no new requests, finishing in-flight ones"),
+                Some(reason) => {
+                    tracing::error!(%reason, "the event log failed: not serving, stopping")
+                }
+            }
+            store.begin_shutdown();
+            // Every service, and the server as a whole (""), says so.
+            for service in SERVICES {
+                health
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
+            if failed.is_some() {
+                // Answer what is still queued (UNAVAILABLE) and let health
+                // checkers see NOT_SERVING before the connections close.
+                tokio::time::sleep(FAILURE_LINGER).await;
+            }
+            stop.send_replace(true);
+            failed
+        };
+        let serving = futures_util::future::try_join_all(servers);
+        tokio::pin!(signal, serving);
+        let grace = self.shutdown_grace;
+        let failed = tokio::select! {
+            result = &mut serving => { result?; None }
+            failed = &mut signal => {
+                match tokio::time::timeout(grace, &mut serving).await {
+                    Ok(result) => { result?; }
+                    Err(_) => tracing::warn!(
+                        grace_ms = grace.as_millis() as u64,
+                        "calls still running after the shutdown grace period are cut"
+                    ),
+                }
+                failed
+            }
+        };
+        expiry.abort();
+        if let Some(reason) = failed {
+            return Err(ServeError::LogFailed(reason));
+        }
+        self.store.shutdown().await.map_err(ServeError::Close)?;
+        tracing::info!("event log flushed; stopped");
+        Ok(())
+    }
+}
