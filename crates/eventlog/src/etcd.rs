@@ -24,20 +24,18 @@
 //! twice and never reports a write that did not happen. One that still has no
 //! answer at the deadline is reported as unavailable, its outcome unknown.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cassette_model::{Event, InstanceId};
-use cassette_proto::event_to_pb;
-use prost::Message;
 use std::sync::{Arc, RwLock};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::{decode, hash, u64_prefix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
+use crate::chain::{self, Walk};
+use crate::{decode, u64_prefix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 pub use crate::etcd_shared::{SharedChange, SharedWriter};
 
@@ -499,49 +497,24 @@ impl EtcdLog {
         // One round trip: what the log must hold for these events to
         // continue it (the head, and each instance's previous revision but
         // not this one) is compared inside the transaction itself.
-        let mut revisions: HashMap<&InstanceId, u64> = HashMap::new();
-        let mut puts = Vec::with_capacity(events.len() * 2 + 1);
+        let (records, next) = chain::encode_batch(expected, events, |_| Ok(None))?;
         let mut compare = vec![self.head_is(expected)];
-        let mut next = expected;
+        let mut puts = Vec::with_capacity(records.len() * 2 + 1);
+        let mut seen = std::collections::HashSet::new();
         let mut bytes_total = 0;
-        for event in events {
-            if event.sequence != next.sequence + 1 {
-                return Err(LogError::OutOfOrder(format!(
-                    "sequence {} does not follow {}",
-                    event.sequence, next.sequence
-                )));
-            }
-            match revisions.get(&event.instance_id) {
-                Some(&last) if event.revision != last + 1 => {
-                    return Err(LogError::OutOfOrder(format!(
-                        "instance {} revision {} does not follow {}",
-                        event.instance_id, event.revision, last
-                    )));
-                }
-                Some(_) => {}
-                // The instance's first event here: the log holds the revision
-                // before it (unless it is the first).
-                None if event.revision > 1 => compare.push(Compare {
+        for record in records {
+            let event = record.event;
+            // The instance's first event here: the log holds the revision
+            // before it (unless it is the first).
+            if seen.insert(&event.instance_id) && event.revision > 1 {
+                compare.push(Compare {
                     result: CompareResult::Greater as i32,
                     target: CompareTarget::Create as i32,
                     key: self.index_key(&event.instance_id, event.revision - 1),
                     target_union: Some(TargetUnion::CreateRevision(0)),
                     range_end: vec![],
-                }),
-                None if event.revision == 0 => {
-                    return Err(LogError::OutOfOrder(format!(
-                        "instance {} revision 0: revisions start at 1",
-                        event.instance_id
-                    )));
-                }
-                None => {}
+                });
             }
-            revisions.insert(&event.instance_id, event.revision);
-            let bytes = event_to_pb(event, &next.hash).encode_to_vec();
-            bytes_total += bytes.len();
-            let record_hash = hash(&bytes);
-            let mut indexed = event.sequence.to_be_bytes().to_vec();
-            indexed.extend_from_slice(&record_hash);
             let index_key = self.index_key(&event.instance_id, event.revision);
             compare.push(Compare {
                 result: CompareResult::Equal as i32,
@@ -550,19 +523,17 @@ impl EtcdLog {
                 target_union: Some(TargetUnion::CreateRevision(0)),
                 range_end: vec![],
             });
-            puts.push(put(self.record_key(event.sequence), bytes));
+            bytes_total += record.bytes.len();
+            let indexed = record.index_value();
+            puts.push(put(self.record_key(event.sequence), record.bytes));
             puts.push(put(index_key, indexed));
-            next = Head {
-                sequence: event.sequence,
-                hash: record_hash,
-            };
         }
         if bytes_total > MAX_BATCH_BYTES {
             return Err(LogError::TooLarge(format!(
                 "{bytes_total} bytes of records in one append; etcd takes at most {MAX_BATCH_BYTES}"
             )));
         }
-        puts.push(put(self.head_key(), head_value(next)));
+        puts.push(put(self.head_key(), chain::anchor_value(next)));
         let request = TxnRequest {
             compare,
             success: puts,
@@ -684,61 +655,86 @@ impl EtcdLog {
         &self,
         mut visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
-        let mut previous = Head {
-            sequence: 0,
-            hash: GENESIS_HASH,
-        };
+        let mut walk = Walk::genesis();
         let mut checked = 0;
-        let bad = |sequence: u64, reason: String, checked: u64, head: Head| Verification {
-            events_checked: checked,
-            head,
-            first_bad: Some((sequence, reason)),
+        let bad = |bad: chain::Bad, checked: u64, walk: &Walk| Verification {
+            events_checked: if bad.walked_past {
+                checked.saturating_sub(1)
+            } else {
+                checked
+            },
+            head: walk.head(),
+            first_bad: Some((bad.sequence, bad.reason)),
         };
         loop {
-            let page = match self.read_after(previous.sequence, VERIFY_PAGE).await {
+            let page = match self.read_after(walk.head().sequence, VERIFY_PAGE).await {
                 Ok(page) => page,
                 Err(LogError::Corrupt { sequence, reason }) => {
-                    return Ok(bad(sequence, reason, checked, previous))
+                    return Ok(bad(chain::Bad::new(sequence, reason), checked, &walk))
                 }
                 Err(e) => return Err(e),
             };
             if page.is_empty() {
                 let anchor = self.head().await?;
-                if anchor.sequence > previous.sequence
-                    && !self.read_after(previous.sequence, 1).await?.is_empty()
+                if anchor.sequence > walk.head().sequence
+                    && !self.read_after(walk.head().sequence, 1).await?.is_empty()
                 {
                     // Appended since the page was read: read on.
                     continue;
                 }
-                if anchor != previous {
-                    let reason = format!(
-                        "the head anchor says record {} but the log ends at {} (or their hashes differ)",
-                        anchor.sequence, previous.sequence
-                    );
-                    return Ok(bad(previous.sequence + 1, reason, checked, previous));
+                if let Err(wrong) = walk.check_anchor(anchor) {
+                    return Ok(bad(wrong, checked, &walk));
                 }
                 break;
             }
             for record in page {
-                if record.prev_hash != previous.hash {
-                    let reason = format!("does not link to record {}", previous.sequence);
-                    return Ok(bad(record.event.sequence, reason, checked, previous));
+                if let Err(unlinked) = walk.follow(&record) {
+                    let intact = match unlinked.previous() {
+                        Some(previous) => self.intact(previous).await?,
+                        None => true,
+                    };
+                    return Ok(bad(unlinked.blame(intact), checked, &walk));
                 }
                 if let Err(reason) = visit(&record) {
-                    return Ok(bad(record.event.sequence, reason, checked, previous));
+                    let refused = chain::Bad::new(record.event.sequence, reason);
+                    return Ok(bad(refused, checked, &walk));
                 }
                 checked += 1;
-                previous = Head {
-                    sequence: record.event.sequence,
-                    hash: record.hash,
-                };
             }
         }
         Ok(Verification {
             events_checked: checked,
-            head: previous,
+            head: walk.head(),
             first_bad: None,
         })
+    }
+
+    /// Whether record `sequence` still has the hash its index entry recorded
+    /// (false when it is missing or does not decode: then it changed).
+    pub async fn intact(&self, sequence: u64) -> Result<bool, LogError> {
+        let mut ranges = self
+            .read(vec![RangeRequest {
+                key: self.record_key(sequence),
+                ..Default::default()
+            }])
+            .await?;
+        let Some(kv) = ranges.pop().and_then(|r| r.kvs.into_iter().next()) else {
+            return Ok(false);
+        };
+        let Ok(record) = decode(sequence, &kv.value) else {
+            return Ok(false);
+        };
+        let mut ranges = self
+            .read(vec![RangeRequest {
+                key: self.index_key(&record.event.instance_id, record.event.revision),
+                ..Default::default()
+            }])
+            .await?;
+        let recorded = ranges
+            .pop()
+            .and_then(|r| r.kvs.into_iter().next())
+            .and_then(|kv| kv.value.get(8..40).and_then(|h| Hash::try_from(h).ok()));
+        Ok(recorded == Some(record.hash))
     }
 
     /// The instance's records with `after_revision < revision <= until_revision`.

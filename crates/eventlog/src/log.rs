@@ -116,6 +116,15 @@ impl Log {
         }
     }
 
+    /// Whether record `sequence` still has the hash its index recorded (what
+    /// [`crate::chain::Unlinked::blame`] asks when two records stop linking).
+    pub async fn intact(&self, sequence: u64) -> Result<bool, LogError> {
+        match self {
+            Log::Sled(log) => log.intact(sequence),
+            Log::Etcd(log) => log.intact(sequence).await,
+        }
+    }
+
     /// The head sequence other writers' appends left (`u64::MAX`: unknown,
     /// look) on a shared log; `None` when this process is the only writer (sled).
     pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

@@ -22,7 +22,7 @@ fn event(sequence: u64, name: &str, revision: u64, payload: EventPayload) -> Eve
     }
 }
 
-fn created(sequence: u64, name: &str) -> Event {
+pub(crate) fn created(sequence: u64, name: &str) -> Event {
     event(
         sequence,
         name,
@@ -33,7 +33,7 @@ fn created(sequence: u64, name: &str) -> Event {
     )
 }
 
-fn disabled(sequence: u64, name: &str, revision: u64) -> Event {
+pub(crate) fn disabled(sequence: u64, name: &str, revision: u64) -> Event {
     event(
         sequence,
         name,

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use cassette_eventlog::{Head, Log, LogError, Record};
+use cassette_eventlog::chain::Walk;
+use cassette_eventlog::{Head, Log, LogError};
 use cassette_model::{decide, fold, Event, Firewall, FoldError, InstanceId, RequestId, RuleId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, Instrument};
@@ -126,16 +127,31 @@ impl Writer {
             if page.is_empty() {
                 return Ok(());
             }
+            // The chain first, as every reader of the log checks it.
+            let mut walk = Walk::from(self.log_head);
+            for record in &page {
+                if let Err(unlinked) = walk.follow(record) {
+                    let intact = match unlinked.previous() {
+                        Some(previous) => self.log.intact(previous).await?,
+                        None => true,
+                    };
+                    let bad = unlinked.blame(intact);
+                    return Err(StoreError::Unverified {
+                        sequence: bad.sequence,
+                        reason: bad.reason,
+                    });
+                }
+            }
             let mut touched: HashMap<InstanceId, u64> = HashMap::new();
             {
                 let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
                 for record in &page {
-                    follow_chain(&mut self.log_head, record)?;
                     projection.catch_up(&record.event)?;
                     self.last_time = self.last_time.max(record.event.commit_time);
                     touched.insert(record.event.instance_id.clone(), record.event.revision);
                 }
             }
+            self.log_head = walk.head();
             for (instance, revision) in &touched {
                 self.board.notify_committed(instance, *revision);
             }
@@ -350,22 +366,6 @@ fn refuse(replies: impl Iterator<Item = Reply>, reason: &str) {
     for reply in replies {
         let _ = reply.send(Err(StoreError::WriteFailed(reason.to_owned())));
     }
-}
-
-/// Moves `head` to `record` if it is the next record and links to it.
-fn follow_chain(head: &mut Head, record: &Record) -> Result<(), StoreError> {
-    let sequence = record.event.sequence;
-    if sequence != head.sequence + 1 || record.prev_hash != head.hash {
-        return Err(StoreError::Unverified {
-            sequence,
-            reason: format!("does not follow record {} in the hash chain", head.sequence),
-        });
-    }
-    *head = Head {
-        sequence,
-        hash: record.hash,
-    };
-    Ok(())
 }
 
 /// Outcomes decided earlier in the same batch, not yet durable.

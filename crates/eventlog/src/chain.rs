@@ -1,0 +1,349 @@
+//! The hash chain, written once: how a batch of events becomes records that
+//! continue the log, and how a walk over records checks that each continues
+//! the one before. Both engines (sled, etcd) and the store's catch-up of
+//! other replicas' appends call it, so a broken chain is found and named
+//! the same way whoever reads it.
+//!
+//! A record is the public `Event` message with the previous record's hash
+//! (`prev_hash`); its own hash is SHA-256 of its stored bytes. The index
+//! keeps each record's hash as well, so when two records stop linking, the
+//! walk can tell whether the earlier one's content changed or the later one
+//! does not link (see [`Unlinked::blame`]).
+
+use std::collections::HashMap;
+
+use cassette_model::{Event, InstanceId};
+use cassette_proto::event_to_pb;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::{Hash, Head, LogError, Record, GENESIS_HASH};
+
+/// SHA-256 of a stored record's bytes.
+pub fn hash(bytes: &[u8]) -> Hash {
+    Sha256::digest(bytes).into()
+}
+
+/// One event encoded as the record that continues the chain.
+#[derive(Debug, Clone)]
+pub struct Encoded<'a> {
+    pub event: &'a Event,
+    /// What is stored: the event with the previous record's hash.
+    pub bytes: Vec<u8>,
+    /// Its hash: what the next record links to and the index records.
+    pub hash: Hash,
+}
+
+impl Encoded<'_> {
+    /// The index entry: the record's sequence (u64 big-endian) and hash.
+    pub fn index_value(&self) -> Vec<u8> {
+        let mut value = self.event.sequence.to_be_bytes().to_vec();
+        value.extend_from_slice(&self.hash);
+        value
+    }
+}
+
+/// The head anchor's value: the last sequence (u64 big-endian) and its hash.
+pub fn anchor_value(head: Head) -> Vec<u8> {
+    let mut value = head.sequence.to_be_bytes().to_vec();
+    value.extend_from_slice(&head.hash);
+    value
+}
+
+/// Encodes `events` as the records that continue `head`, refusing what does
+/// not continue the log: sequences from `head.sequence + 1` and, per
+/// instance, revisions from its last one + 1. `last_revision` says an
+/// instance's last revision in the log (asked once per instance); `None`
+/// leaves that check to the engine's own write (etcd compares the index
+/// inside its transaction), and only a revision 0 is refused here.
+pub fn encode_batch<'a>(
+    head: Head,
+    events: &'a [Event],
+    mut last_revision: impl FnMut(&InstanceId) -> Result<Option<u64>, LogError>,
+) -> Result<(Vec<Encoded<'a>>, Head), LogError> {
+    let mut next = head;
+    let mut revisions: HashMap<&InstanceId, u64> = HashMap::new();
+    let mut records = Vec::with_capacity(events.len());
+    for event in events {
+        if event.sequence != next.sequence + 1 {
+            return Err(LogError::OutOfOrder(format!(
+                "sequence {} does not follow {}",
+                event.sequence, next.sequence
+            )));
+        }
+        let last = match revisions.get(&event.instance_id) {
+            Some(&last) => Some(last),
+            None => last_revision(&event.instance_id)?,
+        };
+        match last {
+            Some(last) if event.revision != last + 1 => {
+                return Err(LogError::OutOfOrder(format!(
+                    "instance {} revision {} does not follow {}",
+                    event.instance_id, event.revision, last
+                )));
+            }
+            None if event.revision == 0 => {
+                return Err(LogError::OutOfOrder(format!(
+                    "instance {} revision 0: revisions start at 1",
+                    event.instance_id
+                )));
+            }
+            _ => {}
+        }
+        revisions.insert(&event.instance_id, event.revision);
+        let bytes = event_to_pb(event, &next.hash).encode_to_vec();
+        let record_hash = hash(&bytes);
+        next = Head {
+            sequence: event.sequence,
+            hash: record_hash,
+        };
+        records.push(Encoded {
+            event,
+            bytes,
+            hash: record_hash,
+        });
+    }
+    Ok((records, next))
+}
+
+/// A walk along the chain: where it stands, and whether the next record
+/// continues it.
+#[derive(Debug, Clone, Copy)]
+pub struct Walk {
+    head: Head,
+}
+
+/// Why a record does not continue the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unlinked {
+    /// The record after `after` is missing: the next one found is `found`.
+    Gap { after: u64, found: u64 },
+    /// Record `sequence` does not carry the hash of the record before it.
+    Link { sequence: u64 },
+}
+
+impl Walk {
+    /// A walk from the start of the log.
+    pub fn genesis() -> Self {
+        Self::from(Head {
+            sequence: 0,
+            hash: GENESIS_HASH,
+        })
+    }
+
+    /// A walk that continues from `head` (a replica catching up).
+    pub fn from(head: Head) -> Self {
+        Self { head }
+    }
+
+    /// The last record the walk accepted.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// Moves past `record` if it is the next record and links to the last.
+    pub fn follow(&mut self, record: &Record) -> Result<(), Unlinked> {
+        let sequence = record.event.sequence;
+        if sequence != self.head.sequence + 1 {
+            return Err(Unlinked::Gap {
+                after: self.head.sequence,
+                found: sequence,
+            });
+        }
+        if record.prev_hash != self.head.hash {
+            return Err(Unlinked::Link { sequence });
+        }
+        self.head = Head {
+            sequence,
+            hash: record.hash,
+        };
+        Ok(())
+    }
+
+    /// Checks the head anchor against the end of the walk: the first bad
+    /// record and why, if they disagree.
+    pub fn check_anchor(&self, anchor: Head) -> Result<(), Bad> {
+        let walked = self.head;
+        if anchor.sequence > walked.sequence {
+            return Err(Bad::at(
+                walked.sequence + 1,
+                format!(
+                    "missing: the log ends at {} but its head is {}",
+                    walked.sequence, anchor.sequence
+                ),
+            ));
+        }
+        if anchor.sequence < walked.sequence {
+            return Err(Bad::at(
+                anchor.sequence + 1,
+                format!(
+                    "beyond the head anchor, which ends the log at {}",
+                    anchor.sequence
+                ),
+            ));
+        }
+        if anchor.hash != walked.hash {
+            return Err(Bad::previous(
+                walked.sequence,
+                "its content does not match the head hash".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The first bad record and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bad {
+    pub sequence: u64,
+    pub reason: String,
+    /// The bad record is the walk's last accepted one (its successor showed
+    /// that its content changed): one fewer record was good.
+    pub walked_past: bool,
+}
+
+impl Bad {
+    /// Record `sequence` is bad for `reason`.
+    pub fn new(sequence: u64, reason: String) -> Self {
+        Self::at(sequence, reason)
+    }
+
+    fn at(sequence: u64, reason: String) -> Self {
+        Self {
+            sequence,
+            reason,
+            walked_past: false,
+        }
+    }
+
+    fn previous(sequence: u64, reason: String) -> Self {
+        Self {
+            sequence,
+            reason,
+            walked_past: true,
+        }
+    }
+}
+
+impl Unlinked {
+    /// What to report. For a record that does not link, `previous_intact`
+    /// says whether the record before it still has the hash the index
+    /// recorded for it: then the later record is the bad one; else the
+    /// earlier one's content was changed.
+    pub fn blame(&self, previous_intact: bool) -> Bad {
+        match *self {
+            Unlinked::Gap { after, found } => Bad::at(
+                after + 1,
+                format!("missing: the next record is {found}"),
+            ),
+            Unlinked::Link { sequence: 1 } => Bad::at(1, "does not start the chain".to_owned()),
+            Unlinked::Link { sequence } if previous_intact => Bad::at(
+                sequence,
+                format!("does not link to record {}", sequence - 1),
+            ),
+            Unlinked::Link { sequence } => Bad::previous(
+                sequence - 1,
+                "its content does not match its recorded hash".to_owned(),
+            ),
+        }
+    }
+
+    /// The record whose recorded hash [`Unlinked::blame`] needs (the one
+    /// before a record that does not link), if any.
+    pub fn previous(&self) -> Option<u64> {
+        match *self {
+            Unlinked::Link { sequence } if sequence > 1 => Some(sequence - 1),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sequence: u64, prev: Hash, hash_byte: u8) -> Record {
+        let event = crate::sled_log::tests::created(sequence, "a");
+        Record {
+            event,
+            prev_hash: prev.to_vec(),
+            hash: [hash_byte; 32],
+        }
+    }
+
+    #[test]
+    fn a_walk_names_gaps_bad_links_and_changed_content_alike_for_every_reader() {
+        let mut walk = Walk::genesis();
+        walk.follow(&record(1, GENESIS_HASH, 1)).unwrap();
+        walk.follow(&record(2, [1; 32], 2)).unwrap();
+        assert_eq!(walk.head().sequence, 2);
+        // A gap.
+        let gap = walk.follow(&record(4, [2; 32], 4)).unwrap_err();
+        assert_eq!(gap.blame(true).sequence, 3);
+        assert_eq!(gap.blame(true).reason, "missing: the next record is 4");
+        // A record that does not link: its predecessor intact, it is to blame;
+        // else the predecessor's content changed.
+        let unlinked = walk.follow(&record(3, [9; 32], 3)).unwrap_err();
+        assert_eq!(unlinked.previous(), Some(2));
+        let bad = unlinked.blame(true);
+        assert_eq!((bad.sequence, bad.walked_past), (3, false));
+        assert_eq!(bad.reason, "does not link to record 2");
+        let bad = unlinked.blame(false);
+        assert_eq!((bad.sequence, bad.walked_past), (2, true));
+        assert_eq!(bad.reason, "its content does not match its recorded hash");
+        // The first record must start the chain.
+        let start = Walk::genesis()
+            .follow(&record(1, [5; 32], 1))
+            .unwrap_err();
+        assert_eq!(start.blame(true).reason, "does not start the chain");
+        // The anchor.
+        assert!(walk.check_anchor(walk.head()).is_ok());
+        let short = walk.check_anchor(Head {
+            sequence: 3,
+            hash: [3; 32],
+        });
+        assert_eq!(short.unwrap_err().sequence, 3);
+        let changed = walk
+            .check_anchor(Head {
+                sequence: 2,
+                hash: [7; 32],
+            })
+            .unwrap_err();
+        assert_eq!((changed.sequence, changed.walked_past), (2, true));
+    }
+
+    #[test]
+    fn a_batch_continues_its_head_and_each_instance_or_is_refused() {
+        use crate::sled_log::tests::{created, disabled};
+        let head = Head {
+            sequence: 0,
+            hash: GENESIS_HASH,
+        };
+        let batch = [created(1, "a"), disabled(2, "a", 2)];
+        let (records, next) = encode_batch(head, &batch, |_| Ok(Some(0))).unwrap();
+        assert_eq!(next.sequence, 2);
+        assert_eq!(next.hash, records[1].hash);
+        assert_eq!(records[0].hash, hash(&records[0].bytes));
+        // The second links to the first: a walk over decoded records accepts them.
+        let mut walk = Walk::genesis();
+        for r in &records {
+            let decoded = crate::decode(r.event.sequence, &r.bytes).unwrap();
+            walk.follow(&decoded).unwrap();
+        }
+        assert_eq!(walk.head(), next);
+        let gap = [created(2, "a")];
+        assert!(matches!(
+            encode_batch(head, &gap, |_| Ok(Some(0))),
+            Err(LogError::OutOfOrder(_))
+        ));
+        let skipped = [disabled(1, "a", 3)];
+        assert!(matches!(
+            encode_batch(head, &skipped, |_| Ok(Some(1))),
+            Err(LogError::OutOfOrder(_))
+        ));
+        // Left to the engine: any revision but 0.
+        assert!(encode_batch(head, &skipped, |_| Ok(None)).is_ok());
+        let zero = [disabled(1, "a", 0)];
+        assert!(encode_batch(head, &zero, |_| Ok(None)).is_err());
+    }
+}

@@ -1,0 +1,463 @@
+//! The log on sled, for one rules service on the local disk.
+//!
+//! Layout, one sled tree so that a batch is one atomic write:
+//! - `e` + sequence (u64 big-endian) -> the record: `cassette.firewall.v1.Event`
+//!   encoded with protobuf, `prev_hash` = SHA-256 of the previous record's bytes;
+//! - `i` + instance id + `0x00` + revision (u64 big-endian) -> sequence (u64
+//!   big-endian) + the record's hash, so verification can tell which of two
+//!   records that no longer link was changed;
+//! - `h` -> the head anchor: last sequence (u64 big-endian) + its record's hash,
+//!   so that changing the last record is detected too.
+//!
+//! Instance ids never contain `0x00`, so an instance's index keys are contiguous
+//! and ordered by revision.
+//!
+//! Durable means on the disk, not in the page cache: sled's own flush ends in
+//! `sync_file_range`, which neither flushes the device's write cache nor the
+//! file's metadata, so every append also waits for an `fdatasync` of sled's
+//! data file. Readers see only records that fsync covered: a record written
+//! but not yet synced is invisible to every read.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cassette_model::{Event, InstanceId};
+
+use crate::chain::{self, Walk};
+use crate::{
+    decode, u64_prefix, u64_suffix, Hash, Head, LogError, Record, Verification,
+    GENESIS_HASH,
+};
+
+/// sled's data file in the log's directory: what is fsynced, and what says a
+/// directory holds a log.
+const DATA_FILE: &str = "db";
+
+const EVENT: u8 = b'e';
+const INDEX: u8 = b'i';
+const HEAD: &[u8] = b"h";
+
+pub struct EventLog {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// The last record written (durable or not): where appends continue.
+    head: Mutex<Head>,
+    /// The last sequence an fsync covered: what readers may see.
+    durable: AtomicU64,
+    /// sled's data file, for `fdatasync` (fsync syncs the file, whichever
+    /// descriptor asks).
+    data_file: Arc<File>,
+    poisoned: AtomicBool,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir`. Fails if another process has it open.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        let db = open_db(
+            sled::Config::new()
+                .path(dir)
+                .mode(sled::Mode::HighThroughput),
+        )?;
+        let tree = db.open_tree("events")?;
+        // What sled recovered may still be only in the page cache (a crash of
+        // the process, not of the machine): sync it before anyone reads it, and
+        // the directory so the data file's entry is durable too.
+        let data_file = File::open(dir.join(DATA_FILE)).map_err(LogError::Sync)?;
+        data_file.sync_data().map_err(LogError::Sync)?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(LogError::Sync)?;
+        let head = match tree.scan_prefix([EVENT]).next_back() {
+            None => Head {
+                sequence: 0,
+                hash: GENESIS_HASH,
+            },
+            Some(entry) => {
+                let (key, value) = entry?;
+                Head {
+                    sequence: sequence_of(&key)?,
+                    hash: chain::hash(&value),
+                }
+            }
+        };
+        Ok(Self {
+            db,
+            tree,
+            durable: AtomicU64::new(head.sequence),
+            head: Mutex::new(head),
+            data_file: Arc::new(data_file),
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether `dir` holds a log (opening one where there is none creates it).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(DATA_FILE).is_file()
+    }
+
+    /// The last sequence on stable storage.
+    pub fn durable_sequence(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    pub fn head(&self) -> Head {
+        *self.head.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instance's latest durable revision, 0 if it has none.
+    pub fn last_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
+        let durable = self.durable_sequence();
+        for entry in self.tree.scan_prefix(index_prefix(instance)).rev() {
+            let (key, value) = entry?;
+            if u64_prefix(&value) <= durable {
+                return Ok(u64_suffix(&key));
+            }
+        }
+        Ok(0)
+    }
+
+    /// The instance's latest written revision (durable or not), for appends.
+    fn last_written_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
+        match self.tree.scan_prefix(index_prefix(instance)).next_back() {
+            None => Ok(0),
+            Some(entry) => {
+                let (key, _) = entry?;
+                Ok(u64_suffix(&key))
+            }
+        }
+    }
+
+    /// Appends `events` in one atomic write and returns once they are on disk.
+    ///
+    /// The events must continue the log: sequences from `head().sequence + 1`
+    /// and, per instance, revisions from its last revision + 1. Anything else is
+    /// refused with [`LogError::OutOfOrder`] and nothing is written.
+    pub async fn append(&self, events: &[Event]) -> Result<Head, LogError> {
+        if events.is_empty() {
+            return Ok(self.head());
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(LogError::Poisoned);
+        }
+        let head = {
+            let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+            let (records, next) = chain::encode_batch(*head, events, |instance| {
+                self.last_written_revision(instance).map(Some)
+            })?;
+            let mut batch = sled::Batch::default();
+            for record in &records {
+                let event = record.event;
+                batch.insert(event_key(event.sequence).to_vec(), record.bytes.as_slice());
+                batch.insert(
+                    index_key(&event.instance_id, event.revision),
+                    record.index_value(),
+                );
+            }
+            batch.insert(HEAD, chain::anchor_value(next));
+            if let Err(e) = self.tree.apply_batch(batch) {
+                self.poison();
+                return Err(e.into());
+            }
+            *head = next;
+            next
+        };
+        // Durable before acknowledged: sled writes the batch out, then one
+        // fdatasync puts it (and everything before it) on the disk. The caller
+        // batches concurrent mutations, so the batch shares this one sync.
+        if let Err(e) = self.db.flush_async().await {
+            self.poison();
+            return Err(e.into());
+        }
+        let file = self.data_file.clone();
+        let synced = tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        if let Err(e) = synced {
+            // After a failed fsync the page cache may hold data the disk
+            // lost: nothing more is written, and the outcome is unknown.
+            self.poison();
+            return Err(LogError::Sync(e));
+        }
+        self.durable.fetch_max(head.sequence, Ordering::AcqRel);
+        Ok(head)
+    }
+
+    fn poison(&self) {
+        tracing::error!("event log write failed; refusing further appends");
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// The instance's events with `after_revision < revision <= until_revision`,
+    /// in revision order (an index lookup, not a scan of the log).
+    pub fn read_instance(
+        &self,
+        instance: &InstanceId,
+        after_revision: u64,
+        until_revision: u64,
+    ) -> Result<Vec<Event>, LogError> {
+        let records = self.read_instance_records(instance, after_revision, until_revision)?;
+        Ok(records.into_iter().map(|r| r.event).collect())
+    }
+
+    /// [`EventLog::read_instance`] with each record's hashes.
+    pub fn read_instance_records(
+        &self,
+        instance: &InstanceId,
+        after_revision: u64,
+        until_revision: u64,
+    ) -> Result<Vec<Record>, LogError> {
+        if until_revision <= after_revision {
+            return Ok(Vec::new());
+        }
+        let start = index_key(instance, after_revision + 1);
+        let end = index_key(instance, until_revision);
+        let durable = self.durable_sequence();
+        let mut events = Vec::new();
+        for entry in self.tree.range(start..=end) {
+            let (_, seq) = entry?;
+            let sequence = u64_prefix(&seq);
+            if sequence > durable {
+                break; // not yet on disk: invisible
+            }
+            let value = self
+                .tree
+                .get(event_key(sequence))?
+                .ok_or_else(|| LogError::Corrupt {
+                    sequence,
+                    reason: format!("indexed for instance {instance} but missing"),
+                })?;
+            events.push(decode(sequence, &value)?);
+        }
+        Ok(events)
+    }
+
+    /// Every durable record with sequence > `after_sequence`, in sequence order.
+    pub fn scan(&self, after_sequence: u64) -> impl Iterator<Item = Result<Record, LogError>> + '_ {
+        let start = event_key(after_sequence.saturating_add(1));
+        let end = event_key(u64::MAX);
+        let durable = self.durable_sequence();
+        self.tree
+            .range(start..=end)
+            .map_while(move |entry| match entry {
+                Err(e) => Some(Err(e.into())),
+                Ok((key, value)) => match sequence_of(&key) {
+                    Err(e) => Some(Err(e)),
+                    // Not yet on disk: invisible, and so is everything after it.
+                    Ok(sequence) if sequence > durable => None,
+                    Ok(sequence) => Some(decode(sequence, &value)),
+                },
+            })
+    }
+
+    /// Walks the whole log and checks it: sequences without gaps, every record
+    /// decodable and stored under its own sequence, every record's bytes
+    /// matching the hash its successor (or, for the last, the head anchor)
+    /// recorded. Stops at the first bad record and names it.
+    pub fn verify(&self) -> Result<Verification, LogError> {
+        self.verify_each(|_| Ok(()))
+    }
+
+    /// [`EventLog::verify`], handing each good record to `visit` in order (so
+    /// one pass can both check and replay the log). A record `visit` refuses
+    /// is reported as the first bad one, with its reason.
+    pub fn verify_each(
+        &self,
+        mut visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        let mut walk = Walk::genesis();
+        let mut checked = 0u64;
+        let bad = |bad: chain::Bad, checked: u64, walk: &Walk| Verification {
+            events_checked: if bad.walked_past {
+                checked.saturating_sub(1)
+            } else {
+                checked
+            },
+            head: walk.head(),
+            first_bad: Some((bad.sequence, bad.reason)),
+        };
+        for entry in self.tree.scan_prefix([EVENT]) {
+            let (key, value) = entry?;
+            let next = walk.head().sequence + 1;
+            let sequence = match sequence_of(&key) {
+                Ok(sequence) => sequence,
+                Err(e) => return Ok(bad(chain::Bad::new(next, e.to_string()), checked, &walk)),
+            };
+            if sequence != next {
+                let gap = chain::Unlinked::Gap {
+                    after: next - 1,
+                    found: sequence,
+                };
+                return Ok(bad(gap.blame(true), checked, &walk));
+            }
+            let record = match decode(sequence, &value) {
+                Ok(record) => record,
+                Err(LogError::Corrupt { reason, .. }) => {
+                    return Ok(bad(chain::Bad::new(sequence, reason), checked, &walk))
+                }
+                Err(e) => return Err(e),
+            };
+            if let Err(unlinked) = walk.follow(&record) {
+                let intact = match unlinked.previous() {
+                    Some(previous) => self.intact(previous)?,
+                    None => true,
+                };
+                return Ok(bad(unlinked.blame(intact), checked, &walk));
+            }
+            if let Err(reason) = visit(&record) {
+                let refused = chain::Bad::new(record.event.sequence, reason);
+                return Ok(bad(refused, checked, &walk));
+            }
+            checked += 1;
+        }
+        if let Some(anchor) = self.tree.get(HEAD)? {
+            let (sequence, hash) = anchor.split_at(8.min(anchor.len()));
+            let anchor = Head {
+                sequence: u64_suffix(sequence),
+                hash: Hash::try_from(hash).unwrap_or([0; 32]),
+            };
+            if let Err(wrong) = walk.check_anchor(anchor) {
+                return Ok(bad(wrong, checked, &walk));
+            }
+        }
+        Ok(Verification {
+            events_checked: checked,
+            head: walk.head(),
+            first_bad: None,
+        })
+    }
+
+    /// Whether record `sequence` still has the hash its index entry recorded
+    /// (false when it is missing or does not decode: then it changed).
+    pub fn intact(&self, sequence: u64) -> Result<bool, LogError> {
+        let Some(value) = self.tree.get(event_key(sequence))? else {
+            return Ok(false);
+        };
+        let Ok(record) = decode(sequence, &value) else {
+            return Ok(false);
+        };
+        let recorded =
+            self.recorded_hash(&record.event.instance_id, record.event.revision)?;
+        Ok(recorded == Some(record.hash))
+    }
+
+    /// The hash the index recorded for an instance's revision, if any.
+    fn recorded_hash(
+        &self,
+        instance: &InstanceId,
+        revision: u64,
+    ) -> Result<Option<Hash>, LogError> {
+        Ok(self
+            .tree
+            .get(index_key(instance, revision))?
+            .and_then(|v| v.get(8..40).and_then(|h| Hash::try_from(h).ok())))
+    }
+
+    /// Flushes everything to disk (appends already do; this is for shutdown).
+    pub fn flush(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Opens sled's database, waiting a moment for a lock that a log closed in
+/// this process may still hold: sled's flusher thread lets it go just after
+/// the log is dropped. A lock another process holds stays an error.
+fn open_db(config: sled::Config) -> Result<sled::Db, LogError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+fn event_key(sequence: u64) -> [u8; 9] {
+    let mut key = [EVENT; 9];
+    key[1..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn index_prefix(instance: &InstanceId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(instance.as_str().len() + 10);
+    key.push(INDEX);
+    key.extend_from_slice(instance.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+fn index_key(instance: &InstanceId, revision: u64) -> Vec<u8> {
+    let mut key = index_prefix(instance);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
+
+fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
+    match key {
+        [EVENT, rest @ ..] if rest.len() == 8 => Ok(u64_suffix(rest)),
+        _ => Err(LogError::Corrupt {
+            sequence: 0,
+            reason: format!("malformed record key {key:?}"),
+        }),
+    }
+}
+
+/// Tools that damage a closed log on purpose, to test that verification
+/// notices. Never used by the services.
+#[doc(hidden)]
+pub mod tamper {
+    use super::*;
+
+    fn open(dir: &Path) -> Result<sled::Tree, LogError> {
+        Ok(open_db(sled::Config::new().path(dir))?.open_tree("events")?)
+    }
+
+    /// Flips one bit in the middle of record `sequence`'s stored bytes.
+    pub fn flip_bit(dir: &Path, sequence: u64) -> Result<(), LogError> {
+        let tree = open(dir)?;
+        let mut bytes = tree
+            .get(event_key(sequence))?
+            .ok_or(LogError::Corrupt {
+                sequence,
+                reason: "absent".into(),
+            })?
+            .to_vec();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        tree.insert(event_key(sequence), bytes)?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    /// Removes record `sequence` (its index entry stays, dangling).
+    pub fn delete(dir: &Path, sequence: u64) -> Result<(), LogError> {
+        let tree = open(dir)?;
+        tree.remove(event_key(sequence))?;
+        tree.flush()?;
+        Ok(())
+    }
+
+    /// Exchanges the stored bytes of two records.
+    pub fn swap(dir: &Path, a: u64, b: u64) -> Result<(), LogError> {
+        let tree = open(dir)?;
+        let (va, vb) = (tree.get(event_key(a))?, tree.get(event_key(b))?);
+        if let (Some(va), Some(vb)) = (va, vb) {
+            tree.insert(event_key(a), vb)?;
+            tree.insert(event_key(b), va)?;
+        }
+        tree.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+pub(crate) mod tests;
