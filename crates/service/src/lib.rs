@@ -29,3 +29,6 @@ pub use expiry::run as run_expiry;
 pub use limits::{LimitReached, Limits, Slot, Slots};
 pub use metrics::RulesMetrics;
 pub use store::{LogConfig, Mutation, OpenStats, Store, StoreError};
+
+#[cfg(test)]
+mod tests;

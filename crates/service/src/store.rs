@@ -172,7 +172,13 @@ impl Store {
             firewalls: projection.len(),
             elapsed: started.elapsed(),
         };
-        let store = Self::start(log, verification.head, projection, last_time, read_only, wire);
+        // A read-only log's writer appends nothing: it starts at the log's
+        // own head, so a refused batch is not taken for another writer's.
+        let head = match read_only {
+            None => verification.head,
+            Some(_) => log.head().await?,
+        };
+        let store = Self::start(log, head, projection, last_time, read_only, wire);
         Ok((store, stats))
     }
 

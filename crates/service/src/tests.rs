@@ -1,0 +1,169 @@
+//! The writer's batching and decisions, on a real sled log in a temporary
+//! directory (no transport: the doors are tested end to end in tests/e2e).
+
+use std::sync::Arc;
+
+use cassette_model::{
+    ActorId, Command, Description, DomainError, InstanceId, Port, Protocol, RequestId, Sources,
+};
+use futures_util::future::join_all;
+
+use crate::peers::Wire;
+use crate::sync::{Observed, Snapshot};
+use crate::{LogConfig, Mutation, Store, StoreError};
+
+/// A sled log shares nothing with other replicas: the wire is never used.
+struct Unshared;
+
+impl Wire for Unshared {
+    fn encode_status(&self, _: &Snapshot) -> Vec<u8> {
+        unreachable!("a sled log has no peers")
+    }
+    fn decode_status(&self, _: &[u8]) -> Result<Snapshot, String> {
+        unreachable!("a sled log has no peers")
+    }
+    fn encode_report(&self, _: &Observed) -> Vec<u8> {
+        unreachable!("a sled log has no peers")
+    }
+    fn decode_report(&self, _: &[u8]) -> Result<Observed, String> {
+        unreachable!("a sled log has no peers")
+    }
+}
+
+async fn open(dir: &std::path::Path) -> Arc<Store> {
+    let (store, _) = Store::open(&LogConfig::sled(dir), Arc::new(Unshared))
+        .await
+        .expect("open the store");
+    store
+}
+
+fn web() -> InstanceId {
+    InstanceId::parse("web-1").unwrap()
+}
+
+fn mutation(command: Command, request_id: Option<&str>) -> Mutation {
+    Mutation {
+        instance_id: web(),
+        command,
+        request_id: request_id.map(|r| RequestId::parse_optional(r).unwrap().unwrap()),
+        expected_revision: None,
+        actor: ActorId::anonymous(),
+        on_behalf_of: None,
+    }
+}
+
+fn add(port: u16) -> Command {
+    Command::AddRule {
+        port: Port::new(u32::from(port)).unwrap(),
+        protocol: Protocol::Tcp,
+        description: Description::parse("").unwrap(),
+        enabled: true,
+        expire_time: None,
+        sources: Sources::anywhere(),
+    }
+}
+
+async fn head(store: &Store) -> u64 {
+    *store.watch_head().borrow()
+}
+
+#[tokio::test]
+async fn racing_adds_of_one_port_in_one_batch_have_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store
+        .mutate(mutation(Command::CreateFirewall, None))
+        .await
+        .unwrap();
+    // Queued together, they are decided in one batch, each against the
+    // outcomes before it.
+    let outcomes = join_all((0..20).map(|_| store.mutate(mutation(add(5432), None)))).await;
+    let winners = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(winners, 1, "{outcomes:?}");
+    for refused in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+        assert!(
+            matches!(refused, StoreError::Domain(DomainError::RuleExists { .. })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(store.revision(&web()).unwrap(), 2);
+    assert_eq!(head(&store).await, 2, "the refused appended nothing");
+}
+
+#[tokio::test]
+async fn a_batch_of_distinct_changes_commits_each_with_gapless_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store
+        .mutate(mutation(Command::CreateFirewall, None))
+        .await
+        .unwrap();
+    let outcomes = join_all((1000..1050).map(|port| store.mutate(mutation(add(port), None)))).await;
+    let mut revisions: Vec<u64> = outcomes.iter().map(|o| o.as_ref().unwrap().revision).collect();
+    revisions.sort_unstable();
+    assert_eq!(revisions, (2..52).collect::<Vec<_>>());
+    let events = store.read_events(&web(), 0, u64::MAX).await.unwrap();
+    assert_eq!(events.len(), 51);
+    assert!(events.windows(2).all(|w| w[1].sequence == w[0].sequence + 1));
+    assert_eq!(store.metrics().events_appended.get(), 51);
+}
+
+#[tokio::test]
+async fn a_retried_request_id_answers_the_first_outcome_and_appends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store
+        .mutate(mutation(Command::CreateFirewall, None))
+        .await
+        .unwrap();
+    // The same request twice in one batch, then once more later.
+    let (first, second) = tokio::join!(
+        store.mutate(mutation(add(8080), Some("retry-1"))),
+        store.mutate(mutation(add(8080), Some("retry-1"))),
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.revision, 2);
+    assert_eq!(second.revision, 2);
+    store.mutate(mutation(add(9090), None)).await.unwrap();
+    // An older request's retry is answered with the state it made then.
+    let again = store
+        .mutate(mutation(add(8080), Some("retry-1")))
+        .await
+        .unwrap();
+    assert_eq!(again.revision, 2);
+    assert_eq!(head(&store).await, 3);
+}
+
+#[tokio::test]
+async fn what_was_committed_is_replayed_on_reopen_and_the_log_must_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path()).await;
+        store
+            .mutate(mutation(Command::CreateFirewall, None))
+            .await
+            .unwrap();
+        store.mutate(mutation(add(443 + 1), None)).await.unwrap();
+        store.shutdown().await.unwrap();
+    }
+    let store = open(dir.path()).await;
+    assert_eq!(store.get(&web()).unwrap().revision, 2);
+    store.shutdown().await.unwrap();
+    drop(store);
+    cassette_eventlog::tamper::flip_bit(dir.path(), 1).unwrap();
+    let refused = Store::open(&LogConfig::sled(dir.path()), Arc::new(Unshared)).await;
+    assert!(
+        matches!(refused, Err(StoreError::Unverified { sequence: 1, .. })),
+        "{:?}",
+        refused.err()
+    );
+    // Allowed read-only: the history before the bad record, no changes taken.
+    let config = LogConfig::Sled {
+        data_dir: dir.path().to_owned(),
+        allow_unverified: true,
+    };
+    let (store, _) = Store::open(&config, Arc::new(Unshared)).await.unwrap();
+    assert!(store.get(&web()).is_err(), "nothing before record 1");
+    let change = store.mutate(mutation(Command::CreateFirewall, None)).await;
+    assert!(matches!(change, Err(StoreError::ReadOnly { .. })), "{change:?}");
+}
