@@ -232,10 +232,9 @@ impl Unlinked {
     /// earlier one's content was changed.
     pub fn blame(&self, previous_intact: bool) -> Bad {
         match *self {
-            Unlinked::Gap { after, found } => Bad::at(
-                after + 1,
-                format!("missing: the next record is {found}"),
-            ),
+            Unlinked::Gap { after, found } => {
+                Bad::at(after + 1, format!("missing: the next record is {found}"))
+            }
             Unlinked::Link { sequence: 1 } => Bad::at(1, "does not start the chain".to_owned()),
             Unlinked::Link { sequence } if previous_intact => Bad::at(
                 sequence,
@@ -263,7 +262,7 @@ mod tests {
     use super::*;
 
     fn record(sequence: u64, prev: Hash, hash_byte: u8) -> Record {
-        let event = crate::sled_log::tests::created(sequence, "a");
+        let event = crate::test_events::created(sequence, "a");
         Record {
             event,
             prev_hash: prev.to_vec(),
@@ -292,9 +291,7 @@ mod tests {
         assert_eq!((bad.sequence, bad.walked_past), (2, true));
         assert_eq!(bad.reason, "its content does not match its recorded hash");
         // The first record must start the chain.
-        let start = Walk::genesis()
-            .follow(&record(1, [5; 32], 1))
-            .unwrap_err();
+        let start = Walk::genesis().follow(&record(1, [5; 32], 1)).unwrap_err();
         assert_eq!(start.blame(true).reason, "does not start the chain");
         // The anchor.
         assert!(walk.check_anchor(walk.head()).is_ok());
@@ -314,7 +311,7 @@ mod tests {
 
     #[test]
     fn a_batch_continues_its_head_and_each_instance_or_is_refused() {
-        use crate::sled_log::tests::{created, disabled};
+        use crate::test_events::{created, disabled};
         let head = Head {
             sequence: 0,
             hash: GENESIS_HASH,

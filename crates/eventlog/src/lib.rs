@@ -17,6 +17,8 @@ pub mod etcd;
 mod etcd_shared;
 mod log;
 mod sled_log;
+#[cfg(test)]
+mod test_events;
 
 pub use chain::hash;
 pub use log::Log;
@@ -27,8 +29,6 @@ pub type Hash = [u8; 32];
 
 /// The `prev_hash` of the first record.
 pub const GENESIS_HASH: Hash = [0; 32];
-
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -141,5 +141,3 @@ pub fn decode(sequence: u64, bytes: &[u8]) -> Result<Record, LogError> {
         hash: hash(bytes),
     })
 }
-
-

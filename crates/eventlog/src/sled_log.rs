@@ -27,8 +27,7 @@ use cassette_model::{Event, InstanceId};
 
 use crate::chain::{self, Walk};
 use crate::{
-    decode, u64_prefix, u64_suffix, Hash, Head, LogError, Record, Verification,
-    GENESIS_HASH,
+    decode, u64_prefix, u64_suffix, Hash, Head, LogError, Record, Verification, GENESIS_HASH,
 };
 
 /// sled's data file in the log's directory: what is fsynced, and what says a
@@ -338,8 +337,7 @@ impl EventLog {
         let Ok(record) = decode(sequence, &value) else {
             return Ok(false);
         };
-        let recorded =
-            self.recorded_hash(&record.event.instance_id, record.event.revision)?;
+        let recorded = self.recorded_hash(&record.event.instance_id, record.event.revision)?;
         Ok(recorded == Some(record.hash))
     }
 

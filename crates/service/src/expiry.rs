@@ -15,7 +15,8 @@ use cassette_model::{ActorId, Command, InstanceId, RuleId};
 use futures_util::future::join_all;
 use tracing::Instrument;
 
-use crate::store::{Mutation, Store};
+use crate::mutation::Mutation;
+use crate::store::Store;
 
 /// Expiries submitted together (they share the writer's batch and fsync).
 const MAX_PER_ROUND: usize = 256;

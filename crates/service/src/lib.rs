@@ -15,9 +15,11 @@
 //! Cargo keeps the doors out: this crate depends on no gRPC, HTTP or
 //! protobuf crate, so protobuf types cannot leak in.
 
+mod error;
 mod expiry;
 pub mod limits;
 pub mod metrics;
+mod mutation;
 pub mod peers;
 mod projection;
 pub mod replay;
@@ -25,10 +27,12 @@ pub mod store;
 pub mod sync;
 mod writer;
 
+pub use error::StoreError;
 pub use expiry::run as run_expiry;
 pub use limits::{LimitReached, Limits, Slot, Slots};
 pub use metrics::RulesMetrics;
-pub use store::{LogConfig, Mutation, OpenStats, Store, StoreError};
+pub use mutation::Mutation;
+pub use store::{LogConfig, OpenStats, Store};
 
 #[cfg(test)]
 mod tests;

@@ -55,8 +55,10 @@ impl Peers for Shared {
     }
 
     fn report(&self, instance: &InstanceId, report: &Observed) {
-        self.0
-            .publish(&format!("{instance}/{REPORT}"), self.1.encode_report(report));
+        self.0.publish(
+            &format!("{instance}/{REPORT}"),
+            self.1.encode_report(report),
+        );
     }
 
     fn ask_for_reports(&self, instance: &InstanceId) {

@@ -11,7 +11,10 @@ use cassette_eventlog::{Log, Record};
 use cassette_model::{replay, DomainError, Event, Firewall, InstanceId, Rule, ValidationError};
 use cassette_ruleset::{Ruleset, TableName};
 
-use crate::store::StoreError;
+use crate::error::StoreError;
+
+/// Records read per request when replaying or catching up.
+pub(crate) const PAGE: usize = 1000;
 
 /// Which events to return.
 #[derive(Debug, Clone, Default)]

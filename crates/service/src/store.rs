@@ -8,22 +8,20 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
-use cassette_eventlog::{EventLog, Head, Log, LogError};
-use cassette_model::{
-    ActorId, Command, DomainError, Event, Firewall, FoldError, InstanceId, RequestId, RuleId,
-};
+use cassette_eventlog::{EventLog, Head, Log};
+use cassette_model::{DomainError, Event, Firewall, InstanceId, RuleId};
 use cassette_ruleset::Ruleset;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::error::StoreError;
 use crate::metrics::RulesMetrics;
+use crate::mutation::Mutation;
 use crate::peers::Wire;
 use crate::projection::Projection;
-use crate::replay::{firewall_at, At};
+use crate::replay::{firewall_at, At, PAGE as REPLAY_PAGE};
 use crate::sync::{Snapshot, SyncBoard};
 use crate::writer::{Answer, Writer, WriterMessage};
 
-/// Records read per request when replaying or catching up.
-pub(crate) const REPLAY_PAGE: usize = 1000;
 /// How many mutations may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
 
@@ -53,37 +51,6 @@ impl LogConfig {
         }
     }
 }
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Domain(#[from] DomainError),
-    #[error(transparent)]
-    Log(#[from] LogError),
-    #[error("the log does not fold: {0}")]
-    Fold(#[from] FoldError),
-    #[error("the rules service is shutting down")]
-    ShuttingDown,
-    #[error("the event log write failed: {0}")]
-    WriteFailed(String),
-    #[error("the event log fails verification at record {sequence}: {reason}")]
-    Unverified { sequence: u64, reason: String },
-    #[error("read-only: the event log failed verification at record {sequence} ({reason}); the service was started to investigate it")]
-    ReadOnly { sequence: u64, reason: String },
-}
-
-/// A change someone asked for.
-#[derive(Debug)]
-pub struct Mutation {
-    pub instance_id: InstanceId,
-    pub command: Command,
-    pub request_id: Option<RequestId>,
-    pub expected_revision: Option<u64>,
-    pub actor: ActorId,
-    /// The end user a delegate actor acts for.
-    pub on_behalf_of: Option<ActorId>,
-}
-
 
 /// Shared by every request handler.
 pub struct Store {
@@ -270,7 +237,7 @@ impl Store {
                 // replayed here rather than in the writer, which serves everyone.
                 firewall_at(&self.log, &instance, At::Revision(revision))
                     .await
-                .map(|then| Arc::new(then.firewall))
+                    .map(|then| Arc::new(then.firewall))
             }
         }
     }
@@ -468,4 +435,3 @@ impl Store {
         self.projection.read().unwrap_or_else(|p| p.into_inner())
     }
 }
-

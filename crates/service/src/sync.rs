@@ -263,12 +263,7 @@ impl SyncBoard {
     /// What another replica published about `instance` (`None`: it no longer
     /// does). Shown here while no enforcer streams to this replica; the
     /// freshest connected replica's view wins.
-    pub fn record_remote(
-        &self,
-        instance: &InstanceId,
-        replica: &str,
-        status: Option<Snapshot>,
-    ) {
+    pub fn record_remote(&self, instance: &InstanceId, replica: &str, status: Option<Snapshot>) {
         // Sync state only for instances that exist here.
         if (self.committed)(instance) == 0 {
             return;

@@ -99,12 +99,17 @@ async fn a_batch_of_distinct_changes_commits_each_with_gapless_revisions() {
         .await
         .unwrap();
     let outcomes = join_all((1000..1050).map(|port| store.mutate(mutation(add(port), None)))).await;
-    let mut revisions: Vec<u64> = outcomes.iter().map(|o| o.as_ref().unwrap().revision).collect();
+    let mut revisions: Vec<u64> = outcomes
+        .iter()
+        .map(|o| o.as_ref().unwrap().revision)
+        .collect();
     revisions.sort_unstable();
     assert_eq!(revisions, (2..52).collect::<Vec<_>>());
     let events = store.read_events(&web(), 0, u64::MAX).await.unwrap();
     assert_eq!(events.len(), 51);
-    assert!(events.windows(2).all(|w| w[1].sequence == w[0].sequence + 1));
+    assert!(events
+        .windows(2)
+        .all(|w| w[1].sequence == w[0].sequence + 1));
     assert_eq!(store.metrics().events_appended.get(), 51);
 }
 
@@ -165,5 +170,8 @@ async fn what_was_committed_is_replayed_on_reopen_and_the_log_must_verify() {
     let (store, _) = Store::open(&config, Arc::new(Unshared)).await.unwrap();
     assert!(store.get(&web()).is_err(), "nothing before record 1");
     let change = store.mutate(mutation(Command::CreateFirewall, None)).await;
-    assert!(matches!(change, Err(StoreError::ReadOnly { .. })), "{change:?}");
+    assert!(
+        matches!(change, Err(StoreError::ReadOnly { .. })),
+        "{change:?}"
+    );
 }

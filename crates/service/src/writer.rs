@@ -20,9 +20,11 @@ use cassette_model::{decide, fold, Event, Firewall, FoldError, InstanceId, Reque
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, Instrument};
 
+use crate::error::StoreError;
 use crate::metrics::RulesMetrics;
+use crate::mutation::Mutation;
 use crate::projection::Projection;
-use crate::store::{Mutation, StoreError, REPLAY_PAGE};
+use crate::replay::PAGE as REPLAY_PAGE;
 use crate::sync::SyncBoard;
 
 /// How many queued mutations one commit takes at most.

@@ -12,10 +12,8 @@ pub mod console;
 pub mod grpc;
 mod server;
 
-pub use cassette_service::{LogConfig, Limits, RulesMetrics, Store, StoreError};
+pub use cassette_service::{Limits, LogConfig, RulesMetrics, Store, StoreError};
 pub use grpc::requests;
 pub use grpc::status::Violations;
 pub use grpc::{AuditApi, EnforcerApi, FirewallApi};
-pub use server::{
-    Listener, RulesService, Security, ServeError, DEFAULT_SHUTDOWN_GRACE,
-};
+pub use server::{Listener, RulesService, Security, ServeError, DEFAULT_SHUTDOWN_GRACE};

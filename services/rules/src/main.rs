@@ -212,4 +212,3 @@ async fn main() -> anyhow::Result<()> {
     service.serve_all(listeners, shutdown).await?;
     Ok(())
 }
-

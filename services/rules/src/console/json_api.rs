@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 use tonic::Status;
 
 use super::{json_response, Console};
-use crate::grpc::FirewallApi;
 use crate::grpc::status::invalid;
+use crate::grpc::FirewallApi;
 
 pub fn routes() -> Router<Arc<Console>> {
     Router::new()

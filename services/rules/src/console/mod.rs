@@ -25,10 +25,10 @@ use cassette_auth::{Authenticator, Caller};
 use cassette_proto::ProtoJson;
 use tonic::Status;
 
+use crate::grpc::status::http_error;
 use crate::grpc::FirewallApi;
 use cassette_service::limits::{Limits, Slots};
-use crate::grpc::status::http_error;
-use cassette_service::store::Store;
+use cassette_service::Store;
 
 pub use server::{serve, HttpTls, HttpTlsError};
 

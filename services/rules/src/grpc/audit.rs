@@ -12,14 +12,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
-use cassette_service::replay::{self, At, Cursor, EventFilter};
 use crate::grpc::caller::caller;
 use crate::grpc::present;
-use cassette_service::limits::{Limits, Slot, Slots};
 use crate::grpc::requests;
 use crate::grpc::status::{self, refused, Violations};
-use cassette_service::store::{Store, StoreError};
 use cassette_auth::{Action, Caller};
+use cassette_service::limits::{Limits, Slot, Slots};
+use cassette_service::replay::{self, At, Cursor, EventFilter};
+use cassette_service::{Store, StoreError};
 
 /// Records read per step of a ListEvents stream.
 const PAGE: usize = 1000;

@@ -11,7 +11,6 @@ use tonic::service::Interceptor;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
-
 /// The interceptor in front of FirewallService, EnforcerService and AuditService.
 #[derive(Clone)]
 pub struct Authenticate(pub Arc<Authenticator>);

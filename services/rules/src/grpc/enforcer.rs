@@ -24,8 +24,8 @@ use crate::grpc::caller::caller;
 use crate::grpc::present;
 use crate::grpc::requests;
 use crate::grpc::status::{self, invalid, refused, stream_replaced, Violations};
-use cassette_service::store::Store;
 use cassette_service::sync::{Connection, Hello};
+use cassette_service::Store;
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

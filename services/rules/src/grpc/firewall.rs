@@ -16,12 +16,12 @@ use tracing::{field, Instrument, Span};
 
 use crate::grpc::caller::caller;
 use crate::grpc::diagnose::diagnose;
-use cassette_service::limits::{Limits, Slots};
+use crate::grpc::present::{present, sync_status};
 use crate::grpc::requests;
 use crate::grpc::status::{self, invalid, refused, Violations};
-use cassette_service::store::{Mutation, Store, StoreError};
+use cassette_service::limits::{Limits, Slots};
 use cassette_service::sync::{Observed, Snapshot};
-use crate::grpc::present::{present, sync_status};
+use cassette_service::{Mutation, Store, StoreError};
 
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;

@@ -10,8 +10,8 @@ use cassette_model::{
 };
 use cassette_proto::{pb, protocol_from_pb};
 
-use cassette_service::replay::EventPage;
 use crate::grpc::status::Violations;
+use cassette_service::replay::EventPage;
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 const MAX_WAIT: Duration = Duration::from_secs(300);

@@ -12,8 +12,8 @@ use cassette_model::{DomainError, ValidationError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use cassette_service::{LimitReached, StoreError};
 use cassette_auth::AuthError;
+use cassette_service::{LimitReached, StoreError};
 
 const DOMAIN: &str = "cassette.firewall.v1";
 

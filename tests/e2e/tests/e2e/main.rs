@@ -32,3 +32,4 @@ mod readme;
 mod replicas;
 mod state;
 mod sync;
+mod tidy;

@@ -1,0 +1,15 @@
+//! A change someone asked for, as the writer takes it.
+
+use cassette_model::{ActorId, Command, InstanceId, RequestId};
+
+/// A change someone asked for.
+#[derive(Debug)]
+pub struct Mutation {
+    pub instance_id: InstanceId,
+    pub command: Command,
+    pub request_id: Option<RequestId>,
+    pub expected_revision: Option<u64>,
+    pub actor: ActorId,
+    /// The end user a delegate actor acts for.
+    pub on_behalf_of: Option<ActorId>,
+}
