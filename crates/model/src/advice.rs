@@ -57,18 +57,18 @@ pub fn warnings(command: &Command, after: &Firewall) -> Vec<Warning> {
 }
 
 fn database_exposure(rule: &Rule) -> Option<Warning> {
-    if !rule.enabled || !rule.sources.is_anywhere() {
+    if !rule.spec.enabled || !rule.spec.sources.is_anywhere() {
         return None;
     }
-    let database = database_on(rule.port.get(), rule.protocol)?;
+    let database = database_on(rule.spec.port.get(), rule.spec.protocol)?;
     Some(Warning {
         code: Warning::DATABASE_PORT_OPEN,
-        rule_id: rule.id.clone(),
+        rule_id: rule.spec.id.clone(),
         message: format!(
             "{}/{} ({database}) is open to anywhere. Database ports should usually stay closed. \
              Access databases from your app on localhost, not over the internet. If you must \
              expose a database, use strong passwords and allowlists.",
-            rule.port, rule.protocol
+            rule.spec.port, rule.spec.protocol
         ),
     })
 }

@@ -141,21 +141,24 @@ pub fn decide(
             let rule = firewall.check_rule(rule_id)?;
             let mut events = Vec::new();
             match enabled {
-                Some(true) if !rule.enabled => events.push(EventPayload::RuleEnabled {
+                Some(true) if !rule.spec.enabled => events.push(EventPayload::RuleEnabled {
                     rule_id: rule_id.clone(),
                 }),
-                Some(false) if rule.enabled => events.push(EventPayload::RuleDisabled {
+                Some(false) if rule.spec.enabled => events.push(EventPayload::RuleDisabled {
                     rule_id: rule_id.clone(),
                 }),
                 _ => {}
             }
-            if let Some(description) = description.as_ref().filter(|d| *d != &rule.description) {
+            if let Some(description) = description
+                .as_ref()
+                .filter(|d| *d != &rule.spec.description)
+            {
                 events.push(EventPayload::RuleDescriptionChanged {
                     rule_id: rule_id.clone(),
                     description: description.clone(),
                 });
             }
-            if let Some(sources) = sources.as_ref().filter(|s| *s != &rule.sources) {
+            if let Some(sources) = sources.as_ref().filter(|s| *s != &rule.spec.sources) {
                 events.push(EventPayload::RuleSourcesChanged {
                     rule_id: rule_id.clone(),
                     sources: sources.clone(),
@@ -257,13 +260,18 @@ mod tests {
     fn create_gives_three_enabled_default_rules_and_is_idempotent() {
         let mut h = History::new();
         assert_eq!(h.run(Command::CreateFirewall), Ok(1));
-        let ports: Vec<_> = h.firewall().rules().iter().map(|r| r.port.get()).collect();
+        let ports: Vec<_> = h
+            .firewall()
+            .rules()
+            .iter()
+            .map(|r| r.spec.port.get())
+            .collect();
         assert_eq!(ports, [22, 80, 443]);
         assert!(h
             .firewall()
             .rules()
             .iter()
-            .all(|r| r.enabled && r.is_default));
+            .all(|r| r.spec.enabled && r.spec.is_default));
         assert_eq!(h.run(Command::CreateFirewall), Ok(0));
         assert_eq!(h.firewall().revision, 1);
     }
@@ -303,7 +311,7 @@ mod tests {
             .firewall()
             .rules()
             .iter()
-            .map(|r| (r.port.get(), r.protocol))
+            .map(|r| (r.spec.port.get(), r.spec.protocol))
             .collect();
         assert_eq!(
             order,
@@ -330,7 +338,7 @@ mod tests {
             sources: None,
         };
         assert_eq!(h.run(disable.clone()), Ok(1));
-        assert!(!h.firewall().rule(&ssh).unwrap().enabled);
+        assert!(!h.firewall().rule(&ssh).unwrap().spec.enabled);
         assert_eq!(h.firewall().rule(&ssh).unwrap().revision, 2);
         assert_eq!(h.run(disable), Ok(0), "disabling twice changes nothing");
         assert_eq!(
@@ -357,8 +365,8 @@ mod tests {
         });
         assert_eq!(n, Ok(2));
         let rule = h.firewall().rule(&rule_id).unwrap();
-        assert!(!rule.enabled);
-        assert_eq!(rule.description.as_str(), "dev server");
+        assert!(!rule.spec.enabled);
+        assert_eq!(rule.spec.description.as_str(), "dev server");
         assert_eq!(
             h.run(Command::DeleteRule {
                 rule_id: rule_id.clone()
@@ -511,10 +519,12 @@ mod tests {
             Firewall::restore(bad).unwrap_err().to_string()
         };
         assert!(refused(&|p| p.revision = 0).contains("revision"));
+        assert!(refused(&|p| p.rules[1].spec.port = Port::new(22).unwrap())
+            .contains("two rules for 22/tcp"));
         assert!(
-            refused(&|p| p.rules[1].port = Port::new(22).unwrap()).contains("two rules for 22/tcp")
+            refused(&|p| p.rules[1].spec.id = p.rules[0].spec.id.clone())
+                .contains("two rules with id")
         );
-        assert!(refused(&|p| p.rules[1].id = p.rules[0].id.clone()).contains("two rules with id"));
         assert!(refused(&|p| p.rules[0].revision = 3).contains("outside 1..=2"));
         assert!(refused(&|p| p.deleted = true).contains("deleted"));
         assert!(Firewall::restore(good).is_ok());
@@ -534,7 +544,10 @@ mod tests {
         })
         .unwrap();
         let rule = RuleId::parse("rule-1").unwrap();
-        assert_eq!(h.firewall().rule(&rule).unwrap().expire_time, Some(at(100)));
+        assert_eq!(
+            h.firewall().rule(&rule).unwrap().spec.expire_time,
+            Some(at(100))
+        );
         let expire = |now| Command::ExpireRule {
             rule_id: rule.clone(),
             now: at(now),
@@ -657,7 +670,7 @@ mod tests {
             &h.events.last().unwrap().payload,
             EventPayload::RuleSourcesChanged { sources, .. } if *sources == office
         ));
-        assert_eq!(h.firewall().rule(&rule_id).unwrap().sources, office);
+        assert_eq!(h.firewall().rule(&rule_id).unwrap().spec.sources, office);
         assert!(crate::warnings(&allow(office.clone()), h.firewall()).is_empty());
         assert_eq!(
             h.run(allow(office.clone())),
@@ -665,7 +678,13 @@ mod tests {
             "the same list changes nothing"
         );
         assert_eq!(h.run(allow(Sources::anywhere())), Ok(1));
-        assert!(h.firewall().rule(&rule_id).unwrap().sources.is_anywhere());
+        assert!(h
+            .firewall()
+            .rule(&rule_id)
+            .unwrap()
+            .spec
+            .sources
+            .is_anywhere());
         assert_eq!(
             crate::warnings(&allow(Sources::anywhere()), h.firewall()).len(),
             1

@@ -4,28 +4,19 @@ use std::time::SystemTime;
 
 use crate::error::{DomainError, FoldError, ValidationError};
 use crate::event::{Event, EventPayload, RuleSpec};
-use crate::sources::Sources;
-use crate::values::{Description, InstanceId, Port, Protocol, RuleId};
+use crate::values::{InstanceId, Port, Protocol, RuleId};
 
 /// How many rules one firewall may hold, defaults included.
 pub const MAX_RULES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    pub id: RuleId,
-    pub port: Port,
-    pub protocol: Protocol,
-    pub description: Description,
-    pub enabled: bool,
-    pub is_default: bool,
+    /// What the rule is: the fields an event names it with.
+    pub spec: RuleSpec,
     /// The firewall revision that last changed this rule.
     pub revision: u64,
     pub create_time: SystemTime,
     pub update_time: SystemTime,
-    /// When the service deletes the rule (a `RuleExpired` event); `None`: never.
-    pub expire_time: Option<SystemTime>,
-    /// The networks it accepts traffic from; empty: anywhere.
-    pub sources: Sources,
 }
 
 /// An instance's firewall as of `revision`.
@@ -49,7 +40,7 @@ impl Firewall {
     }
 
     pub fn rule(&self, id: &RuleId) -> Option<&Rule> {
-        self.rules.iter().find(|r| &r.id == id)
+        self.rules.iter().find(|r| &r.spec.id == id)
     }
 
     pub fn rule_for(&self, port: Port, protocol: Protocol) -> Option<&Rule> {
@@ -62,7 +53,7 @@ impl Firewall {
 
     fn position(&self, port: Port, protocol: Protocol) -> Result<usize, usize> {
         self.rules
-            .binary_search_by(|r| (r.port, r.protocol).cmp(&(port, protocol)))
+            .binary_search_by(|r| (r.spec.port, r.spec.protocol).cmp(&(port, protocol)))
     }
 
     /// The product's rules for adding a rule: one per port+protocol, a bounded count.
@@ -71,7 +62,7 @@ impl Firewall {
             return Err(DomainError::RuleExists {
                 port,
                 protocol,
-                existing_rule_id: existing.id.to_string(),
+                existing_rule_id: existing.spec.id.to_string(),
             });
         }
         if self.rules.len() >= MAX_RULES {
@@ -89,7 +80,7 @@ impl Firewall {
 
     /// Default rules can be disabled, never deleted.
     pub(crate) fn check_can_delete(&self, id: &RuleId) -> Result<(), DomainError> {
-        if self.check_rule(id)?.is_default {
+        if self.check_rule(id)?.spec.is_default {
             return Err(DomainError::DefaultRuleNotDeletable {
                 rule_id: id.to_string(),
             });
@@ -104,7 +95,7 @@ impl Firewall {
         expire_time: SystemTime,
     ) -> Result<(), DomainError> {
         let rule = self.check_rule(id)?;
-        if rule.is_default || rule.expire_time != Some(expire_time) {
+        if rule.spec.is_default || rule.spec.expire_time != Some(expire_time) {
             return Err(DomainError::Invalid(ValidationError::new(
                 "expire_time",
                 format!("rule {id} does not expire at that time"),
@@ -118,36 +109,34 @@ impl Firewall {
         self.rules
             .iter()
             .filter(|_| self.is_live())
-            .filter_map(move |r| r.expire_time.filter(|t| *t <= now).map(|t| (&r.id, t)))
+            .filter_map(move |r| {
+                r.spec
+                    .expire_time
+                    .filter(|t| *t <= now)
+                    .map(|t| (&r.spec.id, t))
+            })
     }
 
     fn new_rule(spec: &RuleSpec, event: &Event) -> Rule {
         Rule {
-            id: spec.id.clone(),
-            port: spec.port,
-            protocol: spec.protocol,
-            description: spec.description.clone(),
-            enabled: spec.enabled,
-            is_default: spec.is_default,
+            spec: spec.clone(),
             revision: event.revision,
             create_time: event.commit_time,
             update_time: event.commit_time,
-            expire_time: spec.expire_time,
-            sources: spec.sources.clone(),
         }
     }
 
     fn insert(&mut self, rule: Rule) -> Result<(), DomainError> {
-        self.check_can_add(rule.port, rule.protocol)?;
-        if self.rule(&rule.id).is_some() {
+        self.check_can_add(rule.spec.port, rule.spec.protocol)?;
+        if self.rule(&rule.spec.id).is_some() {
             return Err(DomainError::RuleExists {
-                port: rule.port,
-                protocol: rule.protocol,
-                existing_rule_id: rule.id.to_string(),
+                port: rule.spec.port,
+                protocol: rule.spec.protocol,
+                existing_rule_id: rule.spec.id.to_string(),
             });
         }
         let at = self
-            .position(rule.port, rule.protocol)
+            .position(rule.spec.port, rule.spec.protocol)
             .unwrap_or_else(|i| i);
         self.rules.insert(at, rule);
         Ok(())
@@ -160,12 +149,14 @@ impl Firewall {
         change: impl FnOnce(&mut Rule),
     ) -> Result<(), DomainError> {
         let instance_id = &self.instance_id;
-        let rule = self.rules.iter_mut().find(|r| &r.id == id).ok_or_else(|| {
-            DomainError::RuleNotFound {
+        let rule = self
+            .rules
+            .iter_mut()
+            .find(|r| &r.spec.id == id)
+            .ok_or_else(|| DomainError::RuleNotFound {
                 instance_id: instance_id.to_string(),
                 rule_id: id.to_string(),
-            }
-        })?;
+            })?;
         change(rule);
         rule.revision = event.revision;
         rule.update_time = event.commit_time;
@@ -235,28 +226,28 @@ impl Firewall {
             EventPayload::FirewallCreated { .. } => unreachable!("handled above"),
             EventPayload::RuleAdded(spec) => self.insert(Firewall::new_rule(spec, event)),
             EventPayload::RuleEnabled { rule_id } => {
-                self.touch_rule(rule_id, event, |r| r.enabled = true)
+                self.touch_rule(rule_id, event, |r| r.spec.enabled = true)
             }
             EventPayload::RuleDisabled { rule_id } => {
-                self.touch_rule(rule_id, event, |r| r.enabled = false)
+                self.touch_rule(rule_id, event, |r| r.spec.enabled = false)
             }
             EventPayload::RuleDescriptionChanged {
                 rule_id,
                 description,
             } => self.touch_rule(rule_id, event, |r| {
-                r.description = description.clone();
+                r.spec.description = description.clone();
             }),
             EventPayload::RuleSourcesChanged { rule_id, sources } => {
-                self.touch_rule(rule_id, event, |r| r.sources = sources.clone())
+                self.touch_rule(rule_id, event, |r| r.spec.sources = sources.clone())
             }
             EventPayload::RuleDeleted { rule_id } => self.check_can_delete(rule_id).map(|()| {
-                self.rules.retain(|r| &r.id != rule_id);
+                self.rules.retain(|r| &r.spec.id != rule_id);
             }),
             EventPayload::RuleExpired {
                 rule_id,
                 expire_time,
             } => self.check_can_expire(rule_id, *expire_time).map(|()| {
-                self.rules.retain(|r| &r.id != rule_id);
+                self.rules.retain(|r| &r.spec.id != rule_id);
             }),
             EventPayload::FirewallDeleted => {
                 self.rules.clear();
@@ -340,21 +331,24 @@ impl Firewall {
                 "rules",
                 format!(
                     "rule {} was changed at revision {}, outside 1..={revision}",
-                    rule.id, rule.revision
+                    rule.spec.id, rule.revision
                 ),
             ));
         }
-        rules.sort_by_key(|r| (r.port, r.protocol));
+        rules.sort_by_key(|r| (r.spec.port, r.spec.protocol));
         if let Some(pair) = rules
             .windows(2)
-            .find(|w| (w[0].port, w[0].protocol) == (w[1].port, w[1].protocol))
+            .find(|w| (w[0].spec.port, w[0].spec.protocol) == (w[1].spec.port, w[1].spec.protocol))
         {
             return Err(ValidationError::new(
                 "rules",
-                format!("two rules for {}/{}", pair[0].port, pair[0].protocol),
+                format!(
+                    "two rules for {}/{}",
+                    pair[0].spec.port, pair[0].spec.protocol
+                ),
             ));
         }
-        let mut ids: Vec<&RuleId> = rules.iter().map(|r| &r.id).collect();
+        let mut ids: Vec<&RuleId> = rules.iter().map(|r| &r.spec.id).collect();
         ids.sort();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(ValidationError::new(

@@ -34,13 +34,14 @@ fn timestamp(time: SystemTime) -> prost_types::Timestamp {
 }
 
 pub fn rule_to_pb(rule: &Rule) -> pb::Rule {
+    let spec = rule_spec_to_pb(&rule.spec);
     pb::Rule {
-        id: rule.id.to_string(),
-        port: u32::from(rule.port.get()),
-        protocol: protocol_to_pb(rule.protocol).into(),
-        description: rule.description.as_str().to_owned(),
-        enabled: rule.enabled,
-        is_default: rule.is_default,
+        id: spec.rule_id,
+        port: spec.port,
+        protocol: spec.protocol,
+        description: spec.description,
+        enabled: spec.enabled,
+        is_default: spec.is_default,
         revision: rule.revision,
         create_time: Some(timestamp(rule.create_time)),
         update_time: Some(timestamp(rule.update_time)),
@@ -49,8 +50,8 @@ pub fn rule_to_pb(rule: &Rule) -> pb::Rule {
         status: pb::RuleStatus::Unspecified.into(),
         hits: 0,
         last_hit_time: None,
-        expire_time: rule.expire_time.map(timestamp),
-        sources: sources_to_pb(&rule.sources),
+        expire_time: spec.expire_time,
+        sources: spec.sources,
     }
 }
 
@@ -82,18 +83,22 @@ fn optional_time_from_pb(
 }
 
 fn rule_from_pb(rule: &pb::Rule) -> Result<Rule, ValidationError> {
-    Ok(Rule {
-        id: RuleId::parse(&rule.id)?,
-        port: Port::new(rule.port)?,
-        protocol: protocol_from_pb(rule.protocol)?,
-        description: Description::parse(&rule.description)?,
+    // A rule's spec fields are a RuleSpec's: validated by the one conversion.
+    let spec = pb::RuleSpec {
+        rule_id: rule.id.clone(),
+        port: rule.port,
+        protocol: rule.protocol,
+        description: rule.description.clone(),
         enabled: rule.enabled,
         is_default: rule.is_default,
+        expire_time: rule.expire_time,
+        sources: rule.sources.clone(),
+    };
+    Ok(Rule {
+        spec: rule_spec_from_pb(&spec)?,
         revision: rule.revision,
         create_time: time_from_pb(rule.create_time, "create_time")?,
         update_time: time_from_pb(rule.update_time, "update_time")?,
-        expire_time: optional_time_from_pb(rule.expire_time, "expire_time")?,
-        sources: Sources::parse("sources", &rule.sources)?,
     })
 }
 

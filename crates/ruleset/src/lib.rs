@@ -117,11 +117,13 @@ impl Ruleset {
             .filter(|f| f.is_live())
             .into_iter()
             .flat_map(|f| f.rules())
-            .filter(|r| r.enabled)
+            .filter(|r| r.spec.enabled)
         {
-            let networks = rule.sources.networks();
+            let networks = rule.spec.sources.networks();
             if networks.is_empty() {
-                ruleset.ports_mut(rule.protocol).insert(rule.port.get());
+                ruleset
+                    .ports_mut(rule.spec.protocol)
+                    .insert(rule.spec.port.get());
                 continue;
             }
             // The kernel refuses overlapping intervals: a network inside
@@ -133,7 +135,7 @@ impl Ruleset {
                 if !covered {
                     ruleset
                         .allowed
-                        .insert((rule.protocol, *network, rule.port.get()));
+                        .insert((rule.spec.protocol, *network, rule.spec.port.get()));
                 }
             }
         }

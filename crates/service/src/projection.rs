@@ -29,8 +29,9 @@ fn expiry_keys(firewall: &Firewall) -> impl Iterator<Item = (SystemTime, Instanc
         .iter()
         .filter(|_| firewall.is_live())
         .filter_map(|r| {
-            r.expire_time
-                .map(|t| (t, firewall.instance_id.clone(), r.id.clone()))
+            r.spec
+                .expire_time
+                .map(|t| (t, firewall.instance_id.clone(), r.spec.id.clone()))
         })
 }
 

@@ -225,7 +225,7 @@ pub async fn diff(
             .map(|f| {
                 f.rules()
                     .iter()
-                    .map(|r| (r.id.to_string(), r.clone()))
+                    .map(|r| (r.spec.id.to_string(), r.clone()))
                     .collect()
             })
             .unwrap_or_default())
@@ -264,7 +264,7 @@ pub async fn diff(
         .map(|(_, rule)| rule)
         .collect();
     // Listed as firewalls list rules: by port, then protocol.
-    let key = |r: &Rule| (r.port, r.protocol);
+    let key = |r: &Rule| (r.spec.port, r.spec.protocol);
     diff.added.sort_by_key(key);
     diff.removed.sort_by_key(key);
     diff.changed.sort_by_key(|(before, _)| key(before));

@@ -221,31 +221,35 @@ fn rfc3339(time: SystemTime) -> String {
 
 fn describe_rule(rule: &Rule) -> String {
     let mut extra = String::new();
-    if !rule.sources.is_anywhere() {
+    if !rule.spec.sources.is_anywhere() {
         extra.push_str(&format!(
             ", from {}",
-            cassette_proto::sources_to_pb(&rule.sources).join(" ")
+            cassette_proto::sources_to_pb(&rule.spec.sources).join(" ")
         ));
     }
-    if let Some(expires) = rule.expire_time {
+    if let Some(expires) = rule.spec.expire_time {
         extra.push_str(&format!(", expires {}", rfc3339(expires)));
     }
     format!(
         "{}/{} {} {}{} ({}, revision {}{extra})",
-        rule.port,
-        rule.protocol,
-        if rule.enabled { "enabled" } else { "disabled" },
-        if rule.description.as_str().is_empty() {
+        rule.spec.port,
+        rule.spec.protocol,
+        if rule.spec.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        },
+        if rule.spec.description.as_str().is_empty() {
             ""
         } else {
             "\""
         },
-        if rule.description.as_str().is_empty() {
+        if rule.spec.description.as_str().is_empty() {
             String::new()
         } else {
-            format!("{}\"", rule.description.as_str())
+            format!("{}\"", rule.spec.description.as_str())
         },
-        rule.id,
+        rule.spec.id,
         rule.revision
     )
 }

@@ -44,12 +44,12 @@ pub fn diagnose(
             "rule_exists",
             format!(
                 "rule {} ({:?}) accepts {target} from {}",
-                rule.id,
-                rule.description.as_str(),
-                if rule.sources.is_anywhere() {
+                rule.spec.id,
+                rule.spec.description.as_str(),
+                if rule.spec.sources.is_anywhere() {
                     "anywhere".to_owned()
                 } else {
-                    sources_to_pb(&rule.sources).join(", ")
+                    sources_to_pb(&rule.spec.sources).join(", ")
                 }
             ),
         ),
@@ -62,7 +62,7 @@ pub fn diagnose(
 }
 
 fn enabled(rule: &Rule) -> pb::Check {
-    if rule.enabled {
+    if rule.spec.enabled {
         pass("rule_enabled", "enabled (the toggle is green)".into())
     } else {
         fail(
@@ -127,8 +127,8 @@ fn applied(rule: &Rule, sync: &Snapshot) -> pb::Check {
 /// The rule's (wire protocol, port): how the enforcer's report is keyed.
 fn wire_key(rule: &Rule) -> (i32, u32) {
     (
-        i32::from(protocol_to_pb(rule.protocol)),
-        u32::from(rule.port.get()),
+        i32::from(protocol_to_pb(rule.spec.protocol)),
+        u32::from(rule.spec.port.get()),
     )
 }
 
@@ -149,13 +149,13 @@ fn in_kernel(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
         );
     };
     let held = observed.by_rule.contains_key(&wire_key(rule));
-    match (rule.enabled, held) {
+    match (rule.spec.enabled, held) {
         (true, true) => pass(
             "rule_in_kernel",
             format!(
                 "the kernel's table accepts {}/{} ({})",
-                rule.port,
-                rule.protocol,
+                rule.spec.port,
+                rule.spec.protocol,
                 age(observed, now)
             ),
         ),
@@ -163,8 +163,8 @@ fn in_kernel(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
             "rule_in_kernel",
             format!(
                 "the kernel's table has no element for {}/{} ({})",
-                rule.port,
-                rule.protocol,
+                rule.spec.port,
+                rule.spec.protocol,
                 age(observed, now)
             ),
             "Wait 10 seconds for the rule to propagate; if it stays missing, read the enforcer's log (it repairs drift every refresh interval)."
@@ -191,7 +191,7 @@ fn listening(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
             format!(
                 "listening on {} port {} ({})",
                 addresses.join(", "),
-                rule.port,
+                rule.spec.port,
                 age(observed, now)
             ),
         ),
@@ -199,14 +199,14 @@ fn listening(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
             "service_listening",
             format!(
                 "nothing listens on {}/{} inside the instance ({})",
-                rule.port,
-                rule.protocol,
+                rule.spec.port,
+                rule.spec.protocol,
                 age(observed, now)
             ),
             format!(
                 "Verify the service is actually running (sudo systemctl status servicename) and \
                  check it's listening on the right port (sudo netstat -tlnp | grep {}).",
-                rule.port
+                rule.spec.port
             ),
         ),
     }
@@ -220,14 +220,14 @@ fn packets(rule: &Rule, observed: Option<&Observed>) -> pb::Check {
         );
     };
     let (protocol, port) = wire_key(rule);
-    match observed.hits_of(protocol, port, rule.enabled) {
+    match observed.hits_of(protocol, port, rule.spec.enabled) {
         (0, _) => fail(
             "packets_arriving",
             "no packet has reached the rule since it was applied".into(),
             format!(
                 "Check that the client connects to this instance's address on port {} ({}), and \
                  that nothing on the way blocks it.",
-                rule.port, rule.protocol
+                rule.spec.port, rule.spec.protocol
             ),
         ),
         (hits, last) => pass(
