@@ -39,6 +39,10 @@ use crate::{decode, u64_prefix, Hash, Head, LogError, Record, Verification, GENE
 
 pub use crate::etcd_shared::{SharedChange, SharedWriter};
 
+#[doc(hidden)]
+#[path = "etcd_tamper.rs"]
+pub mod tamper;
+
 #[allow(clippy::all, clippy::pedantic)]
 pub(crate) mod api {
     tonic::include_proto!("etcdserverpb");

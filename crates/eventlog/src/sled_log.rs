@@ -443,6 +443,35 @@ pub mod tamper {
         Ok(())
     }
 
+    /// Rewrites record `sequence` to link to `prev_hash` instead, with its
+    /// index entry updated to its new hash: the record itself is consistent,
+    /// only its link is wrong.
+    pub fn relink(dir: &Path, sequence: u64, prev_hash: Hash) -> Result<(), LogError> {
+        use prost::Message;
+        let tree = open(dir)?;
+        let bytes = tree.get(event_key(sequence))?.ok_or(LogError::Corrupt {
+            sequence,
+            reason: "absent".into(),
+        })?;
+        let mut event =
+            cassette_proto::pb::Event::decode(bytes.as_ref()).map_err(|e| LogError::Corrupt {
+                sequence,
+                reason: e.to_string(),
+            })?;
+        event.prev_hash = prev_hash.to_vec();
+        let bytes = event.encode_to_vec();
+        let record = decode(sequence, &bytes)?;
+        let mut indexed = sequence.to_be_bytes().to_vec();
+        indexed.extend_from_slice(&record.hash);
+        tree.insert(event_key(sequence), bytes)?;
+        tree.insert(
+            index_key(&record.event.instance_id, record.event.revision),
+            indexed,
+        )?;
+        tree.flush()?;
+        Ok(())
+    }
+
     /// Exchanges the stored bytes of two records.
     pub fn swap(dir: &Path, a: u64, b: u64) -> Result<(), LogError> {
         let tree = open(dir)?;

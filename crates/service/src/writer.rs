@@ -129,25 +129,22 @@ impl Writer {
             if page.is_empty() {
                 return Ok(());
             }
-            // The chain first, as every reader of the log checks it.
+            // The chain, checked as every reader of the log checks it: the
+            // records before a break are taken, the break is an error.
             let mut walk = Walk::from(self.log_head);
-            for record in &page {
+            let mut broken = None;
+            let mut good = page.len();
+            for (i, record) in page.iter().enumerate() {
                 if let Err(unlinked) = walk.follow(record) {
-                    let intact = match unlinked.previous() {
-                        Some(previous) => self.log.intact(previous).await?,
-                        None => true,
-                    };
-                    let bad = unlinked.blame(intact);
-                    return Err(StoreError::Unverified {
-                        sequence: bad.sequence,
-                        reason: bad.reason,
-                    });
+                    broken = Some(unlinked);
+                    good = i;
+                    break;
                 }
             }
             let mut touched: HashMap<InstanceId, u64> = HashMap::new();
             {
                 let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
-                for record in &page {
+                for record in &page[..good] {
                     projection.catch_up(&record.event)?;
                     self.last_time = self.last_time.max(record.event.commit_time);
                     touched.insert(record.event.instance_id.clone(), record.event.revision);
@@ -158,6 +155,17 @@ impl Writer {
                 self.board.notify_committed(instance, *revision);
             }
             self.head.send_replace(self.log_head.sequence);
+            if let Some(unlinked) = broken {
+                let intact = match unlinked.previous() {
+                    Some(previous) => self.log.intact(previous).await?,
+                    None => true,
+                };
+                let bad = unlinked.blame(intact);
+                return Err(StoreError::Unverified {
+                    sequence: bad.sequence,
+                    reason: bad.reason,
+                });
+            }
         }
     }
 

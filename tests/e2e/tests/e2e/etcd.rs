@@ -308,3 +308,101 @@ async fn etcd_log_on_a_cluster_with_authentication_uses_its_credentials() {
     assert_eq!(head.sequence, 1);
     assert_eq!(log.read_after(0, 10).await.unwrap().len(), 1);
 }
+
+/// The same history in a sled log and in etcd, with the same damage: one
+/// check of the chain names the same record for the same reason in both,
+/// and a replica catching up with a forged append refuses it by the same
+/// words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_up() {
+    if etcd::skip("a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_up") {
+        return;
+    }
+    let cluster = EtcdCluster::start(1).await;
+    let history: Vec<Event> = (1..=6)
+        .map(|s| event(s, &format!("web-{}", s % 2), s.div_ceil(2)))
+        .collect();
+    let genesis = Head {
+        sequence: 0,
+        hash: cassette_eventlog::GENESIS_HASH,
+    };
+    type Damage = fn(&std::path::Path) -> Result<(), LogError>;
+    let cases: [(&str, Damage, u64, &str); 2] = [
+        (
+            "flip",
+            |dir| cassette_eventlog::tamper::flip_bit(dir, 3),
+            3,
+            "its content does not match its recorded hash",
+        ),
+        (
+            "relink",
+            |dir| cassette_eventlog::tamper::relink(dir, 5, [0xab; 32]),
+            5,
+            "does not link to record 4",
+        ),
+    ];
+    for (name, damage, sequence, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let sled = cassette_eventlog::EventLog::open(dir.path()).unwrap();
+            sled.append(&history).await.unwrap();
+        }
+        damage(dir.path()).unwrap();
+        let sled = cassette_eventlog::EventLog::open(dir.path())
+            .unwrap()
+            .verify()
+            .unwrap();
+
+        let etcd = log_on(&cluster, &format!("/tampered/{name}"));
+        etcd.append(genesis, &history).await.unwrap();
+        match name {
+            "flip" => cassette_eventlog::etcd::tamper::flip_bit(&etcd, 3).await,
+            _ => cassette_eventlog::etcd::tamper::relink(&etcd, 5, [0xab; 32]).await,
+        }
+        .unwrap();
+        let etcd = etcd.verify().await.unwrap();
+
+        assert_eq!(
+            sled.first_bad,
+            Some((sequence, reason.to_owned())),
+            "{name}: sled"
+        );
+        assert_eq!(etcd, sled, "{name}: etcd says what sled says");
+    }
+
+    // A replica catching up: a forged append after its head.
+    let prefix = "/tampered/catch-up";
+    let mut config = EtcdConfig::new(cluster.endpoints());
+    config.prefix = prefix.to_owned();
+    let (store, _) = cassette_rules::Store::open(
+        &cassette_rules::LogConfig::Etcd(config),
+        std::sync::Arc::new(cassette_rules::grpc::present::ProtoWire),
+    )
+    .await
+    .expect("a replica on the log");
+    let writer = log_on(&cluster, prefix);
+    let head = writer.append(genesis, &history[..4]).await.unwrap();
+    cassette_eventlog::etcd::tamper::append_unlinked(&writer, &history[4], [0xab; 32])
+        .await
+        .unwrap();
+    let verified = writer.verify().await.unwrap();
+    assert_eq!(
+        verified.first_bad,
+        Some((5, "does not link to record 4".to_owned()))
+    );
+    assert_eq!(verified.head, head);
+    let mutation = cassette_service::Mutation {
+        instance_id: InstanceId::parse("web-9").unwrap(),
+        command: cassette_model::Command::CreateFirewall,
+        request_id: None,
+        expected_revision: None,
+        actor: ActorId::anonymous(),
+        on_behalf_of: None,
+    };
+    let refused = store.mutate(mutation).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("fails verification at record 5: does not link to record 4"),
+        "the replica's catch-up: {refused}"
+    );
+    store.begin_shutdown();
+}

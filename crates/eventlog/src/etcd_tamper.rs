@@ -1,0 +1,95 @@
+//! Tools that damage a log in etcd on purpose, to test that verification
+//! and a replica's catch-up notice (the sled log's `tamper`, for etcd).
+//! Never used by the services.
+
+use cassette_proto::pb;
+use prost::Message;
+
+use super::{put, EtcdLog, TxnRequest};
+use crate::{chain, decode, Hash, LogError};
+
+/// Record `sequence`'s stored bytes.
+async fn stored(log: &EtcdLog, sequence: u64) -> Result<Vec<u8>, LogError> {
+    let mut ranges = log
+        .read(vec![super::RangeRequest {
+            key: log.record_key(sequence),
+            ..Default::default()
+        }])
+        .await?;
+    ranges
+        .pop()
+        .and_then(|r| r.kvs.into_iter().next())
+        .map(|kv| kv.value)
+        .ok_or(LogError::Corrupt {
+            sequence,
+            reason: "absent".into(),
+        })
+}
+
+async fn write(log: &EtcdLog, puts: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), LogError> {
+    log.txn(TxnRequest {
+        compare: vec![],
+        success: puts.into_iter().map(|(k, v)| put(k, v)).collect(),
+        failure: vec![],
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Flips one bit in the middle of record `sequence`'s stored bytes (its
+/// index entry keeps the hash it had).
+pub async fn flip_bit(log: &EtcdLog, sequence: u64) -> Result<(), LogError> {
+    let mut bytes = stored(log, sequence).await?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    write(log, vec![(log.record_key(sequence), bytes)]).await
+}
+
+/// Rewrites record `sequence` to link to `prev_hash` instead, with its
+/// index entry updated to its new hash: the record itself is consistent,
+/// only its link is wrong.
+pub async fn relink(log: &EtcdLog, sequence: u64, prev_hash: Hash) -> Result<(), LogError> {
+    let bytes = stored(log, sequence).await?;
+    let mut event = pb::Event::decode(bytes.as_slice()).map_err(|e| LogError::Corrupt {
+        sequence,
+        reason: e.to_string(),
+    })?;
+    event.prev_hash = prev_hash.to_vec();
+    let bytes = event.encode_to_vec();
+    let record = decode(sequence, &bytes)?;
+    let mut indexed = sequence.to_be_bytes().to_vec();
+    indexed.extend_from_slice(&chain::hash(&bytes));
+    let index_key = log.index_key(&record.event.instance_id, record.event.revision);
+    write(
+        log,
+        vec![(log.record_key(sequence), bytes), (index_key, indexed)],
+    )
+    .await
+}
+
+/// Appends `event` after `head` as another writer would, but linked to
+/// `prev_hash`: the record, its index entry and the head anchor in one
+/// transaction (a forged append that a replica catching up must refuse).
+pub async fn append_unlinked(
+    log: &EtcdLog,
+    event: &cassette_model::Event,
+    prev_hash: Hash,
+) -> Result<(), LogError> {
+    let bytes = cassette_proto::event_to_pb(event, &prev_hash).encode_to_vec();
+    let hash = chain::hash(&bytes);
+    let mut indexed = event.sequence.to_be_bytes().to_vec();
+    indexed.extend_from_slice(&hash);
+    let anchor = chain::anchor_value(crate::Head {
+        sequence: event.sequence,
+        hash,
+    });
+    write(
+        log,
+        vec![
+            (log.record_key(event.sequence), bytes),
+            (log.index_key(&event.instance_id, event.revision), indexed),
+            (log.head_key(), anchor),
+        ],
+    )
+    .await
+}
