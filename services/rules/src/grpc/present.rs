@@ -204,3 +204,78 @@ impl Wire for ProtoWire {
         Ok(observed(&report, SystemTime::now()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_replicas_view_crosses_the_wire_as_what_another_replica_shows() {
+        let ack = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let local = Snapshot {
+            connected: 1,
+            applied_revision: 7,
+            failed: Some((9, "nft: no such table".into())),
+            last_latency: Some(Duration::from_millis(6)),
+            last_ack_time: Some(ack),
+            state_error: Some("bad magic".into()),
+            ..Snapshot::default()
+        };
+        let remote = ProtoWire
+            .decode_status(&ProtoWire.encode_status(&local))
+            .unwrap();
+        assert_eq!(
+            remote,
+            Snapshot {
+                connected: 0,
+                remote_connected: true,
+                ..local.clone()
+            }
+        );
+        assert!(ProtoWire.decode_status(b"\xff\xff").is_err());
+    }
+
+    #[test]
+    fn a_forwarded_report_keeps_each_rules_hits_and_the_listening_sockets() {
+        let looked = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let tcp = pb::Protocol::Tcp as i32;
+        let report = pb::Report {
+            hits: vec![
+                pb::ElementHits {
+                    protocol: tcp,
+                    port: 22,
+                    source: String::new(),
+                    packets: 3,
+                    last_hit_time: Some(looked.into()),
+                },
+                pb::ElementHits {
+                    protocol: tcp,
+                    port: 22,
+                    source: "10.0.0.0/8".into(),
+                    packets: 4,
+                    last_hit_time: None,
+                },
+            ],
+            observe_time: Some(looked.into()),
+            listening: Some(pb::ListeningSockets {
+                sockets: vec![pb::ListeningSocket {
+                    protocol: tcp,
+                    port: 22,
+                    address: "0.0.0.0".into(),
+                }],
+            }),
+            hits_counted: true,
+        };
+        let here = observed(&report, looked);
+        assert_eq!(here.hits_of(tcp, 22, true), (7, Some(looked)));
+        assert_eq!(here.hits_of(tcp, 22, false), (0, None));
+        let there = ProtoWire
+            .decode_report(&ProtoWire.encode_report(&here))
+            .unwrap();
+        assert_eq!(there.by_rule, here.by_rule);
+        assert_eq!(there.listening, here.listening);
+        assert_eq!((there.observed, there.counted), (Some(looked), true));
+    }
+}

@@ -275,3 +275,61 @@ fn grpc_code_name(code: Code) -> &'static str {
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cassette_model::DomainError;
+
+    use super::*;
+
+    #[test]
+    fn every_violation_is_named_and_nothing_missing_passes() {
+        let mut v = Violations::default();
+        let port = v.check::<u16>(Err(ValidationError::new("port", "must be 1-65535")));
+        let id = v.check(Ok("web-1"));
+        let refused = v.finish_with(port.zip(id)).unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        let fields: Vec<_> = refused
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|f| f.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["port"]);
+        assert_eq!(Violations::default().finish_with(Some(3)).unwrap(), 3);
+    }
+
+    #[test]
+    fn store_errors_map_to_the_code_a_client_can_act_on() {
+        let cases = [
+            (
+                StoreError::Domain(DomainError::FirewallNotFound {
+                    instance_id: "web-1".into(),
+                }),
+                Code::NotFound,
+                404,
+            ),
+            (StoreError::ShuttingDown, Code::Unavailable, 503),
+            (
+                StoreError::ReadOnly {
+                    sequence: 3,
+                    reason: "changed".into(),
+                },
+                Code::FailedPrecondition,
+                400,
+            ),
+            (
+                StoreError::Unverified {
+                    sequence: 3,
+                    reason: "changed".into(),
+                },
+                Code::Internal,
+                500,
+            ),
+        ];
+        for (error, code, http) in cases {
+            let status = store(error);
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert_eq!(http_error(&status).0, http);
+        }
+    }
+}
