@@ -14,7 +14,6 @@ use prost::Message;
 
 pub mod chain;
 pub mod etcd;
-mod etcd_shared;
 mod log;
 mod sled_log;
 #[cfg(test)]

@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, Notify};
 use tonic::transport::Channel;
 
-use super::etcd::api;
-use super::etcd::{needs_token, open_watch, prefix_end, Auth, EtcdLog};
+use super::api;
+use super::{needs_token, open_watch, prefix_end, Auth, EtcdLog};
 
 /// A change of another replica's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +173,7 @@ const PUTS_PER_TXN: usize = 100;
 /// Renews `lease` every third of its time to live; says so on `lost` when
 /// etcd no longer does (expired, or the member is gone).
 async fn keep_alive(
-    mut leases: api::lease_client::LeaseClient<super::etcd::Member>,
+    mut leases: api::lease_client::LeaseClient<super::Member>,
     lease: i64,
     ttl: Duration,
     lost: Arc<Notify>,

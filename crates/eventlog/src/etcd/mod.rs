@@ -25,23 +25,25 @@
 //! answer at the deadline is reported as unavailable, its outcome unknown.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cassette_model::{Event, InstanceId};
-use std::sync::{Arc, RwLock};
-
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::chain::{self, Walk};
 use crate::{decode, u64_prefix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
-pub use crate::etcd_shared::{SharedChange, SharedWriter};
-
+mod client;
+mod shared;
 #[doc(hidden)]
-#[path = "etcd_tamper.rs"]
 pub mod tamper;
+mod watch;
+
+pub use client::EtcdConfig;
+pub(crate) use client::{needs_token, open_watch, Auth, Member};
+use client::{refusal, retryable};
+pub use shared::{SharedChange, SharedWriter};
 
 #[allow(clippy::all, clippy::pedantic)]
 pub(crate) mod api {
@@ -67,108 +69,6 @@ const VERIFY_PAGE: usize = 1000;
 /// How often a replica reads the log's head beside its watch (see
 /// [`EtcdLog::head_changes`]).
 pub const HEAD_CHECK: Duration = Duration::from_secs(1);
-
-/// Where the etcd cluster is and how to reach it.
-#[derive(Debug, Clone)]
-pub struct EtcdConfig {
-    /// Client URLs of the cluster's members (`http://` or `https://`).
-    pub endpoints: Vec<String>,
-    /// Every key of this log starts with it (`/cassette/v1`).
-    pub prefix: String,
-    /// TLS for `https://` endpoints.
-    pub tls: Option<ClientTlsConfig>,
-    /// How long one request may take before it is retried elsewhere.
-    pub request_timeout: Duration,
-    /// How long an append keeps retrying (leader elections take about a
-    /// second) before it gives up as unavailable.
-    pub append_deadline: Duration,
-    /// User and password for a cluster with authentication enabled: the
-    /// token etcd gives for them goes with every request, renewed when etcd
-    /// says it expired.
-    pub credentials: Option<(String, String)>,
-}
-
-impl EtcdConfig {
-    pub fn new(endpoints: Vec<String>) -> Self {
-        Self {
-            endpoints,
-            prefix: "/cassette/v1".to_owned(),
-            tls: None,
-            request_timeout: Duration::from_secs(2),
-            append_deadline: Duration::from_secs(10),
-            credentials: None,
-        }
-    }
-}
-
-/// A channel to one member that carries the auth token, if any.
-pub(crate) type Member = InterceptedService<Channel, TokenInterceptor>;
-
-/// etcd's auth token for our credentials, shared by every client of a log.
-#[derive(Clone)]
-pub(crate) struct Auth {
-    token: Arc<RwLock<Option<MetadataValue<Ascii>>>>,
-    credentials: Option<Arc<(String, String)>>,
-}
-
-/// Puts the current token (if any) on each request.
-#[derive(Clone)]
-pub(crate) struct TokenInterceptor(Arc<RwLock<Option<MetadataValue<Ascii>>>>);
-
-impl tonic::service::Interceptor for TokenInterceptor {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = self.0.read().unwrap_or_else(|p| p.into_inner()).clone() {
-            request.metadata_mut().insert("token", token);
-        }
-        Ok(request)
-    }
-}
-
-impl Auth {
-    pub(crate) fn member(&self, channel: &Channel) -> Member {
-        InterceptedService::new(channel.clone(), TokenInterceptor(self.token.clone()))
-    }
-
-    fn has_token(&self) -> bool {
-        self.token
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-    }
-
-    /// Asks `channel`'s member for a token for our credentials (nothing to
-    /// do without credentials).
-    pub(crate) async fn refresh(&self, channel: &Channel) -> Result<(), tonic::Status> {
-        let Some(credentials) = &self.credentials else {
-            return Ok(());
-        };
-        let answer = api::auth_client::AuthClient::new(channel.clone())
-            .authenticate(api::AuthenticateRequest {
-                name: credentials.0.clone(),
-                password: credentials.1.clone(),
-            })
-            .await?
-            .into_inner();
-        let token = answer
-            .token
-            .parse::<MetadataValue<Ascii>>()
-            .map_err(|_| tonic::Status::internal("etcd gave a token that is not ASCII"))?;
-        *self.token.write().unwrap_or_else(|p| p.into_inner()) = Some(token);
-        tracing::info!(user = %credentials.0, "authenticated to etcd");
-        Ok(())
-    }
-}
-
-/// Whether etcd refused a request for its token (none, or expired).
-pub(crate) fn needs_token(status: &tonic::Status) -> bool {
-    let message = status.message();
-    status.code() == tonic::Code::Unauthenticated
-        || message.contains("invalid auth token")
-        || message.contains("user name is empty")
-}
 
 /// The event log in an etcd cluster.
 pub struct EtcdLog {
@@ -342,102 +242,6 @@ impl EtcdLog {
                 }
             }
         }
-    }
-
-    /// The log's head sequence as the last append by any writer left it
-    /// (`u64::MAX`: unknown, after the watch was (re)opened), from a watch on
-    /// the head key re-created on another member when a stream ends (after a
-    /// compaction a watch would be cancelled; readers re-read by sequence, so
-    /// the watch only says *when*, never *what*). Ends when the receiver is
-    /// dropped.
-    ///
-    /// A watch can fall silent without ending: its member frozen (a paused
-    /// VM, a stalled disk) until keepalive gives up on the connection, or cut
-    /// off from the cluster's majority (etcd then ends watches that asked for
-    /// a leader, as these do, but only after a few election timeouts). So the
-    /// head is also read every [`HEAD_CHECK`] through another member: a
-    /// newer head is passed on at once, and a watch that has not delivered,
-    /// a check later, a head the cluster already had is given up for one on
-    /// another member.
-    pub fn head_changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        let (tx, rx) = tokio::sync::watch::channel(u64::MAX);
-        let channels = self.channels.clone();
-        let auth = self.auth.clone();
-        let key = self.head_key();
-        tokio::spawn(async move {
-            let mut member = 0usize;
-            while !tx.is_closed() {
-                let channel = channels[member % channels.len()].clone();
-                member += 1;
-                let create = api::WatchCreateRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                };
-                match open_watch(&auth, &channel, create).await {
-                    Ok((_requests, mut responses)) => {
-                        // Whatever happened while no watch was open is read now.
-                        tx.send_replace(u64::MAX);
-                        // The highest head the watch delivered (or the first
-                        // check found), and a head the watch must have
-                        // delivered by the next check.
-                        let mut delivered: Option<u64> = None;
-                        let mut expected: Option<u64> = None;
-                        let mut checker = member;
-                        let mut check = tokio::time::interval(HEAD_CHECK);
-                        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        loop {
-                            tokio::select! {
-                                () = tx.closed() => return,
-                                message = responses.message() => match message {
-                                    Ok(Some(answer)) if answer.canceled => break,
-                                    Ok(Some(answer)) => {
-                                        let last = answer.events.into_iter().filter_map(|e| e.kv).next_back();
-                                        if let Some(kv) = last {
-                                            let sequence = head_of(Some(kv.value)).map_or(u64::MAX, |h| h.sequence);
-                                            delivered = delivered.max(Some(sequence));
-                                            tx.send_replace(sequence);
-                                        }
-                                    }
-                                    _ => break,
-                                },
-                                _ = check.tick() => {
-                                    if expected.is_some_and(|e| delivered < Some(e)) {
-                                        tracing::warn!(
-                                            member = (member - 1) % channels.len(),
-                                            "the etcd watch on the log's head fell silent; watching through another member"
-                                        );
-                                        break;
-                                    }
-                                    let checked = channels[checker % channels.len()].clone();
-                                    let read = read_head_sequence(&auth, &checked, &key);
-                                    match tokio::time::timeout(HEAD_CHECK, read).await {
-                                        Ok(Ok(sequence)) => {
-                                            if delivered.is_none() {
-                                                // The head when the watch opened.
-                                                delivered = Some(sequence);
-                                            } else if Some(sequence) > delivered {
-                                                tx.send_replace(sequence);
-                                                expected = Some(sequence);
-                                            }
-                                        }
-                                        // That member cannot say: ask another next time.
-                                        _ => checker += 1,
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(status) => {
-                        tracing::debug!(error = %status.message(), "etcd watch failed; trying the next member");
-                        if needs_token(&status) {
-                            let _ = auth.refresh(&channel).await;
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
-        rx
     }
 
     /// The last record, as the cluster agrees on it now.
@@ -781,84 +585,6 @@ impl EtcdLog {
             }
         }
         Ok(records)
-    }
-}
-
-/// Opens a watch on `channel`'s member. etcd answers the stream (headers
-/// included) only once it has the create request, so that goes in before the
-/// call is awaited; the stream lasts as long as the returned sender.
-/// The head's sequence as `channel`'s member reads it, linearizably (a
-/// member without a leader cannot answer).
-async fn read_head_sequence(
-    auth: &Auth,
-    channel: &Channel,
-    key: &[u8],
-) -> Result<u64, tonic::Status> {
-    let answer = KvClient::new(auth.member(channel))
-        .range(RangeRequest {
-            key: key.to_vec(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let value = answer.kvs.into_iter().next().map(|kv| kv.value);
-    head_of(value)
-        .map(|h| h.sequence)
-        .map_err(|e| tonic::Status::data_loss(e.to_string()))
-}
-
-pub(crate) async fn open_watch(
-    auth: &Auth,
-    channel: &Channel,
-    create: api::WatchCreateRequest,
-) -> Result<
-    (
-        tokio::sync::mpsc::Sender<api::WatchRequest>,
-        tonic::Streaming<api::WatchResponse>,
-    ),
-    tonic::Status,
-> {
-    let (requests, outbound) = tokio::sync::mpsc::channel(1);
-    let create = api::WatchRequest {
-        request_union: Some(api::watch_request::RequestUnion::CreateRequest(create)),
-    };
-    // The receiver is alive until the call below takes it.
-    let _ = requests.send(create).await;
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
-    // etcd's "require leader": a member cut off from the cluster's majority
-    // ends the watch (instead of keeping it open and silent).
-    request.metadata_mut().insert(
-        "hasleader",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    let responses = api::watch_client::WatchClient::new(auth.member(channel))
-        .watch(request)
-        .await?
-        .into_inner();
-    Ok((requests, responses))
-}
-
-/// What etcd's refusal means, for whoever runs the cluster.
-fn refusal(status: &tonic::Status) -> String {
-    let message = status.message();
-    if message.contains("database space exceeded") {
-        format!(
-            "{message}: etcd's database reached its quota (--quota-backend-bytes); \
-             compact its history, defragment each member and disarm the NOSPACE alarm"
-        )
-    } else {
-        format!("etcd refused the request: {message}")
-    }
-}
-
-/// Whether a failed etcd call may succeed on another try or member.
-fn retryable(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Aborted => true,
-        // "etcdserver: leader changed", "no leader", "request timed out"
-        Code::Internal | Code::Cancelled => true,
-        _ => false,
     }
 }
 
