@@ -17,7 +17,7 @@ use cassette_proto::event_to_pb;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::{Hash, Head, LogError, Record, GENESIS_HASH};
+use crate::{Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 /// SHA-256 of a stored record's bytes.
 pub fn hash(bytes: &[u8]) -> Hash {
@@ -37,9 +37,7 @@ pub struct Encoded<'a> {
 impl Encoded<'_> {
     /// The index entry: the record's sequence (u64 big-endian) and hash.
     pub fn index_value(&self) -> Vec<u8> {
-        let mut value = self.event.sequence.to_be_bytes().to_vec();
-        value.extend_from_slice(&self.hash);
-        value
+        index_value(self.event.sequence, &self.hash)
     }
 }
 
@@ -190,6 +188,127 @@ impl Walk {
         }
         Ok(())
     }
+}
+
+/// A whole log's verification, record by record: the walk, what it
+/// counted, and the [`Verification`] it ends with. Each engine reads its
+/// records and asks its index (`intact`); everything else is here.
+#[derive(Debug, Clone, Copy)]
+pub struct Verifier {
+    walk: Walk,
+    checked: u64,
+}
+
+/// What [`Verifier::next`] made of a record.
+#[derive(Debug)]
+pub enum Next {
+    /// Good: read on.
+    Accepted,
+    /// The verification ends here, with this answer.
+    Done(Verification),
+    /// The record does not continue the chain: answer with
+    /// [`Verifier::blame`], once the index says whether the record before it
+    /// is intact.
+    Unlinked(Unlinked),
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Self {
+            walk: Walk::genesis(),
+            checked: 0,
+        }
+    }
+}
+
+impl Verifier {
+    /// The sequence the next record must have.
+    pub fn expected(&self) -> u64 {
+        self.walk.head().sequence + 1
+    }
+
+    /// Checks `record` and hands a good one to `visit` (which may refuse it).
+    pub fn next(
+        &mut self,
+        record: &Record,
+        visit: &mut impl FnMut(&Record) -> Result<(), String>,
+    ) -> Next {
+        if let Err(unlinked) = self.walk.follow(record) {
+            return Next::Unlinked(unlinked);
+        }
+        if let Err(reason) = visit(record) {
+            return Next::Done(self.bad(Bad::new(record.event.sequence, reason)));
+        }
+        self.checked += 1;
+        Next::Accepted
+    }
+
+    /// The answer for a record that does not link (see [`Unlinked::blame`]).
+    pub fn blame(self, unlinked: Unlinked, previous_intact: bool) -> Verification {
+        self.bad(unlinked.blame(previous_intact))
+    }
+
+    /// The answer for a record found bad before its link could be checked
+    /// (missing, undecodable): a gap before it comes first.
+    pub fn bad_record(self, sequence: u64, reason: String) -> Verification {
+        let expected = self.expected();
+        if sequence != expected {
+            let gap = Unlinked::Gap {
+                after: expected - 1,
+                found: sequence,
+            };
+            return self.bad(gap.blame(true));
+        }
+        self.bad(Bad::new(sequence, reason))
+    }
+
+    /// The answer once every record was read: the head anchor (if the log
+    /// has one) must be where the walk ended.
+    pub fn finish(self, anchor: Option<Head>) -> Verification {
+        if let Some(Err(wrong)) = anchor.map(|a| self.walk.check_anchor(a)) {
+            return self.bad(wrong);
+        }
+        Verification {
+            events_checked: self.checked,
+            head: self.walk.head(),
+            first_bad: None,
+        }
+    }
+
+    fn bad(self, bad: Bad) -> Verification {
+        Verification {
+            // A record its successor showed to be changed was counted good.
+            events_checked: if bad.walked_past {
+                self.checked.saturating_sub(1)
+            } else {
+                self.checked
+            },
+            head: self.walk.head(),
+            first_bad: Some((bad.sequence, bad.reason)),
+        }
+    }
+}
+
+/// Record `sequence` (stored as `bytes`) rewritten to link to `prev_hash`:
+/// its new bytes and what they decode to (for the tamper tools).
+pub(crate) fn relinked(
+    sequence: u64,
+    bytes: &[u8],
+    prev_hash: Hash,
+) -> Result<(Vec<u8>, Record), LogError> {
+    let corrupt = |reason: String| LogError::Corrupt { sequence, reason };
+    let mut event = cassette_proto::pb::Event::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    event.prev_hash = prev_hash.to_vec();
+    let bytes = event.encode_to_vec();
+    let record = crate::decode(sequence, &bytes)?;
+    Ok((bytes, record))
+}
+
+/// An index entry: a record's sequence (u64 big-endian) and hash.
+pub fn index_value(sequence: u64, hash: &Hash) -> Vec<u8> {
+    let mut value = sequence.to_be_bytes().to_vec();
+    value.extend_from_slice(hash);
+    value
 }
 
 /// The first bad record and why.

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use cassette_model::{Event, InstanceId};
 
-use crate::chain::{self, Walk};
+use crate::chain::{self, Next, Verifier};
 use crate::{
     decode, u64_prefix, u64_suffix, Hash, Head, LogError, Record, Verification, GENESIS_HASH,
 };
@@ -266,66 +266,42 @@ impl EventLog {
         &self,
         mut visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
-        let mut walk = Walk::genesis();
-        let mut checked = 0u64;
-        let bad = |bad: chain::Bad, checked: u64, walk: &Walk| Verification {
-            events_checked: if bad.walked_past {
-                checked.saturating_sub(1)
-            } else {
-                checked
-            },
-            head: walk.head(),
-            first_bad: Some((bad.sequence, bad.reason)),
-        };
+        let mut verifier = Verifier::default();
         for entry in self.tree.scan_prefix([EVENT]) {
             let (key, value) = entry?;
-            let next = walk.head().sequence + 1;
-            let sequence = match sequence_of(&key) {
-                Ok(sequence) => sequence,
-                Err(e) => return Ok(bad(chain::Bad::new(next, e.to_string()), checked, &walk)),
-            };
-            if sequence != next {
-                let gap = chain::Unlinked::Gap {
-                    after: next - 1,
-                    found: sequence,
-                };
-                return Ok(bad(gap.blame(true), checked, &walk));
-            }
-            let record = match decode(sequence, &value) {
-                Ok(record) => record,
-                Err(LogError::Corrupt { reason, .. }) => {
-                    return Ok(bad(chain::Bad::new(sequence, reason), checked, &walk))
+            let record = match sequence_of(&key) {
+                Err(e) => return Ok(verifier.bad_record(verifier.expected(), e.to_string())),
+                Ok(sequence) if sequence != verifier.expected() => {
+                    return Ok(verifier.bad_record(sequence, String::new()))
                 }
-                Err(e) => return Err(e),
+                Ok(sequence) => match decode(sequence, &value) {
+                    Ok(record) => record,
+                    Err(LogError::Corrupt { reason, .. }) => {
+                        return Ok(verifier.bad_record(sequence, reason))
+                    }
+                    Err(e) => return Err(e),
+                },
             };
-            if let Err(unlinked) = walk.follow(&record) {
-                let intact = match unlinked.previous() {
-                    Some(previous) => self.intact(previous)?,
-                    None => true,
-                };
-                return Ok(bad(unlinked.blame(intact), checked, &walk));
+            match verifier.next(&record, &mut visit) {
+                Next::Accepted => {}
+                Next::Done(verification) => return Ok(verification),
+                Next::Unlinked(unlinked) => {
+                    let intact = match unlinked.previous() {
+                        Some(previous) => self.intact(previous)?,
+                        None => true,
+                    };
+                    return Ok(verifier.blame(unlinked, intact));
+                }
             }
-            if let Err(reason) = visit(&record) {
-                let refused = chain::Bad::new(record.event.sequence, reason);
-                return Ok(bad(refused, checked, &walk));
-            }
-            checked += 1;
         }
-        if let Some(anchor) = self.tree.get(HEAD)? {
+        let anchor = self.tree.get(HEAD)?.map(|anchor| {
             let (sequence, hash) = anchor.split_at(8.min(anchor.len()));
-            let anchor = Head {
+            Head {
                 sequence: u64_suffix(sequence),
                 hash: Hash::try_from(hash).unwrap_or([0; 32]),
-            };
-            if let Err(wrong) = walk.check_anchor(anchor) {
-                return Ok(bad(wrong, checked, &walk));
             }
-        }
-        Ok(Verification {
-            events_checked: checked,
-            head: walk.head(),
-            first_bad: None,
-        })
+        });
+        Ok(verifier.finish(anchor))
     }
 
     /// Whether record `sequence` still has the hash its index entry recorded
@@ -447,26 +423,16 @@ pub mod tamper {
     /// index entry updated to its new hash: the record itself is consistent,
     /// only its link is wrong.
     pub fn relink(dir: &Path, sequence: u64, prev_hash: Hash) -> Result<(), LogError> {
-        use prost::Message;
         let tree = open(dir)?;
         let bytes = tree.get(event_key(sequence))?.ok_or(LogError::Corrupt {
             sequence,
             reason: "absent".into(),
         })?;
-        let mut event =
-            cassette_proto::pb::Event::decode(bytes.as_ref()).map_err(|e| LogError::Corrupt {
-                sequence,
-                reason: e.to_string(),
-            })?;
-        event.prev_hash = prev_hash.to_vec();
-        let bytes = event.encode_to_vec();
-        let record = decode(sequence, &bytes)?;
-        let mut indexed = sequence.to_be_bytes().to_vec();
-        indexed.extend_from_slice(&record.hash);
+        let (bytes, record) = chain::relinked(sequence, &bytes, prev_hash)?;
         tree.insert(event_key(sequence), bytes)?;
         tree.insert(
             index_key(&record.event.instance_id, record.event.revision),
-            indexed,
+            chain::index_value(sequence, &record.hash),
         )?;
         tree.flush()?;
         Ok(())

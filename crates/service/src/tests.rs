@@ -63,6 +63,16 @@ fn add(port: u16) -> Command {
     }
 }
 
+/// A store on a new log in `dir` with web-1's firewall created (revision 1).
+async fn with_a_firewall(dir: &std::path::Path) -> Arc<Store> {
+    let store = open(dir).await;
+    store
+        .mutate(mutation(Command::CreateFirewall, None))
+        .await
+        .unwrap();
+    store
+}
+
 async fn head(store: &Store) -> u64 {
     *store.watch_head().borrow()
 }
@@ -70,11 +80,7 @@ async fn head(store: &Store) -> u64 {
 #[tokio::test]
 async fn racing_adds_of_one_port_in_one_batch_have_one_winner() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    store
-        .mutate(mutation(Command::CreateFirewall, None))
-        .await
-        .unwrap();
+    let store = with_a_firewall(dir.path()).await;
     // Queued together, they are decided in one batch, each against the
     // outcomes before it.
     let outcomes = join_all((0..20).map(|_| store.mutate(mutation(add(5432), None)))).await;
@@ -93,11 +99,7 @@ async fn racing_adds_of_one_port_in_one_batch_have_one_winner() {
 #[tokio::test]
 async fn a_batch_of_distinct_changes_commits_each_with_gapless_revisions() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    store
-        .mutate(mutation(Command::CreateFirewall, None))
-        .await
-        .unwrap();
+    let store = with_a_firewall(dir.path()).await;
     let outcomes = join_all((1000..1050).map(|port| store.mutate(mutation(add(port), None)))).await;
     let mut revisions: Vec<u64> = outcomes
         .iter()
@@ -116,11 +118,7 @@ async fn a_batch_of_distinct_changes_commits_each_with_gapless_revisions() {
 #[tokio::test]
 async fn a_retried_request_id_answers_the_first_outcome_and_appends_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path()).await;
-    store
-        .mutate(mutation(Command::CreateFirewall, None))
-        .await
-        .unwrap();
+    let store = with_a_firewall(dir.path()).await;
     // The same request twice in one batch, then once more later.
     let (first, second) = tokio::join!(
         store.mutate(mutation(add(8080), Some("retry-1"))),
@@ -143,11 +141,7 @@ async fn a_retried_request_id_answers_the_first_outcome_and_appends_nothing() {
 async fn what_was_committed_is_replayed_on_reopen_and_the_log_must_verify() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = open(dir.path()).await;
-        store
-            .mutate(mutation(Command::CreateFirewall, None))
-            .await
-            .unwrap();
+        let store = with_a_firewall(dir.path()).await;
         store.mutate(mutation(add(443 + 1), None)).await.unwrap();
         store.shutdown().await.unwrap();
     }

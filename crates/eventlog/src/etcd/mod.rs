@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use cassette_model::{Event, InstanceId};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::chain::{self, Walk};
+use crate::chain::{self, Next, Verifier};
 use crate::{decode, u64_prefix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 mod client;
@@ -463,58 +463,38 @@ impl EtcdLog {
         &self,
         mut visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
-        let mut walk = Walk::genesis();
-        let mut checked = 0;
-        let bad = |bad: chain::Bad, checked: u64, walk: &Walk| Verification {
-            events_checked: if bad.walked_past {
-                checked.saturating_sub(1)
-            } else {
-                checked
-            },
-            head: walk.head(),
-            first_bad: Some((bad.sequence, bad.reason)),
-        };
+        let mut verifier = Verifier::default();
         loop {
-            let page = match self.read_after(walk.head().sequence, VERIFY_PAGE).await {
+            let after = verifier.expected() - 1;
+            let page = match self.read_after(after, VERIFY_PAGE).await {
                 Ok(page) => page,
                 Err(LogError::Corrupt { sequence, reason }) => {
-                    return Ok(bad(chain::Bad::new(sequence, reason), checked, &walk))
+                    return Ok(verifier.bad_record(sequence, reason))
                 }
                 Err(e) => return Err(e),
             };
             if page.is_empty() {
                 let anchor = self.head().await?;
-                if anchor.sequence > walk.head().sequence
-                    && !self.read_after(walk.head().sequence, 1).await?.is_empty()
-                {
+                if anchor.sequence > after && !self.read_after(after, 1).await?.is_empty() {
                     // Appended since the page was read: read on.
                     continue;
                 }
-                if let Err(wrong) = walk.check_anchor(anchor) {
-                    return Ok(bad(wrong, checked, &walk));
-                }
-                break;
+                return Ok(verifier.finish(Some(anchor)));
             }
             for record in page {
-                if let Err(unlinked) = walk.follow(&record) {
-                    let intact = match unlinked.previous() {
-                        Some(previous) => self.intact(previous).await?,
-                        None => true,
-                    };
-                    return Ok(bad(unlinked.blame(intact), checked, &walk));
+                match verifier.next(&record, &mut visit) {
+                    Next::Accepted => {}
+                    Next::Done(verification) => return Ok(verification),
+                    Next::Unlinked(unlinked) => {
+                        let intact = match unlinked.previous() {
+                            Some(previous) => self.intact(previous).await?,
+                            None => true,
+                        };
+                        return Ok(verifier.blame(unlinked, intact));
+                    }
                 }
-                if let Err(reason) = visit(&record) {
-                    let refused = chain::Bad::new(record.event.sequence, reason);
-                    return Ok(bad(refused, checked, &walk));
-                }
-                checked += 1;
             }
         }
-        Ok(Verification {
-            events_checked: checked,
-            head: walk.head(),
-            first_bad: None,
-        })
     }
 
     /// Whether record `sequence` still has the hash its index entry recorded

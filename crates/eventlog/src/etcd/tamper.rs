@@ -2,11 +2,10 @@
 //! and a replica's catch-up notice (the sled log's `tamper`, for etcd).
 //! Never used by the services.
 
-use cassette_proto::pb;
 use prost::Message;
 
 use super::{put, EtcdLog, TxnRequest};
-use crate::{chain, decode, Hash, LogError};
+use crate::{chain, Hash, LogError};
 
 /// Record `sequence`'s stored bytes.
 async fn stored(log: &EtcdLog, sequence: u64) -> Result<Vec<u8>, LogError> {
@@ -49,17 +48,10 @@ pub async fn flip_bit(log: &EtcdLog, sequence: u64) -> Result<(), LogError> {
 /// index entry updated to its new hash: the record itself is consistent,
 /// only its link is wrong.
 pub async fn relink(log: &EtcdLog, sequence: u64, prev_hash: Hash) -> Result<(), LogError> {
-    let bytes = stored(log, sequence).await?;
-    let mut event = pb::Event::decode(bytes.as_slice()).map_err(|e| LogError::Corrupt {
-        sequence,
-        reason: e.to_string(),
-    })?;
-    event.prev_hash = prev_hash.to_vec();
-    let bytes = event.encode_to_vec();
-    let record = decode(sequence, &bytes)?;
-    let mut indexed = sequence.to_be_bytes().to_vec();
-    indexed.extend_from_slice(&chain::hash(&bytes));
+    let stored = stored(log, sequence).await?;
+    let (bytes, record) = chain::relinked(sequence, &stored, prev_hash)?;
     let index_key = log.index_key(&record.event.instance_id, record.event.revision);
+    let indexed = chain::index_value(sequence, &record.hash);
     write(
         log,
         vec![(log.record_key(sequence), bytes), (index_key, indexed)],
@@ -77,8 +69,7 @@ pub async fn append_unlinked(
 ) -> Result<(), LogError> {
     let bytes = cassette_proto::event_to_pb(event, &prev_hash).encode_to_vec();
     let hash = chain::hash(&bytes);
-    let mut indexed = event.sequence.to_be_bytes().to_vec();
-    indexed.extend_from_slice(&hash);
+    let indexed = chain::index_value(event.sequence, &hash);
     let anchor = chain::anchor_value(crate::Head {
         sequence: event.sequence,
         hash,
