@@ -73,7 +73,7 @@ impl Peers for Shared {
 
 /// Publishes this replica's values through `writer` and applies the other
 /// replicas' `changes` to `board`.
-pub fn share(
+pub(crate) fn share(
     board: &Arc<SyncBoard>,
     writer: SharedWriter,
     mut changes: mpsc::Receiver<SharedChange>,
