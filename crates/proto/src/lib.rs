@@ -22,6 +22,7 @@ pub use convert::{
 };
 
 pub use flags::parse_duration;
+pub mod stdout;
 #[cfg(feature = "json")]
 pub use json::{JsonError, ProtoJson};
 pub use target::{Keepalive, Target, TargetError};

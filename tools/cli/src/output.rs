@@ -19,7 +19,7 @@ impl Output {
     fn json(&self, name: &str, message: &impl prost::Message) -> anyhow::Result<bool> {
         match &self.json {
             Some(json) => {
-                println!("{}", json.to_string(name, message)?);
+                cassette_proto::outln!("{}", json.to_string(name, message)?)?;
                 Ok(true)
             }
             None => Ok(false),
@@ -30,14 +30,14 @@ impl Output {
         if self.json("Firewall", firewall)? {
             return Ok(());
         }
-        print!("{}", firewall_table(firewall));
+        cassette_proto::out!("{}", firewall_table(firewall))?;
         Ok(())
     }
 
     pub fn firewalls(&self, firewalls: &[pb::Firewall]) -> anyhow::Result<()> {
         for (i, firewall) in firewalls.iter().enumerate() {
             if i > 0 && self.json.is_none() {
-                println!();
+                cassette_proto::outln!()?;
             }
             self.firewall(firewall)?;
         }
@@ -48,7 +48,7 @@ impl Output {
         if self.json("SyncStatus", sync)? {
             return Ok(());
         }
-        println!("{}", sync_line(sync));
+        cassette_proto::outln!("{}", sync_line(sync))?;
         Ok(())
     }
 
@@ -62,10 +62,14 @@ impl Output {
             .map(payload_name)
             .unwrap_or("unknown");
         let when = event.commit_time.map(|t| t.to_string()).unwrap_or_default();
-        println!(
+        cassette_proto::outln!(
             "{:>6}  {}  {}#{}  {}  {what}",
-            event.sequence, when, event.instance_id, event.revision, event.actor
-        );
+            event.sequence,
+            when,
+            event.instance_id,
+            event.revision,
+            event.actor
+        )?;
         Ok(())
     }
 
@@ -79,9 +83,9 @@ impl Output {
                 Ok(pb::CheckResult::Fail) => "FAIL",
                 _ => "UNKNOWN",
             };
-            println!("{result:<7} {:<18} {}", check.name, check.detail);
+            cassette_proto::outln!("{result:<7} {:<18} {}", check.name, check.detail)?;
             if !check.next_step.is_empty() {
-                println!("{:26}next: {}", "", check.next_step);
+                cassette_proto::outln!("{:26}next: {}", "", check.next_step)?;
             }
         }
         Ok(())
@@ -89,7 +93,7 @@ impl Output {
 
     pub fn done(&self, what: &str) -> anyhow::Result<()> {
         if self.json.is_none() {
-            println!("{what}");
+            cassette_proto::outln!("{what}")?;
         }
         Ok(())
     }

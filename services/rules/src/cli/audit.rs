@@ -100,7 +100,7 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
                 if args.json {
                     json.print_event(record)
                 } else {
-                    println!("{}", describe(&record.event));
+                    cassette_proto::outln!("{}", describe(&record.event))?;
                     Ok(())
                 }
             })
@@ -124,7 +124,7 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
             if args.json {
                 return json.print("FirewallAt", &present::firewall_at(&found));
             }
-            println!(
+            cassette_proto::outln!(
                 "{instance} at revision {} (committed {} by {}){}",
                 found.event.revision,
                 rfc3339(found.event.commit_time),
@@ -134,11 +134,11 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
                 } else {
                     ": deleted"
                 }
-            );
+            )?;
             for rule in found.firewall.rules() {
-                println!("  {}", describe_rule(rule));
+                cassette_proto::outln!("  {}", describe_rule(rule))?;
             }
-            print!("{}", found.ruleset());
+            cassette_proto::out!("{}", found.ruleset())?;
             Ok(())
         }
         AuditCommand::Diff { instance, from, to } => {
@@ -147,18 +147,22 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
             if args.json {
                 return json.print("FirewallDiff", &present::diff(&diff));
             }
-            println!("{instance} from revision {from} to {to}:");
+            cassette_proto::outln!("{instance} from revision {from} to {to}:")?;
             for rule in &diff.added {
-                println!("+ {}", describe_rule(rule));
+                cassette_proto::outln!("+ {}", describe_rule(rule))?;
             }
             for rule in &diff.removed {
-                println!("- {}", describe_rule(rule));
+                cassette_proto::outln!("- {}", describe_rule(rule))?;
             }
             for (before, after) in &diff.changed {
-                println!("~ {}\n  -> {}", describe_rule(before), describe_rule(after));
+                cassette_proto::outln!(
+                    "~ {}\n  -> {}",
+                    describe_rule(before),
+                    describe_rule(after)
+                )?;
             }
             for record in &diff.events {
-                println!("  {}", describe(&record.event));
+                cassette_proto::outln!("  {}", describe(&record.event))?;
             }
             Ok(())
         }
@@ -168,16 +172,16 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
                 json.print("VerifyLogResponse", &present::verification(&verification))?;
             } else {
                 match &verification.first_bad {
-                    None => println!(
+                    None => cassette_proto::outln!(
                         "ok: {} events, head {} {}",
                         verification.events_checked,
                         verification.head.sequence,
                         hex(&verification.head.hash)
-                    ),
-                    Some((sequence, reason)) => println!(
+                    )?,
+                    Some((sequence, reason)) => cassette_proto::outln!(
                         "FAILED at record {sequence}: {reason} ({} good events before it)",
                         verification.events_checked
-                    ),
+                    )?,
                 }
             }
             if !verification.ok() {
@@ -321,7 +325,7 @@ impl Json {
 
     /// Prints `message`, of type `cassette.firewall.v1.<name>`.
     fn print(&self, name: &str, message: &impl Message) -> anyhow::Result<()> {
-        println!("{}", self.0.to_string(name, message)?);
+        cassette_proto::outln!("{}", self.0.to_string(name, message)?)?;
         Ok(())
     }
 

@@ -45,7 +45,7 @@ pub async fn health(
             .and_then(|r| r);
         match result {
             Ok(()) => {
-                println!("SERVING");
+                cassette_proto::outln!("SERVING")?;
                 return Ok(());
             }
             Err(error) if Instant::now() >= deadline => return Err(error),

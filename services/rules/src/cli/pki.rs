@@ -53,12 +53,12 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
         } => {
             let pki = Pki::init(&dir, trust_domain.as_str(), &server_name)
                 .with_context(|| format!("cannot make a PKI in {}", dir.display()))?;
-            println!("CA:     {}", pki.ca_cert_path().display());
-            println!(
+            cassette_proto::outln!("CA:     {}", pki.ca_cert_path().display())?;
+            cassette_proto::outln!(
                 "server: {} {}",
                 pki.server_cert_path().display(),
                 pki.server_key_path().display()
-            );
+            )?;
         }
         PkiCommand::Issue {
             dir,
@@ -87,11 +87,11 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("give --enforcer or --principal"),
             };
             let issued = pki.issue(&uri, &stem)?;
-            println!(
+            cassette_proto::outln!(
                 "{uri}: {} {}",
                 issued.cert_path.display(),
                 issued.key_path.display()
-            );
+            )?;
         }
     }
     Ok(())

@@ -244,3 +244,50 @@ instances = ["*"]
     assert_eq!(code, 7, "a viewer adding a rule: {stderr}");
     assert!(stderr.contains("PermissionDenied"), "{stderr}");
 }
+
+/// `cassette events | head -1` and `cassette-rules audit events | head -1`: the
+/// reader leaves after one line, and each command ends quietly with status 0
+/// (it used to panic in `println!` with "Broken pipe" and exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_output_piped_into_a_reader_that_leaves_early_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut service = RulesProcess::start(&data).await;
+    let rules = format!("http://{}", service.listen);
+    ok(&rules, &["firewall", "create", "web-1"]);
+    // Enough events that the output outgrows the pipe's buffer.
+    for port in 1000..1400u16 {
+        let (code, _, stderr) = cassette(&rules, &["rule", "add", "web-1", &port.to_string()]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let piped = |command: String| {
+        let output = Command::new("bash")
+            .args(["-o", "pipefail", "-c", &format!("{command} | head -1")])
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bash");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(
+            output.status.success() && stderr.is_empty(),
+            "{command} | head -1: {:?}, stderr: {stderr}",
+            output.status
+        );
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        stdout
+    };
+    let cassette = binary("cassette").display().to_string();
+    let first = piped(format!("{cassette} --rules {rules} events"));
+    assert!(first.contains("web-1#1"), "{first}");
+    piped(format!("{cassette} --rules {rules} --output json events"));
+    service.terminate();
+    let audit = format!(
+        "{} --data-dir {} audit",
+        binary("cassette-rules").display(),
+        data.display()
+    );
+    let first = piped(format!("{audit} events"));
+    assert!(first.starts_with("1 "), "{first}");
+    piped(format!("{audit} export"));
+}
