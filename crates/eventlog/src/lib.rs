@@ -56,6 +56,9 @@ pub enum LogError {
     Refused(String),
     #[error("append too large: {0}")]
     TooLarge(String),
+    /// The log cannot be opened as configured (nothing was contacted).
+    #[error("the event log's configuration: {0}")]
+    Config(String),
 }
 
 /// An error from the storage engine, kept opaque so sled stays an implementation detail.

@@ -13,6 +13,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -51,15 +52,32 @@ pub struct Issued {
     pub key_pem: String,
 }
 
+/// How long a certificate is valid unless told otherwise: short enough that
+/// a stolen key stops working, long enough to rotate comfortably.
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// How long the CA is valid.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
 const TRUST_DOMAIN: &str = "trust-domain";
 const SERVER: &str = "server";
 
 impl Pki {
-    /// Makes a CA for `trust_domain` and a server certificate valid for
-    /// localhost, 127.0.0.1, ::1 and `server_names` (DNS names or IP addresses).
+    /// Makes a CA for `trust_domain` (valid for [`CA_VALIDITY`]) and a server
+    /// certificate for localhost, 127.0.0.1, ::1 and `server_names` (DNS names
+    /// or IP addresses), valid for [`DEFAULT_VALIDITY`].
     pub fn init(dir: &Path, trust_domain: &str, server_names: &[String]) -> Result<Self, PkiError> {
+        Self::init_for(dir, trust_domain, server_names, DEFAULT_VALIDITY)
+    }
+
+    /// [`Pki::init`] with a server certificate valid for `valid_for`.
+    pub fn init_for(
+        dir: &Path,
+        trust_domain: &str,
+        server_names: &[String],
+        valid_for: Duration,
+    ) -> Result<Self, PkiError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         if dir.join(CA_CERT).exists() {
             return Err(PkiError::Exists(dir.display().to_string()));
@@ -73,6 +91,7 @@ impl Pki {
         );
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        valid(&mut params, CA_VALIDITY)?;
         let cert = params.self_signed(&key)?;
         write(&dir.join(CA_CERT), &cert.pem(), false)?;
         write(&dir.join(CA_KEY), &key.serialize_pem(), true)?;
@@ -88,7 +107,7 @@ impl Pki {
             "::1".to_owned(),
         ];
         names.extend(server_names.iter().cloned());
-        pki.issue_server(&names)?;
+        pki.issue_server(&names, valid_for)?;
         Ok(pki)
     }
 
@@ -129,19 +148,30 @@ impl Pki {
         read(&self.server_cert_path())
     }
 
-    fn issue_server(&self, names: &[String]) -> Result<Issued, PkiError> {
+    fn issue_server(&self, names: &[String], valid_for: Duration) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(names.to_vec())?;
         params
             .distinguished_name
             .push(DnType::CommonName, "cassette-rules");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        valid(&mut params, valid_for)?;
         self.sign(params, SERVER)
     }
 
     /// A client certificate whose one URI SAN is `uri` (a `spiffe://` identity),
-    /// written to `<stem>.pem` and `<stem>.key`.
+    /// written to `<stem>.pem` and `<stem>.key`, valid for [`DEFAULT_VALIDITY`].
     pub fn issue(&self, uri: &str, stem: &str) -> Result<Issued, PkiError> {
+        self.issue_for(uri, stem, DEFAULT_VALIDITY)
+    }
+
+    /// [`Pki::issue`], valid for `valid_for` from now.
+    pub fn issue_for(
+        &self,
+        uri: &str,
+        stem: &str,
+        valid_for: Duration,
+    ) -> Result<Issued, PkiError> {
         let safe = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
         if stem.is_empty() || !stem.chars().all(safe) || stem == SERVER || stem == "ca" {
             return Err(PkiError::Invalid(format!(
@@ -157,6 +187,7 @@ impl Pki {
             })?)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        valid(&mut params, valid_for)?;
         self.sign(params, stem)
     }
 
@@ -173,6 +204,20 @@ impl Pki {
         write(&issued.key_path, &issued.key_pem, true)?;
         Ok(issued)
     }
+}
+
+/// Valid from a few minutes ago (clocks disagree a little) for `valid_for`.
+fn valid(params: &mut CertificateParams, valid_for: Duration) -> Result<(), PkiError> {
+    let period = time::Duration::try_from(valid_for)
+        .ok()
+        .filter(|p| p.is_positive())
+        .ok_or_else(|| PkiError::Invalid(format!("a validity of {valid_for:?} is out of range")))?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now
+        .checked_add(period)
+        .ok_or_else(|| PkiError::Invalid(format!("a validity of {valid_for:?} is out of range")))?;
+    Ok(())
 }
 
 /// The DER bytes of the first certificate in a PEM text.
@@ -235,5 +280,43 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o077, 0, "keys are private");
         assert!(pki.issue("spiffe://x/y", "../escape").is_err());
+    }
+
+    #[test]
+    fn certificates_end_ninety_days_from_now_unless_told_and_the_ca_in_ten_years() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::init(dir.path(), "cassette.local", &[]).unwrap();
+        let lifetime = |pem: &str| {
+            let der = first_certificate_der(pem).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            let validity = cert.validity();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            assert!(validity.not_before.timestamp() <= now, "valid now");
+            (validity.not_after.timestamp() - now) / (24 * 3600)
+        };
+        // Whole days left, give or take the second it took to issue.
+        let about = |got: i64, want: i64| assert!(got == want || got == want - 1, "{got} days");
+        let client = pki.issue("spiffe://cassette.local/principal/alice", "principal-alice");
+        about(lifetime(&client.unwrap().cert_pem), 90);
+        let week = Duration::from_secs(7 * 24 * 3600);
+        about(lifetime(&client_pem(&pki, "b", week)), 7);
+        about(lifetime(&pki.server_cert_pem().unwrap()), 90);
+        about(lifetime(&read(&pki.ca_cert_path()).unwrap()), 3650);
+        assert!(pki
+            .issue_for("spiffe://cassette.local/principal/c", "c", Duration::ZERO)
+            .is_err());
+    }
+
+    fn client_pem(pki: &Pki, stem: &str, valid_for: Duration) -> String {
+        pki.issue_for(
+            &format!("spiffe://cassette.local/principal/{stem}"),
+            stem,
+            valid_for,
+        )
+        .unwrap()
+        .cert_pem
     }
 }

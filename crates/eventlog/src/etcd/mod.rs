@@ -90,8 +90,17 @@ impl EtcdLog {
         }
         let mut channels = Vec::with_capacity(config.endpoints.len());
         for url in &config.endpoints {
-            let mut endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| LogError::Unavailable(format!("etcd endpoint {url:?}: {e}")))?
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| LogError::Unavailable(format!("etcd endpoint {url:?}: {e}")))?;
+            if let Some((user, _)) = &config.credentials {
+                if !client::private_enough(endpoint.uri()) {
+                    return Err(LogError::Config(format!(
+                        "refusing to send etcd user {user}'s password in plaintext to {url}: \
+                         give https:// endpoints (with --etcd-ca), or reach etcd on a loopback address"
+                    )));
+                }
+            }
+            let mut endpoint = endpoint
                 .connect_timeout(config.request_timeout)
                 .timeout(config.request_timeout)
                 .tcp_nodelay(true)
@@ -660,6 +669,37 @@ mod tests {
             head_of(Some(vec![1, 2, 3])),
             Err(LogError::Corrupt { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_password_goes_only_over_tls_or_to_a_loopback_address() {
+        // connect() is lazy: none of these addresses is contacted.
+        let with_password = |endpoints: &[&str]| {
+            let mut config = EtcdConfig::new(endpoints.iter().map(|e| e.to_string()).collect());
+            config.credentials = Some(("cassette".into(), "secret".into()));
+            EtcdLog::connect(&config).map(|_| ())
+        };
+        for plaintext in [
+            "http://etcd-1:2379",
+            "http://192.0.2.7:2379",
+            "http://[2001:db8::1]:2379",
+        ] {
+            let refused = with_password(&["http://127.0.0.1:2379", plaintext]);
+            assert!(
+                matches!(&refused, Err(LogError::Config(m)) if m.contains(plaintext) && m.contains("cassette")),
+                "{plaintext}: {refused:?}"
+            );
+        }
+        for allowed in [
+            "http://127.0.0.1:2379",
+            "http://localhost:2379",
+            "http://[::1]:2379",
+        ] {
+            assert!(with_password(&[allowed]).is_ok(), "{allowed}");
+        }
+        // Without a password, plaintext is the operator's choice.
+        let config = EtcdConfig::new(vec!["http://192.0.2.7:2379".into()]);
+        assert!(EtcdLog::connect(&config).is_ok());
     }
 
     #[tokio::test]

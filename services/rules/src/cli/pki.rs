@@ -28,6 +28,9 @@ enum PkiCommand {
         /// Another DNS name or IP address the service is reached by (repeatable).
         #[arg(long)]
         server_name: Vec<String>,
+        /// How many days the server certificate is valid (the CA: 10 years).
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
     /// Issue a client certificate with a SPIFFE identity: enforcer-<ID>.pem/.key
     /// or principal-<NAME>.pem/.key in the directory.
@@ -41,6 +44,9 @@ enum PkiCommand {
         /// spiffe://<trust-domain>/principal/<NAME>: an API caller.
         #[arg(long)]
         principal: Option<String>,
+        /// How many days the certificate is valid.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
 }
 
@@ -50,8 +56,9 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
             dir,
             trust_domain,
             server_name,
+            days,
         } => {
-            let pki = Pki::init(&dir, trust_domain.as_str(), &server_name)
+            let pki = Pki::init_for(&dir, trust_domain.as_str(), &server_name, days_of(days))
                 .with_context(|| format!("cannot make a PKI in {}", dir.display()))?;
             cassette_proto::outln!("CA:     {}", pki.ca_cert_path().display())?;
             cassette_proto::outln!(
@@ -64,6 +71,7 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
             dir,
             enforcer,
             principal,
+            days,
         } => {
             let pki = Pki::open(&dir).with_context(|| {
                 format!(
@@ -86,7 +94,7 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
                 }
                 (None, None) => anyhow::bail!("give --enforcer or --principal"),
             };
-            let issued = pki.issue(&uri, &stem)?;
+            let issued = pki.issue_for(&uri, &stem, days_of(days))?;
             cassette_proto::outln!(
                 "{uri}: {} {}",
                 issued.cert_path.display(),
@@ -95,4 +103,8 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn days_of(days: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(days) * 24 * 3600)
 }
