@@ -50,6 +50,14 @@ compose_down() {
     rm -rf "$creds"
 }
 
+holds_only() { # holds_only SERVICE FILE...: SERVICE's /pki holds exactly these, keys 0400
+    local want got
+    want=$(printf '%s\n' "${@:2}" | sort | tr '\n' ' ')
+    got=$(dc exec -T "$1" sh -c 'ls /pki' | sort | tr '\n' ' ')
+    [ "$got" = "$want" ] || { echo "$1 holds: $got" >&2; return 1; }
+    [ -z "$(dc exec -T "$1" sh -c 'find /pki -name "*.key" ! -perm 0400')" ]
+}
+
 healthy() { # healthy SERVICE SECONDS: waits until SERVICE is healthy
     local id
     id=$(dc ps -q "$1")
@@ -60,12 +68,10 @@ healthy() { # healthy SERVICE SECONDS: waits until SERVICE is healthy
     return 1
 }
 
-# admin_credentials SERVICE: copies the admin principal's certificate, key and
-# the CA from SERVICE's PKI volume into $creds (as an operator would) and sets
-# admin=(grpcurl's flags for them).
+# admin_credentials: copies the admin principal's certificate, key and the CA
+# from the operator's volume (pki-operator, which only the one-shot pki step
+# mounts) into $creds, as an operator would, and sets admin=(grpcurl's flags).
 admin_credentials() {
-    for file in ca.pem principal-admin.pem principal-admin.key; do
-        dc exec -T "$1" cat "/pki/$file" >"$creds/$file"
-    done
+    dc run --rm -T --no-deps pki tar -C /out/operator -cf - . 2>/dev/null | tar -C "$creds" -xf -
     admin=(-cacert "$creds/ca.pem" -cert "$creds/principal-admin.pem" -key "$creds/principal-admin.key")
 }

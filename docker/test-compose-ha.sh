@@ -28,7 +28,13 @@ compose_up "$bin_dir"
 
 check "rules-a is healthy on the etcd log" healthy rules-a 120
 check "rules-b is healthy on the etcd log" healthy rules-b 120
-admin_credentials rules-a
+check "rules-a holds only the CA certificate and the server's key pair" \
+    holds_only rules-a ca.pem server.pem server.key
+check "rules-b holds only the CA certificate and the server's key pair" \
+    holds_only rules-b ca.pem server.pem server.key
+check "the enforcer holds only the CA certificate and its own key pair" \
+    holds_only web-1-enforcer ca.pem enforcer-web-1.pem enforcer-web-1.key
+admin_credentials
 rpc() { # rpc a|b METHOD JSON: as the admin principal, over TLS, through one replica
     local port=$CASSETTE_RULES_A_PORT
     [ "$1" = b ] && port=$CASSETTE_RULES_B_PORT

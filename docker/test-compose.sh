@@ -29,8 +29,8 @@ rules=127.0.0.1:$CASSETTE_RULES_PORT
 # The README's "Run with Docker Compose" steps.
 compose_up "$bin_dir"
 
-# The admin's credentials, from the PKI volume (as an operator would copy them).
-admin_credentials rules
+# The admin's credentials, from the operator's volume (as an operator would copy them).
+admin_credentials
 rpc() { # rpc METHOD JSON: as the admin principal, over TLS
     grpcurl "${admin[@]}" -max-time 40 -d "$2" "$rules" "cassette.firewall.v1.FirewallService/$1"
 }
@@ -58,6 +58,14 @@ wait_for_sync() {
 }
 
 check "the rules service is healthy" healthy rules 60
+# Each long-running container holds the CA certificate and its own key pair,
+# nothing else: not the CA's key, not the admin's, not another's.
+check "the rules service holds only the CA certificate and its own key pair" \
+    holds_only rules ca.pem server.pem server.key
+check "web-1's enforcer holds only the CA certificate and its own key pair" \
+    holds_only web-1-enforcer ca.pem enforcer-web-1.pem enforcer-web-1.key
+check "db-1's enforcer holds only the CA certificate and its own key pair" \
+    holds_only db-1-enforcer ca.pem enforcer-db-1.pem enforcer-db-1.key
 # In production the console creates firewalls; here the admin does.
 rpc CreateFirewall '{"instance_id": "web-1"}' >/dev/null
 rpc CreateFirewall '{"instance_id": "db-1"}' >/dev/null
