@@ -43,9 +43,7 @@ impl Encoded<'_> {
 
 /// The head anchor's value: the last sequence (u64 big-endian) and its hash.
 pub fn anchor_value(head: Head) -> Vec<u8> {
-    let mut value = head.sequence.to_be_bytes().to_vec();
-    value.extend_from_slice(&head.hash);
-    value
+    index_value(head.sequence, &head.hash)
 }
 
 /// Encodes `events` as the records that continue `head`, refusing what does
@@ -163,7 +161,7 @@ impl Walk {
     pub fn check_anchor(&self, anchor: Head) -> Result<(), Bad> {
         let walked = self.head;
         if anchor.sequence > walked.sequence {
-            return Err(Bad::at(
+            return Err(Bad::new(
                 walked.sequence + 1,
                 format!(
                     "missing: the log ends at {} but its head is {}",
@@ -172,7 +170,7 @@ impl Walk {
             ));
         }
         if anchor.sequence < walked.sequence {
-            return Err(Bad::at(
+            return Err(Bad::new(
                 anchor.sequence + 1,
                 format!(
                     "beyond the head anchor, which ends the log at {}",
@@ -324,10 +322,6 @@ pub struct Bad {
 impl Bad {
     /// Record `sequence` is bad for `reason`.
     pub fn new(sequence: u64, reason: String) -> Self {
-        Self::at(sequence, reason)
-    }
-
-    fn at(sequence: u64, reason: String) -> Self {
         Self {
             sequence,
             reason,
@@ -352,10 +346,10 @@ impl Unlinked {
     pub fn blame(&self, previous_intact: bool) -> Bad {
         match *self {
             Unlinked::Gap { after, found } => {
-                Bad::at(after + 1, format!("missing: the next record is {found}"))
+                Bad::new(after + 1, format!("missing: the next record is {found}"))
             }
-            Unlinked::Link { sequence: 1 } => Bad::at(1, "does not start the chain".to_owned()),
-            Unlinked::Link { sequence } if previous_intact => Bad::at(
+            Unlinked::Link { sequence: 1 } => Bad::new(1, "does not start the chain".to_owned()),
+            Unlinked::Link { sequence } if previous_intact => Bad::new(
                 sequence,
                 format!("does not link to record {}", sequence - 1),
             ),

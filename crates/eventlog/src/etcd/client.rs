@@ -118,7 +118,6 @@ pub(crate) fn needs_token(status: &tonic::Status) -> bool {
 
 /// The head's sequence as `channel`'s member reads it, linearizably (a
 /// member without a leader cannot answer).
-// A status of etcd's client side, never an answer of our services.
 pub(crate) async fn read_head_sequence(
     auth: &Auth,
     channel: &Channel,

@@ -421,7 +421,7 @@ impl EtcdLog {
                 result: CompareResult::Equal as i32,
                 target: CompareTarget::Value as i32,
                 key: self.head_key(),
-                target_union: Some(TargetUnion::Value(head_value(head))),
+                target_union: Some(TargetUnion::Value(chain::anchor_value(head))),
                 range_end: vec![],
             }
         }
@@ -587,12 +587,6 @@ fn put(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
     }
 }
 
-fn head_value(head: Head) -> Vec<u8> {
-    let mut value = head.sequence.to_be_bytes().to_vec();
-    value.extend_from_slice(&head.hash);
-    value
-}
-
 fn head_of(value: Option<Vec<u8>>) -> Result<Head, LogError> {
     let Some(value) = value else {
         return Ok(Head {
@@ -663,7 +657,7 @@ mod tests {
             sequence: 42,
             hash: [7; 32],
         };
-        assert_eq!(head_of(Some(head_value(head))).unwrap(), head);
+        assert_eq!(head_of(Some(chain::anchor_value(head))).unwrap(), head);
         assert_eq!(head_of(None).unwrap().sequence, 0);
         assert!(matches!(
             head_of(Some(vec![1, 2, 3])),

@@ -2,8 +2,6 @@
 //! and a replica's catch-up notice (the sled log's `tamper`, for etcd).
 //! Never used by the services.
 
-use prost::Message;
-
 use super::{put, EtcdLog, TxnRequest};
 use crate::{chain, Hash, LogError};
 
@@ -67,19 +65,23 @@ pub async fn append_unlinked(
     event: &cassette_model::Event,
     prev_hash: Hash,
 ) -> Result<(), LogError> {
-    let bytes = cassette_proto::event_to_pb(event, &prev_hash).encode_to_vec();
-    let hash = chain::hash(&bytes);
-    let indexed = chain::index_value(event.sequence, &hash);
-    let anchor = chain::anchor_value(crate::Head {
-        sequence: event.sequence,
-        hash,
-    });
+    // Encoded as any append is, after a head whose hash is `prev_hash`.
+    let forged_head = crate::Head {
+        sequence: event.sequence - 1,
+        hash: prev_hash,
+    };
+    let events = std::slice::from_ref(event);
+    let (mut records, next) = chain::encode_batch(forged_head, events, |_| Ok(None))?;
+    let record = records.remove(0);
     write(
         log,
         vec![
-            (log.record_key(event.sequence), bytes),
-            (log.index_key(&event.instance_id, event.revision), indexed),
-            (log.head_key(), anchor),
+            (
+                log.index_key(&event.instance_id, event.revision),
+                record.index_value(),
+            ),
+            (log.record_key(event.sequence), record.bytes),
+            (log.head_key(), chain::anchor_value(next)),
         ],
     )
     .await

@@ -70,19 +70,17 @@ pub fn invalid(error: ValidationError) -> Status {
 /// The status of a store error: the domain's refusals with their details,
 /// UNAVAILABLE for what a retry may fix, INTERNAL for a log that is broken.
 pub fn store(error: StoreError) -> Status {
-    {
-        let message = error.to_string();
-        match error {
-            StoreError::Domain(domain) => domain_status(domain, message),
-            StoreError::ShuttingDown
-            | StoreError::WriteFailed(_)
-            | StoreError::Log(LogError::Unavailable(_) | LogError::Refused(_)) => {
-                Status::unavailable(message)
-            }
-            StoreError::ReadOnly { .. } => Status::failed_precondition(message),
-            StoreError::Log(_) | StoreError::Fold(_) | StoreError::Unverified { .. } => {
-                Status::internal(message)
-            }
+    let message = error.to_string();
+    match error {
+        StoreError::Domain(domain) => domain_status(domain, message),
+        StoreError::ShuttingDown
+        | StoreError::WriteFailed(_)
+        | StoreError::Log(LogError::Unavailable(_) | LogError::Refused(_)) => {
+            Status::unavailable(message)
+        }
+        StoreError::ReadOnly { .. } => Status::failed_precondition(message),
+        StoreError::Log(_) | StoreError::Fold(_) | StoreError::Unverified { .. } => {
+            Status::internal(message)
         }
     }
 }
@@ -99,16 +97,14 @@ pub fn refused(error: AuthError) -> Status {
 
 /// A per-principal cap (follow streams, WaitForSync waiters) is reached.
 pub fn limit(error: LimitReached) -> Status {
-    {
-        Status::with_error_details(
-            Code::ResourceExhausted,
-            error.to_string(),
-            ErrorDetails::with_quota_failure_violation(
-                format!("principal/{}", error.principal),
-                format!("at most {} {} per principal", error.limit, error.what),
-            ),
-        )
-    }
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        error.to_string(),
+        ErrorDetails::with_quota_failure_violation(
+            format!("principal/{}", error.principal),
+            format!("at most {} {} per principal", error.limit, error.what),
+        ),
+    )
 }
 
 /// A request that reached a handler without the interceptor's `Caller`.
