@@ -29,9 +29,9 @@ compose_up "$bin_dir"
 check "rules-a is healthy on the etcd log" healthy rules-a 120
 check "rules-b is healthy on the etcd log" healthy rules-b 120
 check "rules-a holds only the CA certificate and the server's key pair" \
-    holds_only rules-a ca.pem server.pem server.key
+    holds_only rules-a ca.pem server.pem server.key log-signing.key log-trusted-keys.pem
 check "rules-b holds only the CA certificate and the server's key pair" \
-    holds_only rules-b ca.pem server.pem server.key
+    holds_only rules-b ca.pem server.pem server.key log-signing.key log-trusted-keys.pem
 check "the enforcer holds only the CA certificate and its own key pair" \
     holds_only web-1-enforcer ca.pem enforcer-web-1.pem enforcer-web-1.key
 admin_credentials

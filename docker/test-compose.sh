@@ -61,7 +61,7 @@ check "the rules service is healthy" healthy rules 60
 # Each long-running container holds the CA certificate and its own key pair,
 # nothing else: not the CA's key, not the admin's, not another's.
 check "the rules service holds only the CA certificate and its own key pair" \
-    holds_only rules ca.pem server.pem server.key
+    holds_only rules ca.pem server.pem server.key log-signing.key log-trusted-keys.pem
 check "web-1's enforcer holds only the CA certificate and its own key pair" \
     holds_only web-1-enforcer ca.pem enforcer-web-1.pem enforcer-web-1.key
 check "db-1's enforcer holds only the CA certificate and its own key pair" \
@@ -93,6 +93,11 @@ check "web-1 reaches db-1:5432" can_connect web-1 db-1 5432
 rpc UpdateRule "{\"instance_id\": \"db-1\", \"rule_id\": \"$rule\", \"enabled\": false}" >/dev/null
 check "disabling it is applied" wait_for_sync db-1
 check "web-1 cannot reach db-1:5432 again" cannot_connect web-1 db-1 5432
+signed_log() { # the log verifies, and a signature by the service's key covers its head
+    grpcurl "${admin[@]}" -max-time 40 -d '{}' "$rules" cassette.firewall.v1.AuditService/VerifyLog \
+        | jq -e '.ok and .signedHead.sequence == .headSequence and (.signedHead.keyId | length) == 16' >/dev/null
+}
+check "the rules service signs its log (VerifyLog: ok, its head signed)" signed_log
 
 dc restart db-1-enforcer >/dev/null 2>&1
 check "the restarted enforcer is back in sync" bash -c "$(declare -f in_sync rpc); rules=$rules; admin=(${admin[*]}); in_sync db-1"

@@ -17,6 +17,7 @@ use cassette_proto::event_to_pb;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::signing::{SignedHead, TrustedKeys, REASON};
 use crate::{Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 /// SHA-256 of a stored record's bytes.
@@ -188,19 +189,47 @@ impl Walk {
     }
 }
 
+/// Most records in a row that no signature covers a signed log can hold:
+/// the largest append. A longer run is refused without waiting for its end.
+pub const MAX_SIGNED_RUN: usize = 4096;
+
+/// How many of the newest signatures an engine checks, newest first, for one
+/// that verifies before a walk (see [`Verifier::vouched`]); past them, the
+/// walk checks each append's signature.
+pub const NEWEST_SIGNATURES_CHECKED: usize = 64;
+
 /// A whole log's verification, record by record: the walk, what it
 /// counted, and the [`Verification`] it ends with. Each engine reads its
 /// records and asks its index (`intact`); everything else is here.
-#[derive(Debug, Clone, Copy)]
-pub struct Verifier {
+///
+/// With trusted keys, a record is handed on only once a trusted signature
+/// covers it. A signature covers its record and, through the chain, every
+/// record before it, so one check vouches for a whole prefix: the engine
+/// finds the newest signature that verifies before the walk
+/// ([`Verifier::vouched`]), and the records up to it are handed on as they
+/// link. After it (another writer's appends meanwhile, or what no good
+/// signature covers), each append's records wait for its own signature,
+/// checked one by one, and the verified head is the last signed one.
+/// Without trusted keys, every record that links is handed on.
+#[derive(Debug, Clone)]
+pub struct Verifier<'t> {
     walk: Walk,
     checked: u64,
+    trust: Option<&'t TrustedKeys>,
+    /// Records that link but that no signature covers yet.
+    pending: Vec<Record>,
+    /// The last record handed on.
+    covered: Head,
+    /// The last signature verified.
+    signed: Option<SignedHead>,
+    /// Records up to this one are covered by `signed`, checked before the walk.
+    vouched: u64,
 }
 
 /// What [`Verifier::next`] made of a record.
 #[derive(Debug)]
 pub enum Next {
-    /// Good: read on.
+    /// Good (or waiting for its signature): read on.
     Accepted,
     /// The verification ends here, with this answer.
     Done(Verification),
@@ -210,45 +239,124 @@ pub enum Next {
     Unlinked(Unlinked),
 }
 
-impl Default for Verifier {
-    fn default() -> Self {
+impl<'t> Verifier<'t> {
+    /// A verification from the start of the log, of signatures too when
+    /// `trust` is given.
+    pub fn new(trust: Option<&'t TrustedKeys>) -> Self {
+        Self::from(Walk::genesis().head(), trust)
+    }
+
+    /// A verification that continues from `head`, which an earlier one
+    /// verified (a replica catching up).
+    pub fn from(head: Head, trust: Option<&'t TrustedKeys>) -> Self {
         Self {
-            walk: Walk::genesis(),
+            walk: Walk::from(head),
             checked: 0,
+            trust,
+            pending: Vec::new(),
+            covered: head,
+            signed: None,
+            vouched: 0,
         }
     }
-}
 
-impl Verifier {
+    /// The newest signature that verifies, checked by the engine against the
+    /// stored record it signs: every record up to it is covered as soon as
+    /// the walk shows that it links.
+    pub fn vouched(mut self, signed: Option<SignedHead>) -> Self {
+        if let Some(signed) = signed {
+            self.vouched = signed.head.sequence;
+            self.signed = Some(signed);
+        }
+        self
+    }
+
     /// The sequence the next record must have.
     pub fn expected(&self) -> u64 {
         self.walk.head().sequence + 1
     }
 
-    /// Checks `record` and hands a good one to `visit` (which may refuse it).
+    /// Checks `record` and hands it to `visit` (which may refuse it) once it
+    /// is covered: at once without trusted keys, else with its append's
+    /// signature.
     pub fn next(
         &mut self,
-        record: &Record,
+        record: Record,
         visit: &mut impl FnMut(&Record) -> Result<(), String>,
     ) -> Next {
-        if let Err(unlinked) = self.walk.follow(record) {
+        if let Err(unlinked) = self.walk.follow(&record) {
             return Next::Unlinked(unlinked);
         }
-        if let Err(reason) = visit(record) {
-            return Next::Done(self.bad(Bad::new(record.event.sequence, reason)));
+        let Some(trust) = self.trust else {
+            return self.hand_on(std::iter::once(record), visit);
+        };
+        let sequence = record.event.sequence;
+        if sequence <= self.vouched {
+            // What the checked signature signs is what the walk reached.
+            let signed_head = self.signed.as_ref().map(|s| s.head);
+            if sequence == self.vouched && signed_head != Some(self.walk.head()) {
+                let reason = format!("{REASON} record {sequence} changed after it was checked");
+                return Next::Done(self.bad(Bad::new(sequence, reason)));
+            }
+            return self.hand_on(std::iter::once(record), visit);
         }
-        self.checked += 1;
+        match &record.signed {
+            None if self.pending.len() >= MAX_SIGNED_RUN => {
+                let first = self.covered.sequence + 1;
+                let reason = format!(
+                    "{REASON} no signature covers records {first} to {} (no append is that long)",
+                    record.event.sequence
+                );
+                Next::Done(self.bad(Bad::new(first, reason)))
+            }
+            None => {
+                self.pending.push(record);
+                Next::Accepted
+            }
+            Some(Err(reason)) => {
+                let bad = Bad::new(record.event.sequence, reason.clone());
+                Next::Done(self.bad(bad))
+            }
+            Some(Ok(signed)) => match trust.check(signed, self.walk.head()) {
+                Err(reason) => Next::Done(self.bad(Bad::new(record.event.sequence, reason))),
+                Ok(()) => {
+                    self.signed = Some(signed.clone());
+                    let mut covered = std::mem::take(&mut self.pending);
+                    covered.push(record);
+                    self.hand_on(covered, visit)
+                }
+            },
+        }
+    }
+
+    /// Hands the covered records on.
+    fn hand_on(
+        &mut self,
+        covered: impl IntoIterator<Item = Record>,
+        visit: &mut impl FnMut(&Record) -> Result<(), String>,
+    ) -> Next {
+        for record in covered {
+            if let Err(reason) = visit(&record) {
+                return Next::Done(self.bad(Bad::new(record.event.sequence, reason)));
+            }
+            self.checked += 1;
+            self.covered = Head {
+                sequence: record.event.sequence,
+                hash: record.hash,
+            };
+        }
         Next::Accepted
     }
 
     /// The answer for a record that does not link (see [`Unlinked::blame`]).
-    pub fn blame(self, unlinked: Unlinked, previous_intact: bool) -> Verification {
-        self.bad(unlinked.blame(previous_intact))
+    pub fn blame(mut self, unlinked: Unlinked, previous_intact: bool) -> Verification {
+        let bad = unlinked.blame(previous_intact);
+        self.bad(bad)
     }
 
     /// The answer for a record found bad before its link could be checked
     /// (missing, undecodable): a gap before it comes first.
-    pub fn bad_record(self, sequence: u64, reason: String) -> Verification {
+    pub fn bad_record(mut self, sequence: u64, reason: String) -> Verification {
         let expected = self.expected();
         if sequence != expected {
             let gap = Unlinked::Gap {
@@ -261,28 +369,57 @@ impl Verifier {
     }
 
     /// The answer once every record was read: the head anchor (if the log
-    /// has one) must be where the walk ended.
-    pub fn finish(self, anchor: Option<Head>) -> Verification {
+    /// has one) must be where the walk ended, and a signature must cover the
+    /// last records.
+    pub fn finish(mut self, anchor: Option<Head>) -> Verification {
         if let Some(Err(wrong)) = anchor.map(|a| self.walk.check_anchor(a)) {
             return self.bad(wrong);
         }
+        if let Some(last) = self.pending.last() {
+            let reason = format!(
+                "{REASON} no signature covers records {} to {}: the log ends without one",
+                self.covered.sequence + 1,
+                last.event.sequence
+            );
+            let first = self.covered.sequence + 1;
+            return self.bad(Bad::new(first, reason));
+        }
+        let covered = self.covered.sequence;
         Verification {
             events_checked: self.checked,
-            head: self.walk.head(),
+            head: self.covered,
             first_bad: None,
+            signed: self.signed.filter(|s| s.head.sequence <= covered),
         }
     }
 
-    fn bad(self, bad: Bad) -> Verification {
+    fn bad(&mut self, bad: Bad) -> Verification {
+        let first_uncovered = self.covered.sequence + 1;
+        let (sequence, reason) = match self.pending.last() {
+            // Records before the bad one wait for a signature they will not
+            // get: the first of them is the first bad record.
+            Some(last) if bad.sequence > first_uncovered => (
+                first_uncovered,
+                format!(
+                    "{REASON} no signature covers records {first_uncovered} to {} (then record {}: {})",
+                    last.event.sequence, bad.sequence, bad.reason
+                ),
+            ),
+            _ => (bad.sequence, bad.reason),
+        };
         Verification {
             // A record its successor showed to be changed was counted good.
-            events_checked: if bad.walked_past {
+            events_checked: if bad.walked_past && bad.sequence <= self.covered.sequence {
                 self.checked.saturating_sub(1)
             } else {
                 self.checked
             },
-            head: self.walk.head(),
-            first_bad: Some((bad.sequence, bad.reason)),
+            head: self.covered,
+            first_bad: Some((sequence, reason)),
+            signed: self
+                .signed
+                .take()
+                .filter(|s| s.head.sequence <= self.covered.sequence),
         }
     }
 }
@@ -380,6 +517,7 @@ mod tests {
             event,
             prev_hash: prev.to_vec(),
             hash: [hash_byte; 32],
+            signed: None,
         }
     }
 

@@ -15,12 +15,14 @@ use prost::Message;
 pub mod chain;
 pub mod etcd;
 mod log;
+pub mod signing;
 mod sled_log;
 #[cfg(test)]
 mod test_events;
 
 pub use chain::hash;
-pub use log::Log;
+pub use log::{Log, Signing};
+pub use signing::{KeyError, SignedHead, SigningKey, TrustedKeys};
 pub use sled_log::{tamper, EventLog};
 
 /// SHA-256 of a stored record's bytes.
@@ -72,8 +74,9 @@ impl From<sled::Error> for LogError {
     }
 }
 
-/// The last record: where the next append continues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The last record: where the next append continues. The default is an
+/// empty log's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Head {
     /// 0 for an empty log.
     pub sequence: u64,
@@ -90,11 +93,22 @@ pub struct Verification {
     pub head: Head,
     /// The first bad record and why, if any.
     pub first_bad: Option<(u64, String)>,
+    /// The last signed head verified with the trusted keys (none when the
+    /// walk checked no signatures).
+    pub signed: Option<SignedHead>,
 }
 
 impl Verification {
     pub fn ok(&self) -> bool {
         self.first_bad.is_none()
+    }
+
+    /// Whether the first bad record is bad for want of a trusted signature
+    /// (the hash chain holds up to it).
+    pub fn signature_failed(&self) -> bool {
+        self.first_bad
+            .as_ref()
+            .is_some_and(|(_, reason)| reason.starts_with(signing::REASON))
     }
 }
 
@@ -109,6 +123,10 @@ pub struct Record {
     pub event: Event,
     pub prev_hash: Vec<u8>,
     pub hash: Hash,
+    /// The signature stored with the record, if an append ended with it
+    /// (`Err`: why it cannot be decoded). Filled by the reads verification
+    /// walks; other reads leave it `None`.
+    pub signed: Option<Result<SignedHead, String>>,
 }
 
 fn u64_suffix(bytes: &[u8]) -> u64 {
@@ -141,5 +159,6 @@ pub fn decode(sequence: u64, bytes: &[u8]) -> Result<Record, LogError> {
         event,
         prev_hash: stored.prev_hash,
         hash: hash(bytes),
+        signed: None,
     })
 }

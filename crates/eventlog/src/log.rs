@@ -2,34 +2,127 @@
 //! sled on the local disk ([`EventLog`]) or an etcd cluster shared by several
 //! replicas ([`EtcdLog`]). The store, audit and sync code use only this.
 //!
-//! An enum rather than a trait object: two engines, both known here, and
-//! async methods without boxing.
+//! It also owns what a reader may see: appends are signed with the log's
+//! key, and reads return only records a verification of this process
+//! vouched for (the verified prefix): a record written into the store by
+//! anyone else, or not yet checked, is never served. With trusted keys a
+//! record is vouched for once a trusted signature covers it; without, once
+//! the hash chain reaches it.
+//!
+//! An enum of engines rather than a trait object: two engines, both known
+//! here, and async methods without boxing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use cassette_model::{Event, InstanceId};
 
 use crate::etcd::EtcdLog;
+use crate::signing::{SigningKey, TrustedKeys};
 use crate::{EventLog, Head, LogError, Record, Verification};
 
-pub enum Log {
+/// How a log signs its appends and which signatures it accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Signing {
+    /// Signs the head each append leaves; none: appends are unsigned.
+    pub key: Option<Arc<SigningKey>>,
+    /// Only records a signature by one of these covers are served; none:
+    /// the hash chain alone is checked.
+    pub trusted: Option<Arc<TrustedKeys>>,
+}
+
+impl Signing {
+    /// Signs with `key` and accepts `trusted`'s signatures, refused unless
+    /// `trusted` holds `key`'s public key (the log would refuse its own
+    /// appends).
+    pub fn new(key: SigningKey, trusted: TrustedKeys) -> Result<Self, crate::KeyError> {
+        if !trusted.trusts(&key) {
+            return Err(crate::KeyError::Format(format!(
+                "the signing key (id {}) is not among the trusted keys ({}): add its public key",
+                key.key_id(),
+                trusted.ids().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(Self {
+            key: Some(Arc::new(key)),
+            trusted: Some(Arc::new(trusted)),
+        })
+    }
+
+    /// Accepts `trusted`'s signatures and signs nothing (an auditor).
+    pub fn verify_only(trusted: TrustedKeys) -> Self {
+        Self {
+            key: None,
+            trusted: Some(Arc::new(trusted)),
+        }
+    }
+}
+
+enum Engine {
     Sled(EventLog),
     Etcd(EtcdLog),
 }
 
+pub struct Log {
+    engine: Engine,
+    signing: Signing,
+    /// The last record a verification (or this process's own append)
+    /// vouched for: reads go no further.
+    verified: AtomicU64,
+}
+
 impl Log {
-    /// The last record: where appends continue.
-    pub async fn head(&self) -> Result<Head, LogError> {
-        match self {
-            Log::Sled(log) => Ok(log.head()),
-            Log::Etcd(log) => log.head().await,
+    /// The sled log, signed as `signing` says; nothing is served until a
+    /// verification vouched for it.
+    pub fn sled(log: EventLog, signing: Signing) -> Self {
+        Self::new(Engine::Sled(log), signing)
+    }
+
+    /// The etcd log, signed as `signing` says; nothing is served until a
+    /// verification vouched for it.
+    pub fn etcd(log: EtcdLog, signing: Signing) -> Self {
+        Self::new(Engine::Etcd(log), signing)
+    }
+
+    fn new(engine: Engine, signing: Signing) -> Self {
+        Self {
+            engine,
+            signing,
+            verified: AtomicU64::new(0),
         }
     }
 
-    /// Appends `events` after `expected`, durable when it returns;
+    pub fn signing(&self) -> &Signing {
+        &self.signing
+    }
+
+    /// The last record reads may return.
+    pub fn verified(&self) -> u64 {
+        self.verified.load(Ordering::Acquire)
+    }
+
+    fn vouch(&self, sequence: u64) {
+        self.verified.fetch_max(sequence, Ordering::AcqRel);
+    }
+
+    /// The last record: where appends continue.
+    pub async fn head(&self) -> Result<Head, LogError> {
+        match &self.engine {
+            Engine::Sled(log) => Ok(log.head()),
+            Engine::Etcd(log) => log.head().await,
+        }
+    }
+
+    /// Appends `events` after `expected`, signed, durable when it returns;
     /// [`LogError::Conflict`] if the log has moved on from `expected` (another
     /// writer appended; nothing is written).
     pub async fn append(&self, expected: Head, events: &[Event]) -> Result<Head, LogError> {
-        match self {
-            Log::Sled(log) => {
+        if events.is_empty() {
+            return Ok(expected);
+        }
+        let signer = self.signing.key.as_deref();
+        let head = match &self.engine {
+            Engine::Sled(log) => {
                 let head = log.head();
                 if head != expected {
                     return Err(LogError::Conflict {
@@ -37,46 +130,64 @@ impl Log {
                         found: head.sequence,
                     });
                 }
-                log.append(events).await
+                log.append_signed(events, signer).await?
             }
-            Log::Etcd(log) => log.append(expected, events).await,
-        }
+            Engine::Etcd(log) => log.append_signed(expected, events, signer).await?,
+        };
+        // Its own append: signed by its key, after a head it had verified.
+        self.vouch(head.sequence);
+        Ok(head)
     }
 
-    /// Up to `limit` records after `after_sequence`, in order.
+    /// Up to `limit` verified records after `after_sequence`, in order.
     pub async fn read_after(
         &self,
         after_sequence: u64,
         limit: usize,
     ) -> Result<Vec<Record>, LogError> {
-        match self {
-            Log::Sled(log) => log.scan(after_sequence).take(limit).collect(),
-            Log::Etcd(log) => log.read_after(after_sequence, limit).await,
+        let verified = self.verified();
+        let want = verified.saturating_sub(after_sequence);
+        let limit = limit.min(usize::try_from(want).unwrap_or(usize::MAX));
+        if limit == 0 {
+            return Ok(Vec::new());
         }
+        let mut records = match &self.engine {
+            Engine::Sled(log) => log.scan(after_sequence).take(limit).collect(),
+            Engine::Etcd(log) => log.read_after(after_sequence, limit).await,
+        }?;
+        records.retain(|r| r.event.sequence <= verified);
+        Ok(records)
     }
 
-    /// The instance's latest revision in the log (0 if none).
+    /// The instance's latest verified revision (0 if none).
     pub async fn last_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
-        match self {
-            Log::Sled(log) => log.last_revision(instance),
-            Log::Etcd(log) => log.last_revision(instance).await,
+        let verified = self.verified();
+        match &self.engine {
+            Engine::Sled(log) => log.last_revision_through(instance, verified),
+            Engine::Etcd(log) => log.last_revision_through(instance, verified).await,
         }
     }
 
-    /// The instance's records with `after_revision < revision <= until_revision`.
+    /// The instance's verified records with `after_revision < revision <= until_revision`.
     pub async fn read_instance_records(
         &self,
         instance: &InstanceId,
         after_revision: u64,
         until_revision: u64,
     ) -> Result<Vec<Record>, LogError> {
-        match self {
-            Log::Sled(log) => log.read_instance_records(instance, after_revision, until_revision),
-            Log::Etcd(log) => {
+        let verified = self.verified();
+        let mut records = match &self.engine {
+            Engine::Sled(log) => {
+                log.read_instance_records(instance, after_revision, until_revision)
+            }
+            Engine::Etcd(log) => {
                 log.read_instance_records(instance, after_revision, until_revision)
                     .await
             }
-        }
+        }?;
+        // Revisions grow with sequences: what is not verified is at the end.
+        records.retain(|r| r.event.sequence <= verified);
+        Ok(records)
     }
 
     /// [`Log::read_instance_records`] without the hashes.
@@ -94,43 +205,64 @@ impl Log {
             .collect())
     }
 
-    /// Checks the whole hash chain and the head anchor. It reads the whole
-    /// log: callers run it off the async workers (`spawn_blocking`).
+    /// Checks the whole hash chain, the head anchor, and (with trusted keys)
+    /// the signatures. It reads the whole log: callers run it off the async
+    /// workers (`spawn_blocking`).
     pub async fn verify(&self) -> Result<Verification, LogError> {
-        match self {
-            Log::Sled(log) => log.verify(),
-            Log::Etcd(log) => log.verify().await,
-        }
+        self.verify_each(|_| Ok(())).await
     }
 
-    /// [`Log::verify`], handing each good record to `visit` in order, so one
-    /// pass both checks and replays the log; a record `visit` refuses is
-    /// reported as the first bad one.
+    /// [`Log::verify`], handing each verified record to `visit` in order, so
+    /// one pass both checks and replays the log; a record `visit` refuses is
+    /// reported as the first bad one. What it verified may be read.
     pub async fn verify_each(
         &self,
         visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
-        match self {
-            Log::Sled(log) => log.verify_each(visit),
-            Log::Etcd(log) => log.verify_each(visit).await,
+        self.verify_from(crate::chain::Walk::genesis().head(), visit)
+            .await
+    }
+
+    /// [`Log::verify_each`] of the records after `head`, which an earlier
+    /// verification vouched for (a replica reading other replicas' appends).
+    pub async fn verify_from(
+        &self,
+        head: Head,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        let trust = self.signing.trusted.as_deref();
+        let verification = match &self.engine {
+            Engine::Sled(log) => log.verify_from(head, trust, visit),
+            Engine::Etcd(log) => log.verify_from(head, trust, visit).await,
+        }?;
+        self.vouch(verification.head.sequence);
+        Ok(verification)
+    }
+
+    /// Removes every record after `sequence` and makes it the head (an
+    /// operator's recovery, with every writer stopped); how many it removed.
+    pub async fn remove_after(&self, sequence: u64) -> Result<u64, LogError> {
+        match &self.engine {
+            Engine::Sled(log) => log.remove_after(sequence),
+            Engine::Etcd(log) => log.remove_after(sequence).await,
         }
     }
 
     /// Whether record `sequence` still has the hash its index recorded (what
     /// [`crate::chain::Unlinked::blame`] asks when two records stop linking).
     pub async fn intact(&self, sequence: u64) -> Result<bool, LogError> {
-        match self {
-            Log::Sled(log) => log.intact(sequence),
-            Log::Etcd(log) => log.intact(sequence).await,
+        match &self.engine {
+            Engine::Sled(log) => log.intact(sequence),
+            Engine::Etcd(log) => log.intact(sequence).await,
         }
     }
 
     /// The head sequence other writers' appends left (`u64::MAX`: unknown,
     /// look) on a shared log; `None` when this process is the only writer (sled).
     pub fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        match self {
-            Log::Sled(_) => None,
-            Log::Etcd(log) => Some(log.head_changes()),
+        match &self.engine {
+            Engine::Sled(_) => None,
+            Engine::Etcd(log) => Some(log.head_changes()),
         }
     }
 
@@ -145,22 +277,22 @@ impl Log {
         crate::etcd::SharedWriter,
         tokio::sync::mpsc::Receiver<crate::etcd::SharedChange>,
     )> {
-        match self {
-            Log::Sled(_) => None,
-            Log::Etcd(log) => Some(log.share(space, replica, ttl)),
+        match &self.engine {
+            Engine::Sled(_) => None,
+            Engine::Etcd(log) => Some(log.share(space, replica, ttl)),
         }
     }
 
     /// Whether other processes append to this log too.
     pub fn is_shared(&self) -> bool {
-        matches!(self, Log::Etcd(_))
+        matches!(self.engine, Engine::Etcd(_))
     }
 
     /// Makes everything durable (appends already are; this is for shutdown).
     pub fn flush(&self) -> Result<(), LogError> {
-        match self {
-            Log::Sled(log) => log.flush(),
-            Log::Etcd(_) => Ok(()),
+        match &self.engine {
+            Engine::Sled(log) => log.flush(),
+            Engine::Etcd(_) => Ok(()),
         }
     }
 }

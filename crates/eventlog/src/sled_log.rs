@@ -7,7 +7,9 @@
 //!   big-endian) + the record's hash, so verification can tell which of two
 //!   records that no longer link was changed;
 //! - `h` -> the head anchor: last sequence (u64 big-endian) + its record's hash,
-//!   so that changing the last record is detected too.
+//!   so that changing the last record is detected too;
+//! - `s` + sequence (u64 big-endian) -> the signature over the head an append
+//!   left (`cassette.firewall.v1.SignedHead`), for a signed append's last record.
 //!
 //! Instance ids never contain `0x00`, so an instance's index keys are contiguous
 //! and ordered by revision.
@@ -25,7 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use cassette_model::{Event, InstanceId};
 
-use crate::chain::{self, Next, Verifier};
+use crate::chain::{self, Next, Verifier, MAX_SIGNED_RUN};
+use crate::signing::{SignedHead, SigningKey, TrustedKeys};
 use crate::{
     decode, u64_prefix, u64_suffix, Hash, Head, LogError, Record, Verification, GENESIS_HASH,
 };
@@ -36,6 +39,7 @@ const DATA_FILE: &str = "db";
 
 const EVENT: u8 = b'e';
 const INDEX: u8 = b'i';
+const SIGNATURE: u8 = b's';
 const HEAD: &[u8] = b"h";
 
 pub struct EventLog {
@@ -107,10 +111,20 @@ impl EventLog {
 
     /// The instance's latest durable revision, 0 if it has none.
     pub fn last_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
-        let durable = self.durable_sequence();
+        self.last_revision_through(instance, u64::MAX)
+    }
+
+    /// The instance's latest durable revision whose record is at most
+    /// `sequence`, 0 if it has none.
+    pub fn last_revision_through(
+        &self,
+        instance: &InstanceId,
+        sequence: u64,
+    ) -> Result<u64, LogError> {
+        let last = self.durable_sequence().min(sequence);
         for entry in self.tree.scan_prefix(index_prefix(instance)).rev() {
             let (key, value) = entry?;
-            if u64_prefix(&value) <= durable {
+            if u64_prefix(&value) <= last {
                 return Ok(u64_suffix(&key));
             }
         }
@@ -134,8 +148,24 @@ impl EventLog {
     /// and, per instance, revisions from its last revision + 1. Anything else is
     /// refused with [`LogError::OutOfOrder`] and nothing is written.
     pub async fn append(&self, events: &[Event]) -> Result<Head, LogError> {
+        self.append_signed(events, None).await
+    }
+
+    /// [`EventLog::append`], with `signer`'s signature over the head it
+    /// leaves stored in the same write. At most [`MAX_SIGNED_RUN`] events.
+    pub async fn append_signed(
+        &self,
+        events: &[Event],
+        signer: Option<&SigningKey>,
+    ) -> Result<Head, LogError> {
         if events.is_empty() {
             return Ok(self.head());
+        }
+        if events.len() > MAX_SIGNED_RUN {
+            return Err(LogError::TooLarge(format!(
+                "{} events in one append; at most {MAX_SIGNED_RUN}",
+                events.len()
+            )));
         }
         if self.poisoned.load(Ordering::Acquire) {
             return Err(LogError::Poisoned);
@@ -155,6 +185,12 @@ impl EventLog {
                 );
             }
             batch.insert(HEAD, chain::anchor_value(next));
+            if let Some(signer) = signer {
+                batch.insert(
+                    signature_key(next.sequence).to_vec(),
+                    signer.sign(next).encode(),
+                );
+            }
             if let Err(e) = self.tree.apply_batch(batch) {
                 self.poison();
                 return Err(e.into());
@@ -251,26 +287,66 @@ impl EventLog {
             })
     }
 
+    /// Whether any append stored a signature (the log was written signed).
+    pub fn is_signed(&self) -> Result<bool, LogError> {
+        Ok(self
+            .tree
+            .scan_prefix([SIGNATURE])
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// The signature stored with record `sequence`, if an append ended there.
+    pub fn signature(&self, sequence: u64) -> Result<Option<SignedHead>, LogError> {
+        self.tree
+            .get(signature_key(sequence))?
+            .map(|v| {
+                SignedHead::decode(sequence, &v)
+                    .map_err(|reason| LogError::Corrupt { sequence, reason })
+            })
+            .transpose()
+    }
+
     /// Walks the whole log and checks it: sequences without gaps, every record
     /// decodable and stored under its own sequence, every record's bytes
     /// matching the hash its successor (or, for the last, the head anchor)
     /// recorded. Stops at the first bad record and names it.
     pub fn verify(&self) -> Result<Verification, LogError> {
-        self.verify_each(|_| Ok(()))
+        self.verify_from(Head::default(), None, |_| Ok(()))
     }
 
-    /// [`EventLog::verify`], handing each good record to `visit` in order (so
-    /// one pass can both check and replay the log). A record `visit` refuses
-    /// is reported as the first bad one, with its reason.
-    pub fn verify_each(
+    /// [`EventLog::verify`] of the records after `head` (which an earlier
+    /// verification vouched for), of their signatures too with `trust`,
+    /// handing each good record to `visit` in order (so one pass can both
+    /// check and replay the log). A record `visit` refuses is reported as
+    /// the first bad one, with its reason.
+    pub fn verify_from(
         &self,
+        head: Head,
+        trust: Option<&TrustedKeys>,
         mut visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
-        let mut verifier = Verifier::default();
-        for entry in self.tree.scan_prefix([EVENT]) {
+        let vouched = match trust {
+            Some(trust) => self.newest_trusted(head.sequence, trust)?,
+            None => None,
+        };
+        let after_vouched = vouched.as_ref().map_or(head.sequence, |s| s.head.sequence);
+        let mut verifier = Verifier::from(head, trust).vouched(vouched);
+        let first = head.sequence.saturating_add(1);
+        // The signatures after the vouched one, read beside the records in
+        // the same order.
+        let mut signatures = self
+            .tree
+            .range(signature_key(after_vouched.saturating_add(1))..=signature_key(u64::MAX))
+            .peekable();
+        for entry in self.tree.range(event_key(first)..=event_key(u64::MAX)) {
             let (key, value) = entry?;
-            let record = match sequence_of(&key) {
-                Err(e) => return Ok(verifier.bad_record(verifier.expected(), e.to_string())),
+            let mut record = match sequence_of(&key) {
+                Err(e) => {
+                    let expected = verifier.expected();
+                    return Ok(verifier.bad_record(expected, e.to_string()));
+                }
                 // A gap before a good record is found by `next`.
                 Ok(sequence) => match decode(sequence, &value) {
                     Ok(record) => record,
@@ -280,7 +356,23 @@ impl EventLog {
                     Err(e) => return Err(e),
                 },
             };
-            match verifier.next(&record, &mut visit) {
+            if trust.is_some() && record.event.sequence > after_vouched {
+                let sequence = record.event.sequence;
+                loop {
+                    match signatures.peek() {
+                        Some(Ok((key, _))) if u64_suffix(key) < sequence => {}
+                        Some(Ok((key, value))) if u64_suffix(key) == sequence => {
+                            record.signed = Some(SignedHead::decode(sequence, value));
+                        }
+                        Some(Err(_)) => {}
+                        _ => break,
+                    }
+                    if let Some(Err(e)) = signatures.next() {
+                        return Err(e.into());
+                    }
+                }
+            }
+            match verifier.next(record, &mut visit) {
                 Next::Accepted => {}
                 Next::Done(verification) => return Ok(verification),
                 Next::Unlinked(unlinked) => {
@@ -300,6 +392,107 @@ impl EventLog {
             }
         });
         Ok(verifier.finish(anchor))
+    }
+
+    /// The newest signature after record `after` that `trust` accepts for
+    /// the record it is stored with (checking at most
+    /// [`chain::NEWEST_SIGNATURES_CHECKED`], newest first).
+    fn newest_trusted(
+        &self,
+        after: u64,
+        trust: &TrustedKeys,
+    ) -> Result<Option<SignedHead>, LogError> {
+        let durable = self.durable_sequence();
+        let newest = self
+            .tree
+            .range(signature_key(after.saturating_add(1))..=signature_key(durable))
+            .rev()
+            .take(chain::NEWEST_SIGNATURES_CHECKED);
+        for entry in newest {
+            let (key, value) = entry?;
+            let sequence = u64_suffix(&key);
+            let Ok(signed) = SignedHead::decode(sequence, &value) else {
+                continue;
+            };
+            let Some(record) = self.tree.get(event_key(sequence))? else {
+                continue;
+            };
+            let head = Head {
+                sequence,
+                hash: chain::hash(&record),
+            };
+            if trust.check(&signed, head).is_ok() {
+                return Ok(Some(signed));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every record after `sequence` (their index entries and
+    /// signatures too) and makes `sequence` the head: how an operator
+    /// recovers a log whose verification fails after `sequence`, with the
+    /// service stopped. Returns how many records it removed. Refused when
+    /// record `sequence` is missing (0 empties the log).
+    pub fn remove_after(&self, sequence: u64) -> Result<u64, LogError> {
+        let hash = match sequence {
+            0 => GENESIS_HASH,
+            _ => {
+                let value =
+                    self.tree
+                        .get(event_key(sequence))?
+                        .ok_or_else(|| LogError::Corrupt {
+                            sequence,
+                            reason: "missing: cannot end the log there".to_owned(),
+                        })?;
+                chain::hash(&value)
+            }
+        };
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for entry in self
+            .tree
+            .range(event_key(sequence + 1)..=event_key(u64::MAX))
+        {
+            let (key, value) = entry?;
+            if let Ok(record) = decode(sequence_of(&key)?, &value) {
+                let index = index_key(&record.event.instance_id, record.event.revision);
+                // Only the index entry that names this record.
+                if self
+                    .tree
+                    .get(&index)?
+                    .is_some_and(|v| u64_prefix(&v) == record.event.sequence)
+                {
+                    batch.remove(index);
+                }
+            }
+            batch.remove(key);
+            removed += 1;
+        }
+        // Index entries that name removed records whose bytes are gone or
+        // undecodable.
+        for entry in self.tree.scan_prefix([INDEX]) {
+            let (key, value) = entry?;
+            if u64_prefix(&value) > sequence {
+                batch.remove(key);
+            }
+        }
+        for entry in self
+            .tree
+            .range(signature_key(sequence + 1)..=signature_key(u64::MAX))
+        {
+            batch.remove(entry?.0);
+        }
+        let head = Head { sequence, hash };
+        if sequence == 0 {
+            batch.remove(HEAD);
+        } else {
+            batch.insert(HEAD, chain::anchor_value(head));
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        *self.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+        self.durable.store(sequence, Ordering::Release);
+        Ok(removed)
     }
 
     /// Whether record `sequence` still has the hash its index entry recorded
@@ -354,6 +547,12 @@ fn open_db(config: sled::Config) -> Result<sled::Db, LogError> {
 
 fn event_key(sequence: u64) -> [u8; 9] {
     let mut key = [EVENT; 9];
+    key[1..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+fn signature_key(sequence: u64) -> [u8; 9] {
+    let mut key = [SIGNATURE; 9];
     key[1..].copy_from_slice(&sequence.to_be_bytes());
     key
 }
@@ -434,6 +633,40 @@ pub mod tamper {
         )?;
         tree.flush()?;
         Ok(())
+    }
+
+    /// Appends `event` as a writer with access to the store would: linked
+    /// to the last record, with its index entry, the head anchor and
+    /// `signed` (if any) in one write. Correctly linked: only a signature
+    /// can tell it from a real append.
+    pub fn append_forged(
+        dir: &Path,
+        event: &Event,
+        signed: Option<&SignedHead>,
+    ) -> Result<Head, LogError> {
+        let log = EventLog::open(dir)?;
+        let head = log.head();
+        let (records, next) = chain::encode_batch(head, std::slice::from_ref(event), |i| {
+            log.last_written_revision(i).map(Some)
+        })?;
+        let mut batch = sled::Batch::default();
+        for record in &records {
+            batch.insert(
+                event_key(record.event.sequence).to_vec(),
+                record.bytes.as_slice(),
+            );
+            batch.insert(
+                index_key(&record.event.instance_id, record.event.revision),
+                record.index_value(),
+            );
+        }
+        batch.insert(HEAD, chain::anchor_value(next));
+        if let Some(signed) = signed {
+            batch.insert(signature_key(next.sequence).to_vec(), signed.encode());
+        }
+        log.tree.apply_batch(batch)?;
+        log.flush()?;
+        Ok(next)
     }
 
     /// Exchanges the stored bytes of two records.

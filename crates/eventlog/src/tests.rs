@@ -1,5 +1,6 @@
 use super::*;
 use crate::test_events::*;
+use crate::{Log, SignedHead, Signing, SigningKey, TrustedKeys};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -148,4 +149,193 @@ fn verify_names_the_first_bad_record_for_each_kind_of_tampering() {
         assert_eq!(sequence, first_bad, "{what}: {reason}");
         assert_eq!(verification.events_checked, first_bad - 1, "{what}");
     }
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_pem(&SigningKey::generate_pem().unwrap()).unwrap()
+}
+
+fn trusting(keys: &[&SigningKey]) -> TrustedKeys {
+    let pem: String = keys.iter().map(|k| k.public_key_pem()).collect();
+    TrustedKeys::from_pem(&pem).unwrap()
+}
+
+/// A signed log, whose store someone else then writes: every kind of
+/// forgery that links correctly is found by its signature, named at the
+/// first record no trusted signature covers, and nothing after the last
+/// good signature is read; removing what follows it recovers the log.
+#[test]
+fn only_what_a_trusted_signature_covers_is_verified_and_served() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let signer = key();
+    let trusted = trusting(&[&signer]);
+    {
+        let log = EventLog::open(dir.path()).unwrap();
+        // Two appends: the first's records wait for its signature at 2.
+        rt.block_on(log.append_signed(&[created(1, "a"), created(2, "b")], Some(&signer)))
+            .unwrap();
+        rt.block_on(log.append_signed(&[disabled(3, "a", 2)], Some(&signer)))
+            .unwrap();
+        let good = log
+            .verify_from(Head::default(), Some(&trusted), |_| Ok(()))
+            .unwrap();
+        assert!(good.ok(), "{good:?}");
+        assert_eq!(good.events_checked, 3);
+        let signed = good.signed.expect("a signed head");
+        assert_eq!(
+            (signed.head, signed.key_id.as_str()),
+            (good.head, signer.key_id())
+        );
+        assert_eq!(log.signature(3).unwrap(), Some(signed.clone()));
+        assert_eq!(log.signature(1).unwrap(), None);
+    }
+    let stranger = key();
+    let reused = {
+        let log = EventLog::open(dir.path()).unwrap();
+        log.signature(3).unwrap().unwrap()
+    };
+    let forgeries: [(&str, Option<SignedHead>, &str); 4] = [
+        (
+            "unsigned",
+            None,
+            "signature: no signature covers records 4 to 4: the log ends without one",
+        ),
+        (
+            "another key",
+            Some(stranger.sign(Head {
+                sequence: 4,
+                hash: [0; 32],
+            })),
+            "which is not a trusted key",
+        ),
+        ("a re-used signature", Some(reused), "signs record 3"),
+        (
+            "the trusted key's id on another key's signature",
+            None,
+            "does not verify",
+        ),
+    ];
+    for (what, signed, reason) in forgeries {
+        let copy = tempfile::tempdir().unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(dir.path().join("."))
+            .arg(copy.path())
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        // Correctly linked: the next sequence and revision, after the head.
+        let forged = created(4, "c");
+        let head = EventLog::open(copy.path()).unwrap().head();
+        let signed = match (what, signed) {
+            // A signature over the forged head itself, by a stranger.
+            ("another key", _) | ("the trusted key's id on another key's signature", _) => {
+                let (_, next) =
+                    chain::encode_batch(head, std::slice::from_ref(&forged), |_| Ok(Some(0)))
+                        .unwrap();
+                let mut s = stranger.sign(next);
+                if what != "another key" {
+                    s.key_id = signer.key_id().to_owned();
+                }
+                Some(s)
+            }
+            (_, signed) => signed,
+        };
+        tamper::append_forged(copy.path(), &forged, signed.as_ref()).unwrap();
+        let log = EventLog::open(copy.path()).unwrap();
+        // The chain alone takes it.
+        assert!(log.verify().unwrap().ok(), "{what}: the hash chain holds");
+        let log = Log::sled(log, Signing::verify_only(trusted.clone()));
+        // Nothing is served before a verification vouched for it.
+        assert!(rt.block_on(log.read_after(0, 10)).unwrap().is_empty());
+        let found = rt.block_on(log.verify()).unwrap();
+        let (sequence, why) = found.first_bad.clone().unwrap_or_default();
+        assert_eq!(sequence, 4, "{what}: {why}");
+        assert!(
+            why.starts_with("signature:") && why.contains(reason),
+            "{what}: {why}"
+        );
+        assert!(found.signature_failed());
+        assert_eq!(
+            (found.head.sequence, found.events_checked),
+            (3, 3),
+            "{what}"
+        );
+        // The verified prefix is served, the forged record is not.
+        let served = rt.block_on(log.read_after(0, 10)).unwrap();
+        assert_eq!(served.len(), 3, "{what}");
+        assert_eq!(rt.block_on(log.last_revision(&instance("c"))).unwrap(), 0);
+        assert!(rt
+            .block_on(log.read_instance_records(&instance("c"), 0, 10))
+            .unwrap()
+            .is_empty());
+        // The operator's way out.
+        assert_eq!(rt.block_on(log.remove_after(3)).unwrap(), 1);
+        assert!(rt.block_on(log.verify()).unwrap().ok(), "{what}: recovered");
+    }
+}
+
+/// Rotation: the newest trusted signature vouches for everything before
+/// it, whichever key signed the older records; a key no longer trusted
+/// vouches for nothing it signed after the last trusted signature.
+#[test]
+fn a_rotated_key_vouches_for_the_history_and_an_untrusted_one_for_nothing() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (key(), key());
+    let log = EventLog::open(dir.path()).unwrap();
+    rt.block_on(log.append_signed(&[created(1, "a")], Some(&old)))
+        .unwrap();
+    rt.block_on(log.append_signed(&[created(2, "b")], Some(&new)))
+        .unwrap();
+    for trusted in [trusting(&[&new, &old]), trusting(&[&new])] {
+        let verified = log
+            .verify_from(Head::default(), Some(&trusted), |_| Ok(()))
+            .unwrap();
+        assert!(verified.ok(), "{verified:?}");
+        assert_eq!(verified.signed.unwrap().key_id, new.key_id());
+    }
+    // The new key revoked: what only it signed is refused.
+    let only_old = log
+        .verify_from(Head::default(), Some(&trusting(&[&old])), |_| Ok(()))
+        .unwrap();
+    let (bad, reason) = only_old.first_bad.clone().unwrap();
+    assert_eq!(bad, 2);
+    assert!(reason.contains("not a trusted key"), "{reason}");
+    assert_eq!(only_old.head.sequence, 1);
+    assert_eq!(only_old.signed.unwrap().key_id, old.key_id());
+    // Unsigned appends in a signed log are as bad as forged ones.
+    rt.block_on(log.append(&[created(3, "c")])).unwrap();
+    let unsigned = log
+        .verify_from(Head::default(), Some(&trusting(&[&new, &old])), |_| Ok(()))
+        .unwrap();
+    assert_eq!(unsigned.first_bad.map(|b| b.0), Some(3));
+    assert_eq!(unsigned.head.sequence, 2);
+    // Past the newest signatures checked up front (here all a stranger's),
+    // the walk checks each append's signature, with the same answer.
+    let stranger = key();
+    for n in 4..=(4 + chain::NEWEST_SIGNATURES_CHECKED as u64) {
+        rt.block_on(log.append_signed(&[created(n, &format!("d{n}"))], Some(&stranger)))
+            .unwrap();
+    }
+    let walked = log
+        .verify_from(Head::default(), Some(&trusting(&[&new, &old])), |_| Ok(()))
+        .unwrap();
+    let (bad, reason) = walked.first_bad.clone().unwrap();
+    assert_eq!((bad, walked.head.sequence), (3, 2), "{walked:?}");
+    assert!(
+        reason.contains("record 4") && reason.contains("not a trusted key"),
+        "{reason}"
+    );
+    // A trusted signature after an unsigned record vouches for it: its
+    // signer appended after it (a writer that meets a record it cannot
+    // verify stops instead).
+    log.remove_after(3).unwrap();
+    rt.block_on(log.append_signed(&[created(4, "e")], Some(&new)))
+        .unwrap();
+    let vouched = log
+        .verify_from(Head::default(), Some(&trusting(&[&new])), |_| Ok(()))
+        .unwrap();
+    assert!(vouched.ok(), "{vouched:?}");
 }

@@ -62,6 +62,8 @@ const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
 const TRUST_DOMAIN: &str = "trust-domain";
 const SERVER: &str = "server";
+const LOG_SIGNING_KEY: &str = "log-signing.key";
+const LOG_TRUSTED_KEYS: &str = "log-trusted-keys.pem";
 
 impl Pki {
     /// Makes a CA for `trust_domain` (valid for [`CA_VALIDITY`]) and a server
@@ -108,6 +110,15 @@ impl Pki {
         ];
         names.extend(server_names.iter().cloned());
         pki.issue_server(&names, valid_for)?;
+        // The event log's signing key (Ed25519, PKCS#8) and the file of
+        // public keys the service trusts, which starts with its own.
+        let signing = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        write(&pki.log_signing_key_path(), &signing.serialize_pem(), true)?;
+        write(
+            &pki.log_trusted_keys_path(),
+            &signing.public_key_pem(),
+            false,
+        )?;
         Ok(pki)
     }
 
@@ -142,6 +153,17 @@ impl Pki {
 
     pub fn server_key_path(&self) -> PathBuf {
         self.dir.join(format!("{SERVER}.key"))
+    }
+
+    /// The key the rules service signs its event log with (`--log-signing-key`).
+    pub fn log_signing_key_path(&self) -> PathBuf {
+        self.dir.join(LOG_SIGNING_KEY)
+    }
+
+    /// The public keys whose log signatures the service trusts
+    /// (`--log-trusted-keys`): the signing key's.
+    pub fn log_trusted_keys_path(&self) -> PathBuf {
+        self.dir.join(LOG_TRUSTED_KEYS)
     }
 
     pub fn server_cert_pem(&self) -> Result<String, PkiError> {
@@ -253,6 +275,37 @@ fn write(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log's keys are the service's formats and OpenSSL's: the signing
+    /// key loads, its public key is the one trusted, and openssl prints the
+    /// same public key from it (where openssl is installed).
+    #[test]
+    fn init_writes_a_log_signing_key_the_service_and_openssl_read() {
+        use cassette_eventlog::{SigningKey, TrustedKeys};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::init(dir.path(), "cassette.local", &[]).unwrap();
+        let key = SigningKey::load(&pki.log_signing_key_path()).unwrap();
+        let trusted = TrustedKeys::load(&pki.log_trusted_keys_path()).unwrap();
+        assert!(trusted.trusts(&key));
+        let mode = std::fs::metadata(pki.log_signing_key_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the signing key is private");
+        let openssl = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(pki.log_signing_key_path())
+            .output();
+        match openssl {
+            Ok(out) if out.status.success() => assert_eq!(
+                String::from_utf8(out.stdout).unwrap(),
+                key.public_key_pem(),
+                "openssl reads the key and derives the same public key"
+            ),
+            _ => eprintln!("skipped the openssl check: no openssl"),
+        }
+    }
 
     #[test]
     fn init_then_open_issues_client_certificates_from_the_same_ca() {

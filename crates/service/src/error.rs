@@ -20,4 +20,34 @@ pub enum StoreError {
     Unverified { sequence: u64, reason: String },
     #[error("read-only: the event log failed verification at record {sequence} ({reason}); the service was started to investigate it")]
     ReadOnly { sequence: u64, reason: String },
+    /// The log holds a record no trusted signature covers (or one that
+    /// breaks the chain), met after start-up or at it: the history before it
+    /// is served, nothing is written.
+    #[error(
+        "the event log fails verification at record {sequence} ({reason}): this replica serves \
+         the verified history before it and takes no changes. An operator recovers it: stop \
+         every replica, remove record {sequence} and those after it (`cassette-rules log \
+         remove-after {before}`, with the service's log flags), and start them again",
+        before = sequence.saturating_sub(1)
+    )]
+    Halted { sequence: u64, reason: String },
+}
+
+/// Why the store takes no changes: its log failed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Halt {
+    /// Started with `allow_unverified` on a log that fails verification.
+    Investigating { sequence: u64, reason: String },
+    /// It met a record that no trusted signature covers (or that breaks the
+    /// chain) after starting: it serves the verified history before it.
+    Unverified { sequence: u64, reason: String },
+}
+
+impl From<Halt> for StoreError {
+    fn from(halt: Halt) -> Self {
+        match halt {
+            Halt::Investigating { sequence, reason } => StoreError::ReadOnly { sequence, reason },
+            Halt::Unverified { sequence, reason } => StoreError::Halted { sequence, reason },
+        }
+    }
 }

@@ -27,16 +27,16 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Expires rules on time until the service stops. A read-only service (a log
-/// that failed verification) changes nothing, so expires nothing.
+/// that failed verification) changes nothing, so expires nothing from then on.
 pub async fn run(store: Arc<Store>) {
-    if store.read_only().is_err() {
-        return;
-    }
     let mut head = store.watch_head();
     let stopping = store.stopping();
     tokio::pin!(stopping);
     let mut last_round = Vec::new();
     loop {
+        if store.read_only().is_err() {
+            return;
+        }
         // A commit may add a rule that expires sooner: look again after each.
         head.borrow_and_update();
         let now = SystemTime::now();

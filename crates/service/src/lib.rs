@@ -27,12 +27,12 @@ pub mod store;
 pub mod sync;
 mod writer;
 
-pub use error::StoreError;
+pub use error::{Halt, StoreError};
 pub use expiry::run as run_expiry;
 pub use limits::{LimitReached, Limits, Slot, Slots};
 pub use metrics::RulesMetrics;
 pub use mutation::Mutation;
-pub use store::{LogConfig, OpenStats, Store};
+pub use store::{LogConfig, LogStore, OpenStats, Store};
 
 #[cfg(test)]
 mod tests;

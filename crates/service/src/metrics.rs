@@ -20,6 +20,9 @@ pub struct RulesMetrics {
     /// Sync streams sent the whole history because their Hello disagreed with
     /// the log (a revision it does not have, or a different ruleset).
     pub history_resends: Counter,
+    /// Records met that fail verification (no trusted signature covers
+    /// them, or they break the chain): the service is read-only since.
+    pub log_verification_failures: Counter,
 }
 
 impl RulesMetrics {
@@ -69,6 +72,11 @@ impl RulesMetrics {
             &mut registry,
             "cassette_rules_history_resends_total",
             "Sync streams sent the whole history because their Hello disagreed with the log (a revision it does not have, or a ruleset hash that differs).",
+        );
+        self.log_verification_failures.register(
+            &mut registry,
+            "cassette_rules_log_verification_failures_total",
+            "Records of the event log met (at start-up or reading other replicas' appends) that fail verification: no trusted signature covers them, or they break the hash chain. The service is read-only since.",
         );
         cassette_metrics::encode(&registry)
     }

@@ -8,12 +8,12 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
-use cassette_eventlog::{EventLog, Head, Log};
+use cassette_eventlog::{EventLog, Head, Log, Signing};
 use cassette_model::{DomainError, Event, Firewall, InstanceId, RuleId};
 use cassette_ruleset::Ruleset;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::error::StoreError;
+use crate::error::{Halt, StoreError};
 use crate::metrics::RulesMetrics;
 use crate::mutation::Mutation;
 use crate::peers::Wire;
@@ -25,30 +25,54 @@ use crate::writer::{Answer, Writer, WriterMessage};
 /// How many mutations may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
 
-/// Where the event log is: the one value both engines open from.
+/// Where the event log is and how it is signed: the one value both engines
+/// open from.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub store: LogStore,
+    /// Signs appends and (with trusted keys) serves only what a trusted
+    /// signature covers.
+    pub signing: Signing,
+    /// Serve a sled log whose hash chain fails verification read-only (the
+    /// history before the first bad record), to investigate, instead of
+    /// refusing to start.
+    pub allow_unverified: bool,
+}
+
+/// Which engine keeps the log.
 // Made once at start-up: the etcd variant's size costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
-pub enum LogConfig {
-    /// The embedded sled log in a data directory, written by this process
-    /// alone. With `allow_unverified`, a log that fails verification is
-    /// served read-only (the history before the first bad record), to
-    /// investigate, instead of refused.
-    Sled {
-        data_dir: PathBuf,
-        allow_unverified: bool,
-    },
+pub enum LogStore {
+    /// The embedded sled log in a data directory, written by this process alone.
+    Sled(PathBuf),
     /// A log in an etcd cluster that several replicas share.
     Etcd(EtcdConfig),
 }
 
 impl LogConfig {
-    /// The sled log in `data_dir`, refused if it fails verification.
+    /// The sled log in `data_dir`, unsigned, refused if it fails verification.
     pub fn sled(data_dir: impl Into<PathBuf>) -> Self {
-        LogConfig::Sled {
-            data_dir: data_dir.into(),
+        Self {
+            store: LogStore::Sled(data_dir.into()),
+            signing: Signing::default(),
             allow_unverified: false,
         }
+    }
+
+    /// The log in etcd, unsigned.
+    pub fn etcd(config: EtcdConfig) -> Self {
+        Self {
+            store: LogStore::Etcd(config),
+            signing: Signing::default(),
+            allow_unverified: false,
+        }
+    }
+
+    /// Signed (and verified) as `signing` says.
+    pub fn signed(mut self, signing: Signing) -> Self {
+        self.signing = signing;
+        self
     }
 }
 
@@ -66,8 +90,8 @@ pub struct Store {
     /// Set when a write failed: what is on disk is unknown, the service must
     /// stop and be restarted on what is really there.
     failed: watch::Sender<Option<String>>,
-    /// Set when the log failed verification (served read-only to investigate).
-    read_only: Option<(u64, String)>,
+    /// Set when the log failed verification: read-only from then on.
+    halt: watch::Sender<Option<Halt>>,
 }
 
 /// What opening the store found.
@@ -89,12 +113,10 @@ impl Store {
         wire: Arc<dyn Wire>,
     ) -> Result<(Arc<Self>, OpenStats), StoreError> {
         let started = Instant::now();
-        let (log, allow_unverified) = match config {
-            LogConfig::Sled {
-                data_dir,
-                allow_unverified,
-            } => (Log::Sled(EventLog::open(data_dir)?), *allow_unverified),
-            LogConfig::Etcd(etcd) => (Log::Etcd(EtcdLog::connect(etcd)?), false),
+        let signing = config.signing.clone();
+        let log = match &config.store {
+            LogStore::Sled(data_dir) => Log::sled(EventLog::open(data_dir)?, signing),
+            LogStore::Etcd(etcd) => Log::etcd(EtcdLog::connect(etcd)?, signing),
         };
         let mut projection = Projection::default();
         let mut last_time = SystemTime::UNIX_EPOCH;
@@ -107,9 +129,18 @@ impl Store {
                 Ok(())
             })
             .await?;
-        let read_only = match verification.first_bad {
+        let halt = match verification.first_bad.clone() {
             None => None,
-            Some((sequence, reason)) if allow_unverified => {
+            // Only what a trusted signature covers was folded: serve it.
+            Some((sequence, reason)) if verification.signature_failed() => {
+                tracing::error!(
+                    sequence,
+                    %reason,
+                    "the event log holds a record no trusted signature covers: serving the verified history read-only"
+                );
+                Some(Halt::Unverified { sequence, reason })
+            }
+            Some((sequence, reason)) if config.allow_unverified => {
                 tracing::warn!(sequence, %reason, "event log fails verification: serving read-only");
                 // The single pass folded each record before its successor could
                 // confirm its hash: fold again, stopping before the bad record.
@@ -129,7 +160,7 @@ impl Store {
                     }
                     after = last;
                 }
-                Some((sequence, reason))
+                Some(Halt::Investigating { sequence, reason })
             }
             Some((sequence, reason)) => return Err(StoreError::Unverified { sequence, reason }),
         };
@@ -139,13 +170,9 @@ impl Store {
             firewalls: projection.len(),
             elapsed: started.elapsed(),
         };
-        // A read-only log's writer appends nothing: it starts at the log's
-        // own head, so a refused batch is not taken for another writer's.
-        let head = match read_only {
-            None => verification.head,
-            Some(_) => log.head().await?,
-        };
-        let store = Self::start(log, head, projection, last_time, read_only, wire);
+        // A halted writer appends nothing and reads no other writer's
+        // appends: it stays at the verified head.
+        let store = Self::start(log, verification.head, projection, last_time, halt, wire);
         Ok((store, stats))
     }
 
@@ -156,11 +183,14 @@ impl Store {
         log_head: Head,
         projection: Projection,
         last_time: SystemTime,
-        read_only: Option<(u64, String)>,
+        halt: Option<Halt>,
         wire: Arc<dyn Wire>,
     ) -> Arc<Self> {
         let projection = Arc::new(RwLock::new(projection));
         let metrics = Arc::new(RulesMetrics::default());
+        if matches!(halt, Some(Halt::Unverified { .. })) {
+            metrics.log_verification_failures.inc();
+        }
         let committed = projection.clone();
         let board = Arc::new(SyncBoard::new(
             metrics.clone(),
@@ -174,7 +204,7 @@ impl Store {
         let log = Arc::new(log);
         let head = watch::Sender::new(log_head.sequence);
         let failed = watch::Sender::new(None);
-        let writer_read_only = read_only.clone();
+        let halt = watch::Sender::new(halt);
         let writer = Writer {
             log: log.clone(),
             projection: projection.clone(),
@@ -182,7 +212,7 @@ impl Store {
             metrics: metrics.clone(),
             head: head.clone(),
             failed: failed.clone(),
-            read_only,
+            halt: halt.clone(),
             log_head,
             last_time,
         };
@@ -218,7 +248,7 @@ impl Store {
             head,
             closing: watch::Sender::new(false),
             failed,
-            read_only: writer_read_only,
+            halt,
         })
     }
 
@@ -388,13 +418,16 @@ impl Store {
 
     /// Why the service is read-only (a log that failed verification), if it is.
     pub fn read_only(&self) -> Result<(), StoreError> {
-        match &self.read_only {
+        match &*self.halt.borrow() {
             None => Ok(()),
-            Some((sequence, reason)) => Err(StoreError::ReadOnly {
-                sequence: *sequence,
-                reason: reason.clone(),
-            }),
+            Some(halt) => Err(halt.clone().into()),
         }
+    }
+
+    /// Wakes when the store becomes read-only: it met a record that fails
+    /// verification.
+    pub fn halted(&self) -> watch::Receiver<Option<Halt>> {
+        self.halt.subscribe()
     }
 
     /// Wakes with the reason once a write to the log has failed.

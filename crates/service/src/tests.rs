@@ -157,9 +157,9 @@ async fn what_was_committed_is_replayed_on_reopen_and_the_log_must_verify() {
         refused.err()
     );
     // Allowed read-only: the history before the bad record, no changes taken.
-    let config = LogConfig::Sled {
-        data_dir: dir.path().to_owned(),
+    let config = LogConfig {
         allow_unverified: true,
+        ..LogConfig::sled(dir.path())
     };
     let (store, _) = Store::open(&config, Arc::new(Unshared)).await.unwrap();
     assert!(store.get(&web()).is_err(), "nothing before record 1");

@@ -14,17 +14,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use cassette_eventlog::chain::Walk;
 use cassette_eventlog::{Head, Log, LogError};
 use cassette_model::{decide, fold, Event, Firewall, FoldError, InstanceId, RequestId, RuleId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, Instrument};
 
-use crate::error::StoreError;
+use crate::error::{Halt, StoreError};
 use crate::metrics::RulesMetrics;
 use crate::mutation::Mutation;
 use crate::projection::Projection;
-use crate::replay::PAGE as REPLAY_PAGE;
 use crate::sync::SyncBoard;
 
 /// How many queued mutations one commit takes at most.
@@ -52,8 +50,9 @@ pub(crate) struct Writer {
     pub(crate) metrics: Arc<RulesMetrics>,
     pub(crate) head: watch::Sender<u64>,
     pub(crate) failed: watch::Sender<Option<String>>,
-    /// Set when the log failed verification: every mutation is refused.
-    pub(crate) read_only: Option<(u64, String)>,
+    /// Set when the log failed verification: every mutation is refused,
+    /// and other writers' appends are no longer read.
+    pub(crate) halt: watch::Sender<Option<Halt>>,
     /// The last record appended: the next batch continues it.
     pub(crate) log_head: Head,
     /// Commit times never go backwards, even if the wall clock does.
@@ -118,53 +117,48 @@ impl Writer {
     }
 
     /// Reads what other replicas appended after this writer's head into the
-    /// projection, in order, checking the hash chain, and wakes the streams
-    /// of the instances it touched.
+    /// projection, in order, verified as every reader of the log verifies
+    /// it (the chain, and with trusted keys the signatures), and wakes the
+    /// streams of the instances it touched. A record that fails halts the
+    /// store: it serves what it verified before it and takes no changes.
     async fn catch_up(&mut self) -> Result<(), StoreError> {
-        loop {
-            let page = self
-                .log
-                .read_after(self.log_head.sequence, REPLAY_PAGE)
-                .await?;
-            if page.is_empty() {
-                return Ok(());
-            }
-            // The chain, checked as every reader of the log checks it: the
-            // records before a break are taken, the break is an error.
-            let mut walk = Walk::from(self.log_head);
-            let mut broken = None;
-            let mut good = page.len();
-            for (i, record) in page.iter().enumerate() {
-                if let Err(unlinked) = walk.follow(record) {
-                    broken = Some(unlinked);
-                    good = i;
-                    break;
-                }
-            }
-            let mut touched: HashMap<InstanceId, u64> = HashMap::new();
-            {
-                let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
-                for record in &page[..good] {
-                    projection.catch_up(&record.event)?;
-                    self.last_time = self.last_time.max(record.event.commit_time);
-                    touched.insert(record.event.instance_id.clone(), record.event.revision);
-                }
-            }
-            self.log_head = walk.head();
-            for (instance, revision) in &touched {
-                self.board.notify_committed(instance, *revision);
-            }
-            self.head.send_replace(self.log_head.sequence);
-            if let Some(unlinked) = broken {
-                let intact = match unlinked.previous() {
-                    Some(previous) => self.log.intact(previous).await?,
-                    None => true,
-                };
-                let bad = unlinked.blame(intact);
-                return Err(StoreError::Unverified {
-                    sequence: bad.sequence,
-                    reason: bad.reason,
-                });
+        if let Some(halt) = &*self.halt.borrow() {
+            return Err(halt.clone().into());
+        }
+        let mut touched: HashMap<InstanceId, u64> = HashMap::new();
+        let mut last_time = self.last_time;
+        let projection = self.projection.clone();
+        let verification = self
+            .log
+            .verify_from(self.log_head, |record| {
+                let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
+                projection
+                    .catch_up(&record.event)
+                    .map_err(|e| format!("does not fold: {e}"))?;
+                last_time = last_time.max(record.event.commit_time);
+                touched.insert(record.event.instance_id.clone(), record.event.revision);
+                Ok(())
+            })
+            .await?;
+        self.last_time = last_time;
+        self.log_head = verification.head;
+        for (instance, revision) in &touched {
+            self.board.notify_committed(instance, *revision);
+        }
+        self.head.send_replace(self.log_head.sequence);
+        match verification.first_bad {
+            None => Ok(()),
+            Some((sequence, reason)) => {
+                tracing::error!(
+                    sequence,
+                    %reason,
+                    verified = self.log_head.sequence,
+                    "another writer's append fails verification: serving the verified history read-only"
+                );
+                self.metrics.log_verification_failures.inc();
+                let halt = Halt::Unverified { sequence, reason };
+                self.halt.send_replace(Some(halt.clone()));
+                Err(halt.into())
             }
         }
     }
@@ -303,11 +297,8 @@ impl Writer {
         now: SystemTime,
         events: &mut Vec<Event>,
     ) -> Result<Answer, StoreError> {
-        if let Some((sequence, reason)) = &self.read_only {
-            return Err(StoreError::ReadOnly {
-                sequence: *sequence,
-                reason: reason.clone(),
-            });
+        if let Some(halt) = &*self.halt.borrow() {
+            return Err(halt.clone().into());
         }
         let instance = &mutation.instance_id;
         let request_key = mutation.request_id.clone().map(|r| (instance.clone(), r));

@@ -12,7 +12,7 @@ pub mod console;
 pub mod grpc;
 mod server;
 
-pub use cassette_service::{Limits, LogConfig, RulesMetrics, Store, StoreError};
+pub use cassette_service::{Limits, LogConfig, LogStore, RulesMetrics, Store, StoreError};
 pub use grpc::requests;
 pub use grpc::status::Violations;
 pub use grpc::{AuditApi, EnforcerApi, FirewallApi};

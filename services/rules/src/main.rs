@@ -7,13 +7,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cassette_rules::{LogConfig, RulesService};
+use cassette_rules::{LogConfig, LogStore, RulesService};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-use cli::flags::{bind, EtcdArgs, HttpListen, LimitArgs, Listen, SecurityArgs, StoreKind};
+use cli::flags::{
+    bind, EtcdArgs, HttpListen, LimitArgs, Listen, SecurityArgs, SigningArgs, StoreKind,
+};
 
 // mimalloc: +10% durable events/s over glibc malloc in `cassette-bench append`
 // (allocation is a sixth of the service's profile: gRPC frames, protobuf).
@@ -53,11 +55,20 @@ struct Args {
 
     /// Where the event log lives: sled in --data-dir (one rules service), or
     /// an etcd cluster that several rules replicas share.
-    #[arg(long, env = "CASSETTE_STORE", default_value = "sled", value_enum)]
+    #[arg(
+        long,
+        env = "CASSETTE_STORE",
+        default_value = "sled",
+        value_enum,
+        global = true
+    )]
     store: StoreKind,
 
     #[command(flatten)]
     etcd: EtcdArgs,
+
+    #[command(flatten)]
+    signing: SigningArgs,
 
     /// Serve a log that fails hash-chain verification, read-only, to investigate it.
     #[arg(long, env = "CASSETTE_ALLOW_UNVERIFIED_LOG")]
@@ -108,8 +119,32 @@ enum Command {
         #[arg(long, value_parser = cassette_proto::parse_duration)]
         wait: Option<std::time::Duration>,
     },
-    /// A development PKI: a CA, the service's certificate, client certificates.
+    /// A development PKI: a CA, the service's certificate, client
+    /// certificates, the log's signing key.
     Pki(cli::pki::PkiArgs),
+    /// An operator's repairs of the event log (--store, --data-dir, the etcd
+    /// flags and --log-trusted-keys as the service has them), with the
+    /// service stopped.
+    Log(cli::log::LogArgs),
+}
+
+impl Args {
+    /// Where the log is (sled's directory created if missing), signed as `signing` says.
+    fn log_config(&self, signing: cassette_eventlog::Signing) -> anyhow::Result<LogConfig> {
+        let config = match self.store {
+            StoreKind::Sled => {
+                std::fs::create_dir_all(&self.data_dir).with_context(|| {
+                    format!("cannot create data directory {}", self.data_dir.display())
+                })?;
+                LogConfig::sled(&self.data_dir)
+            }
+            StoreKind::Etcd => LogConfig::etcd(self.etcd.config()?),
+        };
+        Ok(LogConfig {
+            allow_unverified: self.allow_unverified_log,
+            ..config.signed(signing)
+        })
+    }
 }
 
 #[tokio::main]
@@ -123,6 +158,10 @@ async fn main() -> anyhow::Result<()> {
             wait,
         }) => return cli::health::health(&rules, tls_ca.as_ref(), wait).await,
         Some(Command::Pki(pki)) => return cli::pki::run(pki),
+        Some(Command::Log(log)) => {
+            let config = args.log_config(args.signing.verify_only()?)?;
+            return cli::log::run(&config, log).await;
+        }
         None => {}
     }
     tracing_subscriber::fmt()
@@ -133,23 +172,13 @@ async fn main() -> anyhow::Result<()> {
 
     let security = args.security.security()?;
     let authenticator = security.authenticator.clone();
-    let config = match args.store {
-        StoreKind::Sled => {
-            std::fs::create_dir_all(&args.data_dir).with_context(|| {
-                format!("cannot create data directory {}", args.data_dir.display())
-            })?;
-            LogConfig::Sled {
-                data_dir: args.data_dir.clone(),
-                allow_unverified: args.allow_unverified_log,
-            }
-        }
-        StoreKind::Etcd => LogConfig::Etcd(args.etcd.config()?),
-    };
+    let signing = args.signing.signing(args.security.tls_cert.is_some())?;
+    let config = args.log_config(signing)?;
     let service = RulesService::open(&config)
         .await
-        .with_context(|| match &config {
-            LogConfig::Sled { data_dir, .. } => format!("cannot open {}", data_dir.display()),
-            LogConfig::Etcd(etcd) => {
+        .with_context(|| match &config.store {
+            LogStore::Sled(data_dir) => format!("cannot open {}", data_dir.display()),
+            LogStore::Etcd(etcd) => {
                 format!("cannot open the event log in etcd {:?}", etcd.endpoints)
             }
         })?;

@@ -10,7 +10,7 @@ use cassette_auth::Authenticator;
 use cassette_proto::pb::audit_service_server::AuditServiceServer;
 use cassette_proto::pb::enforcer_service_server::EnforcerServiceServer;
 use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
-use cassette_service::{Limits, LogConfig, OpenStats, RulesMetrics, Store, StoreError};
+use cassette_service::{Limits, LogConfig, LogStore, OpenStats, RulesMetrics, Store, StoreError};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -148,20 +148,30 @@ impl RulesService {
         let (store, stats) = Store::open(config, Arc::new(present::ProtoWire))
             .await
             .map_err(ServeError::Open)?;
-        match config {
-            LogConfig::Sled { data_dir, .. } => tracing::info!(
+        let signed_by = config.signing.key.as_ref().map(|k| k.key_id().to_owned());
+        let trusted_keys = config
+            .signing
+            .trusted
+            .as_ref()
+            .map(|t| t.ids().collect::<Vec<_>>().join(","));
+        match &config.store {
+            LogStore::Sled(data_dir) => tracing::info!(
                 data_dir = %data_dir.display(),
                 events = stats.events,
                 firewalls = stats.firewalls,
                 elapsed_ms = stats.elapsed.as_millis() as u64,
+                signed_by,
+                trusted_keys,
                 "event log replayed"
             ),
-            LogConfig::Etcd(etcd) => tracing::info!(
+            LogStore::Etcd(etcd) => tracing::info!(
                 endpoints = ?etcd.endpoints,
                 prefix = %etcd.prefix,
                 events = stats.events,
                 firewalls = stats.firewalls,
                 elapsed_ms = stats.elapsed.as_millis() as u64,
+                signed_by,
+                trusted_keys,
                 "event log replayed from etcd"
             ),
         }
@@ -242,6 +252,24 @@ impl RulesService {
         for service in SERVICES {
             health.set_service_status(service, status).await;
         }
+        // A log that fails verification later (another replica's append,
+        // the head watch): not serving from then on.
+        let mut halted = self.store.halted();
+        let reporter = health.clone();
+        tokio::spawn(async move {
+            let halt = halted.wait_for(Option::is_some).await.map(|h| h.clone());
+            if let Ok(Some(halt)) = halt {
+                tracing::error!(
+                    ?halt,
+                    "the event log fails verification: read-only, NOT_SERVING"
+                );
+                for service in SERVICES {
+                    reporter
+                        .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
+            }
+        });
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(cassette_proto::FILE_DESCRIPTOR_SET)

@@ -133,15 +133,32 @@ impl InProcess {
         .await
     }
 
-    /// A secured service: TLS with client certificates, `secured`'s policy.
+    /// A secured service: TLS with client certificates, `secured`'s policy,
+    /// its log signed with `secured`'s key.
     pub async fn start_secured(dir: &Path, secured: &secured::Secured) -> Self {
-        Self::start_with(dir, secured.security(), Default::default()).await
+        Self::start_signed(
+            dir,
+            secured.security(),
+            Default::default(),
+            secured.signing(),
+        )
+        .await
     }
 
     pub async fn start_with(
         dir: &Path,
         security: cassette_rules::Security,
         limits: cassette_rules::Limits,
+    ) -> Self {
+        Self::start_signed(dir, security, limits, Default::default()).await
+    }
+
+    /// [`InProcess::start_with`], the log signed as `signing` says.
+    pub async fn start_signed(
+        dir: &Path,
+        security: cassette_rules::Security,
+        limits: cassette_rules::Limits,
+        signing: cassette_eventlog::Signing,
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -154,13 +171,13 @@ impl InProcess {
             Ok("etcd") => {
                 let etcd = etcd::EtcdCluster::start_in(&dir.join("etcd"), 1).await;
                 let config = cassette_eventlog::etcd::EtcdConfig::new(etcd.endpoints());
-                let service = RulesService::open(&LogConfig::Etcd(config))
+                let service = RulesService::open(&LogConfig::etcd(config).signed(signing))
                     .await
                     .expect("open rules service on etcd");
                 (service, Some(etcd))
             }
             _ => (
-                RulesService::open(&LogConfig::sled(dir))
+                RulesService::open(&LogConfig::sled(dir).signed(signing))
                     .await
                     .expect("open rules service"),
                 None,
@@ -271,15 +288,48 @@ impl RulesProcess {
         .await
     }
 
+    /// [`RulesProcess::spawn`] of a service that comes up read-only and
+    /// says so (NOT_SERVING): its log fails verification.
+    pub async fn spawn_halted(
+        data_dir: &Path,
+        listen: &str,
+        target: Target,
+        extra: &[&str],
+    ) -> Self {
+        let command = Command::new(binary("cassette-rules"));
+        let want = ServingStatus::NotServing;
+        Self::spawn_expecting(command, data_dir, listen, target, extra, None, want).await
+    }
+
     /// The binary started by `command` (the binary itself, or a wrapper such
     /// as strace whose arguments end with it).
     pub async fn spawn_command(
+        command: Command,
+        data_dir: &Path,
+        listen: &str,
+        target: Target,
+        extra: &[&str],
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
+        // A service investigating a log that fails verification serves
+        // read-only and says so: NOT_SERVING.
+        let want = if extra.contains(&"--allow-unverified-log") {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        Self::spawn_expecting(command, data_dir, listen, target, extra, tls, want).await
+    }
+
+    /// Starts `command` and waits until its health says `want`.
+    async fn spawn_expecting(
         mut command: Command,
         data_dir: &Path,
         listen: &str,
         target: Target,
         extra: &[&str],
         tls: Option<ClientTlsConfig>,
+        want: ServingStatus,
     ) -> Self {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new()
@@ -315,13 +365,6 @@ impl RulesProcess {
             console,
             child: Some(child),
             log,
-        };
-        // A service investigating a log that fails verification serves
-        // read-only and says so: NOT_SERVING.
-        let want = if extra.contains(&"--allow-unverified-log") {
-            ServingStatus::NotServing
-        } else {
-            ServingStatus::Serving
         };
         wait_health(&process.target, process.tls.as_ref(), want).await;
         process

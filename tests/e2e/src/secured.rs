@@ -51,6 +51,15 @@ impl Secured {
         )
     }
 
+    /// The log's signing, from the keys `pki init` wrote.
+    pub fn signing(&self) -> cassette_eventlog::Signing {
+        let key = cassette_eventlog::SigningKey::load(&self.pki.log_signing_key_path())
+            .expect("the log signing key");
+        let trusted = cassette_eventlog::TrustedKeys::load(&self.pki.log_trusted_keys_path())
+            .expect("the trusted keys");
+        cassette_eventlog::Signing::new(key, trusted).expect("a key it trusts")
+    }
+
     /// The same, as the binary's flags.
     pub fn server_args(&self) -> Vec<String> {
         [
@@ -58,6 +67,8 @@ impl Secured {
             ("--tls-key", self.pki.server_key_path()),
             ("--client-ca", self.pki.ca_cert_path()),
             ("--policy", self.policy.clone()),
+            ("--log-signing-key", self.pki.log_signing_key_path()),
+            ("--log-trusted-keys", self.pki.log_trusted_keys_path()),
         ]
         .into_iter()
         .flat_map(|(flag, path)| [flag.to_owned(), path.display().to_string()])

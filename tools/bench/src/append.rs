@@ -40,6 +40,9 @@ pub struct Options {
     /// comma-separated) instead of sled, under a fresh prefix.
     #[arg(long, value_delimiter = ',', conflicts_with = "target")]
     etcd_endpoints: Vec<String>,
+    /// Sign the log's appends and verify them, as a secured service does.
+    #[arg(long, conflicts_with = "target")]
+    signed: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
@@ -50,13 +53,15 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         None => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
+            let signing = crate::signing::maybe(options.signed, &dir.path().join("keys"))?;
             let mut service = if options.etcd_endpoints.is_empty() {
-                RulesService::open(&LogConfig::sled(dir.path())).await?
+                RulesService::open(&LogConfig::sled(dir.path().join("data")).signed(signing))
+                    .await?
             } else {
                 let mut config =
                     cassette_eventlog::etcd::EtcdConfig::new(options.etcd_endpoints.clone());
                 config.prefix = format!("/cassette-bench/{}", uuid::Uuid::now_v7().simple());
-                RulesService::open(&LogConfig::Etcd(config)).await?
+                RulesService::open(&LogConfig::etcd(config).signed(signing)).await?
             };
             if let Some(tls) = &tls {
                 service = service.with_security(tls.security()?);

@@ -30,6 +30,9 @@ pub struct Options {
     /// Run the enforcer without its state file (what saving before each ack costs).
     #[arg(long)]
     no_state: bool,
+    /// Sign the log's appends and verify them, as a secured service does.
+    #[arg(long)]
+    signed: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
@@ -41,7 +44,9 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     let socket = dir.path().join("rules.sock");
     let tls = options.tls.then(crate::tls::BenchTls::new).transpose()?;
-    let mut service = RulesService::open(&LogConfig::sled(dir.path().join("data"))).await?;
+    let signing = crate::signing::maybe(options.signed, &dir.path().join("keys"))?;
+    let mut service =
+        RulesService::open(&LogConfig::sled(dir.path().join("data")).signed(signing)).await?;
     let mut enforcer_tls = Vec::new();
     let mut client_tls = None;
     if let Some(tls) = &tls {

@@ -38,7 +38,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     for _ in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let service = RulesService::open(&LogConfig::Etcd(config.clone())).await?;
+        let service = RulesService::open(&LogConfig::etcd(config.clone())).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(service.serve(listener, async {
             let _ = stopped.await;

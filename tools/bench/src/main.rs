@@ -12,6 +12,7 @@ mod fanout;
 mod lag;
 mod procs;
 mod replay;
+mod signing;
 mod stats;
 mod tls;
 

@@ -18,7 +18,8 @@ use crate::stats::round3;
 /// Custom rules per generated instance; later events toggle them.
 const RULES_PER_INSTANCE: u64 = 50;
 const EVENTS_PER_INSTANCE: u64 = 1000;
-const BATCH: usize = 10_000;
+/// Events per append: the most one append may carry.
+const BATCH: usize = cassette_eventlog::chain::MAX_SIGNED_RUN;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -29,6 +30,14 @@ pub struct Options {
     /// instead of in a temp dir removed afterwards.
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// Sign the generated log and verify it at start-up, as a secured service
+    /// does. With --events-per-append 1, one signature per event (a log of
+    /// one-event appends).
+    #[arg(long)]
+    signed: bool,
+    /// Events per signed append (at most 4096).
+    #[arg(long, default_value_t = BATCH as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    events_per_append: u64,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
@@ -44,20 +53,25 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             options.events
         );
     }
+    let key = match options.signed {
+        true => Some(crate::signing::signing(dir)?.1),
+        false => None,
+    };
+    let per_append = usize::try_from(options.events_per_append)?;
     if existing == 0 {
         let log = EventLog::open(dir)?;
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::with_capacity(per_append);
         for sequence in 1..=options.events {
             // Round-robin over instances, as a real log interleaves them.
             let instance = (sequence - 1) % instances;
             let revision = (sequence - 1) / instances + 1;
             batch.push(event(sequence, instance, revision)?);
-            if batch.len() == BATCH {
-                log.append(&batch).await?;
+            if batch.len() == per_append {
+                log.append_signed(&batch, key.as_ref()).await?;
                 batch.clear();
             }
         }
-        log.append(&batch).await?;
+        log.append_signed(&batch, key.as_ref()).await?;
         log.flush()?;
     }
     eprintln!(
@@ -67,7 +81,8 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     );
 
     let started = Instant::now();
-    let service = RulesService::open(&LogConfig::sled(dir)).await?;
+    let signing = crate::signing::maybe(options.signed, dir)?;
+    let service = RulesService::open(&LogConfig::sled(dir).signed(signing)).await?;
     let replayed = service.stats();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -90,6 +105,8 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let seconds = to_serving.as_secs_f64();
     Ok(json!({
         "bench": "replay",
+        "signed": options.signed,
+        "events_per_append": per_append,
         "events": replayed.events,
         "instances": replayed.firewalls,
         "replay_seconds": round3(replayed.elapsed.as_secs_f64()),

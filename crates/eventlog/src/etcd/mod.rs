@@ -5,18 +5,21 @@
 //! - `<prefix>/e/<sequence, 20 digits>` -> the record;
 //! - `<prefix>/i/<instance>/<revision, 20 digits>` -> sequence (u64 big-endian)
 //!   + the record's hash (instance ids are `[a-z0-9-]`, so `/` ends one);
-//! - `<prefix>/head` -> the last sequence (u64 big-endian) + its record's hash.
+//! - `<prefix>/head` -> the last sequence (u64 big-endian) + its record's hash;
+//! - `<prefix>/s/<sequence, 20 digits>` -> the signature over the head a signed
+//!   append left (`cassette.firewall.v1.SignedHead`), for its last record.
 //!
 //! An append is one etcd transaction: *if the head is still the one the
 //! writer decided against* (and none of the index keys exists yet), put the
-//! records, their index entries and the new head. etcd commits it on a quorum
+//! records, their index entries, the new head and its signature. etcd commits it on a quorum
 //! before it answers, so an append that returns is durable, and of two
 //! writers that decided against the same head exactly one wins: the other
 //! gets [`LogError::Conflict`], catches up and decides again. That is the
 //! whole concurrency control: no lease, no leader of our own.
 //!
 //! etcd's limits shape the batches: at most 128 operations per transaction by
-//! default (two puts per event and one for the head: [`MAX_BATCH_EVENTS`]) and
+//! default (two puts per event, one for the head and one for its signature:
+//! [`MAX_BATCH_EVENTS`]) and
 //! 1.5 MiB per request ([`MAX_BATCH_BYTES`]). A transaction whose answer is
 //! lost (a leader change, a timeout) has an unknown outcome: the append tries
 //! again, on the next endpoint, and a transaction refused because the head moved
@@ -32,6 +35,7 @@ use cassette_model::{Event, InstanceId};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::chain::{self, Next, Verifier};
+use crate::signing::{SignedHead, SigningKey, TrustedKeys};
 use crate::{decode, u64_prefix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 mod client;
@@ -56,8 +60,8 @@ use api::request_op::Request as Op;
 use api::response_op::Response as OpResponse;
 use api::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 
-/// Most events one append carries: two puts each, and the head, within etcd's
-/// default `--max-txn-ops` of 128.
+/// Most events one append carries: two puts each, the head and its
+/// signature, within etcd's default `--max-txn-ops` of 128.
 pub const MAX_BATCH_EVENTS: usize = 63;
 /// Most bytes of records one append carries, under etcd's default 1.5 MiB
 /// request limit with room for keys and index entries.
@@ -162,6 +166,10 @@ impl EtcdLog {
 
     fn record_key(&self, sequence: u64) -> Vec<u8> {
         format!("{}/e/{sequence:020}", self.prefix).into_bytes()
+    }
+
+    fn signature_key(&self, sequence: u64) -> Vec<u8> {
+        format!("{}/s/{sequence:020}", self.prefix).into_bytes()
     }
 
     fn index_prefix(&self, instance: &InstanceId) -> Vec<u8> {
@@ -271,17 +279,49 @@ impl EtcdLog {
 
     /// The instance's last revision in the log (0 if it has none).
     pub async fn last_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
-        let mut ranges = self.read(vec![self.last_index(instance)]).await?;
+        let mut ranges = self.read(vec![self.last_index(instance, None)]).await?;
         Ok(ranges
             .pop()
             .and_then(|r| r.kvs.into_iter().next())
             .map_or(0, |kv| revision_of(&kv.key)))
     }
 
-    fn last_index(&self, instance: &InstanceId) -> RangeRequest {
+    /// The instance's last revision whose record is at most `sequence` (0
+    /// if it has none): its index read backwards from the end.
+    pub async fn last_revision_through(
+        &self,
+        instance: &InstanceId,
+        sequence: u64,
+    ) -> Result<u64, LogError> {
+        const PAGE: i64 = 64;
+        let mut before = None;
+        loop {
+            let mut range = self.last_index(instance, before);
+            range.limit = PAGE;
+            range.keys_only = false;
+            let kvs = self
+                .read(vec![range])
+                .await?
+                .pop()
+                .map(|r| r.kvs)
+                .unwrap_or_default();
+            for kv in &kvs {
+                if u64_prefix(&kv.value) <= sequence {
+                    return Ok(revision_of(&kv.key));
+                }
+            }
+            match kvs.last() {
+                Some(last) if kvs.len() as i64 == PAGE => before = Some(last.key.clone()),
+                _ => return Ok(0),
+            }
+        }
+    }
+
+    /// The instance's last index entry (before the key `before`, if given).
+    fn last_index(&self, instance: &InstanceId, before: Option<Vec<u8>>) -> RangeRequest {
         let key = self.index_prefix(instance);
         RangeRequest {
-            range_end: prefix_end(&key),
+            range_end: before.unwrap_or_else(|| prefix_end(&key)),
             key,
             limit: 1,
             sort_order: api::range_request::SortOrder::Descend as i32,
@@ -302,6 +342,17 @@ impl EtcdLog {
     /// flight may commit), never a success that did not happen. A write whose
     /// answer was lost and that a retry finds in the head is a success.
     pub async fn append(&self, expected: Head, events: &[Event]) -> Result<Head, LogError> {
+        self.append_signed(expected, events, None).await
+    }
+
+    /// [`EtcdLog::append`], with `signer`'s signature over the head it
+    /// leaves put in the same transaction.
+    pub async fn append_signed(
+        &self,
+        expected: Head,
+        events: &[Event],
+        signer: Option<&SigningKey>,
+    ) -> Result<Head, LogError> {
         if events.is_empty() {
             return Ok(expected);
         }
@@ -351,6 +402,12 @@ impl EtcdLog {
             )));
         }
         puts.push(put(self.head_key(), chain::anchor_value(next)));
+        if let Some(signer) = signer {
+            puts.push(put(
+                self.signature_key(next.sequence),
+                signer.sign(next).encode(),
+            ));
+        }
         let request = TxnRequest {
             compare,
             success: puts,
@@ -427,22 +484,38 @@ impl EtcdLog {
         }
     }
 
-    /// Up to `limit` records after `after_sequence`, in sequence order.
+    /// Up to `limit` records after `after_sequence`, in sequence order, each
+    /// with the signature stored with it (read in the same transaction).
     pub async fn read_after(
         &self,
         after_sequence: u64,
         limit: usize,
     ) -> Result<Vec<Record>, LogError> {
-        let end = format!("{}/e0", self.prefix).into_bytes();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut ranges = self
-            .read(vec![RangeRequest {
-                key: self.record_key(after_sequence + 1),
-                range_end: end,
-                limit: i64::try_from(limit).unwrap_or(i64::MAX),
-                ..Default::default()
-            }])
-            .await?;
-        let kvs = ranges.pop().map(|r| r.kvs).unwrap_or_default();
+            .read(vec![
+                RangeRequest {
+                    key: self.record_key(after_sequence + 1),
+                    range_end: format!("{}/e0", self.prefix).into_bytes(),
+                    limit,
+                    ..Default::default()
+                },
+                RangeRequest {
+                    key: self.signature_key(after_sequence + 1),
+                    range_end: format!("{}/s0", self.prefix).into_bytes(),
+                    limit,
+                    ..Default::default()
+                },
+            ])
+            .await?
+            .into_iter();
+        let kvs = ranges.next().map(|r| r.kvs).unwrap_or_default();
+        let mut signatures = ranges
+            .next()
+            .map(|r| r.kvs)
+            .unwrap_or_default()
+            .into_iter()
+            .peekable();
         let mut records = Vec::with_capacity(kvs.len());
         for (expected, kv) in (after_sequence + 1..).zip(kvs) {
             let sequence = sequence_of(&kv.key)?;
@@ -452,7 +525,13 @@ impl EtcdLog {
                     reason: format!("missing: the next record is {sequence}"),
                 });
             }
-            records.push(decode(sequence, &kv.value)?);
+            let mut record = decode(sequence, &kv.value)?;
+            while let Some(signature) = signatures.next_if(|s| revision_of(&s.key) <= sequence) {
+                if revision_of(&signature.key) == sequence {
+                    record.signed = Some(SignedHead::decode(sequence, &signature.value));
+                }
+            }
+            records.push(record);
         }
         Ok(records)
     }
@@ -460,19 +539,27 @@ impl EtcdLog {
     /// Checks the hash chain record by record (pages of [`VERIFY_PAGE`]) and
     /// the head anchor against the last record.
     pub async fn verify(&self) -> Result<Verification, LogError> {
-        self.verify_each(|_| Ok(())).await
+        self.verify_from(Head::default(), None, |_| Ok(())).await
     }
 
-    /// [`EtcdLog::verify`], handing each good record to `visit` in order (so
-    /// one pass both checks and replays the log, as the sled log's
-    /// `verify_each`). A record `visit` refuses is reported as the first bad
-    /// one. Other replicas may append meanwhile: the walk ends at a head
-    /// anchor it has reached, not at the first empty page.
-    pub async fn verify_each(
+    /// [`EtcdLog::verify`] of the records after `head` (which an earlier
+    /// verification vouched for), of their signatures too with `trust`,
+    /// handing each good record to `visit` in order (so one pass both checks
+    /// and replays the log, as the sled log's `verify_from`). A record
+    /// `visit` refuses is reported as the first bad one. Other replicas may
+    /// append meanwhile: the walk ends at a head anchor it has reached, not
+    /// at the first empty page.
+    pub async fn verify_from(
         &self,
+        head: Head,
+        trust: Option<&TrustedKeys>,
         mut visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
-        let mut verifier = Verifier::default();
+        let vouched = match trust {
+            Some(trust) => self.newest_trusted(head.sequence, trust).await?,
+            None => None,
+        };
+        let mut verifier = Verifier::from(head, trust).vouched(vouched);
         loop {
             let after = verifier.expected() - 1;
             let page = match self.read_after(after, VERIFY_PAGE).await {
@@ -491,7 +578,7 @@ impl EtcdLog {
                 return Ok(verifier.finish(Some(anchor)));
             }
             for record in page {
-                match verifier.next(&record, &mut visit) {
+                match verifier.next(record, &mut visit) {
                     Next::Accepted => {}
                     Next::Done(verification) => return Ok(verification),
                     Next::Unlinked(unlinked) => {
@@ -504,6 +591,165 @@ impl EtcdLog {
                 }
             }
         }
+    }
+
+    /// The newest signature after record `after` that `trust` accepts for
+    /// the record it is stored with (checking at most
+    /// [`chain::NEWEST_SIGNATURES_CHECKED`], newest first).
+    async fn newest_trusted(
+        &self,
+        after: u64,
+        trust: &TrustedKeys,
+    ) -> Result<Option<SignedHead>, LogError> {
+        let newest = self
+            .read(vec![RangeRequest {
+                key: self.signature_key(after + 1),
+                range_end: format!("{}/s0", self.prefix).into_bytes(),
+                limit: chain::NEWEST_SIGNATURES_CHECKED as i64,
+                sort_order: api::range_request::SortOrder::Descend as i32,
+                sort_target: api::range_request::SortTarget::Key as i32,
+                ..Default::default()
+            }])
+            .await?
+            .pop()
+            .map(|r| r.kvs)
+            .unwrap_or_default();
+        let signatures: Vec<SignedHead> = newest
+            .iter()
+            .filter_map(|kv| SignedHead::decode(revision_of(&kv.key), &kv.value).ok())
+            .collect();
+        if signatures.is_empty() {
+            return Ok(None);
+        }
+        // The records they sign, in one read.
+        let records = self
+            .read(
+                signatures
+                    .iter()
+                    .map(|s| RangeRequest {
+                        key: self.record_key(s.head.sequence),
+                        ..Default::default()
+                    })
+                    .collect(),
+            )
+            .await?;
+        for (signed, range) in signatures.into_iter().zip(records) {
+            let Some(record) = range.kvs.into_iter().next() else {
+                continue;
+            };
+            let head = Head {
+                sequence: signed.head.sequence,
+                hash: chain::hash(&record.value),
+            };
+            if trust.check(&signed, head).is_ok() {
+                return Ok(Some(signed));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes every record after `sequence` (their index entries and
+    /// signatures too) and makes `sequence` the head: how an operator
+    /// recovers a log whose verification fails after `sequence`, with every
+    /// replica stopped or halted. Returns how many records it removed.
+    /// Refused when record `sequence` is missing (0 empties the log), or
+    /// when another writer moves the head meanwhile.
+    pub async fn remove_after(&self, sequence: u64) -> Result<u64, LogError> {
+        let head_now = self.read(vec![RangeRequest {
+            key: self.head_key(),
+            ..Default::default()
+        }]);
+        let head_value = head_now
+            .await?
+            .pop()
+            .and_then(|r| r.kvs.into_iter().next())
+            .map(|kv| kv.value);
+        let hash = match sequence {
+            0 => GENESIS_HASH,
+            _ => {
+                let value = self
+                    .read(vec![RangeRequest {
+                        key: self.record_key(sequence),
+                        ..Default::default()
+                    }])
+                    .await?
+                    .pop()
+                    .and_then(|r| r.kvs.into_iter().next())
+                    .ok_or_else(|| LogError::Corrupt {
+                        sequence,
+                        reason: "missing: cannot end the log there".to_owned(),
+                    })?
+                    .value;
+                chain::hash(&value)
+            }
+        };
+        // The records after it, for their index entries (one that does not
+        // decode names none: its entry, if any, stays).
+        let records = self
+            .read(vec![RangeRequest {
+                key: self.record_key(sequence + 1),
+                range_end: format!("{}/e0", self.prefix).into_bytes(),
+                ..Default::default()
+            }])
+            .await?
+            .pop()
+            .map(|r| r.kvs)
+            .unwrap_or_default();
+        let removed = records.len() as u64;
+        let mut deletes: Vec<RequestOp> = records
+            .iter()
+            .filter_map(|kv| decode(sequence_of(&kv.key).ok()?, &kv.value).ok())
+            .map(|r| {
+                delete(
+                    self.index_key(&r.event.instance_id, r.event.revision),
+                    vec![],
+                )
+            })
+            .collect();
+        deletes.push(delete(
+            self.record_key(sequence + 1),
+            format!("{}/e0", self.prefix).into_bytes(),
+        ));
+        deletes.push(delete(
+            self.signature_key(sequence + 1),
+            format!("{}/s0", self.prefix).into_bytes(),
+        ));
+        deletes.push(match sequence {
+            0 => delete(self.head_key(), vec![]),
+            _ => put(
+                self.head_key(),
+                chain::anchor_value(Head { sequence, hash }),
+            ),
+        });
+        // The head and the ranges go last, in the last transaction: until it
+        // commits, the log is only missing index entries of records that go.
+        let compare = vec![match head_value {
+            None => self.head_is(Head::default()),
+            Some(value) => Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
+                key: self.head_key(),
+                target_union: Some(TargetUnion::Value(value)),
+                range_end: vec![],
+            },
+        }];
+        // Each transaction only if no writer moved the head meanwhile.
+        for chunk in deletes.chunks(100) {
+            let response = self
+                .txn(TxnRequest {
+                    compare: compare.clone(),
+                    success: chunk.to_vec(),
+                    failure: vec![],
+                })
+                .await?;
+            if !response.succeeded {
+                return Err(LogError::OutOfOrder(
+                    "another writer appended meanwhile: stop every replica and try again"
+                        .to_owned(),
+                ));
+            }
+        }
+        Ok(removed)
     }
 
     /// Whether record `sequence` still has the hash its index entry recorded
@@ -582,6 +828,16 @@ fn put(key: Vec<u8>, value: Vec<u8>) -> RequestOp {
         request: Some(Op::RequestPut(PutRequest {
             key,
             value,
+            ..Default::default()
+        })),
+    }
+}
+
+fn delete(key: Vec<u8>, range_end: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(Op::RequestDeleteRange(api::DeleteRangeRequest {
+            key,
+            range_end,
             ..Default::default()
         })),
     }

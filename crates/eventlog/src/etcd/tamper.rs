@@ -57,13 +57,16 @@ pub async fn relink(log: &EtcdLog, sequence: u64, prev_hash: Hash) -> Result<(),
     .await
 }
 
-/// Appends `event` after `head` as another writer would, but linked to
-/// `prev_hash`: the record, its index entry and the head anchor in one
-/// transaction (a forged append that a replica catching up must refuse).
-pub async fn append_unlinked(
+/// Appends `event` as another writer with access to etcd would, linked to
+/// `prev_hash` (the last record's hash: correctly linked, so only a
+/// signature can tell it from a real append; any other: a bad link): the
+/// record, its index entry, the head anchor and `signed` (if any) in one
+/// transaction.
+pub async fn append_forged(
     log: &EtcdLog,
     event: &cassette_model::Event,
     prev_hash: Hash,
+    signed: Option<&crate::SignedHead>,
 ) -> Result<(), LogError> {
     // Encoded as any append is, after a head whose hash is `prev_hash`.
     let forged_head = crate::Head {
@@ -73,16 +76,16 @@ pub async fn append_unlinked(
     let events = std::slice::from_ref(event);
     let (mut records, next) = chain::encode_batch(forged_head, events, |_| Ok(None))?;
     let record = records.remove(0);
-    write(
-        log,
-        vec![
-            (
-                log.index_key(&event.instance_id, event.revision),
-                record.index_value(),
-            ),
-            (log.record_key(event.sequence), record.bytes),
-            (log.head_key(), chain::anchor_value(next)),
-        ],
-    )
-    .await
+    let mut puts = vec![
+        (
+            log.index_key(&event.instance_id, event.revision),
+            record.index_value(),
+        ),
+        (log.record_key(event.sequence), record.bytes),
+        (log.head_key(), chain::anchor_value(next)),
+    ];
+    if let Some(signed) = signed {
+        puts.push((log.signature_key(event.sequence), signed.encode()));
+    }
+    write(log, puts).await
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context};
-use cassette_eventlog::{hex, EventLog, Log, Record};
+use cassette_eventlog::{hex, EventLog, Log, Record, Signing, TrustedKeys};
 use cassette_model::{Event, EventPayload, InstanceId, Rule};
 use cassette_proto::{event_to_pb, ProtoJson};
 use cassette_rules::grpc::present;
@@ -18,6 +18,12 @@ pub struct AuditArgs {
     /// One JSON object per line (protobuf JSON, as grpcurl prints it).
     #[arg(long, global = true)]
     json: bool,
+
+    /// The public keys the service trusts (its --log-trusted-keys): only
+    /// records a signature by one of them covers are shown. Required for a
+    /// signed log.
+    #[arg(long, global = true, value_name = "FILE")]
+    trusted_keys: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     command: AuditCommand,
@@ -61,7 +67,8 @@ enum AuditCommand {
         #[arg(long)]
         to: u64,
     },
-    /// Checks the log's hash chain; exits 1 naming the first bad record.
+    /// Checks the log's hash chain and (with --trusted-keys) its signatures;
+    /// exits 1 naming the first bad record.
     Verify,
     /// The whole log as JSON lines, for a SIEM.
     Export,
@@ -72,12 +79,34 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
     if !EventLog::exists(data_dir) {
         bail!("{} holds no event log", data_dir.display());
     }
-    let log = Log::Sled(EventLog::open(data_dir).with_context(|| {
+    let log = EventLog::open(data_dir).with_context(|| {
         format!(
             "cannot open {} (a running service holds it: stop it, copy the directory, or use AuditService)",
             data_dir.display()
         )
-    })?);
+    })?;
+    let signing = match &args.trusted_keys {
+        Some(path) => Signing::verify_only(TrustedKeys::load(path).context("--trusted-keys")?),
+        None if log.is_signed()? => bail!(
+            "{} holds a signed log: give --trusted-keys FILE (the public keys the service trusts, \
+             its --log-trusted-keys), so that only what they signed is shown",
+            data_dir.display()
+        ),
+        None => Signing::default(),
+    };
+    let log = Log::sled(log, signing);
+    // Only what this verification vouches for is read below.
+    let verification = log.verify().await?;
+    if let (Some((sequence, reason)), false) = (
+        &verification.first_bad,
+        matches!(args.command, AuditCommand::Verify),
+    ) {
+        eprintln!(
+            "warning: the log fails verification at record {sequence} ({reason}): \
+             only the {} verified records before it are shown",
+            verification.events_checked
+        );
+    }
     let json = Json::new()?;
     match args.command {
         AuditCommand::Events {
@@ -167,16 +196,22 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCommand::Verify => {
-            let verification = log.verify().await?;
             if args.json {
                 json.print("VerifyLogResponse", &present::verification(&verification))?;
             } else {
                 match &verification.first_bad {
                     None => cassette_proto::outln!(
-                        "ok: {} events, head {} {}",
+                        "ok: {} events, head {} {}{}",
                         verification.events_checked,
                         verification.head.sequence,
-                        hex(&verification.head.hash)
+                        hex(&verification.head.hash),
+                        match &verification.signed {
+                            Some(signed) => format!(
+                                ", signed by key {} at record {}",
+                                signed.key_id, signed.head.sequence
+                            ),
+                            None => ", signatures not checked".to_owned(),
+                        }
                     )?,
                     Some((sequence, reason)) => cassette_proto::outln!(
                         "FAILED at record {sequence}: {reason} ({} good events before it)",

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use cassette_auth::{Authenticator, Policy, TrustDomain};
+use cassette_eventlog::{Signing, SigningKey, TrustedKeys};
 use cassette_rules::{Limits, Listener, Security};
 use tokio::net::{TcpListener, UnixListener};
 use tonic::transport::{Certificate, ClientTlsConfig};
@@ -44,6 +45,67 @@ pub struct SecurityArgs {
     insecure_plaintext: bool,
 }
 
+/// The event log's signatures: who signs appends, whose signatures count.
+#[derive(Debug, clap::Args)]
+pub struct SigningArgs {
+    /// The Ed25519 key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519`
+    /// writes it) that signs the head of every append. Required with
+    /// --tls-cert; `cassette-rules pki init` writes one (log-signing.key).
+    #[arg(long, env = "CASSETTE_LOG_SIGNING_KEY", global = true)]
+    log_signing_key: Option<PathBuf>,
+    /// The public keys whose signatures the log accepts (SubjectPublicKeyInfo
+    /// PEM, as `openssl pkey -pubout` writes them; several during a key
+    /// rotation): only records one of them signed are served. Required with
+    /// --tls-cert; `pki init` writes one (log-trusted-keys.pem).
+    #[arg(long, env = "CASSETTE_LOG_TRUSTED_KEYS", global = true)]
+    log_trusted_keys: Option<PathBuf>,
+}
+
+impl SigningArgs {
+    /// How the service signs and verifies its log. Secured mode (TLS)
+    /// requires both flags; development mode signs when given both and
+    /// otherwise runs unsigned, with a warning.
+    pub fn signing(&self, secured: bool) -> anyhow::Result<Signing> {
+        match (&self.log_signing_key, &self.log_trusted_keys) {
+            (Some(key), Some(trusted)) => {
+                let signing = Signing::new(SigningKey::load(key)?, self.trusted(trusted)?)
+                    .with_context(|| format!("--log-signing-key {}", key.display()))?;
+                Ok(signing)
+            }
+            (None, None) if secured => bail!(
+                "--tls-cert signs the event log: give --log-signing-key and --log-trusted-keys \
+                 (`cassette-rules pki init` writes log-signing.key and log-trusted-keys.pem beside the CA)"
+            ),
+            (None, None) => {
+                tracing::warn!(
+                    "the event log is not signed (no --log-signing-key/--log-trusted-keys): \
+                     whoever can write its store can write its history"
+                );
+                Ok(Signing::default())
+            }
+            (Some(_), None) => bail!(
+                "--log-signing-key needs --log-trusted-keys (which must hold its public key)"
+            ),
+            (None, Some(_)) => bail!(
+                "--log-trusted-keys needs --log-signing-key: the service signs what it appends"
+            ),
+        }
+    }
+
+    /// The trusted keys alone, for tools that only read (and remove) what the
+    /// service wrote.
+    pub fn verify_only(&self) -> anyhow::Result<Signing> {
+        Ok(match &self.log_trusted_keys {
+            Some(trusted) => Signing::verify_only(self.trusted(trusted)?),
+            None => Signing::default(),
+        })
+    }
+
+    fn trusted(&self, path: &std::path::Path) -> anyhow::Result<TrustedKeys> {
+        TrustedKeys::load(path).context("--log-trusted-keys")
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum StoreKind {
     Sled,
@@ -54,34 +116,50 @@ pub enum StoreKind {
 #[derive(Debug, clap::Args)]
 pub struct EtcdArgs {
     /// Client URLs of the etcd members (http:// or https://), comma-separated.
-    #[arg(long, env = "CASSETTE_ETCD_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "CASSETTE_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        global = true
+    )]
     etcd_endpoints: Vec<String>,
     /// Every key of the log starts with it: several deployments can share a cluster.
-    #[arg(long, env = "CASSETTE_ETCD_PREFIX", default_value = "/cassette/v1")]
+    #[arg(
+        long,
+        env = "CASSETTE_ETCD_PREFIX",
+        default_value = "/cassette/v1",
+        global = true
+    )]
     etcd_prefix: String,
     /// CA (PEM) to check https:// etcd members with.
-    #[arg(long, env = "CASSETTE_ETCD_CA")]
+    #[arg(long, env = "CASSETTE_ETCD_CA", global = true)]
     etcd_ca: Option<PathBuf>,
     /// Client certificate (PEM) for an etcd cluster that asks for one.
-    #[arg(long, env = "CASSETTE_ETCD_CERT", requires = "etcd_key")]
+    #[arg(long, env = "CASSETTE_ETCD_CERT", requires = "etcd_key", global = true)]
     etcd_cert: Option<PathBuf>,
     /// The client certificate's key (PEM).
-    #[arg(long, env = "CASSETTE_ETCD_KEY", requires = "etcd_cert")]
+    #[arg(long, env = "CASSETTE_ETCD_KEY", requires = "etcd_cert", global = true)]
     etcd_key: Option<PathBuf>,
     /// User for an etcd cluster with authentication enabled.
-    #[arg(long, env = "CASSETTE_ETCD_USER", requires = "etcd_password")]
+    #[arg(
+        long,
+        env = "CASSETTE_ETCD_USER",
+        requires = "etcd_password",
+        global = true
+    )]
     etcd_user: Option<String>,
     /// Its password (better given as CASSETTE_ETCD_PASSWORD than on the command line).
     #[arg(
         long,
         env = "CASSETTE_ETCD_PASSWORD",
         requires = "etcd_user",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     etcd_password: Option<String>,
     /// How long an append keeps trying (through leader elections) before it
     /// answers UNAVAILABLE.
-    #[arg(long, env = "CASSETTE_ETCD_APPEND_DEADLINE", default_value = "10s", value_parser = cassette_proto::parse_duration)]
+    #[arg(long, env = "CASSETTE_ETCD_APPEND_DEADLINE", default_value = "10s", value_parser = cassette_proto::parse_duration, global = true)]
     etcd_append_deadline: std::time::Duration,
 }
 

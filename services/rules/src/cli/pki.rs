@@ -18,8 +18,10 @@ pub struct PkiArgs {
 
 #[derive(Debug, Subcommand)]
 enum PkiCommand {
-    /// Make a CA (ca.pem, ca.key) and a server certificate (server.pem,
-    /// server.key) for localhost, 127.0.0.1, ::1 and each --server-name.
+    /// Make a CA (ca.pem, ca.key), a server certificate (server.pem,
+    /// server.key) for localhost, 127.0.0.1, ::1 and each --server-name, and
+    /// the event log's Ed25519 signing key (log-signing.key) with the file of
+    /// trusted public keys that holds its own (log-trusted-keys.pem).
     Init {
         #[arg(long)]
         dir: PathBuf,
@@ -65,6 +67,11 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
                 "server: {} {}",
                 pki.server_cert_path().display(),
                 pki.server_key_path().display()
+            )?;
+            cassette_proto::outln!(
+                "log:    {} {}",
+                pki.log_signing_key_path().display(),
+                pki.log_trusted_keys_path().display()
             )?;
         }
         PkiCommand::Issue {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use cassette_eventlog::{hex, Verification};
+use cassette_eventlog::{hex, SignedHead, Verification};
 use cassette_model::Firewall;
 use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
 use cassette_service::peers::Wire;
@@ -165,6 +165,7 @@ pub fn verification(v: &Verification) -> pb::VerifyLogResponse {
         head_hash: hex(&v.head.hash),
         first_bad_sequence,
         reason,
+        signed_head: v.signed.as_ref().map(SignedHead::to_pb),
     }
 }
 

@@ -75,6 +75,7 @@ pub fn store(error: StoreError) -> Status {
         StoreError::Domain(domain) => domain_status(domain, message),
         StoreError::ShuttingDown
         | StoreError::WriteFailed(_)
+        | StoreError::Halted { .. }
         | StoreError::Log(LogError::Unavailable(_) | LogError::Refused(_)) => {
             Status::unavailable(message)
         }
@@ -320,6 +321,14 @@ mod tests {
                 },
                 Code::Internal,
                 500,
+            ),
+            (
+                StoreError::Halted {
+                    sequence: 3,
+                    reason: "signature: no signature covers records 3 to 3".into(),
+                },
+                Code::Unavailable,
+                503,
             ),
         ];
         for (error, code, http) in cases {

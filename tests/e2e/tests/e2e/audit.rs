@@ -468,7 +468,7 @@ async fn get_firewall_at_renders_exactly_what_the_enforcer_applied() {
 }
 
 /// Runs `cassette-rules` with `args` expecting it to exit; its status and output.
-fn run_to_exit(args: &[&str], data: &Path) -> (bool, String) {
+pub(crate) fn run_to_exit(args: &[&str], data: &Path) -> (bool, String) {
     let mut child = Command::new(binary("cassette-rules"))
         .args(args)
         .arg("--data-dir")

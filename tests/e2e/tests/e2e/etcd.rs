@@ -375,14 +375,14 @@ async fn a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_
     let mut config = EtcdConfig::new(cluster.endpoints());
     config.prefix = prefix.to_owned();
     let (store, _) = cassette_rules::Store::open(
-        &cassette_rules::LogConfig::Etcd(config),
+        &cassette_rules::LogConfig::etcd(config),
         std::sync::Arc::new(cassette_rules::grpc::present::ProtoWire),
     )
     .await
     .expect("a replica on the log");
     let writer = log_on(&cluster, prefix);
     let head = writer.append(genesis, &history[..4]).await.unwrap();
-    cassette_eventlog::etcd::tamper::append_unlinked(&writer, &history[4], [0xab; 32])
+    cassette_eventlog::etcd::tamper::append_forged(&writer, &history[4], [0xab; 32], None)
         .await
         .unwrap();
     let verified = writer.verify().await.unwrap();
@@ -401,7 +401,7 @@ async fn a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_
     };
     let refused = store.mutate(mutation).await.unwrap_err().to_string();
     assert!(
-        refused.contains("fails verification at record 5: does not link to record 4"),
+        refused.contains("fails verification at record 5 (does not link to record 4)"),
         "the replica's catch-up: {refused}"
     );
     store.begin_shutdown();

@@ -30,6 +30,7 @@ mod faults;
 mod kernel;
 mod readme;
 mod replicas;
+mod signed;
 mod state;
 mod sync;
 mod tidy;
