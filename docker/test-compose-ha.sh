@@ -28,10 +28,29 @@ compose_up "$bin_dir"
 
 check "rules-a is healthy on the etcd log" healthy rules-a 120
 check "rules-b is healthy on the etcd log" healthy rules-b 120
-check "rules-a holds only the CA certificate and the server's key pair" \
-    holds_only rules-a ca.pem server.pem server.key log-signing.key log-trusted-keys.pem
-check "rules-b holds only the CA certificate and the server's key pair" \
-    holds_only rules-b ca.pem server.pem server.key log-signing.key log-trusted-keys.pem
+rules_files=(ca.pem server.pem server.key log-signing.key log-trusted-keys.pem etcd-ca.pem etcd-client.pem etcd-client.key)
+check "rules-a holds only the CAs' certificates, the server's key pair, the log's keys and its etcd client pair" \
+    holds_only rules-a "${rules_files[@]}"
+check "rules-b holds only the CAs' certificates, the server's key pair, the log's keys and its etcd client pair" \
+    holds_only rules-b "${rules_files[@]}"
+for m in etcd-1 etcd-2 etcd-3; do
+    check "$m holds only etcd's CA certificate and its own key pair" holds_only "$m" ca.pem "$m.pem" "$m.key"
+done
+# etcd is on a network of its own: the workloads cannot reach it at all.
+reaches_etcd() { # reaches_etcd SERVICE: a TCP connection from SERVICE to etcd-1:2379
+    dc exec -T "$1" timeout 3 bash -c 'exec 3<>/dev/tcp/etcd-1/2379' >/dev/null 2>&1
+}
+check "the client cannot reach etcd" bash -c "$(declare -f reaches_etcd dc); compose=(${compose[*]}); project=$project; ! reaches_etcd client"
+check "web-1 cannot reach etcd" bash -c "$(declare -f reaches_etcd dc); compose=(${compose[*]}); project=$project; ! reaches_etcd web-1"
+# On its network, etcd speaks TLS and answers only a client certificate from its CA.
+etcd_read() { # etcd_read CLIENT_FLAGS...: reads the log from inside rules-a
+    dc exec -T rules-a cassette-rules log remove-after 0 --store etcd --etcd-endpoints https://etcd-1:2379 \
+        --etcd-ca /pki/etcd-ca.pem --etcd-append-deadline 3s "$@" 2>&1 || true
+}
+check "etcd answers the replicas' client certificate" bash -c \
+    "$(declare -f etcd_read dc); compose=(${compose[*]}); project=$project; etcd_read --etcd-cert /pki/etcd-client.pem --etcd-key /pki/etcd-client.key | grep -Eq 'would remove records|nothing to remove'"
+check "etcd refuses a client without a certificate" bash -c \
+    "$(declare -f etcd_read dc); compose=(${compose[*]}); project=$project; ! etcd_read | grep -Eq 'would remove records|nothing to remove'"
 check "the enforcer holds only the CA certificate and its own key pair" \
     holds_only web-1-enforcer ca.pem enforcer-web-1.pem enforcer-web-1.key
 admin_credentials

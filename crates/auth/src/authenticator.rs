@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use cassette_model::{ActorId, ValidationError};
 use sha2::{Digest, Sha256};
 
-use crate::caller::{AuthError, Caller};
-use crate::identity::{Identity, TrustDomain};
+use crate::caller::{AuthError, Caller, Proof};
+use crate::identity::{Identity, PrincipalName, TrustDomain};
 use crate::policy::{Policy, PolicyError};
 
 /// Metadata naming who asks in development mode (ignored otherwise).
@@ -43,6 +43,9 @@ pub struct Authenticator {
     mode: Mode,
     policy: RwLock<Arc<Policy>>,
     policy_path: Option<PathBuf>,
+    /// Counts policy replacements: what long-lived streams watch to check
+    /// their caller again.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl Authenticator {
@@ -51,6 +54,7 @@ impl Authenticator {
             mode: Mode::Development,
             policy: RwLock::default(),
             policy_path: None,
+            generation: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -60,7 +64,14 @@ impl Authenticator {
             mode: Mode::Secure { trust_domain },
             policy: RwLock::new(Arc::new(policy)),
             policy_path,
+            generation: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Wakes after each policy replacement: a stream checks its caller
+    /// again with [`Authenticator::recheck`].
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn is_development(&self) -> bool {
@@ -87,6 +98,51 @@ impl Authenticator {
 
     pub fn replace(&self, policy: Policy) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// `caller` as the current policy sees it, from the proof it presented
+    /// when it was authenticated: refused if its certificate identity was
+    /// revoked or its token removed since; a principal's grant as it is now.
+    pub fn recheck(&self, caller: &Caller) -> Result<Caller, AuthError> {
+        if self.is_development() {
+            return Ok(caller.clone());
+        }
+        let fresh = match &caller.proof {
+            Proof::None => return Ok(caller.clone()),
+            Proof::Certificate { spiffe_id } => {
+                let policy = self.policy();
+                if policy.is_revoked(spiffe_id) {
+                    return Err(revoked(spiffe_id));
+                }
+                match caller.principal_name() {
+                    Some(name) => self.by_name(&policy, name, spiffe_id.clone()),
+                    None => caller.clone(),
+                }
+            }
+            Proof::Token { digest } => self.by_token(&self.policy(), digest)?,
+        };
+        match caller.on_behalf_of() {
+            Some(user) => fresh.acting_for(user.clone()),
+            None => Ok(fresh),
+        }
+    }
+
+    fn by_name(&self, policy: &Policy, name: &PrincipalName, spiffe_id: String) -> Caller {
+        let proof = Proof::Certificate { spiffe_id };
+        match policy.grant(name) {
+            Some(grant) => Caller::principal(Arc::new(grant.clone()), proof),
+            None => Caller::stranger(name.clone(), proof),
+        }
+    }
+
+    fn by_token(&self, policy: &Policy, digest: &[u8; 32]) -> Result<Caller, AuthError> {
+        policy
+            .grant_for_token_digest(digest)
+            .map(|grant| {
+                Caller::principal(Arc::new(grant.clone()), Proof::Token { digest: *digest })
+            })
+            .ok_or_else(|| AuthError::Unauthenticated("unknown bearer token".into()))
     }
 
     pub fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Caller, AuthError> {
@@ -117,12 +173,17 @@ impl Authenticator {
     ) -> Result<Caller, AuthError> {
         let policy = self.policy();
         if let Some(der) = credentials.certificate {
-            return Ok(match Identity::from_certificate(der, domain)? {
+            let identity = Identity::from_certificate(der, domain)?;
+            let spiffe_id = match &identity {
+                Identity::Enforcer(instance) => domain.enforcer_uri(instance.as_str()),
+                Identity::Principal(name) => domain.principal_uri(name.as_str()),
+            };
+            if policy.is_revoked(&spiffe_id) {
+                return Err(revoked(&spiffe_id));
+            }
+            return Ok(match identity {
                 Identity::Enforcer(instance) => Caller::enforcer(instance, domain),
-                Identity::Principal(name) => match policy.grant(&name) {
-                    Some(grant) => Caller::principal(Arc::new(grant.clone())),
-                    None => Caller::stranger(name),
-                },
+                Identity::Principal(name) => self.by_name(&policy, &name, spiffe_id),
             });
         }
         let Some(authorization) = credentials.authorization else {
@@ -135,11 +196,14 @@ impl Authenticator {
             AuthError::Unauthenticated("the authorization header must be `Bearer <token>`".into())
         })?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        policy
-            .grant_for_token_digest(&digest)
-            .map(|grant| Caller::principal(Arc::new(grant.clone())))
-            .ok_or_else(|| AuthError::Unauthenticated("unknown bearer token".into()))
+        self.by_token(&policy, &digest)
     }
+}
+
+fn revoked(spiffe_id: &str) -> AuthError {
+    AuthError::Unauthenticated(format!(
+        "the identity {spiffe_id} is revoked by the policy ([revoked] spiffe_ids)"
+    ))
 }
 
 fn parse_header(name: &'static str, value: &str) -> Result<ActorId, AuthError> {
@@ -282,5 +346,79 @@ token_sha256 = "{}"
             auth.authenticate(&credentials).unwrap_err(),
             AuthError::Unauthenticated(_)
         ));
+    }
+
+    /// A caller authenticated under one policy, checked again under the
+    /// next: a narrowed grant, a removed token and a revoked certificate
+    /// identity all show, and each replacement wakes the watchers.
+    #[test]
+    fn a_new_policy_applies_to_callers_authenticated_before_it() {
+        let auth = secure();
+        let mut changes = auth.changes();
+        let web = auth
+            .authenticate(&Credentials {
+                authorization: Some(&token("web-token")),
+                ..Default::default()
+            })
+            .unwrap();
+        let narrowed = format!(
+            "[[principal]]\nname = \"web-team\"\nrole = \"viewer\"\ninstances = [\"web-2\"]\ntoken_sha256 = \"{}\"\n",
+            hex(b"web-token")
+        );
+        auth.replace(Policy::parse(&narrowed).unwrap());
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        let again = auth.recheck(&web).unwrap();
+        assert!(again
+            .authorize(Action::Read, "GetFirewall", "web-2")
+            .is_ok());
+        assert!(again.authorize(Action::Mutate, "AddRule", "web-2").is_err());
+        assert!(again
+            .authorize(Action::Read, "GetFirewall", "web-1")
+            .is_err());
+        auth.replace(Policy::default());
+        assert!(changes.has_changed().unwrap());
+        assert!(matches!(
+            auth.recheck(&web),
+            Err(AuthError::Unauthenticated(_))
+        ));
+
+        // Certificates: an enforcer identity, then revoked.
+        let dir = tempfile::tempdir().unwrap();
+        let pki = cassette_pki::Pki::init(dir.path(), "cassette.local", &[]).unwrap();
+        let uri = TrustDomain::default().enforcer_uri("web-1");
+        let issued = pki.issue(&uri, "enforcer-web-1").unwrap();
+        let der = cassette_pki::first_certificate_der(&issued.cert_pem).unwrap();
+        let credentials = Credentials {
+            certificate: Some(&der),
+            ..Default::default()
+        };
+        let enforcer = auth.authenticate(&credentials).unwrap();
+        enforcer.authorize_sync("web-1").unwrap();
+        let revoked = format!("[revoked]\nspiffe_ids = [\"{uri}\"]\n");
+        auth.replace(Policy::parse(&revoked).unwrap());
+        for refused in [auth.recheck(&enforcer), auth.authenticate(&credentials)] {
+            let error = refused.unwrap_err();
+            assert!(
+                matches!(&error, AuthError::Unauthenticated(m) if m.contains(&uri)),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn revoked_ids_must_be_spiffe_ids() {
+        for bad in [
+            "web-1",
+            "spiffe://cassette.local/enforcer",
+            "https://x/enforcer/web-1",
+        ] {
+            let text = format!("[revoked]\nspiffe_ids = [\"{bad}\"]\n");
+            let error = Policy::parse(&text).unwrap_err().to_string();
+            assert!(
+                error.contains("revoked.spiffe_ids[0]") && error.contains(bad),
+                "{error}"
+            );
+        }
     }
 }

@@ -53,11 +53,24 @@ enum Who {
     Enforcer { instance: InstanceId, uri: String },
 }
 
+/// How a caller proved who it is: what a new policy is applied to again
+/// (see `Authenticator::recheck`).
+#[derive(Debug, Clone)]
+pub(crate) enum Proof {
+    /// Development mode: nothing to prove.
+    None,
+    /// A client certificate with this SPIFFE ID.
+    Certificate { spiffe_id: String },
+    /// A bearer token with this SHA-256.
+    Token { digest: [u8; 32] },
+}
+
 /// Who is calling, as authenticated for one request or stream.
 #[derive(Debug, Clone)]
 pub struct Caller {
     who: Who,
     on_behalf_of: Option<ActorId>,
+    pub(crate) proof: Proof,
 }
 
 impl Caller {
@@ -65,28 +78,43 @@ impl Caller {
         Self {
             who: Who::Anonymous { actor },
             on_behalf_of,
+            proof: Proof::None,
         }
     }
 
-    pub(crate) fn principal(grant: Arc<Grant>) -> Self {
+    pub(crate) fn principal(grant: Arc<Grant>, proof: Proof) -> Self {
         Self {
             who: Who::Principal(grant),
             on_behalf_of: None,
+            proof,
         }
     }
 
-    pub(crate) fn stranger(name: PrincipalName) -> Self {
+    pub(crate) fn stranger(name: PrincipalName, proof: Proof) -> Self {
         Self {
             who: Who::Stranger(name),
             on_behalf_of: None,
+            proof,
         }
     }
 
     pub(crate) fn enforcer(instance: InstanceId, domain: &TrustDomain) -> Self {
         let uri = domain.enforcer_uri(instance.as_str());
         Self {
+            proof: Proof::Certificate {
+                spiffe_id: uri.clone(),
+            },
             who: Who::Enforcer { instance, uri },
             on_behalf_of: None,
+        }
+    }
+
+    /// The principal's name, for one authenticated by name (a certificate).
+    pub(crate) fn principal_name(&self) -> Option<&PrincipalName> {
+        match &self.who {
+            Who::Principal(grant) => Some(&grant.name),
+            Who::Stranger(name) => Some(name),
+            _ => None,
         }
     }
 

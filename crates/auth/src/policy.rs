@@ -7,6 +7,11 @@
 //! instances = ["web-*"]      # globs over instance ids
 //! delegate = false           # may send x-on-behalf-of
 //! token_sha256 = "<hex>"     # optional bearer token, stored only as its SHA-256
+//!
+//! [revoked]
+//! # client certificate identities refused even though their certificate
+//! # chains to the CA (a stolen enforcer key, a decommissioned instance)
+//! spiffe_ids = ["spiffe://cassette.local/enforcer/web-9"]
 //! ```
 //!
 //! A file that does not parse or validate is refused whole, with an error
@@ -72,10 +77,11 @@ impl Grant {
     }
 }
 
-/// Every principal's grant.
+/// Every principal's grant, and the revoked identities.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     grants: Vec<Grant>,
+    revoked: HashSet<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +100,12 @@ pub enum PolicyError {
         name: String,
         message: String,
     },
+    #[error("policy revoked.spiffe_ids[{index}] ({id:?}): {message}")]
+    Revoked {
+        index: usize,
+        id: String,
+        message: &'static str,
+    },
 }
 
 #[derive(Deserialize)]
@@ -101,6 +113,15 @@ pub enum PolicyError {
 struct File {
     #[serde(default)]
     principal: Vec<Entry>,
+    #[serde(default)]
+    revoked: Revoked,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Revoked {
+    #[serde(default)]
+    spiffe_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -177,7 +198,29 @@ impl Policy {
                 token_sha256,
             });
         }
-        Ok(Self { grants })
+        let mut revoked = HashSet::new();
+        for (index, id) in file.revoked.spiffe_ids.into_iter().enumerate() {
+            let bad = |message| PolicyError::Revoked {
+                index,
+                id: id.clone(),
+                message,
+            };
+            let Some(path) = id.strip_prefix("spiffe://") else {
+                return Err(bad("must be a SPIFFE ID: spiffe://<trust-domain>/enforcer/<instance> or .../principal/<name>"));
+            };
+            if path.split('/').count() != 3 || path.chars().any(char::is_whitespace) {
+                return Err(bad(
+                    "must be spiffe://<trust-domain>/enforcer/<instance> or .../principal/<name>",
+                ));
+            }
+            revoked.insert(id);
+        }
+        Ok(Self { grants, revoked })
+    }
+
+    /// Whether the client certificate identity `spiffe_id` is revoked.
+    pub fn is_revoked(&self, spiffe_id: &str) -> bool {
+        self.revoked.contains(spiffe_id)
     }
 
     pub fn grants(&self) -> &[Grant] {

@@ -325,12 +325,24 @@ impl EventLog {
         &self,
         head: Head,
         trust: Option<&TrustedKeys>,
-        mut visit: impl FnMut(&Record) -> Result<(), String>,
+        visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
         let vouched = match trust {
             Some(trust) => self.newest_trusted(head.sequence, trust)?,
             None => None,
         };
+        self.verify_vouched(head, trust, vouched, visit)
+    }
+
+    /// [`EventLog::verify_from`] with the newest signature already checked
+    /// (`vouched`, if any): each signature after it is checked on the walk.
+    pub fn verify_vouched(
+        &self,
+        head: Head,
+        trust: Option<&TrustedKeys>,
+        vouched: Option<SignedHead>,
+        mut visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
         let after_vouched = vouched.as_ref().map_or(head.sequence, |s| s.head.sequence);
         let mut verifier = Verifier::from(head, trust).vouched(vouched);
         let first = head.sequence.saturating_add(1);

@@ -181,6 +181,28 @@ impl Pki {
         self.sign(params, SERVER)
     }
 
+    /// A cluster member's certificate (an etcd member: its client and peer
+    /// listeners, and its connections to the other members): the DNS name
+    /// `name` and localhost, for server and client authentication, written
+    /// to `<name>.pem` and `<name>.key`.
+    pub fn issue_peer(&self, name: &str, valid_for: Duration) -> Result<Issued, PkiError> {
+        check_stem(name)?;
+        let names = vec![
+            name.to_owned(),
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ];
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        valid(&mut params, valid_for)?;
+        self.sign(params, name)
+    }
+
     /// A client certificate whose one URI SAN is `uri` (a `spiffe://` identity),
     /// written to `<stem>.pem` and `<stem>.key`, valid for [`DEFAULT_VALIDITY`].
     pub fn issue(&self, uri: &str, stem: &str) -> Result<Issued, PkiError> {
@@ -194,12 +216,7 @@ impl Pki {
         stem: &str,
         valid_for: Duration,
     ) -> Result<Issued, PkiError> {
-        let safe = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
-        if stem.is_empty() || !stem.chars().all(safe) || stem == SERVER || stem == "ca" {
-            return Err(PkiError::Invalid(format!(
-                "{stem:?} cannot name a certificate file"
-            )));
-        }
+        check_stem(stem)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, uri);
@@ -254,6 +271,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
         path: path.display().to_string(),
         source,
     }
+}
+
+/// A file name stem for issued files: plain characters, not the CA's or the server's.
+fn check_stem(stem: &str) -> Result<(), PkiError> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if stem.is_empty() || !stem.chars().all(safe) || stem == SERVER || stem == "ca" {
+        return Err(PkiError::Invalid(format!(
+            "{stem:?} cannot name a certificate file"
+        )));
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {

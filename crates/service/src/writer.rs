@@ -127,8 +127,11 @@ impl Writer {
         }
         let mut touched: HashMap<InstanceId, u64> = HashMap::new();
         let mut last_time = self.last_time;
+        // What the projection holds once the walk ends, however it ends: a
+        // walk cut short by an unreachable log has folded what it handed on.
+        let mut folded = self.log_head;
         let projection = self.projection.clone();
-        let verification = self
+        let walked = self
             .log
             .verify_from(self.log_head, |record| {
                 let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
@@ -137,15 +140,20 @@ impl Writer {
                     .map_err(|e| format!("does not fold: {e}"))?;
                 last_time = last_time.max(record.event.commit_time);
                 touched.insert(record.event.instance_id.clone(), record.event.revision);
+                folded = Head {
+                    sequence: record.event.sequence,
+                    hash: record.hash,
+                };
                 Ok(())
             })
-            .await?;
+            .await;
         self.last_time = last_time;
-        self.log_head = verification.head;
+        self.log_head = folded;
         for (instance, revision) in &touched {
             self.board.notify_committed(instance, *revision);
         }
         self.head.send_replace(self.log_head.sequence);
+        let verification = walked?;
         match verification.first_bad {
             None => Ok(()),
             Some((sequence, reason)) => {

@@ -304,8 +304,11 @@ impl RulesService {
         let firewall_api = Arc::new(FirewallApi::new(self.store.clone(), limits));
         let firewall = FirewallServiceServer::from_arc(firewall_api.clone())
             .max_decoding_message_size(limits.max_message_bytes);
-        let enforcer = EnforcerServiceServer::new(EnforcerApi::new(self.store.clone()))
-            .max_decoding_message_size(limits.max_message_bytes);
+        let enforcer = EnforcerServiceServer::new(EnforcerApi::new(
+            self.store.clone(),
+            self.security.authenticator.clone(),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
         let audit = AuditServiceServer::new(AuditApi::new(self.store.clone(), limits))
             .max_decoding_message_size(limits.max_message_bytes);
         let (stop, stopped) = watch::channel(false);

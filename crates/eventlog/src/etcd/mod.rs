@@ -553,12 +553,24 @@ impl EtcdLog {
         &self,
         head: Head,
         trust: Option<&TrustedKeys>,
-        mut visit: impl FnMut(&Record) -> Result<(), String>,
+        visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
         let vouched = match trust {
             Some(trust) => self.newest_trusted(head.sequence, trust).await?,
             None => None,
         };
+        self.verify_vouched(head, trust, vouched, visit).await
+    }
+
+    /// [`EtcdLog::verify_from`] with the newest signature already checked
+    /// (`vouched`, if any): each signature after it is checked on the walk.
+    pub async fn verify_vouched(
+        &self,
+        head: Head,
+        trust: Option<&TrustedKeys>,
+        vouched: Option<SignedHead>,
+        mut visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
         let mut verifier = Verifier::from(head, trust).vouched(vouched);
         loop {
             let after = verifier.expected() - 1;

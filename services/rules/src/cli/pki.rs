@@ -35,8 +35,10 @@ enum PkiCommand {
         days: u32,
     },
     /// Issue a client certificate with a SPIFFE identity: enforcer-<ID>.pem/.key
-    /// or principal-<NAME>.pem/.key in the directory.
-    #[command(group(ArgGroup::new("identity").required(true).args(["enforcer", "principal"])))]
+    /// or principal-<NAME>.pem/.key in the directory; or, with --peer, a
+    /// cluster member's certificate (an etcd member's: server and client
+    /// authentication for the DNS name NAME): NAME.pem/.key.
+    #[command(group(ArgGroup::new("identity").required(true).args(["enforcer", "principal", "peer"])))]
     Issue {
         #[arg(long)]
         dir: PathBuf,
@@ -46,6 +48,9 @@ enum PkiCommand {
         /// spiffe://<trust-domain>/principal/<NAME>: an API caller.
         #[arg(long)]
         principal: Option<String>,
+        /// A cluster member reached as NAME (an etcd member).
+        #[arg(long, value_name = "NAME")]
+        peer: Option<String>,
         /// How many days the certificate is valid.
         #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
@@ -78,6 +83,7 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
             dir,
             enforcer,
             principal,
+            peer,
             days,
         } => {
             let pki = Pki::open(&dir).with_context(|| {
@@ -86,6 +92,15 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
                     dir.display()
                 )
             })?;
+            if let Some(name) = peer {
+                let issued = pki.issue_peer(&name, days_of(days))?;
+                cassette_proto::outln!(
+                    "{name}: {} {}",
+                    issued.cert_path.display(),
+                    issued.key_path.display()
+                )?;
+                return Ok(());
+            }
             let domain = TrustDomain::parse(pki.trust_domain())?;
             let (uri, stem) = match (enforcer, principal) {
                 (Some(id), _) => {

@@ -4,13 +4,15 @@
 //!
 //! The channel cannot lie: only the instance's own enforcer identity may open
 //! it, an ack counts only for a revision this stream was sent, an ok ack must
-//! carry the ruleset hash the service computes for that revision, and a newer
-//! stream for the instance closes the older one.
+//! carry the ruleset hash the service computes for that revision, a newer
+//! stream for the instance closes the older one, and a policy reload that
+//! revokes the enforcer's identity closes its stream.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use cassette_auth::{Authenticator, Caller};
 use cassette_model::{InstanceId, ValidationError};
 use cassette_proto::pb::enforcer_service_server::EnforcerService;
 use cassette_proto::pb::sync_request::Message;
@@ -38,11 +40,51 @@ const MAX_ACK_ERROR_BYTES: usize = 4096;
 
 pub struct EnforcerApi {
     store: Arc<Store>,
+    authenticator: Arc<Authenticator>,
 }
 
 impl EnforcerApi {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<Store>, authenticator: Arc<Authenticator>) -> Self {
+        Self {
+            store,
+            authenticator,
+        }
+    }
+}
+
+/// Why an open stream ends before its enforcer or the service goes away.
+enum Ending {
+    /// A newer stream for the instance opened.
+    Replaced,
+    /// The policy no longer lets its caller sync the instance.
+    Refused(Status),
+}
+
+/// Resolves when the stream must end: `replaced`, or a policy reload after
+/// which `caller` may no longer sync `instance` (its identity revoked).
+async fn ending(
+    replaced: impl std::future::Future<Output = ()>,
+    authenticator: Arc<Authenticator>,
+    caller: Caller,
+    instance: InstanceId,
+) -> Ending {
+    let mut changes = authenticator.changes();
+    let refused = async {
+        loop {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let allowed = authenticator
+                .recheck(&caller)
+                .and_then(|again| again.authorize_sync(instance.as_str()));
+            if let Err(error) = allowed {
+                return refused(error);
+            }
+        }
+    };
+    tokio::select! {
+        () = replaced => Ending::Replaced,
+        status = refused => Ending::Refused(status),
     }
 }
 
@@ -91,6 +133,7 @@ impl EnforcerService for EnforcerApi {
         });
         let (outbound, stream) = mpsc::channel(STREAM_BUFFER);
         let store = self.store.clone();
+        let authenticator = self.authenticator.clone();
         let serve = async move {
             // Sync state exists only for instances that exist: a Hello for an
             // unknown id waits for the firewall without creating anything.
@@ -109,6 +152,14 @@ impl EnforcerService for EnforcerApi {
                 },
             );
             let sent = Arc::new(AtomicU64::new(0));
+            let end = || {
+                ending(
+                    connection.replaced(),
+                    authenticator.clone(),
+                    caller.clone(),
+                    instance.clone(),
+                )
+            };
             let sender = tokio::spawn(
                 send_events(
                     store.clone(),
@@ -116,18 +167,19 @@ impl EnforcerService for EnforcerApi {
                     position,
                     outbound,
                     sent.clone(),
-                    connection.replaced(),
+                    end(),
                 )
                 .in_current_span(),
             );
+            let ended = end();
             let state = StreamState {
                 store,
                 instance,
-                connection,
+                _connection: connection,
                 sent,
                 connected_at: SystemTime::now(),
             };
-            receive_acks(state, inbound, sender).await;
+            receive_acks(state, inbound, sender, ended).await;
         };
         tokio::spawn(serve.instrument(span));
         Ok(Response::new(ReceiverStream::new(stream)))
@@ -206,9 +258,9 @@ async fn send_events(
     mut position: u64,
     outbound: mpsc::Sender<Outbound>,
     sent: Arc<AtomicU64>,
-    replaced: impl std::future::Future<Output = ()>,
+    ending: impl std::future::Future<Output = Ending>,
 ) {
-    tokio::pin!(replaced);
+    tokio::pin!(ending);
     let mut committed = store.board().watch_committed(&instance);
     let mut report_requests = store.board().watch_report_requests(&instance);
     report_requests.borrow_and_update();
@@ -260,9 +312,18 @@ async fn send_events(
             }
             _ = outbound.closed() => return,
             () = &mut stopping => return,
-            () = &mut replaced => {
-                tracing::info!("a newer sync stream for the instance opened; closing this one");
-                let _ = outbound.send(Err(stream_replaced(instance.as_str()))).await;
+            why = &mut ending => {
+                let status = match why {
+                    Ending::Replaced => {
+                        tracing::info!("a newer sync stream for the instance opened; closing this one");
+                        stream_replaced(instance.as_str())
+                    }
+                    Ending::Refused(status) => {
+                        tracing::warn!(reason = status.message(), "the policy no longer lets this enforcer sync: closing its stream");
+                        status
+                    }
+                };
+                let _ = outbound.send(Err(status)).await;
                 return;
             }
         }
@@ -273,29 +334,33 @@ async fn send_events(
 struct StreamState {
     store: Arc<Store>,
     instance: InstanceId,
-    connection: Connection,
+    /// Held while the stream lives: dropping it tells the board the
+    /// enforcer left.
+    _connection: Connection,
     /// The highest revision this stream was sent.
     sent: Arc<AtomicU64>,
     connected_at: SystemTime,
 }
 
-/// Records acks until the enforcer goes away, a newer stream replaces this
-/// one, or the service stops.
+/// Records acks until the enforcer goes away, the stream must end (a newer
+/// stream, a revoked identity), or the service stops.
 async fn receive_acks(
     state: StreamState,
     mut inbound: Streaming<pb::SyncRequest>,
     mut sender: tokio::task::JoinHandle<()>,
+    ending: impl std::future::Future<Output = Ending>,
 ) {
     let stopping = state.store.stopping();
     tokio::pin!(stopping);
-    let replaced = state.connection.replaced();
-    tokio::pin!(replaced);
+    tokio::pin!(ending);
     loop {
         let message = tokio::select! {
             message = inbound.message() => message,
             () = &mut stopping => break,
-            () = &mut replaced => {
-                state.store.metrics().replaced_streams.inc();
+            why = &mut ending => {
+                if matches!(why, Ending::Replaced) {
+                    state.store.metrics().replaced_streams.inc();
+                }
                 // Let the sender tell the enforcer why, unless it is stuck.
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut sender).await;
                 break;

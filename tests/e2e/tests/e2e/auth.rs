@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use cassette_auth::TrustDomain;
 use cassette_e2e::secured::{foreign_identity, token_sha256, Secured};
-use cassette_e2e::{pb, Client, InProcess, RulesProcess};
+use cassette_e2e::{pb, Client, InProcess, RulesProcess, PATIENCE};
 use cassette_proto::pb::audit_service_client::AuditServiceClient;
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
 use tonic::transport::{Channel, ClientTlsConfig};
@@ -666,4 +667,78 @@ async fn a_revoked_token_stops_working_after_sighup_and_a_bad_policy_keeps_the_o
         })
         .await
         .expect("certificates still work");
+}
+
+/// `[revoked] spiffe_ids`, applied on SIGHUP: the revoked enforcer's open
+/// Sync stream ends (UNAUTHENTICATED, naming the identity) and it cannot
+/// open another; other enforcers keep syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_enforcer_identity_is_cut_off_after_sighup() {
+    let secured = Secured::new(&policy());
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cassette_e2e::free_port();
+    let extra = secured.server_args();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let rules = RulesProcess::spawn_with_tls(
+        &dir.path().join("data"),
+        &addr.to_string(),
+        cassette_e2e::Target::Http(format!("https://{addr}")),
+        &extra,
+        Some(secured.principal("console")),
+    )
+    .await;
+    let mut console = rules.client().await;
+    for instance in ["web-1", "web-2"] {
+        cassette_e2e::create_firewall(&mut console, instance).await;
+    }
+    let enforcer = |instance: &'static str| {
+        let tls = secured.enforcer(instance);
+        let target = rules.target.clone();
+        async move { cassette_e2e::channel_with(&target, Some(&tls)).await }
+    };
+    let mut web1 = open_on(enforcer("web-1").await, "web-1", 0)
+        .await
+        .expect("web-1's enforcer syncs");
+    let mut web2 = open_on(enforcer("web-2").await, "web-2", 0)
+        .await
+        .expect("web-2's enforcer syncs");
+    for stream in [&mut web1, &mut web2] {
+        assert_eq!(stream.next(PATIENCE).await, Some(vec![1]));
+    }
+
+    let revoked = TrustDomain::default().enforcer_uri("web-1");
+    secured.write_policy(&format!(
+        "{}\n[revoked]\nspiffe_ids = [\"{revoked}\"]\n",
+        policy()
+    ));
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &rules.pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let ended = web1.status(PATIENCE).await;
+    let Some(Err(status)) = ended else {
+        panic!("the revoked enforcer's stream must end: {ended:?}");
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains(&revoked), "{status:?}");
+    let again = open_on(enforcer("web-1").await, "web-1", 1).await;
+    let refused = match again {
+        Err(status) => status,
+        Ok(mut stream) => match stream.status(PATIENCE).await {
+            Some(Err(status)) => status,
+            other => panic!("a revoked enforcer reconnected: {other:?}"),
+        },
+    };
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    // The other enforcer is not affected: it gets the next change.
+    console
+        .add_rule(pb::AddRuleRequest {
+            instance_id: "web-2".into(),
+            port: 8080,
+            ..Default::default()
+        })
+        .await
+        .expect("a change for web-2");
+    assert_eq!(web2.next(PATIENCE).await, Some(vec![2]));
 }
