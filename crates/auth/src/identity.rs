@@ -97,6 +97,23 @@ pub enum Identity {
     Principal(PrincipalName),
 }
 
+/// A certificate's subject and the end of its validity, from its DER: what
+/// the service and the enforcer warn about before it ends.
+pub fn certificate_end(der: &[u8]) -> Result<(String, std::time::SystemTime), String> {
+    let (_, certificate) =
+        X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let seconds = certificate.validity().not_after.timestamp();
+    let end =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+    Ok((certificate.subject().to_string(), end))
+}
+
+/// [`certificate_end`] of the first certificate in a PEM file.
+pub fn certificate_end_pem(pem: &[u8]) -> Result<(String, std::time::SystemTime), String> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| format!("not PEM: {e}"))?;
+    certificate_end(&block.contents)
+}
+
 impl Identity {
     /// Reads the one `spiffe://` URI SAN of a DER certificate whose chain TLS
     /// has already verified, and checks its trust domain and shape.

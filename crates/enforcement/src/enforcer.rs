@@ -3,7 +3,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use cassette_model::{fold, Event, Firewall, InstanceId};
@@ -32,7 +32,7 @@ pub struct Config {
     pub keepalive: Keepalive,
     /// TLS to the rules service: the CA to check it with and this enforcer's
     /// certificate (`spiffe://<trust-domain>/enforcer/<instance>`).
-    pub tls: Option<ClientTlsConfig>,
+    pub tls: ClientTls,
     pub instance: InstanceId,
     /// Names this process in the service's logs.
     pub enforcer_id: String,
@@ -45,6 +45,31 @@ pub struct Config {
     /// at start-up (`None`: nothing is saved; a restart starts from the
     /// defaults, or from what the kernel still holds).
     pub state_dir: Option<PathBuf>,
+}
+
+/// TLS to the rules service, replaceable while the enforcer runs (a renewed
+/// certificate, on SIGHUP): each new connection uses what it holds then; an
+/// open stream goes on with what it was made with. Empty: plaintext.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls(Arc<RwLock<Option<ClientTlsConfig>>>);
+
+impl ClientTls {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self(Arc::new(RwLock::new(tls)))
+    }
+
+    pub fn current(&self) -> Option<ClientTlsConfig> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The next connection uses `tls`.
+    pub fn replace(&self, tls: ClientTlsConfig) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(tls);
+    }
+
+    pub fn is_some(&self) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
 }
 
 /// One instance's enforcer. Owns the kernel backend and what it knows is in it.
@@ -274,7 +299,7 @@ impl<K: Kernel> Enforcer<K> {
                 };
                 info!(rules = %target, "connecting");
                 target
-                    .dial(self.config.tls.as_ref(), self.config.keepalive)
+                    .dial(self.config.tls.current().as_ref(), self.config.keepalive)
                     .await?
             }
         };

@@ -13,7 +13,7 @@ mod report;
 mod state;
 
 pub use backends::{FileKernel, MemoryKernel};
-pub use enforcer::{Config, Enforcer};
+pub use enforcer::{ClientTls, Config, Enforcer};
 pub use listening::{listening_sockets, Listening};
 pub use metrics::EnforcerMetrics;
 pub use state::{StateError, StateFile};

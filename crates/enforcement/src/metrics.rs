@@ -1,6 +1,6 @@
 //! The enforcer's Prometheus metrics.
 
-use cassette_metrics::{Counter, Histogram, Registry};
+use cassette_metrics::{Counter, Gauge, Histogram, Registry};
 
 #[derive(Debug, Default)]
 pub struct EnforcerMetrics {
@@ -23,11 +23,18 @@ pub struct EnforcerMetrics {
     /// A state file found at start-up was not trusted (corrupt, another
     /// instance's, unreadable).
     pub state_rejections: Counter,
+    /// When the enforcer's certificate ends, in Unix seconds; 0 without TLS.
+    pub tls_certificate_expiry: Gauge,
 }
 
 impl EnforcerMetrics {
     pub fn render(&self) -> String {
         let mut registry = Registry::default();
+        self.tls_certificate_expiry.register(
+            &mut registry,
+            "cassette_enforcer_tls_certificate_expiry_timestamp_seconds",
+            "When the enforcer's certificate ends, in Unix seconds; 0 without TLS. Renew it and send SIGHUP.",
+        );
         self.apply_duration.register(
             &mut registry,
             "cassette_enforcer_apply_duration_seconds",

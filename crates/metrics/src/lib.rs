@@ -67,6 +67,10 @@ impl Gauge {
         self.0.get()
     }
 
+    pub fn set(&self, value: i64) {
+        self.0.set(value);
+    }
+
     pub fn register(&self, registry: &mut Registry, name: &str, help: &str) {
         registry.register(name, help_text(help), self.0.clone());
     }

@@ -23,6 +23,11 @@ pub struct RulesMetrics {
     /// Records met that fail verification (no trusted signature covers
     /// them, or they break the chain): the service is read-only since.
     pub log_verification_failures: Counter,
+    /// When the soonest-ending certificate the service holds (its server
+    /// certificate, the client CA) ends, in Unix seconds; 0 without TLS.
+    pub tls_certificate_expiry: Gauge,
+    /// How many of them end within 14 days.
+    pub tls_certificates_expiring: Gauge,
 }
 
 impl RulesMetrics {
@@ -77,6 +82,16 @@ impl RulesMetrics {
             &mut registry,
             "cassette_rules_log_verification_failures_total",
             "Records of the event log met (at start-up or reading other replicas' appends) that fail verification: no trusted signature covers them, or they break the hash chain. The service is read-only since.",
+        );
+        self.tls_certificate_expiry.register(
+            &mut registry,
+            "cassette_rules_tls_certificate_expiry_timestamp_seconds",
+            "When the soonest-ending certificate the service holds (server certificate, client CA) ends, in Unix seconds; 0 without TLS.",
+        );
+        self.tls_certificates_expiring.register(
+            &mut registry,
+            "cassette_rules_tls_certificates_expiring",
+            "Certificates the service holds that end within 14 days (renew them and send SIGHUP).",
         );
         cassette_metrics::encode(&registry)
     }

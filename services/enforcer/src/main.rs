@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use cassette_enforcement::{Config, Enforcer, FileKernel, Kernel};
+use cassette_enforcement::{ClientTls, Config, Enforcer, EnforcerMetrics, FileKernel, Kernel};
 use cassette_model::InstanceId;
 use cassette_nft::NftKernel;
 use cassette_proto::{parse_duration, Keepalive, Target};
@@ -23,7 +23,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Streams one instance's firewall events from the rules service, replays them
 /// into the kernel (one nftables transaction per batch) and acknowledges what
 /// is in force. Losing the rules service changes nothing in the kernel.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(version, about)]
 struct Args {
     /// The rules service: http://HOST:PORT, https://HOST:PORT or unix:/PATH.
@@ -161,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
             interval: args.keepalive_interval,
             timeout: args.keepalive_timeout,
         },
-        tls: client_tls(&args)?,
+        tls: ClientTls::new(client_tls(&args)?),
         instance,
         enforcer_id,
         table: table.clone(),
@@ -215,11 +215,35 @@ async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result
     if args.create_firewall {
         tokio::spawn(create_firewall(
             config.rules.clone(),
-            config.tls.clone(),
+            config.tls.current(),
             config.instance.clone(),
         ));
     }
+    let tls = config.tls.clone();
     let enforcer = Enforcer::new(config, kernel);
+    check_certificate(args, &enforcer.metrics());
+    // SIGHUP: the certificate, key and CA read again for the next
+    // connection (a renewed certificate); the open stream goes on.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let (reload_args, metrics) = (args.clone(), enforcer.metrics());
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match client_tls(&reload_args) {
+                Ok(Some(config)) => {
+                    tls.replace(config);
+                    tracing::info!(
+                        "SIGHUP: TLS certificate, key and CA reloaded for the next connection"
+                    );
+                    check_certificate(&reload_args, &metrics);
+                }
+                Ok(None) => tracing::info!("SIGHUP: no TLS to reload"),
+                Err(error) => tracing::error!(
+                    error = %format!("{error:#}"),
+                    "SIGHUP: TLS files refused; the previous ones stay"
+                ),
+            }
+        }
+    });
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -243,6 +267,43 @@ async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result
         })
         .await;
     Ok(())
+}
+
+/// Warn when the enforcer's certificate ends within this.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Publishes when the enforcer's certificate ends, and warns when that is
+/// within [`EXPIRY_WARNING`].
+fn check_certificate(args: &Args, metrics: &EnforcerMetrics) {
+    let Some(path) = &args.tls_cert else {
+        return;
+    };
+    let end = std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| cassette_auth::certificate_end_pem(&pem));
+    let (subject, end) = match end {
+        Ok(end) => end,
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "cannot read when the certificate ends");
+            return;
+        }
+    };
+    let at = end
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    metrics
+        .tls_certificate_expiry
+        .set(i64::try_from(at).unwrap_or(i64::MAX));
+    let left = end
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    if left <= EXPIRY_WARNING {
+        tracing::warn!(
+            %subject,
+            days_left = left.as_secs() / 86_400,
+            "the enforcer's certificate ends soon: renew it and send SIGHUP"
+        );
+    }
 }
 
 /// CreateFirewall (idempotent), retried until the rules service answers.

@@ -11,9 +11,11 @@
 pub mod console;
 pub mod grpc;
 mod server;
+pub mod tls;
 
 pub use cassette_service::{Limits, LogConfig, LogStore, RulesMetrics, Store, StoreError};
 pub use grpc::requests;
 pub use grpc::status::Violations;
 pub use grpc::{AuditApi, EnforcerApi, FirewallApi};
 pub use server::{Listener, RulesService, Security, ServeError, DEFAULT_SHUTDOWN_GRACE};
+pub use tls::{ServerTls, TlsError, TlsFiles};

@@ -172,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
 
     let security = args.security.security()?;
     let authenticator = security.authenticator.clone();
+    let tls = security.tls.clone();
     let signing = args.signing.signing(args.security.tls_cert.is_some())?;
     let config = args.log_config(signing)?;
     let service = RulesService::open(&config)
@@ -189,6 +190,17 @@ async fn main() -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
+            // The certificates first: a policy that revokes an identity is
+            // applied with the CA it was written for.
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and client CA reloaded"),
+                    Err(error) => tracing::error!(
+                        %error,
+                        "SIGHUP: TLS files refused; the previous certificate, key and CA stay"
+                    ),
+                }
+            }
             match authenticator.reload() {
                 Ok(principals) => tracing::info!(principals, "SIGHUP: policy reloaded"),
                 Err(error) => {

@@ -13,14 +13,16 @@ use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
 use cassette_service::{Limits, LogConfig, LogStore, OpenStats, RulesMetrics, Store, StoreError};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::StreamExt;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::console;
 use crate::grpc::{caller, present, AuditApi, EnforcerApi, FirewallApi};
+use crate::tls::{ServerTls, TlsError, TlsFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -46,8 +48,6 @@ pub enum ServeError {
     ConsolePlaintextNotLoopback(std::net::SocketAddr),
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
-    #[error(transparent)]
-    ConsoleTls(#[from] console::HttpTlsError),
     #[error("the console: {0}")]
     Console(String),
     #[error("stopped: writing the event log failed ({0}); restart on what is on disk")]
@@ -57,11 +57,9 @@ pub enum ServeError {
 /// Who may call, and over what.
 pub struct Security {
     pub authenticator: Arc<Authenticator>,
-    /// TLS for every listener (server certificate, and the CA client
-    /// certificates must chain to); `None` is plaintext.
-    pub tls: Option<ServerTlsConfig>,
-    /// The server certificate and key (PEM) again, for the console's HTTPS.
-    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// TLS for every listener, gRPC and console (server certificate, and the
+    /// CA client certificates must chain to); `None` is plaintext.
+    pub tls: Option<Arc<ServerTls>>,
     /// Serve plaintext on non-loopback addresses too.
     pub insecure_plaintext: bool,
 }
@@ -73,7 +71,6 @@ impl Security {
         Self {
             authenticator: Arc::new(Authenticator::development()),
             tls: None,
-            identity_pem: None,
             insecure_plaintext: false,
         }
     }
@@ -87,19 +84,20 @@ impl Security {
         key: Vec<u8>,
         client_ca: Option<Vec<u8>>,
         authenticator: Authenticator,
-    ) -> Self {
-        let identity_pem = Some((cert.clone(), key.clone()));
-        let mut tls =
-            ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
-        if let Some(ca) = client_ca {
-            tls = tls
-                .client_ca_root(tonic::transport::Certificate::from_pem(ca))
-                .client_auth_optional(true);
-        }
+    ) -> Result<Self, TlsError> {
+        let tls = ServerTls::from_pem(&cert, &key, client_ca.as_deref())?;
+        Ok(Self::with_tls(tls, authenticator))
+    }
+
+    /// [`Security::tls`] from files, which a reload (SIGHUP) reads again.
+    pub fn tls_files(files: TlsFiles, authenticator: Authenticator) -> Result<Self, TlsError> {
+        Ok(Self::with_tls(ServerTls::from_files(files)?, authenticator))
+    }
+
+    fn with_tls(tls: ServerTls, authenticator: Authenticator) -> Self {
         Self {
             authenticator: Arc::new(authenticator),
-            tls: Some(tls),
-            identity_pem,
+            tls: Some(Arc::new(tls)),
             insecure_plaintext: false,
         }
     }
@@ -117,6 +115,9 @@ const SERVICES: [&str; 4] = [
 /// How long a service whose log failed keeps answering (UNAVAILABLE, health
 /// NOT_SERVING) before it stops.
 const FAILURE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often the certificates the service holds are checked for their end.
+const CERTIFICATE_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a stop waits for in-flight calls by default.
 pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -319,9 +320,6 @@ impl RulesService {
                 .http2_keepalive_interval(Some(limits.keepalive_interval))
                 .http2_keepalive_timeout(Some(limits.keepalive_timeout))
                 .tcp_keepalive(Some(limits.keepalive_interval));
-            if let Some(tls) = &self.security.tls {
-                builder = builder.tls_config(tls.clone())?;
-            }
             let router = builder
                 .add_service(health_service.clone())
                 .add_service(reflection().build_v1()?)
@@ -339,8 +337,9 @@ impl RulesService {
             let stop_signal = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            servers.push(match listener {
-                Listener::Tcp(l) => Box::pin(async move {
+            let tls = self.security.tls.as_ref().map(|tls| tls.grpc());
+            servers.push(match (listener, tls) {
+                (Listener::Tcp(l), None) => Box::pin(async move {
                     router
                         .serve_with_incoming_shutdown(
                             TcpIncoming::from(l).with_nodelay(Some(true)),
@@ -349,19 +348,39 @@ impl RulesService {
                         .await
                         .map_err(ServeError::from)
                 }),
-                Listener::Unix(l) => Box::pin(async move {
+                (Listener::Tcp(l), Some(tls)) => {
+                    let accepted = TcpListenerStream::new(l).map(|stream| {
+                        let stream = stream?;
+                        stream.set_nodelay(true)?;
+                        Ok(stream)
+                    });
+                    let incoming = crate::tls::incoming(accepted, tls);
+                    Box::pin(async move {
+                        router
+                            .serve_with_incoming_shutdown(incoming, stop_signal)
+                            .await
+                            .map_err(ServeError::from)
+                    })
+                }
+                (Listener::Unix(l), None) => Box::pin(async move {
                     router
                         .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop_signal)
                         .await
                         .map_err(ServeError::from)
                 }),
+                (Listener::Unix(l), Some(tls)) => {
+                    let incoming = crate::tls::incoming(UnixListenerStream::new(l), tls);
+                    Box::pin(async move {
+                        router
+                            .serve_with_incoming_shutdown(incoming, stop_signal)
+                            .await
+                            .map_err(ServeError::from)
+                    })
+                }
             });
         }
         if let Some(listener) = self.console.take() {
-            let tls = match &self.security.identity_pem {
-                Some((cert, key)) => Some(console::HttpTls::from_pem(cert, key)?),
-                None => None,
-            };
+            let tls = self.security.tls.as_ref().map(|tls| tls.console());
             let console = console::Console::new(
                 firewall_api.clone(),
                 self.store.clone(),
@@ -381,6 +400,43 @@ impl RulesService {
                     .await
                     .map_err(ServeError::Listener)
             }));
+        }
+        if let Some(tls) = self.security.tls.clone() {
+            // Certificates that end soon: said at start-up, after a reload
+            // that changes them, and daily; the metrics follow each reload
+            // and every minute.
+            let metrics = self.store.metrics().clone();
+            let stopping = self.store.stopping();
+            let mut reloads = tls.reloads();
+            tokio::spawn(async move {
+                tokio::pin!(stopping);
+                let mut said: Option<(Vec<crate::tls::Expiry>, std::time::Instant)> = None;
+                loop {
+                    reloads.borrow_and_update();
+                    let (expiring, soonest) = tls.expiring();
+                    let stale = said.as_ref().is_none_or(|(then, at)| {
+                        *then != expiring || at.elapsed() >= std::time::Duration::from_secs(86_400)
+                    });
+                    if stale {
+                        crate::tls::warn_expiring(&expiring);
+                        said = Some((expiring.clone(), std::time::Instant::now()));
+                    }
+                    let at = soonest
+                        .and_then(|t| t.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs());
+                    metrics
+                        .tls_certificate_expiry
+                        .set(i64::try_from(at).unwrap_or(i64::MAX));
+                    metrics
+                        .tls_certificates_expiring
+                        .set(i64::try_from(expiring.len()).unwrap_or(i64::MAX));
+                    tokio::select! {
+                        () = &mut stopping => return,
+                        _ = reloads.changed() => {}
+                        () = tokio::time::sleep(CERTIFICATE_CHECK) => {}
+                    }
+                }
+            });
         }
         let expiry = tokio::spawn(cassette_service::run_expiry(self.store.clone()));
         let store = self.store.clone();

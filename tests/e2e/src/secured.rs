@@ -49,6 +49,7 @@ impl Secured {
             Some(read(self.pki.ca_cert_path())),
             Authenticator::secure(Self::domain(), policy, Some(self.policy.clone())),
         )
+        .expect("the development PKI's TLS")
     }
 
     /// The log's signing, from the keys `pki init` wrote.

@@ -251,7 +251,7 @@ pub(crate) fn simulated(
     let config = Config {
         rules: vec![rules.clone()],
         keepalive: Default::default(),
-        tls: None,
+        tls: Default::default(),
         instance: InstanceId::parse(instance)?,
         enforcer_id: enforcer_id.to_owned(),
         table: TableName::default(),

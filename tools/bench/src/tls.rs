@@ -39,7 +39,7 @@ impl BenchTls {
             Self::read(self.pki.server_key_path())?,
             Some(Self::read(self.pki.ca_cert_path())?),
             Authenticator::secure(TrustDomain::default(), policy, None),
-        ))
+        )?)
     }
 
     /// The benchmark's client: `spiffe://cassette.local/principal/bench`.

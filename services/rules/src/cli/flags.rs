@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use cassette_auth::{Authenticator, Policy, TrustDomain};
 use cassette_eventlog::{Signing, SigningKey, TrustedKeys};
-use cassette_rules::{Limits, Listener, Security};
+use cassette_rules::{Limits, Listener, Security, TlsFiles};
 use tokio::net::{TcpListener, UnixListener};
 use tonic::transport::{Certificate, ClientTlsConfig};
 
@@ -251,27 +251,25 @@ impl SecurityArgs {
             bail!("--tls-cert needs --policy: the file that says which principal may do what");
         };
         let policy = Policy::load(policy_path)?;
-        let client_ca = match &self.client_ca {
-            Some(ca) => Some(read(ca, "--client-ca")?),
-            None => {
-                tracing::warn!(
-                    "no --client-ca: only bearer tokens authenticate, and no enforcer can connect"
-                );
-                None
-            }
-        };
+        if self.client_ca.is_none() {
+            tracing::warn!(
+                "no --client-ca: only bearer tokens authenticate, and no enforcer can connect"
+            );
+        }
         tracing::info!(
             trust_domain = %self.trust_domain,
             principals = policy.grants().len(),
             policy = %policy_path.display(),
             "TLS on every listener; callers authenticated by client certificate or bearer token"
         );
-        Ok(Security::tls(
-            read(cert, "--tls-cert")?,
-            read(key, "--tls-key")?,
-            client_ca,
-            Authenticator::secure(self.trust_domain.clone(), policy, Some(policy_path.clone())),
-        ))
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.client_ca.clone(),
+        };
+        let authenticator =
+            Authenticator::secure(self.trust_domain.clone(), policy, Some(policy_path.clone()));
+        Ok(Security::tls_files(files, authenticator)?)
     }
 }
 

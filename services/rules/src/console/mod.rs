@@ -30,7 +30,7 @@ use crate::grpc::FirewallApi;
 use cassette_service::limits::{Limits, Slots};
 use cassette_service::Store;
 
-pub use server::{serve, HttpTls, HttpTlsError};
+pub use server::serve;
 
 /// What every console route shares.
 pub struct Console {

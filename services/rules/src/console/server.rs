@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,41 +15,11 @@ use tokio_rustls::TlsAcceptor;
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, thiserror::Error)]
-pub enum HttpTlsError {
-    #[error("the console's TLS certificate: {0}")]
-    Pem(#[from] rustls::pki_types::pem::Error),
-    #[error("the console's TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-/// The console's TLS: the service's certificate; callers authenticate with a
-/// bearer token (client certificates are for gRPC).
-#[derive(Clone)]
-pub struct HttpTls(Arc<rustls::ServerConfig>);
-
-impl HttpTls {
-    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<Self, HttpTlsError> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain = CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>()?;
-        let key = PrivateKeyDer::from_pem_slice(key)?;
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Self(Arc::new(config)))
-    }
-}
-
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open
 /// requests finish (live streams end on the store's own stop signal).
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<HttpTls>,
+    tls: Option<TlsAcceptor>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -61,7 +30,7 @@ pub async fn serve(
                 .await
         }
         Some(tls) => {
-            let listener = TlsListener::spawn(listener, TlsAcceptor::from(tls.0))?;
+            let listener = TlsListener::spawn(listener, tls)?;
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await

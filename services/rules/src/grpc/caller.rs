@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
+use crate::tls::PeerInfo;
 use cassette_auth::{Authenticator, Caller, Credentials, ACTOR_HEADER, ON_BEHALF_OF_HEADER};
 use tonic::service::Interceptor;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tonic::{Request, Status};
 
 /// The interceptor in front of FirewallService, EnforcerService and AuditService.
@@ -60,19 +60,14 @@ pub fn authenticate(
         .map_err(crate::grpc::status::refused)
 }
 
-/// The client's certificate chain, over TCP or a Unix socket.
+/// The client's certificate chain, over TCP or a Unix socket (see `tls.rs`).
 fn peer_certificates<T>(
     request: &Request<T>,
 ) -> Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>> {
-    let extensions = request.extensions();
-    extensions
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(|i| i.peer_certs())
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<UdsConnectInfo>>()
-                .and_then(|i| i.peer_certs())
-        })
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|peer| peer.certificates.clone())
 }
 
 /// The request's authenticated caller.

@@ -605,14 +605,7 @@ async fn a_revoked_token_stops_working_after_sighup_and_a_bad_policy_keeps_the_o
     let addr = cassette_e2e::free_port();
     let extra = secured.server_args();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let rules = RulesProcess::spawn_with_tls(
-        &dir.path().join("data"),
-        &addr.to_string(),
-        cassette_e2e::Target::Http(format!("https://{addr}")),
-        &extra,
-        Some(secured.principal("console")),
-    )
-    .await;
+    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &extra).await;
     let mut console = rules.client().await;
     cassette_e2e::create_firewall(&mut console, "db-1").await;
     let mut bot = FirewallServiceClient::new(
@@ -628,13 +621,6 @@ async fn a_revoked_token_stops_working_after_sighup_and_a_bad_policy_keeps_the_o
     };
     bot.get_firewall(get()).await.expect("the token works");
 
-    let hangup = |pid: u32| {
-        let sent = std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-    };
     // A policy that does not parse is refused: the old one stays.
     secured.write_policy("[[principal]]\nname = \"broken\"\n");
     hangup(rules.pid());
@@ -679,14 +665,7 @@ async fn a_revoked_enforcer_identity_is_cut_off_after_sighup() {
     let addr = cassette_e2e::free_port();
     let extra = secured.server_args();
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let rules = RulesProcess::spawn_with_tls(
-        &dir.path().join("data"),
-        &addr.to_string(),
-        cassette_e2e::Target::Http(format!("https://{addr}")),
-        &extra,
-        Some(secured.principal("console")),
-    )
-    .await;
+    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &extra).await;
     let mut console = rules.client().await;
     for instance in ["web-1", "web-2"] {
         cassette_e2e::create_firewall(&mut console, instance).await;
@@ -711,11 +690,7 @@ async fn a_revoked_enforcer_identity_is_cut_off_after_sighup() {
         "{}\n[revoked]\nspiffe_ids = [\"{revoked}\"]\n",
         policy()
     ));
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &rules.pid().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(sent.success());
+    hangup(rules.pid());
     let ended = web1.status(PATIENCE).await;
     let Some(Err(status)) = ended else {
         panic!("the revoked enforcer's stream must end: {ended:?}");
@@ -741,4 +716,263 @@ async fn a_revoked_enforcer_identity_is_cut_off_after_sighup() {
         .await
         .expect("a change for web-2");
     assert_eq!(web2.next(PATIENCE).await, Some(vec![2]));
+}
+
+/// Certificate rotation without a restart: the service's certificate, key
+/// and client CA replaced on disk and SIGHUP; new connections get the new
+/// certificate (a client trusting only the old CA is refused), the open
+/// sync stream keeps going, and a certificate that ends within 14 days is
+/// warned about and counted in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_after_sighup_while_open_streams_go_on() {
+    let secured = Secured::new(&policy());
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cassette_e2e::free_port();
+    let metrics = cassette_e2e::free_port();
+    let mut extra = secured.server_args();
+    extra.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &extra).await;
+    let mut console = rules.client().await;
+    cassette_e2e::create_firewall(&mut console, "web-1").await;
+    let channel = cassette_e2e::channel_with(&rules.target, Some(&secured.enforcer("web-1"))).await;
+    let mut stream = open_on(channel, "web-1", 0)
+        .await
+        .expect("web-1's enforcer syncs");
+    assert_eq!(stream.next(PATIENCE).await, Some(vec![1]));
+    let gauge = |name: &str| -> i64 {
+        let text = cassette_e2e::scrape(metrics);
+        let line = text.lines().find(|l| l.starts_with(name));
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    assert!(gauge("cassette_rules_tls_certificate_expiry_timestamp_seconds") > 0);
+    assert_eq!(gauge("cassette_rules_tls_certificates_expiring"), 0);
+
+    // A new CA and a server certificate from it that ends in 3 days; the
+    // client CA file trusts both CAs, so the enforcers keep their identities.
+    let renewed = tempfile::tempdir().unwrap();
+    let new_ca = cassette_pki::Pki::init_for(
+        renewed.path(),
+        "cassette.local",
+        &[],
+        Duration::from_secs(3 * 86_400),
+    )
+    .unwrap();
+    let copy = |from: std::path::PathBuf, to: std::path::PathBuf| std::fs::copy(from, to).unwrap();
+    copy(new_ca.server_cert_path(), secured.pki.server_cert_path());
+    copy(new_ca.server_key_path(), secured.pki.server_key_path());
+    let both = [secured.pki.ca_cert_path(), new_ca.ca_cert_path()]
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .concat();
+    let old_ca = std::fs::read(secured.pki.ca_cert_path()).unwrap();
+    std::fs::write(secured.pki.ca_cert_path(), &both).unwrap();
+    hangup(rules.pid());
+
+    // New connections: a client trusting only the old CA is refused; one
+    // trusting the new CA gets in, with its old-CA identity.
+    let trusting = |ca: &[u8]| {
+        ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca))
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let old = rules.target.connect_with(Some(&trusting(&old_ca))).await;
+        let refused = match old {
+            Err(_) => true,
+            Ok(channel) => FirewallServiceClient::new(channel)
+                .get_firewall(pb::GetFirewallRequest {
+                    instance_id: "web-1".into(),
+                })
+                .await
+                .is_err_and(|s| s.code() == Code::Unavailable),
+        };
+        if refused {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old certificate is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let issued = secured
+        .pki
+        .issue(
+            &TrustDomain::default().principal_uri("console"),
+            "principal-console",
+        )
+        .unwrap();
+    let new_tls = trusting(&std::fs::read(new_ca.ca_cert_path()).unwrap()).identity(
+        tonic::transport::Identity::from_pem(issued.cert_pem, issued.key_pem),
+    );
+    let mut renewed_console =
+        FirewallServiceClient::new(cassette_e2e::channel_with(&rules.target, Some(&new_tls)).await);
+    renewed_console
+        .add_rule(pb::AddRuleRequest {
+            instance_id: "web-1".into(),
+            port: 8080,
+            ..Default::default()
+        })
+        .await
+        .expect("the console's old identity over the new certificate");
+    // The sync stream opened before the reload gets the change.
+    assert_eq!(stream.next(PATIENCE).await, Some(vec![2]));
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while gauge("cassette_rules_tls_certificates_expiring") != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 3-day certificate is not counted: {}",
+            cassette_e2e::scrape(metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(rules.log().contains("ends soon"), "{}", rules.log());
+}
+
+/// The enforcer's side of rotation: a certificate that ends within 14 days
+/// is warned about and published; a renewed one in place and SIGHUP moves
+/// the metric, and the next connection (after the rules service restarts)
+/// is made with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enforcer_reloads_its_certificate_on_sighup() {
+    let secured = Secured::new(&policy());
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cassette_e2e::free_port();
+    let extra = secured.server_args();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let data = dir.path().join("data");
+    let start = || secured_binary(&secured, &data, addr, &extra);
+    let mut rules = start().await;
+    let mut console = rules.client().await;
+    cassette_e2e::create_firewall(&mut console, "web-1").await;
+    let uri = TrustDomain::default().enforcer_uri("web-1");
+    let day = Duration::from_secs(86_400);
+    let issued = secured
+        .pki
+        .issue_for(&uri, "enforcer-web-1", 3 * day)
+        .unwrap();
+    let metrics = cassette_e2e::free_port();
+    let log = dir.path().join("enforcer.log");
+    let mut enforcer = std::process::Command::new(cassette_e2e::binary("cassette-enforcer"))
+        .args(["--rules", &format!("https://{addr}"), "--instance", "web-1"])
+        .args([
+            "--backend",
+            "file",
+            "--metrics-listen",
+            &metrics.to_string(),
+        ])
+        .arg("--ruleset-file")
+        .arg(dir.path().join("ruleset.nft"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--tls-ca")
+        .arg(secured.pki.ca_cert_path())
+        .arg("--tls-cert")
+        .arg(&issued.cert_path)
+        .arg("--tls-key")
+        .arg(&issued.key_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn cassette-enforcer");
+    let in_sync = |console: &mut Client| {
+        let mut console = console.clone();
+        async move {
+            let state = console
+                .wait_for_sync(pb::WaitForSyncRequest {
+                    instance_id: "web-1".into(),
+                    revision: 0,
+                    timeout: Some(PATIENCE.try_into().unwrap()),
+                })
+                .await
+                .expect("WaitForSync")
+                .into_inner()
+                .state;
+            assert_eq!(
+                state,
+                pb::SyncState::InSync as i32,
+                "the enforcer is in sync"
+            );
+        }
+    };
+    in_sync(&mut console).await;
+    let expiry = || -> u64 {
+        let text = cassette_e2e::scrape(metrics);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("cassette_enforcer_tls_certificate_expiry_timestamp_seconds"));
+        line.and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no expiry in {text}"))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let first = expiry();
+    assert!(
+        first > now && first <= now + 3 * 86_400 + 60,
+        "{first} vs {now}"
+    );
+    assert!(std::fs::read_to_string(&log).unwrap().contains("ends soon"));
+
+    // Renewed in place (90 days), and SIGHUP.
+    secured
+        .pki
+        .issue_for(&uri, "enforcer-web-1", 90 * day)
+        .unwrap();
+    hangup(enforcer.id());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while expiry() < now + 80 * 86_400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was not read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The next connection: the rules service restarts, the enforcer
+    // reconnects with the renewed certificate and applies a change.
+    assert!(rules.terminate().success());
+    rules = start().await;
+    let mut console = rules.client().await;
+    console
+        .add_rule(pb::AddRuleRequest {
+            instance_id: "web-1".into(),
+            port: 8080,
+            ..Default::default()
+        })
+        .await
+        .expect("a change after the restart");
+    in_sync(&mut console).await;
+    let _ = enforcer.kill();
+    let _ = enforcer.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("reloaded"), "{text}");
+}
+
+/// SIGHUP to `pid`.
+fn hangup(pid: u32) {
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+}
+
+/// The real binary on `addr`, secured by `secured` (its flags in `extra`),
+/// called by the harness as the admin principal `console`.
+async fn secured_binary(
+    secured: &Secured,
+    data: &std::path::Path,
+    addr: std::net::SocketAddr,
+    extra: &[&str],
+) -> RulesProcess {
+    RulesProcess::spawn_with_tls(
+        data,
+        &addr.to_string(),
+        cassette_e2e::Target::Http(format!("https://{addr}")),
+        extra,
+        Some(secured.principal("console")),
+    )
+    .await
 }

@@ -577,7 +577,7 @@ async fn fifty_enforcers_resume_after_a_rules_restart_without_reapplying_from_sc
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(2),
             },
-            tls: None,
+            tls: Default::default(),
             instance: cassette_model::InstanceId::parse(&instance).unwrap(),
             enforcer_id: format!("sim-{i}"),
             table: Default::default(),
@@ -713,7 +713,7 @@ async fn an_enforcer_moves_on_to_the_next_endpoint_when_one_is_unreachable() {
     let config = Config {
         rules: vec![dead, cassette_e2e::tcp_target(service.addr)],
         keepalive: Default::default(),
-        tls: None,
+        tls: Default::default(),
         instance: cassette_model::InstanceId::parse("web-1").unwrap(),
         enforcer_id: "failover".into(),
         table: Default::default(),
@@ -781,7 +781,7 @@ async fn a_repair_that_fails_is_reported_and_nothing_is_shown_applied() {
     let config = Config {
         rules: vec![cassette_e2e::tcp_target(service.addr)],
         keepalive: Default::default(),
-        tls: None,
+        tls: Default::default(),
         instance: cassette_model::InstanceId::parse("web-1").unwrap(),
         enforcer_id: "flaky".into(),
         table: Default::default(),

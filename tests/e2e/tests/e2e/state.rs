@@ -391,7 +391,7 @@ async fn state_ahead_of_a_restored_log_gives_way_to_the_log() {
     let config = |service: &cassette_e2e::InProcess| Config {
         rules: vec![cassette_e2e::tcp_target(service.addr)],
         keepalive: Default::default(),
-        tls: None,
+        tls: Default::default(),
         instance: InstanceId::parse(INSTANCE).unwrap(),
         enforcer_id: "state".into(),
         table: TableName::default(),
