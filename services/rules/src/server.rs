@@ -302,7 +302,12 @@ impl RulesService {
         }
         let limits = &self.limits;
         let authenticate = caller::Authenticate(self.security.authenticator.clone());
-        let firewall_api = Arc::new(FirewallApi::new(self.store.clone(), limits));
+        let authenticator = &self.security.authenticator;
+        let firewall_api = Arc::new(FirewallApi::new(
+            self.store.clone(),
+            limits,
+            authenticator.clone(),
+        ));
         let firewall = FirewallServiceServer::from_arc(firewall_api.clone())
             .max_decoding_message_size(limits.max_message_bytes);
         let enforcer = EnforcerServiceServer::new(EnforcerApi::new(
@@ -310,8 +315,12 @@ impl RulesService {
             self.security.authenticator.clone(),
         ))
         .max_decoding_message_size(limits.max_message_bytes);
-        let audit = AuditServiceServer::new(AuditApi::new(self.store.clone(), limits))
-            .max_decoding_message_size(limits.max_message_bytes);
+        let audit = AuditServiceServer::new(AuditApi::new(
+            self.store.clone(),
+            limits,
+            authenticator.clone(),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes);
         let (stop, stopped) = watch::channel(false);
         let mut servers: Vec<Serving> = Vec::new();
         for listener in listeners {

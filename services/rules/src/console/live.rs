@@ -12,11 +12,13 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use cassette_auth::Action;
 use cassette_model::InstanceId;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::grpc::caller::Reauthorized;
 use crate::grpc::status as grpc_status;
 
 use super::{error_response, Console};
@@ -50,6 +52,9 @@ pub async fn stream(
         Ok(id) => id,
         Err(error) => return error_response(&grpc_status::internal(error)),
     };
+    // Checked again after each policy reload: a caller who lost access gets
+    // an error event, not the next change.
+    let mut reauthorized = Reauthorized::new(console.authenticator.clone(), caller.clone());
     let board = console.store.board();
     let mut committed = board.watch_committed(&id);
     let mut status = board.watch_status(&id);
@@ -66,7 +71,13 @@ pub async fn stream(
                 // Read after subscribing: nothing committed since is missed.
                 committed.borrow_and_update();
                 status.borrow_and_update();
-                let event = match console.firewall(&caller, &instance_id).await {
+                let allowed = reauthorized
+                    .recheck(|c| c.authorize(Action::Read, "GetFirewall", &instance_id));
+                let read = match allowed {
+                    Ok(()) => console.firewall(reauthorized.caller(), &instance_id).await,
+                    Err(status) => Err(status),
+                };
+                let event = match read {
                     Ok(firewall) => match console.json.to_string("Firewall", &firewall) {
                         Ok(json) => format!("event: firewall\ndata: {json}\n\n"),
                         Err(error) => error_event(&grpc_status::internal(error)),
@@ -86,6 +97,7 @@ pub async fn stream(
                         () = tx.closed() => return,
                         changed = committed.changed() => if changed.is_err() { return } else { break },
                         changed = status.changed() => if changed.is_err() { return } else { break },
+                        () = reauthorized.changed() => break,
                         _ = heartbeat.tick() => {
                             if tx.send(Ok(Bytes::from_static(b": keepalive\n\n"))).await.is_err() {
                                 return;

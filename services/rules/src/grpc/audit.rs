@@ -12,11 +12,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
-use crate::grpc::caller::caller;
+use crate::grpc::caller::{caller, Reauthorized};
 use crate::grpc::present;
 use crate::grpc::requests;
 use crate::grpc::status::{self, refused, Violations};
-use cassette_auth::{Action, Caller};
+use cassette_auth::{Action, AuthError, Authenticator, Caller};
 use cassette_service::limits::{Limits, Slot, Slots};
 use cassette_service::replay::{self, At, Cursor, EventFilter};
 use cassette_service::{Store, StoreError};
@@ -27,13 +27,16 @@ const PAGE: usize = 1000;
 pub struct AuditApi {
     store: Arc<Store>,
     follows: Arc<Slots>,
+    /// Follow streams check their caller again after each policy reload.
+    authenticator: Arc<Authenticator>,
 }
 
 impl AuditApi {
-    pub fn new(store: Arc<Store>, limits: &Limits) -> Self {
+    pub fn new(store: Arc<Store>, limits: &Limits, authenticator: Arc<Authenticator>) -> Self {
         Self {
             store,
             follows: Slots::new("follow streams", limits.max_follow_streams_per_principal),
+            authenticator,
         }
     }
 }
@@ -63,15 +66,9 @@ impl AuditService for AuditApi {
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<Self::ListEventsStream>, Status> {
         let caller = caller(&request)?;
+        let reauthorized = Reauthorized::new(self.authenticator.clone(), caller.clone());
         let request = request.into_inner();
-        match request.instance_id.as_str() {
-            "" => caller
-                .authorize_any(Action::Audit, "ListEvents")
-                .map_err(refused)?,
-            instance => caller
-                .authorize(Action::Audit, "ListEvents", instance)
-                .map_err(refused)?,
-        }
+        may_list_events(&caller, &request.instance_id).map_err(refused)?;
         let slot = match request.follow {
             true => Some(
                 self.follows
@@ -102,7 +99,8 @@ impl AuditService for AuditApi {
         let (outbound, stream) = mpsc::channel(16);
         let reader = Reader {
             store: self.store.clone(),
-            caller,
+            caller: reauthorized,
+            instance_id: request.instance_id.clone(),
             _slot: slot,
         };
         tokio::spawn(stream_events(reader, filter, request.follow, outbound).instrument(span));
@@ -191,17 +189,28 @@ fn authorized<T>(
 }
 
 /// What a ListEvents stream reads with, for as long as it runs.
+/// Whether `caller` may list the events of `instance_id` (empty: all it may see).
+fn may_list_events(caller: &Caller, instance_id: &str) -> Result<(), AuthError> {
+    match instance_id {
+        "" => caller.authorize_any(Action::Audit, "ListEvents"),
+        instance => caller.authorize(Action::Audit, "ListEvents", instance),
+    }
+}
+
 struct Reader {
     store: Arc<Store>,
-    /// Events of instances outside the caller's scope are skipped.
-    caller: Caller,
+    /// Events of instances outside the caller's scope are skipped; checked
+    /// again after each policy reload.
+    caller: Reauthorized,
+    /// The request's instance filter, as given (for the checks).
+    instance_id: String,
     /// The follow-stream slot, released when the stream ends.
     _slot: Option<Slot>,
 }
 
 /// Sends matching events page by page; with `follow`, then waits for commits.
 async fn stream_events(
-    reader: Reader,
+    mut reader: Reader,
     filter: EventFilter,
     follow: bool,
     outbound: mpsc::Sender<Result<pb::Event, Status>>,
@@ -232,8 +241,19 @@ async fn stream_events(
                 return;
             }
         };
+        // Nothing read after a policy reload goes out before the caller
+        // passes the new policy.
+        let instance_id = reader.instance_id.clone();
+        if let Err(status) = reader.caller.recheck(|c| may_list_events(c, &instance_id)) {
+            let _ = outbound.send(Err(status)).await;
+            return;
+        }
         for record in page {
-            if !reader.caller.may_see(record.event.instance_id.as_str()) {
+            if !reader
+                .caller
+                .caller()
+                .may_see(record.event.instance_id.as_str())
+            {
                 continue;
             }
             let event = event_to_pb(&record.event, &record.prev_hash);
@@ -253,6 +273,7 @@ async fn stream_events(
         }
         tokio::select! {
             changed = wake.changed() => if changed.is_err() { return },
+            () = reader.caller.changed() => {}
             _ = outbound.closed() => return,
             () = &mut stopping => {
                 // A live tail ends with a status that says why, not as if complete.

@@ -7,7 +7,10 @@
 use std::sync::Arc;
 
 use crate::tls::PeerInfo;
-use cassette_auth::{Authenticator, Caller, Credentials, ACTOR_HEADER, ON_BEHALF_OF_HEADER};
+use cassette_auth::{
+    AuthError, Authenticator, Caller, Credentials, ACTOR_HEADER, ON_BEHALF_OF_HEADER,
+};
+use tokio::sync::watch;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
@@ -77,4 +80,64 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(crate::grpc::status::unauthenticated_handler)
+}
+
+/// A long-lived call's caller (a sync stream, a ListEvents follow stream,
+/// WaitForSync, the console's live view), checked again against each new
+/// policy: the call ends with UNAUTHENTICATED or PERMISSION_DENIED once its
+/// caller may no longer do what it does, and a narrowed scope filters from
+/// that moment.
+#[derive(Clone)]
+pub struct Reauthorized {
+    authenticator: Arc<Authenticator>,
+    changes: watch::Receiver<u64>,
+    caller: Caller,
+}
+
+impl Reauthorized {
+    /// `caller`, authenticated under the policy in force now.
+    pub fn new(authenticator: Arc<Authenticator>, caller: Caller) -> Self {
+        let mut changes = authenticator.changes();
+        changes.borrow_and_update();
+        Self {
+            authenticator,
+            changes,
+            caller,
+        }
+    }
+
+    /// The caller as the latest check saw it.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// If the policy changed since the last check: the caller as the new
+    /// policy sees it, if `allowed` still holds for it; the status that ends
+    /// the call if not. Call it before handing out anything new.
+    pub fn recheck(
+        &mut self,
+        allowed: impl Fn(&Caller) -> Result<(), AuthError>,
+    ) -> Result<(), Status> {
+        if !self.changes.has_changed().unwrap_or(false) {
+            return Ok(());
+        }
+        self.changes.borrow_and_update();
+        let fresh = self
+            .authenticator
+            .recheck(&self.caller)
+            .and_then(|fresh| allowed(&fresh).map(|()| fresh))
+            .inspect_err(|error| tracing::info!(%error, "a long-lived call's caller no longer passes the policy"))
+            .map_err(crate::grpc::status::refused)?;
+        self.caller = fresh;
+        Ok(())
+    }
+
+    /// Resolves at the next policy change (never, without a policy).
+    pub async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        // Seen again by the next `recheck`.
+        self.changes.mark_changed();
+    }
 }

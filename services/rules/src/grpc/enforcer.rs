@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cassette_auth::{Authenticator, Caller};
+use cassette_auth::Authenticator;
 use cassette_model::{InstanceId, ValidationError};
 use cassette_proto::pb::enforcer_service_server::EnforcerService;
 use cassette_proto::pb::sync_request::Message;
@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::grpc::caller::caller;
+use crate::grpc::caller::{caller, Reauthorized};
 use crate::grpc::present;
 use crate::grpc::requests;
 use crate::grpc::status::{self, invalid, refused, stream_replaced, Violations};
@@ -61,24 +61,17 @@ enum Ending {
 }
 
 /// Resolves when the stream must end: `replaced`, or a policy reload after
-/// which `caller` may no longer sync `instance` (its identity revoked).
+/// which its caller may no longer sync `instance` (its identity revoked).
 async fn ending(
     replaced: impl std::future::Future<Output = ()>,
-    authenticator: Arc<Authenticator>,
-    caller: Caller,
+    mut caller: Reauthorized,
     instance: InstanceId,
 ) -> Ending {
-    let mut changes = authenticator.changes();
     let refused = async {
         loop {
-            if changes.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            let allowed = authenticator
-                .recheck(&caller)
-                .and_then(|again| again.authorize_sync(instance.as_str()));
-            if let Err(error) = allowed {
-                return refused(error);
+            caller.changed().await;
+            if let Err(status) = caller.recheck(|c| c.authorize_sync(instance.as_str())) {
+                return status;
             }
         }
     };
@@ -99,6 +92,9 @@ impl EnforcerService for EnforcerApi {
         request: Request<Streaming<pb::SyncRequest>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let caller = caller(&request)?;
+        // From the start: a reload while the stream waits for its Hello or
+        // its firewall counts too.
+        let reauthorized = Reauthorized::new(self.authenticator.clone(), caller.clone());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -133,7 +129,6 @@ impl EnforcerService for EnforcerApi {
         });
         let (outbound, stream) = mpsc::channel(STREAM_BUFFER);
         let store = self.store.clone();
-        let authenticator = self.authenticator.clone();
         let serve = async move {
             // Sync state exists only for instances that exist: a Hello for an
             // unknown id waits for the firewall without creating anything.
@@ -155,8 +150,7 @@ impl EnforcerService for EnforcerApi {
             let end = || {
                 ending(
                     connection.replaced(),
-                    authenticator.clone(),
-                    caller.clone(),
+                    reauthorized.clone(),
                     instance.clone(),
                 )
             };

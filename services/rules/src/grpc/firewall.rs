@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant, SystemTime};
 
-use cassette_auth::{Action, Caller};
+use cassette_auth::{Action, Authenticator, Caller};
 use cassette_model::{Command, Firewall, InstanceId, ValidationError};
 use cassette_proto::pb::firewall_service_server::FirewallService;
 use cassette_proto::{pb, protocol_to_pb, warning_to_pb};
 use tonic::{Request, Response, Status};
 use tracing::{field, Instrument, Span};
 
-use crate::grpc::caller::caller;
+use crate::grpc::caller::{caller, Reauthorized};
 use crate::grpc::diagnose::diagnose;
 use crate::grpc::present::{present, sync_status};
 use crate::grpc::requests;
@@ -30,12 +30,15 @@ pub struct FirewallApi {
     store: Arc<Store>,
     waiters: Arc<Slots>,
     max_page_bytes: usize,
+    /// WaitForSync checks its caller again after each policy reload.
+    authenticator: Arc<Authenticator>,
 }
 
 impl FirewallApi {
-    pub fn new(store: Arc<Store>, limits: &Limits) -> Self {
+    pub fn new(store: Arc<Store>, limits: &Limits, authenticator: Arc<Authenticator>) -> Self {
         Self {
             store,
+            authenticator,
             waiters: Slots::new("WaitForSync waiters", limits.max_waiters_per_principal),
             max_page_bytes: limits.max_list_page_bytes,
         }
@@ -370,6 +373,7 @@ impl FirewallService for FirewallApi {
         request: Request<pb::WaitForSyncRequest>,
     ) -> Result<Response<pb::SyncStatus>, Status> {
         let caller = caller(&request)?;
+        let mut reauthorized = Reauthorized::new(self.authenticator.clone(), caller.clone());
         let request = request.into_inner();
         let span = request_span("WaitForSync", &request.instance_id, "", &caller);
         let answer = async {
@@ -419,6 +423,11 @@ impl FirewallService for FirewallApi {
                         if changed.is_err() {
                             return Err(status::store(StoreError::ShuttingDown));
                         }
+                    }
+                    () = reauthorized.changed() => {
+                        reauthorized.recheck(|c| {
+                            c.authorize(Action::Read, "WaitForSync", instance_id.as_str())
+                        })?;
                     }
                     // A stopping service does not keep a waiter until its timeout.
                     () = &mut stopping => return Err(status::store(StoreError::ShuttingDown)),

@@ -976,3 +976,146 @@ async fn secured_binary(
     )
     .await
 }
+
+/// Long-lived calls are checked again after each policy reload (SIGHUP): a
+/// ListEvents follow stream whose principal left the policy ends with
+/// PERMISSION_DENIED before any event committed after the reload reaches
+/// it; one whose scope narrowed gets only what the new scope covers; a
+/// WaitForSync whose token was removed ends UNAUTHENTICATED before its
+/// timeout; the console's live view gets an `error` event and ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_answer_to_the_policy_reloaded_after_they_opened() {
+    let secured = Secured::new(&policy());
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cassette_e2e::free_port();
+    let console_addr = cassette_e2e::free_port();
+    let mut extra = secured.server_args();
+    extra.extend(["--http-listen".to_owned(), console_addr.to_string()]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &extra).await;
+    let mut admin = rules.client().await;
+    for instance in ["web-1", "db-1"] {
+        cassette_e2e::create_firewall(&mut admin, instance).await;
+    }
+    let follow = |tls: ClientTlsConfig, history: usize| {
+        let target = rules.target.clone();
+        async move {
+            let channel = cassette_e2e::channel_with(&target, Some(&tls)).await;
+            let mut stream = AuditServiceClient::new(channel)
+                .list_events(pb::ListEventsRequest {
+                    follow: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("a follow stream")
+                .into_inner();
+            // The history so far: the firewalls it may see.
+            for _ in 0..history {
+                stream.message().await.unwrap().expect("an event");
+            }
+            stream
+        }
+    };
+    let mut leaving = follow(secured.principal("web-auditor"), 1).await;
+    let mut narrowed = follow(secured.principal("auditor"), 2).await;
+    let bot = with_metadata(
+        pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision: 0,
+            timeout: Some(Duration::from_secs(60).try_into().unwrap()),
+        },
+        &[("authorization", &format!("Bearer {OPS_TOKEN}"))],
+    );
+    let mut bot_client = FirewallServiceClient::new(
+        cassette_e2e::channel_with(&rules.target, Some(&secured.no_identity())).await,
+    );
+    let waiting = tokio::spawn(async move { bot_client.wait_for_sync(bot).await });
+    let mut live = std::process::Command::new("curl")
+        .args(["-sN", "--max-time", "60", "--cacert"])
+        .arg(secured.pki.ca_cert_path())
+        .args(["-H", &format!("authorization: Bearer {OPS_TOKEN}")])
+        .arg(format!(
+            "https://127.0.0.1:{}/api/v1/firewalls/web-1/live",
+            console_addr.port()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run curl (scripts/test.sh installs it)");
+    let live_out = live.stdout.take().unwrap();
+    let live_lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(live_out)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The reload: web-auditor leaves, the auditor's scope narrows to web-*,
+    // ops-bot's token goes.
+    let reloaded: String = policy()
+        .split("[[principal]]")
+        .filter(|entry| !entry.contains("web-auditor") && !entry.contains("ops-bot"))
+        .map(|entry| match entry.contains("name = \"auditor\"") {
+            true => entry.replace("instances = [\"*\"]", "instances = [\"web-*\"]"),
+            false => entry.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("[[principal]]");
+    secured.write_policy(&reloaded);
+    hangup(rules.pid());
+    // Applied once a fresh call by web-auditor is refused.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let tls = secured.principal("web-auditor");
+        let channel = cassette_e2e::channel_with(&rules.target, Some(&tls)).await;
+        let listed = AuditServiceClient::new(channel)
+            .list_events(pb::ListEventsRequest::default())
+            .await;
+        if listed.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the policy was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Committed after the reload: db-1 then web-1.
+    admin.add_rule(add_rule("db-1", 3306)).await.unwrap();
+    admin.add_rule(add_rule("web-1", 8080)).await.unwrap();
+    let ended = tokio::time::timeout(PATIENCE, leaving.message())
+        .await
+        .unwrap();
+    let status = ended.expect_err("web-auditor's stream ends, no event");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let next = tokio::time::timeout(PATIENCE, narrowed.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the auditor still follows");
+    assert_eq!(
+        next.instance_id, "web-1",
+        "db-1 is outside the narrowed scope"
+    );
+    let waited = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let status = waited.expect_err("WaitForSync ends before its timeout");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let live_status = tokio::task::block_in_place(|| live.wait()).unwrap();
+    let lines = live_lines.join().unwrap();
+    assert!(lines.iter().any(|l| l == "event: error"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("UNAUTHENTICATED")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| *l == "event: firewall").count(),
+        1,
+        "only the firewall before the reload: {lines:?}"
+    );
+    assert!(live_status.success(), "the live view ended, not timed out");
+}
