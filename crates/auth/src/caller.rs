@@ -214,6 +214,23 @@ impl Caller {
         }
     }
 
+    /// The check for a call over the whole log whatever the caller's scope
+    /// (VerifyLog reads every instance's events): the role must allow
+    /// `action` and the scope must be every instance (`*`).
+    pub fn authorize_all(&self, action: Action, method: &str) -> Result<(), AuthError> {
+        self.authorize_any(action, method)?;
+        match self.grant(method)? {
+            Some(grant) if !grant.instances.iter().any(|g| g.as_str() == "*") => {
+                Err(AuthError::PermissionDenied(format!(
+                    "{} may not call {method}: it reads every instance's events, and the principal's instances are {}",
+                    self.describe(),
+                    grant.scope()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a call allowed by [`Caller::authorize_any`] may include `instance`.
     pub fn may_see(&self, instance: &str) -> bool {
         match &self.who {

@@ -86,6 +86,12 @@ struct Args {
     #[arg(long, env = "CASSETTE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
 
+    /// Permissions of a unix:/PATH listener's socket file, in octal. The
+    /// default lets only this user connect; 0660 adds its group (say, the
+    /// enforcers' user).
+    #[arg(long, env = "CASSETTE_UNIX_MODE", default_value = "0600", value_parser = parse_mode)]
+    unix_mode: u32,
+
     /// Log filter, in tracing's EnvFilter syntax (e.g. "info", "cassette_rules=debug").
     #[arg(long, env = "CASSETTE_LOG", default_value = "info")]
     log: String,
@@ -128,6 +134,25 @@ enum Command {
     Log(cli::log::LogArgs),
 }
 
+/// Files and directories this process creates are readable by its user only.
+fn private_files() {
+    // SAFETY: umask(2) cannot fail and only sets this process's file-mode
+    // creation mask; nothing else runs yet.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| {
+            format!("{text:?} is not a file mode: give octal digits such as 0600 or 0660")
+        })
+}
+
 impl Args {
     /// Where the log is (sled's directory created if missing), signed as `signing` says.
     fn log_config(&self, signing: cassette_eventlog::Signing) -> anyhow::Result<LogConfig> {
@@ -164,6 +189,10 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {}
     }
+    // Everything the service creates is its own: the data directory 0700,
+    // the log's files 0600 (they hold every tenant's rules and who changed
+    // them), unix sockets 0600 until --unix-mode says otherwise.
+    private_files();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
@@ -247,7 +276,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut listeners = Vec::new();
     for listen in &args.listen {
-        listeners.push(bind(listen).await?);
+        listeners.push(bind(listen, args.unix_mode).await?);
         tracing::info!(listen = %listen, "serving cassette.firewall.v1");
     }
     service.serve_all(listeners, shutdown).await?;

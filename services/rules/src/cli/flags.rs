@@ -278,7 +278,8 @@ pub fn read(path: &PathBuf, flag: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
 }
 
-pub async fn bind(listen: &Listen) -> anyhow::Result<Listener> {
+/// Binds `listen`; a unix socket file gets `unix_mode`.
+pub async fn bind(listen: &Listen, unix_mode: u32) -> anyhow::Result<Listener> {
     Ok(match listen {
         Listen::Tcp(addr) => Listener::Tcp(
             TcpListener::bind(addr)
@@ -298,10 +299,14 @@ pub async fn bind(listen: &Listen) -> anyhow::Result<Listener> {
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }
-            Listener::Unix(
-                UnixListener::bind(path)
-                    .with_context(|| format!("cannot listen on unix:{}", path.display()))?,
-            )
+            let listener = UnixListener::bind(path)
+                .with_context(|| format!("cannot listen on unix:{}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(unix_mode))
+                .with_context(|| {
+                    format!("cannot set {}'s mode to {unix_mode:o}", path.display())
+                })?;
+            Listener::Unix(listener)
         }
     })
 }

@@ -160,7 +160,7 @@ impl AuditService for AuditApi {
         let caller = caller(&request)?;
         Span::current().record("principal", field::display(&caller));
         caller
-            .authorize_any(Action::Audit, "VerifyLog")
+            .authorize_all(Action::Audit, "VerifyLog")
             .map_err(refused)?;
         let store = self.store.clone();
         // It reads the whole log: off the async workers.

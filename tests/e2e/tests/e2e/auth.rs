@@ -276,6 +276,22 @@ async fn the_attack_table_is_refused_row_by_row_and_appends_nothing() {
     })
     .await;
 
+    lab.refused("a scoped auditor verifying the whole log", async {
+        let channel = lab
+            .service
+            .tls_channel(&lab.secured.principal("web-auditor"))
+            .await;
+        let status = expect_code(
+            "scoped VerifyLog",
+            AuditServiceClient::new(channel)
+                .verify_log(pb::VerifyLogRequest {})
+                .await,
+            Code::PermissionDenied,
+        );
+        assert!(status.message().contains("every instance"), "{status:?}");
+    })
+    .await;
+
     lab.refused("x-on-behalf-of from a non-delegate", async {
         let mut web = lab.client(&lab.secured.principal("web-team")).await;
         let status = expect_code(
@@ -1118,4 +1134,47 @@ async fn open_streams_answer_to_the_policy_reloaded_after_they_opened() {
         "only the firewall before the reload: {lines:?}"
     );
     assert!(live_status.success(), "the live view ended, not timed out");
+}
+
+/// What the service creates is its own: the data directory 0700, the log's
+/// files 0600, a unix socket 0600 (or `--unix-mode`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_the_log_and_the_socket_are_the_services_own() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("rules.sock");
+    let rules = RulesProcess::start_unix(&data, &socket, &[]).await;
+    let mut client = rules.client().await;
+    cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    assert_eq!(mode(&socket), 0o600, "the socket");
+    let mut files = 0;
+    for entry in walk(&data) {
+        let m = mode(&entry);
+        let expected = if entry.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(m, expected, "{}: {m:o}", entry.display());
+        files += 1;
+    }
+    assert!(files > 1, "the log's files were checked");
+    drop(rules);
+    let wider = dir.path().join("group.sock");
+    let _rules =
+        RulesProcess::start_unix(&dir.path().join("data-2"), &wider, &["--unix-mode", "0660"])
+            .await;
+    assert_eq!(mode(&wider), 0o660);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
 }
