@@ -137,12 +137,22 @@ impl Authenticator {
     }
 
     fn by_token(&self, policy: &Policy, digest: &[u8; 32]) -> Result<Caller, AuthError> {
-        policy
+        let grant = policy
             .grant_for_token_digest(digest)
-            .map(|grant| {
-                Caller::principal(Arc::new(grant.clone()), Proof::Token { digest: *digest })
-            })
-            .ok_or_else(|| AuthError::Unauthenticated("unknown bearer token".into()))
+            .ok_or_else(|| AuthError::Unauthenticated("unknown bearer token".into()))?;
+        if let Some(expires) = grant.token_expires {
+            if expires <= std::time::SystemTime::now() {
+                let at = time::OffsetDateTime::from(expires)
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                return Err(AuthError::Unauthenticated(format!(
+                    "principal {}'s bearer token expired at {at}",
+                    grant.name
+                )));
+            }
+        }
+        let proof = Proof::Token { digest: *digest };
+        Ok(Caller::principal(Arc::new(grant.clone()), proof))
     }
 
     pub fn authenticate(&self, credentials: &Credentials<'_>) -> Result<Caller, AuthError> {
@@ -420,5 +430,38 @@ token_sha256 = "{}"
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn a_token_works_until_it_expires() {
+        let policy = |expires: &str| {
+            format!(
+                "[[principal]]\nname = \"bot\"\nrole = \"viewer\"\ninstances = [\"*\"]\ntoken_sha256 = \"{}\"\nexpires = \"{expires}\"\n",
+                hex(b"bot-token")
+            )
+        };
+        let credentials = Credentials {
+            authorization: Some("Bearer bot-token"),
+            ..Default::default()
+        };
+        let auth = Authenticator::secure(
+            TrustDomain::default(),
+            Policy::parse(&policy("2999-01-01T00:00:00Z")).unwrap(),
+            None,
+        );
+        let bot = auth.authenticate(&credentials).unwrap();
+        assert!(bot.expires().is_some());
+        auth.replace(Policy::parse(&policy("2020-01-01T00:00:00+01:00")).unwrap());
+        for refused in [auth.authenticate(&credentials), auth.recheck(&bot)] {
+            let error = refused.unwrap_err().to_string();
+            assert!(error.contains("expired at 2019-12-31T23:00:00Z"), "{error}");
+        }
+        let bad = Policy::parse(&policy("next tuesday"))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("expires must be an RFC 3339 time"), "{bad}");
+        let without_token = "[[principal]]\nname = \"x\"\nrole = \"viewer\"\ninstances = [\"*\"]\nexpires = \"2999-01-01T00:00:00Z\"\n";
+        let bad = Policy::parse(without_token).unwrap_err().to_string();
+        assert!(bad.contains("give token_sha256 too"), "{bad}");
     }
 }

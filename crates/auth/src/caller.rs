@@ -109,6 +109,15 @@ impl Caller {
         }
     }
 
+    /// When the credential this caller presented stops working (a bearer
+    /// token with `expires`): a long-lived call ends then.
+    pub fn expires(&self) -> Option<std::time::SystemTime> {
+        match (&self.who, &self.proof) {
+            (Who::Principal(grant), Proof::Token { .. }) => grant.token_expires,
+            _ => None,
+        }
+    }
+
     /// The principal's name, for one authenticated by name (a certificate).
     pub(crate) fn principal_name(&self) -> Option<&PrincipalName> {
         match &self.who {

@@ -7,6 +7,7 @@
 //! instances = ["web-*"]      # globs over instance ids
 //! delegate = false           # may send x-on-behalf-of
 //! token_sha256 = "<hex>"     # optional bearer token, stored only as its SHA-256
+//! expires = "2027-01-31T00:00:00Z"  # optional: the token works until then (RFC 3339)
 //!
 //! [revoked]
 //! # client certificate identities refused even though their certificate
@@ -59,6 +60,8 @@ pub struct Grant {
     /// May name the end user it acts for (`x-on-behalf-of`).
     pub delegate: bool,
     pub token_sha256: Option<[u8; 32]>,
+    /// When the bearer token stops working (calls and open streams alike).
+    pub token_expires: Option<std::time::SystemTime>,
 }
 
 impl Grant {
@@ -133,6 +136,7 @@ struct Entry {
     #[serde(default)]
     delegate: bool,
     token_sha256: Option<String>,
+    expires: Option<String>,
 }
 
 impl Policy {
@@ -190,12 +194,26 @@ impl Policy {
                     ));
                 }
             }
+            let token_expires = match (&entry.expires, token_sha256) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "expires applies to a token: give token_sha256 too".into(),
+                    ))
+                }
+                (Some(text), Some(_)) => Some(parse_rfc3339(text).ok_or_else(|| {
+                    invalid(format!(
+                        "expires must be an RFC 3339 time such as \"2027-01-31T00:00:00Z\", got {text:?}"
+                    ))
+                })?),
+            };
             grants.push(Grant {
                 name,
                 role: entry.role,
                 instances,
                 delegate: entry.delegate,
                 token_sha256,
+                token_expires,
             });
         }
         let mut revoked = HashSet::new();
@@ -246,6 +264,12 @@ impl Policy {
         }
         found
     }
+}
+
+fn parse_rfc3339(text: &str) -> Option<std::time::SystemTime> {
+    let time =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(time.into())
 }
 
 fn parse_sha256(hex: &str) -> Option<[u8; 32]> {

@@ -132,10 +132,28 @@ impl Reauthorized {
         Ok(())
     }
 
-    /// Resolves at the next policy change (never, without a policy).
+    /// Resolves at the next policy change, or when the caller's credential
+    /// expires (never, without either).
     pub async fn changed(&mut self) {
-        if self.changes.changed().await.is_err() {
-            std::future::pending::<()>().await;
+        let expires = self.caller.expires();
+        let expiry = async {
+            match expires {
+                Some(at) => {
+                    let left = at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    tokio::time::sleep(left).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = self.changes.changed() => {
+                if changed.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            () = expiry => {}
         }
         // Seen again by the next `recheck`.
         self.changes.mark_changed();

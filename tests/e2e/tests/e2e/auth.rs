@@ -1178,3 +1178,51 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// A token with `expires`: it works until then, and a call it holds open
+/// (WaitForSync here) ends UNAUTHENTICATED at that moment, not at its own
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_ends_the_calls_it_holds_open() {
+    let at = std::time::SystemTime::now() + Duration::from_secs(4);
+    let seconds = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let date = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{seconds}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("run date");
+    let expires = String::from_utf8(date.stdout).unwrap().trim().to_owned();
+    let policy = policy().replace(
+        "name = \"ops-bot\"",
+        &format!("name = \"ops-bot\"\nexpires = \"{expires}\""),
+    );
+    let secured = Secured::new(&policy);
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start_secured(dir.path(), &secured).await;
+    let admin = service.tls_channel(&secured.principal("console")).await;
+    cassette_e2e::create_firewall(&mut FirewallServiceClient::new(admin), "web-1").await;
+    let mut bot = FirewallServiceClient::new(service.tls_channel(&secured.no_identity()).await);
+    let token = format!("Bearer {OPS_TOKEN}");
+    let request = || {
+        with_metadata(
+            pb::WaitForSyncRequest {
+                instance_id: "web-1".into(),
+                revision: 0,
+                timeout: Some(Duration::from_secs(60).try_into().unwrap()),
+            },
+            &[("authorization", &token)],
+        )
+    };
+    let started = std::time::Instant::now();
+    let status = bot
+        .wait_for_sync(request())
+        .await
+        .expect_err("no enforcer: it waits");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "ended at the expiry, not the timeout"
+    );
+    let again = bot.wait_for_sync(request()).await.expect_err("expired");
+    assert_eq!(again.code(), Code::Unauthenticated);
+}
