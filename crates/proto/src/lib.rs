@@ -25,7 +25,7 @@ pub use flags::parse_duration;
 pub mod stdout;
 #[cfg(feature = "json")]
 pub use json::{JsonError, ProtoJson};
-pub use target::{Keepalive, Target, TargetError};
+pub use target::{stays_private, Keepalive, Target, TargetError};
 
 /// The encoded `FileDescriptorSet` of every proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

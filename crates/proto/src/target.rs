@@ -159,3 +159,56 @@ impl Target {
         }
     }
 }
+
+/// Whether what is sent to `uri` stays private without our own TLS: it is
+/// https://, or a loopback address (which never leaves the machine). No name
+/// is resolved to tell.
+pub fn stays_private(uri: &tonic::codegen::http::Uri) -> bool {
+    if uri.scheme_str() == Some("https") {
+        return true;
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Target {
+    /// Whether what goes to this target stays private without TLS: a Unix
+    /// socket, https://, or a loopback address.
+    pub fn stays_private(&self) -> bool {
+        match self {
+            Target::Unix(_) => true,
+            Target::Http(url) => url
+                .parse::<tonic::codegen::http::Uri>()
+                .is_ok_and(|uri| stays_private(&uri)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod private_tests {
+    use super::*;
+
+    #[test]
+    fn only_tls_loopback_and_unix_sockets_stay_private() {
+        for private in [
+            "https://rules.example:50051",
+            "http://127.0.0.1:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+        ] {
+            assert!(Target::Http(private.into()).stays_private(), "{private}");
+        }
+        assert!(Target::Unix("/run/rules.sock".into()).stays_private());
+        for public in [
+            "http://192.0.2.7:50051",
+            "http://rules:50051",
+            "http://[2001:db8::1]:1",
+        ] {
+            assert!(!Target::Http(public.into()).stays_private(), "{public}");
+        }
+    }
+}

@@ -113,9 +113,16 @@ struct Args {
     #[arg(long, env = "CASSETTE_REPORT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     report_interval: Duration,
 
-    /// Serve Prometheus metrics on http://ADDR/metrics.
+    /// Serve Prometheus metrics on http://ADDR/metrics (a loopback address
+    /// unless --insecure-plaintext).
     #[arg(long, env = "CASSETTE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+
+    /// Talk plaintext to a --rules address beyond loopback, and serve
+    /// metrics beyond loopback: only where something else protects the
+    /// network (an enforcer's stream carries its instance's whole firewall).
+    #[arg(long, env = "CASSETTE_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
 
     /// Run this nft command per change instead of loading libnftables.
     #[arg(long, env = "CASSETTE_NFT_PATH")]
@@ -149,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    plaintext_stays_private(&args)?;
     let instance = InstanceId::parse(&args.instance).context("invalid --instance")?;
     let table = TableName::parse(&args.table).context("invalid --table")?;
     let enforcer_id = args.enforcer_id.clone().unwrap_or_else(|| {
@@ -266,6 +274,29 @@ async fn run(config: Config, kernel: impl Kernel, args: &Args) -> anyhow::Result
             tracing::info!("stopping; the kernel keeps the last applied ruleset");
         })
         .await;
+    Ok(())
+}
+
+/// Refuses plaintext that would leave the machine, unless told.
+fn plaintext_stays_private(args: &Args) -> anyhow::Result<()> {
+    if args.insecure_plaintext {
+        return Ok(());
+    }
+    for target in &args.rules {
+        anyhow::ensure!(
+            target.stays_private(),
+            "refusing plaintext to {target}: the stream carries the instance's firewall and its acks; \
+             use https:// with --tls-ca/--tls-cert/--tls-key, a loopback address or a unix: socket \
+             (or --insecure-plaintext if something else protects that network)"
+        );
+    }
+    if let Some(addr) = args.metrics_listen {
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "refusing to serve metrics in plaintext on {addr}: give a loopback address \
+             (or --insecure-plaintext)"
+        );
+    }
     Ok(())
 }
 

@@ -239,6 +239,11 @@ async fn main() -> anyhow::Result<()> {
         }
     });
     if let Some(addr) = args.metrics_listen {
+        anyhow::ensure!(
+            addr.ip().is_loopback() || args.security.insecure_plaintext,
+            "refusing to serve metrics in plaintext on {addr}: give a loopback address, read \
+             them from the console's /metrics over HTTPS, or --insecure-plaintext"
+        );
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;

@@ -183,20 +183,6 @@ pub(crate) fn refusal(status: &tonic::Status) -> String {
     }
 }
 
-/// Whether a password may go to `uri`: over TLS, or to a loopback address
-/// (which never leaves the machine). No name is resolved to tell.
-pub(crate) fn private_enough(uri: &tonic::codegen::http::Uri) -> bool {
-    if uri.scheme_str() == Some("https") {
-        return true;
-    }
-    let host = uri.host().unwrap_or_default();
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Whether a failed etcd call may succeed on another try or member.
 pub(crate) fn retryable(status: &tonic::Status) -> bool {
     use tonic::Code;

@@ -97,7 +97,8 @@ impl EtcdLog {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| LogError::Unavailable(format!("etcd endpoint {url:?}: {e}")))?;
             if let Some((user, _)) = &config.credentials {
-                if !client::private_enough(endpoint.uri()) {
+                // A password goes over TLS, or to a loopback address.
+                if !cassette_proto::stays_private(endpoint.uri()) {
                     return Err(LogError::Config(format!(
                         "refusing to send etcd user {user}'s password in plaintext to {url}: \
                          give https:// endpoints (with --etcd-ca), or reach etcd on a loopback address"

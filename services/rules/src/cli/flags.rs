@@ -42,7 +42,7 @@ pub struct SecurityArgs {
     /// Serve plaintext on non-loopback addresses too (development mode: every
     /// caller is an admin). Only behind something else that authenticates.
     #[arg(long, env = "CASSETTE_INSECURE_PLAINTEXT")]
-    insecure_plaintext: bool,
+    pub insecure_plaintext: bool,
 }
 
 /// The event log's signatures: who signs appends, whose signatures count.

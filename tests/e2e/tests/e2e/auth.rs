@@ -1226,3 +1226,55 @@ async fn a_token_that_expires_ends_the_calls_it_holds_open() {
     let again = bot.wait_for_sync(request()).await.expect_err("expired");
     assert_eq!(again.code(), Code::Unauthenticated);
 }
+
+/// Plaintext that would leave the machine is refused at start-up, naming the
+/// way to say it is meant: the enforcer's stream to a --rules address beyond
+/// loopback, and metrics served beyond loopback (both binaries).
+#[test]
+fn plaintext_beyond_loopback_is_refused_unless_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let exit = |binary: &str, args: &[&str]| {
+        let output = std::process::Command::new(cassette_e2e::binary(binary))
+            .args(args)
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let enforcer = |extra: &[&str]| {
+        let mut args = vec!["--instance", "web-1", "--backend", "file", "--no-state"];
+        args.extend(extra);
+        exit("cassette-enforcer", &args)
+    };
+    // 192.0.2.0/24 is TEST-NET-1: never contacted, the refusal comes first.
+    let (ok, text) = enforcer(&["--rules", "http://192.0.2.7:50051"]);
+    assert!(
+        !ok && text.contains("refusing plaintext to http://192.0.2.7:50051"),
+        "{text}"
+    );
+    assert!(text.contains("--insecure-plaintext"), "{text}");
+    let (ok, text) = enforcer(&["--metrics-listen", "0.0.0.0:0"]);
+    assert!(
+        !ok && text.contains("refusing to serve metrics in plaintext"),
+        "{text}"
+    );
+    let (ok, text) = exit(
+        "cassette-rules",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--metrics-listen",
+            "0.0.0.0:0",
+        ],
+    );
+    assert!(
+        !ok && text.contains("refusing to serve metrics in plaintext"),
+        "{text}"
+    );
+}

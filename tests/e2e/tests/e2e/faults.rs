@@ -352,6 +352,8 @@ async fn a_silent_partition_is_noticed_in_seconds_and_a_change_made_during_it_la
         "web-1",
         dir.path().join("enforcer.log"),
         &[
+            // Plaintext across the lab's own veth pair: this test's network.
+            "--insecure-plaintext",
             "--refresh-interval",
             "1s",
             "--keepalive-interval",
