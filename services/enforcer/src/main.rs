@@ -157,6 +157,13 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     plaintext_stays_private(&args)?;
+    // Its saved state (the instance's whole firewall) and ruleset file are
+    // its own: directories 0700, files 0600.
+    // SAFETY: umask(2) cannot fail and only sets this process's file-mode
+    // creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let instance = InstanceId::parse(&args.instance).context("invalid --instance")?;
     let table = TableName::parse(&args.table).context("invalid --table")?;
     let enforcer_id = args.enforcer_id.clone().unwrap_or_else(|| {

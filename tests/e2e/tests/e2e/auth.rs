@@ -913,6 +913,17 @@ async fn an_enforcer_reloads_its_certificate_on_sighup() {
         }
     };
     in_sync(&mut console).await;
+    // Its saved state is its own.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let state = dir.path().join("state");
+        assert_eq!(mode(&state), 0o700, "--state-dir");
+        for file in walk(&state) {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        assert_eq!(mode(&dir.path().join("ruleset.nft")), 0o600);
+    }
     let expiry = || -> u64 {
         let text = cassette_e2e::scrape(metrics);
         let line = text
