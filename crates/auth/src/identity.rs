@@ -97,6 +97,10 @@ pub enum Identity {
     Principal(PrincipalName),
 }
 
+/// How long before a certificate ends the service and the enforcer warn
+/// about it (renew it, then SIGHUP).
+pub const CERTIFICATE_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
 /// A certificate's subject and the end of its validity, from its DER: what
 /// the service and the enforcer warn about before it ends.
 pub fn certificate_end(der: &[u8]) -> Result<(String, std::time::SystemTime), String> {

@@ -21,5 +21,7 @@ pub mod policy;
 pub use authenticator::{Authenticator, Credentials, Mode, ACTOR_HEADER, ON_BEHALF_OF_HEADER};
 pub use caller::{Action, AuthError, Caller};
 pub use glob::{InstanceGlob, InvalidGlob};
-pub use identity::{certificate_end, certificate_end_pem, Identity, PrincipalName, TrustDomain};
+pub use identity::{
+    certificate_end, certificate_end_pem, Identity, PrincipalName, TrustDomain, CERTIFICATE_WARNING,
+};
 pub use policy::{Grant, Policy, PolicyError, Role};

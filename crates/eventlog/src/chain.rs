@@ -240,14 +240,9 @@ pub enum Next {
 }
 
 impl<'t> Verifier<'t> {
-    /// A verification from the start of the log, of signatures too when
-    /// `trust` is given.
-    pub fn new(trust: Option<&'t TrustedKeys>) -> Self {
-        Self::from(Walk::genesis().head(), trust)
-    }
-
     /// A verification that continues from `head`, which an earlier one
-    /// verified (a replica catching up).
+    /// verified (a replica catching up; `Head::default()`: from the start),
+    /// of signatures too when `trust` is given.
     pub fn from(head: Head, trust: Option<&'t TrustedKeys>) -> Self {
         Self {
             walk: Walk::from(head),

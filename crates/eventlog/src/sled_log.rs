@@ -465,23 +465,13 @@ impl EventLog {
             .tree
             .range(event_key(sequence + 1)..=event_key(u64::MAX))
         {
-            let (key, value) = entry?;
-            if let Ok(record) = decode(sequence_of(&key)?, &value) {
-                let index = index_key(&record.event.instance_id, record.event.revision);
-                // Only the index entry that names this record.
-                if self
-                    .tree
-                    .get(&index)?
-                    .is_some_and(|v| u64_prefix(&v) == record.event.sequence)
-                {
-                    batch.remove(index);
-                }
-            }
+            let (key, _) = entry?;
+            sequence_of(&key)?;
             batch.remove(key);
             removed += 1;
         }
-        // Index entries that name removed records whose bytes are gone or
-        // undecodable.
+        // The index entries that name them (decodable or not): the index
+        // records each entry's sequence.
         for entry in self.tree.scan_prefix([INDEX]) {
             let (key, value) = entry?;
             if u64_prefix(&value) > sequence {

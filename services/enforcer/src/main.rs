@@ -307,11 +307,8 @@ fn plaintext_stays_private(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Warn when the enforcer's certificate ends within this.
-const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
-
 /// Publishes when the enforcer's certificate ends, and warns when that is
-/// within [`EXPIRY_WARNING`].
+/// within [`cassette_auth::CERTIFICATE_WARNING`].
 fn check_certificate(args: &Args, metrics: &EnforcerMetrics) {
     let Some(path) = &args.tls_cert else {
         return;
@@ -335,7 +332,7 @@ fn check_certificate(args: &Args, metrics: &EnforcerMetrics) {
     let left = end
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    if left <= EXPIRY_WARNING {
+    if left <= cassette_auth::CERTIFICATE_WARNING {
         tracing::warn!(
             %subject,
             days_left = left.as_secs() / 86_400,

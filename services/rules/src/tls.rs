@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use cassette_auth::CERTIFICATE_WARNING;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -34,9 +35,6 @@ use tokio_stream::{Stream, StreamExt};
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Warn when a certificate the service holds ends sooner than this.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -179,12 +177,12 @@ impl ServerTls {
             .clone()
     }
 
-    /// The certificates that end within [`EXPIRY_WARNING`], and the soonest
+    /// The certificates that end within [`CERTIFICATE_WARNING`], and the soonest
     /// end of all.
     pub fn expiring(&self) -> (Vec<Expiry>, Option<SystemTime>) {
         let expiries = self.expiries();
         let soonest = expiries.iter().map(|e| e.not_after).min();
-        let soon = SystemTime::now() + EXPIRY_WARNING;
+        let soon = SystemTime::now() + CERTIFICATE_WARNING;
         let expiring = expiries
             .into_iter()
             .filter(|e| e.not_after <= soon)
@@ -376,6 +374,13 @@ pub struct PeerInfo {
 /// A server-side TLS connection over any stream (TCP, a Unix socket).
 pub struct TlsConnection<S>(tokio_rustls::server::TlsStream<S>);
 
+impl TlsConnection<tokio::net::TcpStream> {
+    /// The client's address.
+    pub fn tcp_peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.0.get_ref().0.peer_addr()
+    }
+}
+
 impl<S> tonic::transport::server::Connected for TlsConnection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -435,7 +440,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConnection<S> {
 
 /// The TLS connections made from `accepted` (a listener's connections): each
 /// handshake runs in a task of its own with a deadline, so a slow or silent
-/// client delays nobody else. Ends when `accepted` does.
+/// client delays nobody else. Ends when `accepted` does; stops accepting
+/// (and lets the listener go) once the returned stream is dropped.
 pub fn incoming<S>(
     accepted: impl Stream<Item = io::Result<S>> + Send + 'static,
     acceptor: TlsAcceptor,
@@ -446,7 +452,14 @@ where
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         tokio::pin!(accepted);
-        while let Some(stream) = accepted.next().await {
+        loop {
+            let stream = tokio::select! {
+                () = tx.closed() => return,
+                next = accepted.next() => match next {
+                    Some(stream) => stream,
+                    None => return,
+                },
+            };
             let stream = match stream {
                 Ok(stream) => stream,
                 Err(error) => {

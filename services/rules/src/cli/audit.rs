@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context};
-use cassette_eventlog::{hex, EventLog, Log, Record, Signing, TrustedKeys};
+use cassette_eventlog::{hex, Log, Record, Signing, TrustedKeys};
 use cassette_model::{Event, EventPayload, InstanceId, Rule};
 use cassette_proto::{event_to_pb, ProtoJson};
 use cassette_rules::grpc::present;
@@ -75,16 +75,10 @@ enum AuditCommand {
 }
 
 pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
-    // Opening creates a log where there is none: an audit must never write.
-    if !EventLog::exists(data_dir) {
-        bail!("{} holds no event log", data_dir.display());
-    }
-    let log = EventLog::open(data_dir).with_context(|| {
-        format!(
-            "cannot open {} (a running service holds it: stop it, copy the directory, or use AuditService)",
-            data_dir.display()
-        )
-    })?;
+    let log = super::open_existing(
+        data_dir,
+        "a running service holds it: stop it, copy the directory, or use AuditService",
+    )?;
     let signing = match &args.trusted_keys {
         Some(path) => Signing::verify_only(TrustedKeys::load(path).context("--trusted-keys")?),
         None if log.is_signed()? => bail!(

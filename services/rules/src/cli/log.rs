@@ -1,9 +1,9 @@
 //! `cassette-rules log`: an operator's repairs of the event log, with the
 //! service stopped (sled) or every replica stopped or halted (etcd).
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use cassette_eventlog::etcd::EtcdLog;
-use cassette_eventlog::{hex, EventLog, Log};
+use cassette_eventlog::{hex, Log};
 use cassette_rules::{LogConfig, LogStore};
 use clap::{Args, Subcommand};
 
@@ -32,15 +32,7 @@ enum LogCommand {
 pub async fn run(config: &LogConfig, args: LogArgs) -> anyhow::Result<()> {
     let log = match &config.store {
         LogStore::Sled(dir) => {
-            if !EventLog::exists(dir) {
-                bail!("{} holds no event log", dir.display());
-            }
-            let log = EventLog::open(dir).with_context(|| {
-                format!(
-                    "cannot open {} (stop the service that holds it first)",
-                    dir.display()
-                )
-            })?;
+            let log = super::open_existing(dir, "stop the service that holds it first")?;
             Log::sled(log, config.signing.clone())
         }
         LogStore::Etcd(etcd) => Log::etcd(EtcdLog::connect(etcd)?, config.signing.clone()),

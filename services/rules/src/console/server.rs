@@ -4,16 +4,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
 
 use axum::Router;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{Stream, StreamExt};
 
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::tls::TlsConnection;
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open
 /// requests finish (live streams end on the store's own stop signal).
@@ -38,67 +37,44 @@ pub async fn serve(
     }
 }
 
-/// Accepts TCP connections and completes their TLS handshakes off the accept
-/// loop, so a slow or silent client delays nobody else.
+/// The console's TLS connections, made by `tls::incoming` (handshakes off
+/// the accept loop, with a deadline), as axum takes them.
 struct TlsListener {
-    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    connections: Pin<Box<dyn Stream<Item = std::io::Result<TlsConnection<TcpStream>>> + Send>>,
     local_addr: SocketAddr,
-    accepting: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
     fn spawn(listener: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
         let local_addr = listener.local_addr()?;
-        let (tx, handshaken) = mpsc::channel(64);
-        let accepting = tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "console: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, %peer, "console: TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "console: TLS handshake timed out"),
-                    }
-                });
-            }
+        let accepted = TcpListenerStream::new(listener).map(|stream| {
+            let stream = stream?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
         });
         Ok(Self {
-            handshaken,
+            connections: Box::pin(crate::tls::incoming(accepted, acceptor)),
             local_addr,
-            accepting,
         })
     }
 }
 
-impl Drop for TlsListener {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
-}
-
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsConnection<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.handshaken.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop only ends when this listener is dropped.
-            None => std::future::pending().await,
+        loop {
+            match self.connections.next().await {
+                Some(Ok(connection)) => match connection.tcp_peer_addr() {
+                    Ok(peer) => return (connection, peer),
+                    // Gone before it was served.
+                    Err(_) => continue,
+                },
+                Some(Err(_)) => continue,
+                // The accept loop only ends when this listener is dropped.
+                None => std::future::pending().await,
+            }
         }
     }
 

@@ -243,8 +243,8 @@ async fn stream_events(
         };
         // Nothing read after a policy reload goes out before the caller
         // passes the new policy.
-        let instance_id = reader.instance_id.clone();
-        if let Err(status) = reader.caller.recheck(|c| may_list_events(c, &instance_id)) {
+        let instance_id = &reader.instance_id;
+        if let Err(status) = reader.caller.recheck(|c| may_list_events(c, instance_id)) {
             let _ = outbound.send(Err(status)).await;
             return;
         }

@@ -619,9 +619,7 @@ async fn a_revoked_token_stops_working_after_sighup_and_a_bad_policy_keeps_the_o
     let secured = Secured::new(&policy());
     let dir = tempfile::tempdir().unwrap();
     let addr = cassette_e2e::free_port();
-    let extra = secured.server_args();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &extra).await;
+    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &[]).await;
     let mut console = rules.client().await;
     cassette_e2e::create_firewall(&mut console, "db-1").await;
     let mut bot = FirewallServiceClient::new(
@@ -679,9 +677,7 @@ async fn a_revoked_enforcer_identity_is_cut_off_after_sighup() {
     let secured = Secured::new(&policy());
     let dir = tempfile::tempdir().unwrap();
     let addr = cassette_e2e::free_port();
-    let extra = secured.server_args();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &extra).await;
+    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &[]).await;
     let mut console = rules.client().await;
     for instance in ["web-1", "web-2"] {
         cassette_e2e::create_firewall(&mut console, instance).await;
@@ -745,10 +741,9 @@ async fn a_renewed_certificate_is_served_after_sighup_while_open_streams_go_on()
     let dir = tempfile::tempdir().unwrap();
     let addr = cassette_e2e::free_port();
     let metrics = cassette_e2e::free_port();
-    let mut extra = secured.server_args();
-    extra.extend(["--metrics-listen".to_owned(), metrics.to_string()]);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &extra).await;
+    let metrics_flag = metrics.to_string();
+    let more = ["--metrics-listen", metrics_flag.as_str()];
+    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &more).await;
     let mut console = rules.client().await;
     cassette_e2e::create_firewall(&mut console, "web-1").await;
     let channel = cassette_e2e::channel_with(&rules.target, Some(&secured.enforcer("web-1"))).await;
@@ -854,10 +849,8 @@ async fn an_enforcer_reloads_its_certificate_on_sighup() {
     let secured = Secured::new(&policy());
     let dir = tempfile::tempdir().unwrap();
     let addr = cassette_e2e::free_port();
-    let extra = secured.server_args();
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let data = dir.path().join("data");
-    let start = || secured_binary(&secured, &data, addr, &extra);
+    let start = || secured_binary(&secured, &data, addr, &[]);
     let mut rules = start().await;
     let mut console = rules.client().await;
     cassette_e2e::create_firewall(&mut console, "web-1").await;
@@ -986,19 +979,22 @@ fn hangup(pid: u32) {
     assert!(sent.success());
 }
 
-/// The real binary on `addr`, secured by `secured` (its flags in `extra`),
-/// called by the harness as the admin principal `console`.
+/// The real binary on `addr`, secured by `secured` (its flags, then
+/// `more`), called by the harness as the admin principal `console`.
 async fn secured_binary(
     secured: &Secured,
     data: &std::path::Path,
     addr: std::net::SocketAddr,
-    extra: &[&str],
+    more: &[&str],
 ) -> RulesProcess {
+    let flags = secured.server_args();
+    let mut extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    extra.extend(more);
     RulesProcess::spawn_with_tls(
         data,
         &addr.to_string(),
         cassette_e2e::Target::Http(format!("https://{addr}")),
-        extra,
+        &extra,
         Some(secured.principal("console")),
     )
     .await
@@ -1016,10 +1012,9 @@ async fn open_streams_answer_to_the_policy_reloaded_after_they_opened() {
     let dir = tempfile::tempdir().unwrap();
     let addr = cassette_e2e::free_port();
     let console_addr = cassette_e2e::free_port();
-    let mut extra = secured.server_args();
-    extra.extend(["--http-listen".to_owned(), console_addr.to_string()]);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &extra).await;
+    let console_flag = console_addr.to_string();
+    let more = ["--http-listen", console_flag.as_str()];
+    let rules = secured_binary(&secured, &dir.path().join("data"), addr, &more).await;
     let mut admin = rules.client().await;
     for instance in ["web-1", "db-1"] {
         cassette_e2e::create_firewall(&mut admin, instance).await;
