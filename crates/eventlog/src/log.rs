@@ -246,11 +246,13 @@ impl Log {
         mut visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
         let trust = self.signing.trusted.as_deref();
-        let mut handed_on = head.sequence;
+        // Vouched for before `visit` sees it: what `visit` shows (a
+        // projection other tasks read) can already be read from the log.
+        // A record `visit` refuses is taken back.
         let visit = |record: &Record| {
-            visit(record)?;
-            handed_on = record.event.sequence;
-            Ok(())
+            let before = self.verified();
+            self.vouch(record.event.sequence);
+            visit(record).inspect_err(|_| self.verified.store(before, Ordering::Release))
         };
         let verification = match (&self.engine, newest_first) {
             (Engine::Sled(log), true) => log.verify_from(head, trust, visit),
@@ -258,7 +260,7 @@ impl Log {
             (Engine::Etcd(log), true) => log.verify_from(head, trust, visit).await,
             (Engine::Etcd(log), false) => log.verify_vouched(head, trust, None, visit).await,
         };
-        self.vouch(handed_on);
+        self.vouch(head.sequence);
         verification
     }
 

@@ -161,7 +161,7 @@ impl Drop for FileEnforcer {
 /// recording what was acknowledged.
 struct WriteLoad {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<u32>>>,
+    acked: Arc<Mutex<Vec<(u32, u64)>>>,
     writers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -179,8 +179,11 @@ impl WriteLoad {
                             break;
                         }
                         let port = 10_000 + w * 1000 + i;
-                        if client.add_rule(add(&instance, port)).await.is_ok() {
-                            acked.lock().unwrap().push(port);
+                        if let Ok(firewall) = client.add_rule(add(&instance, port)).await {
+                            acked
+                                .lock()
+                                .unwrap()
+                                .push((port, firewall.into_inner().revision));
                         } else {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
@@ -217,17 +220,32 @@ impl WriteLoad {
     }
 
     /// Stops the writers; every port acknowledged.
-    async fn stop(self) -> Vec<u32> {
+    async fn stop(self) -> Acked {
         self.stop.store(true, Ordering::Relaxed);
         for writer in self.writers {
             writer.await.unwrap();
         }
-        std::mem::take(&mut *self.acked.lock().unwrap())
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        Acked {
+            revision: acked.iter().map(|(_, r)| *r).max().unwrap_or(0),
+            ports: acked.into_iter().map(|(port, _)| port).collect(),
+        }
     }
 }
 
-/// Panics unless replica `i` holds every port in `acked`.
-async fn assert_none_lost(replicas: &mut Replicas, i: usize, acked: &[u32]) -> pb::Firewall {
+/// What a [`WriteLoad`] got acknowledged.
+struct Acked {
+    ports: Vec<u32>,
+    /// The last revision an acknowledgement named.
+    revision: u64,
+}
+
+/// Panics unless replica `i` holds every port in `acked`, once it has
+/// caught up with the last acknowledged revision (another replica's
+/// acknowledgement may reach it a moment later).
+async fn assert_none_lost(replicas: &mut Replicas, i: usize, acked: &Acked) -> pb::Firewall {
+    replicas.seen(i, "web-1", acked.revision).await;
+    let acked = &acked.ports;
     let firewall = cassette_e2e::get_firewall(&mut replicas.clients[i], "web-1").await;
     let held: std::collections::HashSet<u32> = firewall.rules.iter().map(|r| r.port).collect();
     let lost: Vec<u32> = acked
@@ -235,11 +253,39 @@ async fn assert_none_lost(replicas: &mut Replicas, i: usize, acked: &[u32]) -> p
         .copied()
         .filter(|p| !held.contains(p))
         .collect();
-    assert!(
-        lost.is_empty(),
-        "replica {i}: acknowledged but lost: {lost:?}"
-    );
+    if !lost.is_empty() {
+        let diagnosis = diagnose_loss(replicas, &lost).await;
+        panic!("replica {i}: acknowledged but lost: {lost:?}\n{diagnosis}");
+    }
     firewall
+}
+
+/// Where the lost ports are: in each replica's projection, and in the log
+/// as each replica replays it.
+async fn diagnose_loss(replicas: &mut Replicas, lost: &[u32]) -> String {
+    let mut text = String::new();
+    for (j, replica) in replicas.replicas.iter().enumerate() {
+        let firewall = cassette_e2e::get_firewall(&mut replicas.clients[j], "web-1").await;
+        let ports = |rules: &[pb::Rule]| -> Vec<u32> {
+            let held: std::collections::HashSet<u32> = rules.iter().map(|r| r.port).collect();
+            lost.iter().copied().filter(|p| held.contains(p)).collect()
+        };
+        let mut audit =
+            cassette_e2e::AuditClient::new(cassette_e2e::channel(&replica.target).await);
+        let replayed = audit
+            .get_firewall_at(pb::GetFirewallAtRequest {
+                instance_id: "web-1".into(),
+                at: Some(pb::get_firewall_at_request::At::Revision(firewall.revision)),
+            })
+            .await
+            .map(|f| f.into_inner().firewall.map(|f| ports(&f.rules)));
+        text += &format!(
+            "replica {j}: revision {}, lost ports in its projection {:?}, in the log replayed at that revision {replayed:?}\n",
+            firewall.revision,
+            ports(&firewall.rules)
+        );
+    }
+    text
 }
 
 fn add(instance: &str, port: u32) -> pb::AddRuleRequest {
@@ -393,12 +439,12 @@ async fn replicas_a_replica_killed_under_write_load_loses_nothing_acknowledged_a
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acked = load.stop().await;
     let firewall = assert_none_lost(&mut replicas, 1, &acked).await;
-    eprintln!("{} acknowledged adds, none lost", acked.len());
+    eprintln!("{} acknowledged adds, none lost", acked.ports.len());
 
     // The enforcer moved to B and has everything.
     replicas.applied(&mut enforcer, 1, firewall.revision).await;
     let text = std::fs::read_to_string(&ruleset).unwrap();
-    for port in acked.iter().take(20) {
+    for port in acked.ports.iter().take(20) {
         assert!(
             text.contains(&port.to_string()),
             "port {port} in the ruleset"
@@ -544,7 +590,7 @@ async fn replicas_keep_writing_through_the_loss_of_an_etcd_follower_then_its_lea
     let elected = replicas.cluster.wait_for_leader().await;
     assert_ne!(elected, leader);
     let acked = load.stop().await;
-    eprintln!("{} acknowledged adds", acked.len());
+    eprintln!("{} acknowledged adds", acked.ports.len());
 
     let firewall = assert_none_lost(&mut replicas, 0, &acked).await;
     replicas.seen(1, "web-1", firewall.revision).await;
@@ -552,7 +598,7 @@ async fn replicas_keep_writing_through_the_loss_of_an_etcd_follower_then_its_lea
     // The enforcer (streaming to B) has all of it; WaitForSync on A says so.
     replicas.applied(&mut enforcer, 0, firewall.revision).await;
     let text = std::fs::read_to_string(dir.path().join("ruleset.nft")).unwrap();
-    let last = acked.iter().max().unwrap();
+    let last = acked.ports.iter().max().unwrap();
     assert!(
         text.contains(&last.to_string()),
         "port {last} in the ruleset"

@@ -183,8 +183,10 @@ async fn signed_a_record_forged_into_a_stopped_sled_log_is_served_around_named_a
 
     // Written into the stopped service's store: correctly linked, indexed,
     // with a new head anchor; no signature (the attacker has no key).
-    let head = cassette_eventlog::EventLog::open(&data).unwrap().head();
-    let bad = head.sequence + 1;
+    // One instance: its revisions are the log's sequences. (The store is
+    // opened once in this process: sled lets its lock go only a moment
+    // after a handle is dropped.)
+    let bad = revision + 1;
     cassette_eventlog::tamper::append_forged(&data, &forged(bad, "web-1", revision + 1), None)
         .unwrap();
 
