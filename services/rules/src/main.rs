@@ -81,6 +81,18 @@ struct Args {
     #[arg(long, env = "CASSETTE_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     http_listen: HttpListen,
 
+    /// Host names the console also answers to (comma-separated), besides its
+    /// listen address and localhost: say, the name a DNS entry or a reverse
+    /// proxy gives it. Any other Host is refused (421), so a page whose name
+    /// an attacker points at this machine cannot use the console.
+    #[arg(
+        long,
+        env = "CASSETTE_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    http_allowed_hosts: Vec<String>,
+
     /// Also serve Prometheus metrics on http://ADDR/metrics (the console's
     /// listener serves them too).
     #[arg(long, env = "CASSETTE_METRICS_LISTEN")]
@@ -276,7 +288,9 @@ async fn main() -> anyhow::Result<()> {
             };
             let bound = listener.local_addr().context("console listener")?;
             tracing::info!(url = %format!("{scheme}://{bound}/"), "serving the console");
-            service.with_console(listener)
+            service
+                .with_console(listener)
+                .with_allowed_hosts(args.http_allowed_hosts.clone())
         }
     };
     let mut listeners = Vec::new();

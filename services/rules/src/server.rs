@@ -139,6 +139,8 @@ pub struct RulesService {
     limits: Limits,
     shutdown_grace: std::time::Duration,
     console: Option<TcpListener>,
+    /// Names besides its listen address and localhost the console answers to.
+    allowed_hosts: Vec<String>,
 }
 
 impl RulesService {
@@ -188,6 +190,7 @@ impl RulesService {
             limits: Limits::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             console: None,
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -212,6 +215,13 @@ impl RulesService {
     /// and `/healthz`) on `listener`: HTTPS when the service has TLS.
     pub fn with_console(mut self, listener: TcpListener) -> Self {
         self.console = Some(listener);
+        self
+    }
+
+    /// Host names the console answers to besides its listen address and
+    /// `localhost` (see `console::Guard`).
+    pub fn with_allowed_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.allowed_hosts = hosts;
         self
     }
 
@@ -397,9 +407,11 @@ impl RulesService {
                 limits,
             )
             .map_err(|e| ServeError::Console(e.to_string()))?;
-            let router = console::router(console).layer(axum::extract::DefaultBodyLimit::max(
-                limits.max_message_bytes,
-            ));
+            let listen = listener.local_addr().map_err(ServeError::Listener)?;
+            let guard = console::Guard::new(listen, tls.is_some(), &self.allowed_hosts);
+            let router = console::router(console, guard).layer(
+                axum::extract::DefaultBodyLimit::max(limits.max_message_bytes),
+            );
             let mut stopped = stopped.clone();
             let stop_signal = async move {
                 let _ = stopped.wait_for(|s| *s).await;

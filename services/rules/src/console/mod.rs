@@ -11,6 +11,7 @@
 //! never a cookie, so no request is made on a user's behalf without them.
 
 mod assets;
+mod guard;
 mod json_api;
 mod live;
 mod server;
@@ -30,6 +31,7 @@ use crate::grpc::FirewallApi;
 use cassette_service::limits::{Limits, Slots};
 use cassette_service::Store;
 
+pub use guard::Guard;
 pub use server::serve;
 
 /// What every console route shares.
@@ -103,8 +105,8 @@ fn error_response(status: &Status) -> Response {
     )
 }
 
-/// Every route of the console listener.
-pub fn router(console: Arc<Console>) -> Router {
+/// Every route of the console listener, behind `guard`.
+pub fn router(console: Arc<Console>, guard: Guard) -> Router {
     Router::new()
         .merge(assets::routes())
         .merge(json_api::routes())
@@ -112,10 +114,16 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(console)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::check,
+        ))
 }
 
-/// 200 SERVING while the service takes changes; 503 with the reason when it
-/// is stopping, its log failed, or it is read-only.
+/// 200 SERVING while the service takes changes; 503 NOT_SERVING when it is
+/// stopping, its log failed, or it is read-only, with the reason in
+/// development mode only (in secured mode anyone may ask, and the reason
+/// names records and files: it is in the log and on /metrics).
 async fn healthz(axum::extract::State(console): axum::extract::State<Arc<Console>>) -> Response {
     let store = &console.store;
     let failure = store.failure().borrow().clone();
@@ -125,6 +133,13 @@ async fn healthz(axum::extract::State(console): axum::extract::State<Arc<Console
         (None, Ok(()), true) => Some("NOT_SERVING: stopping".to_owned()),
         (None, Ok(()), false) => None,
     };
+    let reason = reason.map(|reason| {
+        if console.authenticator.is_development() {
+            reason
+        } else {
+            "NOT_SERVING".to_owned()
+        }
+    });
     match reason {
         None => (axum::http::StatusCode::OK, "SERVING\n").into_response(),
         Some(reason) => (
@@ -135,6 +150,14 @@ async fn healthz(axum::extract::State(console): axum::extract::State<Arc<Console
     }
 }
 
-async fn metrics(axum::extract::State(console): axum::extract::State<Arc<Console>>) -> Response {
+/// The service's metrics, for any principal (Prometheus sends a bearer
+/// token): they tell how the service is used and how it is failing.
+async fn metrics(
+    axum::extract::State(console): axum::extract::State<Arc<Console>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(status) = console.authenticate(&headers) {
+        return error_response(&status);
+    }
     cassette_metrics::respond(console.store.metrics().render()).await
 }

@@ -648,6 +648,12 @@ async fn the_secured_console_is_https_and_authorizes_each_call_like_grpc() {
         (200, "SERVING\n".to_owned())
     );
     assert_eq!(call("GET", "/instances/web-1", None, "").0, 200);
+    // Metrics are for principals (Prometheus sends a bearer token).
+    let (status, body) = call("GET", "/metrics", None, "");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = call("GET", "/metrics", Some(VIEWER_TOKEN), "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("cassette_rules_"), "{body}");
     let (status, body) = call("GET", "/api/v1/firewalls", None, "");
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("UNAUTHENTICATED"), "{body}");
@@ -789,4 +795,221 @@ async fn console_signs_in_with_a_token_over_https_and_shows_only_what_it_may_see
     browser.client.goto(&format!("{base}/")).await.unwrap();
     browser.wait_text("#login-error", "no credentials").await;
     browser.close().await;
+}
+
+/// A page of another site, served on `localhost` (the console is on
+/// `127.0.0.1`: another origin and another site) for `connections`
+/// requests at most, or until the test ends.
+fn serve_foreign_page(html: String) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the foreign page");
+    let addr = listener.local_addr().expect("its address");
+    let server = std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}",
+                html.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (addr, server)
+}
+
+/// What a browser sends without asking the console first: a page of another
+/// site posting `text/plain` (a "simple" request), a `no-cors` fetch of the
+/// API, and a name rebound to 127.0.0.1 (chromium's resolver maps it, as an
+/// attacker's DNS would). The console refuses each, the firewall is
+/// unchanged, and its own page works under a name --http-allowed-hosts gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_another_site_in_the_same_browser_changes_nothing() {
+    let test = "console_another_site_in_the_same_browser_changes_nothing";
+    if skip_without_browser(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let addr = cassette_e2e::free_port();
+    let console_addr = cassette_e2e::free_port();
+    let console_listen = console_addr.to_string();
+    let rules = cassette_e2e::RulesProcess::spawn(
+        &dir.path().join("data"),
+        &addr.to_string(),
+        cassette_e2e::tcp_target(addr),
+        &[
+            "--http-listen",
+            &console_listen,
+            "--http-allowed-hosts",
+            "console.test",
+        ],
+    )
+    .await;
+    let mut client = rules.client().await;
+    let created = cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let api = format!("http://{console_addr}/api/v1/firewalls/web-1");
+    let html = format!(
+        r#"<!doctype html><title>elsewhere</title><p id="done"></p><script>
+        const tries = [
+          fetch("{api}/rules", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: '{{"port": 3306}}'}}),
+          fetch("{api}/rules", {{method: "POST", mode: "no-cors", body: '{{"port": 3307}}'}}),
+          fetch("{api}", {{method: "DELETE", mode: "no-cors"}}),
+          fetch("{api}/rules", {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: '{{"port": 3308}}'}}),
+        ];
+        Promise.allSettled(tries).then(() => {{ document.getElementById("done").textContent = "tried"; }});
+        </script>"#
+    );
+    let (foreign, _server) = serve_foreign_page(html);
+    let browser = Browser::start(
+        1280,
+        900,
+        &["--host-resolver-rules=MAP evil.test 127.0.0.1, MAP console.test 127.0.0.1"],
+    )
+    .await;
+    browser
+        .client
+        .goto(&format!("http://localhost:{}/", foreign.port()))
+        .await
+        .expect("open the other site's page");
+    browser.wait_text("#done", "tried").await;
+    let after = get_firewall(&mut client, "web-1").await;
+    assert_eq!(
+        after.revision, created.revision,
+        "another site changed nothing: {after:?}"
+    );
+
+    // A name rebound to the console's address is not the console's.
+    browser
+        .client
+        .goto(&format!(
+            "http://evil.test:{}/instances/web-1",
+            console_addr.port()
+        ))
+        .await
+        .expect("open the rebound name");
+    browser.wait_text("body", "is not this console's").await;
+
+    // Its own page, under a name it was given, works: it adds a rule.
+    browser
+        .client
+        .goto(&format!(
+            "http://console.test:{}/instances/web-1",
+            console_addr.port()
+        ))
+        .await
+        .expect("open the console");
+    browser.wait_attr("#live", "data-live", "true").await;
+    browser
+        .client
+        .find(Locator::Id("port"))
+        .await
+        .expect("port field")
+        .send_keys("8443")
+        .await
+        .expect("type the port");
+    browser
+        .click(Locator::XPath("//button[normalize-space()='Add Port']"))
+        .await;
+    browser
+        .wait_attr(&row(8443), "data-status", "pending")
+        .await;
+    let after = get_firewall(&mut client, "web-1").await;
+    assert!(after.rules.iter().any(|r| r.port == 8443), "{after:?}");
+    browser.close().await;
+}
+
+/// The same refusals as a tool sees them (curl, no browser headers but the
+/// ones it is told to send).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_refuses_simple_cross_site_and_rebound_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = cassette_e2e::RulesProcess::start(&dir.path().join("data")).await;
+    let console = rules.console.expect("console");
+    let mut client = rules.client().await;
+    let created = cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let own = format!("http://{console}");
+    let call = |method: &str, path: &str, headers: &[(&str, &str)], body: &str| {
+        block_in_place(|| http(console, method, path, headers, body))
+    };
+    let json = ("content-type", "application/json");
+    let rules_path = "/api/v1/firewalls/web-1/rules";
+
+    let (status, body) = call(
+        "POST",
+        rules_path,
+        &[
+            ("content-type", "text/plain"),
+            ("origin", "http://evil.example"),
+        ],
+        r#"{"port": 3306}"#,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = call(
+        "POST",
+        rules_path,
+        &[("content-type", "text/plain")],
+        r#"{"port": 3306}"#,
+    );
+    assert_eq!(status, 415, "{body}");
+    assert!(body.contains("application/json"), "{body}");
+    let (status, body) = call("DELETE", "/api/v1/firewalls/web-1", &[], "");
+    assert_eq!(status, 415, "a DELETE is a change too: {body}");
+    let (status, body) = call(
+        "DELETE",
+        "/api/v1/firewalls/web-1",
+        &[json, ("sec-fetch-site", "cross-site")],
+        "",
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("PERMISSION_DENIED"), "{body}");
+    let (status, body) = call(
+        "POST",
+        rules_path,
+        &[json, ("origin", "http://127.0.0.1:1")],
+        r#"{"port": 3306}"#,
+    );
+    assert_eq!(status, 403, "another port is another origin: {body}");
+    let (status, body) = call(
+        "GET",
+        "/api/v1/firewalls/web-1",
+        &[("sec-fetch-site", "cross-site")],
+        "",
+    );
+    assert_eq!(status, 403, "the API's reads too: {body}");
+    assert_eq!(
+        get_firewall(&mut client, "web-1").await.revision,
+        created.revision
+    );
+
+    // DNS rebinding: every route, reads included.
+    for path in [
+        "/",
+        "/instances/web-1",
+        "/api/v1/firewalls",
+        "/healthz",
+        "/metrics",
+    ] {
+        let (status, body) = call("GET", path, &[("host", "evil.example")], "");
+        assert_eq!(status, 421, "{path}: {body}");
+    }
+
+    // The console's own page, and tools.
+    let (status, body) = call(
+        "POST",
+        rules_path,
+        &[json, ("origin", &own), ("sec-fetch-site", "same-origin")],
+        r#"{"port": 3306}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call("POST", rules_path, &[json], r#"{"port": 3307}"#);
+    assert_eq!(status, 200, "{body}");
+    let localhost = format!("localhost:{}", console.port());
+    let (status, body) = call("GET", "/api/v1/firewalls", &[("host", &localhost)], "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        get_firewall(&mut client, "web-1").await.revision,
+        created.revision + 2
+    );
 }

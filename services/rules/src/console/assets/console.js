@@ -93,10 +93,10 @@
   // A 401 shows the sign-in form, unless `signingIn` (the form's own check).
   async function api(method, path, body, signingIn) {
     const init = { method, headers: headers(), cache: "no-store" };
-    if (body !== undefined) {
-      init.headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
-    }
+    // The console takes a change only as JSON (a DELETE too): a type no page
+    // of another site can send without asking first.
+    if (method !== "GET") init.headers["Content-Type"] = "application/json";
+    if (body !== undefined) init.body = JSON.stringify(body);
     let response;
     try {
       response = await fetch(path, init);
