@@ -236,6 +236,7 @@ mod tests {
             actor: ActorId::anonymous(),
             on_behalf_of: None,
             request_id: None,
+            request_digest: None,
             payload: EventPayload::FirewallCreated {
                 default_rules: default_rules(),
             },

@@ -18,6 +18,7 @@ pub(crate) fn event(sequence: u64, name: &str, revision: u64, payload: EventPayl
         actor: ActorId::anonymous(),
         on_behalf_of: None,
         request_id: None,
+        request_digest: None,
         payload,
     }
 }

@@ -228,6 +228,7 @@ mod tests {
                     actor: ActorId::anonymous(),
                     on_behalf_of: None,
                     request_id: RequestId::parse_optional("r").unwrap(),
+                    request_digest: None,
                     payload,
                 };
                 self.state = Some(fold(self.state.take(), &event).unwrap());
@@ -593,6 +594,7 @@ mod tests {
             actor: ActorId::expiry(),
             on_behalf_of: None,
             request_id: None,
+            request_digest: None,
             payload: EventPayload::RuleExpired {
                 rule_id: ssh,
                 expire_time: at(5),

@@ -3,7 +3,9 @@
 use std::time::SystemTime;
 
 use crate::sources::Sources;
-use crate::values::{ActorId, Description, InstanceId, Port, Protocol, RequestId, RuleId};
+use crate::values::{
+    ActorId, Description, InstanceId, Port, Protocol, RequestDigest, RequestId, RuleId,
+};
 
 /// One committed fact about one instance's firewall, with its envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub struct Event {
     /// The end user a delegate actor acted for.
     pub on_behalf_of: Option<ActorId>,
     pub request_id: Option<RequestId>,
+    /// What the request with `request_id` asked for.
+    pub request_digest: Option<RequestDigest>,
     pub payload: EventPayload,
 }
 

@@ -21,5 +21,6 @@ pub use event::{Event, EventPayload, RuleSpec};
 pub use firewall::{fold, replay, Firewall, FirewallParts, Rule, MAX_RULES};
 pub use sources::{Cidr, Sources};
 pub use values::{
-    default_rules, ActorId, Description, InstanceId, Port, Protocol, RequestId, RuleId,
+    default_rules, ActorId, Description, InstanceId, Port, Protocol, RequestDigest, RequestId,
+    RuleId,
 };

@@ -219,6 +219,32 @@ impl RequestId {
     }
 }
 
+/// What a request with an idempotency key asked for: SHA-256 of the request
+/// message without its `request_id`, so that a key reused for another
+/// request is told apart from a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestDigest(pub [u8; 32]);
+
+impl RequestDigest {
+    pub const FIELD: &'static str = "request_digest";
+
+    /// Empty means none was recorded (an event from before digests).
+    pub fn parse_optional(bytes: &[u8]) -> Result<Option<Self>, ValidationError> {
+        match bytes.len() {
+            0 => Ok(None),
+            32 => {
+                let mut digest = [0; 32];
+                digest.copy_from_slice(bytes);
+                Ok(Some(Self(digest)))
+            }
+            n => Err(ValidationError::new(
+                Self::FIELD,
+                format!("must be 32 bytes (SHA-256) or empty, got {n}"),
+            )),
+        }
+    }
+}
+
 /// Who asked for a change, as recorded on its events.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ActorId(String);

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use cassette_model::{
     ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port, Protocol,
-    RequestId, Rule, RuleId, RuleSpec, Sources, ValidationError, Warning,
+    RequestDigest, RequestId, Rule, RuleId, RuleSpec, Sources, ValidationError, Warning,
 };
 
 use crate::pb;
@@ -223,6 +223,10 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default(),
         prev_hash: prev_hash.to_vec(),
+        request_digest: event
+            .request_digest
+            .map(|d| d.0.to_vec())
+            .unwrap_or_default(),
         payload: Some(payload),
     }
 }
@@ -282,6 +286,7 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
             ),
         },
         request_id: RequestId::parse_optional(&event.request_id)?,
+        request_digest: RequestDigest::parse_optional(&event.request_digest)?,
         payload,
     })
 }

@@ -82,6 +82,7 @@ async fn expire(store: &Store, instance: InstanceId, rule: RuleId, now: SystemTi
         instance_id: instance,
         command: Command::ExpireRule { rule_id: rule, now },
         request_id: None,
+        request_digest: None,
         expected_revision: None,
         actor: ActorId::expiry(),
         on_behalf_of: None,

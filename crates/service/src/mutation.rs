@@ -1,6 +1,6 @@
 //! A change someone asked for, as the writer takes it.
 
-use cassette_model::{ActorId, Command, InstanceId, RequestId};
+use cassette_model::{ActorId, Command, InstanceId, RequestDigest, RequestId};
 
 /// A change someone asked for.
 #[derive(Debug)]
@@ -8,6 +8,8 @@ pub struct Mutation {
     pub instance_id: InstanceId,
     pub command: Command,
     pub request_id: Option<RequestId>,
+    /// What the request with `request_id` asked for (see [`RequestDigest`]).
+    pub request_digest: Option<RequestDigest>,
     pub expected_revision: Option<u64>,
     pub actor: ActorId,
     /// The end user a delegate actor acts for.

@@ -6,7 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use cassette_model::{fold, Event, Firewall, FoldError, InstanceId, RequestId, RuleId};
+use cassette_model::{
+    fold, ActorId, Event, Firewall, FoldError, InstanceId, RequestDigest, RequestId, RuleId,
+};
+
+use crate::mutation::Mutation;
 
 /// Every live and deleted firewall, folded from the log, plus the request ids
 /// already applied (for idempotent retries). Updated only after a durable append.
@@ -16,10 +20,43 @@ use cassette_model::{fold, Event, Firewall, FoldError, InstanceId, RequestId, Ru
 #[derive(Default)]
 pub(crate) struct Projection {
     pub(crate) firewalls: BTreeMap<InstanceId, Arc<Firewall>>,
-    pub(crate) requests: HashMap<(InstanceId, RequestId), u64>,
+    /// Each idempotency key: the revision its request appended and what
+    /// that request was.
+    pub(crate) requests: HashMap<RequestKey, (u64, Option<RequestDigest>)>,
     /// Every live rule with an expire time, soonest first: the expiry
     /// schedule, rebuilt from the log at start-up.
     pub(crate) expiries: BTreeSet<(SystemTime, InstanceId, RuleId)>,
+}
+
+/// An idempotency key, scoped to who gave it: the same `request_id` from
+/// another principal (or for another end user of a delegate) is another
+/// request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RequestKey {
+    instance: InstanceId,
+    actor: ActorId,
+    on_behalf_of: Option<ActorId>,
+    id: RequestId,
+}
+
+impl RequestKey {
+    pub(crate) fn of_mutation(mutation: &Mutation) -> Option<Self> {
+        Some(Self {
+            instance: mutation.instance_id.clone(),
+            actor: mutation.actor.clone(),
+            on_behalf_of: mutation.on_behalf_of.clone(),
+            id: mutation.request_id.clone()?,
+        })
+    }
+
+    fn of_event(event: &Event) -> Option<Self> {
+        Some(Self {
+            instance: event.instance_id.clone(),
+            actor: event.actor.clone(),
+            on_behalf_of: event.on_behalf_of.clone(),
+            id: event.request_id.clone()?,
+        })
+    }
 }
 
 /// A firewall's rules that expire, as index keys.
@@ -90,11 +127,9 @@ impl Projection {
     }
 
     pub(crate) fn record_request(&mut self, event: &Event) {
-        if let Some(request_id) = &event.request_id {
-            self.requests.insert(
-                (event.instance_id.clone(), request_id.clone()),
-                event.revision,
-            );
+        if let Some(key) = RequestKey::of_event(event) {
+            self.requests
+                .insert(key, (event.revision, event.request_digest));
         }
     }
 }

@@ -257,7 +257,7 @@ impl Store {
         let instance = mutation.instance_id.clone();
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(WriterMessage::Mutate(mutation, reply))
+            .send(WriterMessage::Mutate(Box::new(mutation), reply))
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         match answer.await.map_err(|_| StoreError::ShuttingDown)?? {

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use cassette_model::{
-    ActorId, Command, Description, DomainError, InstanceId, Port, Protocol, RequestId, Sources,
+    ActorId, Command, Description, DomainError, InstanceId, Port, Protocol, RequestDigest,
+    RequestId, Sources,
 };
 use futures_util::future::join_all;
 
@@ -46,6 +47,7 @@ fn mutation(command: Command, request_id: Option<&str>) -> Mutation {
         instance_id: web(),
         command,
         request_id: request_id.map(|r| RequestId::parse_optional(r).unwrap().unwrap()),
+        request_digest: None,
         expected_revision: None,
         actor: ActorId::anonymous(),
         on_behalf_of: None,
@@ -135,6 +137,71 @@ async fn a_retried_request_id_answers_the_first_outcome_and_appends_nothing() {
         .unwrap();
     assert_eq!(again.revision, 2);
     assert_eq!(head(&store).await, 3);
+}
+
+/// `mutation` as `actor` sends it, with `digest` standing for what it asks.
+fn keyed(command: Command, request_id: &str, actor: &str, digest: u8) -> Mutation {
+    Mutation {
+        actor: ActorId::parse(actor).unwrap(),
+        request_digest: Some(RequestDigest([digest; 32])),
+        ..mutation(command, Some(request_id))
+    }
+}
+
+fn is_request_id_reuse(outcome: &Result<Arc<cassette_model::Firewall>, StoreError>) -> bool {
+    matches!(outcome, Err(StoreError::Domain(DomainError::Invalid(v)))
+        if v.field == "request_id" && v.message.contains("different request"))
+}
+
+#[tokio::test]
+async fn a_request_id_belongs_to_its_caller_and_its_request() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = with_a_firewall(dir.path()).await;
+        // Another principal's identical key is another request: both append.
+        let mallory = store
+            .mutate(keyed(add(9999), "close-5432", "mallory", 1))
+            .await
+            .unwrap();
+        let alice = store
+            .mutate(keyed(add(5432), "close-5432", "alice", 2))
+            .await
+            .unwrap();
+        assert_eq!((mallory.revision, alice.revision), (2, 3));
+        assert!(alice.rules().iter().any(|r| r.spec.port.get() == 5432));
+        // The same caller's key with another request: refused, nothing appended.
+        let reused = store
+            .mutate(keyed(add(6000), "close-5432", "alice", 3))
+            .await;
+        assert!(is_request_id_reuse(&reused), "{reused:?}");
+        // Within one batch too.
+        let (first, second) = tokio::join!(
+            store.mutate(keyed(add(7000), "batch-1", "alice", 4)),
+            store.mutate(keyed(add(7001), "batch-1", "alice", 5)),
+        );
+        assert_eq!(first.unwrap().revision, 4);
+        assert!(is_request_id_reuse(&second), "{second:?}");
+        // A true retry still gets the first answer, appending nothing.
+        let retried = store
+            .mutate(keyed(add(5432), "close-5432", "alice", 2))
+            .await
+            .unwrap();
+        assert_eq!(retried.revision, 3);
+        assert_eq!(head(&store).await, 4);
+        store.shutdown().await.unwrap();
+    }
+    // What each key was is rebuilt from the log.
+    let store = open(dir.path()).await;
+    let reused = store
+        .mutate(keyed(add(6000), "close-5432", "alice", 3))
+        .await;
+    assert!(is_request_id_reuse(&reused), "after a restart: {reused:?}");
+    let retried = store
+        .mutate(keyed(add(9999), "close-5432", "mallory", 1))
+        .await
+        .unwrap();
+    assert_eq!(retried.revision, 2);
+    assert_eq!(head(&store).await, 4);
 }
 
 #[tokio::test]

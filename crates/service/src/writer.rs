@@ -15,14 +15,17 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use cassette_eventlog::{Head, Log, LogError};
-use cassette_model::{decide, fold, Event, Firewall, FoldError, InstanceId, RequestId, RuleId};
+use cassette_model::{
+    decide, fold, DomainError, Event, Firewall, FoldError, InstanceId, RequestDigest, RequestId,
+    RuleId, ValidationError,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, Instrument};
 
 use crate::error::{Halt, StoreError};
 use crate::metrics::RulesMetrics;
 use crate::mutation::Mutation;
-use crate::projection::Projection;
+use crate::projection::{Projection, RequestKey};
 use crate::sync::SyncBoard;
 
 /// How many queued mutations one commit takes at most.
@@ -35,7 +38,7 @@ const MAX_SHARED_BATCH: usize = cassette_eventlog::etcd::MAX_BATCH_EVENTS / 3;
 const MAX_CONFLICTS: usize = 16;
 
 pub(crate) enum WriterMessage {
-    Mutate(Mutation, Reply),
+    Mutate(Box<Mutation>, Reply),
     /// A writer left the log's head at this sequence (`u64::MAX`: unknown):
     /// read what is new into the projection, unless it was this writer.
     CatchUp(u64),
@@ -80,7 +83,7 @@ impl Writer {
             let mut catch_up = false;
             while let Some(message) = next.take() {
                 match message {
-                    WriterMessage::Mutate(mutation, reply) => batch.push((mutation, reply)),
+                    WriterMessage::Mutate(mutation, reply) => batch.push((*mutation, reply)),
                     // Its own appends come back through the watch too:
                     // only a head beyond this writer's is news.
                     WriterMessage::CatchUp(head) => {
@@ -309,12 +312,14 @@ impl Writer {
             return Err(halt.clone().into());
         }
         let instance = &mutation.instance_id;
-        let request_key = mutation.request_id.clone().map(|r| (instance.clone(), r));
+        let request_key = RequestKey::of_mutation(mutation);
         if let Some(key) = &request_key {
-            if let Some(firewall) = pending.requests.get(key) {
+            if let Some((firewall, digest)) = pending.requests.get(key) {
+                same_request(mutation, *digest, None)?;
                 return Ok(Answer::Firewall(firewall.clone()));
             }
-            if let Some(&revision) = projection.requests.get(key) {
+            if let Some(&(revision, digest)) = projection.requests.get(key) {
+                same_request(mutation, digest, Some(revision))?;
                 return Ok(match projection.firewalls.get(instance) {
                     Some(current) if current.revision == revision => {
                         Answer::Firewall(current.clone())
@@ -356,6 +361,7 @@ impl Writer {
                 actor: mutation.actor.clone(),
                 on_behalf_of: mutation.on_behalf_of.clone(),
                 request_id: mutation.request_id.clone(),
+                request_digest: mutation.request_digest,
                 payload,
             };
             firewall = Some(fold(firewall, &event)?);
@@ -364,9 +370,40 @@ impl Writer {
         let firewall = Arc::new(firewall.expect("folded at least one event"));
         pending.firewalls.insert(instance.clone(), firewall.clone());
         if let Some(key) = request_key {
-            pending.requests.insert(key, firewall.clone());
+            pending
+                .requests
+                .insert(key, (firewall.clone(), mutation.request_digest));
         }
         Ok(Answer::Firewall(firewall))
+    }
+}
+
+/// Refuses a request that reuses an idempotency key its caller gave
+/// another request (that appended `revision`, or is earlier in this batch):
+/// answering it with the other request's outcome would say it happened.
+/// A key recorded without a digest (before digests) counts as a retry.
+fn same_request(
+    mutation: &Mutation,
+    first: Option<RequestDigest>,
+    revision: Option<u64>,
+) -> Result<(), StoreError> {
+    match (first, mutation.request_digest) {
+        (Some(first), Some(this)) if first != this => {
+            let id = mutation.request_id.as_ref().map_or("", RequestId::as_str);
+            let when = revision.map_or_else(
+                || "earlier in the same batch".to_owned(),
+                |r| format!("which made revision {r}"),
+            );
+            Err(DomainError::Invalid(ValidationError::new(
+                RequestId::FIELD,
+                format!(
+                    "{id:?} was already used by this caller for a different request ({when}); \
+                     a retry must repeat the request exactly, a new request needs a new request_id"
+                ),
+            ))
+            .into())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -381,5 +418,5 @@ fn refuse(replies: impl Iterator<Item = Reply>, reason: &str) {
 #[derive(Default)]
 struct Pending {
     firewalls: HashMap<InstanceId, Arc<Firewall>>,
-    requests: HashMap<(InstanceId, RequestId), Arc<Firewall>>,
+    requests: HashMap<RequestKey, (Arc<Firewall>, Option<RequestDigest>)>,
 }

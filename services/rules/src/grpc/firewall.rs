@@ -51,7 +51,7 @@ impl FirewallApi {
 
     /// Validates and applies one mutation inside a span naming the method,
     /// the instance, the request id and (once known) the revision.
-    async fn mutate<T>(
+    async fn mutate<T: requests::Keyed>(
         &self,
         method: &'static str,
         request: Request<T>,
@@ -71,10 +71,12 @@ impl FirewallApi {
             let command = command(&request, &mut v);
             let ((instance_id, request_id), command) = v.finish_with(target.zip(command))?;
             let advised = command.clone();
+            let request_digest = request_id.as_ref().map(|_| request.digest(method));
             let mutation = Mutation {
                 instance_id,
                 command,
                 request_id,
+                request_digest,
                 expected_revision,
                 actor: caller.actor(),
                 on_behalf_of: caller.on_behalf_of().cloned(),

@@ -6,9 +6,11 @@
 use std::time::{Duration, SystemTime};
 
 use cassette_model::{
-    Command, Description, InstanceId, Port, Protocol, RequestId, RuleId, Sources, ValidationError,
+    Command, Description, InstanceId, Port, Protocol, RequestDigest, RequestId, RuleId, Sources,
+    ValidationError,
 };
 use cassette_proto::{pb, protocol_from_pb};
+use sha2::{Digest, Sha256};
 
 use crate::grpc::status::Violations;
 use cassette_service::replay::EventPage;
@@ -34,6 +36,42 @@ pub fn target(
     let request = v.check(RequestId::parse_optional(request_id));
     Some((instance?, request?))
 }
+
+/// A change request that may carry an idempotency key (`request_id`).
+pub trait Keyed: prost::Message + Clone {
+    fn request_id_mut(&mut self) -> &mut String;
+
+    /// What the request asks for: SHA-256 of `method` and the message
+    /// without its `request_id` (prost encodes fields in number order, and
+    /// whichever door it came through, JSON or gRPC, it is this message).
+    fn digest(&self, method: &str) -> RequestDigest {
+        let mut unkeyed = self.clone();
+        unkeyed.request_id_mut().clear();
+        let mut hash = Sha256::new();
+        hash.update(method.as_bytes());
+        hash.update([0]);
+        hash.update(unkeyed.encode_to_vec());
+        RequestDigest(hash.finalize().into())
+    }
+}
+
+macro_rules! keyed {
+    ($($request:ty),*) => {
+        $(impl Keyed for $request {
+            fn request_id_mut(&mut self) -> &mut String {
+                &mut self.request_id
+            }
+        })*
+    };
+}
+
+keyed!(
+    pb::CreateFirewallRequest,
+    pb::AddRuleRequest,
+    pb::UpdateRuleRequest,
+    pb::DeleteRuleRequest,
+    pb::DeleteFirewallRequest
+);
 
 pub fn add_rule(r: &pb::AddRuleRequest, v: &mut Violations) -> Option<Command> {
     add_rule_at(r, SystemTime::now(), v)

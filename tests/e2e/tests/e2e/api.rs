@@ -558,6 +558,86 @@ async fn a_retry_with_the_same_request_id_returns_the_original_result_and_append
     f.service.stop().await;
 }
 
+/// `message` sent as `actor` (development mode names callers by `x-actor`).
+fn as_actor<T>(actor: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-actor", actor.parse().expect("an actor name"));
+    request
+}
+
+/// The hijack: another principal sends its own change with the victim's
+/// key first. Keys are scoped to their caller, so the victim's change still
+/// happens; and the victim's own key reused for another change is refused,
+/// naming request_id, while a true retry gets the first answer.
+#[tokio::test]
+async fn a_request_id_belongs_to_its_caller_and_to_one_request() {
+    let mut f = fresh().await;
+    create(&mut f.client, "web-1").await;
+    let added = f
+        .client
+        .add_rule(as_actor("alice", add("web-1", 5432, pb::Protocol::Tcp)))
+        .await
+        .unwrap()
+        .into_inner();
+    let postgres = rule(&added, 5432, pb::Protocol::Tcp).unwrap().id.clone();
+    let key = "close-5432".to_owned();
+    f.client
+        .add_rule(as_actor(
+            "mallory",
+            pb::AddRuleRequest {
+                request_id: key.clone(),
+                ..add("web-1", 9999, pb::Protocol::Tcp)
+            },
+        ))
+        .await
+        .expect("mallory's own change");
+    let delete = pb::DeleteRuleRequest {
+        instance_id: "web-1".into(),
+        rule_id: postgres,
+        request_id: key.clone(),
+        ..Default::default()
+    };
+    let deleted = f
+        .client
+        .delete_rule(as_actor("alice", delete.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        rule(&deleted, 5432, pb::Protocol::Tcp).is_none(),
+        "alice's delete happened: {deleted:?}"
+    );
+    assert_eq!(deleted.revision, 4);
+
+    let reused = f
+        .client
+        .update_rule(as_actor(
+            "alice",
+            pb::UpdateRuleRequest {
+                request_id: key.clone(),
+                ..toggle("web-1", "default-ssh", false)
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused:?}");
+    assert_eq!(violated_fields(&reused), ["request_id"]);
+    assert!(reused.message().contains("different request"), "{reused:?}");
+    assert_eq!(get(&mut f.client, "web-1").await.unwrap().revision, 4);
+
+    let retried = f
+        .client
+        .delete_rule(as_actor("alice", delete))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried, deleted);
+    assert_eq!(get(&mut f.client, "web-1").await.unwrap().revision, 4);
+    f.service.stop().await;
+}
+
 #[tokio::test]
 async fn a_stale_expected_revision_is_aborted_and_appends_nothing() {
     let mut f = fresh().await;

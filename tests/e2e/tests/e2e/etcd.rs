@@ -34,6 +34,7 @@ fn event(sequence: u64, instance: &str, revision: u64) -> Event {
         actor: ActorId::anonymous(),
         on_behalf_of: None,
         request_id: None,
+        request_digest: None,
         payload,
     }
 }
@@ -395,6 +396,7 @@ async fn a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_
         instance_id: InstanceId::parse("web-9").unwrap(),
         command: cassette_model::Command::CreateFirewall,
         request_id: None,
+        request_digest: None,
         expected_revision: None,
         actor: ActorId::anonymous(),
         on_behalf_of: None,

@@ -57,6 +57,7 @@ fn forged(sequence: u64, instance: &str, revision: u64) -> Event {
         actor: ActorId::parse("admin").unwrap(),
         on_behalf_of: None,
         request_id: None,
+        request_digest: None,
         payload: EventPayload::RuleAdded(RuleSpec {
             id: RuleId::from_uuid(uuid::Uuid::now_v7()),
             port: Port::new(3306).unwrap(),
