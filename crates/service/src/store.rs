@@ -386,19 +386,31 @@ impl Store {
     }
 
     /// The hash of the ruleset revision `revision` of `instance` renders to:
-    /// what an enforcer's ok ack of that revision must report.
+    /// what an enforcer that holds that revision reports.
     pub async fn ruleset_hash(
         &self,
         instance: &InstanceId,
         revision: u64,
     ) -> Result<String, StoreError> {
+        let then = self.firewall_at(instance, revision).await?;
+        Ok(Ruleset::of(Some(&then)).hash())
+    }
+
+    /// `instance`'s firewall at `revision` (deleted or not): the projection's
+    /// when it is the current one, else replayed from the log (a cost that
+    /// grows with the instance's history: once per sync stream, never per ack).
+    pub async fn firewall_at(
+        &self,
+        instance: &InstanceId,
+        revision: u64,
+    ) -> Result<Arc<Firewall>, StoreError> {
         if let Some(current) = self.read().firewalls.get(instance) {
             if current.revision == revision {
-                return Ok(Ruleset::of(Some(current)).hash());
+                return Ok(current.clone());
             }
         }
         let then = firewall_at(&self.log, instance, At::Revision(revision)).await?;
-        Ok(Ruleset::of(Some(&then.firewall)).hash())
+        Ok(Arc::new(then.firewall))
     }
 
     /// When revision `revision` of `instance` was committed.

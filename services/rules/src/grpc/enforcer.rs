@@ -4,19 +4,22 @@
 //!
 //! The channel cannot lie: only the instance's own enforcer identity may open
 //! it, an ack counts only for a revision this stream was sent, an ok ack must
-//! carry the ruleset hash the service computes for that revision, a newer
+//! carry the ruleset hash of what was sent up to that revision (the stream
+//! folds what it sends, so checking an ack costs a lookup), a newer
 //! stream for the instance closes the older one, and a policy reload that
 //! revokes the enforcer's identity closes its stream.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use cassette_auth::Authenticator;
-use cassette_model::{InstanceId, ValidationError};
+use cassette_model::{fold, Firewall, InstanceId, ValidationError};
 use cassette_proto::pb::enforcer_service_server::EnforcerService;
 use cassette_proto::pb::sync_request::Message;
 use cassette_proto::{event_to_pb, pb};
+use cassette_ruleset::Ruleset;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -37,6 +40,47 @@ const MAX_EVENTS_PER_MESSAGE: usize = 512;
 const STREAM_BUFFER: usize = 2;
 /// How much of an ack's error message is kept.
 const MAX_ACK_ERROR_BYTES: usize = 4096;
+/// How many of a stream's last messages an ack may name. An enforcer acks
+/// the revision it folded to after reading what had arrived (the end of a
+/// message), and it cannot be far behind: the stream buffers
+/// [`STREAM_BUFFER`] messages.
+const ACKABLE_MESSAGES: usize = 64;
+
+/// What a stream sent that its enforcer may ack: the highest revision, and
+/// the ruleset hash at the end of each of its last [`ACKABLE_MESSAGES`]
+/// messages, computed by folding what it sent as it sent it.
+#[derive(Default)]
+struct Sent {
+    highest: AtomicU64,
+    hashes: Mutex<VecDeque<(u64, String)>>,
+}
+
+impl Sent {
+    /// A message ending at `revision`, whose state renders to `hash`, is
+    /// about to be sent.
+    fn record(&self, revision: u64, hash: String) {
+        let mut hashes = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        if hashes.len() == ACKABLE_MESSAGES {
+            hashes.pop_front();
+        }
+        hashes.push_back((revision, hash));
+        self.highest.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    fn highest(&self) -> u64 {
+        self.highest.load(Ordering::Acquire)
+    }
+
+    /// The ruleset hash of the recent message that ended at `revision`.
+    fn hash_at(&self, revision: u64) -> Option<String> {
+        let hashes = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
+        hashes
+            .iter()
+            .rev()
+            .find(|(r, _)| *r == revision)
+            .map(|(_, hash)| hash.clone())
+    }
+}
 
 pub struct EnforcerApi {
     store: Arc<Store>,
@@ -146,7 +190,7 @@ impl EnforcerService for EnforcerApi {
                         .then(|| truncate(&hello.state_error, MAX_ACK_ERROR_BYTES).to_owned()),
                 },
             );
-            let sent = Arc::new(AtomicU64::new(0));
+            let sent = Arc::new(Sent::default());
             let end = || {
                 ending(
                     connection.replaced(),
@@ -245,16 +289,30 @@ async fn wait_until_exists(
 }
 
 /// Sends every durable event after `position`, then waits for the next
-/// commit; `sent` records the highest revision handed to the stream.
+/// commit; `sent` records each message's last revision and what the
+/// instance's ruleset is then.
 async fn send_events(
     store: Arc<Store>,
     instance: InstanceId,
     mut position: u64,
     outbound: mpsc::Sender<Outbound>,
-    sent: Arc<AtomicU64>,
+    sent: Arc<Sent>,
     ending: impl std::future::Future<Output = Ending>,
 ) {
     tokio::pin!(ending);
+    // The firewall the enforcer folds to from what this stream sends.
+    let mut folded: Option<Firewall> = if position == 0 {
+        None
+    } else {
+        match store.firewall_at(&instance, position).await {
+            Ok(firewall) => Some(Firewall::clone(&firewall)),
+            Err(error) => {
+                tracing::error!(%error, position, "cannot read the firewall a sync stream resumes from");
+                let _ = outbound.send(Err(status::store(error))).await;
+                return;
+            }
+        }
+    };
     let mut committed = store.board().watch_committed(&instance);
     let mut report_requests = store.board().watch_report_requests(&instance);
     report_requests.borrow_and_update();
@@ -281,12 +339,22 @@ async fn send_events(
                 );
                 return;
             };
+            for event in &events {
+                folded = match fold(folded.take(), event) {
+                    Ok(firewall) => Some(firewall),
+                    Err(error) => {
+                        tracing::error!(%error, revision = event.revision, "the log's events do not fold for a sync stream");
+                        let _ = outbound.send(Err(status::store(error.into()))).await;
+                        return;
+                    }
+                };
+            }
             let message = pb::SyncResponse {
                 report_now: false,
                 events: events.iter().map(|e| event_to_pb(e, &[])).collect(),
             };
             // Before the send: the enforcer may ack as soon as it has it.
-            sent.fetch_max(last, Ordering::AcqRel);
+            sent.record(last, Ruleset::of(folded.as_ref()).hash());
             if outbound.send(Ok(message)).await.is_err() {
                 return;
             }
@@ -331,8 +399,8 @@ struct StreamState {
     /// Held while the stream lives: dropping it tells the board the
     /// enforcer left.
     _connection: Connection,
-    /// The highest revision this stream was sent.
-    sent: Arc<AtomicU64>,
+    /// What this stream sent.
+    sent: Arc<Sent>,
     connected_at: SystemTime,
 }
 
@@ -386,7 +454,7 @@ async fn receive_acks(
 impl StreamState {
     async fn record_ack(&self, ack: &pb::Ack) {
         let store = &self.store;
-        let sent = self.sent.load(Ordering::Acquire);
+        let sent = self.sent.highest();
         if ack.revision == 0 || ack.revision > sent {
             store.metrics().ignored_acks.inc();
             tracing::warn!(
@@ -397,9 +465,9 @@ impl StreamState {
             return;
         }
         let result = if ack.ok {
-            match store.ruleset_hash(&self.instance, ack.revision).await {
-                Ok(expected) if expected == ack.ruleset_hash => Ok(()),
-                Ok(expected) => {
+            match self.sent.hash_at(ack.revision) {
+                Some(expected) if expected == ack.ruleset_hash => Ok(()),
+                Some(expected) => {
                     store.metrics().ruleset_hash_mismatches.inc();
                     Err(format!(
                         "the kernel does not hold what was sent: the enforcer acknowledged revision {} \
@@ -408,8 +476,12 @@ impl StreamState {
                         truncate(&ack.ruleset_hash, 64),
                     ))
                 }
-                Err(error) => {
-                    tracing::error!(%error, revision = ack.revision, "cannot compute the ruleset hash to check an ack");
+                None => {
+                    store.metrics().ignored_acks.inc();
+                    tracing::warn!(
+                        revision = ack.revision,
+                        "ignoring an ack of a revision that ended none of this stream's last messages"
+                    );
                     return;
                 }
             }

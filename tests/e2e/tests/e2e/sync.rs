@@ -308,6 +308,51 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
     service.stop().await;
 }
 
+/// An ack is checked against what the stream sent, at the end of one of its
+/// recent messages: an ack of a revision inside a message (or from long
+/// ago) is ignored, not answered by replaying the instance's history; one
+/// at a message's end with the wrong hash is a mismatch, with the right
+/// one, applied.
+#[tokio::test]
+async fn an_ack_is_checked_against_what_the_stream_sent_without_replaying_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    let mut last = 1;
+    for i in 0..40 {
+        last = toggle_ssh(&mut client, "web-1", i % 2 == 1).await;
+    }
+    let mut stream = open(&service, "web-1", 0).await;
+    let mut received = Vec::new();
+    while received.last() != Some(&last) {
+        received.extend(stream.next(LONG).await.expect("the history"));
+    }
+    assert_eq!(received, (1..=last).collect::<Vec<_>>());
+    let ignored = service.metrics.ignored_acks.get();
+    // Revision 5 is inside the history's one message: the enforcer never
+    // acks it (it acks what it folded to), so nothing vouches for its hash.
+    stream.ack(5, None).await;
+    stream.ack_with_hash(last, None, "not-the-hash").await;
+    let status = wait(&mut client, last, LONG).await.unwrap();
+    assert_eq!(status.state, pb::SyncState::Error as i32, "{status:?}");
+    assert!(status.last_error.contains("does not hold"), "{status:?}");
+    assert_eq!(service.metrics.ignored_acks.get(), ignored + 1);
+    assert_eq!(service.metrics.ruleset_hash_mismatches.get(), 1);
+    stream.ack(last, None).await;
+    let mut status = pb::SyncStatus::default();
+    for _ in 0..250 {
+        status = get(&mut client, "web-1").await.sync.unwrap();
+        if status.state == pb::SyncState::InSync as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    drop(stream);
+    service.stop().await;
+}
+
 #[tokio::test]
 async fn the_first_message_must_be_a_hello_for_a_valid_instance() {
     let dir = tempfile::tempdir().unwrap();
