@@ -28,6 +28,14 @@ pub struct RulesMetrics {
     pub tls_certificate_expiry: Gauge,
     /// How many of them end within 14 days.
     pub tls_certificates_expiring: Gauge,
+    /// Connections closed to make room for a new one at a listener's cap
+    /// (they had not finished their handshake or sent a request).
+    pub connections_evicted: Counter,
+    /// New connections closed at once: the listener was at its cap and every
+    /// connection was busy.
+    pub connections_refused: Counter,
+    /// Connections closed for sending no request in time, or for idling.
+    pub connections_timed_out: Counter,
 }
 
 impl RulesMetrics {
@@ -92,6 +100,21 @@ impl RulesMetrics {
             &mut registry,
             "cassette_rules_tls_certificates_expiring",
             "Certificates the service holds that end within 14 days (renew them and send SIGHUP).",
+        );
+        self.connections_evicted.register(
+            &mut registry,
+            "cassette_rules_connections_evicted_total",
+            "Connections closed to make room at a listener's cap (no handshake finished or no request sent yet).",
+        );
+        self.connections_refused.register(
+            &mut registry,
+            "cassette_rules_connections_refused_total",
+            "New connections closed at once: the listener was at its cap (--max-connections) with every connection busy.",
+        );
+        self.connections_timed_out.register(
+            &mut registry,
+            "cassette_rules_connections_timed_out_total",
+            "Connections closed for sending no request within --first-request-timeout, or none for --idle-timeout.",
         );
         cassette_metrics::encode(&registry)
     }

@@ -8,6 +8,7 @@
 //! [`RulesService::serve`]; tests and benchmarks call the same code on
 //! `127.0.0.1:0`.
 
+pub mod connections;
 pub mod console;
 pub mod grpc;
 mod server;
@@ -17,5 +18,7 @@ pub use cassette_service::{Limits, LogConfig, LogStore, RulesMetrics, Store, Sto
 pub use grpc::requests;
 pub use grpc::status::Violations;
 pub use grpc::{AuditApi, EnforcerApi, FirewallApi};
-pub use server::{Listener, RulesService, Security, ServeError, DEFAULT_SHUTDOWN_GRACE};
+pub use server::{
+    ConnectionFlags, Listener, RulesService, Security, ServeError, DEFAULT_SHUTDOWN_GRACE,
+};
 pub use tls::{ServerTls, TlsError, TlsFiles};

@@ -205,11 +205,13 @@ async fn main() -> anyhow::Result<()> {
     // the log's files 0600 (they hold every tenant's rules and who changed
     // them), unix sockets 0600 until --unix-mode says otherwise.
     private_files();
+    let descriptors = cassette_rules::connections::raise_descriptor_limit();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    tracing::info!(descriptors, "descriptor limit");
 
     let security = args.security.security()?;
     let authenticator = security.authenticator.clone();
@@ -227,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
     let service = service
         .with_security(security)
         .with_limits(args.limits.limits())
+        .with_connection_flags(args.limits.connections())
         .with_shutdown_grace(args.shutdown_grace);
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     tokio::spawn(async move {

@@ -17,9 +17,9 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_stream::StreamExt;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::connections::{ConnectionLimits, Gate, TrackRequests};
 use crate::console;
 use crate::grpc::{caller, present, AuditApi, EnforcerApi, FirewallApi};
 use crate::tls::{ServerTls, TlsError, TlsFiles};
@@ -141,6 +141,38 @@ pub struct RulesService {
     console: Option<TcpListener>,
     /// Names besides its listen address and localhost the console answers to.
     allowed_hosts: Vec<String>,
+    connections: ConnectionFlags,
+}
+
+/// How connections are bounded, as the flags say (see
+/// [`ConnectionLimits`]): `max_per_listener` by default from the
+/// descriptor limit.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionFlags {
+    pub max_per_listener: Option<usize>,
+    pub first_request: std::time::Duration,
+    pub idle: std::time::Duration,
+}
+
+impl Default for ConnectionFlags {
+    fn default() -> Self {
+        Self {
+            max_per_listener: None,
+            first_request: ConnectionLimits::DEFAULT_FIRST_REQUEST,
+            idle: ConnectionLimits::DEFAULT_IDLE,
+        }
+    }
+}
+
+/// A TCP listener's connections, without Nagle's delay.
+fn tcp_accepted(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 impl RulesService {
@@ -191,6 +223,7 @@ impl RulesService {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             console: None,
             allowed_hosts: Vec::new(),
+            connections: ConnectionFlags::default(),
         }
     }
 
@@ -215,6 +248,12 @@ impl RulesService {
     /// and `/healthz`) on `listener`: HTTPS when the service has TLS.
     pub fn with_console(mut self, listener: TcpListener) -> Self {
         self.console = Some(listener);
+        self
+    }
+
+    /// How connections are bounded on every listener.
+    pub fn with_connection_flags(mut self, flags: ConnectionFlags) -> Self {
+        self.connections = flags;
         self
     }
 
@@ -333,12 +372,26 @@ impl RulesService {
         .max_decoding_message_size(limits.max_message_bytes);
         let (stop, stopped) = watch::channel(false);
         let mut servers: Vec<Serving> = Vec::new();
+        let connection_limits = ConnectionLimits::new(
+            self.connections.max_per_listener,
+            listeners.len() + usize::from(self.console.is_some()),
+            self.connections.first_request,
+            self.connections.idle,
+        );
+        tracing::info!(
+            max_per_listener = connection_limits.max_per_listener,
+            first_request_ms = connection_limits.first_request.as_millis() as u64,
+            idle_ms = connection_limits.idle.as_millis() as u64,
+            "connections bounded"
+        );
+        let metrics = self.store.metrics().clone();
+        let gate = || Gate::new(connection_limits, metrics.clone());
         for listener in listeners {
             let mut builder = Server::builder()
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 .http2_keepalive_interval(Some(limits.keepalive_interval))
                 .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-                .tcp_keepalive(Some(limits.keepalive_interval));
+                .layer(TrackRequests);
             let router = builder
                 .add_service(health_service.clone())
                 .add_service(reflection().build_v1()?)
@@ -357,23 +410,10 @@ impl RulesService {
                 let _ = stopped.wait_for(|s| *s).await;
             };
             let tls = self.security.tls.as_ref().map(|tls| tls.grpc());
+            let gate = gate();
             servers.push(match (listener, tls) {
-                (Listener::Tcp(l), None) => Box::pin(async move {
-                    router
-                        .serve_with_incoming_shutdown(
-                            TcpIncoming::from(l).with_nodelay(Some(true)),
-                            stop_signal,
-                        )
-                        .await
-                        .map_err(ServeError::from)
-                }),
-                (Listener::Tcp(l), Some(tls)) => {
-                    let accepted = TcpListenerStream::new(l).map(|stream| {
-                        let stream = stream?;
-                        stream.set_nodelay(true)?;
-                        Ok(stream)
-                    });
-                    let incoming = crate::tls::incoming(accepted, tls);
+                (Listener::Tcp(l), None) => {
+                    let incoming = gate.admit_all(tcp_accepted(l), false);
                     Box::pin(async move {
                         router
                             .serve_with_incoming_shutdown(incoming, stop_signal)
@@ -381,14 +421,27 @@ impl RulesService {
                             .map_err(ServeError::from)
                     })
                 }
-                (Listener::Unix(l), None) => Box::pin(async move {
-                    router
-                        .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop_signal)
-                        .await
-                        .map_err(ServeError::from)
-                }),
+                (Listener::Tcp(l), Some(tls)) => {
+                    let incoming = crate::tls::incoming(gate.admit_all(tcp_accepted(l), true), tls);
+                    Box::pin(async move {
+                        router
+                            .serve_with_incoming_shutdown(incoming, stop_signal)
+                            .await
+                            .map_err(ServeError::from)
+                    })
+                }
+                (Listener::Unix(l), None) => {
+                    let incoming = gate.admit_all(UnixListenerStream::new(l), false);
+                    Box::pin(async move {
+                        router
+                            .serve_with_incoming_shutdown(incoming, stop_signal)
+                            .await
+                            .map_err(ServeError::from)
+                    })
+                }
                 (Listener::Unix(l), Some(tls)) => {
-                    let incoming = crate::tls::incoming(UnixListenerStream::new(l), tls);
+                    let accepted = gate.admit_all(UnixListenerStream::new(l), true);
+                    let incoming = crate::tls::incoming(accepted, tls);
                     Box::pin(async move {
                         router
                             .serve_with_incoming_shutdown(incoming, stop_signal)
@@ -416,8 +469,9 @@ impl RulesService {
             let stop_signal = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
+            let console_gate = gate();
             servers.push(Box::pin(async move {
-                console::serve(listener, tls, router, stop_signal)
+                console::serve(listener, tls, router, console_gate, stop_signal)
                     .await
                     .map_err(ServeError::Listener)
             }));

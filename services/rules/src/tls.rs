@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use crate::connections::{Activity, PeerInfo, Tracked};
 use cassette_auth::CERTIFICATE_WARNING;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
@@ -364,24 +365,23 @@ impl ClientCertVerifier for ClientRoots {
     }
 }
 
-/// What the `caller` interceptor learns of a connection: its client's
-/// certificate chain, when it presented one (verified by the handshake).
-#[derive(Debug, Clone, Default)]
-pub struct PeerInfo {
-    pub certificates: Option<Arc<Vec<CertificateDer<'static>>>>,
-}
-
 /// A server-side TLS connection over any stream (TCP, a Unix socket).
 pub struct TlsConnection<S>(tokio_rustls::server::TlsStream<S>);
 
-impl TlsConnection<tokio::net::TcpStream> {
+impl TlsConnection<Tracked<tokio::net::TcpStream>> {
     /// The client's address.
     pub fn tcp_peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.0.get_ref().0.peer_addr()
+        self.0.get_ref().0.get_ref().peer_addr()
     }
 }
 
-impl<S> tonic::transport::server::Connected for TlsConnection<S>
+impl<S> TlsConnection<Tracked<S>> {
+    pub fn activity(&self) -> &Arc<Activity> {
+        self.0.get_ref().0.activity()
+    }
+}
+
+impl<S> tonic::transport::server::Connected for TlsConnection<Tracked<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -394,7 +394,10 @@ where
             .1
             .peer_certificates()
             .map(|chain| Arc::new(chain.iter().map(|c| c.clone().into_owned()).collect()));
-        PeerInfo { certificates }
+        PeerInfo {
+            certificates,
+            activity: Some(self.activity().clone()),
+        }
     }
 }
 
@@ -443,9 +446,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConnection<S> {
 /// client delays nobody else. Ends when `accepted` does; stops accepting
 /// (and lets the listener go) once the returned stream is dropped.
 pub fn incoming<S>(
-    accepted: impl Stream<Item = io::Result<S>> + Send + 'static,
+    accepted: impl Stream<Item = io::Result<Tracked<S>>> + Send + 'static,
     acceptor: TlsAcceptor,
-) -> impl Stream<Item = io::Result<TlsConnection<S>>>
+) -> impl Stream<Item = io::Result<TlsConnection<Tracked<S>>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -472,7 +475,9 @@ where
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let _ = tx.send(Ok(TlsConnection(stream))).await;
+                        let connection = TlsConnection(stream);
+                        connection.activity().established();
+                        let _ = tx.send(Ok(connection)).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),

@@ -213,9 +213,32 @@ pub struct LimitArgs {
     /// streams are dropped (the instance then shows no enforcer).
     #[arg(long, env = "CASSETTE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = cassette_proto::parse_duration)]
     keepalive_timeout: std::time::Duration,
+    /// Connections each listener (gRPC, console) holds at once. At the cap, a
+    /// new connection closes the oldest one that has not finished its
+    /// handshake or sent a request. Default: the listeners' share of the
+    /// descriptor limit (raised to its hard limit at start-up), less 256.
+    #[arg(long, env = "CASSETTE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// How long a new connection may take to send its first request (its
+    /// TLS handshake included), and the console's HTTP/1 requests their
+    /// headers.
+    #[arg(long, env = "CASSETTE_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = cassette_proto::parse_duration)]
+    first_request_timeout: std::time::Duration,
+    /// How long a connection with no request open (no call, no stream) is
+    /// kept after its last request.
+    #[arg(long, env = "CASSETTE_IDLE_TIMEOUT", default_value = "60s", value_parser = cassette_proto::parse_duration)]
+    idle_timeout: std::time::Duration,
 }
 
 impl LimitArgs {
+    pub fn connections(&self) -> cassette_rules::ConnectionFlags {
+        cassette_rules::ConnectionFlags {
+            max_per_listener: self.max_connections,
+            first_request: self.first_request_timeout,
+            idle: self.idle_timeout,
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             max_message_bytes: self.max_message_bytes,

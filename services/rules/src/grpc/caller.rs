@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::tls::PeerInfo;
+use crate::connections::PeerInfo;
 use cassette_auth::{
     AuthError, Authenticator, Caller, Credentials, ACTOR_HEADER, ON_BEHALF_OF_HEADER,
 };

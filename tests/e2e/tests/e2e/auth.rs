@@ -1065,14 +1065,24 @@ async fn open_streams_answer_to_the_policy_reloaded_after_they_opened() {
         .spawn()
         .expect("run curl (scripts/test.sh installs it)");
     let live_out = live.stdout.take().unwrap();
+    let (first_event, got_first_event) = std::sync::mpsc::channel();
     let live_lines = std::thread::spawn(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(live_out)
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(live_out)
             .lines()
             .map_while(Result::ok)
-            .collect::<Vec<_>>()
+        {
+            if line == "event: firewall" {
+                let _ = first_event.send(());
+            }
+            lines.push(line);
+        }
+        lines
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The live view is open (its first event came) before the reload.
+    tokio::task::block_in_place(|| got_first_event.recv_timeout(PATIENCE))
+        .expect("the live view's first event");
 
     // The reload: web-auditor leaves, the auditor's scope narrows to web-*,
     // ops-bot's token goes.

@@ -4,6 +4,7 @@
 //! - `api`: every semantic rule of FirewallService through the generated client.
 //! - `auth`: identity and authorization over real TLS: the attack table.
 //! - `cli`: the `cassette` command line: every command, its errors and exit codes.
+//! - `connections`: bounded connections: silent ones by the thousand, idle ones, slow headers.
 //! - `console`: the Firewall page in a real browser (chromium), and its JSON API.
 //! - `audit`: AuditService and the offline audit commands, tampering included.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
@@ -22,6 +23,7 @@ mod api;
 mod audit;
 mod auth;
 mod cli;
+mod connections;
 mod console;
 mod durability;
 mod etcd;
