@@ -110,8 +110,9 @@ impl StateFile {
                 firewall.instance_id, firewall.revision, state.instance_id, state.revision
             )));
         }
-        let hash = Ruleset::of(Some(&firewall)).hash();
-        if hash != state.ruleset_hash {
+        let ruleset = Ruleset::of(Some(&firewall));
+        if !ruleset.hash_matches(&state.ruleset_hash) {
+            let hash = ruleset.hash();
             return Err(corrupt(format!(
                 "the firewall renders to ruleset {hash}, the state says {:?}",
                 state.ruleset_hash

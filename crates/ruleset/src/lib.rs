@@ -57,6 +57,38 @@ pub struct Ruleset {
     allowed: BTreeSet<(Protocol, Cidr, u16)>,
 }
 
+/// What the input chain accepts before the port checks: loopback, and
+/// packets of connections this instance opened (the reply direction) or
+/// related to one (ICMP errors). A connection someone opened to the
+/// instance is checked against the ports in every packet, not only its
+/// first: when a rule is turned off, deleted, expires or its allowlist
+/// narrows, the traffic of connections it let in stops with the change.
+/// (Accepting `ct state established` in both directions, as before, let
+/// them go on through a rule shown as blocking.)
+const INPUT_ACCEPTS: &str = concat!(
+    "    iif \"lo\" accept\n",
+    "    ct state invalid drop\n",
+    "    ct direction reply ct state established accept\n",
+    "    ct state related accept\n",
+);
+
+/// [`INPUT_ACCEPTS`] as earlier versions rendered it, for state files they
+/// saved (see [`Ruleset::hash_matches`]).
+const EARLIER_INPUT_ACCEPTS: [&str; 1] = [concat!(
+    "    iif \"lo\" accept\n",
+    "    ct state established,related accept\n",
+    "    ct state invalid drop\n",
+)];
+
+fn hex_sha256(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
 /// One of the allowlist sets: `source . port` for a protocol and a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AllowSet {
@@ -179,6 +211,10 @@ impl Ruleset {
 
     /// The table's full definition.
     pub fn render(&self, table: &TableName) -> String {
+        self.render_as(table, INPUT_ACCEPTS)
+    }
+
+    fn render_as(&self, table: &TableName, input_accepts: &str) -> String {
         let table = table.as_str();
         let mut out = format!("table inet {table} {{\n");
         for protocol in [Protocol::Tcp, Protocol::Udp] {
@@ -210,9 +246,9 @@ impl Ruleset {
         out.push_str(concat!(
             "  chain input {\n",
             "    type filter hook input priority filter; policy drop;\n",
-            "    iif \"lo\" accept\n",
-            "    ct state established,related accept\n",
-            "    ct state invalid drop\n",
+        ));
+        out.push_str(input_accepts);
+        out.push_str(concat!(
             // ICMP (1) and ICMPv6 (58) by number: names need /etc/protocols,
             // which minimal container images lack.
             "    meta l4proto { 1, 58 } accept\n",
@@ -287,17 +323,23 @@ impl Ruleset {
         (!out.is_empty()).then_some(out)
     }
 
+    /// Whether `hash` is this ruleset's [`Ruleset::hash`], or what an
+    /// earlier version of this renderer made of it (a state file saved
+    /// before an upgrade: its firewall is still good, and the next apply
+    /// puts the current rendering in force).
+    pub fn hash_matches(&self, hash: &str) -> bool {
+        hash == self.hash()
+            || EARLIER_INPUT_ACCEPTS
+                .iter()
+                .any(|accepts| hash == hex_sha256(&self.render_as(&TableName::default(), accepts)))
+    }
+
     /// SHA-256 (hex) of the table rendered under its default name
     /// (`cassette`): what an ack reports the kernel holds. The name is fixed so
     /// that the rules service, which does not know an enforcer's `--table`,
     /// computes the same hash for the same revision.
     pub fn hash(&self) -> String {
-        Sha256::digest(self.render(&TableName::default()).as_bytes())
-            .iter()
-            .fold(String::with_capacity(64), |mut hex, byte| {
-                let _ = write!(hex, "{byte:02x}");
-                hex
-            })
+        hex_sha256(&self.render(&TableName::default()))
     }
 }
 
@@ -328,6 +370,28 @@ fn join(ports: &BTreeSet<u16>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hash_an_earlier_renderer_made_still_matches() {
+        let defaults = Ruleset::defaults();
+        // The defaults' hash before open connections were checked per packet.
+        let earlier = "cac72fa77a1e98156cb1ab00d49964033a8df9d8f9cd42c39aa33c4a2d4d3feb";
+        assert_ne!(defaults.hash(), earlier);
+        assert!(defaults.hash_matches(earlier));
+        assert!(defaults.hash_matches(&defaults.hash()));
+        assert!(!defaults.hash_matches(&"0".repeat(64)));
+        assert!(
+            !Ruleset::default().hash_matches(earlier),
+            "another ruleset's"
+        );
+    }
+
+    #[test]
+    fn only_replies_to_the_instances_own_connections_skip_the_port_checks() {
+        let text = Ruleset::defaults().render(&TableName::default());
+        assert!(text.contains("ct direction reply ct state established accept"));
+        assert!(!text.contains("ct state established,related accept"));
+    }
 
     fn ruleset(tcp: &[u16], udp: &[u16]) -> Ruleset {
         Ruleset {

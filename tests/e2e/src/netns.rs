@@ -44,6 +44,76 @@ print("ready", flush=True)
 threading.Event().wait()
 "#;
 
+/// Echo servers, TCP and UDP, IPv4 and IPv6, on the ports given as
+/// `tcp:PORT` / `udp:PORT`: every byte comes back.
+const ECHO: &str = r#"
+import socket, sys, threading
+def tcp_conn(c):
+    try:
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+def tcp(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
+def udp(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    while True:
+        d, a = s.recvfrom(2048); s.sendto(d, a)
+for spec in sys.argv[1:]:
+    kind, port = spec.split(":")
+    threading.Thread(target={"tcp": tcp, "udp": udp}[kind], args=(int(port),), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// One long-lived session (a TCP connection, or a UDP flow from one source
+/// port) to `host port`: each line on stdin sends a numbered token and says
+/// whether its echo came back within 0.5 s (late echoes of earlier tokens,
+/// which a TCP retransmission may still deliver, do not count).
+const SESSION: &str = r#"
+import socket, sys, time
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+if kind == "tcp":
+    s = socket.create_connection((host, port), timeout=2)
+else:
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.connect((host, port))
+print("ready", flush=True)
+n, received = 0, b""
+for line in sys.stdin:
+    n += 1
+    token = b"<%d>" % n
+    ok = False
+    try:
+        s.send(token)
+        deadline = time.time() + 0.5
+        while not ok and time.time() < deadline:
+            s.settimeout(max(0.01, deadline - time.time()))
+            data = s.recv(4096)
+            if not data and kind == "tcp":
+                break
+            received += data
+            if token in received:
+                ok = True
+                received = received[received.index(token) + len(token):]
+    except OSError:
+        pass
+    print("ok" if ok else "blocked", flush=True)
+"#;
+
 const TCP_PROBE: &str = "import socket,sys\nsrc=(sys.argv[3], 0) if len(sys.argv) > 3 else None\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0, source_address=src).close()";
 const UDP_PROBE: &str = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1.0)\ns.sendto(b'ping',(sys.argv[1], int(sys.argv[2])))\nsys.exit(0 if s.recvfrom(64)[0]==b'ping' else 1)";
 
@@ -73,6 +143,34 @@ pub struct Lab {
     pub instance_ns: String,
     pub client_ns: String,
     listeners: Option<Child>,
+    /// Echo servers started in either namespace.
+    servers: Vec<Child>,
+}
+
+/// A session [`Lab::session`] opened; ended on drop.
+pub struct Session {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Session {
+    /// Whether one byte sent now comes back (within half a second).
+    pub fn passes(&mut self) -> bool {
+        use std::io::{BufRead, Write};
+        if writeln!(self.stdin, "probe").is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).is_ok() && line.trim() == "ok"
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -85,6 +183,7 @@ impl Lab {
             instance_ns: format!("{tag}i"),
             client_ns: format!("{tag}c"),
             listeners: None,
+            servers: Vec::new(),
         };
         let (i, c) = (lab.instance_ns.as_str(), lab.client_ns.as_str());
         run("ip", &["netns", "add", i]);
@@ -148,6 +247,50 @@ impl Lab {
             .expect("listener output");
         assert_eq!(line.trim(), "ready", "listeners did not start");
         self.listeners = Some(child);
+    }
+
+    /// Starts echo servers in `ns` on `specs` (`tcp:PORT`, `udp:PORT`) and
+    /// waits until they are bound.
+    pub fn start_echo(&mut self, ns: &str, specs: &[&str]) {
+        let mut child = Self::command(ns, Path::new("python3"))
+            .args(["-u", "-c", ECHO])
+            .args(specs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start echo servers");
+        let stdout = child.stdout.take().expect("echo stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("echo output");
+        assert_eq!(line.trim(), "ready", "echo servers did not start");
+        self.servers.push(child);
+    }
+
+    /// Opens a `kind` (`tcp` or `udp`) session from `ns` to `host port`.
+    pub fn session(&self, ns: &str, kind: &str, host: &str, port: u16) -> Session {
+        let mut child = Self::command(ns, Path::new("python3"))
+            .args(["-u", "-c", SESSION, kind, host, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a session");
+        let stdin = child.stdin.take().expect("session stdin");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("session stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("session output");
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the {kind} session to {host}:{port} did not open"
+        );
+        Session {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     /// Whether a TCP connection from the client namespace to the instance succeeds.
@@ -250,7 +393,12 @@ impl Default for Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if let Some(mut child) = self.listeners.take() {
+        for mut child in self
+            .listeners
+            .take()
+            .into_iter()
+            .chain(self.servers.drain(..))
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -259,6 +259,9 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
     browser
         .wait_text("#confirm-message", "you'll only have web console access")
         .await;
+    browser
+        .wait_text("#confirm-message", "sessions already open are cut too")
+        .await;
     browser.screenshot("09-ssh-confirm").await;
     browser.click(Locator::Id("confirm-cancel")).await;
     browser

@@ -22,6 +22,7 @@
     "not over the internet. If you must expose a database, use strong passwords and allowlists.";
   const SSH_WARNING =
     "If you disable SSH, you'll only have web console access. " +
+    "SSH sessions already open are cut too. " +
     "To get back in, use the web console from your instance page and re-enable port 22 there.";
   const PORT_IN_USE_HINT =
     "Each port+protocol combination can only have one rule. Delete the existing rule first, or choose a different port.";
@@ -573,7 +574,7 @@
         "PATCH",
         `/api/v1/firewalls/${encodeURIComponent(instanceId)}/rules/${encodeURIComponent(rule.id)}`,
         { enabled: enable, requestId: requestId() },
-        `Port ${rule.port}/${protocolName(rule.protocol)} ${enable ? "accepting" : "blocking"}; applying.`,
+        `Port ${rule.port}/${protocolName(rule.protocol)} ${enable ? "accepting" : "blocking, open connections included"}; applying.`,
       );
       button.disabled = false;
     }
@@ -582,7 +583,7 @@
       const what = `${rule.port}/${protocolName(rule.protocol)}`;
       const sure = await confirmAction(
         `Delete the rule for port ${what}?`,
-        `Connections to port ${what}${rule.description ? ` (${rule.description})` : ""} will be blocked. This cannot be undone; add the port again to reopen it.`,
+        `Connections to port ${what}${rule.description ? ` (${rule.description})` : ""} will be blocked, and those already open are cut. This cannot be undone; add the port again to reopen it.`,
         "Delete rule",
       );
       if (!sure) return;
