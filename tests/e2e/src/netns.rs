@@ -234,38 +234,32 @@ impl Lab {
 
     /// Starts the instance's listeners and waits until they are bound.
     pub fn start_listeners(&mut self) {
-        let mut child = Self::command(&self.instance_ns, Path::new("python3"))
-            .args(["-u", "-c", LISTENERS])
+        self.listeners = Some(Self::spawn_ready(&self.instance_ns, LISTENERS, &[]));
+    }
+
+    /// Runs python `script` with `args` in `ns` and waits for it to say
+    /// "ready" (its sockets are bound).
+    fn spawn_ready(ns: &str, script: &str, args: &[&str]) -> Child {
+        let mut child = Self::command(ns, Path::new("python3"))
+            .args(["-u", "-c", script])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start listeners");
-        let stdout = child.stdout.take().expect("listener stdout");
+            .expect("start python3");
+        let stdout = child.stdout.take().expect("its stdout");
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-            .expect("listener output");
-        assert_eq!(line.trim(), "ready", "listeners did not start");
-        self.listeners = Some(child);
+            .expect("its output");
+        assert_eq!(line.trim(), "ready", "{args:?} did not start in {ns}");
+        child
     }
 
     /// Starts echo servers in `ns` on `specs` (`tcp:PORT`, `udp:PORT`) and
     /// waits until they are bound.
     pub fn start_echo(&mut self, ns: &str, specs: &[&str]) {
-        let mut child = Self::command(ns, Path::new("python3"))
-            .args(["-u", "-c", ECHO])
-            .args(specs)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start echo servers");
-        let stdout = child.stdout.take().expect("echo stdout");
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-            .expect("echo output");
-        assert_eq!(line.trim(), "ready", "echo servers did not start");
-        self.servers.push(child);
+        self.servers.push(Self::spawn_ready(ns, ECHO, specs));
     }
 
     /// Opens a `kind` (`tcp` or `udp`) session from `ns` to `host port`.

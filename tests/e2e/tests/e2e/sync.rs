@@ -149,6 +149,30 @@ async fn get(client: &mut cassette_e2e::Client, instance: &str) -> pb::Firewall 
     cassette_e2e::get_firewall(client, instance).await
 }
 
+/// web-1's sync status once it is in sync (acks are one-way: polled).
+async fn in_sync(client: &mut cassette_e2e::Client) -> pb::SyncStatus {
+    let mut status = pb::SyncStatus::default();
+    for _ in 0..250 {
+        status = get(client, "web-1").await.sync.unwrap();
+        if status.state == pb::SyncState::InSync as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    status
+}
+
+/// `instance` created and its SSH rule toggled `times` times; its last revision.
+async fn toggled(client: &mut cassette_e2e::Client, instance: &str, times: usize) -> u64 {
+    create(client, instance).await;
+    let mut last = 1;
+    for i in 0..times {
+        last = toggle_ssh(client, instance, i % 2 == 1).await;
+    }
+    last
+}
+
 async fn wait(
     client: &mut cassette_e2e::Client,
     revision: u64,
@@ -281,15 +305,7 @@ async fn acks_drive_sync_status_rule_status_and_wait_for_sync() {
 
     stream.ack(2, None).await;
     // Acks are one-way: poll until the success lands.
-    let mut status = pb::SyncStatus::default();
-    for _ in 0..250 {
-        status = get(&mut client, "web-1").await.sync.unwrap();
-        if status.state == pb::SyncState::InSync as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    let status = in_sync(&mut client).await;
     assert!(status.last_error.is_empty());
 
     // An enforcer's error is kept, truncated to 4 KiB.
@@ -318,11 +334,7 @@ async fn an_ack_is_checked_against_what_the_stream_sent_without_replaying_histor
     let dir = tempfile::tempdir().unwrap();
     let service = InProcess::start(dir.path()).await;
     let mut client = service.client().await;
-    create(&mut client, "web-1").await;
-    let mut last = 1;
-    for i in 0..40 {
-        last = toggle_ssh(&mut client, "web-1", i % 2 == 1).await;
-    }
+    let last = toggled(&mut client, "web-1", 40).await;
     let mut stream = open(&service, "web-1", 0).await;
     let mut received = Vec::new();
     while received.last() != Some(&last) {
@@ -340,15 +352,7 @@ async fn an_ack_is_checked_against_what_the_stream_sent_without_replaying_histor
     assert_eq!(service.metrics.ignored_acks.get(), ignored + 1);
     assert_eq!(service.metrics.ruleset_hash_mismatches.get(), 1);
     stream.ack(last, None).await;
-    let mut status = pb::SyncStatus::default();
-    for _ in 0..250 {
-        status = get(&mut client, "web-1").await.sync.unwrap();
-        if status.state == pb::SyncState::InSync as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    in_sync(&mut client).await;
     drop(stream);
     service.stop().await;
 }
@@ -419,11 +423,7 @@ async fn a_long_history_is_streamed_in_bounded_pages() {
     let dir = tempfile::tempdir().unwrap();
     let service = InProcess::start(dir.path()).await;
     let mut client = service.client().await;
-    create(&mut client, "busy").await;
-    let mut latest = 1;
-    for i in 0..600 {
-        latest = toggle_ssh(&mut client, "busy", i % 2 == 1).await;
-    }
+    let latest = toggled(&mut client, "busy", 600).await;
     let mut stream = open(&service, "busy", 0).await;
     let mut received = Vec::new();
     while received.len() < latest as usize {
