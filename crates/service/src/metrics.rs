@@ -36,6 +36,9 @@ pub struct RulesMetrics {
     pub connections_refused: Counter,
     /// Connections closed for sending no request in time, or for idling.
     pub connections_timed_out: Counter,
+    /// Answers that append nothing (refusals, no-ops) decided again because
+    /// this replica's view was behind the shared log's head.
+    pub stale_decisions: Counter,
 }
 
 impl RulesMetrics {
@@ -115,6 +118,11 @@ impl RulesMetrics {
             &mut registry,
             "cassette_rules_connections_timed_out_total",
             "Connections closed for sending no request within --first-request-timeout, or none for --idle-timeout.",
+        );
+        self.stale_decisions.register(
+            &mut registry,
+            "cassette_rules_stale_decisions_total",
+            "Refusals and no-ops decided again because this replica's view was behind the shared log's head (replicas on etcd).",
         );
         cassette_metrics::encode(&registry)
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
-use cassette_eventlog::{EventLog, Head, Log, Signing};
+use cassette_eventlog::{EventLog, Head, Log, LogError, Signing};
 use cassette_model::{DomainError, Event, Firewall, InstanceId, RuleId};
 use cassette_ruleset::Ruleset;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,6 +24,8 @@ use crate::writer::{Answer, Writer, WriterMessage};
 
 /// How many mutations may wait for the writer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
+/// How long a linearizable read waits for this replica to catch up.
+const LINEARIZABLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the event log is and how it is signed: the one value both engines
 /// open from.
@@ -299,6 +301,44 @@ impl Store {
         let mut committed = self.board.watch_committed(instance);
         let _ = tokio::time::timeout(patience, committed.wait_for(|r| *r >= revision)).await;
         self.revision(instance).unwrap_or(0)
+    }
+
+    /// Makes this replica's view at least as current as the shared log is
+    /// now: one linearizable read of the head in etcd, then, if the view is
+    /// behind it, the writer catches up (another replica's appends). What is
+    /// read from the store afterwards includes everything acknowledged before
+    /// this call, through any replica. At once on a log only this process
+    /// writes.
+    pub async fn catch_up_with_log(&self) -> Result<(), StoreError> {
+        if !self.log.is_shared() {
+            return Ok(());
+        }
+        if let Some(halt) = &*self.halt.borrow() {
+            return Err(halt.clone().into());
+        }
+        let head = self.log.head().await?;
+        let mut folded = self.head.subscribe();
+        if *folded.borrow_and_update() >= head.sequence {
+            return Ok(());
+        }
+        self.writer
+            .send(WriterMessage::CatchUp(head.sequence))
+            .await
+            .map_err(|_| StoreError::ShuttingDown)?;
+        let caught_up = async {
+            folded
+                .wait_for(|folded| *folded >= head.sequence)
+                .await
+                .map(drop)
+        };
+        match tokio::time::timeout(LINEARIZABLE_PATIENCE, caught_up).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::ShuttingDown),
+            Err(_) => Err(StoreError::Log(LogError::Unavailable(format!(
+                "this replica could not catch up with the log's record {} within {:?}",
+                head.sequence, LINEARIZABLE_PATIENCE
+            )))),
+        }
     }
 
     /// The live firewall of `instance_id`.

@@ -217,6 +217,45 @@ impl Writer {
             self.last_time = now;
         }
 
+        // On a shared log this replica decided against its own view, which
+        // may lag the log by the time another replica's append takes to
+        // arrive. An append proves the view current (it compares the head);
+        // an answer that appends nothing (a refusal, a no-op) is given only
+        // once the head etcd has now (after the request arrived) is the one
+        // it was decided against, else it is decided again after catching up.
+        if self.log.is_shared() && outcomes.iter().any(|o| o.3.is_empty()) {
+            match self.log.head().await {
+                Ok(head) if head == self.log_head => {}
+                Ok(head) => {
+                    tracing::debug!(
+                        view = self.log_head.sequence,
+                        log = head.sequence,
+                        "a refusal was decided on a view behind the log: deciding again"
+                    );
+                    self.metrics.stale_decisions.inc();
+                    return Some(
+                        outcomes
+                            .into_iter()
+                            .map(|(mutation, reply, _, _)| (mutation, reply))
+                            .collect(),
+                    );
+                }
+                Err(error) => {
+                    // Unconfirmed answers are not given; the changes go on.
+                    let (unconfirmed, appending): (Vec<_>, Vec<_>) =
+                        outcomes.into_iter().partition(|o| o.3.is_empty());
+                    let reason = format!(
+                        "{error}; this replica cannot confirm its answer against the log, and nothing was stored"
+                    );
+                    refuse(
+                        unconfirmed.into_iter().map(|(_, reply, _, _)| reply),
+                        &reason,
+                    );
+                    outcomes = appending;
+                }
+            }
+        }
+
         let appended = self.log.append(self.log_head, &events).await;
         let head = match appended {
             Ok(head) => head,

@@ -465,6 +465,7 @@ pub async fn get_firewall(client: &mut Client, instance: &str) -> pb::Firewall {
     client
         .get_firewall(pb::GetFirewallRequest {
             instance_id: instance.into(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("get firewall {instance}: {s:?}"))

@@ -150,6 +150,7 @@ async fn wait(
             instance_id: INSTANCE.into(),
             revision,
             timeout: Some(Duration::from_secs(30).try_into()?),
+            ..Default::default()
         })
         .await?
         .into_inner())

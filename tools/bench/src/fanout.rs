@@ -272,6 +272,7 @@ pub(crate) async fn wait(
             instance_id,
             revision,
             timeout: Duration::from_secs(60).try_into().ok(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

@@ -94,6 +94,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     let answer = client
         .get_firewall(pb::GetFirewallRequest {
             instance_id: instance_id(0)?.to_string(),
+            ..Default::default()
         })
         .await?
         .into_inner();

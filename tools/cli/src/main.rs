@@ -95,6 +95,10 @@ enum Command {
         revision: u64,
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
+        /// "The latest" is the latest any replica acknowledged before this
+        /// call, not the answering replica's.
+        #[arg(long)]
+        consistent: bool,
     },
     /// The audit log: who changed what, when.
     Events {
@@ -120,7 +124,14 @@ enum FirewallCommand {
     /// Create an instance's firewall (with SSH, HTTP, HTTPS open); idempotent.
     Create { instance: String },
     /// Show a firewall: each rule with its state.
-    Get { instance: String },
+    Get {
+        instance: String,
+        /// Include every change any replica acknowledged before this call
+        /// (one more etcd round trip on replicas; the default is what the
+        /// replica answering has seen).
+        #[arg(long)]
+        consistent: bool,
+    },
     /// List firewalls (every page).
     List {
         /// Only rules that accepted no packet for this long (e.g. 7d, 12h).
@@ -235,9 +246,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 out.firewall(&firewalls.create_firewall(request).await?.into_inner())
             }
-            FirewallCommand::Get { instance } => {
+            FirewallCommand::Get {
+                instance,
+                consistent,
+            } => {
                 let request = pb::GetFirewallRequest {
                     instance_id: instance,
+                    consistency: consistency(consistent),
                 };
                 out.firewall(&firewalls.get_firewall(request).await?.into_inner())
             }
@@ -328,11 +343,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             instance,
             revision,
             timeout,
+            consistent,
         } => {
             let request = pb::WaitForSyncRequest {
                 instance_id: instance,
                 revision,
                 timeout: timeout.try_into().ok(),
+                consistency: consistency(consistent),
             };
             out.sync(&firewalls.wait_for_sync(request).await?.into_inner())
         }
@@ -422,4 +439,13 @@ async fn connect(c: &Connection) -> anyhow::Result<(Channel, Bearer)> {
         ))
     })?;
     Ok((channel, Bearer(token)))
+}
+
+/// `--consistent` as the request's `consistency`.
+fn consistency(consistent: bool) -> i32 {
+    if consistent {
+        pb::ReadConsistency::Linearizable as i32
+    } else {
+        pb::ReadConsistency::Unspecified as i32
+    }
 }

@@ -409,33 +409,38 @@ impl EtcdLog {
                 signer.sign(next).encode(),
             ));
         }
+        let range = |key| RequestOp {
+            request: Some(Op::RequestRange(RangeRequest {
+                key,
+                ..Default::default()
+            })),
+        };
         let request = TxnRequest {
             compare,
             success: puts,
-            failure: vec![RequestOp {
-                request: Some(Op::RequestRange(RangeRequest {
-                    key: self.head_key(),
-                    ..Default::default()
-                })),
-            }],
+            // Refused: what the head is, and what record holds the place
+            // this append's last record would have.
+            failure: vec![
+                range(self.head_key()),
+                range(self.record_key(next.sequence)),
+            ],
         };
         let response = self.txn(request).await?;
         if response.succeeded {
             return Ok(next);
         }
-        // Refused: the head moved. If it moved to exactly what this append
-        // writes, an earlier attempt whose answer was lost committed it.
-        let now = head_of(
-            response
-                .responses
-                .into_iter()
-                .find_map(|r| match r.response {
-                    Some(OpResponse::ResponseRange(range)) => range.kvs.into_iter().next(),
-                    _ => None,
-                })
-                .map(|kv| kv.value),
-        )?;
-        if now == next {
+        let mut found = response.responses.into_iter().map(|r| match r.response {
+            Some(OpResponse::ResponseRange(range)) => range.kvs.into_iter().next(),
+            _ => None,
+        });
+        let now = head_of(found.next().flatten().map(|kv| kv.value))?;
+        let in_place = found.next().flatten().map(|kv| chain::hash(&kv.value));
+        // An earlier attempt whose answer was lost committed this append if
+        // its last record is in place (the hash covers everything before
+        // it): the head is then this append's, or another writer's after it.
+        // Otherwise nothing of it is stored, nor ever will be: every attempt
+        // compared the head with `expected`, which it no longer is.
+        if now == next || in_place == Some(next.hash) {
             return Ok(next);
         }
         if now != expected {

@@ -142,6 +142,7 @@ impl Console {
     ) -> Result<pb::Firewall, Status> {
         let mut request = tonic::Request::new(pb::GetFirewallRequest {
             instance_id: instance_id.to_owned(),
+            ..Default::default()
         });
         request.extensions_mut().insert(caller.clone());
         self.api

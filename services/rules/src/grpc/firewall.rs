@@ -211,7 +211,16 @@ impl FirewallService for FirewallApi {
             caller
                 .authorize(Action::Read, "GetFirewall", &request.instance_id)
                 .map_err(refused)?;
-            let instance_id = InstanceId::parse(&request.instance_id).map_err(invalid)?;
+            let mut v = Violations::default();
+            let instance_id = v.check(InstanceId::parse(&request.instance_id));
+            let linearizable = requests::linearizable(request.consistency, &mut v);
+            let (instance_id, linearizable) = v.finish_with(instance_id.zip(linearizable))?;
+            if linearizable {
+                self.store
+                    .catch_up_with_log()
+                    .await
+                    .map_err(status::store)?;
+            }
             let firewall = self.store.get(&instance_id).map_err(status::store)?;
             Span::current().record("revision", firewall.revision);
             // Hit counts from the enforcer, wherever it streams.
@@ -389,7 +398,15 @@ impl FirewallService for FirewallApi {
             let mut v = Violations::default();
             let instance_id = v.check(InstanceId::parse(&request.instance_id));
             let timeout = v.check(requests::wait_timeout(request.timeout));
-            let (instance_id, timeout) = v.finish_with(instance_id.zip(timeout))?;
+            let linearizable = requests::linearizable(request.consistency, &mut v);
+            let ((instance_id, timeout), linearizable) =
+                v.finish_with(instance_id.zip(timeout).zip(linearizable))?;
+            if linearizable {
+                self.store
+                    .catch_up_with_log()
+                    .await
+                    .map_err(status::store)?;
+            }
             let mut latest = self.store.revision(&instance_id).map_err(status::store)?;
             if request.revision > latest && self.store.log().is_shared() {
                 // Written through another replica a moment ago: this one

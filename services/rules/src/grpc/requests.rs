@@ -37,6 +37,20 @@ pub fn target(
     Some((instance?, request?))
 }
 
+/// Whether a read must be linearizable (`consistency`).
+pub fn linearizable(consistency: i32, v: &mut Violations) -> Option<bool> {
+    match pb::ReadConsistency::try_from(consistency) {
+        Ok(pb::ReadConsistency::Linearizable) => Some(true),
+        Ok(pb::ReadConsistency::Unspecified | pb::ReadConsistency::Replica) => Some(false),
+        Err(_) => v.check(Err(ValidationError::new(
+            "consistency",
+            format!(
+                "must be READ_CONSISTENCY_REPLICA (1) or READ_CONSISTENCY_LINEARIZABLE (2), got {consistency}"
+            ),
+        ))),
+    }
+}
+
 /// A change request that may carry an idempotency key (`request_id`).
 pub trait Keyed: prost::Message + Clone {
     fn request_id_mut(&mut self) -> &mut String;

@@ -42,6 +42,7 @@ async fn get(client: &mut Client, instance: &str) -> Result<pb::Firewall, Status
     client
         .get_firewall(pb::GetFirewallRequest {
             instance_id: instance.into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())

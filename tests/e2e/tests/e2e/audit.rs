@@ -443,6 +443,7 @@ async fn get_firewall_at_renders_exactly_what_the_enforcer_applied() {
             instance_id: "a-1".into(),
             revision: latest,
             timeout: Some(Duration::from_secs(30).try_into().unwrap()),
+            ..Default::default()
         })
         .await;
     let _ = synced.expect("the enforcer applied the latest revision");

@@ -144,6 +144,7 @@ async fn the_attack_table_is_refused_row_by_row_and_appends_nothing() {
             anonymous
                 .get_firewall(pb::GetFirewallRequest {
                     instance_id: "web-1".into(),
+                    ..Default::default()
                 })
                 .await,
             Code::Unauthenticated,
@@ -233,6 +234,7 @@ async fn the_attack_table_is_refused_row_by_row_and_appends_nothing() {
         viewer
             .get_firewall(pb::GetFirewallRequest {
                 instance_id: "db-1".into(),
+                ..Default::default()
             })
             .await
             .expect("a viewer reads");
@@ -430,6 +432,7 @@ async fn wait(lab: &Lab, timeout: Duration) -> Result<pb::SyncStatus, tonic::Sta
             instance_id: "web-1".into(),
             revision: 0,
             timeout: Some(timeout.try_into().unwrap()),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
@@ -482,6 +485,7 @@ async fn the_sync_channel_cannot_lie() {
     let firewall = web
         .get_firewall(pb::GetFirewallRequest {
             instance_id: "web-1".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -547,6 +551,7 @@ async fn per_principal_caps_answer_resource_exhausted() {
                     instance_id: "web-1".into(),
                     revision: 0,
                     timeout: Some(Duration::from_secs(5).try_into().unwrap()),
+                    ..Default::default()
                 })
                 .await
         })
@@ -565,6 +570,7 @@ async fn per_principal_caps_answer_resource_exhausted() {
                 instance_id: "web-1".into(),
                 revision: 0,
                 timeout: Some(Duration::from_millis(1).try_into().unwrap()),
+                ..Default::default()
             })
             .await;
         match answer {
@@ -629,6 +635,7 @@ async fn a_revoked_token_stops_working_after_sighup_and_a_bad_policy_keeps_the_o
         with_metadata(
             pb::GetFirewallRequest {
                 instance_id: "db-1".into(),
+                ..Default::default()
             },
             &[("authorization", &format!("Bearer {OPS_TOKEN}"))],
         )
@@ -664,6 +671,7 @@ async fn a_revoked_token_stops_working_after_sighup_and_a_bad_policy_keeps_the_o
     console
         .get_firewall(pb::GetFirewallRequest {
             instance_id: "db-1".into(),
+            ..Default::default()
         })
         .await
         .expect("certificates still work");
@@ -793,6 +801,7 @@ async fn a_renewed_certificate_is_served_after_sighup_while_open_streams_go_on()
             Ok(channel) => FirewallServiceClient::new(channel)
                 .get_firewall(pb::GetFirewallRequest {
                     instance_id: "web-1".into(),
+                    ..Default::default()
                 })
                 .await
                 .is_err_and(|s| s.code() == Code::Unavailable),
@@ -893,6 +902,7 @@ async fn an_enforcer_reloads_its_certificate_on_sighup() {
                     instance_id: "web-1".into(),
                     revision: 0,
                     timeout: Some(PATIENCE.try_into().unwrap()),
+                    ..Default::default()
                 })
                 .await
                 .expect("WaitForSync")
@@ -1045,6 +1055,7 @@ async fn open_streams_answer_to_the_policy_reloaded_after_they_opened() {
             instance_id: "web-1".into(),
             revision: 0,
             timeout: Some(Duration::from_secs(60).try_into().unwrap()),
+            ..Default::default()
         },
         &[("authorization", &format!("Bearer {OPS_TOKEN}"))],
     );
@@ -1224,6 +1235,7 @@ async fn a_token_that_expires_ends_the_calls_it_holds_open() {
                 instance_id: "web-1".into(),
                 revision: 0,
                 timeout: Some(Duration::from_secs(60).try_into().unwrap()),
+                ..Default::default()
             },
             &[("authorization", &token)],
         )

@@ -205,6 +205,7 @@ instances = ["*"]
     let firewall = client
         .get_firewall(pb::GetFirewallRequest {
             instance_id: "web-1".into(),
+            ..Default::default()
         })
         .await
         .expect("the fresh client goes on");

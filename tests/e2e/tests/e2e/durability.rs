@@ -81,6 +81,7 @@ async fn kill_9_mid_write_loses_nothing_that_was_acknowledged() {
         let firewall = client
             .get_firewall(pb::GetFirewallRequest {
                 instance_id: instance.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -195,6 +195,42 @@ async fn fifty_writers_racing_on_one_head_through_three_members_have_one_winner(
     }
 }
 
+/// An append whose first attempt committed but whose answer was lost, and
+/// which another writer appended after before the retry: the retry is the
+/// same transaction, refused because the head moved. It must answer that the
+/// append is stored (its last record is in place), never a Conflict (which
+/// the writer turns into "not stored" when it cannot catch up). A different
+/// append decided against the same head still is a Conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_log_a_retry_after_a_lost_answer_is_a_success_even_after_another_writer() {
+    if etcd::skip("etcd_log_a_retry_after_a_lost_answer_is_a_success_even_after_another_writer") {
+        return;
+    }
+    let cluster = EtcdCluster::start(1).await;
+    let a = log_on(&cluster, "/lost");
+    let b = log_on(&cluster, "/lost");
+    let batch = [event(1, "web-1", 1), event(2, "web-1", 2)];
+    // The attempt that committed; its answer never reached the writer.
+    let committed = a.append(Head::default(), &batch).await.expect("committed");
+    let after = b
+        .append(committed, &[event(3, "web-2", 1)])
+        .await
+        .expect("another writer");
+    // The retry.
+    let retried = a.append(Head::default(), &batch).await;
+    assert_eq!(retried.expect("stored, not a conflict"), committed);
+    assert_eq!(a.head().await.unwrap(), after, "nothing written twice");
+    assert_eq!(a.read_after(0, 10).await.unwrap().len(), 3);
+    let other = [event(1, "web-3", 1)];
+    assert!(
+        matches!(
+            a.append(Head::default(), &other).await,
+            Err(LogError::Conflict { .. })
+        ),
+        "another append against the same head is not stored"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_log_keeps_every_acknowledged_append_through_leader_and_member_loss() {
     if etcd::skip("etcd_log_keeps_every_acknowledged_append_through_leader_and_member_loss") {

@@ -227,6 +227,7 @@ async fn a_full_disk_fails_writes_clearly_loses_nothing_acknowledged_and_recover
         let firewall = client
             .get_firewall(pb::GetFirewallRequest {
                 instance_id: instance.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|s| panic!("{instance} lost: {s:?}"))
@@ -366,6 +367,7 @@ async fn a_silent_partition_is_noticed_in_seconds_and_a_change_made_during_it_la
         instance_id: "web-1".into(),
         revision,
         timeout: Some(Duration::from_secs(seconds).try_into().unwrap()),
+        ..Default::default()
     };
     client.wait_for_sync(wait(0, 30)).await.expect("first sync");
 
@@ -378,6 +380,7 @@ async fn a_silent_partition_is_noticed_in_seconds_and_a_change_made_during_it_la
         let firewall = client
             .get_firewall(pb::GetFirewallRequest {
                 instance_id: "web-1".into(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -529,6 +532,7 @@ async fn twenty_kill_9s_at_random_moments_lose_nothing_acknowledged() {
         let firewall = client
             .get_firewall(pb::GetFirewallRequest {
                 instance_id: instance.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -599,6 +603,7 @@ async fn fifty_enforcers_resume_after_a_rules_restart_without_reapplying_from_sc
                     instance_id: instance,
                     revision: 0,
                     timeout: Some(Duration::from_secs(30).try_into().unwrap()),
+                    ..Default::default()
                 })
                 .await
                 .map(|s| s.into_inner().state)
@@ -675,6 +680,7 @@ async fn a_stopping_service_ends_waiters_and_follow_streams_with_unavailable() {
                     instance_id: "web-1".into(),
                     revision: 0,
                     timeout: Some(Duration::from_secs(300).try_into().unwrap()),
+                    ..Default::default()
                 })
                 .await
         })
@@ -730,6 +736,7 @@ async fn an_enforcer_moves_on_to_the_next_endpoint_when_one_is_unreachable() {
             instance_id: "web-1".into(),
             revision: 0,
             timeout: Some(Duration::from_secs(30).try_into().unwrap()),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -798,6 +805,7 @@ async fn a_repair_that_fails_is_reported_and_nothing_is_shown_applied() {
             client
                 .get_firewall(pb::GetFirewallRequest {
                     instance_id: "web-1".into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

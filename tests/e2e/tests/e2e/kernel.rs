@@ -112,6 +112,7 @@ impl Fixture {
                 instance_id: INSTANCE.into(),
                 revision,
                 timeout: Some(Duration::from_secs(30).try_into().unwrap()),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|s| panic!("WaitForSync: {s:?}"))

@@ -411,6 +411,7 @@ async fn state_ahead_of_a_restored_log_gives_way_to_the_log() {
                     instance_id: INSTANCE.into(),
                     revision,
                     timeout: Some(Duration::from_secs(30).try_into().unwrap()),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

@@ -183,6 +183,7 @@ async fn wait(
             instance_id: "web-1".into(),
             revision,
             timeout: Some(timeout.try_into().unwrap()),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
