@@ -5,6 +5,7 @@
 //! Prost types stop here: crates past this edge speak `cassette_model`.
 
 mod convert;
+mod describe;
 mod flags;
 #[cfg(feature = "json")]
 mod json;
@@ -21,6 +22,7 @@ pub use convert::{
     rule_spec_to_pb, rule_to_pb, sources_to_pb, warning_to_pb,
 };
 
+pub use describe::{describe_event, EVENT_COLUMNS};
 pub use flags::parse_duration;
 pub mod stdout;
 #[cfg(feature = "json")]

@@ -23,9 +23,12 @@ use crate::output::Output;
 /// Manage cassette firewalls: create them, open and close ports, wait for the
 /// kernel to have a change, read the audit log.
 ///
+/// A rule is named by its port (`5432`, `5432/tcp`, `5432/udp`) or its id.
+///
 /// Exit codes: 0 ok; 1 other error; 2 usage; 3 not found; 4 invalid input;
 /// 5 conflict (already exists, stale revision, a default rule); 6 unavailable
-/// or timed out; 7 not allowed (unauthenticated, permission denied).
+/// or timed out; 7 not allowed (unauthenticated, permission denied); 8 a
+/// diagnosis with a failed check.
 #[derive(Debug, Parser)]
 #[command(name = "cassette", version, about)]
 struct Cli {
@@ -164,17 +167,33 @@ enum RuleCommand {
         ttl: Option<Duration>,
     },
     /// Turn a rule on (the toggle goes green).
-    Enable { instance: String, rule: String },
-    /// Turn a rule off (gray: blocking, rule kept).
-    Disable { instance: String, rule: String },
+    Enable {
+        instance: String,
+        /// Its port (5432, 5432/tcp, 5432/udp) or its id.
+        rule: String,
+    },
+    /// Turn a rule off (gray: blocking, rule kept; open connections are cut).
+    Disable {
+        instance: String,
+        /// Its port (5432, 5432/tcp, 5432/udp) or its id.
+        rule: String,
+        /// Turn SSH off without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Set a rule's description.
     Describe {
         instance: String,
+        /// Its port (5432, 5432/tcp, 5432/udp) or its id.
         rule: String,
         description: String,
     },
-    /// Delete a custom rule.
-    Delete { instance: String, rule: String },
+    /// Delete a custom rule (open connections through it are cut).
+    Delete {
+        instance: String,
+        /// Its port (5432, 5432/tcp, 5432/udp) or its id.
+        rule: String,
+    },
 }
 
 /// Adds the bearer token, if any, to every call.
@@ -204,15 +223,17 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let code = match error.downcast_ref::<tonic::Status>() {
-                Some(status) => {
-                    output::print_status(status);
-                    exit_code(status.code())
+            let code = if let Some(status) = error.downcast_ref::<tonic::Status>() {
+                output::print_status(status);
+                exit_code(status.code())
+            } else if let Some(exit) = error.downcast_ref::<Exit>() {
+                if !exit.message.is_empty() {
+                    eprintln!("error: {}", exit.message);
                 }
-                None => {
-                    eprintln!("error: {error:#}");
-                    1
-                }
+                exit.code
+            } else {
+                eprintln!("error: {error:#}");
+                1
             };
             ExitCode::from(code)
         }
@@ -310,10 +331,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     firewalls.add_rule(request).await?
                 }
                 RuleCommand::Enable { instance, rule } => {
+                    let rule = rule_id(&mut firewalls, &instance, &rule).await?;
                     firewalls.update_rule(toggle(instance, rule, true)).await?
                 }
-                RuleCommand::Disable { instance, rule } => {
-                    firewalls.update_rule(toggle(instance, rule, false)).await?
+                RuleCommand::Disable {
+                    instance,
+                    rule,
+                    yes,
+                } => {
+                    let found = find_rule(&mut firewalls, &instance, &rule).await?;
+                    if found.port == 22 && found.protocol != pb::Protocol::Udp as i32 && !yes {
+                        confirm_ssh_off()?;
+                    }
+                    firewalls
+                        .update_rule(toggle(instance, found.id, false))
+                        .await?
                 }
                 RuleCommand::Describe {
                     instance,
@@ -321,8 +353,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     description,
                 } => {
                     let request = pb::UpdateRuleRequest {
+                        rule_id: rule_id(&mut firewalls, &instance, &rule).await?,
                         instance_id: instance,
-                        rule_id: rule,
                         description: Some(description),
                         ..Default::default()
                     };
@@ -330,8 +362,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 RuleCommand::Delete { instance, rule } => {
                     let request = pb::DeleteRuleRequest {
+                        rule_id: rule_id(&mut firewalls, &instance, &rule).await?,
                         instance_id: instance,
-                        rule_id: rule,
                         ..Default::default()
                     };
                     firewalls.delete_rule(request).await?
@@ -366,8 +398,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..Default::default()
             };
             let mut stream = audit.list_events(request).await?.into_inner();
+            let mut header = true;
             while let Some(event) = stream.message().await? {
-                out.event(&event)?;
+                out.event(&event, header)?;
+                header = false;
             }
             Ok(())
         }
@@ -381,8 +415,143 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 port,
                 protocol: protocol(udp).into(),
             };
-            out.diagnosis(&firewalls.diagnose(request).await?.into_inner())
+            let diagnosis = firewalls.diagnose(request).await?.into_inner();
+            out.diagnosis(&diagnosis)?;
+            if diagnosis.ok {
+                Ok(())
+            } else {
+                Err(Exit::quiet(8).into())
+            }
         }
+    }
+}
+
+/// A failure of the command itself (not of a call), with its exit code.
+#[derive(Debug)]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl Exit {
+    fn new(code: u8, message: String) -> Self {
+        Self { code, message }
+    }
+
+    /// An exit code whose reason was printed already.
+    fn quiet(code: u8) -> Self {
+        Self::new(code, String::new())
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// A rule as people name it: its port (`5432`, `5432/tcp`, `5432/udp`),
+/// or else its id.
+fn port_of(named: &str) -> Option<(u32, Option<pb::Protocol>)> {
+    let (port, protocol) = match named.split_once('/') {
+        Some((port, protocol)) => {
+            let protocol = match protocol.to_ascii_lowercase().as_str() {
+                "tcp" => pb::Protocol::Tcp,
+                "udp" => pb::Protocol::Udp,
+                _ => return None,
+            };
+            (port, Some(protocol))
+        }
+        None => (named, None),
+    };
+    port.parse().ok().map(|port| (port, protocol))
+}
+
+/// The rule `named` names on `instance` (by port or id).
+async fn find_rule(
+    firewalls: &mut Firewalls,
+    instance: &str,
+    named: &str,
+) -> anyhow::Result<pb::Rule> {
+    let request = pb::GetFirewallRequest {
+        instance_id: instance.to_owned(),
+        ..Default::default()
+    };
+    let firewall = firewalls.get_firewall(request).await?.into_inner();
+    let name = |r: &pb::Rule| {
+        let protocol = if r.protocol == pb::Protocol::Udp as i32 {
+            "udp"
+        } else {
+            "tcp"
+        };
+        format!("{}/{protocol} ({})", r.port, r.id)
+    };
+    let Some((port, protocol)) = port_of(named) else {
+        return firewall
+            .rules
+            .into_iter()
+            .find(|r| r.id == named)
+            .ok_or_else(|| Exit::new(3, format!("no rule {named} on instance {instance}")).into());
+    };
+    let mut matching: Vec<pb::Rule> = firewall
+        .rules
+        .into_iter()
+        .filter(|r| r.port == port && protocol.is_none_or(|p| r.protocol == p as i32))
+        .collect();
+    match matching.len() {
+        0 => Err(Exit::new(
+            3,
+            format!("no rule for port {named} on instance {instance}"),
+        )
+        .into()),
+        1 => Ok(matching.remove(0)),
+        _ => Err(Exit::new(
+            2,
+            format!(
+                "port {named} names {} rules on {instance}: {}; say {port}/tcp or {port}/udp",
+                matching.len(),
+                matching.iter().map(name).collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .into()),
+    }
+}
+
+/// The id of the rule `named` names; an id is passed on as it is (the
+/// service says whether it exists).
+async fn rule_id(firewalls: &mut Firewalls, instance: &str, named: &str) -> anyhow::Result<String> {
+    if port_of(named).is_none() {
+        return Ok(named.to_owned());
+    }
+    Ok(find_rule(firewalls, instance, named).await?.id)
+}
+
+/// What the page says before SSH goes off (the product's own warning).
+const SSH_WARNING: &str = "If you disable SSH, you'll only have web console access. SSH sessions \
+     already open are cut too. To get back in, use the web console from your instance page and \
+     re-enable port 22 there.";
+
+/// Asks on a terminal before SSH goes off; refuses without one (a script
+/// says --yes).
+fn confirm_ssh_off() -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(Exit::new(
+            2,
+            format!("{SSH_WARNING}\nGive --yes to disable SSH anyway."),
+        )
+        .into());
+    }
+    eprint!("{SSH_WARNING}\nDisable SSH? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Exit::new(1, "SSH stays on".to_owned()).into())
     }
 }
 

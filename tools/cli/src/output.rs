@@ -52,24 +52,24 @@ impl Output {
         Ok(())
     }
 
-    pub fn event(&self, event: &pb::Event) -> anyhow::Result<()> {
+    /// One event, in the offline audit's words; the first (`header`) under
+    /// a header row.
+    pub fn event(&self, event: &pb::Event, header: bool) -> anyhow::Result<()> {
         if self.json("Event", event)? {
             return Ok(());
         }
-        let what = event
-            .payload
-            .as_ref()
-            .map(payload_name)
-            .unwrap_or("unknown");
-        let when = event.commit_time.map(|t| t.to_string()).unwrap_or_default();
-        cassette_proto::outln!(
-            "{:>6}  {}  {}#{}  {}  {what}",
-            event.sequence,
-            when,
-            event.instance_id,
-            event.revision,
-            event.actor
-        )?;
+        if header {
+            cassette_proto::outln!("{}", cassette_proto::EVENT_COLUMNS)?;
+        }
+        match cassette_proto::event_from_pb(event) {
+            Ok(event) => cassette_proto::outln!("{}", cassette_proto::describe_event(&event))?,
+            Err(error) => cassette_proto::outln!(
+                "{} {}#{} (an event this cassette cannot read: {error})",
+                event.sequence,
+                event.instance_id,
+                event.revision
+            )?,
+        }
         Ok(())
     }
 
@@ -96,21 +96,6 @@ impl Output {
             cassette_proto::outln!("{what}")?;
         }
         Ok(())
-    }
-}
-
-fn payload_name(payload: &pb::event::Payload) -> &'static str {
-    use pb::event::Payload;
-    match payload {
-        Payload::FirewallCreated(_) => "firewall created",
-        Payload::RuleAdded(_) => "rule added",
-        Payload::RuleEnabled(_) => "rule enabled",
-        Payload::RuleDisabled(_) => "rule disabled",
-        Payload::RuleDescriptionChanged(_) => "rule described",
-        Payload::RuleDeleted(_) => "rule deleted",
-        Payload::FirewallDeleted(_) => "firewall deleted",
-        Payload::RuleExpired(_) => "rule expired",
-        Payload::RuleSourcesChanged(_) => "rule sources changed",
     }
 }
 
@@ -230,9 +215,13 @@ fn firewall_table(firewall: &pb::Firewall) -> String {
 /// The server's message, and each field it names, on stderr.
 pub fn print_status(status: &tonic::Status) {
     eprintln!("error: {:?}: {}", status.code(), status.message());
+    // Each field once: the message usually names them already.
     if let Some(bad) = status.get_details_bad_request() {
         for violation in bad.field_violations {
-            eprintln!("  {}: {}", violation.field, violation.description);
+            let line = format!("{}: {}", violation.field, violation.description);
+            if !status.message().contains(&line) {
+                eprintln!("  {line}");
+            }
         }
     }
 }

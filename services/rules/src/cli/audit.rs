@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context};
 use cassette_eventlog::{hex, Log, Record, Signing, TrustedKeys};
-use cassette_model::{Event, EventPayload, InstanceId, Rule};
+use cassette_model::{InstanceId, Rule};
 use cassette_proto::{event_to_pb, ProtoJson};
 use cassette_rules::grpc::present;
 use cassette_service::replay::{self, At, Cursor, EventFilter};
@@ -123,7 +123,7 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
                 if args.json {
                     json.print_event(record)
                 } else {
-                    cassette_proto::outln!("{}", describe(&record.event))?;
+                    cassette_proto::outln!("{}", cassette_proto::describe_event(&record.event))?;
                     Ok(())
                 }
             })
@@ -185,7 +185,7 @@ pub async fn run(data_dir: &Path, args: AuditArgs) -> anyhow::Result<()> {
                 )?;
             }
             for record in &diff.events {
-                cassette_proto::outln!("  {}", describe(&record.event))?;
+                cassette_proto::outln!("  {}", cassette_proto::describe_event(&record.event))?;
             }
             Ok(())
         }
@@ -284,63 +284,6 @@ fn describe_rule(rule: &Rule) -> String {
         },
         rule.spec.id,
         rule.revision
-    )
-}
-
-/// One line: sequence, time, instance#revision, actor (and whom it acted for), what happened.
-fn describe(event: &Event) -> String {
-    let what = match &event.payload {
-        EventPayload::FirewallCreated { default_rules } => format!(
-            "created with {}",
-            default_rules
-                .iter()
-                .map(|r| format!("{}/{}", r.port, r.protocol))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        EventPayload::RuleAdded(spec) => format!(
-            "added {}/{} {}{}{}",
-            spec.port,
-            spec.protocol,
-            spec.id,
-            if spec.enabled { "" } else { " (disabled)" },
-            spec.expire_time
-                .map(|t| format!(" (expires {})", rfc3339(t)))
-                .unwrap_or_default()
-        ),
-        EventPayload::RuleEnabled { rule_id } => format!("enabled {rule_id}"),
-        EventPayload::RuleDisabled { rule_id } => format!("disabled {rule_id}"),
-        EventPayload::RuleDescriptionChanged {
-            rule_id,
-            description,
-        } => format!("described {rule_id} as {:?}", description.as_str()),
-        EventPayload::RuleDeleted { rule_id } => format!("deleted {rule_id}"),
-        EventPayload::RuleSourcesChanged { rule_id, sources } => format!(
-            "allowed {rule_id} from {}",
-            if sources.is_anywhere() {
-                "anywhere".to_owned()
-            } else {
-                cassette_proto::sources_to_pb(sources).join(", ")
-            }
-        ),
-        EventPayload::RuleExpired {
-            rule_id,
-            expire_time,
-        } => format!("expired {rule_id} (due {})", rfc3339(*expire_time)),
-        EventPayload::FirewallDeleted => "deleted the firewall".to_owned(),
-    };
-    let for_whom = event
-        .on_behalf_of
-        .as_ref()
-        .map(|user| format!(" (for {})", user.as_str()))
-        .unwrap_or_default();
-    format!(
-        "{} {} {}#{} {}{for_whom}: {what}",
-        event.sequence,
-        rfc3339(event.commit_time),
-        event.instance_id,
-        event.revision,
-        event.actor.as_str()
     )
 }
 
