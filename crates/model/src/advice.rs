@@ -45,12 +45,20 @@ pub fn database_on(port: u16, protocol: Protocol) -> Option<&'static str> {
         .map(|(_, _, name)| *name)
 }
 
-/// The warnings for `command` given the firewall after it: adding or updating
-/// a rule that leaves a database port open to anywhere.
+/// The warnings for `command` given the firewall after it: a change that
+/// opens a database port to anywhere (adding it, turning it on, widening its
+/// allowlist to anywhere). Describing an open one says nothing again.
 pub fn warnings(command: &Command, after: &Firewall) -> Vec<Warning> {
     let rule = match command {
         Command::AddRule { port, protocol, .. } => after.rule_for(*port, *protocol),
-        Command::UpdateRule { rule_id, .. } => after.rule(rule_id),
+        Command::UpdateRule {
+            rule_id,
+            enabled,
+            sources,
+            ..
+        } if *enabled == Some(true) || sources.as_ref().is_some_and(|s| s.is_anywhere()) => {
+            after.rule(rule_id)
+        }
         _ => None,
     };
     rule.and_then(database_exposure).into_iter().collect()

@@ -652,6 +652,18 @@ mod tests {
             1,
             "open again"
         );
+        // Describing a rule that is open already does not say it again.
+        let describe = Command::UpdateRule {
+            rule_id: rule_id.clone(),
+            enabled: None,
+            description: Some(crate::Description::parse("orders").unwrap()),
+            sources: None,
+        };
+        h.run(describe.clone()).unwrap();
+        assert!(
+            crate::warnings(&describe, h.firewall()).is_empty(),
+            "said once"
+        );
     }
 
     #[test]

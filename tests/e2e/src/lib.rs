@@ -551,7 +551,34 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
 }
 
 /// A loopback address with a port that was free a moment ago.
+///
+/// Below the kernel's ephemeral range, so that no outbound connection of a
+/// test running beside (they take their local ports from that range, a
+/// thousand at a time in the connection tests) can take it before the
+/// process it is for binds it; and each port is handed out once per test
+/// process, starting at an offset of its own.
 pub fn free_port() -> SocketAddr {
-    let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
-    listener.local_addr().expect("local addr")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (first, span) = if low > 12_000 {
+        (10_000, low - 10_000)
+    } else {
+        // An unusual range: take what the kernel gives.
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind loopback");
+        return listener.local_addr().expect("local addr");
+    };
+    let offset = std::process::id() % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + (offset + n) % span;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if StdListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port below {low}");
 }
