@@ -114,6 +114,36 @@ for line in sys.stdin:
     print("ok" if ok else "blocked", flush=True)
 "#;
 
+/// A UDP flow to `host port` from one source port, a datagram every
+/// millisecond; each line on stdin is answered with the wall-clock time
+/// (seconds) of the last echo received.
+const FLOW: &str = r#"
+import socket, sys, threading, time
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((host, port))
+last = [0.0]
+def send():
+    while True:
+        try:
+            s.send(b"f")
+        except OSError:
+            pass
+        time.sleep(0.001)
+def receive():
+    while True:
+        try:
+            s.recv(64)
+            last[0] = time.time()
+        except OSError:
+            pass
+threading.Thread(target=send, daemon=True).start()
+threading.Thread(target=receive, daemon=True).start()
+print("ready", flush=True)
+for line in sys.stdin:
+    print(repr(last[0]), flush=True)
+"#;
+
 const TCP_PROBE: &str = "import socket,sys\nsrc=(sys.argv[3], 0) if len(sys.argv) > 3 else None\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0, source_address=src).close()";
 const UDP_PROBE: &str = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1.0)\ns.sendto(b'ping',(sys.argv[1], int(sys.argv[2])))\nsys.exit(0 if s.recvfrom(64)[0]==b'ping' else 1)";
 
@@ -145,6 +175,21 @@ pub struct Lab {
     listeners: Option<Child>,
     /// Echo servers started in either namespace.
     servers: Vec<Child>,
+}
+
+/// A flow [`Lab::flow`] started; ended on drop.
+pub struct Flow(Session);
+
+impl Flow {
+    /// When the flow last got an echo (wall clock).
+    pub fn last_echo(&mut self) -> std::time::SystemTime {
+        use std::io::{BufRead, Write};
+        let _ = writeln!(self.0.stdin, "last");
+        let mut line = String::new();
+        let _ = self.0.stdout.read_line(&mut line);
+        let seconds: f64 = line.trim().parse().unwrap_or(0.0);
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(seconds)
+    }
 }
 
 /// A session [`Lab::session`] opened; ended on drop.
@@ -285,6 +330,27 @@ impl Lab {
             stdin,
             stdout,
         }
+    }
+
+    /// Starts a UDP flow from the client namespace to the instance's `port`.
+    pub fn flow(&self, port: u16) -> Flow {
+        let mut child = Self::command(&self.client_ns, Path::new("python3"))
+            .args(["-u", "-c", FLOW, INSTANCE_IP, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a flow");
+        let stdin = child.stdin.take().expect("flow stdin");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("flow stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("flow output");
+        assert_eq!(line.trim(), "ready", "the flow did not start");
+        Flow(Session {
+            child,
+            stdin,
+            stdout,
+        })
     }
 
     /// Whether a TCP connection from the client namespace to the instance succeeds.

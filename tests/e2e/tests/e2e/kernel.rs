@@ -692,3 +692,46 @@ async fn kernel_open_connections_stop_when_their_rule_is_turned_off_or_deleted()
     f.wait(revision).await;
     all_pass(&mut inbound, &mut outbound, false);
 }
+
+/// A benchmark, not a test (run it by name with `--ignored`): how long after
+/// a toggle an open connection stops passing traffic. A UDP flow sends a
+/// datagram every millisecond; each toggle off is timed from the call to the
+/// flow's last echo, and the rule is turned on again before the next.
+/// Prints p50 and max over 100 toggles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: cargo test -p cassette-e2e --test e2e -- --ignored kernel_bench_toggle_off_to_traffic_cut --nocapture"]
+async fn kernel_bench_toggle_off_to_traffic_cut() {
+    if skip_unless_root("kernel_bench_toggle_off_to_traffic_cut") {
+        return;
+    }
+    let mut f = Fixture::start(&[]).await;
+    let instance_ns = f.lab.instance_ns.clone();
+    block_in_place(|| f.lab.start_echo(&instance_ns, &["udp:7001"]));
+    let (rule, revision) = f.add(7001, pb::Protocol::Udp).await;
+    f.wait(revision).await;
+    let mut flow = block_in_place(|| f.lab.flow(7001));
+    let mut cuts = Vec::new();
+    for _ in 0..100 {
+        // Flowing again before each toggle.
+        let on = std::time::SystemTime::now();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while block_in_place(|| flow.last_echo()) <= on {
+            assert!(std::time::Instant::now() < deadline, "the flow resumed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let called = std::time::SystemTime::now();
+        f.set_enabled(&rule, false).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let last = block_in_place(|| flow.last_echo());
+        cuts.push(last.duration_since(called).unwrap_or_default());
+        f.set_enabled(&rule, true).await;
+    }
+    cuts.sort();
+    eprintln!(
+        "toggle off -> open flow's traffic cut, over {} toggles: p50 {:?}, p90 {:?}, max {:?}",
+        cuts.len(),
+        cuts[cuts.len() / 2],
+        cuts[cuts.len() * 9 / 10],
+        cuts[cuts.len() - 1]
+    );
+}
