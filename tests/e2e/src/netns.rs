@@ -309,22 +309,25 @@ impl Lab {
 
     /// Opens a `kind` (`tcp` or `udp`) session from `ns` to `host port`.
     pub fn session(&self, ns: &str, kind: &str, host: &str, port: u16) -> Session {
+        Self::interactive(ns, SESSION, &[kind, host, &port.to_string()])
+    }
+
+    /// Runs python `script` with `args` in `ns`, talking to it line by line,
+    /// once it said "ready".
+    fn interactive(ns: &str, script: &str, args: &[&str]) -> Session {
         let mut child = Self::command(ns, Path::new("python3"))
-            .args(["-u", "-c", SESSION, kind, host, &port.to_string()])
+            .args(["-u", "-c", script])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start a session");
-        let stdin = child.stdin.take().expect("session stdin");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("session stdout"));
+            .expect("start python3");
+        let stdin = child.stdin.take().expect("its stdin");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("its stdout"));
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line).expect("session output");
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "the {kind} session to {host}:{port} did not open"
-        );
+        std::io::BufRead::read_line(&mut stdout, &mut line).expect("its output");
+        assert_eq!(line.trim(), "ready", "{args:?} did not start in {ns}");
         Session {
             child,
             stdin,
@@ -334,23 +337,11 @@ impl Lab {
 
     /// Starts a UDP flow from the client namespace to the instance's `port`.
     pub fn flow(&self, port: u16) -> Flow {
-        let mut child = Self::command(&self.client_ns, Path::new("python3"))
-            .args(["-u", "-c", FLOW, INSTANCE_IP, &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a flow");
-        let stdin = child.stdin.take().expect("flow stdin");
-        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("flow stdout"));
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut stdout, &mut line).expect("flow output");
-        assert_eq!(line.trim(), "ready", "the flow did not start");
-        Flow(Session {
-            child,
-            stdin,
-            stdout,
-        })
+        Flow(Self::interactive(
+            &self.client_ns,
+            FLOW,
+            &[INSTANCE_IP, &port.to_string()],
+        ))
     }
 
     /// Whether a TCP connection from the client namespace to the instance succeeds.
