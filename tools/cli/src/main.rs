@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cassette_proto::pb::audit_service_client::AuditServiceClient;
 use cassette_proto::pb::firewall_service_client::FirewallServiceClient;
-use cassette_proto::{parse_duration, pb, Target};
+use cassette_proto::{parse_duration, pb, Target, TargetError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -220,12 +220,21 @@ type Audit = AuditServiceClient<InterceptedService<Channel, Bearer>>;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let target = cli.connection.rules.clone();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = if let Some(status) = error.downcast_ref::<tonic::Status>() {
-                output::print_status(status);
-                exit_code(status.code())
+                match explain(status, &target) {
+                    Some(exit) => {
+                        eprintln!("error: {}", exit.message);
+                        exit.code
+                    }
+                    None => {
+                        output::print_status(status);
+                        exit_code(status.code())
+                    }
+                }
             } else if let Some(exit) = error.downcast_ref::<Exit>() {
                 if !exit.message.is_empty() {
                     eprintln!("error: {}", exit.message);
@@ -238,6 +247,80 @@ async fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// What a failure that gRPC names in its own words means for the user, when
+/// it is a mistake of address, port or TLS rather than the service's answer.
+fn explain(status: &tonic::Status, target: &Target) -> Option<Exit> {
+    let message = status.message();
+    let https = target.to_string().starts_with("https://");
+    let all = format!("{message} {:?}", std::error::Error::source(status));
+    if message.contains("grpc-status header missing")
+        || message.contains("mapped from HTTP status code")
+        || message.contains("while receiving response with status")
+    {
+        return Some(Exit::new(
+            2,
+            format!(
+                "{target} answered in HTTP, not gRPC: that is probably the console's port \
+                 (8080 by default); the gRPC API listens on 50051 by default (--rules \
+                 http://127.0.0.1:50051)"
+            ),
+        ));
+    }
+    if all.contains("Connection refused") || all.contains("ConnectionRefused") {
+        return Some(Exit::new(
+            6,
+            format!(
+                "nothing listens at {target} (connection refused): is the rules service \
+                 running? ./scripts/run.sh starts one on 127.0.0.1:50051"
+            ),
+        ));
+    }
+    let transport = matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+    );
+    if transport && https && (all.contains("InvalidContentType") || all.contains("corrupt message"))
+    {
+        return Some(Exit::new(
+            2,
+            format!("{target} does not speak TLS: use http:// (and no --ca)"),
+        ));
+    }
+    if let Some(at) = all
+        .find("invalid peer certificate: ")
+        .filter(|_| transport && https)
+    {
+        let reason = all[at + "invalid peer certificate: ".len()..]
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .next()
+            .unwrap_or_default();
+        let why = match reason {
+            "UnknownIssuer" | "BadSignature" => {
+                format!("it does not chain to the CA given with --ca ({reason})")
+            }
+            "NotValidForName" => format!("it is not for this host name ({reason})"),
+            _ => format!("refused ({reason})"),
+        };
+        return Some(Exit::new(
+            2,
+            format!(
+                "{target}'s certificate: {why}; give --ca the CA the service's certificate \
+                 chains to (a development PKI's ca.pem)"
+            ),
+        ));
+    }
+    if transport && !https && (all.contains("transport error") || all.contains("h2 protocol error"))
+    {
+        return Some(Exit::new(
+            2,
+            format!(
+                "{target} did not answer plaintext gRPC: if it serves TLS, use https:// with --ca"
+            ),
+        ));
+    }
+    None
 }
 
 /// The exit code for a failed call's status.
@@ -600,14 +683,49 @@ async fn connect(c: &Connection) -> anyhow::Result<(Channel, Bearer)> {
                 .context("--token must be printable ASCII")?,
         ),
     };
-    // Unreachable is UNAVAILABLE, like a service that answers so (exit 6).
-    let channel = c.rules.connect_with(tls.as_ref()).await.map_err(|e| {
-        tonic::Status::unavailable(format!(
-            "cannot reach the rules service at {}: {e}",
-            c.rules
-        ))
-    })?;
+    // A wrong scheme for the flags given is a usage mistake (exit 2);
+    // unreachable is UNAVAILABLE, like a service that answers so (exit 6).
+    let channel = c
+        .rules
+        .connect_with(tls.as_ref())
+        .await
+        .map_err(|e| -> anyhow::Error {
+            match e {
+                TargetError::NoTls(_) => Exit::new(
+                    2,
+                    format!("{e}: give --ca PEM, the CA the service's certificate chains to"),
+                )
+                .into(),
+                TargetError::NotHttps(_) | TargetError::Invalid(_) => {
+                    Exit::new(2, e.to_string()).into()
+                }
+                e => tonic::Status::unavailable(format!(
+                    "cannot reach the rules service at {}: {e}{}",
+                    c.rules,
+                    source_chain(&e)
+                ))
+                .into(),
+            }
+        })?;
     Ok((channel, Bearer(token)))
+}
+
+/// The causes under `error`, as ": cause: cause" (tonic's own message stops
+/// at "transport error").
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = String::new();
+    let mut source = error.source();
+    // Bounded: error chains are short.
+    for _ in 0..8 {
+        let Some(cause) = source else { break };
+        let text = cause.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = cause.source();
+    }
+    chain
 }
 
 /// `--consistent` as the request's `consistency`.

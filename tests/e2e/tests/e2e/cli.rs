@@ -207,6 +207,16 @@ async fn cli_every_command_with_its_output_errors_and_exit_codes() {
     assert_eq!(code, 0);
     let (code, _, stderr) = cassette("http://127.0.0.1:1", &["firewall", "list"]);
     assert_eq!(code, 6, "unavailable: {stderr}");
+    assert!(stderr.contains("(connection refused)"), "{stderr}");
+    // Address mistakes in the user's words, as usage errors.
+    let console = format!("http://{}", service.console.expect("the console"));
+    let (code, _, stderr) = cassette(&console, &["firewall", "list"]);
+    assert_eq!(code, 2, "the console's port: {stderr}");
+    assert!(stderr.contains("probably the console's port"), "{stderr}");
+    let https = rules.replace("http://", "https://");
+    let (code, _, stderr) = cassette(&https, &["firewall", "list"]);
+    assert_eq!(code, 2, "https:// without --ca: {stderr}");
+    assert!(stderr.contains("give --ca"), "{stderr}");
     let (code, _, _) = cassette(rules, &["frobnicate"]);
     assert_eq!(code, 2, "usage");
 
@@ -251,6 +261,18 @@ instances = ["*"]
     .await;
     let rules = format!("https://{addr}");
     let ca = secured.pki.ca_cert_path().display().to_string();
+    let (code, _, stderr) = cassette(&format!("http://{addr}"), &["firewall", "list"]);
+    assert_eq!(code, 2, "plaintext to TLS: {stderr}");
+    assert!(stderr.contains("did not answer plaintext gRPC"), "{stderr}");
+    let other_ca = tempfile::tempdir().unwrap();
+    let other = cassette_pki::Pki::init(other_ca.path(), "cassette.local", &[]).unwrap();
+    let other = other.ca_cert_path().display().to_string();
+    let (code, _, stderr) = cassette(&rules, &["--ca", &other, "firewall", "list"]);
+    assert_eq!(code, 2, "another CA: {stderr}");
+    assert!(
+        stderr.contains("certificate: it does not chain to the CA given with --ca"),
+        "{stderr}"
+    );
 
     let with_token = ok(
         &rules,
