@@ -14,11 +14,23 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "cassette-firewall needs a Rust toolchain: see https://rustup.rs" >&2
     exit 1
 fi
+data=${CASSETTE_DATA_DIR:-$PWD/cassette-data}
+instance=${CASSETTE_INSTANCE:-web-1}
+
+# One cassette-firewall per data directory and port: say so before anything starts.
+if [ -e "$data/db" ] && command -v flock >/dev/null 2>&1 && ! flock -n "$data/db" true; then
+    echo "cassette-firewall is already running on $data (another ./scripts/run.sh?):" >&2
+    echo "stop it (Ctrl-C in its terminal), or set CASSETTE_DATA_DIR to another directory." >&2
+    exit 1
+fi
+if (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null; then
+    echo "127.0.0.1:50051 is already in use (another ./scripts/run.sh or cassette-rules?): stop it first." >&2
+    exit 1
+fi
+
 cargo build --release --locked --bin cassette-rules --bin cassette-enforcer --bin cassette
 
 bin=${CARGO_TARGET_DIR:-target}/release
-data=${CASSETTE_DATA_DIR:-$PWD/cassette-data}
-instance=${CASSETTE_INSTANCE:-web-1}
 netns=cassette-demo
 mkdir -p "$data"
 socket="$data/rules.sock"

@@ -61,6 +61,12 @@ pub enum LogError {
     /// The log cannot be opened as configured (nothing was contacted).
     #[error("the event log's configuration: {0}")]
     Config(String),
+    /// Another process holds the sled log's lock.
+    #[error(
+        "another process is using the event log in {0}: a running cassette-rules (stop it \
+         first), or choose another --data-dir"
+    )]
+    InUse(std::path::PathBuf),
 }
 
 /// An error from the storage engine, kept opaque so sled stays an implementation detail.

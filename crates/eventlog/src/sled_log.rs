@@ -531,15 +531,15 @@ impl EventLog {
 
 /// Opens sled's database, waiting a moment for a lock that a log closed in
 /// this process may still hold: sled's flusher thread lets it go just after
-/// the log is dropped. A lock another process holds stays an error.
+/// the log is dropped. A lock another process holds is [`LogError::InUse`].
 fn open_db(config: sled::Config) -> Result<sled::Db, LogError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(LogError::InUse(config.path.clone()));
+                }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             result => return Ok(result?),

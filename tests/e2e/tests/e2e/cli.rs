@@ -359,3 +359,41 @@ async fn cli_output_piped_into_a_reader_that_leaves_early_ends_quietly() {
     assert!(first.starts_with("1 "), "{first}");
     piped(format!("{audit} export"));
 }
+
+/// A second `./scripts/run.sh` on a data directory a service is using says so
+/// before it builds or starts anything (it used to start an enforcer that
+/// fought the first one's stream, then end on sled's "could not acquire
+/// lock"); and the service itself names the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_a_second_run_on_the_same_data_says_so_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _service = RulesProcess::start(&data).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let output = Command::new("bash")
+        .arg(root.join("scripts/run.sh"))
+        .env("CASSETTE_DATA_DIR", &data)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run run.sh");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cassette-firewall is already running on"),
+        "{stderr}"
+    );
+    let second = Command::new(binary("cassette-rules"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "off"])
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second cassette-rules");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains("another process is using the event log in"),
+        "{stderr}"
+    );
+}
