@@ -172,9 +172,9 @@ fn run(program: &str, args: &[&str]) -> Output {
 pub struct Lab {
     pub instance_ns: String,
     pub client_ns: String,
-    listeners: Option<Child>,
+    listeners: Option<Session>,
     /// Echo servers started in either namespace.
-    servers: Vec<Child>,
+    servers: Vec<Session>,
 }
 
 /// A flow [`Lab::flow`] started; ended on drop.
@@ -279,32 +279,13 @@ impl Lab {
 
     /// Starts the instance's listeners and waits until they are bound.
     pub fn start_listeners(&mut self) {
-        self.listeners = Some(Self::spawn_ready(&self.instance_ns, LISTENERS, &[]));
-    }
-
-    /// Runs python `script` with `args` in `ns` and waits for it to say
-    /// "ready" (its sockets are bound).
-    fn spawn_ready(ns: &str, script: &str, args: &[&str]) -> Child {
-        let mut child = Self::command(ns, Path::new("python3"))
-            .args(["-u", "-c", script])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start python3");
-        let stdout = child.stdout.take().expect("its stdout");
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-            .expect("its output");
-        assert_eq!(line.trim(), "ready", "{args:?} did not start in {ns}");
-        child
+        self.listeners = Some(Self::interactive(&self.instance_ns, LISTENERS, &[]));
     }
 
     /// Starts echo servers in `ns` on `specs` (`tcp:PORT`, `udp:PORT`) and
     /// waits until they are bound.
     pub fn start_echo(&mut self, ns: &str, specs: &[&str]) {
-        self.servers.push(Self::spawn_ready(ns, ECHO, specs));
+        self.servers.push(Self::interactive(ns, ECHO, specs));
     }
 
     /// Opens a `kind` (`tcp` or `udp`) session from `ns` to `host port`.
@@ -312,8 +293,8 @@ impl Lab {
         Self::interactive(ns, SESSION, &[kind, host, &port.to_string()])
     }
 
-    /// Runs python `script` with `args` in `ns`, talking to it line by line,
-    /// once it said "ready".
+    /// Runs python `script` with `args` in `ns` once it said "ready" (its
+    /// sockets are bound), to talk to it line by line (servers just run).
     fn interactive(ns: &str, script: &str, args: &[&str]) -> Session {
         let mut child = Self::command(ns, Path::new("python3"))
             .args(["-u", "-c", script])
@@ -444,15 +425,9 @@ impl Default for Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for mut child in self
-            .listeners
-            .take()
-            .into_iter()
-            .chain(self.servers.drain(..))
-        {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Sessions end their processes as they are dropped.
+        self.listeners = None;
+        self.servers.clear();
         for ns in [&self.instance_ns, &self.client_ns] {
             // Ends any process still in it and takes the veth end with it.
             let _ = Command::new("ip")
