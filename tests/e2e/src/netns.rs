@@ -22,28 +22,6 @@ pub const INSTANCE_IP6: &str = "2001:db8:51::1";
 pub const CLIENT_IP6: &str = "2001:db8:51::2";
 pub const OTHER_CLIENT_IP6: &str = "2001:db8:51::3";
 
-/// Listeners the instance runs: TCP ports that accept, UDP ports that echo.
-const LISTENERS: &str = r#"
-import socket, sys, threading
-def tcp(port):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind(("::", port)); s.listen(64)
-    while True:
-        c, _ = s.accept(); c.close()
-def udp(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", port))
-    while True:
-        d, a = s.recvfrom(2048); s.sendto(d, a)
-for p in (22, 80, 443, 5432, 6379):
-    threading.Thread(target=tcp, args=(p,), daemon=True).start()
-threading.Thread(target=udp, args=(5353,), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"#;
-
 /// Echo servers, TCP and UDP, IPv4 and IPv6, on the ports given as
 /// `tcp:PORT` / `udp:PORT`: every byte comes back.
 const ECHO: &str = r#"
@@ -62,18 +40,26 @@ def tcp(port):
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.bind(("::", port)); s.listen(64)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
+    def serve():
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=tcp_conn, args=(c,), daemon=True).start()
+    return serve
 def udp(port):
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.bind(("::", port))
-    while True:
-        d, a = s.recvfrom(2048); s.sendto(d, a)
+    def serve():
+        while True:
+            d, a = s.recvfrom(2048); s.sendto(d, a)
+    return serve
+# Bound before "ready"; served in threads.
+servers = []
 for spec in sys.argv[1:]:
     kind, port = spec.split(":")
-    threading.Thread(target={"tcp": tcp, "udp": udp}[kind], args=(int(port),), daemon=True).start()
+    servers.append({"tcp": tcp, "udp": udp}[kind](int(port)))
+for serve in servers:
+    threading.Thread(target=serve, daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
 "#;
@@ -172,8 +158,7 @@ fn run(program: &str, args: &[&str]) -> Output {
 pub struct Lab {
     pub instance_ns: String,
     pub client_ns: String,
-    listeners: Option<Session>,
-    /// Echo servers started in either namespace.
+    /// Echo servers started in either namespace (the instance's listeners too).
     servers: Vec<Session>,
 }
 
@@ -227,7 +212,6 @@ impl Lab {
         let lab = Lab {
             instance_ns: format!("{tag}i"),
             client_ns: format!("{tag}c"),
-            listeners: None,
             servers: Vec::new(),
         };
         let (i, c) = (lab.instance_ns.as_str(), lab.client_ns.as_str());
@@ -277,9 +261,14 @@ impl Lab {
         command
     }
 
-    /// Starts the instance's listeners and waits until they are bound.
+    /// Starts the instance's listeners (TCP 22, 80, 443, 5432, 6379 and UDP
+    /// 5353, each echoing) and waits until they are bound.
     pub fn start_listeners(&mut self) {
-        self.listeners = Some(Self::interactive(&self.instance_ns, LISTENERS, &[]));
+        let ns = self.instance_ns.clone();
+        self.start_echo(
+            &ns,
+            &["tcp:22", "tcp:80", "tcp:443", "tcp:5432", "tcp:6379", "udp:5353"],
+        );
     }
 
     /// Starts echo servers in `ns` on `specs` (`tcp:PORT`, `udp:PORT`) and
@@ -426,7 +415,6 @@ impl Default for Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         // Sessions end their processes as they are dropped.
-        self.listeners = None;
         self.servers.clear();
         for ns in [&self.instance_ns, &self.client_ns] {
             // Ends any process still in it and takes the veth end with it.
