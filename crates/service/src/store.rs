@@ -317,7 +317,7 @@ impl Store {
             return Err(halt.clone().into());
         }
         let head = self.log.head().await?;
-        let mut folded = self.head.subscribe();
+        let mut folded = self.watch_head();
         if *folded.borrow_and_update() >= head.sequence {
             return Ok(());
         }

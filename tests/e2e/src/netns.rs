@@ -267,7 +267,9 @@ impl Lab {
         let ns = self.instance_ns.clone();
         self.start_echo(
             &ns,
-            &["tcp:22", "tcp:80", "tcp:443", "tcp:5432", "tcp:6379", "udp:5353"],
+            &[
+                "tcp:22", "tcp:80", "tcp:443", "tcp:5432", "tcp:6379", "udp:5353",
+            ],
         );
     }
 

@@ -564,12 +564,12 @@ async fn find_rule(
     };
     let firewall = firewalls.get_firewall(request).await?.into_inner();
     let name = |r: &pb::Rule| {
-        let protocol = if r.protocol == pb::Protocol::Udp as i32 {
-            "udp"
-        } else {
-            "tcp"
-        };
-        format!("{}/{protocol} ({})", r.port, r.id)
+        format!(
+            "{}/{} ({})",
+            r.port,
+            output::protocol_name(r.protocol),
+            r.id
+        )
     };
     let Some((port, protocol)) = port_of(named) else {
         return firewall

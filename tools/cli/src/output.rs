@@ -99,7 +99,7 @@ impl Output {
     }
 }
 
-fn protocol_name(protocol: i32) -> &'static str {
+pub fn protocol_name(protocol: i32) -> &'static str {
     match pb::Protocol::try_from(protocol) {
         Ok(pb::Protocol::Udp) => "udp",
         _ => "tcp",

@@ -661,17 +661,17 @@ async fn kernel_open_connections_stop_when_their_rule_is_turned_off_or_deleted()
     };
     all_pass(&mut inbound, &mut outbound, true);
 
-    let off = |f: &mut Fixture, rule: String, enabled| {
+    let set = |f: &mut Fixture, rule: String, enabled| {
         let mut client = f.client.clone();
         async move { cassette_e2e::set_enabled(&mut client, INSTANCE, &rule, enabled).await }
     };
-    off(&mut f, tcp_rule.clone(), false).await;
-    let revision = off(&mut f, udp_rule.clone(), false).await;
+    set(&mut f, tcp_rule.clone(), false).await;
+    let revision = set(&mut f, udp_rule.clone(), false).await;
     f.wait(revision).await;
     all_pass(&mut inbound, &mut outbound, false);
 
-    off(&mut f, tcp_rule.clone(), true).await;
-    let revision = off(&mut f, udp_rule.clone(), true).await;
+    set(&mut f, tcp_rule.clone(), true).await;
+    let revision = set(&mut f, udp_rule.clone(), true).await;
     f.wait(revision).await;
     all_pass(&mut inbound, &mut outbound, true);
 
