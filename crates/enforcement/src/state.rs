@@ -238,6 +238,7 @@ mod tests {
             on_behalf_of: None,
             request_id: None,
             request_digest: None,
+            unconfirmed: None,
             payload: EventPayload::FirewallCreated {
                 default_rules: default_rules(),
             },

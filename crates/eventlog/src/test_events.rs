@@ -19,6 +19,7 @@ pub(crate) fn event(sequence: u64, name: &str, revision: u64, payload: EventPayl
         on_behalf_of: None,
         request_id: None,
         request_digest: None,
+        unconfirmed: None,
         payload,
     }
 }

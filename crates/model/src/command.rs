@@ -41,6 +41,18 @@ pub enum Command {
         now: SystemTime,
     },
     DeleteFirewall,
+    /// Keeps the unconfirmed change that `revision` belongs to.
+    ConfirmChange {
+        revision: u64,
+        now: SystemTime,
+    },
+    /// The service's revert: undoes the unconfirmed change named by its last
+    /// `revision` if its revert time is at or before `now`. Nothing happens
+    /// if it was confirmed or reverted already, or is not yet due.
+    RevertChange {
+        revision: u64,
+        now: SystemTime,
+    },
 }
 
 impl Command {
@@ -52,6 +64,8 @@ impl Command {
             Command::DeleteRule { .. } => "delete_rule",
             Command::ExpireRule { .. } => "expire_rule",
             Command::DeleteFirewall => "delete_firewall",
+            Command::ConfirmChange { .. } => "confirm_change",
+            Command::RevertChange { .. } => "revert_change",
         }
     }
 }
@@ -98,6 +112,12 @@ pub fn decide(
             .into_iter()
             .collect());
     }
+    if let Command::RevertChange { revision, now } = command {
+        return Ok(live
+            .and_then(|f| f.revert(*revision, *now))
+            .into_iter()
+            .collect());
+    }
     if let Command::CreateFirewall = command {
         return Ok(match live {
             Some(_) => Vec::new(),
@@ -111,7 +131,9 @@ pub fn decide(
     })?;
 
     Ok(match command {
-        Command::CreateFirewall | Command::ExpireRule { .. } => unreachable!("handled above"),
+        Command::CreateFirewall | Command::ExpireRule { .. } | Command::RevertChange { .. } => {
+            unreachable!("handled above")
+        }
         Command::AddRule {
             port,
             protocol,
@@ -173,11 +195,17 @@ pub fn decide(
             }]
         }
         Command::DeleteFirewall => vec![EventPayload::FirewallDeleted],
+        Command::ConfirmChange { revision, now } => {
+            let change = firewall.check_can_confirm(*revision, *now)?;
+            vec![EventPayload::ChangeConfirmed {
+                revision: change.revision,
+            }]
+        }
     })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
@@ -186,15 +214,15 @@ mod tests {
     use crate::values::{ActorId, RequestId};
     use crate::FoldError;
 
-    struct History {
-        instance: InstanceId,
-        events: Vec<Event>,
-        state: Option<Firewall>,
+    pub(crate) struct History {
+        pub(crate) instance: InstanceId,
+        pub(crate) events: Vec<Event>,
+        pub(crate) state: Option<Firewall>,
         next_id: u32,
     }
 
     impl History {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             Self {
                 instance: InstanceId::parse("web-1").unwrap(),
                 events: Vec::new(),
@@ -203,7 +231,23 @@ mod tests {
             }
         }
 
-        fn run(&mut self, command: Command) -> Result<usize, DomainError> {
+        pub(crate) fn run(&mut self, command: Command) -> Result<usize, DomainError> {
+            self.run_marked(command, None)
+        }
+
+        /// Runs a command whose events carry `revert_time` (made with a
+        /// confirmation window); commit times are the revision in seconds.
+        pub(crate) fn run_marked(
+            &mut self,
+            command: Command,
+            revert_time: Option<SystemTime>,
+        ) -> Result<usize, DomainError> {
+            let first_revision = self.state.as_ref().map_or(0, |f| f.revision) + 1;
+            let unconfirmed = revert_time.map(|revert_time| crate::Unconfirmed {
+                revert_time,
+                first_revision,
+                confirm_on_traffic: false,
+            });
             let next_id = &mut self.next_id;
             let mut ids = || {
                 *next_id += 1;
@@ -229,6 +273,7 @@ mod tests {
                     on_behalf_of: None,
                     request_id: RequestId::parse_optional("r").unwrap(),
                     request_digest: None,
+                    unconfirmed,
                     payload,
                 };
                 self.state = Some(fold(self.state.take(), &event).unwrap());
@@ -237,12 +282,12 @@ mod tests {
             Ok(n)
         }
 
-        fn firewall(&self) -> &Firewall {
+        pub(crate) fn firewall(&self) -> &Firewall {
             self.state.as_ref().unwrap()
         }
     }
 
-    fn add(port: u32, protocol: Protocol) -> Command {
+    pub(crate) fn add(port: u32, protocol: Protocol) -> Command {
         Command::AddRule {
             port: Port::new(port).unwrap(),
             protocol,
@@ -253,7 +298,7 @@ mod tests {
         }
     }
 
-    fn at(seconds: u64) -> SystemTime {
+    pub(crate) fn at(seconds: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
     }
 
@@ -482,6 +527,7 @@ mod tests {
             create_time: firewall.create_time,
             update_time: firewall.update_time,
             deleted: firewall.deleted,
+            unconfirmed: firewall.unconfirmed().to_vec(),
         }
     }
 
@@ -595,6 +641,7 @@ mod tests {
             on_behalf_of: None,
             request_id: None,
             request_digest: None,
+            unconfirmed: None,
             payload: EventPayload::RuleExpired {
                 rule_id: ssh,
                 expire_time: at(5),

@@ -55,6 +55,23 @@ pub enum DomainError {
     RevisionMismatch { expected: u64, actual: u64 },
     #[error("a firewall holds at most {limit} rules")]
     TooManyRules { limit: usize },
+    #[error(
+        "a firewall holds at most {limit} unconfirmed changes; confirm or wait for some first"
+    )]
+    TooManyUnconfirmed { limit: usize },
+    #[error(
+        "revision {revision} of instance {instance_id} is not an unconfirmed change: \
+         it was confirmed or reverted already, or made without confirm_within"
+    )]
+    NotUnconfirmed { instance_id: String, revision: u64 },
+    #[error(
+        "the change at revision {revision} passed its revert time and is being reverted; \
+         make the change again to keep it"
+    )]
+    RevertDue {
+        revision: u64,
+        revert_time: std::time::SystemTime,
+    },
 }
 
 /// An event that cannot follow the state it is applied to. The log guarantees

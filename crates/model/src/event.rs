@@ -24,7 +24,50 @@ pub struct Event {
     pub request_id: Option<RequestId>,
     /// What the request with `request_id` asked for.
     pub request_digest: Option<RequestDigest>,
+    /// Set on each event of a change that undoes itself unless confirmed.
+    pub unconfirmed: Option<Unconfirmed>,
     pub payload: EventPayload,
+}
+
+/// What marks an event as part of a change that the service reverts at
+/// `revert_time` unless someone confirms it first. A change is the events
+/// one request made: revisions `first_revision` through the last of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unconfirmed {
+    pub revert_time: SystemTime,
+    pub first_revision: u64,
+    /// Whether a new connection accepted through a rule the change touched
+    /// confirms it.
+    pub confirm_on_traffic: bool,
+}
+
+/// How a revert puts one rule back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restored {
+    /// The change added the rule: it is removed.
+    Removed { rule_id: RuleId },
+    /// The rule is put back as it was before the change (re-created with its
+    /// id and creation time if the change deleted it).
+    Put {
+        spec: RuleSpec,
+        create_time: SystemTime,
+    },
+}
+
+impl Restored {
+    pub fn rule_id(&self) -> &RuleId {
+        match self {
+            Restored::Removed { rule_id } => rule_id,
+            Restored::Put { spec, .. } => &spec.id,
+        }
+    }
+}
+
+/// A rule a revert left as it is, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub rule_id: RuleId,
+    pub reason: String,
 }
 
 /// A rule as it was created.
@@ -73,6 +116,18 @@ pub enum EventPayload {
         expire_time: SystemTime,
     },
     FirewallDeleted,
+    /// Someone kept an unconfirmed change (the change's last revision).
+    ChangeConfirmed {
+        revision: u64,
+    },
+    /// An unconfirmed change reached its revert time and the service undid it
+    /// (actor `system:revert`): what it put back, and what it left because
+    /// the rule changed again since.
+    ChangeReverted {
+        revision: u64,
+        restored: Vec<Restored>,
+        skipped: Vec<Skipped>,
+    },
 }
 
 impl EventPayload {
@@ -88,6 +143,27 @@ impl EventPayload {
             EventPayload::RuleSourcesChanged { .. } => "rule_sources_changed",
             EventPayload::RuleExpired { .. } => "rule_expired",
             EventPayload::FirewallDeleted => "firewall_deleted",
+            EventPayload::ChangeConfirmed { .. } => "change_confirmed",
+            EventPayload::ChangeReverted { .. } => "change_reverted",
+        }
+    }
+
+    /// The rules the event changes.
+    pub fn rule_ids(&self) -> Vec<&RuleId> {
+        match self {
+            EventPayload::FirewallCreated { .. }
+            | EventPayload::FirewallDeleted
+            | EventPayload::ChangeConfirmed { .. } => Vec::new(),
+            EventPayload::RuleAdded(spec) => vec![&spec.id],
+            EventPayload::RuleEnabled { rule_id }
+            | EventPayload::RuleDisabled { rule_id }
+            | EventPayload::RuleDescriptionChanged { rule_id, .. }
+            | EventPayload::RuleDeleted { rule_id }
+            | EventPayload::RuleSourcesChanged { rule_id, .. }
+            | EventPayload::RuleExpired { rule_id, .. } => vec![rule_id],
+            EventPayload::ChangeReverted { restored, .. } => {
+                restored.iter().map(Restored::rule_id).collect()
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
 use std::time::SystemTime;
 
 use crate::error::{DomainError, FoldError, ValidationError};
-use crate::event::{Event, EventPayload, RuleSpec};
+use crate::event::{Event, EventPayload, Restored, RuleSpec};
+use crate::unconfirmed::UnconfirmedChange;
 use crate::values::{InstanceId, Port, Protocol, RuleId};
 
 /// How many rules one firewall may hold, defaults included.
@@ -28,15 +29,22 @@ pub struct Firewall {
     pub instance_id: InstanceId,
     pub revision: u64,
     /// Sorted by port, then protocol; at most one rule per pair.
-    rules: Vec<Rule>,
+    pub(crate) rules: Vec<Rule>,
     pub create_time: SystemTime,
     pub update_time: SystemTime,
     pub deleted: bool,
+    /// Changes the service reverts at their revert time unless confirmed,
+    /// oldest first.
+    pub(crate) unconfirmed: Vec<UnconfirmedChange>,
 }
 
 impl Firewall {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    pub fn unconfirmed(&self) -> &[UnconfirmedChange] {
+        &self.unconfirmed
     }
 
     pub fn rule(&self, id: &RuleId) -> Option<&Rule> {
@@ -222,6 +230,12 @@ impl Firewall {
         if self.deleted {
             return Err(inapplicable(event, "firewall was deleted"));
         }
+        let before: Vec<(RuleId, Option<Rule>)> = event
+            .payload
+            .rule_ids()
+            .into_iter()
+            .map(|id| (id.clone(), self.rule(id).cloned()))
+            .collect();
         let applied = match &event.payload {
             EventPayload::FirewallCreated { .. } => unreachable!("handled above"),
             EventPayload::RuleAdded(spec) => self.insert(Firewall::new_rule(spec, event)),
@@ -254,10 +268,55 @@ impl Firewall {
                 self.deleted = true;
                 Ok(())
             }
+            EventPayload::ChangeConfirmed { .. } => Ok(()),
+            EventPayload::ChangeReverted { restored, .. } => self.put_back(restored, event),
         };
         applied.map_err(|e| inapplicable(event, e))?;
+        self.track_unconfirmed(event, before);
         self.revision = event.revision;
         self.update_time = event.commit_time;
+        Ok(())
+    }
+
+    /// A revert's restorations, all or none.
+    fn put_back(&mut self, restored: &[Restored], event: &Event) -> Result<(), DomainError> {
+        let mut rules = Firewall {
+            instance_id: self.instance_id.clone(),
+            revision: self.revision,
+            rules: self.rules.clone(),
+            create_time: self.create_time,
+            update_time: self.update_time,
+            deleted: false,
+            unconfirmed: Vec::new(),
+        };
+        for restoration in restored {
+            match restoration {
+                Restored::Removed { rule_id } => {
+                    rules.check_can_delete(rule_id)?;
+                    rules.rules.retain(|r| &r.spec.id != rule_id);
+                }
+                Restored::Put { spec, create_time } => match rules.rule(&spec.id) {
+                    Some(current)
+                        if (current.spec.port, current.spec.protocol)
+                            != (spec.port, spec.protocol)
+                            || current.spec.is_default != spec.is_default =>
+                    {
+                        return Err(DomainError::Invalid(ValidationError::new(
+                            "restored",
+                            format!("rule {} cannot change its port or kind", spec.id),
+                        )));
+                    }
+                    Some(_) => rules.touch_rule(&spec.id, event, |r| r.spec = spec.clone())?,
+                    None => rules.insert(Rule {
+                        spec: spec.clone(),
+                        revision: event.revision,
+                        create_time: *create_time,
+                        update_time: event.commit_time,
+                    })?,
+                },
+            }
+        }
+        self.rules = rules.rules;
         Ok(())
     }
 
@@ -273,6 +332,7 @@ impl Firewall {
             create_time: event.commit_time,
             update_time: event.commit_time,
             deleted: false,
+            unconfirmed: Vec::new(),
         };
         for spec in default_rules {
             firewall
@@ -292,6 +352,7 @@ pub struct FirewallParts {
     pub create_time: SystemTime,
     pub update_time: SystemTime,
     pub deleted: bool,
+    pub unconfirmed: Vec<UnconfirmedChange>,
 }
 
 impl Firewall {
@@ -307,6 +368,7 @@ impl Firewall {
             create_time,
             update_time,
             deleted,
+            unconfirmed,
         } = parts;
         if revision == 0 {
             return Err(ValidationError::new("revision", "must be at least 1"));
@@ -356,6 +418,33 @@ impl Firewall {
                 format!("two rules with id {}", pair[0]),
             ));
         }
+        if deleted && !unconfirmed.is_empty() {
+            return Err(ValidationError::new(
+                "unconfirmed",
+                "a deleted firewall has no unconfirmed changes",
+            ));
+        }
+        if let Some(change) = unconfirmed.iter().find(|c| {
+            c.first_revision == 0 || c.first_revision > c.revision || c.revision > revision
+        }) {
+            return Err(ValidationError::new(
+                "unconfirmed",
+                format!(
+                    "a change of revisions {}..={} is outside 1..={revision}",
+                    change.first_revision, change.revision
+                ),
+            ));
+        }
+        if unconfirmed.len() > crate::unconfirmed::MAX_UNCONFIRMED {
+            return Err(ValidationError::new(
+                "unconfirmed",
+                format!(
+                    "at most {} unconfirmed changes, got {}",
+                    crate::unconfirmed::MAX_UNCONFIRMED,
+                    unconfirmed.len()
+                ),
+            ));
+        }
         Ok(Firewall {
             instance_id,
             revision,
@@ -363,6 +452,7 @@ impl Firewall {
             create_time,
             update_time,
             deleted,
+            unconfirmed,
         })
     }
 }

@@ -12,14 +12,19 @@ mod error;
 mod event;
 mod firewall;
 mod sources;
+mod unconfirmed;
 mod values;
 
 pub use advice::{database_on, warnings, Warning};
 pub use command::{decide, Command, RuleIdSource};
 pub use error::{DomainError, FoldError, ValidationError};
-pub use event::{Event, EventPayload, RuleSpec};
+pub use event::{Event, EventPayload, Restored, RuleSpec, Skipped, Unconfirmed};
 pub use firewall::{fold, replay, Firewall, FirewallParts, Rule, MAX_RULES};
 pub use sources::{Cidr, Sources};
+pub use unconfirmed::{
+    check_confirm_within, Touched, UnconfirmedChange, MAX_CONFIRM_WITHIN, MAX_UNCONFIRMED,
+    MIN_CONFIRM_WITHIN,
+};
 pub use values::{
     default_rules, ActorId, Description, InstanceId, Port, Protocol, RequestDigest, RequestId,
     RuleId,

@@ -265,6 +265,21 @@ impl ActorId {
         Self(Self::EXPIRY.to_owned())
     }
 
+    /// The service itself, undoing a change nobody confirmed in time.
+    pub const REVERT: &'static str = "system:revert";
+
+    pub fn revert() -> Self {
+        Self(Self::REVERT.to_owned())
+    }
+
+    /// The service itself, confirming a change that traffic proved
+    /// (`confirm_on_traffic`).
+    pub const TRAFFIC: &'static str = "system:traffic";
+
+    pub fn traffic() -> Self {
+        Self(Self::TRAFFIC.to_owned())
+    }
+
     pub fn parse(value: &str) -> Result<Self, ValidationError> {
         if value.is_empty()
             || value.len() > Self::MAX_LEN

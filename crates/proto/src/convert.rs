@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use cassette_model::{
     ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port, Protocol,
-    RequestDigest, RequestId, Rule, RuleId, RuleSpec, Sources, ValidationError, Warning,
+    RequestDigest, RequestId, Restored, Rule, RuleId, RuleSpec, Skipped, Sources, Unconfirmed,
+    UnconfirmedChange, ValidationError, Warning,
 };
 
 use crate::pb;
@@ -52,18 +53,55 @@ pub fn rule_to_pb(rule: &Rule) -> pb::Rule {
         last_hit_time: None,
         expire_time: spec.expire_time,
         sources: spec.sources,
+        unconfirmed_revision: 0,
+        revert_time: None,
     }
 }
 
 pub fn firewall_to_pb(firewall: &Firewall) -> pb::Firewall {
+    let rules = firewall
+        .rules()
+        .iter()
+        .map(|rule| {
+            let mut pb = rule_to_pb(rule);
+            if let Some(change) = firewall.unconfirmed_for(&rule.spec.id) {
+                pb.unconfirmed_revision = change.revision;
+                pb.revert_time = Some(timestamp(change.revert_time));
+            }
+            pb
+        })
+        .collect();
     pb::Firewall {
         instance_id: firewall.instance_id.to_string(),
         revision: firewall.revision,
-        rules: firewall.rules().iter().map(rule_to_pb).collect(),
+        rules,
         create_time: Some(timestamp(firewall.create_time)),
         update_time: Some(timestamp(firewall.update_time)),
         sync: None,
         warnings: Vec::new(),
+        unconfirmed: firewall
+            .unconfirmed()
+            .iter()
+            .map(|c| unconfirmed_change_to_pb(c, firewall))
+            .collect(),
+    }
+}
+
+pub fn unconfirmed_change_to_pb(
+    change: &UnconfirmedChange,
+    firewall: &Firewall,
+) -> pb::UnconfirmedChange {
+    pb::UnconfirmedChange {
+        revision: change.revision,
+        revert_time: Some(timestamp(change.revert_time)),
+        rule_ids: change
+            .touched
+            .iter()
+            .map(|t| t.rule_id.to_string())
+            .collect(),
+        confirm_on_traffic: change.confirm_on_traffic,
+        first_revision: change.first_revision,
+        summary: change.summary(firewall),
     }
 }
 
@@ -121,6 +159,10 @@ pub fn firewall_from_pb(
         create_time: time_from_pb(firewall.create_time, "create_time")?,
         update_time: time_from_pb(firewall.update_time, "update_time")?,
         deleted,
+        // The wire form lists them without the rules as they were before:
+        // a restored firewall folds later confirmations and reverts all the
+        // same (a revert's event carries what it puts back).
+        unconfirmed: Vec::new(),
     })
 }
 
@@ -204,6 +246,40 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
             expire_time: Some(timestamp(*expire_time)),
         }),
         EventPayload::FirewallDeleted => Payload::FirewallDeleted(pb::FirewallDeleted {}),
+        EventPayload::ChangeConfirmed { revision } => {
+            Payload::ChangeConfirmed(pb::ChangeConfirmed {
+                revision: *revision,
+            })
+        }
+        EventPayload::ChangeReverted {
+            revision,
+            restored,
+            skipped,
+        } => Payload::ChangeReverted(pb::ChangeReverted {
+            revision: *revision,
+            restored: restored
+                .iter()
+                .map(|r| match r {
+                    Restored::Removed { rule_id } => pb::RestoredRule {
+                        rule_id: rule_id.to_string(),
+                        rule: None,
+                        create_time: None,
+                    },
+                    Restored::Put { spec, create_time } => pb::RestoredRule {
+                        rule_id: spec.id.to_string(),
+                        rule: Some(rule_spec_to_pb(spec)),
+                        create_time: Some(timestamp(*create_time)),
+                    },
+                })
+                .collect(),
+            skipped: skipped
+                .iter()
+                .map(|s| pb::SkippedRule {
+                    rule_id: s.rule_id.to_string(),
+                    reason: s.reason.clone(),
+                })
+                .collect(),
+        }),
     };
     pb::Event {
         sequence: event.sequence,
@@ -227,6 +303,11 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
             .request_digest
             .map(|d| d.0.to_vec())
             .unwrap_or_default(),
+        unconfirmed: event.unconfirmed.map(|u| pb::Unconfirmed {
+            revert_time: Some(timestamp(u.revert_time)),
+            first_revision: u.first_revision,
+            confirm_on_traffic: u.confirm_on_traffic,
+        }),
         payload: Some(payload),
     }
 }
@@ -268,6 +349,46 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
             expire_time: time_from_pb(e.expire_time, "expire_time")?,
         },
         Payload::FirewallDeleted(_) => EventPayload::FirewallDeleted,
+        Payload::ChangeConfirmed(e) => EventPayload::ChangeConfirmed {
+            revision: e.revision,
+        },
+        Payload::ChangeReverted(e) => EventPayload::ChangeReverted {
+            revision: e.revision,
+            restored: e
+                .restored
+                .iter()
+                .map(|r| {
+                    Ok(match &r.rule {
+                        None => Restored::Removed {
+                            rule_id: RuleId::parse(&r.rule_id)?,
+                        },
+                        Some(spec) => {
+                            let spec = rule_spec_from_pb(spec)?;
+                            if spec.id.as_str() != r.rule_id {
+                                return Err(ValidationError::new(
+                                    "restored",
+                                    "rule_id differs from the rule's",
+                                ));
+                            }
+                            Restored::Put {
+                                spec,
+                                create_time: time_from_pb(r.create_time, "create_time")?,
+                            }
+                        }
+                    })
+                })
+                .collect::<Result<_, ValidationError>>()?,
+            skipped: e
+                .skipped
+                .iter()
+                .map(|s| {
+                    Ok(Skipped {
+                        rule_id: RuleId::parse(&s.rule_id)?,
+                        reason: s.reason.clone(),
+                    })
+                })
+                .collect::<Result<_, ValidationError>>()?,
+        },
     };
     let commit_time = time_from_pb(event.commit_time, "commit_time")?;
     Ok(Event {
@@ -287,6 +408,14 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
         },
         request_id: RequestId::parse_optional(&event.request_id)?,
         request_digest: RequestDigest::parse_optional(&event.request_digest)?,
+        unconfirmed: match &event.unconfirmed {
+            None => None,
+            Some(u) => Some(Unconfirmed {
+                revert_time: time_from_pb(u.revert_time, "revert_time")?,
+                first_revision: u.first_revision,
+                confirm_on_traffic: u.confirm_on_traffic,
+            }),
+        },
         payload,
     })
 }

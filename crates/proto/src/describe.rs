@@ -3,7 +3,7 @@
 
 use std::time::SystemTime;
 
-use cassette_model::{Event, EventPayload};
+use cassette_model::{Event, EventPayload, Restored};
 
 use crate::sources_to_pb;
 
@@ -55,14 +55,47 @@ pub fn describe_event(event: &Event) -> String {
             expire_time,
         } => format!("expired {rule_id} (due {})", rfc3339(*expire_time)),
         EventPayload::FirewallDeleted => "deleted the firewall".to_owned(),
+        EventPayload::ChangeConfirmed { revision } => {
+            format!("confirmed the change at revision {revision}")
+        }
+        EventPayload::ChangeReverted {
+            revision,
+            restored,
+            skipped,
+        } => {
+            let mut what = format!("reverted the change at revision {revision}");
+            for restoration in restored {
+                what.push_str(&match restoration {
+                    Restored::Removed { rule_id } => format!("; removed {rule_id}"),
+                    Restored::Put { spec, .. } => format!(
+                        "; put back {}/{} {} ({})",
+                        spec.port,
+                        spec.protocol,
+                        spec.id,
+                        if spec.enabled { "on" } else { "off" }
+                    ),
+                });
+            }
+            for skip in skipped {
+                what.push_str(&format!(
+                    "; left {} as it is: {}",
+                    skip.rule_id, skip.reason
+                ));
+            }
+            what
+        }
     };
+    let window = event
+        .unconfirmed
+        .map(|u| format!(" (undone at {} unless confirmed)", rfc3339(u.revert_time)))
+        .unwrap_or_default();
     let for_whom = event
         .on_behalf_of
         .as_ref()
         .map(|user| format!(" (for {})", user.as_str()))
         .unwrap_or_default();
     format!(
-        "{} {} {}#{} {}{for_whom}: {what}",
+        "{} {} {}#{} {}{for_whom}: {what}{window}",
         event.sequence,
         rfc3339(event.commit_time),
         event.instance_id,

@@ -9,14 +9,16 @@
 //! - [`sync`]: what each instance's enforcers acknowledged, and the
 //!   per-instance wake-ups behind sync streams and WaitForSync; `peers`
 //!   shares it between replicas of one shared log.
-//! - `expiry`: rules deleted on time, through the writer.
+//! - `deadlines`: what the service does on time by itself, through the
+//!   writer: rules expired, unconfirmed changes reverted.
+//! - `traffic`: unconfirmed changes that accepted traffic proves (`confirm_on_traffic`).
 //! - [`limits`]: caps on what one caller may hold; [`RulesMetrics`].
 //!
 //! Cargo keeps the doors out: this crate depends on no gRPC, HTTP or
 //! protobuf crate, so protobuf types cannot leak in.
 
+mod deadlines;
 mod error;
-mod expiry;
 pub mod limits;
 pub mod metrics;
 mod mutation;
@@ -25,14 +27,17 @@ mod projection;
 pub mod replay;
 pub mod store;
 pub mod sync;
+mod traffic;
 mod writer;
 
+pub use deadlines::run as run_deadlines;
 pub use error::{Halt, StoreError};
-pub use expiry::run as run_expiry;
 pub use limits::{LimitReached, Limits, Slot, Slots};
 pub use metrics::RulesMetrics;
-pub use mutation::Mutation;
+pub use mutation::{ConfirmWithin, Mutation};
+pub use projection::Deadline;
 pub use store::{LogConfig, LogStore, OpenStats, Store};
+pub use traffic::record_report;
 
 #[cfg(test)]
 mod tests;

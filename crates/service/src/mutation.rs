@@ -1,5 +1,7 @@
 //! A change someone asked for, as the writer takes it.
 
+use std::time::Duration;
+
 use cassette_model::{ActorId, Command, InstanceId, RequestDigest, RequestId};
 
 /// A change someone asked for.
@@ -14,4 +16,14 @@ pub struct Mutation {
     pub actor: ActorId,
     /// The end user a delegate actor acts for.
     pub on_behalf_of: Option<ActorId>,
+    /// Undo the change unless it is confirmed within this window.
+    pub confirm: Option<ConfirmWithin>,
+}
+
+/// A change's confirmation window (checked: 1 s to 24 h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfirmWithin {
+    pub within: Duration,
+    /// A new connection accepted through a rule it touched confirms it.
+    pub on_traffic: bool,
 }

@@ -1,6 +1,7 @@
 //! The projection: every firewall folded from the log, the request ids
-//! already applied (idempotent retries) and the expiry schedule, kept in
-//! memory and updated only after a durable append.
+//! already applied (idempotent retries) and the schedule of what the service
+//! does on time (expiries, reverts), kept in memory and updated only after a
+//! durable append.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -23,9 +24,19 @@ pub(crate) struct Projection {
     /// Each idempotency key: the revision its request appended and what
     /// that request was.
     pub(crate) requests: HashMap<RequestKey, (u64, Option<RequestDigest>)>,
-    /// Every live rule with an expire time, soonest first: the expiry
-    /// schedule, rebuilt from the log at start-up.
-    pub(crate) expiries: BTreeSet<(SystemTime, InstanceId, RuleId)>,
+    /// Every live rule with an expire time and every unconfirmed change,
+    /// soonest first: the schedule, rebuilt from the log at start-up.
+    pub(crate) deadlines: BTreeSet<(SystemTime, InstanceId, Deadline)>,
+}
+
+/// Something the service does on time by itself, through the writer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Deadline {
+    /// The rule reached its expire time: deleted (actor `system:expiry`).
+    Expire(RuleId),
+    /// The unconfirmed change (its last revision) reached its revert time:
+    /// undone (actor `system:revert`).
+    Revert(u64),
 }
 
 /// An idempotency key, scoped to who gave it: the same `request_id` from
@@ -59,17 +70,28 @@ impl RequestKey {
     }
 }
 
-/// A firewall's rules that expire, as index keys.
-fn expiry_keys(firewall: &Firewall) -> impl Iterator<Item = (SystemTime, InstanceId, RuleId)> + '_ {
-    firewall
-        .rules()
-        .iter()
-        .filter(|_| firewall.is_live())
-        .filter_map(|r| {
-            r.spec
-                .expire_time
-                .map(|t| (t, firewall.instance_id.clone(), r.spec.id.clone()))
+/// A firewall's deadlines (rules that expire, changes to revert), as index keys.
+fn deadline_keys(
+    firewall: &Firewall,
+) -> impl Iterator<Item = (SystemTime, InstanceId, Deadline)> + '_ {
+    let live = firewall.is_live();
+    let expiries = firewall.rules().iter().filter_map(|r| {
+        r.spec.expire_time.map(|t| {
+            (
+                t,
+                firewall.instance_id.clone(),
+                Deadline::Expire(r.spec.id.clone()),
+            )
         })
+    });
+    let reverts = firewall.unconfirmed().iter().map(|c| {
+        (
+            c.revert_time,
+            firewall.instance_id.clone(),
+            Deadline::Revert(c.revision),
+        )
+    });
+    expiries.chain(reverts).filter(move |_| live)
 }
 
 impl Projection {
@@ -78,23 +100,23 @@ impl Projection {
         self.firewalls.len()
     }
 
-    /// Indexes every expiring rule (after a replay).
-    pub(crate) fn index_expiries(&mut self) {
-        self.expiries = self
+    /// Indexes every deadline (after a replay).
+    pub(crate) fn index_deadlines(&mut self) {
+        self.deadlines = self
             .firewalls
             .values()
-            .flat_map(|f| expiry_keys(f))
+            .flat_map(|f| deadline_keys(f))
             .collect();
     }
 
-    /// Installs a firewall's new state, keeping the expiry schedule in step.
+    /// Installs a firewall's new state, keeping the schedule in step.
     pub(crate) fn install(&mut self, firewall: Arc<Firewall>) {
         if let Some(old) = self.firewalls.get(&firewall.instance_id) {
-            for key in expiry_keys(old) {
-                self.expiries.remove(&key);
+            for key in deadline_keys(old) {
+                self.deadlines.remove(&key);
             }
         }
-        self.expiries.extend(expiry_keys(&firewall));
+        self.deadlines.extend(deadline_keys(&firewall));
         self.firewalls
             .insert(firewall.instance_id.clone(), firewall);
     }
@@ -114,8 +136,8 @@ impl Projection {
     }
 
     /// Folds a record another replica appended and installs the result, so
-    /// the expiry schedule stays in step (a replay at start-up indexes
-    /// expiries once, at the end).
+    /// the schedule stays in step (a replay at start-up indexes deadlines
+    /// once, at the end).
     pub(crate) fn catch_up(&mut self, event: &Event) -> Result<(), FoldError> {
         let current = self
             .firewalls

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
 use cassette_eventlog::{EventLog, Head, Log, LogError, Signing};
-use cassette_model::{DomainError, Event, Firewall, InstanceId, RuleId};
+use cassette_model::{DomainError, Event, Firewall, InstanceId};
 use cassette_ruleset::Ruleset;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -17,7 +17,7 @@ use crate::error::{Halt, StoreError};
 use crate::metrics::RulesMetrics;
 use crate::mutation::Mutation;
 use crate::peers::Wire;
-use crate::projection::Projection;
+use crate::projection::{Deadline, Projection};
 use crate::replay::{firewall_at, At, PAGE as REPLAY_PAGE};
 use crate::sync::{Snapshot, SyncBoard};
 use crate::writer::{Answer, Writer, WriterMessage};
@@ -166,7 +166,7 @@ impl Store {
             }
             Some((sequence, reason)) => return Err(StoreError::Unverified { sequence, reason }),
         };
-        projection.index_expiries();
+        projection.index_deadlines();
         let stats = OpenStats {
             events: verification.events_checked,
             firewalls: projection.len(),
@@ -399,19 +399,19 @@ impl Store {
         self.board.snapshot(instance)
     }
 
-    /// When the next rule expires, if any does.
-    pub fn next_expiry(&self) -> Option<SystemTime> {
-        self.read().expiries.first().map(|(t, _, _)| *t)
+    /// When the next rule expires or unconfirmed change is reverted, if any.
+    pub fn next_deadline(&self) -> Option<SystemTime> {
+        self.read().deadlines.first().map(|(t, _, _)| *t)
     }
 
-    /// Up to `limit` rules whose expire time is at or before `now`, soonest first.
-    pub fn due_expiries(&self, now: SystemTime, limit: usize) -> Vec<(InstanceId, RuleId)> {
+    /// Up to `limit` deadlines at or before `now`, soonest first.
+    pub fn due_deadlines(&self, now: SystemTime, limit: usize) -> Vec<(InstanceId, Deadline)> {
         self.read()
-            .expiries
+            .deadlines
             .iter()
             .take_while(|(t, _, _)| *t <= now)
             .take(limit)
-            .map(|(_, instance, rule)| (instance.clone(), rule.clone()))
+            .map(|(_, instance, deadline)| (instance.clone(), deadline.clone()))
             .collect()
     }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use cassette_model::InstanceId;
+use cassette_model::{InstanceId, Port, Protocol};
 use tokio::sync::watch;
 
 use crate::metrics::RulesMetrics;
@@ -50,6 +50,19 @@ pub struct Observed {
     pub by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)>,
     /// (wire protocol, port) -> the addresses listening; `None`: not read.
     pub listening: Option<HashMap<(i32, u32), Vec<String>>>,
+    /// The revision the enforcer had acknowledged as applied when the report
+    /// arrived (set as it is recorded).
+    pub applied_revision: u64,
+}
+
+/// A rule's key in [`Observed`]: the wire's protocol number
+/// (`cassette.firewall.v1.Protocol`: TCP 1, UDP 2) and the port.
+pub fn observed_key(protocol: Protocol, port: Port) -> (i32, u32) {
+    let wire = match protocol {
+        Protocol::Tcp => 1,
+        Protocol::Udp => 2,
+    };
+    (wire, u32::from(port.get()))
 }
 
 impl Observed {
@@ -403,16 +416,24 @@ impl SyncBoard {
 
     /// Keeps what the instance's enforcer last reported seeing (and
     /// forwards it, if another replica asked for it lately).
-    pub fn record_report(&self, instance: &InstanceId, observed: Observed) {
-        let observed = Arc::new(observed);
+    /// Returns the report it replaced.
+    pub fn record_report(
+        &self,
+        instance: &InstanceId,
+        mut observed: Observed,
+    ) -> Option<Arc<Observed>> {
         let channels = self.channels(instance);
+        observed.applied_revision = channels.status.borrow().applied_revision;
+        let observed = Arc::new(observed);
+        let mut previous = None;
         channels
             .status
-            .send_modify(|s| s.observed = Some(observed.clone()));
+            .send_modify(|s| previous = s.observed.replace(observed.clone()));
         let forward = lock(&channels.forward_until).is_some_and(|until| Instant::now() < until);
         if let Some(peers) = self.peers.get().filter(|_| forward) {
             peers.report(instance, &observed);
         }
+        previous
     }
 
     /// Asks the instance's enforcer for a fresh report: through this

@@ -51,6 +51,7 @@ fn mutation(command: Command, request_id: Option<&str>) -> Mutation {
         expected_revision: None,
         actor: ActorId::anonymous(),
         on_behalf_of: None,
+        confirm: None,
     }
 }
 

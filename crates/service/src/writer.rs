@@ -16,8 +16,8 @@ use std::time::SystemTime;
 
 use cassette_eventlog::{Head, Log, LogError};
 use cassette_model::{
-    decide, fold, DomainError, Event, Firewall, FoldError, InstanceId, RequestDigest, RequestId,
-    RuleId, ValidationError,
+    decide, fold, Command, DomainError, Event, Firewall, FoldError, InstanceId, RequestDigest,
+    RequestId, RuleId, Unconfirmed, ValidationError,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, Instrument};
@@ -389,6 +389,34 @@ impl Writer {
                 })
             });
         }
+        let unconfirmed = match mutation.confirm {
+            None => None,
+            Some(confirm) => {
+                if !matches!(
+                    mutation.command,
+                    Command::AddRule { .. }
+                        | Command::UpdateRule { .. }
+                        | Command::DeleteRule { .. }
+                ) {
+                    return Err(DomainError::Invalid(ValidationError::new(
+                        "confirm_within",
+                        "only adding, changing or deleting a rule can wait for a confirmation",
+                    ))
+                    .into());
+                }
+                let current = state.ok_or_else(|| {
+                    StoreError::Domain(DomainError::FirewallNotFound {
+                        instance_id: instance.to_string(),
+                    })
+                })?;
+                current.check_can_hold_unconfirmed()?;
+                Some(Unconfirmed {
+                    revert_time: now + confirm.within,
+                    first_revision: current.revision + 1,
+                    confirm_on_traffic: confirm.on_traffic,
+                })
+            }
+        };
         let mut firewall = state.map(|f| Firewall::clone(f));
         for payload in payloads {
             let event = Event {
@@ -401,6 +429,7 @@ impl Writer {
                 on_behalf_of: mutation.on_behalf_of.clone(),
                 request_id: mutation.request_id.clone(),
                 request_digest: mutation.request_digest,
+                unconfirmed,
                 payload,
             };
             firewall = Some(fold(firewall, &event)?);

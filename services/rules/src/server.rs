@@ -513,7 +513,7 @@ impl RulesService {
                 }
             });
         }
-        let expiry = tokio::spawn(cassette_service::run_expiry(self.store.clone()));
+        let expiry = tokio::spawn(cassette_service::run_deadlines(self.store.clone()));
         let store = self.store.clone();
         let mut failure = self.store.failure();
         let signal = async move {

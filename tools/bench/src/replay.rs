@@ -162,6 +162,7 @@ fn event(sequence: u64, i: u64, revision: u64) -> anyhow::Result<Event> {
         on_behalf_of: None,
         request_id: None,
         request_digest: None,
+        unconfirmed: None,
         payload,
     })
 }

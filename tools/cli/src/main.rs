@@ -91,6 +91,14 @@ enum Command {
     /// Add, toggle, describe and delete rules.
     #[command(subcommand)]
     Rule(RuleCommand),
+    /// Keep a change made with --confirm-within (default: every unconfirmed
+    /// change of the instance), so it is not undone.
+    Confirm {
+        instance: String,
+        /// The change's revision, as `firewall get` lists it.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
     /// Wait until the instance's kernel has a revision (default: the latest).
     Wait {
         instance: String,
@@ -145,6 +153,26 @@ enum FirewallCommand {
     Delete { instance: String },
 }
 
+/// A change that undoes itself unless confirmed.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Window {
+    /// Undo the change after this long (1s to 24h, e.g. 2m) unless
+    /// `cassette confirm` keeps it first: a change that locks you out puts
+    /// itself back.
+    #[arg(long, value_parser = parse_duration)]
+    confirm_within: Option<Duration>,
+    /// With --confirm-within: a new connection accepted through the rule
+    /// confirms the change.
+    #[arg(long, requires = "confirm_within")]
+    confirm_on_traffic: bool,
+}
+
+impl Window {
+    fn within(&self) -> Option<prost_types::Duration> {
+        self.confirm_within.and_then(|d| d.try_into().ok())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum RuleCommand {
     /// Open a port.
@@ -165,21 +193,27 @@ enum RuleCommand {
         /// Remove it after this long (e.g. 2h).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+        #[command(flatten)]
+        window: Window,
     },
     /// Turn a rule on (the toggle goes green).
     Enable {
         instance: String,
         /// Its port (5432, 5432/tcp, 5432/udp) or its id.
         rule: String,
+        #[command(flatten)]
+        window: Window,
     },
     /// Turn a rule off (gray: blocking, rule kept; open connections are cut).
     Disable {
         instance: String,
         /// Its port (5432, 5432/tcp, 5432/udp) or its id.
         rule: String,
-        /// Turn SSH off without asking.
+        /// Turn SSH off without asking (not needed with --confirm-within).
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        window: Window,
     },
     /// Set a rule's description.
     Describe {
@@ -193,6 +227,8 @@ enum RuleCommand {
         instance: String,
         /// Its port (5432, 5432/tcp, 5432/udp) or its id.
         rule: String,
+        #[command(flatten)]
+        window: Window,
     },
 }
 
@@ -400,6 +436,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     disabled,
                     sources,
                     ttl,
+                    window,
                 } => {
                     let request = pb::AddRuleRequest {
                         instance_id: instance,
@@ -409,25 +446,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         enabled: Some(!disabled),
                         sources,
                         ttl: ttl.and_then(|d| d.try_into().ok()),
+                        confirm_within: window.within(),
+                        confirm_on_traffic: window.confirm_on_traffic,
                         ..Default::default()
                     };
                     firewalls.add_rule(request).await?
                 }
-                RuleCommand::Enable { instance, rule } => {
+                RuleCommand::Enable {
+                    instance,
+                    rule,
+                    window,
+                } => {
                     let rule = rule_id(&mut firewalls, &instance, &rule).await?;
-                    firewalls.update_rule(toggle(instance, rule, true)).await?
+                    firewalls
+                        .update_rule(toggle(instance, rule, true, window))
+                        .await?
                 }
                 RuleCommand::Disable {
                     instance,
                     rule,
                     yes,
+                    window,
                 } => {
                     let found = find_rule(&mut firewalls, &instance, &rule).await?;
-                    if found.port == 22 && found.protocol != pb::Protocol::Udp as i32 && !yes {
+                    let ssh = found.port == 22 && found.protocol != pb::Protocol::Udp as i32;
+                    // A window puts SSH back by itself: no lock-out to ask about.
+                    if ssh && !yes && window.confirm_within.is_none() {
                         confirm_ssh_off()?;
                     }
                     firewalls
-                        .update_rule(toggle(instance, found.id, false))
+                        .update_rule(toggle(instance, found.id, false, window))
                         .await?
                 }
                 RuleCommand::Describe {
@@ -443,16 +491,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     firewalls.update_rule(request).await?
                 }
-                RuleCommand::Delete { instance, rule } => {
+                RuleCommand::Delete {
+                    instance,
+                    rule,
+                    window,
+                } => {
                     let request = pb::DeleteRuleRequest {
                         rule_id: rule_id(&mut firewalls, &instance, &rule).await?,
                         instance_id: instance,
+                        confirm_within: window.within(),
+                        confirm_on_traffic: window.confirm_on_traffic,
                         ..Default::default()
                     };
                     firewalls.delete_rule(request).await?
                 }
             };
             out.firewall(&answer.into_inner())
+        }
+        Command::Confirm { instance, revision } => {
+            let revisions = match revision {
+                Some(revision) => vec![revision],
+                None => {
+                    let request = pb::GetFirewallRequest {
+                        instance_id: instance.clone(),
+                        ..Default::default()
+                    };
+                    let firewall = firewalls.get_firewall(request).await?.into_inner();
+                    firewall.unconfirmed.iter().map(|c| c.revision).collect()
+                }
+            };
+            if revisions.is_empty() {
+                return out.done(&format!("{instance} has no unconfirmed change"));
+            }
+            let mut last = None;
+            for revision in revisions {
+                let request = pb::ConfirmChangeRequest {
+                    instance_id: instance.clone(),
+                    revision,
+                    ..Default::default()
+                };
+                last = Some(firewalls.confirm_change(request).await?.into_inner());
+            }
+            match last {
+                Some(firewall) => out.firewall(&firewall),
+                None => Ok(()),
+            }
         }
         Command::Wait {
             instance,
@@ -623,7 +706,10 @@ fn confirm_ssh_off() -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
         return Err(Exit::new(
             2,
-            format!("{SSH_WARNING}\nGive --yes to disable SSH anyway."),
+            format!(
+                "{SSH_WARNING}\nGive --confirm-within 2m to have it turned back on unless you confirm, \
+                 or --yes to disable SSH anyway."
+            ),
         )
         .into());
     }
@@ -646,11 +732,13 @@ fn protocol(udp: bool) -> pb::Protocol {
     }
 }
 
-fn toggle(instance: String, rule: String, enabled: bool) -> pb::UpdateRuleRequest {
+fn toggle(instance: String, rule: String, enabled: bool, window: Window) -> pb::UpdateRuleRequest {
     pb::UpdateRuleRequest {
         instance_id: instance,
         rule_id: rule,
         enabled: Some(enabled),
+        confirm_within: window.within(),
+        confirm_on_traffic: window.confirm_on_traffic,
         ..Default::default()
     }
 }

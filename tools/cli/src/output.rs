@@ -179,6 +179,11 @@ fn firewall_table(firewall: &pb::Firewall) -> String {
         if let Some(expires) = rule.expire_time {
             description.push_str(&format!(" (expires {expires})"));
         }
+        if let Some(revert) = rule.revert_time.filter(|_| rule.unconfirmed_revision > 0) {
+            description.push_str(&format!(
+                " (unconfirmed: undone at {revert} unless confirmed)"
+            ));
+        }
         rows.push([
             rule.port.to_string(),
             protocol_name(rule.protocol).to_owned(),
@@ -205,6 +210,18 @@ fn firewall_table(firewall: &pb::Firewall) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    for change in &firewall.unconfirmed {
+        out.push_str(&format!(
+            "unconfirmed: revision {} ({}) is undone at {} unless confirmed: cassette confirm {} --revision {}\n",
+            change.revision,
+            change.summary,
+            change
+                .revert_time
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            firewall.instance_id,
+            change.revision
+        ));
     }
     for warning in &firewall.warnings {
         out.push_str(&format!("warning: {}\n", warning.message));

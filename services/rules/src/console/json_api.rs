@@ -38,6 +38,10 @@ pub fn routes() -> Router<Arc<Console>> {
             "/api/v1/firewalls/{instance_id}/rules/{rule_id}",
             patch(update_rule).delete(delete_rule),
         )
+        .route(
+            "/api/v1/firewalls/{instance_id}/confirm",
+            post(confirm_change),
+        )
         .route("/api/v1/firewalls/{instance_id}/sync", get(wait_for_sync))
         .route("/api/v1/firewalls/{instance_id}/diagnose", get(diagnose))
 }
@@ -280,6 +284,26 @@ async fn delete_rule(
     };
     c.call(&headers, request, "Firewall", |api, r| async move {
         api.delete_rule(r).await
+    })
+    .await
+}
+
+async fn confirm_change(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request = || {
+        c.request(
+            "ConfirmChangeRequest",
+            &body,
+            HashMap::new(),
+            vec![instance(id)],
+        )
+    };
+    c.call(&headers, request, "Firewall", |api, r| async move {
+        api.confirm_change(r).await
     })
     .await
 }

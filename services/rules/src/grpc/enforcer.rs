@@ -434,7 +434,8 @@ async fn receive_acks(
             })) => state.record_ack(&ack).await,
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Report(report)),
-            })) => state.store.board().record_report(
+            })) => cassette_service::record_report(
+                &state.store,
                 &state.instance,
                 present::observed(&report, SystemTime::now()),
             ),

@@ -51,7 +51,7 @@ impl FirewallApi {
 
     /// Validates and applies one mutation inside a span naming the method,
     /// the instance, the request id and (once known) the revision.
-    async fn mutate<T: requests::Keyed>(
+    async fn mutate<T: requests::Keyed + requests::Confirmable>(
         &self,
         method: &'static str,
         request: Request<T>,
@@ -69,7 +69,9 @@ impl FirewallApi {
             let mut v = Violations::default();
             let target = requests::target(instance_id, request_id, &mut v);
             let command = command(&request, &mut v);
-            let ((instance_id, request_id), command) = v.finish_with(target.zip(command))?;
+            let confirm = requests::confirm(&request, &mut v);
+            let ((instance_id, request_id), (command, confirm)) =
+                v.finish_with(target.zip(command.zip(confirm)))?;
             let advised = command.clone();
             let request_digest = request_id.as_ref().map(|_| request.digest(method));
             let mutation = Mutation {
@@ -80,6 +82,7 @@ impl FirewallApi {
                 expected_revision,
                 actor: caller.actor(),
                 on_behalf_of: caller.on_behalf_of().cloned(),
+                confirm,
             };
             let firewall = self.store.mutate(mutation).await.map_err(status::store)?;
             Span::current().record("revision", firewall.revision);
@@ -316,6 +319,19 @@ impl FirewallService for FirewallApi {
             request,
             |r| (&r.instance_id, &r.request_id, r.expected_revision),
             requests::update_rule,
+        )
+        .await
+    }
+
+    async fn confirm_change(
+        &self,
+        request: Request<pb::ConfirmChangeRequest>,
+    ) -> Result<Response<pb::Firewall>, Status> {
+        self.mutate(
+            "ConfirmChange",
+            request,
+            |r| (&r.instance_id, &r.request_id, None),
+            requests::confirm_change,
         )
         .await
     }

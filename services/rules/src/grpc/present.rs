@@ -91,6 +91,7 @@ pub fn observed(report: &pb::Report, received: SystemTime) -> Observed {
         counted: report.hits_counted,
         by_rule,
         listening,
+        applied_revision: 0,
     }
 }
 
@@ -278,5 +279,19 @@ mod tests {
         assert_eq!(there.by_rule, here.by_rule);
         assert_eq!(there.listening, here.listening);
         assert_eq!((there.observed, there.counted), (Some(looked), true));
+    }
+
+    /// The service crate keys reported hits by the wire's protocol numbers
+    /// without depending on protobuf: they are this crate's conversion's.
+    #[test]
+    fn observed_keys_are_the_wire_protocols() {
+        use cassette_model::{Port, Protocol};
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let port = Port::new(5432).unwrap();
+            assert_eq!(
+                cassette_service::sync::observed_key(protocol, port),
+                (cassette_proto::protocol_to_pb(protocol) as i32, 5432)
+            );
+        }
     }
 }

@@ -6,14 +6,15 @@
 use std::time::{Duration, SystemTime};
 
 use cassette_model::{
-    Command, Description, InstanceId, Port, Protocol, RequestDigest, RequestId, RuleId, Sources,
-    ValidationError,
+    check_confirm_within, Command, Description, InstanceId, Port, Protocol, RequestDigest,
+    RequestId, RuleId, Sources, ValidationError,
 };
 use cassette_proto::{pb, protocol_from_pb};
 use sha2::{Digest, Sha256};
 
 use crate::grpc::status::Violations;
 use cassette_service::replay::EventPage;
+use cassette_service::ConfirmWithin;
 
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -84,8 +85,74 @@ keyed!(
     pb::AddRuleRequest,
     pb::UpdateRuleRequest,
     pb::DeleteRuleRequest,
-    pb::DeleteFirewallRequest
+    pb::DeleteFirewallRequest,
+    pb::ConfirmChangeRequest
 );
+
+/// A change request that may ask to be undone unless confirmed.
+pub trait Confirmable {
+    /// `confirm_within` and `confirm_on_traffic`, where the request has them.
+    fn window(&self) -> (Option<prost_types::Duration>, bool) {
+        (None, false)
+    }
+}
+
+impl Confirmable for pb::CreateFirewallRequest {}
+impl Confirmable for pb::DeleteFirewallRequest {}
+impl Confirmable for pb::ConfirmChangeRequest {}
+
+macro_rules! confirmable {
+    ($($request:ty),*) => {
+        $(impl Confirmable for $request {
+            fn window(&self) -> (Option<prost_types::Duration>, bool) {
+                (self.confirm_within, self.confirm_on_traffic)
+            }
+        })*
+    };
+}
+
+confirmable!(
+    pb::AddRuleRequest,
+    pb::UpdateRuleRequest,
+    pb::DeleteRuleRequest
+);
+
+/// The request's confirmation window: absent, or 1 s to 24 h;
+/// `confirm_on_traffic` only with one.
+pub fn confirm(r: &impl Confirmable, v: &mut Violations) -> Option<Option<ConfirmWithin>> {
+    let (within, on_traffic) = r.window();
+    match within {
+        None if on_traffic => {
+            v.check::<()>(Err(ValidationError::new(
+                "confirm_on_traffic",
+                "needs confirm_within: the window in which traffic confirms the change",
+            )));
+            None
+        }
+        None => Some(None),
+        Some(within) => {
+            let within = Duration::try_from(within)
+                .map_err(|_| ValidationError::new("confirm_within", "must be between 1s and 24h"));
+            let within = v.check(within.and_then(check_confirm_within))?;
+            Some(Some(ConfirmWithin { within, on_traffic }))
+        }
+    }
+}
+
+/// ConfirmChange's revision, as a command.
+pub fn confirm_change(r: &pb::ConfirmChangeRequest, v: &mut Violations) -> Option<Command> {
+    if r.revision == 0 {
+        v.check::<()>(Err(ValidationError::new(
+            "revision",
+            "must be the revision of an unconfirmed change (at least 1)",
+        )));
+        return None;
+    }
+    Some(Command::ConfirmChange {
+        revision: r.revision,
+        now: SystemTime::now(),
+    })
+}
 
 pub fn add_rule(r: &pb::AddRuleRequest, v: &mut Violations) -> Option<Command> {
     add_rule_at(r, SystemTime::now(), v)

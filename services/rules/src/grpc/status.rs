@@ -199,6 +199,29 @@ fn domain_status(error: DomainError, message: String) -> Status {
                 format!("a firewall holds at most {limit} rules"),
             ),
         ),
+        DomainError::TooManyUnconfirmed { limit } => (
+            Code::ResourceExhausted,
+            ErrorDetails::with_quota_failure_violation(
+                "unconfirmed",
+                format!("a firewall holds at most {limit} unconfirmed changes"),
+            ),
+        ),
+        DomainError::NotUnconfirmed { revision, .. } => (
+            Code::FailedPrecondition,
+            ErrorDetails::with_precondition_failure_violation(
+                "NOT_UNCONFIRMED",
+                format!("revisions/{revision}"),
+                "only a change made with confirm_within, before its revert time, can be confirmed",
+            ),
+        ),
+        DomainError::RevertDue { revision, .. } => (
+            Code::FailedPrecondition,
+            ErrorDetails::with_precondition_failure_violation(
+                "REVERT_DUE",
+                format!("revisions/{revision}"),
+                "the change passed its revert time",
+            ),
+        ),
     };
     Status::with_error_details(code, message, details)
 }

@@ -135,6 +135,40 @@ async fn cli_every_command_with_its_output_errors_and_exit_codes() {
         "{stderr}"
     );
     assert!(ok(rules, &["firewall", "get", "web-1"]).contains("22    tcp    on"));
+    assert!(
+        stderr.contains("--confirm-within 2m"),
+        "the prompt names the safe way: {stderr}"
+    );
+    // With a window SSH goes off without asking, and comes back unless kept.
+    let windowed = ok(
+        rules,
+        &["rule", "disable", "web-1", "22", "--confirm-within", "2m"],
+    );
+    assert!(windowed.contains("22    tcp    off"), "{windowed}");
+    assert!(
+        windowed.contains("unconfirmed: revision")
+            && windowed.contains("(turned 22/tcp off)")
+            && windowed.contains("cassette confirm web-1 --revision"),
+        "{windowed}"
+    );
+    let (code, _, stderr) = cassette(
+        rules,
+        &["rule", "enable", "web-1", "22", "--confirm-on-traffic"],
+    );
+    assert_eq!(code, 2, "--confirm-on-traffic needs a window: {stderr}");
+    let kept = ok(rules, &["confirm", "web-1"]);
+    assert!(
+        kept.contains("22    tcp    off") && !kept.contains("unconfirmed"),
+        "{kept}"
+    );
+    assert_eq!(
+        ok(rules, &["confirm", "web-1"]).trim(),
+        "web-1 has no unconfirmed change"
+    );
+    let (code, _, stderr) = cassette(rules, &["confirm", "web-1", "--revision", "1"]);
+    assert_eq!(code, 5, "not an unconfirmed change: {stderr}");
+    assert!(stderr.contains("not an unconfirmed change"), "{stderr}");
+    ok(rules, &["rule", "enable", "web-1", "22"]);
     assert!(ok(rules, &["rule", "disable", "web-1", "22", "--yes"]).contains("22    tcp    off"));
     let described = ok(
         rules,

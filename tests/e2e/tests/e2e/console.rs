@@ -4,7 +4,7 @@
 //! `target/console-screenshots/` for people to look at.
 
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cassette_e2e::browser::{self, Browser};
 use cassette_e2e::{get_firewall, http};
@@ -271,6 +271,74 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
         get_firewall(&mut fixture.client, INSTANCE).await.revision,
         before
     );
+
+    // Disabling SSH offers "Undo in 2 minutes unless I confirm", ticked: a
+    // banner counts down until "Keep this change" keeps it.
+    browser.click(Locator::Css(&ssh_switch_css)).await;
+    browser
+        .wait_text("#confirm-undo", "Undo in 2 minutes")
+        .await;
+    let undo_box = browser
+        .client
+        .find(Locator::Id("confirm-undo-box"))
+        .await
+        .unwrap();
+    assert_eq!(
+        undo_box.prop("checked").await.unwrap().as_deref(),
+        Some("true"),
+        "the undo is on by default"
+    );
+    browser.click(Locator::Id("confirm-ok")).await;
+    browser
+        .wait_attr(&ssh_switch_css, "aria-checked", "false")
+        .await;
+    let banner = browser
+        .wait_text("#unconfirmed .banner", "turned 22/tcp off")
+        .await;
+    assert!(
+        banner.contains("Undone in 1:5") || banner.contains("Undone in 2:00"),
+        "{banner}"
+    );
+    let unconfirmed = get_firewall(&mut fixture.client, INSTANCE)
+        .await
+        .unconfirmed;
+    assert_eq!(unconfirmed.len(), 1, "{unconfirmed:?}");
+    browser.screenshot("09b-ssh-undo-banner").await;
+    browser
+        .click(Locator::Css("#unconfirmed .banner button"))
+        .await;
+    browser.wait_gone("#unconfirmed .banner").await;
+    let kept = get_firewall(&mut fixture.client, INSTANCE).await;
+    assert!(kept.unconfirmed.is_empty(), "{kept:?}");
+    assert!(!kept.rules.iter().find(|r| r.port == 22).unwrap().enabled);
+    browser.click(Locator::Css(&ssh_switch_css)).await;
+    browser
+        .wait_attr(&ssh_switch_css, "aria-checked", "true")
+        .await;
+
+    // A change made elsewhere with a short window, not kept: the page says
+    // what was undone, and the switch goes back.
+    let http_switch_css = format!("{} [role=\"switch\"]", row(80));
+    fixture
+        .client
+        .update_rule(crate::confirm::toggle_within(
+            INSTANCE,
+            "default-http",
+            false,
+            Duration::from_secs(2),
+        ))
+        .await
+        .expect("HTTP off with a window");
+    browser
+        .wait_text("#unconfirmed .banner", "turned 80/tcp off")
+        .await;
+    browser
+        .wait_text("#reverted", "Undone: turned 80/tcp off")
+        .await;
+    browser
+        .wait_attr(&http_switch_css, "aria-checked", "true")
+        .await;
+    browser.screenshot("09c-undone").await;
 
     // A change by another client (grpcurl) shows up without a reload.
     let socket = fixture.dir.path().join("rules.sock");

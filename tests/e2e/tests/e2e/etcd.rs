@@ -35,6 +35,7 @@ fn event(sequence: u64, instance: &str, revision: u64) -> Event {
         on_behalf_of: None,
         request_id: None,
         request_digest: None,
+        unconfirmed: None,
         payload,
     }
 }
@@ -436,6 +437,7 @@ async fn a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_
         expected_revision: None,
         actor: ActorId::anonymous(),
         on_behalf_of: None,
+        confirm: None,
     };
     let refused = store.mutate(mutation).await.unwrap_err().to_string();
     assert!(

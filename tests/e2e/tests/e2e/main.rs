@@ -5,6 +5,8 @@
 //! - `auth`: identity and authorization over real TLS: the attack table.
 //! - `cli`: the `cassette` command line: every command, its errors and exit codes.
 //! - `connections`: bounded connections: silent ones by the thousand, idle ones, slow headers.
+//! - `confirm`: changes that undo themselves unless confirmed: validation,
+//!   one revert across kill -9, SSH opening again by itself (root).
 //! - `console`: the Firewall page in a real browser (chromium), and its JSON API.
 //! - `audit`: AuditService and the offline audit commands, tampering included.
 //! - `durability`: the real binary, `kill -9` mid-write, restart, gapless log.
@@ -23,6 +25,7 @@ mod api;
 mod audit;
 mod auth;
 mod cli;
+mod confirm;
 mod connections;
 mod console;
 mod durability;

@@ -942,3 +942,52 @@ async fn replicas_refuse_nothing_on_a_stale_view_and_read_linearizably_when_aske
         p50(refusals)
     );
 }
+
+/// Both replicas meet every deadline; a change through B with a 2 s window,
+/// nobody confirming: the log holds one ChangeReverted, and both replicas
+/// show the rule gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_revert_an_unconfirmed_change_once() {
+    if etcd::skip("replicas_revert_an_unconfirmed_change_once") {
+        return;
+    }
+    let mut replicas = Replicas::start(2).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    let mut changes = Vec::new();
+    for port in [5432, 6379, 3306] {
+        let added = replicas.clients[1]
+            .add_rule(pb::AddRuleRequest {
+                confirm_within: Duration::from_secs(2).try_into().ok(),
+                ..add("web-1", port)
+            })
+            .await
+            .expect("add with a window")
+            .into_inner();
+        changes.push(added.revision);
+    }
+    for i in 0..2 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let firewall = cassette_e2e::get_firewall(&mut replicas.clients[i], "web-1").await;
+            if firewall.unconfirmed.is_empty() && firewall.rules.len() == 3 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica {i}: {firewall:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut audit =
+        cassette_e2e::AuditClient::new(cassette_e2e::channel(&replicas.replicas[0].target).await);
+    let history = cassette_e2e::list_events(
+        &mut audit,
+        pb::ListEventsRequest {
+            instance_id: "web-1".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    for revision in changes {
+        let reverts = crate::confirm::reverts_of(&history, revision);
+        assert_eq!(reverts.len(), 1, "revision {revision}: {history:?}");
+    }
+}

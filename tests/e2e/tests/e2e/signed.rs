@@ -58,6 +58,7 @@ fn forged(sequence: u64, instance: &str, revision: u64) -> Event {
         on_behalf_of: None,
         request_id: None,
         request_digest: None,
+        unconfirmed: None,
         payload: EventPayload::RuleAdded(RuleSpec {
             id: RuleId::from_uuid(uuid::Uuid::now_v7()),
             port: Port::new(3306).unwrap(),

@@ -20,6 +20,9 @@
   const DATABASE_ADVICE =
     "Database ports should usually stay closed. Access databases from your app on localhost, " +
     "not over the internet. If you must expose a database, use strong passwords and allowlists.";
+  // How long a change the page offers to undo waits for "Keep this change".
+  const UNDO_WITHIN = "120s";
+
   const SSH_WARNING =
     "If you disable SSH, you'll only have web console access. " +
     "SSH sessions already open are cut too. " +
@@ -256,10 +259,16 @@
 
   // ---- confirmation --------------------------------------------------------
 
-  function confirmAction(title, message, confirmLabel) {
+  // Resolves false (cancelled) or { undo }: with offerUndo, whether "Undo in
+  // 2 minutes unless I confirm" stayed ticked (it starts ticked).
+  function confirmAction(title, message, confirmLabel, offerUndo) {
     const dialog = document.getElementById("confirm");
     document.getElementById("confirm-title").textContent = title;
     document.getElementById("confirm-message").textContent = message;
+    const undo = document.getElementById("confirm-undo");
+    const undoBox = document.getElementById("confirm-undo-box");
+    undo.hidden = !offerUndo;
+    undoBox.checked = true;
     const ok = document.getElementById("confirm-ok");
     const cancel = document.getElementById("confirm-cancel");
     ok.textContent = confirmLabel;
@@ -271,7 +280,7 @@
         dialog.close();
         resolve(answer);
       };
-      const yes = () => finish(true);
+      const yes = () => finish({ undo: Boolean(offerUndo) && undoBox.checked });
       const no = (event) => {
         if (event) event.preventDefault();
         finish(false);
@@ -565,15 +574,17 @@
 
     async function toggle(rule, button) {
       const enable = !rule.enabled;
+      const body = { enabled: enable, requestId: requestId() };
       if (!enable && rule.isDefault && rule.port === 22 && protocolName(rule.protocol) === "TCP") {
-        const sure = await confirmAction("Disable SSH?", SSH_WARNING, "Disable SSH");
+        const sure = await confirmAction("Disable SSH?", SSH_WARNING, "Disable SSH", true);
         if (!sure) return;
+        if (sure.undo) body.confirmWithin = UNDO_WITHIN;
       }
       button.disabled = true;
       await change(
         "PATCH",
         `/api/v1/firewalls/${encodeURIComponent(instanceId)}/rules/${encodeURIComponent(rule.id)}`,
-        { enabled: enable, requestId: requestId() },
+        body,
         `Port ${rule.port}/${protocolName(rule.protocol)} ${enable ? "accepting" : "blocking, open connections included"}; applying.`,
       );
       button.disabled = false;
@@ -706,6 +717,68 @@
       );
     }
 
+    // Changes that undo themselves unless kept: a banner each, counting down,
+    // with "Keep this change"; once one is undone, what and why.
+    const unconfirmed = h("div", { class: "unconfirmed", id: "unconfirmed" });
+    const reverted = h("div", { class: "notice reverted", id: "reverted", role: "alert", hidden: true });
+    const pendingChanges = new Map();
+    const keptHere = new Set();
+    function countdown(change) {
+      const left = Math.max(0, Math.ceil((new Date(change.revertTime) - Date.now()) / 1000));
+      return `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+    }
+    async function keep(change, button) {
+      button.disabled = true;
+      keptHere.add(String(change.revision));
+      try {
+        const answer = await api("POST", `/api/v1/firewalls/${encodeURIComponent(instanceId)}/confirm`, { revision: change.revision, requestId: requestId() });
+        update(answer);
+        announce(`Kept: ${change.summary}.`);
+      } catch (error) {
+        keptHere.delete(String(change.revision));
+        button.disabled = false;
+        if (error.httpStatus !== 401) pageAlert.textContent = error.message;
+      }
+    }
+    function renderUnconfirmed() {
+      const changes = firewall.unconfirmed || [];
+      const now = new Set(changes.map((c) => String(c.revision)));
+      for (const [revision, change] of pendingChanges) {
+        if (now.has(revision)) continue;
+        pendingChanges.delete(revision);
+        // A change is confirmed only before its revert time (the service
+        // refuses it after): gone at or after it, on the service's clock, it
+        // was undone.
+        const settledAt = new Date(firewall.updateTime || 0);
+        if (!keptHere.has(revision) && settledAt >= new Date(change.revertTime)) {
+          reverted.replaceChildren(h("p", {}, `Undone: ${change.summary} (revision ${revision}) was not confirmed within its window, so the rules it changed were put back.`));
+          reverted.hidden = false;
+        }
+      }
+      for (const change of changes) pendingChanges.set(String(change.revision), change);
+      unconfirmed.replaceChildren(
+        ...changes.map((change) => {
+          const button = h("button", { type: "button", class: "button primary" }, "Keep this change");
+          button.addEventListener("click", () => keep(change, button));
+          return h(
+            "div",
+            { class: "banner", role: "status", "data-revision": String(change.revision) },
+            h("span", {}, `Unconfirmed: ${change.summary}. Undone in `, h("strong", { class: "countdown", "data-revert-time": change.revertTime }, countdown(change)), " unless you keep it."),
+            button,
+          );
+        }),
+      );
+    }
+    const ticking = setInterval(() => {
+      if (!unconfirmed.isConnected) {
+        clearInterval(ticking);
+        return;
+      }
+      for (const clock of unconfirmed.querySelectorAll(".countdown")) {
+        clock.textContent = countdown({ revertTime: clock.getAttribute("data-revert-time") });
+      }
+    }, 1000);
+
     function renderEnforcer() {
       const sync = firewall.sync || {};
       const state = sync.state || "SYNC_STATE_NO_ENFORCER";
@@ -748,6 +821,7 @@
       }
       tbody.replaceChildren(...rules.map(row));
       renderEnforcer();
+      renderUnconfirmed();
     }
 
     const connection = h("span", { class: "live", id: "live", "data-live": "false" }, "Connecting…");
@@ -762,6 +836,8 @@
         h("div", { class: "card-head" }, h("h2", { id: "firewall-title" }, "Firewall"), connection),
         h("p", { class: "muted" }, "Green accepts connections, gray blocks them. Default rules (SSH, HTTP, HTTPS) can be disabled but not deleted."),
         enforcer,
+        unconfirmed,
+        reverted,
         pageAlert,
         table,
         diagnosis,
