@@ -26,9 +26,14 @@ fuzz_target!(|data: &[u8]| {
         framed.extend_from_slice(payload);
         framed
     };
-    if let Ok(firewall) = state.parse(&bytes, &instance) {
-        assert_eq!(firewall.instance_id, instance);
-        // What is trusted renders: the fold's invariants held.
-        let _ = Ruleset::of(Some(&firewall)).hash();
+    if let Ok(saved) = state.parse(&bytes, &instance) {
+        assert_eq!(saved.firewall.instance_id, instance);
+        // What is trusted renders: the fold's invariants held, and so does
+        // the firewall with its local reverts undone.
+        let _ = Ruleset::of(Some(&saved.firewall)).hash();
+        let reverted = saved
+            .firewall
+            .reverted_locally(&saved.locally_reverted, std::time::SystemTime::now());
+        let _ = Ruleset::of(Some(&reverted)).hash();
     }
 });

@@ -79,6 +79,12 @@ pub struct Enforcer<K: Kernel> {
     kernel: Option<K>,
     /// The folded firewall: every event received so far.
     firewall: Option<Firewall>,
+    /// Unconfirmed changes (their revisions) this enforcer reverted itself,
+    /// their revert time having passed while it could reach no rules
+    /// service: the kernel holds the firewall with them undone until the log
+    /// settles them (the service's own revert, or a confirmation it took in
+    /// time).
+    locally_reverted: Vec<u64>,
     /// What the kernel holds, as far as this process knows (`None`: unknown,
     /// so the next apply replaces the table).
     in_kernel: Option<Ruleset>,
@@ -88,8 +94,8 @@ pub struct Enforcer<K: Kernel> {
     kernel_unsure: bool,
     /// The state file, when `config.state_dir` is set.
     state: Option<StateFile>,
-    /// The revision last saved (or restored) from the state file.
-    saved_revision: Option<u64>,
+    /// The revision (and local reverts) last saved or restored.
+    saved_revision: Option<(u64, usize)>,
     /// Why the saved state was not trusted at start-up: told to the service
     /// in each Hello until a good state has been saved.
     state_error: Option<String>,
@@ -117,6 +123,8 @@ enum SessionError {
     NoEndpoint,
     #[error("the table could not be repaired: resyncing from revision 0 to report it")]
     RepairFailed,
+    #[error("an unconfirmed change reached its revert time before a stream opened")]
+    RevertDue,
 }
 
 impl<K: Kernel> Enforcer<K> {
@@ -129,6 +137,7 @@ impl<K: Kernel> Enforcer<K> {
             config,
             kernel: Some(kernel),
             firewall: None,
+            locally_reverted: Vec::new(),
             in_kernel: None,
             kernel_unsure: false,
             state,
@@ -172,10 +181,14 @@ impl<K: Kernel> Enforcer<K> {
                 _ = &mut shutdown => return,
                 result = session => result,
             };
-            if let Err(error) = result {
-                warn!(%error, "sync session ended");
-                // One endpoint down or unreachable: the next session tries another.
-                endpoint = endpoint.wrapping_add(1);
+            match result {
+                Err(SessionError::RevertDue) => self.revert_locally().await,
+                Err(error) => {
+                    warn!(%error, "sync session ended");
+                    // One endpoint down or unreachable: the next session tries another.
+                    endpoint = endpoint.wrapping_add(1);
+                }
+                Ok(()) => {}
             }
             if started.elapsed() > BACKOFF_MAX {
                 backoff = BACKOFF_START;
@@ -184,7 +197,8 @@ impl<K: Kernel> Enforcer<K> {
             info!(pause_ms = pause.as_millis() as u64, "reconnecting");
             let wake = Instant::now() + pause;
             loop {
-                // Disconnected, the table is still looked after.
+                // Disconnected, the table is still looked after, and a change
+                // nobody confirmed in time is undone here.
                 let next_restore = last_restore + self.config.refresh_interval;
                 tokio::select! {
                     _ = &mut shutdown => return,
@@ -193,6 +207,7 @@ impl<K: Kernel> Enforcer<K> {
                         self.keep_in_force().await;
                         last_restore = Instant::now();
                     }
+                    () = sleep_until_wall(self.next_local_revert()) => self.revert_locally().await,
                 }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -207,7 +222,7 @@ impl<K: Kernel> Enforcer<K> {
             return self.install_defaults_if_empty().await;
         };
         match state.load_off_runtime(&self.config.instance).await {
-            Ok(Some(firewall)) => self.restore_saved(firewall).await,
+            Ok(Some(saved)) => self.restore_saved(saved).await,
             Ok(None) => {
                 info!(
                     path = %state.path().display(),
@@ -231,11 +246,12 @@ impl<K: Kernel> Enforcer<K> {
     /// can vouch that the kernel already holds it (nft cannot, for a table a
     /// previous process built: it replaces it once). The Hello then carries
     /// its revision: nothing is replayed if nothing changed.
-    async fn restore_saved(&mut self, firewall: Firewall) {
-        let revision = firewall.revision;
-        let desired = Ruleset::of(Some(&firewall));
-        self.firewall = Some(firewall);
-        self.saved_revision = Some(revision);
+    async fn restore_saved(&mut self, saved: crate::Saved) {
+        let revision = saved.firewall.revision;
+        self.saved_revision = Some((revision, saved.locally_reverted.len()));
+        self.firewall = Some(saved.firewall);
+        self.locally_reverted = saved.locally_reverted;
+        let desired = self.desired();
         let d = desired.clone();
         if let Ok(true) = self.kernel_call(move |k| k.holds(&d)).await {
             info!(revision, "the kernel holds the saved state");
@@ -298,9 +314,12 @@ impl<K: Kernel> Enforcer<K> {
                     return Err(SessionError::NoEndpoint);
                 };
                 info!(rules = %target, "connecting");
-                target
-                    .dial(self.config.tls.current().as_ref(), self.config.keepalive)
-                    .await?
+                tokio::time::timeout_at(
+                    wall_deadline(self.next_local_revert()),
+                    target.dial(self.config.tls.current().as_ref(), self.config.keepalive),
+                )
+                .await
+                .map_err(|_| SessionError::RevertDue)??
             }
         };
         let mut client = EnforcerServiceClient::new(channel);
@@ -310,7 +329,14 @@ impl<K: Kernel> Enforcer<K> {
         let desired = self.desired();
         let holds_folded = !self.kernel_unsure
             && self.firewall.is_some()
+            && self.locally_reverted.is_empty()
             && self.in_kernel.as_ref() == Some(&desired);
+        if !self.locally_reverted.is_empty() {
+            info!(
+                reverted = ?self.locally_reverted,
+                "telling the rules service about the changes reverted here while it was out of reach"
+            );
+        }
         let hello = pb::SyncRequest {
             message: Some(Message::Hello(pb::Hello {
                 instance_id: self.config.instance.to_string(),
@@ -327,13 +353,20 @@ impl<K: Kernel> Enforcer<K> {
                     String::new()
                 },
                 state_error: self.state_error.clone().unwrap_or_default(),
+                locally_reverted: self.locally_reverted.clone(),
             })),
         };
         let _ = acks.send(hello).await;
-        let mut inbound = client
-            .sync(ReceiverStream::new(outbound))
-            .await?
-            .into_inner();
+        // Until a stream is open, a change nobody confirmed is undone here
+        // when its revert time comes (dialing a frozen or cut-off service
+        // can take long).
+        let opened = tokio::time::timeout_at(
+            wall_deadline(self.next_local_revert()),
+            client.sync(ReceiverStream::new(outbound)),
+        )
+        .await
+        .map_err(|_| SessionError::RevertDue)?;
+        let mut inbound = opened?.into_inner();
         info!(revision = self.revision(), "sync stream open");
 
         // A previous apply may have failed: try again now that we can report
@@ -413,11 +446,87 @@ impl<K: Kernel> Enforcer<K> {
                 }
             }
         }
+        self.settle_local_reverts();
         Ok(())
     }
 
+    /// Forgets the local reverts the log has settled: the service's own
+    /// revert (the log now agrees), or a confirmation it took before the
+    /// revert time (the log wins: the change is put back in force).
+    fn settle_local_reverts(&mut self) {
+        let firewall = self.firewall.as_ref();
+        let before = self.locally_reverted.len();
+        self.locally_reverted.retain(|revision| {
+            let open =
+                firewall.is_some_and(|f| f.unconfirmed().iter().any(|c| c.revision == *revision));
+            if !open {
+                info!(
+                    reverted_revision = revision,
+                    "the log has settled a change reverted here"
+                );
+            }
+            open
+        });
+        if self.locally_reverted.len() != before {
+            // What is saved must say what the kernel holds.
+            self.saved_revision = None;
+        }
+    }
+
+    /// The earliest revert time of an unconfirmed change not yet reverted here.
+    fn next_local_revert(&self) -> Option<SystemTime> {
+        self.firewall
+            .as_ref()?
+            .unconfirmed()
+            .iter()
+            .filter(|c| !self.locally_reverted.contains(&c.revision))
+            .map(|c| c.revert_time)
+            .min()
+    }
+
+    /// Undoes the unconfirmed changes whose revert time has passed (no rules
+    /// service being reachable to do it), puts that in force, and saves it.
+    async fn revert_locally(&mut self) {
+        let now = SystemTime::now();
+        let Some(firewall) = self.firewall.as_ref() else {
+            return;
+        };
+        let due: Vec<u64> = firewall
+            .due_reverts(now)
+            .map(|c| c.revision)
+            .filter(|r| !self.locally_reverted.contains(r))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for revision in &due {
+            warn!(
+                instance_id = %self.config.instance,
+                reverted_revision = revision,
+                "an unconfirmed change passed its revert time while no rules service was reachable: reverted it here"
+            );
+            self.metrics.local_reverts.inc();
+        }
+        self.locally_reverted.extend(due);
+        let desired = self.desired();
+        let span = info_span!("apply", instance_id = %self.config.instance, revision = self.revision(), local_revert = true);
+        match self.put_in_force(desired).instrument(span.clone()).await {
+            Ok(()) => self.save_state().instrument(span).await,
+            Err(error) => span.in_scope(|| {
+                warn!(%error, "cannot put the local revert in force; retrying with the next repair")
+            }),
+        }
+    }
+
+    /// What the kernel should hold: the folded firewall, with the changes
+    /// reverted here undone.
     fn desired(&self) -> Ruleset {
-        Ruleset::of(self.firewall.as_ref())
+        match &self.firewall {
+            Some(firewall) if !self.locally_reverted.is_empty() => Ruleset::of(Some(
+                &firewall.reverted_locally(&self.locally_reverted, SystemTime::now()),
+            )),
+            firewall => Ruleset::of(firewall.as_ref()),
+        }
     }
 
     /// Puts the folded state in force (one transaction) and acks the result.
@@ -505,13 +614,17 @@ impl<K: Kernel> Enforcer<K> {
             return;
         };
         let revision = firewall.revision;
-        if self.saved_revision == Some(revision) {
+        let saved = (revision, self.locally_reverted.len());
+        if self.saved_revision == Some(saved) {
             return;
         }
-        match state.save_off_runtime(firewall).await {
+        match state
+            .save_off_runtime(firewall, self.locally_reverted.clone())
+            .await
+        {
             Ok(()) => {
                 self.metrics.state_saves.inc();
-                self.saved_revision = Some(revision);
+                self.saved_revision = Some(saved);
                 self.state_error = None;
                 if std::mem::take(&mut self.save_failing) {
                     info!(revision, "saving the state works again");
@@ -668,4 +781,18 @@ fn jitter(base: Duration) -> Duration {
     let random = RandomState::new().hash_one(Instant::now());
     let half = base / 2;
     half + Duration::from_nanos(random % (half.as_nanos() as u64).max(1))
+}
+
+/// A tokio deadline for a wall-clock time (`None`: far away).
+fn wall_deadline(at: Option<SystemTime>) -> tokio::time::Instant {
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let wait = at.map_or(far, |at| {
+        at.duration_since(SystemTime::now()).unwrap_or_default()
+    });
+    tokio::time::Instant::now() + wait.min(far)
+}
+
+/// Sleeps until a wall-clock time (`None`: far away).
+async fn sleep_until_wall(at: Option<SystemTime>) {
+    tokio::time::sleep_until(wall_deadline(at)).await;
 }

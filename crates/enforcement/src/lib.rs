@@ -16,7 +16,7 @@ pub use backends::{FileKernel, MemoryKernel};
 pub use enforcer::{ClientTls, Config, Enforcer};
 pub use listening::{listening_sockets, Listening};
 pub use metrics::EnforcerMetrics;
-pub use state::{StateError, StateFile};
+pub use state::{Saved, StateError, StateFile};
 
 use cassette_model::{Cidr, Protocol};
 use cassette_ruleset::Ruleset;

@@ -23,6 +23,9 @@ pub struct EnforcerMetrics {
     /// A state file found at start-up was not trusted (corrupt, another
     /// instance's, unreadable).
     pub state_rejections: Counter,
+    /// Unconfirmed changes reverted by the enforcer itself, their revert time
+    /// having passed while no rules service was reachable.
+    pub local_reverts: Counter,
     /// When the enforcer's certificate ends, in Unix seconds; 0 without TLS.
     pub tls_certificate_expiry: Gauge,
 }
@@ -89,6 +92,11 @@ impl EnforcerMetrics {
             &mut registry,
             "cassette_enforcer_reconnects_total",
             "Sync streams opened after the first.",
+        );
+        self.local_reverts.register(
+            &mut registry,
+            "cassette_enforcer_local_reverts_total",
+            "Unconfirmed changes reverted by the enforcer itself while no rules service was reachable.",
         );
         cassette_metrics::encode(&registry)
     }

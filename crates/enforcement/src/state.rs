@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use cassette_model::{Firewall, InstanceId};
-use cassette_proto::{firewall_from_pb, firewall_to_pb, pb};
+use cassette_proto::{firewall_from_saved, firewall_to_pb, pb, unconfirmed_to_saved};
 use cassette_ruleset::{Ruleset, TableName};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
@@ -48,6 +48,15 @@ pub enum StateError {
     },
 }
 
+/// What an enforcer saves: the folded firewall, and the unconfirmed changes
+/// it reverted itself while cut off from the rules service (the kernel holds
+/// the firewall with those undone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub firewall: Firewall,
+    pub locally_reverted: Vec<u64>,
+}
+
 /// Where one enforcer keeps its state: a directory, and the table it owns.
 #[derive(Debug, Clone)]
 pub struct StateFile {
@@ -68,7 +77,7 @@ impl StateFile {
 
     /// The firewall saved for `instance`; `None` when nothing was ever saved
     /// (the instance never synced here).
-    pub fn load(&self, instance: &InstanceId) -> Result<Option<Firewall>, StateError> {
+    pub fn load(&self, instance: &InstanceId) -> Result<Option<Saved>, StateError> {
         let bytes = match read_bounded(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -85,7 +94,7 @@ impl StateFile {
     /// A state file's bytes as `instance`'s firewall, if they check out in
     /// every respect: magic, checksum, encoding, instance, the fold's
     /// invariants, revision and ruleset hash.
-    pub fn parse(&self, bytes: &[u8], instance: &InstanceId) -> Result<Firewall, StateError> {
+    pub fn parse(&self, bytes: &[u8], instance: &InstanceId) -> Result<Saved, StateError> {
         let corrupt = |reason: String| StateError::Corrupt {
             path: self.path.clone(),
             reason,
@@ -102,8 +111,17 @@ impl StateFile {
             .firewall
             .as_ref()
             .ok_or_else(|| corrupt("no firewall".into()))?;
-        let firewall = firewall_from_pb(wire, state.firewall_deleted)
+        let firewall = firewall_from_saved(wire, state.firewall_deleted, &state.unconfirmed)
             .map_err(|e| corrupt(format!("firewall.{e}")))?;
+        if let Some(revision) = state
+            .locally_reverted
+            .iter()
+            .find(|r| firewall.unconfirmed().iter().all(|c| c.revision != **r))
+        {
+            return Err(corrupt(format!(
+                "locally_reverted names revision {revision}, which is not an unconfirmed change"
+            )));
+        }
         if firewall.instance_id != *instance || firewall.revision != state.revision {
             return Err(corrupt(format!(
                 "the firewall is {} revision {}, the state says {} revision {}",
@@ -118,11 +136,16 @@ impl StateFile {
                 state.ruleset_hash
             )));
         }
-        Ok(firewall)
+        Ok(Saved {
+            firewall,
+            locally_reverted: state.locally_reverted,
+        })
     }
 
-    /// Saves `firewall` (what the kernel now holds) atomically and durably.
-    pub fn save(&self, firewall: &Firewall) -> Result<(), StateError> {
+    /// Saves `firewall` (folded) with the changes reverted locally (what the
+    /// kernel now holds is that firewall with them undone), atomically and
+    /// durably.
+    pub fn save(&self, firewall: &Firewall, locally_reverted: &[u64]) -> Result<(), StateError> {
         let state = pb::EnforcerState {
             instance_id: firewall.instance_id.to_string(),
             revision: firewall.revision,
@@ -131,6 +154,8 @@ impl StateFile {
             ruleset_hash: Ruleset::of(Some(firewall)).hash(),
             save_time: Some(SystemTime::now().into()),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            unconfirmed: unconfirmed_to_saved(firewall),
+            locally_reverted: locally_reverted.to_vec(),
         };
         let fail = |source| StateError::Save {
             path: self.path.clone(),
@@ -157,7 +182,7 @@ impl StateFile {
     pub async fn load_off_runtime(
         &self,
         instance: &InstanceId,
-    ) -> Result<Option<Firewall>, StateError> {
+    ) -> Result<Option<Saved>, StateError> {
         let (state, instance) = (self.clone(), instance.clone());
         tokio::task::spawn_blocking(move || state.load(&instance))
             .await
@@ -169,9 +194,13 @@ impl StateFile {
             })
     }
 
-    pub async fn save_off_runtime(&self, firewall: Firewall) -> Result<(), StateError> {
+    pub async fn save_off_runtime(
+        &self,
+        firewall: Firewall,
+        locally_reverted: Vec<u64>,
+    ) -> Result<(), StateError> {
         let state = self.clone();
-        tokio::task::spawn_blocking(move || state.save(&firewall))
+        tokio::task::spawn_blocking(move || state.save(&firewall, &locally_reverted))
             .await
             .unwrap_or_else(|e| {
                 Err(StateError::Save {
@@ -250,16 +279,74 @@ mod tests {
         InstanceId::parse(id).unwrap()
     }
 
+    /// `web-1` with SSH turned off by a change that undoes itself at t=100.
+    fn ssh_off_unconfirmed() -> Firewall {
+        let firewall = created("web-1");
+        let event = Event {
+            sequence: 2,
+            revision: 2,
+            commit_time: firewall.create_time + Duration::from_secs(1),
+            unconfirmed: Some(cassette_model::Unconfirmed {
+                revert_time: firewall.create_time + Duration::from_secs(100),
+                first_revision: 2,
+                confirm_on_traffic: false,
+            }),
+            payload: EventPayload::RuleDisabled {
+                rule_id: cassette_model::RuleId::parse("default-ssh").unwrap(),
+            },
+            ..event_of(&firewall)
+        };
+        fold(Some(firewall), &event).unwrap()
+    }
+
+    fn event_of(firewall: &Firewall) -> Event {
+        Event {
+            sequence: 1,
+            instance_id: firewall.instance_id.clone(),
+            revision: 1,
+            event_id: uuid::Uuid::nil(),
+            commit_time: firewall.create_time,
+            actor: ActorId::anonymous(),
+            on_behalf_of: None,
+            request_id: None,
+            request_digest: None,
+            unconfirmed: None,
+            payload: EventPayload::FirewallDeleted,
+        }
+    }
+
+    #[test]
+    fn unconfirmed_changes_and_local_reverts_are_saved_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateFile::new(dir.path(), &TableName::default());
+        let firewall = ssh_off_unconfirmed();
+        assert_eq!(firewall.unconfirmed().len(), 1);
+        state.save(&firewall, &[2]).unwrap();
+        let saved = state.load(&instance("web-1")).unwrap().unwrap();
+        assert_eq!(saved.firewall, firewall, "with what a revert needs");
+        assert_eq!(saved.locally_reverted, [2]);
+        // A local revert of a change the firewall does not hold is refused.
+        state.save(&firewall, &[7]).unwrap();
+        let error = state.load(&instance("web-1")).unwrap_err().to_string();
+        assert!(
+            error.contains("locally_reverted names revision 7"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn saves_and_loads_the_folded_firewall() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path().join("sub"), &TableName::default());
         assert!(state.load(&instance("web-1")).unwrap().is_none());
         let firewall = created("web-1");
-        state.save(&firewall).unwrap();
+        state.save(&firewall, &[]).unwrap();
         assert_eq!(state.path(), dir.path().join("sub/cassette.state"));
-        assert_eq!(state.load(&instance("web-1")).unwrap(), Some(firewall));
-        state.save(&created("web-1")).unwrap();
+        assert_eq!(
+            state.load(&instance("web-1")).unwrap().map(|s| s.firewall),
+            Some(firewall)
+        );
+        state.save(&created("web-1"), &[]).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -271,7 +358,7 @@ mod tests {
     fn any_flipped_byte_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path(), &TableName::default());
-        state.save(&created("web-1")).unwrap();
+        state.save(&created("web-1"), &[]).unwrap();
         let good = std::fs::read(state.path()).unwrap();
         for at in 0..good.len() {
             let mut bad = good.clone();
@@ -293,7 +380,7 @@ mod tests {
     fn another_instances_state_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path(), &TableName::default());
-        state.save(&created("db-1")).unwrap();
+        state.save(&created("db-1"), &[]).unwrap();
         let error = state.load(&instance("web-1")).unwrap_err();
         assert!(
             error.to_string().contains("belongs to instance \"db-1\""),
@@ -314,6 +401,8 @@ mod tests {
             ruleset_hash: "0".repeat(64),
             save_time: None,
             version: String::new(),
+            unconfirmed: Vec::new(),
+            locally_reverted: Vec::new(),
         };
         std::fs::write(state.path(), encode(&wire)).unwrap();
         let error = state.load(&instance("web-1")).unwrap_err().to_string();
@@ -331,7 +420,7 @@ mod tests {
         let file = dir.path().join("not-a-dir");
         std::fs::write(&file, b"").unwrap();
         let state = StateFile::new(&file, &TableName::default());
-        let error = state.save(&created("web-1")).unwrap_err();
+        let error = state.save(&created("web-1"), &[]).unwrap_err();
         assert!(matches!(error, StateError::Save { .. }), "{error}");
         assert!(matches!(
             state.load(&instance("web-1")),

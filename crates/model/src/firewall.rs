@@ -269,7 +269,9 @@ impl Firewall {
                 Ok(())
             }
             EventPayload::ChangeConfirmed { .. } => Ok(()),
-            EventPayload::ChangeReverted { restored, .. } => self.put_back(restored, event),
+            EventPayload::ChangeReverted { restored, .. } => {
+                self.put_back(restored, event.revision, event.commit_time)
+            }
         };
         applied.map_err(|e| inapplicable(event, e))?;
         self.track_unconfirmed(event, before);
@@ -278,8 +280,14 @@ impl Firewall {
         Ok(())
     }
 
-    /// A revert's restorations, all or none.
-    fn put_back(&mut self, restored: &[Restored], event: &Event) -> Result<(), DomainError> {
+    /// A revert's restorations, all or none; the rules it puts back were
+    /// changed at `revision`, at `time`.
+    pub(crate) fn put_back(
+        &mut self,
+        restored: &[Restored],
+        revision: u64,
+        time: SystemTime,
+    ) -> Result<(), DomainError> {
         let mut rules = Firewall {
             instance_id: self.instance_id.clone(),
             revision: self.revision,
@@ -306,12 +314,18 @@ impl Firewall {
                             format!("rule {} cannot change its port or kind", spec.id),
                         )));
                     }
-                    Some(_) => rules.touch_rule(&spec.id, event, |r| r.spec = spec.clone())?,
+                    Some(_) => {
+                        for rule in rules.rules.iter_mut().filter(|r| r.spec.id == spec.id) {
+                            rule.spec = spec.clone();
+                            rule.revision = revision;
+                            rule.update_time = time;
+                        }
+                    }
                     None => rules.insert(Rule {
                         spec: spec.clone(),
-                        revision: event.revision,
+                        revision,
                         create_time: *create_time,
-                        update_time: event.commit_time,
+                        update_time: time,
                     })?,
                 },
             }

@@ -202,6 +202,27 @@ impl Firewall {
         })
     }
 
+    /// The firewall with the unconfirmed changes `revisions` undone as the
+    /// service's revert would undo them at `now` (those not yet due, or
+    /// gone, are left): what an enforcer that can reach no rules service
+    /// puts in force once their revert time passes. Its revision stays: the
+    /// log has no such event until the service appends its own revert.
+    pub fn reverted_locally(&self, revisions: &[u64], now: SystemTime) -> Firewall {
+        let mut firewall = self.clone();
+        for &revision in revisions {
+            let Some(EventPayload::ChangeReverted { restored, .. }) =
+                firewall.revert(revision, now)
+            else {
+                continue;
+            };
+            let at = firewall.revision;
+            if firewall.put_back(&restored, at, now).is_ok() {
+                firewall.unconfirmed.retain(|c| c.revision != revision);
+            }
+        }
+        firewall
+    }
+
     /// Keeps the unconfirmed changes in step with an event just applied;
     /// `before` holds the rules the event changed as they were before it.
     pub(crate) fn track_unconfirmed(&mut self, event: &Event, before: Vec<(RuleId, Option<Rule>)>) {
@@ -365,6 +386,24 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    #[test]
+    fn a_local_revert_puts_in_force_what_the_services_revert_will() {
+        let mut h = created();
+        h.run_marked(turn(&ssh(), false), Some(at(100))).unwrap();
+        let revision = h.firewall().revision;
+        let early = h.firewall().reverted_locally(&[revision], at(99));
+        assert_eq!(early, *h.firewall(), "not due: nothing undone");
+        let local = h.firewall().reverted_locally(&[revision], at(100));
+        assert_eq!(
+            local.revision,
+            h.firewall().revision,
+            "no revision of its own"
+        );
+        assert!(local.unconfirmed().is_empty());
+        h.run(revert(revision, 100)).unwrap();
+        assert_eq!(specs(&local), specs(h.firewall()));
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use cassette_model::{
     ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port, Protocol,
-    RequestDigest, RequestId, Restored, Rule, RuleId, RuleSpec, Skipped, Sources, Unconfirmed,
-    UnconfirmedChange, ValidationError, Warning,
+    RequestDigest, RequestId, Restored, Rule, RuleId, RuleSpec, Skipped, Sources, Touched,
+    Unconfirmed, UnconfirmedChange, ValidationError, Warning,
 };
 
 use crate::pb;
@@ -87,6 +87,59 @@ pub fn firewall_to_pb(firewall: &Firewall) -> pb::Firewall {
     }
 }
 
+/// A firewall's unconfirmed changes as an enforcer saves them.
+pub fn unconfirmed_to_saved(firewall: &Firewall) -> Vec<pb::SavedUnconfirmed> {
+    firewall
+        .unconfirmed()
+        .iter()
+        .map(|c| pb::SavedUnconfirmed {
+            first_revision: c.first_revision,
+            revision: c.revision,
+            revert_time: Some(timestamp(c.revert_time)),
+            confirm_on_traffic: c.confirm_on_traffic,
+            touched: c
+                .touched
+                .iter()
+                .map(|t| pb::SavedTouched {
+                    rule_id: t.rule_id.to_string(),
+                    before: t.before.as_ref().map(rule_to_pb),
+                    changed_again: t.changed_again.unwrap_or(0),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn unconfirmed_from_saved(
+    saved: &pb::SavedUnconfirmed,
+) -> Result<UnconfirmedChange, ValidationError> {
+    Ok(UnconfirmedChange {
+        first_revision: saved.first_revision,
+        revision: saved.revision,
+        revert_time: time_from_pb(saved.revert_time, "unconfirmed.revert_time")?,
+        confirm_on_traffic: saved.confirm_on_traffic,
+        touched: saved
+            .touched
+            .iter()
+            .map(|t| {
+                let before = t.before.as_ref().map(rule_from_pb).transpose()?;
+                let rule_id = RuleId::parse(&t.rule_id)?;
+                if before.as_ref().is_some_and(|b| b.spec.id != rule_id) {
+                    return Err(ValidationError::new(
+                        "unconfirmed.touched",
+                        format!("rule {rule_id} was saved with another rule's state"),
+                    ));
+                }
+                Ok(Touched {
+                    rule_id,
+                    before,
+                    changed_again: (t.changed_again > 0).then_some(t.changed_again),
+                })
+            })
+            .collect::<Result<_, ValidationError>>()?,
+    })
+}
+
 pub fn unconfirmed_change_to_pb(
     change: &UnconfirmedChange,
     firewall: &Firewall,
@@ -148,6 +201,16 @@ pub fn firewall_from_pb(
     firewall: &pb::Firewall,
     deleted: bool,
 ) -> Result<Firewall, ValidationError> {
+    firewall_from_saved(firewall, deleted, &[])
+}
+
+/// [`firewall_from_pb`] with the unconfirmed changes an enforcer saved
+/// beside it (what reverting each needs).
+pub fn firewall_from_saved(
+    firewall: &pb::Firewall,
+    deleted: bool,
+    unconfirmed: &[pb::SavedUnconfirmed],
+) -> Result<Firewall, ValidationError> {
     Firewall::restore(FirewallParts {
         instance_id: InstanceId::parse(&firewall.instance_id)?,
         revision: firewall.revision,
@@ -159,10 +222,13 @@ pub fn firewall_from_pb(
         create_time: time_from_pb(firewall.create_time, "create_time")?,
         update_time: time_from_pb(firewall.update_time, "update_time")?,
         deleted,
-        // The wire form lists them without the rules as they were before:
-        // a restored firewall folds later confirmations and reverts all the
-        // same (a revert's event carries what it puts back).
-        unconfirmed: Vec::new(),
+        // Without them (the wire form lists changes without the rules as
+        // they were), a restored firewall folds later confirmations and
+        // reverts all the same: a revert's event carries what it puts back.
+        unconfirmed: unconfirmed
+            .iter()
+            .map(unconfirmed_from_saved)
+            .collect::<Result<_, _>>()?,
     })
 }
 

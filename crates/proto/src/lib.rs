@@ -18,8 +18,9 @@ pub mod pb {
 }
 
 pub use convert::{
-    event_from_pb, event_to_pb, firewall_from_pb, firewall_to_pb, protocol_from_pb, protocol_to_pb,
-    rule_spec_to_pb, rule_to_pb, sources_to_pb, warning_to_pb,
+    event_from_pb, event_to_pb, firewall_from_pb, firewall_from_saved, firewall_to_pb,
+    protocol_from_pb, protocol_to_pb, rule_spec_to_pb, rule_to_pb, sources_to_pb,
+    unconfirmed_to_saved, warning_to_pb,
 };
 
 pub use describe::{describe_event, EVENT_COLUMNS};

@@ -170,6 +170,14 @@ impl EnforcerService for EnforcerApi {
                 applied_revision = hello.applied_revision,
                 "enforcer connected"
             );
+            if !hello.locally_reverted.is_empty() {
+                // The service's own revert (or a confirmation it took in
+                // time) settles each in the log; the stream brings it.
+                tracing::warn!(
+                    reverted_revisions = ?hello.locally_reverted,
+                    "the enforcer reverted unconfirmed changes itself while it could reach no rules service"
+                );
+            }
         });
         let (outbound, stream) = mpsc::channel(STREAM_BUFFER);
         let store = self.store.clone();

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use cassette_model::{
     check_confirm_within, Command, Description, InstanceId, Port, Protocol, RequestDigest,
-    RequestId, RuleId, Sources, ValidationError,
+    RequestId, RuleId, Sources, ValidationError, MAX_UNCONFIRMED,
 };
 use cassette_proto::{pb, protocol_from_pb};
 use sha2::{Digest, Sha256};
@@ -260,6 +260,12 @@ pub fn hello(hello: &pb::Hello, v: &mut Violations) -> Option<InstanceId> {
     v.check(bounded("enforcer_id", &hello.enforcer_id));
     v.check(bounded("version", &hello.version));
     v.check(bounded("applied_ruleset_hash", &hello.applied_ruleset_hash));
+    if hello.locally_reverted.len() > MAX_UNCONFIRMED {
+        v.check::<()>(Err(ValidationError::new(
+            "locally_reverted",
+            format!("at most {MAX_UNCONFIRMED} revisions"),
+        )));
+    }
     instance
 }
 

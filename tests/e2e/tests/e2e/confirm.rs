@@ -336,3 +336,99 @@ async fn kernel_a_change_confirmed_on_traffic_is_kept_once_a_connection_gets_thr
     assert_eq!(confirmations.len(), 1, "{history:?}");
     assert_eq!(confirmations[0].actor, "system:traffic");
 }
+
+/// The enforcer cut off from the rules service (frozen with SIGSTOP, so its
+/// socket accepts and never answers) when SSH's revert time passes: the
+/// enforcer opens 22 again itself. Once the service is back, its own revert
+/// is the one event in the log, the enforcer applies it, and 22 stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_an_enforcer_cut_off_past_the_revert_time_reverts_locally_and_the_log_agrees() {
+    if skip_unless_root(
+        "kernel_an_enforcer_cut_off_past_the_revert_time_reverts_locally_and_the_log_agrees",
+    ) {
+        return;
+    }
+    let mut f = Fixture::start(&[
+        "--keepalive-interval",
+        "300ms",
+        "--keepalive-timeout",
+        "600ms",
+    ])
+    .await;
+    let off = f
+        .client
+        .update_rule(toggle_within(INSTANCE, SSH, false, Duration::from_secs(4)))
+        .await
+        .expect("SSH off with a window")
+        .into_inner();
+    f.wait(off.revision).await;
+    f.assert_tcp(&[80], &[22]);
+    let revert_time = SystemTime::try_from(off.unconfirmed[0].revert_time.unwrap()).unwrap();
+    let rules = f.rules.pid().to_string();
+    let signal = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &rules])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {rules}");
+    };
+    signal("-STOP");
+    let resumed = scopeguard(|| signal("-CONT"));
+
+    let deadline = Instant::now() + PATIENCE;
+    while !block_in_place(|| f.lab.set_elements("tcp_open")).contains(&22) {
+        assert!(
+            Instant::now() < deadline,
+            "the enforcer never reverted by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let late = SystemTime::now()
+        .duration_since(revert_time)
+        .unwrap_or_default();
+    eprintln!("revert_time to 22 in the kernel's set, the service frozen: {late:?}");
+    f.assert_tcp(&[22, 80], &[]);
+    let log = f.dir.path().join("enforcer.log");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said.contains("reverted it here"),
+        "the enforcer says so: {said}"
+    );
+    drop(resumed);
+
+    let firewall = until_settled(&mut f.client, INSTANCE, off.revision).await;
+    assert!(firewall.rules.iter().find(|r| r.id == SSH).unwrap().enabled);
+    let status = f.wait(firewall.revision).await;
+    assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+    f.assert_tcp(&[22, 80], &[]);
+    let mut audit = AuditClient::new(cassette_e2e::channel(&f.rules.target).await);
+    let history = events(&mut audit, INSTANCE).await;
+    let reverts = reverts_of(&history, off.revision);
+    assert_eq!(reverts.len(), 1, "{history:?}");
+    assert_eq!(reverts[0].actor, "system:revert");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        if said.contains("the log has settled a change reverted here") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the enforcer never saw the log agree: {said}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `f` when dropped (a test that fails half-way still resumes what it froze).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -148,13 +148,13 @@ async fn state_a_reboot_without_the_control_plane_keeps_the_users_firewall() {
 /// `web-1`'s saved state rewritten for another instance, with a valid checksum.
 fn state_of_another_instance(mine: &StateFile) -> Vec<u8> {
     let web1 = InstanceId::parse(INSTANCE).unwrap();
-    let firewall = mine.load(&web1).unwrap().expect("a saved state");
+    let firewall = mine.load(&web1).unwrap().expect("a saved state").firewall;
     let mut wire = cassette_proto::firewall_to_pb(&firewall);
     wire.instance_id = "db-1".into();
     let theirs = cassette_proto::firewall_from_pb(&wire, false).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
     let other = StateFile::new(elsewhere.path(), &TableName::default());
-    other.save(&theirs).unwrap();
+    other.save(&theirs, &[]).unwrap();
     std::fs::read(other.path()).unwrap()
 }
 
@@ -174,7 +174,7 @@ async fn state_a_corrupt_or_foreign_state_is_never_applied_and_is_reported() {
                 .load(&web1)
                 .ok()
                 .flatten()
-                .is_some_and(|fw| fw.revision == revision)
+                .is_some_and(|saved| saved.firewall.revision == revision)
         })
     });
     let good = std::fs::read(state.path()).unwrap();
@@ -240,7 +240,7 @@ async fn state_a_corrupt_or_foreign_state_is_never_applied_and_is_reported() {
                     .load(&web1)
                     .ok()
                     .flatten()
-                    .is_some_and(|fw| fw.revision == revision)
+                    .is_some_and(|saved| saved.firewall.revision == revision)
             })
         });
     }
@@ -361,7 +361,11 @@ async fn state_a_read_only_state_dir_never_stops_an_apply() {
 /// Waits (2 s at most) until the state file holds `revision`.
 async fn until_saved(state: &StateFile, instance: &InstanceId, revision: u64) {
     for _ in 0..100 {
-        let saved = state.load(instance).ok().flatten().map(|f| f.revision);
+        let saved = state
+            .load(instance)
+            .ok()
+            .flatten()
+            .map(|s| s.firewall.revision);
         if saved == Some(revision) {
             return;
         }
@@ -471,7 +475,10 @@ async fn state_ahead_of_a_restored_log_gives_way_to_the_log() {
     );
     assert_eq!(metrics.history_resends.get(), 1, "then the log won");
     until_saved(&state, &web1, 2).await;
-    assert_eq!(state.load(&web1).unwrap().map(|f| f.revision), Some(2));
+    assert_eq!(
+        state.load(&web1).unwrap().map(|s| s.firewall.revision),
+        Some(2)
+    );
     task.abort();
     service.stop().await;
 }
