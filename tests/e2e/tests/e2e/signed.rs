@@ -119,6 +119,18 @@ async fn assert_halted_at(replica: &RulesProcess, bad: u64, revision: u64, key_i
             "{words:?} in {refused:?}"
         );
     }
+    // Health says so for the API by name, not only overall.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        cassette_e2e::channel(&replica.target).await,
+    );
+    let api = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "cassette.firewall.v1.FirewallService".into(),
+        })
+        .await
+        .expect("health of FirewallService")
+        .into_inner();
+    assert_eq!(api.status, ServingStatus::NotServing as i32, "{api:?}");
     let verified = verify_log(&replica.target).await;
     let mut audit = audit(&replica.target).await;
     assert!(!verified.ok);
