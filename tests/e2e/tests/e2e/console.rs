@@ -427,6 +427,33 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
         .wait_text(&format!("tr[data-instance-id=\"{INSTANCE}\"]"), "6379/TCP")
         .await;
     browser.screenshot("12-instances").await;
+    // A port only some networks may reach says so in the list.
+    fixture
+        .client
+        .add_rule(pb::AddRuleRequest {
+            instance_id: INSTANCE.into(),
+            port: 8443,
+            sources: vec!["203.0.113.0/24".into(), "2001:db8::/32".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("an allowlisted rule");
+    browser.client.refresh().await.unwrap();
+    browser
+        .wait_text(
+            &format!("tr[data-instance-id=\"{INSTANCE}\"]"),
+            "8443/TCP from 2 networks",
+        )
+        .await;
+    assert!(
+        browser
+            .client
+            .find_all(Locator::Css("tr.loading-row"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the loading row is gone once the list is there"
+    );
     browser.close().await;
 }
 
@@ -790,7 +817,9 @@ async fn console_signs_in_with_a_token_over_https_and_shows_only_what_it_may_see
     let base = format!("https://127.0.0.1:{}", console.port());
 
     browser.client.goto(&format!("{base}/")).await.unwrap();
-    browser.wait_text("#login-error", "no credentials").await;
+    // A first visit is asked to sign in, not told that it failed.
+    browser.wait_text("h1", "Sign in").await;
+    assert_eq!(login_error(&browser).await, "", "quiet until something fails");
     let token = browser
         .client
         .find(Locator::Id("token"))
@@ -806,6 +835,15 @@ async fn console_signs_in_with_a_token_over_https_and_shows_only_what_it_may_see
     browser
         .wait_text("#login-error", "unknown bearer token")
         .await;
+    let html = browser
+        .client
+        .find(Locator::Id("login-error"))
+        .await
+        .unwrap()
+        .html(true)
+        .await
+        .unwrap();
+    assert!(!html.contains('`'), "no literal backticks: {html}");
     browser.screenshot("13-sign-in-refused").await;
     token.clear().await.unwrap();
     token.send_keys(WEB_TOKEN).await.unwrap();
@@ -864,8 +902,21 @@ async fn console_signs_in_with_a_token_over_https_and_shows_only_what_it_may_see
         .click(Locator::XPath("//button[normalize-space()='Sign out']"))
         .await;
     browser.client.goto(&format!("{base}/")).await.unwrap();
-    browser.wait_text("#login-error", "no credentials").await;
+    browser.wait_text("h1", "Sign in").await;
+    assert_eq!(login_error(&browser).await, "");
     browser.close().await;
+}
+
+/// The sign-in form's error line, once the form is there.
+async fn login_error(browser: &Browser) -> String {
+    browser
+        .client
+        .find(Locator::Id("login-error"))
+        .await
+        .expect("the sign-in form")
+        .text()
+        .await
+        .unwrap()
 }
 
 /// A page of another site, served on `localhost` (the console is on

@@ -97,6 +97,7 @@
   // A 401 shows the sign-in form, unless `signingIn` (the form's own check).
   async function api(method, path, body, signingIn) {
     const init = { method, headers: headers(), cache: "no-store" };
+    const hadToken = Boolean(sessionStorage.getItem(TOKEN_KEY));
     // The console takes a change only as JSON (a DELETE too): a type no page
     // of another site can send without asking first.
     if (method !== "GET") init.headers["Content-Type"] = "application/json";
@@ -116,7 +117,9 @@
     }
     if (!response.ok) {
       const error = new ApiError(response.status, json.error || { message: response.statusText });
-      if (response.status === 401 && !signingIn) showLogin(error.message);
+      // A first visit is asked to sign in, not told it failed; a token that
+      // stopped working (expired, revoked) is told why.
+      if (response.status === 401 && !signingIn) showLogin(hadToken ? `Signed out: ${error.message}` : "");
       throw error;
     }
     return json;
@@ -305,7 +308,7 @@
       required: true,
       spellcheck: "false",
     });
-    const alert = h("p", { class: "form-error", role: "alert", id: "login-error" }, reason || "");
+    const alert = h("p", { class: "form-error", role: "alert", id: "login-error" }, ...prose(reason || ""));
     const form = h(
       "form",
       {
@@ -319,7 +322,7 @@
             start();
           } catch (error) {
             sessionStorage.removeItem(TOKEN_KEY);
-            alert.textContent = error.message;
+            alert.replaceChildren(...prose(error.message));
           }
         },
       },
@@ -331,6 +334,14 @@
     );
     show(form);
     token.focus();
+  }
+
+  // A service message as text, its `quoted` parts as code (not backticks).
+  function prose(message) {
+    return String(message)
+      .split("`")
+      .map((part, i) => (i % 2 ? h("code", {}, part) : part))
+      .filter((part) => part !== "");
   }
 
   function renderWho(who) {
@@ -364,10 +375,11 @@
 
   async function showInstances() {
     document.title = "Instances · Cassette";
-    const body = h("tbody");
+    const loading = h("tr", { class: "loading-row" }, h("td", { colspan: "3", class: "muted", role: "status" }, "Loading…"));
+    const body = h("tbody", {}, loading);
     const table = h(
       "table",
-      { class: "table instances" },
+      { class: "table instances", "aria-busy": "true" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Instance"), h("th", { scope: "col" }, "Open ports"), h("th", { scope: "col" }, "Enforcer"))),
       body,
     );
@@ -378,10 +390,18 @@
     const load = async () => {
       try {
         const page = await api("GET", `/api/v1/firewalls?pageSize=100${token ? `&pageToken=${encodeURIComponent(token)}` : ""}`);
+        loading.remove();
+        table.removeAttribute("aria-busy");
         for (const firewall of page.firewalls || []) {
+          // A port only some networks may reach says so.
           const open = sortRules(firewall.rules || [])
             .filter((r) => r.enabled)
-            .map((r) => `${r.port}/${protocolName(r.protocol)}`);
+            .map((r) => {
+              const port = `${r.port}/${protocolName(r.protocol)}`;
+              const sources = r.sources || [];
+              if (!sources.length) return port;
+              return `${port} from ${sources.length === 1 ? sources[0] : `${sources.length} networks`}`;
+            });
           body.append(
             h(
               "tr",
@@ -400,6 +420,8 @@
           );
         }
       } catch (error) {
+        loading.remove();
+        table.removeAttribute("aria-busy");
         if (error.httpStatus !== 401) alert.textContent = error.message;
       }
     };
@@ -647,6 +669,7 @@
           rule.description || h("span", { class: "muted" }, "—"),
           (rule.sources || []).length ? h("span", { class: "sources" }, `from ${rule.sources.join(", ")}`) : null,
           rule.expireTime ? h("span", { class: "sources" }, `expires ${new Date(rule.expireTime).toLocaleString()}`) : null,
+          rule.unconfirmedRevision && rule.unconfirmedRevision !== "0" ? h("span", { class: "sources unconfirmed-rule" }, `unconfirmed: undone at ${new Date(rule.revertTime).toLocaleTimeString()} unless kept`) : null,
         ].filter(Boolean),
       );
       const sync = firewall.sync || {};
