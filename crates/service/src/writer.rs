@@ -186,8 +186,7 @@ impl Writer {
             }
             if let Err(error) = self.catch_up().await {
                 tracing::warn!(%error, "cannot catch up with the other replicas");
-                let reason = format!("{error}; the change was not stored");
-                refuse(batch.into_iter().map(|(_, reply)| reply), &reason);
+                self.answer_after_failed_catch_up(batch, &error);
                 return;
             }
         }
@@ -195,6 +194,37 @@ impl Writer {
             batch.into_iter().map(|(_, reply)| reply),
             "other replicas kept appending first; the change was not stored",
         );
+    }
+
+    /// Answers a batch whose append met another writer's and whose catch-up
+    /// then failed. A retry whose earlier attempt (its answer lost) is among
+    /// what the catch-up did read gets that attempt's answer; for the others
+    /// this attempt was not stored, but an earlier one may be among the
+    /// appends not read: never "not stored" then.
+    fn answer_after_failed_catch_up(&self, batch: Vec<(Mutation, Reply)>, error: &StoreError) {
+        let reason = format!(
+            "{error}; whether the change was stored is unknown (an earlier attempt may have been): retry with the same request_id"
+        );
+        let projection = self.projection.read().unwrap_or_else(|p| p.into_inner());
+        let mut pending = Pending::default();
+        for (mutation, reply) in batch {
+            let known = RequestKey::of_mutation(&mutation)
+                .is_some_and(|key| projection.requests.contains_key(&key));
+            if known {
+                let mut none = Vec::new();
+                let answer = self.decide_one(
+                    &projection,
+                    &mut pending,
+                    &mutation,
+                    self.last_time,
+                    &mut none,
+                );
+                debug_assert!(none.is_empty(), "a retry appends nothing");
+                let _ = reply.send(answer);
+            } else {
+                let _ = reply.send(Err(StoreError::WriteFailed(reason.clone())));
+            }
+        }
     }
 
     /// One attempt; the batch back if another writer appended first.
@@ -347,9 +377,6 @@ impl Writer {
         now: SystemTime,
         events: &mut Vec<Event>,
     ) -> Result<Answer, StoreError> {
-        if let Some(halt) = &*self.halt.borrow() {
-            return Err(halt.clone().into());
-        }
         let instance = &mutation.instance_id;
         let request_key = RequestKey::of_mutation(mutation);
         if let Some(key) = &request_key {
@@ -366,6 +393,11 @@ impl Writer {
                     _ => Answer::AppliedBefore { revision },
                 });
             }
+        }
+        // A retry of what the verified log holds is answered above, even by
+        // a store that takes no changes.
+        if let Some(halt) = &*self.halt.borrow() {
+            return Err(halt.clone().into());
         }
         let state = pending
             .firewalls

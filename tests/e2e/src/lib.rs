@@ -18,6 +18,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 pub mod browser;
+pub mod cluster;
 pub mod etcd;
 pub mod netns;
 pub mod secured;

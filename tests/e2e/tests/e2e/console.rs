@@ -819,7 +819,11 @@ async fn console_signs_in_with_a_token_over_https_and_shows_only_what_it_may_see
     browser.client.goto(&format!("{base}/")).await.unwrap();
     // A first visit is asked to sign in, not told that it failed.
     browser.wait_text("h1", "Sign in").await;
-    assert_eq!(login_error(&browser).await, "", "quiet until something fails");
+    assert_eq!(
+        login_error(&browser).await,
+        "",
+        "quiet until something fails"
+    );
     let token = browser
         .client
         .find(Locator::Id("token"))

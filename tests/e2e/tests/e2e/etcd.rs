@@ -446,3 +446,92 @@ async fn a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_
     );
     store.begin_shutdown();
 }
+
+/// The path where an attempt whose answer was lost did commit, the retry
+/// meets another writer's append, and reading what was appended fails: the
+/// retry is answered with the first attempt's outcome, never "not stored".
+/// Injected on a real etcd log: another writer puts the first attempt's
+/// record (the same request id) after the replica's head, then a record that
+/// fails verification, so the replica's catch-up stops there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_a_lost_answer_retried_through_a_failing_catch_up_is_never_not_stored() {
+    if etcd::skip("etcd_a_lost_answer_retried_through_a_failing_catch_up_is_never_not_stored") {
+        return;
+    }
+    let cluster = EtcdCluster::start(3).await;
+    let prefix = "/lost-answer";
+    let mut config = EtcdConfig::new(cluster.endpoints());
+    config.prefix = prefix.to_owned();
+    let (store, _) = cassette_rules::Store::open(
+        &cassette_rules::LogConfig::etcd(config),
+        std::sync::Arc::new(cassette_rules::grpc::present::ProtoWire),
+    )
+    .await
+    .expect("a replica on the log");
+    let mutation = |command, request: &str| cassette_service::Mutation {
+        instance_id: InstanceId::parse("web-9").unwrap(),
+        command,
+        request_id: cassette_model::RequestId::parse_optional(request).unwrap(),
+        request_digest: None,
+        expected_revision: None,
+        actor: ActorId::anonymous(),
+        on_behalf_of: None,
+        confirm: None,
+    };
+    store
+        .mutate(mutation(cassette_model::Command::CreateFirewall, "create"))
+        .await
+        .expect("created");
+    let add = || cassette_model::Command::AddRule {
+        port: cassette_model::Port::new(5432).unwrap(),
+        protocol: cassette_model::Protocol::Tcp,
+        description: cassette_model::Description::default(),
+        enabled: true,
+        expire_time: None,
+        sources: cassette_model::Sources::anywhere(),
+    };
+    // The first attempt of "add-1", committed, its answer lost.
+    let writer = log_on(&cluster, prefix);
+    let head = writer.head().await.unwrap();
+    let committed = Event {
+        request_id: cassette_model::RequestId::parse_optional("add-1").unwrap(),
+        payload: EventPayload::RuleAdded(cassette_model::RuleSpec {
+            id: RuleId::from_uuid(uuid::Uuid::now_v7()),
+            port: cassette_model::Port::new(5432).unwrap(),
+            protocol: cassette_model::Protocol::Tcp,
+            description: cassette_model::Description::default(),
+            enabled: true,
+            is_default: false,
+            expire_time: None,
+            sources: cassette_model::Sources::anywhere(),
+        }),
+        ..event(2, "web-9", 2)
+    };
+    writer.append(head, &[committed]).await.unwrap();
+    cassette_eventlog::etcd::tamper::append_forged(
+        &writer,
+        &event(3, "web-9", 3),
+        [0xab; 32],
+        None,
+    )
+    .await
+    .unwrap();
+
+    let retried = store.mutate(mutation(add(), "add-1")).await;
+    let firewall = retried.expect("the retry gets the first attempt's answer");
+    assert_eq!(firewall.revision, 2);
+    assert!(firewall
+        .rule_for(
+            cassette_model::Port::new(5432).unwrap(),
+            cassette_model::Protocol::Tcp
+        )
+        .is_some());
+    // A new request is refused, and not told "not stored" either when the
+    // refusal comes from a catch-up that could not read everything.
+    let other = store
+        .mutate(mutation(add(), "add-2"))
+        .await
+        .expect_err("the log fails verification after record 2");
+    eprintln!("a new request: {other}");
+    store.begin_shutdown();
+}

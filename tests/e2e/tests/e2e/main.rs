@@ -13,6 +13,8 @@
 //! - `etcd`: the event log on a real three-member etcd cluster: races, member loss, no quorum.
 //! - `expiry`: expiring rules: validation, RuleExpired once, across restarts, real traffic.
 //! - `faults`: fsync per acknowledged batch (under strace), a log that cannot be written.
+//! - `history`: a Jepsen-style history of concurrent changes through replicas in
+//!   namespaces under nftables partitions, and its checker (root, etcd).
 //! - `kernel`: the enforcer against real nftables in network namespaces (root).
 //! - `state`: the enforcer's saved state: reboots without the control plane,
 //!   untrusted state files, restarts that replay nothing (root), restored logs.
@@ -32,6 +34,7 @@ mod durability;
 mod etcd;
 mod expiry;
 mod faults;
+mod history;
 mod kernel;
 mod readme;
 mod replicas;
