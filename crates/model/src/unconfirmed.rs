@@ -289,6 +289,26 @@ mod tests {
     use crate::values::{Port, Protocol};
     use crate::{replay, Command, Sources};
 
+    /// What the history's last event, a ChangeReverted, put back and left.
+    fn last_revert(h: &History) -> (&[crate::Restored], &[Skipped]) {
+        match h.events.last().map(|e| &e.payload) {
+            Some(EventPayload::ChangeReverted {
+                restored, skipped, ..
+            }) => (restored, skipped),
+            other => panic!("a ChangeReverted, not {other:?}"),
+        }
+    }
+
+    /// The id of the rule on `port`/tcp.
+    fn rule_on(h: &History, port: u32) -> RuleId {
+        h.firewall()
+            .rule_for(Port::new(port).unwrap(), Protocol::Tcp)
+            .unwrap()
+            .spec
+            .id
+            .clone()
+    }
+
     fn ssh() -> RuleId {
         RuleId::parse("default-ssh").unwrap()
     }
@@ -330,13 +350,7 @@ mod tests {
             (
                 "deleted",
                 Box::new(|h| Command::DeleteRule {
-                    rule_id: h
-                        .firewall()
-                        .rule_for(Port::new(6379).unwrap(), Protocol::Tcp)
-                        .unwrap()
-                        .spec
-                        .id
-                        .clone(),
+                    rule_id: rule_on(h, 6379),
                 }),
             ),
             (
@@ -458,13 +472,7 @@ mod tests {
     fn a_revert_skips_rules_changed_again_and_says_why() {
         let mut h = created();
         h.run(add(6379, Protocol::Tcp)).unwrap();
-        let redis = h
-            .firewall()
-            .rule_for(Port::new(6379).unwrap(), Protocol::Tcp)
-            .unwrap()
-            .spec
-            .id
-            .clone();
+        let redis = rule_on(&h, 6379);
         // One change touching SSH, another touching Redis, both unconfirmed.
         h.run_marked(turn(&ssh(), false), Some(at(100))).unwrap();
         let ssh_change = h.firewall().revision;
@@ -479,16 +487,7 @@ mod tests {
         .unwrap();
         let again = h.firewall().revision;
         assert_eq!(h.run(revert(ssh_change, 100)), Ok(1));
-        let Some(crate::Event {
-            payload:
-                EventPayload::ChangeReverted {
-                    restored, skipped, ..
-                },
-            ..
-        }) = h.events.last()
-        else {
-            panic!("a ChangeReverted")
-        };
+        let (restored, skipped) = last_revert(&h);
         assert!(restored.is_empty());
         assert_eq!(skipped.len(), 1);
         assert!(
@@ -511,28 +510,13 @@ mod tests {
     fn a_deleted_rule_whose_port_was_taken_is_not_re_created() {
         let mut h = created();
         h.run(add(6379, Protocol::Tcp)).unwrap();
-        let redis = h
-            .firewall()
-            .rule_for(Port::new(6379).unwrap(), Protocol::Tcp)
-            .unwrap()
-            .spec
-            .id
-            .clone();
+        let redis = rule_on(&h, 6379);
         h.run_marked(Command::DeleteRule { rule_id: redis }, Some(at(100)))
             .unwrap();
         let deleted = h.firewall().revision;
         h.run(add(6379, Protocol::Tcp)).unwrap();
         assert_eq!(h.run(revert(deleted, 100)), Ok(1));
-        let Some(crate::Event {
-            payload:
-                EventPayload::ChangeReverted {
-                    restored, skipped, ..
-                },
-            ..
-        }) = h.events.last()
-        else {
-            panic!("a ChangeReverted")
-        };
+        let (restored, skipped) = last_revert(&h);
         assert!(restored.is_empty());
         assert!(
             skipped[0].reason.contains("already exists"),

@@ -12,23 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::netns::Lab;
+use crate::netns::{run, Lab};
 use crate::{binary, RulesProcess, Target, PATIENCE};
 
 static NETS: AtomicU32 = AtomicU32::new(0);
-
-fn run(program: &str, args: &[&str]) -> std::process::Output {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 /// Runs `nft -f -` with `script` in namespace `ns`.
 fn nft(ns: &str, script: &str) -> bool {

@@ -476,6 +476,21 @@ pub async fn get_firewall(client: &mut Client, instance: &str) -> pb::Firewall {
 pub type AuditClient = pb::audit_service_client::AuditServiceClient<Channel>;
 
 /// Every event ListEvents streams for `request`; panics if it fails.
+/// Starts the service on `data` once more and checks, half a second in,
+/// that `instance` still has exactly `events` events: what the service does
+/// by itself on time (expiry, revert) happened once, not again at start-up.
+pub async fn assert_restart_appends_nothing(data: &Path, instance: &str, events: usize) {
+    let rules = RulesProcess::start(data).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut audit = AuditClient::new(channel(&rules.target).await);
+    let request = pb::ListEventsRequest {
+        instance_id: instance.into(),
+        ..Default::default()
+    };
+    let again = list_events(&mut audit, request).await;
+    assert_eq!(again.len(), events, "{again:?}");
+}
+
 pub async fn list_events(
     client: &mut AuditClient,
     request: pb::ListEventsRequest,

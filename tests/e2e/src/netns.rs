@@ -141,7 +141,8 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn run(program: &str, args: &[&str]) -> Output {
+/// Runs `program` with `args`, and fails the test if it fails.
+pub(crate) fn run(program: &str, args: &[&str]) -> Output {
     let output = Command::new(program)
         .args(args)
         .output()

@@ -203,13 +203,8 @@ async fn an_unconfirmed_change_is_reverted_once_even_when_the_service_is_killed_
     assert_eq!(reverts.len(), 1, "{history:?}");
     assert_eq!(reverts[0].actor, "system:revert");
     drop(rules);
-
     // Another restart reverts nothing twice.
-    let rules = RulesProcess::start(&data).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut audit = AuditClient::new(cassette_e2e::channel(&rules.target).await);
-    let again = events(&mut audit, "web-1").await;
-    assert_eq!(again.len(), history.len(), "{again:?}");
+    cassette_e2e::assert_restart_appends_nothing(&data, "web-1", history.len()).await;
 }
 
 /// The seed's lock-out: SSH turned off with a 3 s window and nobody
@@ -235,14 +230,7 @@ async fn kernel_ssh_turned_off_with_a_window_opens_again_by_itself_unless_confir
     let revert_time = SystemTime::try_from(off.unconfirmed[0].revert_time.unwrap()).unwrap();
 
     // The kernel's set gains 22 again once the revert is applied.
-    let deadline = Instant::now() + PATIENCE;
-    while !block_in_place(|| f.lab.set_elements("tcp_open")).contains(&22) {
-        assert!(Instant::now() < deadline, "22 never opened again");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let late = SystemTime::now()
-        .duration_since(revert_time)
-        .unwrap_or_default();
+    let late = until_ssh_open(&f, revert_time, "22 never opened again").await;
     eprintln!("revert_time to 22 in the kernel's set: {late:?}");
     f.assert_tcp(&[22, 80], &[]);
     let firewall = f.firewall().await;
@@ -375,17 +363,7 @@ async fn kernel_an_enforcer_cut_off_past_the_revert_time_reverts_locally_and_the
     signal("-STOP");
     let resumed = scopeguard(|| signal("-CONT"));
 
-    let deadline = Instant::now() + PATIENCE;
-    while !block_in_place(|| f.lab.set_elements("tcp_open")).contains(&22) {
-        assert!(
-            Instant::now() < deadline,
-            "the enforcer never reverted by itself"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let late = SystemTime::now()
-        .duration_since(revert_time)
-        .unwrap_or_default();
+    let late = until_ssh_open(&f, revert_time, "the enforcer never reverted by itself").await;
     eprintln!("revert_time to 22 in the kernel's set, the service frozen: {late:?}");
     f.assert_tcp(&[22, 80], &[]);
     let log = f.dir.path().join("enforcer.log");
@@ -418,6 +396,18 @@ async fn kernel_an_enforcer_cut_off_past_the_revert_time_reverts_locally_and_the
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until 22 is back in the kernel's set; how long after `revert_time`.
+async fn until_ssh_open(f: &Fixture, revert_time: SystemTime, never: &str) -> Duration {
+    let deadline = Instant::now() + PATIENCE;
+    while !block_in_place(|| f.lab.set_elements("tcp_open")).contains(&22) {
+        assert!(Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    SystemTime::now()
+        .duration_since(revert_time)
+        .unwrap_or_default()
 }
 
 /// Runs `f` when dropped (a test that fails half-way still resumes what it froze).

@@ -40,6 +40,19 @@ fn event(sequence: u64, instance: &str, revision: u64) -> Event {
     }
 }
 
+/// A replica's store (in process) on the log under `prefix`.
+async fn replica_on(cluster: &EtcdCluster, prefix: &str) -> std::sync::Arc<cassette_rules::Store> {
+    let mut config = EtcdConfig::new(cluster.endpoints());
+    config.prefix = prefix.to_owned();
+    let (store, _) = cassette_rules::Store::open(
+        &cassette_rules::LogConfig::etcd(config),
+        std::sync::Arc::new(cassette_rules::grpc::present::ProtoWire),
+    )
+    .await
+    .expect("a replica on the log");
+    store
+}
+
 fn log_on(cluster: &EtcdCluster, prefix: &str) -> EtcdLog {
     let mut config = EtcdConfig::new(cluster.endpoints());
     config.prefix = prefix.to_owned();
@@ -410,14 +423,7 @@ async fn a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_
 
     // A replica catching up: a forged append after its head.
     let prefix = "/tampered/catch-up";
-    let mut config = EtcdConfig::new(cluster.endpoints());
-    config.prefix = prefix.to_owned();
-    let (store, _) = cassette_rules::Store::open(
-        &cassette_rules::LogConfig::etcd(config),
-        std::sync::Arc::new(cassette_rules::grpc::present::ProtoWire),
-    )
-    .await
-    .expect("a replica on the log");
+    let store = replica_on(&cluster, prefix).await;
     let writer = log_on(&cluster, prefix);
     let head = writer.append(genesis, &history[..4]).await.unwrap();
     cassette_eventlog::etcd::tamper::append_forged(&writer, &history[4], [0xab; 32], None)
@@ -460,14 +466,7 @@ async fn etcd_a_lost_answer_retried_through_a_failing_catch_up_is_never_not_stor
     }
     let cluster = EtcdCluster::start(3).await;
     let prefix = "/lost-answer";
-    let mut config = EtcdConfig::new(cluster.endpoints());
-    config.prefix = prefix.to_owned();
-    let (store, _) = cassette_rules::Store::open(
-        &cassette_rules::LogConfig::etcd(config),
-        std::sync::Arc::new(cassette_rules::grpc::present::ProtoWire),
-    )
-    .await
-    .expect("a replica on the log");
+    let store = replica_on(&cluster, prefix).await;
     let mutation = |command, request: &str| cassette_service::Mutation {
         instance_id: InstanceId::parse("web-9").unwrap(),
         command,
