@@ -1,8 +1,9 @@
 //! A history test of the project's own, in the manner of Jepsen: three etcd
 //! members and two rules replicas, each in a network namespace of its own
 //! (`cassette_e2e::cluster`), clients adding rules on unique ports and
-//! deleting rules they added through both replicas, every call with its own
-//! request id, while nftables inside the namespaces cut links for a few
+//! deleting rules they added through both replicas (often the rule just
+//! acknowledged, at once, through the other replica: where a refusal on a
+//! stale view would show), every call with its own request id, while nftables inside the namespaces cut links for a few
 //! seconds at a time. The recorded history and the log read back afterwards
 //! go through [`check`]: every acknowledged change is in the log once at the
 //! revision it returned, real-time order holds, no refusal is contradicted by
@@ -367,19 +368,26 @@ async fn history_concurrent_changes_through_partitioned_replicas_are_linearizabl
         let clients = clients.clone();
         let history = history.clone();
         workers.push(tokio::spawn(async move {
-            let mut mine: Vec<String> = Vec::new();
+            // The rules this worker added, with the replica that added each.
+            let mut mine: Vec<(String, usize)> = Vec::new();
             let mut n = 0u32;
             while started.elapsed() < run_for {
                 n += 1;
-                let replica = (w + n as usize) % clients.len();
-                let kind = if mine.len() > 2 && n % 3 == 0 {
-                    Kind::Delete {
-                        rule: mine.remove((n as usize * 7) % mine.len()),
+                let mut replica = (w + n as usize) % clients.len();
+                let kind = match mine.len() {
+                    // The rule just acknowledged, deleted at once through the
+                    // other replica (where a stale view would answer NOT_FOUND).
+                    len if len > 0 && n % 2 == 0 => {
+                        let (rule, added_through) = mine.pop().expect("one");
+                        replica = (added_through + 1) % clients.len();
+                        Kind::Delete { rule }
                     }
-                } else {
-                    Kind::Add {
+                    len if len > 3 && n % 5 == 0 => Kind::Delete {
+                        rule: mine.remove((n as usize * 7) % len).0,
+                    },
+                    _ => Kind::Add {
                         port: 20_000 + (w as u32) * 5_000 + n,
-                    }
+                    },
                 };
                 let request_id = format!("w{w}-{n}");
                 let invoke = started.elapsed().as_secs_f64();
@@ -394,7 +402,7 @@ async fn history_concurrent_changes_through_partitioned_replicas_are_linearizabl
                     Err(_) => Outcome::Unknown("no answer in 5 s".into()),
                 };
                 if let (Kind::Add { .. }, Outcome::Ok { rule, .. }) = (&kind, &outcome) {
-                    mine.push(rule.clone());
+                    mine.push((rule.clone(), replica));
                 }
                 let complete = started.elapsed().as_secs_f64();
                 if !matches!(outcome, Outcome::Ok { .. }) {
