@@ -230,10 +230,20 @@ async fn signed_a_record_forged_into_a_stopped_sled_log_is_served_around_named_a
     );
     assert!(text.contains("only the"), "and says why it stops: {text}");
 
-    // A service started after serves what it verified, read-only.
+    // A service started after serves what it verified, read-only, and
+    // counts what it met.
+    let metrics = free_port();
+    let metrics_listen = metrics.to_string();
+    let mut halted_flags = flags.clone();
+    halted_flags.extend(["--metrics-listen", metrics_listen.as_str()]);
     let rules =
-        RulesProcess::spawn_halted(&data, &addr.to_string(), tcp_target(addr), &flags).await;
+        RulesProcess::spawn_halted(&data, &addr.to_string(), tcp_target(addr), &halted_flags).await;
     assert_halted_at(&rules, bad, revision, &key_id(&pki)).await;
+    let scraped = tokio::task::block_in_place(|| cassette_e2e::scrape(metrics));
+    assert!(
+        scraped.contains("cassette_rules_log_verification_failures_total 1"),
+        "{scraped}"
+    );
     drop(rules);
 
     // The way out: remove what follows the last good record.
@@ -434,4 +444,23 @@ async fn signed_a_record_forged_into_etcd_halts_running_replicas_and_those_start
     let mut client = rules.client().await;
     let added = client.add_rule(add(3306)).await.expect("writes resume");
     assert_eq!(added.into_inner().revision, revision + 1);
+}
+
+/// Development mode without the two flags runs unsigned, says so at
+/// start-up, and VerifyLog has no signed head to offer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_development_mode_without_keys_runs_unsigned_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let rules = RulesProcess::start(&data).await;
+    let mut client = rules.client().await;
+    cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let said = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
+    assert!(
+        said.contains("the event log is not signed") && said.contains("WARN"),
+        "{said}"
+    );
+    let verified = verify_log(&rules.target).await;
+    assert!(verified.ok, "{verified:?}");
+    assert!(verified.signed_head.is_none(), "{verified:?}");
 }
