@@ -372,6 +372,27 @@ async fn kernel_an_enforcer_cut_off_past_the_revert_time_reverts_locally_and_the
         said.contains("reverted it here"),
         "the enforcer says so: {said}"
     );
+    // An enforcer restarted (kill -9) while the service is still out of
+    // reach keeps the local revert: it is in its saved state.
+    let restored_before = said.matches("saved state").count();
+    f.enforcer.take().expect("enforcer").kill_9();
+    f.start_enforcer(&[
+        "--keepalive-interval",
+        "300ms",
+        "--keepalive-timeout",
+        "600ms",
+    ]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        if said.matches("saved state").count() > restored_before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the restarted enforcer: {said}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(block_in_place(|| f.lab.set_elements("tcp_open")).contains(&22));
+    f.assert_tcp(&[22, 80], &[]);
     drop(resumed);
 
     let firewall = until_settled(&mut f.client, INSTANCE, off.revision).await;
