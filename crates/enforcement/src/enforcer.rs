@@ -454,8 +454,9 @@ impl<K: Kernel> Enforcer<K> {
     /// revert (the log now agrees), or a confirmation it took before the
     /// revert time (the log wins: the change is put back in force).
     fn settle_local_reverts(&mut self) {
+        // What settles a revert is a new event: the next save sees a new
+        // revision and saves.
         let firewall = self.firewall.as_ref();
-        let before = self.locally_reverted.len();
         self.locally_reverted.retain(|revision| {
             let open =
                 firewall.is_some_and(|f| f.unconfirmed().iter().any(|c| c.revision == *revision));
@@ -467,10 +468,6 @@ impl<K: Kernel> Enforcer<K> {
             }
             open
         });
-        if self.locally_reverted.len() != before {
-            // What is saved must say what the kernel holds.
-            self.saved_revision = None;
-        }
     }
 
     /// The earliest revert time of an unconfirmed change not yet reverted here.

@@ -288,15 +288,8 @@ impl Firewall {
         revision: u64,
         time: SystemTime,
     ) -> Result<(), DomainError> {
-        let mut rules = Firewall {
-            instance_id: self.instance_id.clone(),
-            revision: self.revision,
-            rules: self.rules.clone(),
-            create_time: self.create_time,
-            update_time: self.update_time,
-            deleted: false,
-            unconfirmed: Vec::new(),
-        };
+        // Staged on a copy: all restorations apply, or none.
+        let mut rules = self.clone();
         for restoration in restored {
             match restoration {
                 Restored::Removed { rule_id } => {

@@ -416,12 +416,12 @@ impl SyncBoard {
 
     /// Keeps what the instance's enforcer last reported seeing (and
     /// forwards it, if another replica asked for it lately).
-    /// Returns the report it replaced.
+    /// Returns the report it replaced, and the one it keeps now.
     pub fn record_report(
         &self,
         instance: &InstanceId,
         mut observed: Observed,
-    ) -> Option<Arc<Observed>> {
+    ) -> (Option<Arc<Observed>>, Arc<Observed>) {
         let channels = self.channels(instance);
         observed.applied_revision = channels.status.borrow().applied_revision;
         let observed = Arc::new(observed);
@@ -433,7 +433,7 @@ impl SyncBoard {
         if let Some(peers) = self.peers.get().filter(|_| forward) {
             peers.report(instance, &observed);
         }
-        previous
+        (previous, observed)
     }
 
     /// Asks the instance's enforcer for a fresh report: through this

@@ -25,11 +25,10 @@ use crate::sync::{observed_key, Observed};
 /// Keeps what the instance's enforcer (streaming to this replica) reports
 /// seeing, and confirms the unconfirmed changes its traffic proves.
 pub fn record_report(store: &Arc<Store>, instance: &InstanceId, observed: Observed) {
-    let Some(previous) = store.board().record_report(instance, observed) else {
+    let (Some(previous), current) = store.board().record_report(instance, observed) else {
         return;
     };
-    let current = store.snapshot(instance).observed;
-    let (Some(current), Ok(firewall)) = (current, store.get(instance)) else {
+    let Ok(firewall) = store.get(instance) else {
         return;
     };
     confirm(store, instance, proven(&firewall, &previous, &current));

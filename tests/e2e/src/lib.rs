@@ -483,12 +483,17 @@ pub async fn assert_restart_appends_nothing(data: &Path, instance: &str, events:
     let rules = RulesProcess::start(data).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut audit = AuditClient::new(channel(&rules.target).await);
+    let again = instance_events(&mut audit, instance).await;
+    assert_eq!(again.len(), events, "{again:?}");
+}
+
+/// Every event of `instance`, through ListEvents.
+pub async fn instance_events(audit: &mut AuditClient, instance: &str) -> Vec<pb::Event> {
     let request = pb::ListEventsRequest {
         instance_id: instance.into(),
         ..Default::default()
     };
-    let again = list_events(&mut audit, request).await;
-    assert_eq!(again.len(), events, "{again:?}");
+    list_events(audit, request).await
 }
 
 pub async fn list_events(

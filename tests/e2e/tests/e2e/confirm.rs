@@ -30,14 +30,6 @@ pub(crate) fn toggle_within(
     }
 }
 
-async fn events(audit: &mut AuditClient, instance: &str) -> Vec<pb::Event> {
-    let request = pb::ListEventsRequest {
-        instance_id: instance.into(),
-        ..Default::default()
-    };
-    cassette_e2e::list_events(audit, request).await
-}
-
 /// The ChangeReverted events of `revision`'s change.
 pub(crate) fn reverts_of(events: &[pb::Event], revision: u64) -> Vec<&pb::Event> {
     events
@@ -198,7 +190,7 @@ async fn an_unconfirmed_change_is_reverted_once_even_when_the_service_is_killed_
         "the added rule is removed: {firewall:?}"
     );
     let mut audit = AuditClient::new(cassette_e2e::channel(&rules.target).await);
-    let history = events(&mut audit, "web-1").await;
+    let history = cassette_e2e::instance_events(&mut audit, "web-1").await;
     let reverts = reverts_of(&history, added.revision);
     assert_eq!(reverts.len(), 1, "{history:?}");
     assert_eq!(reverts[0].actor, "system:revert");
@@ -219,15 +211,7 @@ async fn kernel_ssh_turned_off_with_a_window_opens_again_by_itself_unless_confir
     }
     let mut f = Fixture::start(&[]).await;
     let window = Duration::from_secs(3);
-    let off = f
-        .client
-        .update_rule(toggle_within(INSTANCE, SSH, false, window))
-        .await
-        .expect("SSH off with a window")
-        .into_inner();
-    f.wait(off.revision).await;
-    f.assert_tcp(&[80], &[22]);
-    let revert_time = SystemTime::try_from(off.unconfirmed[0].revert_time.unwrap()).unwrap();
+    let (off, revert_time) = ssh_off_within(&mut f, window).await;
 
     // The kernel's set gains 22 again once the revert is applied.
     let late = until_ssh_open(&f, revert_time, "22 never opened again").await;
@@ -239,7 +223,7 @@ async fn kernel_ssh_turned_off_with_a_window_opens_again_by_itself_unless_confir
     let status = f.wait(firewall.revision).await;
     assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
     let mut audit = AuditClient::new(cassette_e2e::channel(&f.rules.target).await);
-    let history = events(&mut audit, INSTANCE).await;
+    let history = cassette_e2e::instance_events(&mut audit, INSTANCE).await;
     let reverts = reverts_of(&history, off.revision);
     assert_eq!(reverts.len(), 1, "{history:?}");
     assert_eq!(reverts[0].actor, "system:revert");
@@ -313,7 +297,7 @@ async fn kernel_a_change_confirmed_on_traffic_is_kept_once_a_connection_gets_thr
     };
     assert!(confirmed.rules.iter().any(|r| r.port == 5432));
     let mut audit = AuditClient::new(cassette_e2e::channel(&f.rules.target).await);
-    let history = events(&mut audit, INSTANCE).await;
+    let history = cassette_e2e::instance_events(&mut audit, INSTANCE).await;
     let confirmations: Vec<_> = history
         .iter()
         .filter(|e| {
@@ -343,15 +327,7 @@ async fn kernel_an_enforcer_cut_off_past_the_revert_time_reverts_locally_and_the
         "600ms",
     ])
     .await;
-    let off = f
-        .client
-        .update_rule(toggle_within(INSTANCE, SSH, false, Duration::from_secs(4)))
-        .await
-        .expect("SSH off with a window")
-        .into_inner();
-    f.wait(off.revision).await;
-    f.assert_tcp(&[80], &[22]);
-    let revert_time = SystemTime::try_from(off.unconfirmed[0].revert_time.unwrap()).unwrap();
+    let (off, revert_time) = ssh_off_within(&mut f, Duration::from_secs(4)).await;
     let rules = f.rules.pid().to_string();
     let signal = |signal: &str| {
         let status = std::process::Command::new("kill")
@@ -401,7 +377,7 @@ async fn kernel_an_enforcer_cut_off_past_the_revert_time_reverts_locally_and_the
     assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
     f.assert_tcp(&[22, 80], &[]);
     let mut audit = AuditClient::new(cassette_e2e::channel(&f.rules.target).await);
-    let history = events(&mut audit, INSTANCE).await;
+    let history = cassette_e2e::instance_events(&mut audit, INSTANCE).await;
     let reverts = reverts_of(&history, off.revision);
     assert_eq!(reverts.len(), 1, "{history:?}");
     assert_eq!(reverts[0].actor, "system:revert");
@@ -417,6 +393,21 @@ async fn kernel_an_enforcer_cut_off_past_the_revert_time_reverts_locally_and_the
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Turns SSH off with a `window`, once the enforcer applied it and 22 is
+/// closed: the answer and its revert time.
+async fn ssh_off_within(f: &mut Fixture, window: Duration) -> (pb::Firewall, SystemTime) {
+    let off = f
+        .client
+        .update_rule(toggle_within(INSTANCE, SSH, false, window))
+        .await
+        .expect("SSH off with a window")
+        .into_inner();
+    f.wait(off.revision).await;
+    f.assert_tcp(&[80], &[22]);
+    let revert_time = SystemTime::try_from(off.unconfirmed[0].revert_time.unwrap()).unwrap();
+    (off, revert_time)
 }
 
 /// Waits until 22 is back in the kernel's set; how long after `revert_time`.

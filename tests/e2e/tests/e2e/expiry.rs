@@ -20,14 +20,6 @@ fn add_for(instance: &str, port: u32, lasting: Duration) -> pb::AddRuleRequest {
     }
 }
 
-async fn events(audit: &mut AuditClient, instance: &str) -> Vec<pb::Event> {
-    let request = pb::ListEventsRequest {
-        instance_id: instance.into(),
-        ..Default::default()
-    };
-    cassette_e2e::list_events(audit, request).await
-}
-
 fn expirations(events: &[pb::Event]) -> Vec<&pb::Event> {
     events
         .iter()
@@ -140,7 +132,7 @@ async fn a_rule_expires_once_by_system_expiry_and_audit_says_why() {
     let firewall = until_gone(&mut client, "web-1", 5432).await;
     assert!(firewall.rules.iter().any(|r| r.port == 6379));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let history = events(&mut audit, "web-1").await;
+    let history = cassette_e2e::instance_events(&mut audit, "web-1").await;
     let expired = expirations(&history);
     assert_eq!(expired.len(), 1, "{history:?}");
     assert_eq!(expired[0].actor, "system:expiry");
@@ -184,7 +176,7 @@ async fn a_rule_that_expired_while_the_service_was_down_expires_at_start_up_once
     let mut client = rules.client().await;
     until_gone(&mut client, "web-1", 5432).await;
     let mut audit = AuditClient::new(cassette_e2e::channel(&rules.target).await);
-    let history = events(&mut audit, "web-1").await;
+    let history = cassette_e2e::instance_events(&mut audit, "web-1").await;
     assert_eq!(expirations(&history).len(), 1, "{history:?}");
     drop(rules);
     // Another restart expires nothing twice.

@@ -462,14 +462,7 @@ async fn history_concurrent_changes_through_partitioned_replicas_are_linearizabl
     let mut logs = Vec::new();
     for replica in &cluster.replicas {
         let mut audit = AuditClient::new(cassette_e2e::channel(&replica.target).await);
-        let events = cassette_e2e::list_events(
-            &mut audit,
-            pb::ListEventsRequest {
-                instance_id: INSTANCE.into(),
-                ..Default::default()
-            },
-        )
-        .await;
+        let events = cassette_e2e::instance_events(&mut audit, INSTANCE).await;
         logs.push(logged(&events));
     }
     assert_eq!(logs[0], logs[1], "both replicas read the same log");

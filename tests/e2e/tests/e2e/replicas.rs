@@ -978,14 +978,7 @@ async fn replicas_revert_an_unconfirmed_change_once() {
     }
     let mut audit =
         cassette_e2e::AuditClient::new(cassette_e2e::channel(&replicas.replicas[0].target).await);
-    let history = cassette_e2e::list_events(
-        &mut audit,
-        pb::ListEventsRequest {
-            instance_id: "web-1".into(),
-            ..Default::default()
-        },
-    )
-    .await;
+    let history = cassette_e2e::instance_events(&mut audit, "web-1").await;
     for revision in changes {
         let reverts = crate::confirm::reverts_of(&history, revision);
         assert_eq!(reverts.len(), 1, "revision {revision}: {history:?}");
