@@ -386,8 +386,8 @@ impl<K: Kernel> Enforcer<K> {
         // every reconnect; the first reading of the process is its baseline.
         report.tick().await;
         if !self.reporter.has_baseline() {
-            let hits = self.kernel_call(|k| k.hits()).await.unwrap_or(None);
-            self.reporter.baseline(hits, SystemTime::now());
+            let counters = self.kernel_call(|k| k.counters()).await.unwrap_or(None);
+            self.reporter.baseline(counters, SystemTime::now());
         }
         loop {
             tokio::select! {
@@ -576,14 +576,15 @@ impl<K: Kernel> Enforcer<K> {
             .await;
     }
 
-    /// Reports what the enforcer sees: the table's hit counters (if the
-    /// backend keeps any) and the sockets listening in the instance.
+    /// Reports what the enforcer sees: the table's hit counters and record
+    /// of dropped attempts (if the backend keeps any) and the sockets
+    /// listening in the instance.
     async fn report(&mut self, acks: &mpsc::Sender<pb::SyncRequest>) {
-        let hits = self
-            .kernel_call(|k| k.hits())
+        let counters = self
+            .kernel_call(|k| k.counters())
             .await
             .unwrap_or_else(|error| {
-                tracing::debug!(%error, "cannot read the hit counters");
+                tracing::debug!(%error, "cannot read the table's counters");
                 None
             });
         let listening = tokio::task::spawn_blocking(|| {
@@ -595,7 +596,7 @@ impl<K: Kernel> Enforcer<K> {
             read.inspect_err(|error| tracing::debug!(%error, "cannot read the listening sockets"))
                 .ok()
         });
-        let report = self.reporter.report(hits, listening, SystemTime::now());
+        let report = self.reporter.report(counters, listening, SystemTime::now());
         let _ = acks
             .send(pb::SyncRequest {
                 message: Some(Message::Report(report)),

@@ -44,12 +44,36 @@ pub trait Kernel: Send + 'static {
     /// Reads the table back: does it hold exactly `ruleset`, and nothing else?
     fn holds(&mut self, ruleset: &Ruleset) -> Result<bool, KernelError>;
 
-    /// The packets each open port (and each allowlist element) has accepted
-    /// since it was put in the table; `None` when the backend counts nothing
-    /// (or there is no table).
-    fn hits(&mut self) -> Result<Option<Vec<Hits>>, KernelError> {
+    /// What the table counts: the packets each open port (and each
+    /// allowlist element) has accepted since it was put in the table, and
+    /// the attempts it recorded dropping; `None` when the backend counts
+    /// nothing (or there is no table).
+    fn counters(&mut self) -> Result<Option<Counters>, KernelError> {
         Ok(None)
     }
+}
+
+/// One reading of a table's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub hits: Vec<Hits>,
+    /// The kernel's record of dropped attempts; `None` when the table keeps
+    /// none.
+    pub dropped: Option<Vec<Dropped>>,
+}
+
+/// A record the kernel keeps of new connections it dropped (for an hour
+/// after the last): to a protocol and port from anywhere (`source: None`),
+/// or from one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dropped {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub source: Option<std::net::IpAddr>,
+    pub attempts: u64,
+    /// The latest attempt (to the second: the kernel says when the record
+    /// expires).
+    pub last: std::time::SystemTime,
 }
 
 /// One element's packet counter: a port open to anywhere (`source: None`) or

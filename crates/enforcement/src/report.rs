@@ -1,18 +1,26 @@
 //! What the enforcer tells the rules service it sees, besides acks: each
-//! table element's packet counter with when it last grew, and the sockets
-//! listening in the instance. Sent over the Sync stream every report interval
-//! and when asked; never written to the event log.
+//! table element's packet counter with when it last grew, what the table
+//! dropped (per protocol and port, with its top sources), and the sockets
+//! listening in the instance. Sent over the Sync stream every report
+//! interval and when asked; never written to the event log.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use cassette_model::{Cidr, Protocol};
 use cassette_proto::{pb, protocol_to_pb};
 
-use crate::{Hits, Listening};
+use crate::{Counters, Dropped, Listening};
 
 /// The service reads at most this many listening sockets from a report.
 const MAX_REPORTED_SOCKETS: usize = 65_536;
+
+/// A report lists at most this many blocked ports, the most recent.
+pub const MAX_REPORTED_BLOCKED: usize = 256;
+
+/// And at most this many sources of each.
+pub const TOP_SOURCES: usize = 5;
 
 /// An element of the table: protocol, port, and allowlist network (if any).
 type Element = (Protocol, u16, Option<Cidr>);
@@ -24,6 +32,11 @@ pub struct Reporter {
     /// Each element's packets at the last report, and when its count last
     /// grew (`None` before this process's first report).
     seen: Option<HashMap<Element, (u64, Option<SystemTime>)>>,
+    /// Each blocked port's first attempt as far as this process knows
+    /// (`None`: the record predates it) and its attempts at the last read.
+    first_blocked: HashMap<(Protocol, u16), (Option<SystemTime>, u64)>,
+    /// When the dropped attempts were last read.
+    last_read: Option<SystemTime>,
 }
 
 impl Reporter {
@@ -33,23 +46,23 @@ impl Reporter {
     }
 
     /// Takes a reading without reporting it: what later counts grow from.
-    pub fn baseline(&mut self, hits: Option<Vec<Hits>>, now: SystemTime) {
-        self.report(hits, None, now);
+    pub fn baseline(&mut self, counters: Option<Counters>, now: SystemTime) {
+        self.report(counters, None, now);
     }
 
-    /// The report for what was read at `now`: `hits` (`None`: the backend
+    /// The report for what was read at `now`: `counters` (`None`: the backend
     /// counts nothing) and `listening` (`None`: not readable).
     pub fn report(
         &mut self,
-        hits: Option<Vec<Hits>>,
+        counters: Option<Counters>,
         listening: Option<Vec<Listening>>,
         now: SystemTime,
     ) -> pb::Report {
-        let hits_counted = hits.is_some();
+        let hits_counted = counters.is_some();
+        let Counters { hits, dropped } = counters.unwrap_or_default();
         let before = self.seen.take();
         let mut seen = HashMap::new();
         let elements = hits
-            .unwrap_or_default()
             .iter()
             .map(|h| {
                 let key = (h.protocol, h.port, h.source);
@@ -74,6 +87,10 @@ impl Reporter {
             })
             .collect();
         self.seen = Some(seen);
+        let blocked_counted = dropped.is_some();
+        let blocked = dropped
+            .map(|dropped| self.blocked(&dropped, now))
+            .unwrap_or_default();
         pb::Report {
             hits: elements,
             observe_time: Some(now.into()),
@@ -89,7 +106,83 @@ impl Reporter {
                     .collect(),
             }),
             hits_counted,
+            blocked,
+            blocked_counted,
         }
+    }
+
+    /// The kernel's records of dropped attempts, per protocol and port: the
+    /// port's own record (or its sources' together, if the port's was
+    /// forgotten), its distinct and top sources, most recent first.
+    fn blocked(&mut self, dropped: &[Dropped], now: SystemTime) -> Vec<pb::BlockedTraffic> {
+        #[derive(Default)]
+        struct Port {
+            own: Option<(u64, SystemTime)>,
+            sources: Vec<(IpAddr, u64, SystemTime)>,
+        }
+        let mut ports: HashMap<(Protocol, u16), Port> = HashMap::new();
+        for record in dropped {
+            let port = ports.entry((record.protocol, record.port)).or_default();
+            match record.source {
+                None => port.own = Some((record.attempts, record.last)),
+                Some(source) => port.sources.push((source, record.attempts, record.last)),
+            }
+        }
+        let previous_read = self.last_read.replace(now);
+        let mut first_blocked = HashMap::with_capacity(ports.len());
+        let mut blocked: Vec<(SystemTime, pb::BlockedTraffic)> = ports
+            .into_iter()
+            .map(|(key, mut port)| {
+                let (attempts, last) = port.own.unwrap_or_else(|| {
+                    port.sources
+                        .iter()
+                        .fold((0, SystemTime::UNIX_EPOCH), |(sum, last), s| {
+                            (sum.saturating_add(s.1), last.max(s.2))
+                        })
+                });
+                let first = match self.first_blocked.get(&key) {
+                    // The same record, grown or not.
+                    Some(&(first, before)) if attempts >= before => first,
+                    // New (or forgotten and begun again) since the last read.
+                    _ if attempts == 1 => Some(last),
+                    _ => previous_read.map(|read| read.min(last)),
+                };
+                first_blocked.insert(key, (first, attempts));
+                port.sources
+                    .sort_unstable_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
+                let distinct_sources = u32::try_from(port.sources.len()).unwrap_or(u32::MAX);
+                let traffic = pb::BlockedTraffic {
+                    protocol: protocol_to_pb(key.0).into(),
+                    port: u32::from(key.1),
+                    attempts,
+                    distinct_sources,
+                    top_sources: port
+                        .sources
+                        .iter()
+                        .take(TOP_SOURCES)
+                        .map(|&(address, attempts, last)| pb::BlockedSource {
+                            address: address.to_string(),
+                            attempts,
+                            last_time: Some(last.into()),
+                            // The service says, by the rules.
+                            allowed: false,
+                        })
+                        .collect(),
+                    last_time: Some(last.into()),
+                    first_time: first.map(Into::into),
+                    ..Default::default()
+                };
+                (last, traffic)
+            })
+            .collect();
+        self.first_blocked = first_blocked;
+        blocked.sort_unstable_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(a.1.port.cmp(&b.1.port))
+                .then(a.1.protocol.cmp(&b.1.protocol))
+        });
+        blocked.truncate(MAX_REPORTED_BLOCKED);
+        blocked.into_iter().map(|(_, traffic)| traffic).collect()
     }
 }
 
@@ -98,6 +191,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::Hits;
+
+    fn counted(hits: Vec<Hits>) -> Option<Counters> {
+        Some(Counters {
+            hits,
+            dropped: None,
+        })
+    }
 
     fn hits(port: u16, packets: u64) -> Hits {
         Hits {
@@ -120,16 +221,16 @@ mod tests {
     fn the_last_hit_is_when_a_count_was_first_seen_grown() {
         let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
         let mut reporter = Reporter::default();
-        let first = reporter.report(Some(vec![hits(22, 4)]), None, t(10));
+        let first = reporter.report(counted(vec![hits(22, 4)]), None, t(10));
         assert_eq!(last_hit(&first, 22), None, "the first report is a baseline");
         assert!(first.hits_counted);
         assert!(first.listening.is_none());
 
-        let second = reporter.report(Some(vec![hits(22, 6), hits(80, 1)]), None, t(20));
+        let second = reporter.report(counted(vec![hits(22, 6), hits(80, 1)]), None, t(20));
         assert_eq!(last_hit(&second, 22), Some(t(20).into()), "grew");
         assert_eq!(last_hit(&second, 80), Some(t(20).into()), "new and hit");
 
-        let third = reporter.report(Some(vec![hits(22, 6), hits(80, 0)]), None, t(30));
+        let third = reporter.report(counted(vec![hits(22, 6), hits(80, 0)]), None, t(30));
         assert_eq!(
             last_hit(&third, 22),
             Some(t(20).into()),
@@ -143,9 +244,9 @@ mod tests {
 
         let mut fresh = Reporter::default();
         assert!(!fresh.has_baseline());
-        fresh.baseline(Some(vec![hits(22, 4)]), t(1));
+        fresh.baseline(counted(vec![hits(22, 4)]), t(1));
         assert!(fresh.has_baseline());
-        let after_baseline = fresh.report(Some(vec![hits(22, 4), hits(5432, 5)]), None, t(2));
+        let after_baseline = fresh.report(counted(vec![hits(22, 4), hits(5432, 5)]), None, t(2));
         assert_eq!(
             last_hit(&after_baseline, 5432),
             Some(t(2).into()),
@@ -161,5 +262,99 @@ mod tests {
         assert!(!uncounted.hits_counted);
         assert!(uncounted.hits.is_empty());
         assert_eq!(uncounted.listening.map(|l| l.sockets.len()), Some(0));
+    }
+
+    fn dropped(port: u16, source: Option<&str>, attempts: u64, last: u64) -> Dropped {
+        Dropped {
+            protocol: Protocol::Tcp,
+            port,
+            source: source.map(|s| s.parse().unwrap()),
+            attempts,
+            last: SystemTime::UNIX_EPOCH + Duration::from_secs(last),
+        }
+    }
+
+    #[test]
+    fn blocked_ports_are_summed_with_their_top_sources_most_recent_first() {
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let reading = |dropped: Vec<Dropped>| {
+            Some(Counters {
+                hits: Vec::new(),
+                dropped: Some(dropped),
+            })
+        };
+        let mut reporter = Reporter::default();
+        let mut records = vec![dropped(3000, None, 9, 50), dropped(9000, None, 1, 40)];
+        for (i, attempts) in [1, 2, 1, 3, 1, 1, 1].into_iter().enumerate() {
+            records.push(dropped(
+                3000,
+                Some(&format!("198.51.100.{i}")),
+                attempts,
+                40 + i as u64,
+            ));
+        }
+        // A port whose own record was forgotten: its sources stand for it.
+        records.push(dropped(6000, Some("2001:db8::7"), 4, 45));
+        records.push(dropped(6000, Some("192.0.2.1"), 2, 30));
+        let first = reporter.report(reading(records.clone()), None, t(60));
+        assert!(first.blocked_counted);
+        let ports: Vec<u32> = first.blocked.iter().map(|b| b.port).collect();
+        assert_eq!(ports, [3000, 6000, 9000], "most recent first");
+        let scanned = &first.blocked[0];
+        assert_eq!((scanned.attempts, scanned.distinct_sources), (9, 7));
+        let top: Vec<(&str, u64)> = scanned
+            .top_sources
+            .iter()
+            .map(|s| (s.address.as_str(), s.attempts))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                ("198.51.100.3", 3),
+                ("198.51.100.1", 2),
+                ("198.51.100.6", 1),
+                ("198.51.100.5", 1),
+                ("198.51.100.4", 1)
+            ]
+        );
+        assert_eq!(scanned.last_time, Some(t(50).into()));
+        assert_eq!(scanned.first_time, None, "found at start: unknown");
+        let forgotten = &first.blocked[1];
+        assert_eq!((forgotten.attempts, forgotten.distinct_sources), (6, 2));
+        assert_eq!(forgotten.last_time, Some(t(45).into()));
+        assert_eq!(
+            first.blocked[2].first_time,
+            Some(t(40).into()),
+            "one attempt: it was the first"
+        );
+
+        // Later: 3000 grew, 7000 began with two attempts, 9000 was forgotten.
+        let second = reporter.report(
+            reading(vec![
+                dropped(3000, None, 12, 70),
+                dropped(7000, None, 2, 65),
+            ]),
+            None,
+            t(80),
+        );
+        let ports: Vec<u32> = second.blocked.iter().map(|b| b.port).collect();
+        assert_eq!(ports, [3000, 7000]);
+        assert_eq!(second.blocked[0].first_time, None, "still the same record");
+        assert_eq!(
+            second.blocked[1].first_time,
+            Some(t(60).into()),
+            "after the previous read"
+        );
+
+        let many: Vec<Dropped> = (1..=1000)
+            .map(|p| dropped(p, None, 1, u64::from(p)))
+            .collect();
+        let bounded = reporter.report(reading(many), None, t(2000));
+        assert_eq!(bounded.blocked.len(), MAX_REPORTED_BLOCKED);
+        assert_eq!(bounded.blocked[0].port, 1000);
+
+        let uncounted = reporter.report(counted(Vec::new()), None, t(2001));
+        assert!(!uncounted.blocked_counted);
+        assert!(uncounted.blocked.is_empty());
     }
 }

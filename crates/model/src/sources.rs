@@ -61,6 +61,14 @@ impl Cidr {
         self.addr.is_ipv4()
     }
 
+    /// One address, as a network of its own (`/32`, `/128`).
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            addr,
+            prefix: max_prefix(addr),
+        }
+    }
+
     /// Whether every address of `other` is in this network.
     pub fn contains(&self, other: &Cidr) -> bool {
         self.addr.is_ipv4() == other.addr.is_ipv4()

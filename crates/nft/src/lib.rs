@@ -16,11 +16,15 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use cassette_enforcement::{Hits, Kernel, KernelError};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
 
+use cassette_enforcement::{Counters, Dropped, Hits, Kernel, KernelError};
 use cassette_model::{Cidr, Protocol};
-use cassette_ruleset::{set_name, Ruleset, TableName, ALLOW_SETS};
+use cassette_ruleset::{
+    set_name, BlockedSet, Ruleset, TableName, ALLOW_SETS, BLOCKED_SETS, BLOCKED_TIMEOUT_SECS,
+};
 use serde_json::Value;
 
 use libnftables::Libnftables;
@@ -267,6 +271,107 @@ fn hit_counts(objects: &[Value]) -> Vec<Hits> {
     hits
 }
 
+/// A protocol as nft lists an `inet_proto`: by name, or by number where
+/// `/etc/protocols` is missing.
+fn protocol_of(value: &Value) -> Option<Protocol> {
+    match value {
+        Value::String(name) if name == "tcp" || name == "6" => Some(Protocol::Tcp),
+        Value::String(name) if name == "udp" || name == "17" => Some(Protocol::Udp),
+        Value::Number(n) if n.as_u64() == Some(6) => Some(Protocol::Tcp),
+        Value::Number(n) if n.as_u64() == Some(17) => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// The records of a set of dropped attempts, read at `now`: each element's
+/// `protocol . port [. source]`, its counter, and its last attempt (its
+/// timeout less what remains of it ago).
+fn dropped_records(objects: &[Value], set: &BlockedSet, now: SystemTime) -> Vec<Dropped> {
+    let Some(listed) = objects
+        .iter()
+        .filter_map(|o| o.get("set"))
+        .find(|s| s.get("name").and_then(Value::as_str) == Some(set.name))
+    else {
+        return Vec::new();
+    };
+    let timeout = listed
+        .get("timeout")
+        .and_then(Value::as_u64)
+        .unwrap_or(BLOCKED_TIMEOUT_SECS);
+    let Some(elems) = listed.get("elem").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let now_secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    elems
+        .iter()
+        .filter_map(|e| {
+            let inner = e.get("elem")?;
+            let parts = inner.get("val")?.get("concat")?.as_array()?;
+            let (protocol, port, source) = match parts.as_slice() {
+                [protocol, port] => (protocol, port, None),
+                [protocol, port, source] => (
+                    protocol,
+                    port,
+                    Some(source.as_str()?.parse::<IpAddr>().ok()?),
+                ),
+                _ => return None,
+            };
+            let expires = inner
+                .get("expires")
+                .and_then(Value::as_u64)
+                .unwrap_or(timeout);
+            // nft says what remains in whole seconds: so is the time.
+            let since = timeout.saturating_sub(expires);
+            Some(Dropped {
+                protocol: protocol_of(protocol)?,
+                port: port_of(port)?,
+                source,
+                attempts: inner
+                    .get("counter")
+                    .and_then(|c| c.get("packets"))
+                    .and_then(Value::as_u64)?,
+                last: SystemTime::UNIX_EPOCH + Duration::from_secs(now_secs.saturating_sub(since)),
+            })
+        })
+        .collect()
+}
+
+/// The records to forget so that a set past three quarters of its size
+/// has room again (down to half): those tried least, then longest ago. A
+/// full set records nothing new, so without this one scan would blind the
+/// record for an hour.
+fn to_evict(records: &[Dropped], set: &BlockedSet) -> Vec<Dropped> {
+    if records.len() <= set.size * 3 / 4 {
+        return Vec::new();
+    }
+    let mut ranked = records.to_vec();
+    ranked.sort_unstable_by(|a, b| a.attempts.cmp(&b.attempts).then(a.last.cmp(&b.last)));
+    ranked.truncate(records.len() - set.size / 2);
+    ranked
+}
+
+/// `delete element` for `records` of `set`, one line.
+fn evict_script(table: &TableName, set: &BlockedSet, records: &[Dropped]) -> String {
+    let elements: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let protocol = r.protocol.name();
+            match r.source {
+                None => format!("{protocol} . {}", r.port),
+                Some(source) => format!("{protocol} . {} . {source}", r.port),
+            }
+        })
+        .collect();
+    format!(
+        "delete element inet {} {} {{ {} }}\n",
+        table.as_str(),
+        set.name,
+        elements.join(", ")
+    )
+}
+
 impl Kernel for NftKernel {
     fn exists(&mut self) -> Result<bool, KernelError> {
         Ok(self.read_back()?.is_some())
@@ -313,8 +418,35 @@ impl Kernel for NftKernel {
         Ok(sets_match && allowlists_match && structure_matches)
     }
 
-    fn hits(&mut self) -> Result<Option<Vec<Hits>>, KernelError> {
-        Ok(self.read_back()?.map(|objects| hit_counts(&objects)))
+    fn counters(&mut self) -> Result<Option<Counters>, KernelError> {
+        let Some(objects) = self.read_back()? else {
+            return Ok(None);
+        };
+        let now = SystemTime::now();
+        let mut dropped = Vec::new();
+        let mut evictions = String::new();
+        let mut records_kept = false;
+        for set in &BLOCKED_SETS {
+            records_kept |= set_entries(&objects, set.name).is_some();
+            let records = dropped_records(&objects, set, now);
+            let evicted = to_evict(&records, set);
+            if !evicted.is_empty() {
+                evictions.push_str(&evict_script(&self.table, set, &evicted));
+            }
+            let evicted: HashSet<Dropped> = evicted.into_iter().collect();
+            dropped.extend(records.into_iter().filter(|r| !evicted.contains(r)));
+        }
+        if !evictions.is_empty() {
+            // A record that timed out since the read fails the transaction:
+            // the next reading tries again.
+            if let Err(error) = self.runner.run(&evictions, false) {
+                tracing::debug!(%error, "cannot forget dropped-attempt records");
+            }
+        }
+        Ok(Some(Counters {
+            hits: hit_counts(&objects),
+            dropped: records_kept.then_some(dropped),
+        }))
     }
 }
 
@@ -409,5 +541,79 @@ mod tests {
             source: Some(Cidr::parse("10.0.0.0/8").unwrap()),
             packets: 3
         }));
+    }
+
+    #[test]
+    fn dropped_attempts_are_read_with_their_last_time_and_evicted_least_tried_first() {
+        let text = r#"[{"set": {"family": "inet", "name": "blocked_ports", "table": "cassette", "type": ["inet_proto", "inet_service"], "handle": 8, "size": 4096, "flags": ["timeout"], "timeout": 3600,
+              "elem": [{"elem": {"val": {"concat": ["tcp", 3000]}, "expires": 3590, "counter": {"packets": 4, "bytes": 240}}},
+                       {"elem": {"val": {"concat": [17, 53]}, "expires": 600, "counter": {"packets": 1, "bytes": 60}}}], "stmt": [{"counter": null}]}},
+            {"set": {"family": "inet", "name": "blocked6", "table": "cassette", "type": ["inet_proto", "inet_service", "ipv6_addr"], "handle": 10, "size": 4096, "flags": ["timeout"], "timeout": 3600,
+              "elem": [{"elem": {"val": {"concat": ["tcp", 3000, "2001:db8::7"]}, "expires": 3599, "counter": {"packets": 2, "bytes": 120}}}]}}]"#;
+        let objects: Vec<Value> = serde_json::from_str(text).unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ago = |s| now - Duration::from_secs(s);
+        let ports = dropped_records(&objects, &BLOCKED_SETS[0], now);
+        assert_eq!(
+            ports,
+            [
+                Dropped {
+                    protocol: Protocol::Tcp,
+                    port: 3000,
+                    source: None,
+                    attempts: 4,
+                    last: ago(10)
+                },
+                Dropped {
+                    protocol: Protocol::Udp,
+                    port: 53,
+                    source: None,
+                    attempts: 1,
+                    last: ago(3000)
+                }
+            ]
+        );
+        let v6 = dropped_records(&objects, &BLOCKED_SETS[2], now);
+        assert_eq!(v6.len(), 1);
+        assert_eq!(v6[0].source, Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(v6[0].last, ago(1));
+        assert!(dropped_records(&objects, &BLOCKED_SETS[1], now).is_empty());
+
+        let set = BlockedSet {
+            name: "blocked_ports",
+            size: 8,
+            source_ipv4: None,
+        };
+        let record = |port, attempts, last| Dropped {
+            protocol: Protocol::Tcp,
+            port,
+            source: None,
+            attempts,
+            last: ago(last),
+        };
+        let six: Vec<Dropped> = (1..=6).map(|p| record(p, 1, 100)).collect();
+        assert!(to_evict(&six, &set).is_empty(), "at three quarters");
+        let mut seven = six.clone();
+        seven[0].attempts = 5;
+        seven.push(record(7, 1, 1));
+        let evicted = to_evict(&seven, &set);
+        let ports: Vec<u16> = evicted.iter().map(|r| r.port).collect();
+        assert_eq!(ports.len(), 3, "down to half");
+        assert!(!ports.contains(&1) && !ports.contains(&7), "{ports:?}");
+        assert_eq!(
+            evict_script(&TableName::default(), &set, &evicted[..1]),
+            format!(
+                "delete element inet cassette blocked_ports {{ tcp . {} }}\n",
+                ports[0]
+            )
+        );
+        let from = Dropped {
+            source: Some("192.0.2.1".parse().unwrap()),
+            ..record(22, 1, 1)
+        };
+        assert_eq!(
+            evict_script(&TableName::default(), &BLOCKED_SETS[1], &[from]),
+            "delete element inet cassette blocked4 { tcp . 22 . 192.0.2.1 }\n"
+        );
     }
 }

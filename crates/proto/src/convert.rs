@@ -84,6 +84,8 @@ pub fn firewall_to_pb(firewall: &Firewall) -> pb::Firewall {
             .iter()
             .map(|c| unconfirmed_change_to_pb(c, firewall))
             .collect(),
+        // What the enforcer reports, never in the log.
+        blocked: Vec::new(),
     }
 }
 

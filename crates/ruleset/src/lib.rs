@@ -6,8 +6,12 @@
 //! are element additions and deletions. A rule open to anywhere is a port in
 //! `tcp_open`/`udp_open`; a rule with an allowlist is `source . port`
 //! elements of an interval set per protocol and address family
-//! (`tcp4_allow`, `tcp6_allow`, `udp4_allow`, `udp6_allow`). This crate is pure (no I/O), so the
-//! enforcer, the audit view and the tests all render the same text.
+//! (`tcp4_allow`, `tcp6_allow`, `udp4_allow`, `udp6_allow`). What the
+//! chain drops, it first records: a new connection's protocol and port in
+//! `blocked_ports`, with its source in `blocked4`/`blocked6` (dynamic sets
+//! the kernel fills itself, with a counter per element and a timeout of an
+//! hour, bounded in size: see [`BLOCKED_SETS`]). This crate is pure (no I/O),
+//! so the enforcer, the audit view and the tests all render the same text.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -72,13 +76,99 @@ const INPUT_ACCEPTS: &str = concat!(
     "    ct state related accept\n",
 );
 
-/// [`INPUT_ACCEPTS`] as earlier versions rendered it, for state files they
-/// saved (see [`Ruleset::hash_matches`]).
-const EARLIER_INPUT_ACCEPTS: [&str; 1] = [concat!(
+/// [`INPUT_ACCEPTS`] before open connections were checked per packet.
+const ACCEPTS_ESTABLISHED: &str = concat!(
     "    iif \"lo\" accept\n",
     "    ct state established,related accept\n",
     "    ct state invalid drop\n",
-)];
+);
+
+/// How a version of this renderer drew the table: what its chain accepted
+/// first, and whether it recorded what it dropped.
+#[derive(Debug, Clone, Copy)]
+struct Rendering {
+    input_accepts: &'static str,
+    records_blocked: bool,
+}
+
+const CURRENT: Rendering = Rendering {
+    input_accepts: INPUT_ACCEPTS,
+    records_blocked: true,
+};
+
+/// What earlier versions rendered, for state files they saved (see
+/// [`Ruleset::hash_matches`]).
+const EARLIER: [Rendering; 2] = [
+    Rendering {
+        input_accepts: ACCEPTS_ESTABLISHED,
+        records_blocked: false,
+    },
+    Rendering {
+        input_accepts: INPUT_ACCEPTS,
+        records_blocked: false,
+    },
+];
+
+/// How long the kernel keeps a record of dropped attempts after its last one.
+pub const BLOCKED_TIMEOUT_SECS: u64 = 3600;
+
+/// One of the sets the kernel records dropped attempts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockedSet {
+    pub name: &'static str,
+    /// The most elements it holds: a full set records nothing more (the
+    /// packet is dropped all the same) until elements time out or the
+    /// enforcer evicts some.
+    pub size: usize,
+    /// `None`: protocol and port only; else the source's family (IPv4?).
+    pub source_ipv4: Option<bool>,
+}
+
+impl BlockedSet {
+    fn key_type(&self) -> &'static str {
+        match self.source_ipv4 {
+            None => "inet_proto . inet_service",
+            Some(true) => "inet_proto . inet_service . ipv4_addr",
+            Some(false) => "inet_proto . inet_service . ipv6_addr",
+        }
+    }
+
+    /// The rule that records a new TCP or UDP connection the chain is about
+    /// to drop (protocols by number, as for ICMP below).
+    fn record_rule(&self) -> String {
+        let (family, key) = match self.source_ipv4 {
+            None => ("", "meta l4proto . th dport"),
+            Some(true) => ("meta nfproto ipv4 ", "meta l4proto . th dport . ip saddr"),
+            Some(false) => ("meta nfproto ipv6 ", "meta l4proto . th dport . ip6 saddr"),
+        };
+        format!(
+            "    meta l4proto {{ 6, 17 }} ct state new {family}update @{} {{ {key} }}\n",
+            self.name
+        )
+    }
+}
+
+/// The sets that record dropped attempts: per protocol and port, and per
+/// protocol, port and source for each address family. Bounded, so a scan of
+/// every port (or a flood from many sources) costs the kernel at most these
+/// elements, and reading them back stays cheap.
+pub const BLOCKED_SETS: [BlockedSet; 3] = [
+    BlockedSet {
+        name: "blocked_ports",
+        size: 4096,
+        source_ipv4: None,
+    },
+    BlockedSet {
+        name: "blocked4",
+        size: 4096,
+        source_ipv4: Some(true),
+    },
+    BlockedSet {
+        name: "blocked6",
+        size: 4096,
+        source_ipv4: Some(false),
+    },
+];
 
 fn hex_sha256(text: &str) -> String {
     Sha256::digest(text.as_bytes())
@@ -211,10 +301,10 @@ impl Ruleset {
 
     /// The table's full definition.
     pub fn render(&self, table: &TableName) -> String {
-        self.render_as(table, INPUT_ACCEPTS)
+        self.render_as(table, CURRENT)
     }
 
-    fn render_as(&self, table: &TableName, input_accepts: &str) -> String {
+    fn render_as(&self, table: &TableName, rendering: Rendering) -> String {
         let table = table.as_str();
         let mut out = format!("table inet {table} {{\n");
         for protocol in [Protocol::Tcp, Protocol::Udp] {
@@ -243,11 +333,20 @@ impl Ruleset {
             }
             out.push_str("  }\n");
         }
+        for set in BLOCKED_SETS.iter().filter(|_| rendering.records_blocked) {
+            let _ = write!(
+                out,
+                "  set {} {{\n    type {};\n    flags dynamic,timeout;\n    timeout {BLOCKED_TIMEOUT_SECS}s;\n    size {};\n    counter;\n  }}\n",
+                set.name,
+                set.key_type(),
+                set.size
+            );
+        }
         out.push_str(concat!(
             "  chain input {\n",
             "    type filter hook input priority filter; policy drop;\n",
         ));
-        out.push_str(input_accepts);
+        out.push_str(rendering.input_accepts);
         out.push_str(concat!(
             // ICMP (1) and ICMPv6 (58) by number: names need /etc/protocols,
             // which minimal container images lack.
@@ -263,6 +362,10 @@ impl Ruleset {
                 set.protocol.name(),
                 set.name
             );
+        }
+        // What reaches here is dropped by the policy: record it first.
+        for set in BLOCKED_SETS.iter().filter(|_| rendering.records_blocked) {
+            out.push_str(&set.record_rule());
         }
         out.push_str("  }\n}\n");
         out
@@ -329,9 +432,9 @@ impl Ruleset {
     /// puts the current rendering in force).
     pub fn hash_matches(&self, hash: &str) -> bool {
         hash == self.hash()
-            || EARLIER_INPUT_ACCEPTS
-                .iter()
-                .any(|accepts| hash == hex_sha256(&self.render_as(&TableName::default(), accepts)))
+            || EARLIER.iter().any(|rendering| {
+                hash == hex_sha256(&self.render_as(&TableName::default(), *rendering))
+            })
     }
 
     /// SHA-256 (hex) of the table rendered under its default name
@@ -378,12 +481,26 @@ mod tests {
         let earlier = "cac72fa77a1e98156cb1ab00d49964033a8df9d8f9cd42c39aa33c4a2d4d3feb";
         assert_ne!(defaults.hash(), earlier);
         assert!(defaults.hash_matches(earlier));
+        // Before the table recorded what it dropped.
+        let unrecorded = "4a32d6287fd351da34129be8f0e2e27ffe7fcc688ee64b37fde55d2ef05b5baa";
+        assert_ne!(defaults.hash(), unrecorded);
+        assert!(defaults.hash_matches(unrecorded));
         assert!(defaults.hash_matches(&defaults.hash()));
         assert!(!defaults.hash_matches(&"0".repeat(64)));
         assert!(
             !Ruleset::default().hash_matches(earlier),
             "another ruleset's"
         );
+    }
+
+    #[test]
+    fn what_the_chain_drops_it_records_first_in_bounded_sets() {
+        let text = Ruleset::defaults().render(&TableName::default());
+        assert!(text.contains("  set blocked_ports {\n    type inet_proto . inet_service;\n    flags dynamic,timeout;\n    timeout 3600s;\n    size 4096;\n    counter;\n  }\n"), "{text}");
+        assert!(text.contains("    meta l4proto { 6, 17 } ct state new meta nfproto ipv6 update @blocked6 { meta l4proto . th dport . ip6 saddr }\n  }\n}\n"), "{text}");
+        let accepts = text.rfind(" accept\n").unwrap();
+        let records = text.find("update @blocked_ports").unwrap();
+        assert!(accepts < records, "records only what no rule accepted");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! Cargo keeps the doors out: this crate depends on no gRPC, HTTP or
 //! protobuf crate, so protobuf types cannot leak in.
 
+pub mod blocked;
 mod deadlines;
 mod error;
 pub mod limits;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cassette_model::{InstanceId, Port, Protocol};
 use tokio::sync::watch;
 
+use crate::blocked::BlockedTraffic;
 use crate::metrics::RulesMetrics;
 
 /// An instance's acknowledged sync state.
@@ -53,6 +54,9 @@ pub struct Observed {
     /// The revision the enforcer had acknowledged as applied when the report
     /// arrived (set as it is recorded).
     pub applied_revision: u64,
+    /// What the firewall dropped lately, most recent first; `None`: the
+    /// enforcer's backend records nothing.
+    pub blocked: Option<Vec<BlockedTraffic>>,
 }
 
 /// A rule's key in [`Observed`]: the wire's protocol number
@@ -68,6 +72,17 @@ pub fn observed_key(protocol: Protocol, port: Port) -> (i32, u32) {
 impl Observed {
     /// At most this many elements and sockets are read from one report.
     pub const MAX_ENTRIES: usize = 65_536;
+    /// At most this many blocked ports, and top sources of each.
+    pub const MAX_BLOCKED: usize = 256;
+    pub const MAX_TOP_SOURCES: usize = 5;
+
+    /// The dropped attempts recorded for `protocol`/`port`, if any.
+    pub fn blocked_on(&self, protocol: Protocol, port: Port) -> Option<&BlockedTraffic> {
+        self.blocked
+            .as_deref()?
+            .iter()
+            .find(|b| b.protocol == protocol && b.port == port)
+    }
 
     /// A rule's hits and last hit: only an enabled rule has an element.
     pub fn hits_of(&self, protocol: i32, port: u32, enabled: bool) -> (u64, Option<SystemTime>) {

@@ -130,6 +130,34 @@ for line in sys.stdin:
     print(repr(last[0]), flush=True)
 "#;
 
+/// `count` attempts to `dst port` from `src`, each from a new socket: a TCP
+/// SYN (the socket is given up after 50 ms, long before a retransmission)
+/// or a UDP datagram. With `last`, one attempt to every port from `port` to
+/// `last` instead, as fast as it goes (a scan).
+const KNOCK: &str = r#"
+import socket, sys, time
+kind, src, dst, port, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+last = int(sys.argv[6]) if len(sys.argv) > 6 else None
+family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+kind_ = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+def knock(p, wait):
+    s = socket.socket(family, kind_)
+    s.bind((src, 0))
+    if kind == "tcp":
+        s.setblocking(False)
+        s.connect_ex((dst, p))
+        time.sleep(wait)
+    else:
+        s.sendto(b"knock", (dst, p))
+    s.close()
+if last is None:
+    for _ in range(count):
+        knock(port, 0.05)
+else:
+    for p in range(port, last + 1):
+        knock(p, 0)
+"#;
+
 const TCP_PROBE: &str = "import socket,sys\nsrc=(sys.argv[3], 0) if len(sys.argv) > 3 else None\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0, source_address=src).close()";
 const UDP_PROBE: &str = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1.0)\ns.sendto(b'ping',(sys.argv[1], int(sys.argv[2])))\nsys.exit(0 if s.recvfrom(64)[0]==b'ping' else 1)";
 
@@ -325,17 +353,56 @@ impl Lab {
     /// Whether a TCP connection from `source` (one of the client namespace's
     /// addresses) to the instance's address of the same family succeeds.
     pub fn tcp_open_from(&self, source: &str, port: u16) -> bool {
-        let target = if source.contains(':') {
-            INSTANCE_IP6
-        } else {
-            INSTANCE_IP
-        };
+        let target = Self::target_for(source);
         Self::command(&self.client_ns, Path::new("python3"))
             .args(["-c", TCP_PROBE, target, &port.to_string(), source])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    /// Sends `count` attempts to open a connection (`kind`: `tcp`, one SYN
+    /// each; `udp`, one datagram each) from `source`, one of the client
+    /// namespace's addresses, to the instance's address of its family.
+    pub fn knock(&self, kind: &str, source: &str, port: u16, count: u32) {
+        self.knock_args(&[
+            kind,
+            source,
+            Self::target_for(source),
+            &port.to_string(),
+            &count.to_string(),
+        ]);
+    }
+
+    /// One TCP SYN from `source` to every port from `first` to `last`.
+    pub fn scan(&self, source: &str, first: u16, last: u16) {
+        self.knock_args(&[
+            "tcp",
+            source,
+            Self::target_for(source),
+            &first.to_string(),
+            "1",
+            &last.to_string(),
+        ]);
+    }
+
+    fn knock_args(&self, args: &[&str]) {
+        let status = Self::command(&self.client_ns, Path::new("python3"))
+            .args(["-c", KNOCK])
+            .args(args)
+            .status()
+            .expect("run python3");
+        assert!(status.success(), "knock {args:?} failed");
+    }
+
+    /// The instance's address of `source`'s family.
+    fn target_for(source: &str) -> &'static str {
+        if source.contains(':') {
+            INSTANCE_IP6
+        } else {
+            INSTANCE_IP
+        }
     }
 
     /// Whether a UDP datagram to the instance comes back.

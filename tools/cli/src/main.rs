@@ -121,6 +121,9 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Connections the firewall dropped in the last hour, per port, with
+    /// their top sources, most recent first.
+    Blocked { instance: String },
     /// The troubleshooting checklist for one port.
     Diagnose {
         instance: String,
@@ -570,6 +573,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 header = false;
             }
             Ok(())
+        }
+        Command::Blocked { instance } => {
+            let request = pb::GetFirewallRequest {
+                instance_id: instance,
+                ..Default::default()
+            };
+            out.blocked(&firewalls.get_firewall(request).await?.into_inner())
         }
         Command::Diagnose {
             instance,

@@ -34,6 +34,18 @@ impl Output {
         Ok(())
     }
 
+    /// What the firewall dropped lately: one `BlockedTraffic` a line in JSON.
+    pub fn blocked(&self, firewall: &pb::Firewall) -> anyhow::Result<()> {
+        if self.json.is_some() {
+            for blocked in &firewall.blocked {
+                self.json("BlockedTraffic", blocked)?;
+            }
+            return Ok(());
+        }
+        cassette_proto::out!("{}", blocked_table(firewall))?;
+        Ok(())
+    }
+
     pub fn firewalls(&self, firewalls: &[pb::Firewall]) -> anyhow::Result<()> {
         for (i, firewall) in firewalls.iter().enumerate() {
             if i > 0 && self.json.is_none() {
@@ -199,18 +211,7 @@ fn firewall_table(firewall: &pb::Firewall) -> String {
             description.trim().to_owned(),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&columns(&rows));
     for change in &firewall.unconfirmed {
         out.push_str(&format!(
             "unconfirmed: revision {} ({}) is undone at {} unless confirmed: cassette confirm {} --revision {}\n",
@@ -227,6 +228,69 @@ fn firewall_table(firewall: &pb::Firewall) -> String {
         out.push_str(&format!("warning: {}\n", warning.message));
     }
     out
+}
+
+/// Rows as left-aligned columns two spaces apart, a line each.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// What the firewall dropped lately: a row a port, most recent first.
+fn blocked_table(firewall: &pb::Firewall) -> String {
+    if firewall.blocked.is_empty() {
+        return format!(
+            "{}: no blocked connection reported in the last hour\n",
+            firewall.instance_id
+        );
+    }
+    let mut rows = vec![[
+        "PORT".to_owned(),
+        "PROTO".to_owned(),
+        "ATTEMPTS".to_owned(),
+        "SOURCES".to_owned(),
+        "LAST".to_owned(),
+        "WHY".to_owned(),
+        "TOP SOURCES".to_owned(),
+    ]];
+    for blocked in &firewall.blocked {
+        let top: Vec<String> = blocked
+            .top_sources
+            .iter()
+            .map(|s| format!("{} ({})", s.address, s.attempts))
+            .collect();
+        rows.push([
+            blocked.port.to_string(),
+            protocol_name(blocked.protocol).to_owned(),
+            blocked.attempts.to_string(),
+            blocked.distinct_sources.to_string(),
+            blocked
+                .last_time
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            match pb::BlockedReason::try_from(blocked.reason) {
+                Ok(pb::BlockedReason::NoRule) => "no rule",
+                Ok(pb::BlockedReason::RuleOff) => "rule off",
+                Ok(pb::BlockedReason::SourceNotAllowed) => "source not allowed",
+                Ok(pb::BlockedReason::AcceptedNow) => "accepted now",
+                _ => "-",
+            }
+            .to_owned(),
+            top.join(", "),
+        ]);
+    }
+    columns(&rows)
 }
 
 /// The server's message, and each field it names, on stderr.

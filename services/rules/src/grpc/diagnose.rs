@@ -6,12 +6,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use cassette_model::{Firewall, Port, Protocol, Rule};
+use cassette_model::{Cidr, Firewall, Port, Protocol, Rule};
 use cassette_proto::{pb, protocol_to_pb, sources_to_pb};
 
+use cassette_service::blocked::{allows, BlockedTraffic, Cause};
 use cassette_service::sync::{Observed, Snapshot};
 
-/// The six checks, in the checklist's order.
+/// The six checks, in the checklist's order, and what the firewall dropped.
 pub fn diagnose(
     firewall: &Firewall,
     port: Port,
@@ -36,10 +37,11 @@ pub fn diagnose(
             ]
             .map(|name| unknown(name, "no rule to check".into())),
         );
+        checks.push(blocked(firewall, port, protocol, sync.observed.as_deref()));
         return checks;
     };
     let observed = sync.observed.as_deref();
-    vec![
+    let mut checks = vec![
         pass(
             "rule_exists",
             format!(
@@ -58,7 +60,100 @@ pub fn diagnose(
         in_kernel(rule, observed, now),
         listening(rule, observed, now),
         packets(rule, observed),
-    ]
+    ];
+    checks.push(blocked(firewall, port, protocol, observed));
+    checks
+}
+
+/// Whether connections to the port arrive and are dropped, and why: the
+/// kernel's record of the last hour, from the enforcer's last report.
+fn blocked(
+    firewall: &Firewall,
+    port: Port,
+    protocol: Protocol,
+    observed: Option<&Observed>,
+) -> pb::Check {
+    const NAME: &str = "blocked_traffic";
+    let Some(observed) = observed.filter(|o| o.blocked.is_some()) else {
+        return unknown(
+            NAME,
+            "the enforcer has not reported what its firewall dropped".into(),
+        );
+    };
+    let target = format!("{port}/{protocol}");
+    let Some(record) = observed.blocked_on(protocol, port) else {
+        return pass(
+            NAME,
+            format!("no connection to {target} was dropped in the last hour"),
+        );
+    };
+    let attempts = attempts(record);
+    let arrive = format!("connections to {target} arrive and are dropped");
+    match record.cause(firewall) {
+        Cause::NoRule => fail(
+            NAME,
+            format!("{arrive}: there is no rule ({attempts})"),
+            format!("Open the port: add a rule for {target} (AddRule; \"Open port\" under Recently blocked)."),
+        ),
+        Cause::RuleOff(_) => fail(
+            NAME,
+            format!("{arrive}: the rule is off ({attempts})"),
+            "Turn the rule on (UpdateRule with enabled true; the toggle goes green).".into(),
+        ),
+        Cause::NotAllowed(rule) => {
+            let outside: Vec<_> = record
+                .top_sources
+                .iter()
+                .filter(|s| !allows(rule, s.address))
+                .collect();
+            let more = match outside.len() {
+                0 | 1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            let (address, network, from_it) = outside.first().map_or_else(
+                || (String::new(), String::new(), 0),
+                |s| (s.address.to_string(), Cidr::host(s.address).to_string(), s.attempts),
+            );
+            fail(
+                NAME,
+                format!(
+                    "{arrive}: the source {address}{more} is not in the rule's allowlist ({} from it; {attempts})",
+                    plural(from_it, "attempt")
+                ),
+                format!(
+                    "Allow this source: add {network} to the rule's sources (UpdateRule; \"Allow this source\" under Recently blocked), or connect from an allowed network."
+                ),
+            )
+        }
+        Cause::AcceptedNow(_) => pass(
+            NAME,
+            format!("dropped before the rule accepted them: {attempts}"),
+        ),
+    }
+}
+
+/// "4 attempts from 2 sources, the last at 2026-12-06T11:00:00Z"
+fn attempts(record: &BlockedTraffic) -> String {
+    let mut text = format!(
+        "{} from {}",
+        plural(record.attempts, "attempt"),
+        plural(u64::from(record.distinct_sources), "source")
+    );
+    if let Some(last) = record.last {
+        text.push_str(&format!(
+            ", the last at {}",
+            prost_types::Timestamp::from(last)
+        ));
+    }
+    text
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 fn enabled(rule: &Rule) -> pb::Check {

@@ -7,8 +7,11 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use cassette_eventlog::{hex, SignedHead, Verification};
-use cassette_model::Firewall;
-use cassette_proto::{event_to_pb, firewall_to_pb, pb, rule_to_pb};
+use cassette_model::{Firewall, Port};
+use cassette_proto::{
+    event_to_pb, firewall_to_pb, pb, protocol_from_pb, protocol_to_pb, rule_to_pb,
+};
+use cassette_service::blocked::{allows, BlockedSource, BlockedTraffic, Cause};
 use cassette_service::peers::Wire;
 use cassette_service::replay::{Diff, FirewallAt};
 use cassette_service::sync::{Observed, RuleStatus, Snapshot, SyncState};
@@ -56,8 +59,86 @@ pub fn present(firewall: &Firewall, snapshot: &Snapshot) -> pb::Firewall {
             rule.last_hit_time = last.map(Into::into);
         }
     }
+    if let Some(blocked) = snapshot.observed.as_ref().and_then(|o| o.blocked.as_ref()) {
+        view.blocked = blocked
+            .iter()
+            .take(MAX_BLOCKED_SHOWN)
+            .map(|b| blocked_with_cause(b, firewall))
+            .collect();
+    }
     view.sync = Some(sync_status(snapshot, view.revision));
     view
+}
+
+/// A firewall lists at most this many blocked ports.
+const MAX_BLOCKED_SHOWN: usize = 100;
+
+fn blocked_to_pb(blocked: &BlockedTraffic) -> pb::BlockedTraffic {
+    pb::BlockedTraffic {
+        protocol: protocol_to_pb(blocked.protocol).into(),
+        port: u32::from(blocked.port.get()),
+        attempts: blocked.attempts,
+        distinct_sources: blocked.distinct_sources,
+        top_sources: blocked
+            .top_sources
+            .iter()
+            .map(|source| pb::BlockedSource {
+                address: source.address.to_string(),
+                attempts: source.attempts,
+                last_time: source.last.map(Into::into),
+                allowed: false,
+            })
+            .collect(),
+        last_time: blocked.last.map(Into::into),
+        first_time: blocked.first.map(Into::into),
+        reason: pb::BlockedReason::Unspecified.into(),
+        rule_id: String::new(),
+    }
+}
+
+/// A blocked port on the page: with why, by the firewall as it is now.
+fn blocked_with_cause(blocked: &BlockedTraffic, firewall: &Firewall) -> pb::BlockedTraffic {
+    let mut view = blocked_to_pb(blocked);
+    let (reason, rule) = match blocked.cause(firewall) {
+        Cause::NoRule => (pb::BlockedReason::NoRule, None),
+        Cause::RuleOff(rule) => (pb::BlockedReason::RuleOff, Some(rule)),
+        Cause::NotAllowed(rule) => (pb::BlockedReason::SourceNotAllowed, Some(rule)),
+        Cause::AcceptedNow(rule) => (pb::BlockedReason::AcceptedNow, Some(rule)),
+    };
+    view.reason = reason.into();
+    if let Some(rule) = rule {
+        view.rule_id = rule.spec.id.to_string();
+        for (source, wire) in blocked.top_sources.iter().zip(&mut view.top_sources) {
+            wire.allowed = rule.spec.enabled && allows(rule, source.address);
+        }
+    }
+    view
+}
+
+/// A reported blocked port, if its protocol, port and addresses are valid
+/// (an enforcer's report is not trusted to be).
+fn blocked_from_pb(blocked: &pb::BlockedTraffic) -> Option<BlockedTraffic> {
+    let time = |t: Option<prost_types::Timestamp>| t.and_then(|t| SystemTime::try_from(t).ok());
+    Some(BlockedTraffic {
+        protocol: protocol_from_pb(blocked.protocol).ok()?,
+        port: Port::new(blocked.port).ok()?,
+        attempts: blocked.attempts,
+        distinct_sources: blocked.distinct_sources,
+        top_sources: blocked
+            .top_sources
+            .iter()
+            .take(Observed::MAX_TOP_SOURCES)
+            .filter_map(|source| {
+                Some(BlockedSource {
+                    address: source.address.parse().ok()?,
+                    attempts: source.attempts,
+                    last: time(source.last_time),
+                })
+            })
+            .collect(),
+        last: time(blocked.last_time),
+        first: time(blocked.first_time),
+    })
 }
 
 /// An enforcer's report, as received at `received` (this service's clock):
@@ -92,6 +173,16 @@ pub fn observed(report: &pb::Report, received: SystemTime) -> Observed {
         by_rule,
         listening,
         applied_revision: 0,
+        blocked: report.blocked_counted.then(|| {
+            let mut blocked: Vec<BlockedTraffic> = report
+                .blocked
+                .iter()
+                .take(Observed::MAX_BLOCKED)
+                .filter_map(blocked_from_pb)
+                .collect();
+            blocked.sort_by_key(|b| std::cmp::Reverse(b.last));
+            blocked
+        }),
     }
 }
 
@@ -123,6 +214,13 @@ fn report(observed: &Observed) -> pb::Report {
                 .collect(),
         }),
         hits_counted: observed.counted,
+        blocked: observed
+            .blocked
+            .iter()
+            .flatten()
+            .map(blocked_to_pb)
+            .collect(),
+        blocked_counted: observed.blocked.is_some(),
     }
 }
 
@@ -269,8 +367,52 @@ mod tests {
                 }],
             }),
             hits_counted: true,
+            blocked: vec![
+                pb::BlockedTraffic {
+                    protocol: tcp,
+                    port: 3000,
+                    attempts: 9,
+                    distinct_sources: 2,
+                    top_sources: vec![
+                        pb::BlockedSource {
+                            address: "198.51.100.7".into(),
+                            attempts: 8,
+                            last_time: Some(looked.into()),
+                            allowed: false,
+                        },
+                        pb::BlockedSource {
+                            address: "not an address".into(),
+                            ..Default::default()
+                        },
+                    ],
+                    last_time: Some(looked.into()),
+                    ..Default::default()
+                },
+                pb::BlockedTraffic {
+                    port: 70_000,
+                    protocol: tcp,
+                    ..Default::default()
+                },
+                pb::BlockedTraffic {
+                    port: 53,
+                    protocol: 9,
+                    ..Default::default()
+                },
+            ],
+            blocked_counted: true,
         };
         let here = observed(&report, looked);
+        let blocked = here.blocked.as_deref().unwrap();
+        assert_eq!(blocked.len(), 1, "an invalid port or protocol is left out");
+        assert_eq!(
+            blocked[0].top_sources,
+            [BlockedSource {
+                address: "198.51.100.7".parse().unwrap(),
+                attempts: 8,
+                last: Some(looked)
+            }],
+            "an invalid address is left out"
+        );
         assert_eq!(here.hits_of(tcp, 22, true), (7, Some(looked)));
         assert_eq!(here.hits_of(tcp, 22, false), (0, None));
         let there = ProtoWire
@@ -278,6 +420,7 @@ mod tests {
             .unwrap();
         assert_eq!(there.by_rule, here.by_rule);
         assert_eq!(there.listening, here.listening);
+        assert_eq!(there.blocked, here.blocked);
         assert_eq!((there.observed, there.counted), (Some(looked), true));
     }
 

@@ -14,7 +14,7 @@ use tokio::task::block_in_place;
 
 use crate::kernel::{skip_unless_root, Fixture, INSTANCE};
 
-fn skip_without_browser(test: &str) -> bool {
+pub(crate) fn skip_without_browser(test: &str) -> bool {
     if browser::available() {
         return false;
     }
@@ -31,7 +31,7 @@ fn signal(pid: u32, signal: &str) {
 }
 
 /// `[data-rule-id]` row of the rule on `port` (TCP).
-fn row(port: u32) -> String {
+pub(crate) fn row(port: u32) -> String {
     format!("tr[data-port=\"{port}\"][data-protocol=\"tcp\"]")
 }
 
@@ -385,7 +385,7 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
         )
         .await;
     browser
-        .wait_text("#diagnosis .summary", "4 of 6 checks pass")
+        .wait_text("#diagnosis .summary", "5 of 7 checks pass")
         .await;
     browser
         .client
@@ -407,7 +407,7 @@ async fn console_adds_toggles_and_deletes_a_rule_in_a_real_browser_and_the_kerne
         .find_all(Locator::Css("#diagnosis li[data-result=\"pass\"]"))
         .await
         .unwrap();
-    assert_eq!(passed.len(), 6, "every check passes for 6379");
+    assert_eq!(passed.len(), 7, "every check passes for 6379");
     browser.screenshot("10c-troubleshoot-all-pass").await;
 
     // A phone's width, and the instance list.

@@ -3,6 +3,8 @@
 //! - `allowlist`: source allowlists: validation, replacement, audit, real traffic (root).
 //! - `api`: every semantic rule of FirewallService through the generated client.
 //! - `auth`: identity and authorization over real TLS: the attack table.
+//! - `blocked`: what the firewall dropped, from real traffic: counts, sources,
+//!   causes, a scan of every port (root).
 //! - `cli`: the `cassette` command line: every command, its errors and exit codes.
 //! - `connections`: bounded connections: silent ones by the thousand, idle ones, slow headers.
 //! - `confirm`: changes that undo themselves unless confirmed: validation,
@@ -26,6 +28,7 @@ mod allowlist;
 mod api;
 mod audit;
 mod auth;
+mod blocked;
 mod cli;
 mod confirm;
 mod connections;

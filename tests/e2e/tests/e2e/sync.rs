@@ -577,6 +577,8 @@ pub(crate) fn listening_report(hits: Vec<pb::ElementHits>, port: u32) -> pb::Rep
             }],
         }),
         hits_counted: true,
+        blocked: Vec::new(),
+        blocked_counted: true,
     }
 }
 
@@ -628,7 +630,7 @@ async fn reported_hits_show_on_rules_and_list_firewalls_finds_unused_ones() {
             ],
             observe_time: Some(now.into()),
             hits_counted: true,
-            listening: None,
+            ..Default::default()
         })
         .await;
     // SSH: never hit; HTTP: hit just now; HTTPS: last hit an hour ago.
@@ -718,7 +720,8 @@ async fn diagnose_answers_the_checklist_from_the_rule_the_acks_and_a_fresh_repor
 
     // No enforcer: the rule exists and is enabled, nothing is applied.
     let before = diagnose(5432).await.unwrap().into_inner();
-    assert_eq!(before.checks.len(), 6);
+    assert_eq!(before.checks.len(), 7);
+    assert_eq!(result_of(&before, "blocked_traffic").0, Unknown);
     assert_eq!(result_of(&before, "rule_exists").0, Pass);
     assert_eq!(result_of(&before, "rule_enabled").0, Pass);
     let (applied, why) = result_of(&before, "rule_applied");
@@ -768,6 +771,14 @@ async fn diagnose_answers_the_checklist_from_the_rule_the_acks_and_a_fresh_repor
     stream
         .report(pb::Report {
             hits_counted: true,
+            blocked: vec![pb::BlockedTraffic {
+                protocol: pb::Protocol::Tcp.into(),
+                port: 3000,
+                attempts: 4,
+                distinct_sources: 1,
+                ..Default::default()
+            }],
+            blocked_counted: true,
             ..Default::default()
         })
         .await;
@@ -776,6 +787,23 @@ async fn diagnose_answers_the_checklist_from_the_rule_the_acks_and_a_fresh_repor
     assert_eq!(exists, Fail);
     assert!(why.contains("Add a rule for 3000/tcp"), "{why}");
     assert_eq!(result_of(&missing, "packets_arriving").0, Unknown);
+    let (blocked, why) = result_of(&missing, "blocked_traffic");
+    assert_eq!(blocked, Fail);
+    assert!(
+        why.contains("connections to 3000/tcp arrive and are dropped: there is no rule (4 attempts from 1 source)"),
+        "{why}"
+    );
+    // The same report lists them on the firewall, never in its log.
+    let firewall = client
+        .get_firewall(pb::GetFirewallRequest {
+            instance_id: "web-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(firewall.blocked.len(), 1, "{firewall:?}");
+    assert_eq!(firewall.blocked[0].port, 3000);
 
     let status = diagnose(0).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -740,6 +740,110 @@
       );
     }
 
+    // What the firewall dropped in the last hour (the enforcer's report of
+    // the kernel's own record), with why, as the service judges it, and the
+    // one click that lets it in: open the port (the Add Port form,
+    // prefilled), turn its rule on, or add the source to its allowlist.
+    const blockedRows = h("tbody");
+    const blockedEmpty = h("p", { class: "muted", id: "blocked-empty" }, "Nothing was blocked in the last hour.");
+    const blocked = h(
+      "section",
+      { class: "blocked", id: "blocked", "aria-labelledby": "blocked-title" },
+      h("h2", { id: "blocked-title" }, "Recently blocked"),
+      h("p", { class: "muted" }, "Connections the firewall dropped in the last hour, most recent first."),
+      blockedEmpty,
+      h(
+        "table",
+        { class: "table blocked-table", "aria-labelledby": "blocked-title" },
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            h("th", { scope: "col" }, "Port"),
+            h("th", { scope: "col" }, "Attempts"),
+            h("th", { scope: "col" }, "Sources"),
+            h("th", { scope: "col" }, "Last"),
+            h("th", { scope: "col" }, "Why"),
+            h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")),
+          ),
+        ),
+        blockedRows,
+      ),
+    );
+    const REASONS = {
+      BLOCKED_REASON_NO_RULE: "No rule for this port",
+      BLOCKED_REASON_RULE_OFF: "The rule is off",
+      BLOCKED_REASON_SOURCE_NOT_ALLOWED: "Source not in the allowlist",
+      BLOCKED_REASON_ACCEPTED_NOW: "Accepted now",
+    };
+    function openPort(entry) {
+      port.value = String(entry.port);
+      protocol.value = entry.protocol === "PROTOCOL_UDP" ? "PROTOCOL_UDP" : "PROTOCOL_TCP";
+      description.value = "";
+      updateAdvice();
+      form.scrollIntoView({ block: "nearest" });
+      description.focus();
+      announce(`Add Port filled in for ${entry.port}/${protocolName(entry.protocol)}: describe what listens there, then add it.`);
+    }
+    async function allowSource(entry, source) {
+      const target = `${entry.port}/${protocolName(entry.protocol)}`;
+      const base = `/api/v1/firewalls/${encodeURIComponent(instanceId)}/rules`;
+      const rule = (firewall.rules || []).find((r) => r.id === entry.ruleId);
+      if (!rule) {
+        // A rule for the port that accepts this source only.
+        await change("POST", base, { port: entry.port, protocol: entry.protocol, sources: [source.address], requestId: requestId() }, `Port ${target} opened to ${source.address}; applying.`);
+        return;
+      }
+      const sources = [...(rule.sources || []), source.address];
+      await change("PATCH", `${base}/${encodeURIComponent(rule.id)}`, { sources: { cidrs: sources }, requestId: requestId() }, `${source.address} added to the allowlist of ${target}; applying.`);
+    }
+    function renderBlocked() {
+      const entries = firewall.blocked || [];
+      blockedEmpty.hidden = entries.length > 0;
+      blockedRows.parentElement.hidden = entries.length === 0;
+      blockedRows.replaceChildren(
+        ...entries.map((entry) => {
+          const proto = protocolName(entry.protocol);
+          const reason = entry.reason || "BLOCKED_REASON_UNSPECIFIED";
+          const actions = [];
+          if (reason === "BLOCKED_REASON_NO_RULE") {
+            actions.push(h("button", { type: "button", class: "button secondary open-port", onclick: () => openPort(entry) }, "Open port"));
+          } else if (reason === "BLOCKED_REASON_RULE_OFF") {
+            const rule = (firewall.rules || []).find((r) => r.id === entry.ruleId);
+            const button = h("button", { type: "button", class: "button secondary open-port" }, "Open port");
+            button.addEventListener("click", () => rule && toggle(rule, button));
+            actions.push(button);
+          }
+          if (reason === "BLOCKED_REASON_NO_RULE" || reason === "BLOCKED_REASON_SOURCE_NOT_ALLOWED") {
+            for (const source of (entry.topSources || []).filter((s) => !s.allowed)) {
+              const button = h("button", { type: "button", class: "button secondary allow-source", "data-source": source.address, "aria-label": `Allow ${source.address} on port ${entry.port}/${proto}` }, `Allow ${source.address}`);
+              button.addEventListener("click", async () => {
+                button.disabled = true;
+                await allowSource(entry, source);
+                button.disabled = false;
+              });
+              actions.push(button);
+            }
+          }
+          const listed = entry.topSources || [];
+          const more = Number(entry.distinctSources || 0) - listed.length;
+          const top = listed.map((s) => `${s.address} (${s.attempts})`).join(", ") + (more > 0 ? ` and ${more} more` : "");
+          return h(
+            "tr",
+            { "data-blocked-port": String(entry.port), "data-protocol": proto.toLowerCase(), "data-reason": reason },
+            h("td", { class: "port", "data-label": "Port" }, `${entry.port}/${proto}`),
+            h("td", { class: "attempts", "data-label": "Attempts" }, String(entry.attempts || "0")),
+            h("td", { class: "from", "data-label": "Sources" }, top || "—"),
+            h("td", { class: "last", "data-label": "Last" }, entry.lastTime ? ago(entry.lastTime) : "—"),
+            h("td", { class: "reason", "data-label": "Why" }, REASONS[reason] || "—"),
+            h("td", {}, h("div", { class: "actions" }, ...actions)),
+          );
+        }),
+      );
+    }
+
     // Changes that undo themselves unless kept: a banner each, counting down,
     // with "Keep this change"; once one is undone, what and why.
     const unconfirmed = h("div", { class: "unconfirmed", id: "unconfirmed" });
@@ -845,6 +949,7 @@
       tbody.replaceChildren(...rules.map(row));
       renderEnforcer();
       renderUnconfirmed();
+      renderBlocked();
     }
 
     const connection = h("span", { class: "live", id: "live", "data-live": "false" }, "Connecting…");
@@ -864,6 +969,7 @@
         pageAlert,
         table,
         diagnosis,
+        blocked,
         form,
       ),
     );
