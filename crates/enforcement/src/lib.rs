@@ -81,7 +81,8 @@ pub struct Dropped {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hits {
     pub protocol: Protocol,
-    pub port: u16,
+    /// One port, or a range.
+    pub ports: cassette_model::PortRange,
     pub source: Option<Cidr>,
     pub packets: u64,
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use cassette_model::{Cidr, Protocol};
+use cassette_model::{Cidr, PortRange, Protocol};
 use cassette_proto::{pb, protocol_to_pb};
 
 use crate::{Counters, Dropped, Listening};
@@ -22,8 +22,8 @@ pub const MAX_REPORTED_BLOCKED: usize = 256;
 /// And at most this many sources of each.
 pub const TOP_SOURCES: usize = 5;
 
-/// An element of the table: protocol, port, and allowlist network (if any).
-type Element = (Protocol, u16, Option<Cidr>);
+/// An element of the table: protocol, ports, and allowlist network (if any).
+type Element = (Protocol, PortRange, Option<Cidr>);
 
 /// Turns counter readings into reports, remembering each element's count
 /// so that it can say when the count last grew.
@@ -65,7 +65,7 @@ impl Reporter {
         let elements = hits
             .iter()
             .map(|h| {
-                let key = (h.protocol, h.port, h.source);
+                let key = (h.protocol, h.ports, h.source);
                 let last_hit = match before.as_ref().map(|b| b.get(&key)) {
                     // The first report of this process is the baseline.
                     None => None,
@@ -79,10 +79,15 @@ impl Reporter {
                 seen.insert(key, (h.packets, last_hit));
                 pb::ElementHits {
                     protocol: protocol_to_pb(h.protocol).into(),
-                    port: u32::from(h.port),
+                    port: u32::from(h.ports.first().get()),
                     source: h.source.map(|s| s.to_string()).unwrap_or_default(),
                     packets: h.packets,
                     last_hit_time: last_hit.map(Into::into),
+                    last_port: if h.ports.is_single() {
+                        0
+                    } else {
+                        u32::from(h.ports.last().get())
+                    },
                 }
             })
             .collect();
@@ -203,7 +208,7 @@ mod tests {
     fn hits(port: u16, packets: u64) -> Hits {
         Hits {
             protocol: Protocol::Tcp,
-            port,
+            ports: PortRange::single(cassette_model::Port::new(u32::from(port)).unwrap()),
             source: None,
             packets,
         }

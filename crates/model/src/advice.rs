@@ -5,7 +5,7 @@
 
 use crate::command::Command;
 use crate::firewall::{Firewall, Rule};
-use crate::values::{Protocol, RuleId};
+use crate::values::{Port, PortRange, Protocol, RuleId};
 
 /// Ports of databases (and caches) that should not face the internet.
 const DATABASE_PORTS: &[(u16, Protocol, &str)] = &[
@@ -45,12 +45,24 @@ pub fn database_on(port: u16, protocol: Protocol) -> Option<&'static str> {
         .map(|(_, _, name)| *name)
 }
 
+/// A database port inside `ports`, with its database, if there is one.
+fn database_in(ports: PortRange, protocol: Protocol) -> Option<(u16, &'static str)> {
+    DATABASE_PORTS
+        .iter()
+        .find(|(p, proto, _)| {
+            *proto == protocol && Port::new(u32::from(*p)).is_ok_and(|p| ports.contains(p))
+        })
+        .map(|(p, _, name)| (*p, *name))
+}
+
 /// The warnings for `command` given the firewall after it: a change that
 /// opens a database port to anywhere (adding it, turning it on, widening its
 /// allowlist to anywhere). Describing an open one says nothing again.
 pub fn warnings(command: &Command, after: &Firewall) -> Vec<Warning> {
     let rule = match command {
-        Command::AddRule { port, protocol, .. } => after.rule_for(*port, *protocol),
+        Command::AddRule {
+            ports, protocol, ..
+        } => after.rule_for(ports.first(), *protocol),
         Command::UpdateRule {
             rule_id,
             enabled,
@@ -68,15 +80,22 @@ fn database_exposure(rule: &Rule) -> Option<Warning> {
     if !rule.spec.enabled || !rule.spec.sources.is_anywhere() {
         return None;
     }
-    let database = database_on(rule.spec.port.get(), rule.spec.protocol)?;
+    let (port, database) = database_in(rule.spec.ports, rule.spec.protocol)?;
+    let what = if rule.spec.ports.is_single() {
+        format!("{port}/{} ({database})", rule.spec.protocol)
+    } else {
+        format!(
+            "{}/{}, which covers {port} ({database}),",
+            rule.spec.ports, rule.spec.protocol
+        )
+    };
     Some(Warning {
         code: Warning::DATABASE_PORT_OPEN,
         rule_id: rule.spec.id.clone(),
         message: format!(
-            "{}/{} ({database}) is open to anywhere. Database ports should usually stay closed. \
+            "{what} is open to anywhere. Database ports should usually stay closed. \
              Access databases from your app on localhost, not over the internet. If you must \
-             expose a database, use strong passwords and allowlists.",
-            rule.spec.port, rule.spec.protocol
+             expose a database, use strong passwords and allowlists."
         ),
     })
 }

@@ -8,13 +8,13 @@ use crate::error::DomainError;
 use crate::event::{EventPayload, RuleSpec};
 use crate::firewall::Firewall;
 use crate::sources::Sources;
-use crate::values::{default_rules, Description, InstanceId, Port, Protocol, RuleId};
+use crate::values::{default_rules, Description, InstanceId, PortRange, Protocol, RuleId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     CreateFirewall,
     AddRule {
-        port: Port,
+        ports: PortRange,
         protocol: Protocol,
         description: Description,
         enabled: bool,
@@ -135,17 +135,17 @@ pub fn decide(
             unreachable!("handled above")
         }
         Command::AddRule {
-            port,
+            ports,
             protocol,
             description,
             enabled,
             expire_time,
             sources,
         } => {
-            firewall.check_can_add(*port, *protocol)?;
+            firewall.check_can_add(*ports, *protocol)?;
             vec![EventPayload::RuleAdded(RuleSpec {
                 id: ids.next_rule_id(),
-                port: *port,
+                ports: *ports,
                 protocol: *protocol,
                 description: description.clone(),
                 enabled: *enabled,
@@ -211,7 +211,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::event::Event;
     use crate::firewall::{fold, replay};
-    use crate::values::{ActorId, RequestId};
+    use crate::values::{ActorId, Port, RequestId};
     use crate::FoldError;
 
     pub(crate) struct History {
@@ -289,7 +289,7 @@ pub(crate) mod tests {
 
     pub(crate) fn add(port: u32, protocol: Protocol) -> Command {
         Command::AddRule {
-            port: Port::new(port).unwrap(),
+            ports: PortRange::single(Port::new(port).unwrap()),
             protocol,
             description: Description::default(),
             enabled: true,
@@ -310,7 +310,7 @@ pub(crate) mod tests {
             .firewall()
             .rules()
             .iter()
-            .map(|r| r.spec.port.get())
+            .map(|r| r.spec.ports.first().get())
             .collect();
         assert_eq!(ports, [22, 80, 443]);
         assert!(h
@@ -330,8 +330,9 @@ pub(crate) mod tests {
         assert_eq!(
             h.run(add(5432, Protocol::Tcp)),
             Err(DomainError::RuleExists {
-                port: Port::new(5432).unwrap(),
+                ports: PortRange::single(Port::new(5432).unwrap()),
                 protocol: Protocol::Tcp,
+                existing_ports: PortRange::single(Port::new(5432).unwrap()),
                 existing_rule_id: "rule-1".into()
             })
         );
@@ -357,7 +358,7 @@ pub(crate) mod tests {
             .firewall()
             .rules()
             .iter()
-            .map(|r| (r.spec.port.get(), r.spec.protocol))
+            .map(|r| (r.spec.ports.first().get(), r.spec.protocol))
             .collect();
         assert_eq!(
             order,
@@ -566,8 +567,10 @@ pub(crate) mod tests {
             Firewall::restore(bad).unwrap_err().to_string()
         };
         assert!(refused(&|p| p.revision = 0).contains("revision"));
-        assert!(refused(&|p| p.rules[1].spec.port = Port::new(22).unwrap())
-            .contains("two rules for 22/tcp"));
+        assert!(
+            refused(&|p| p.rules[1].spec.ports = PortRange::single(Port::new(22).unwrap()))
+                .contains("two rules for 22/tcp")
+        );
         assert!(
             refused(&|p| p.rules[1].spec.id = p.rules[0].spec.id.clone())
                 .contains("two rules with id")
@@ -582,7 +585,7 @@ pub(crate) mod tests {
         let mut h = History::new();
         h.run(Command::CreateFirewall).unwrap();
         h.run(Command::AddRule {
-            port: Port::new(5432).unwrap(),
+            ports: PortRange::single(Port::new(5432).unwrap()),
             protocol: Protocol::Tcp,
             description: Description::default(),
             enabled: true,
@@ -655,6 +658,123 @@ pub(crate) mod tests {
             now: at(1_000),
         });
         assert_eq!(n, Ok(0), "a deleted firewall has nothing to expire");
+    }
+
+    fn add_range(first: u32, last: u32, protocol: Protocol) -> Command {
+        Command::AddRule {
+            ports: PortRange::new(first, last).unwrap(),
+            protocol,
+            description: Description::default(),
+            enabled: true,
+            expire_time: None,
+            sources: Sources::anywhere(),
+        }
+    }
+
+    #[test]
+    fn port_ranges_are_checked_and_no_two_rules_of_a_protocol_overlap() {
+        assert_eq!(PortRange::new(0, 5).unwrap_err().field, "port_range.first");
+        assert_eq!(
+            PortRange::new(5, 70_000).unwrap_err().field,
+            "port_range.last"
+        );
+        let backwards = PortRange::new(27030, 27015).unwrap_err();
+        assert_eq!(backwards.field, "port_range");
+        assert!(backwards
+            .to_string()
+            .contains("first (27030) must not be greater than last (27015)"));
+        assert_eq!(
+            PortRange::parse("27015-27030").unwrap().to_string(),
+            "27015-27030"
+        );
+        assert_eq!(PortRange::parse("22").unwrap().to_string(), "22");
+        assert!(PortRange::parse("22-").is_err());
+
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        h.run(add_range(27015, 27030, Protocol::Udp)).unwrap();
+        // Inside, at either end, or straddling: refused, naming the rule in the way.
+        for (first, last) in [
+            (27020, 27020),
+            (27015, 27015),
+            (27030, 27040),
+            (27000, 27015),
+            (1, 65535),
+        ] {
+            let refused = h.run(add_range(first, last, Protocol::Udp)).unwrap_err();
+            let DomainError::RuleExists {
+                existing_ports,
+                existing_rule_id,
+                ..
+            } = &refused
+            else {
+                panic!("{refused:?}");
+            };
+            assert_eq!(existing_ports.to_string(), "27015-27030");
+            assert_eq!(existing_rule_id, "rule-1");
+            assert!(
+                refused
+                    .to_string()
+                    .contains("would overlap the rule for 27015-27030/udp: rule-1"),
+                "{refused}"
+            );
+        }
+        // Next to it, or the other protocol: fine.
+        h.run(add(27031, Protocol::Udp)).unwrap();
+        h.run(add(27014, Protocol::Udp)).unwrap();
+        h.run(add(27020, Protocol::Tcp)).unwrap();
+        let firewall = h.firewall();
+        let covering = |port: u32, protocol| {
+            firewall
+                .rule_for(Port::new(port).unwrap(), protocol)
+                .map(|r| r.spec.ports.to_string())
+        };
+        assert_eq!(
+            covering(27015, Protocol::Udp).as_deref(),
+            Some("27015-27030")
+        );
+        assert_eq!(
+            covering(27022, Protocol::Udp).as_deref(),
+            Some("27015-27030")
+        );
+        assert_eq!(
+            covering(27030, Protocol::Udp).as_deref(),
+            Some("27015-27030")
+        );
+        assert_eq!(covering(27031, Protocol::Udp).as_deref(), Some("27031"));
+        assert_eq!(covering(27022, Protocol::Tcp), None);
+        assert_eq!(covering(27020, Protocol::Tcp).as_deref(), Some("27020"));
+        // A saved firewall with two overlapping rules is refused.
+        let mut parts = parts(firewall);
+        for rule in parts
+            .rules
+            .iter_mut()
+            .filter(|r| r.spec.id.as_str() == "rule-4")
+        {
+            rule.spec.protocol = Protocol::Udp;
+        }
+        let refused = Firewall::restore(parts).unwrap_err().to_string();
+        assert!(refused.contains("two rules for 27020/udp"), "{refused}");
+    }
+
+    #[test]
+    fn a_range_that_covers_a_database_port_is_warned_about() {
+        let mut h = History::new();
+        h.run(Command::CreateFirewall).unwrap();
+        let wide = add_range(5000, 6000, Protocol::Tcp);
+        h.run(wide.clone()).unwrap();
+        let warned = crate::warnings(&wide, h.firewall());
+        assert_eq!(warned.len(), 1);
+        assert!(
+            warned[0]
+                .message
+                .starts_with("5000-6000/tcp, which covers 5432 (PostgreSQL), is open to anywhere."),
+            "{}",
+            warned[0].message
+        );
+        let games = add_range(27015, 27030, Protocol::Udp);
+        h.run(games.clone()).unwrap();
+        assert!(crate::warnings(&games, h.firewall()).is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use crate::values::{Port, Protocol};
+use crate::values::{PortRange, Protocol};
 
 /// A request value outside its allowed range. `field` is the API's field
 /// name, with the index of a list entry (`sources[2]`).
@@ -43,10 +43,12 @@ pub enum DomainError {
         instance_id: String,
         rule_id: String,
     },
-    #[error("a rule for {port}/{protocol} already exists: {existing_rule_id}")]
+    #[error("{}", rule_exists(ports, protocol, existing_ports, existing_rule_id))]
     RuleExists {
-        port: Port,
+        ports: PortRange,
         protocol: Protocol,
+        /// What the rule in the way covers.
+        existing_ports: PortRange,
         existing_rule_id: String,
     },
     #[error("default rule {rule_id} cannot be deleted; disable it instead")]
@@ -99,4 +101,21 @@ pub enum FoldError {
         revision: u64,
         reason: String,
     },
+}
+
+/// "a rule for 5432/tcp already exists: ID", or for ports that only
+/// overlap, which rule is in the way.
+fn rule_exists(
+    ports: &PortRange,
+    protocol: &Protocol,
+    existing: &PortRange,
+    existing_rule_id: &str,
+) -> String {
+    if ports == existing {
+        format!("a rule for {ports}/{protocol} already exists: {existing_rule_id}")
+    } else {
+        format!(
+            "a rule for {ports}/{protocol} would overlap the rule for {existing}/{protocol}: {existing_rule_id}"
+        )
+    }
 }

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use crate::sources::Sources;
 use crate::values::{
-    ActorId, Description, InstanceId, Port, Protocol, RequestDigest, RequestId, RuleId,
+    ActorId, Description, InstanceId, PortRange, Protocol, RequestDigest, RequestId, RuleId,
 };
 
 /// One committed fact about one instance's firewall, with its envelope.
@@ -74,7 +74,8 @@ pub struct Skipped {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSpec {
     pub id: RuleId,
-    pub port: Port,
+    /// The port, or range of ports, it opens.
+    pub ports: PortRange,
     pub protocol: Protocol,
     pub description: Description,
     pub enabled: bool,

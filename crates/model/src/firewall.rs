@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use crate::error::{DomainError, FoldError, ValidationError};
 use crate::event::{Event, EventPayload, Restored, RuleSpec};
 use crate::unconfirmed::UnconfirmedChange;
-use crate::values::{InstanceId, Port, Protocol, RuleId};
+use crate::values::{InstanceId, Port, PortRange, Protocol, RuleId};
 
 /// How many rules one firewall may hold, defaults included.
 pub const MAX_RULES: usize = 1024;
@@ -28,7 +28,8 @@ pub struct Rule {
 pub struct Firewall {
     pub instance_id: InstanceId,
     pub revision: u64,
-    /// Sorted by port, then protocol; at most one rule per pair.
+    /// Sorted by first port, then protocol; no two rules of one protocol
+    /// overlap.
     pub(crate) rules: Vec<Rule>,
     pub create_time: SystemTime,
     pub update_time: SystemTime,
@@ -51,25 +52,46 @@ impl Firewall {
         self.rules.iter().find(|r| &r.spec.id == id)
     }
 
+    /// The rule of `protocol` that covers `port` (one port or a range).
     pub fn rule_for(&self, port: Port, protocol: Protocol) -> Option<&Rule> {
-        self.position(port, protocol).ok().map(|i| &self.rules[i])
+        // Rules of one protocol never overlap: the last one starting at or
+        // before the port is the only one that can cover it.
+        let starting = self.rules.partition_point(|r| r.spec.ports.first() <= port);
+        self.rules[..starting]
+            .iter()
+            .rev()
+            .find(|r| r.spec.protocol == protocol)
+            .filter(|r| r.spec.ports.contains(port))
+    }
+
+    /// The first rule of `protocol` that overlaps `ports`.
+    pub fn rule_overlapping(&self, ports: PortRange, protocol: Protocol) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.spec.protocol == protocol && r.spec.ports.overlaps(ports))
     }
 
     pub fn is_live(&self) -> bool {
         !self.deleted
     }
 
-    fn position(&self, port: Port, protocol: Protocol) -> Result<usize, usize> {
+    fn position(&self, ports: PortRange, protocol: Protocol) -> Result<usize, usize> {
         self.rules
-            .binary_search_by(|r| (r.spec.port, r.spec.protocol).cmp(&(port, protocol)))
+            .binary_search_by(|r| (r.spec.ports, r.spec.protocol).cmp(&(ports, protocol)))
     }
 
-    /// The product's rules for adding a rule: one per port+protocol, a bounded count.
-    pub(crate) fn check_can_add(&self, port: Port, protocol: Protocol) -> Result<(), DomainError> {
-        if let Some(existing) = self.rule_for(port, protocol) {
+    /// The product's rules for adding a rule: no two rules of one protocol
+    /// overlap, a bounded count.
+    pub(crate) fn check_can_add(
+        &self,
+        ports: PortRange,
+        protocol: Protocol,
+    ) -> Result<(), DomainError> {
+        if let Some(existing) = self.rule_overlapping(ports, protocol) {
             return Err(DomainError::RuleExists {
-                port,
+                ports,
                 protocol,
+                existing_ports: existing.spec.ports,
                 existing_rule_id: existing.spec.id.to_string(),
             });
         }
@@ -135,16 +157,17 @@ impl Firewall {
     }
 
     fn insert(&mut self, rule: Rule) -> Result<(), DomainError> {
-        self.check_can_add(rule.spec.port, rule.spec.protocol)?;
+        self.check_can_add(rule.spec.ports, rule.spec.protocol)?;
         if self.rule(&rule.spec.id).is_some() {
             return Err(DomainError::RuleExists {
-                port: rule.spec.port,
+                ports: rule.spec.ports,
                 protocol: rule.spec.protocol,
+                existing_ports: rule.spec.ports,
                 existing_rule_id: rule.spec.id.to_string(),
             });
         }
         let at = self
-            .position(rule.spec.port, rule.spec.protocol)
+            .position(rule.spec.ports, rule.spec.protocol)
             .unwrap_or_else(|i| i);
         self.rules.insert(at, rule);
         Ok(())
@@ -298,8 +321,8 @@ impl Firewall {
                 }
                 Restored::Put { spec, create_time } => match rules.rule(&spec.id) {
                     Some(current)
-                        if (current.spec.port, current.spec.protocol)
-                            != (spec.port, spec.protocol)
+                        if (current.spec.ports, current.spec.protocol)
+                            != (spec.ports, spec.protocol)
                             || current.spec.is_default != spec.is_default =>
                     {
                         return Err(DomainError::Invalid(ValidationError::new(
@@ -404,18 +427,26 @@ impl Firewall {
                 ),
             ));
         }
-        rules.sort_by_key(|r| (r.spec.port, r.spec.protocol));
-        if let Some(pair) = rules
-            .windows(2)
-            .find(|w| (w[0].spec.port, w[0].spec.protocol) == (w[1].spec.port, w[1].spec.protocol))
-        {
-            return Err(ValidationError::new(
-                "rules",
-                format!(
-                    "two rules for {}/{}",
-                    pair[0].spec.port, pair[0].spec.protocol
-                ),
-            ));
+        rules.sort_by_key(|r| (r.spec.ports, r.spec.protocol));
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let mut of_protocol = rules.iter().filter(|r| r.spec.protocol == protocol);
+            let Some(mut before) = of_protocol.next() else {
+                continue;
+            };
+            for rule in of_protocol {
+                if before.spec.ports.overlaps(rule.spec.ports) {
+                    return Err(ValidationError::new(
+                        "rules",
+                        format!(
+                            "two rules for {}/{protocol}: {} and {}",
+                            rule.spec.ports.first(),
+                            before.spec.ports,
+                            rule.spec.ports
+                        ),
+                    ));
+                }
+                before = rule;
+            }
         }
         let mut ids: Vec<&RuleId> = rules.iter().map(|r| &r.spec.id).collect();
         ids.sort();

@@ -26,6 +26,6 @@ pub use unconfirmed::{
     MIN_CONFIRM_WITHIN,
 };
 pub use values::{
-    default_rules, ActorId, Description, InstanceId, Port, Protocol, RequestDigest, RequestId,
-    RuleId,
+    default_rules, ActorId, Description, InstanceId, Port, PortRange, Protocol, RequestDigest,
+    RequestId, RuleId,
 };

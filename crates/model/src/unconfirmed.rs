@@ -72,7 +72,7 @@ impl UnconfirmedChange {
             .iter()
             .map(|t| {
                 let now = firewall.rule(&t.rule_id);
-                let name = |r: &Rule| format!("{}/{}", r.spec.port, r.spec.protocol);
+                let name = |r: &Rule| format!("{}/{}", r.spec.ports, r.spec.protocol);
                 match (&t.before, now) {
                     (None, Some(now)) => format!("added {}", name(now)),
                     (None, None) => format!("added rule {}", t.rule_id),
@@ -185,7 +185,7 @@ impl Firewall {
                     create_time: before.create_time,
                 }),
                 (Some(before), None) => {
-                    match self.check_can_add(before.spec.port, before.spec.protocol) {
+                    match self.check_can_add(before.spec.ports, before.spec.protocol) {
                         Ok(()) => restored.push(Restored::Put {
                             spec: before.spec.clone(),
                             create_time: before.create_time,

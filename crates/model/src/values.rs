@@ -81,6 +81,101 @@ impl fmt::Display for Port {
     }
 }
 
+/// The ports a rule covers: one, or a range (`27015-27030`), both ends
+/// included. Ordered by first port, then last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    first: Port,
+    last: Port,
+}
+
+impl PortRange {
+    pub const FIELD: &'static str = "port_range";
+
+    /// `first` to `last`, each 1-65535, `first <= last`; errors name
+    /// `port_range.first`, `port_range.last` or `port_range`.
+    pub fn new(first: u32, last: u32) -> Result<Self, ValidationError> {
+        let end = |field: &str, value: u32| {
+            Port::new(value).map_err(|_| {
+                ValidationError::new(
+                    format!("{}.{field}", Self::FIELD),
+                    format!("must be between 1 and 65535, got {value}"),
+                )
+            })
+        };
+        let (first, last) = (end("first", first)?, end("last", last)?);
+        if first > last {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                format!("first ({first}) must not be greater than last ({last})"),
+            ));
+        }
+        Ok(Self { first, last })
+    }
+
+    /// One port.
+    pub fn single(port: Port) -> Self {
+        Self {
+            first: port,
+            last: port,
+        }
+    }
+
+    pub fn first(self) -> Port {
+        self.first
+    }
+
+    pub fn last(self) -> Port {
+        self.last
+    }
+
+    pub fn is_single(self) -> bool {
+        self.first == self.last
+    }
+
+    pub fn contains(self, port: Port) -> bool {
+        self.first <= port && port <= self.last
+    }
+
+    pub fn overlaps(self, other: PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+
+    /// Parses `22` or `27015-27030` (the command line's and the page's form).
+    pub fn parse(text: &str) -> Result<Self, ValidationError> {
+        let number = |part: &str, field: &'static str| {
+            part.trim().parse::<u32>().map_err(|_| {
+                ValidationError::new(
+                    field,
+                    format!("{text:?} is not a port (1-65535) or a range like 27015-27030"),
+                )
+            })
+        };
+        match text.split_once('-') {
+            None => Ok(Self::single(Port::new(number(text, Port::FIELD)?)?)),
+            Some((first, last)) => {
+                Self::new(number(first, Self::FIELD)?, number(last, Self::FIELD)?)
+            }
+        }
+    }
+}
+
+impl From<Port> for PortRange {
+    fn from(port: Port) -> Self {
+        Self::single(port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_single() {
+            self.first.fmt(f)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
 /// The transport protocol a rule opens. Ordered TCP before UDP, which is the
 /// order rules of the same port are listed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -308,7 +403,7 @@ pub fn default_rules() -> Vec<crate::RuleSpec> {
     .into_iter()
     .map(|(id, port, description)| crate::RuleSpec {
         id: RuleId(id.to_owned()),
-        port: Port(port),
+        ports: PortRange::single(Port(port)),
         protocol: Protocol::Tcp,
         description: Description(description.to_owned()),
         enabled: true,

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use cassette_enforcement::{Counters, Dropped, Hits, Kernel, KernelError};
-use cassette_model::{Cidr, Protocol};
+use cassette_model::{Cidr, PortRange, Protocol};
 use cassette_ruleset::{
     set_name, BlockedSet, Ruleset, TableName, ALLOW_SETS, BLOCKED_SETS, BLOCKED_TIMEOUT_SECS,
 };
@@ -204,9 +204,24 @@ fn port_of(value: &Value) -> Option<u16> {
     value.as_u64().and_then(|p| u16::try_from(p).ok())
 }
 
+/// An element of an interval set of ports: `22`, or `{"range": [27015, 27030]}`.
+fn ports_of(value: &Value) -> Option<PortRange> {
+    let (first, last) = match value.get("range").and_then(Value::as_array) {
+        Some(ends) => match ends.as_slice() {
+            [first, last] => (first.as_u64()?, last.as_u64()?),
+            _ => return None,
+        },
+        None => {
+            let port = value.as_u64()?;
+            (port, port)
+        }
+    };
+    PortRange::new(u32::try_from(first).ok()?, u32::try_from(last).ok()?).ok()
+}
+
 /// An allowlist element's value: a `concat` of a prefix (or a bare address,
-/// for one host) and a port.
-fn network_port_of(value: &Value) -> Option<(Cidr, u16)> {
+/// for one host) and a port or range.
+fn network_port_of(value: &Value) -> Option<(Cidr, PortRange)> {
     let parts = value.get("concat")?.as_array()?;
     let [source, port] = parts.as_slice() else {
         return None;
@@ -220,22 +235,22 @@ fn network_port_of(value: &Value) -> Option<(Cidr, u16)> {
             Cidr::parse(&format!("{addr}/{len}")).ok()?
         }
     };
-    Some((network, port_of(port)?))
+    Some((network, ports_of(port)?))
 }
 
 /// The `network . port` elements of an allowlist set.
-fn allowed_elements(objects: &[Value], name: &str) -> Option<BTreeSet<(Cidr, u16)>> {
+fn allowed_elements(objects: &[Value], name: &str) -> Option<BTreeSet<(Cidr, PortRange)>> {
     set_entries(objects, name)?
         .into_iter()
         .map(|(value, _)| network_port_of(value))
         .collect()
 }
 
-/// The ports in a set (absent `elem` = empty).
-fn set_elements(objects: &[Value], name: &str) -> Option<Vec<u16>> {
-    let mut ports: Vec<u16> = set_entries(objects, name)?
+/// The ports and ranges in a set (absent `elem` = empty).
+fn set_elements(objects: &[Value], name: &str) -> Option<Vec<PortRange>> {
+    let mut ports: Vec<PortRange> = set_entries(objects, name)?
         .into_iter()
-        .map(|(value, _)| port_of(value))
+        .map(|(value, _)| ports_of(value))
         .collect::<Option<_>>()?;
     ports.sort_unstable();
     Some(ports)
@@ -246,10 +261,10 @@ fn hit_counts(objects: &[Value]) -> Vec<Hits> {
     let mut hits = Vec::new();
     for protocol in [Protocol::Tcp, Protocol::Udp] {
         for (value, packets) in set_entries(objects, set_name(protocol)).unwrap_or_default() {
-            if let (Some(port), Some(packets)) = (port_of(value), packets) {
+            if let (Some(ports), Some(packets)) = (ports_of(value), packets) {
                 hits.push(Hits {
                     protocol,
-                    port,
+                    ports,
                     source: None,
                     packets,
                 });
@@ -258,10 +273,10 @@ fn hit_counts(objects: &[Value]) -> Vec<Hits> {
     }
     for set in &ALLOW_SETS {
         for (value, packets) in set_entries(objects, set.name).unwrap_or_default() {
-            if let (Some((network, port)), Some(packets)) = (network_port_of(value), packets) {
+            if let (Some((network, ports)), Some(packets)) = (network_port_of(value), packets) {
                 hits.push(Hits {
                     protocol: set.protocol,
-                    port,
+                    ports,
                     source: Some(network),
                     packets,
                 });
@@ -454,6 +469,14 @@ impl Kernel for NftKernel {
 mod tests {
     use super::*;
 
+    fn port(port: u16) -> PortRange {
+        PortRange::single(cassette_model::Port::new(u32::from(port)).unwrap())
+    }
+
+    fn ports(ports: &[u16]) -> Option<Vec<PortRange>> {
+        Some(ports.iter().map(|p| port(*p)).collect())
+    }
+
     fn listing() -> Vec<Value> {
         let text = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
             {"table": {"family": "inet", "name": "cassette", "handle": 2}},
@@ -467,7 +490,7 @@ mod tests {
     #[test]
     fn set_elements_reads_ports_and_empty_sets() {
         let objects = listing();
-        assert_eq!(set_elements(&objects, "tcp_open"), Some(vec![22, 80, 443]));
+        assert_eq!(set_elements(&objects, "tcp_open"), ports(&[22, 80, 443]));
         assert_eq!(set_elements(&objects, "udp_open"), Some(vec![]));
         assert_eq!(set_elements(&objects, "missing"), None);
     }
@@ -505,9 +528,12 @@ mod tests {
         assert_eq!(
             allowed_elements(&objects, "tcp4_allow"),
             Some(
-                [(net("10.0.0.0/8"), 5432), (net("192.0.2.7/32"), 22)]
-                    .into_iter()
-                    .collect()
+                [
+                    (net("10.0.0.0/8"), port(5432)),
+                    (net("192.0.2.7/32"), port(22))
+                ]
+                .into_iter()
+                .collect()
             )
         );
         assert_eq!(
@@ -518,6 +544,35 @@ mod tests {
     }
 
     #[test]
+    fn ranges_are_read_as_one_element_each() {
+        let text = r#"[{"set": {"family": "inet", "name": "udp_open", "table": "cassette", "type": "inet_service", "handle": 3, "flags": ["interval"],
+              "elem": [{"elem": {"val": 53, "counter": {"packets": 1, "bytes": 60}}}, {"elem": {"val": {"range": [27015, 27030]}, "counter": {"packets": 9, "bytes": 540}}}]}},
+            {"set": {"family": "inet", "name": "udp4_allow", "table": "cassette", "type": ["ipv4_addr", "inet_service"], "handle": 6, "flags": ["interval"],
+              "elem": [{"elem": {"val": {"concat": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, {"range": [40000, 40100]}]}, "counter": {"packets": 2, "bytes": 120}}}]}}]"#;
+        let objects: Vec<Value> = serde_json::from_str(text).unwrap();
+        let range = |first, last| PortRange::new(first, last).unwrap();
+        assert_eq!(
+            set_elements(&objects, "udp_open"),
+            Some(vec![port(53), range(27015, 27030)])
+        );
+        assert_eq!(
+            allowed_elements(&objects, "udp4_allow"),
+            Some(
+                [(Cidr::parse("10.0.0.0/8").unwrap(), range(40000, 40100))]
+                    .into_iter()
+                    .collect()
+            )
+        );
+        let hits = hit_counts(&objects);
+        assert!(hits.contains(&Hits {
+            protocol: Protocol::Udp,
+            ports: range(27015, 27030),
+            source: None,
+            packets: 9
+        }));
+    }
+
+    #[test]
     fn counters_are_read_per_element() {
         let text = r#"[{"set": {"family": "inet", "name": "tcp_open", "table": "cassette", "type": "inet_service", "handle": 2,
               "elem": [{"elem": {"val": 22, "counter": {"packets": 7, "bytes": 420}}}, {"elem": {"val": 80, "counter": {"packets": 0, "bytes": 0}}}], "stmt": [{"counter": null}]}},
@@ -525,19 +580,19 @@ mod tests {
             {"set": {"family": "inet", "name": "tcp4_allow", "table": "cassette", "type": ["ipv4_addr", "inet_service"], "handle": 4, "flags": ["interval"],
               "elem": [{"elem": {"val": {"concat": [{"prefix": {"addr": "10.0.0.0", "len": 8}}, 5432]}, "counter": {"packets": 3, "bytes": 180}}}]}}]"#;
         let objects: Vec<Value> = serde_json::from_str(text).unwrap();
-        assert_eq!(set_elements(&objects, "tcp_open"), Some(vec![22, 80]));
+        assert_eq!(set_elements(&objects, "tcp_open"), ports(&[22, 80]));
         assert_eq!(set_elements(&objects, "udp_open"), Some(vec![]));
         let hits = hit_counts(&objects);
         assert_eq!(hits.len(), 3, "{hits:?}");
         assert!(hits.contains(&Hits {
             protocol: Protocol::Tcp,
-            port: 22,
+            ports: port(22),
             source: None,
             packets: 7
         }));
         assert!(hits.contains(&Hits {
             protocol: Protocol::Tcp,
-            port: 5432,
+            ports: port(5432),
             source: Some(Cidr::parse("10.0.0.0/8").unwrap()),
             packets: 3
         }));

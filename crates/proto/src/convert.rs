@@ -4,9 +4,9 @@
 use std::time::SystemTime;
 
 use cassette_model::{
-    ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port, Protocol,
-    RequestDigest, RequestId, Restored, Rule, RuleId, RuleSpec, Skipped, Sources, Touched,
-    Unconfirmed, UnconfirmedChange, ValidationError, Warning,
+    ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port,
+    PortRange, Protocol, RequestDigest, RequestId, Restored, Rule, RuleId, RuleSpec, Skipped,
+    Sources, Touched, Unconfirmed, UnconfirmedChange, ValidationError, Warning,
 };
 
 use crate::pb;
@@ -55,6 +55,14 @@ pub fn rule_to_pb(rule: &Rule) -> pb::Rule {
         sources: spec.sources,
         unconfirmed_revision: 0,
         revert_time: None,
+        port_range: spec.port_range,
+    }
+}
+
+pub fn port_range_to_pb(ports: PortRange) -> pb::PortRange {
+    pb::PortRange {
+        first: u32::from(ports.first().get()),
+        last: u32::from(ports.last().get()),
     }
 }
 
@@ -186,6 +194,7 @@ fn rule_from_pb(rule: &pb::Rule) -> Result<Rule, ValidationError> {
         is_default: rule.is_default,
         expire_time: rule.expire_time,
         sources: rule.sources.clone(),
+        port_range: rule.port_range.filter(|r| r.first != r.last),
     };
     Ok(Rule {
         spec: rule_spec_from_pb(&spec)?,
@@ -245,13 +254,15 @@ pub fn warning_to_pb(warning: &Warning) -> pb::Warning {
 pub fn rule_spec_to_pb(spec: &RuleSpec) -> pb::RuleSpec {
     pb::RuleSpec {
         rule_id: spec.id.to_string(),
-        port: u32::from(spec.port.get()),
+        port: u32::from(spec.ports.first().get()),
         protocol: protocol_to_pb(spec.protocol).into(),
         description: spec.description.as_str().to_owned(),
         enabled: spec.enabled,
         is_default: spec.is_default,
         expire_time: spec.expire_time.map(timestamp),
         sources: sources_to_pb(&spec.sources),
+        // Absent for one port: such a rule's record is what it always was.
+        port_range: (!spec.ports.is_single()).then(|| port_range_to_pb(spec.ports)),
     }
 }
 
@@ -259,10 +270,29 @@ pub fn sources_to_pb(sources: &Sources) -> Vec<String> {
     sources.networks().iter().map(ToString::to_string).collect()
 }
 
+/// A recorded rule's ports: its range, whose first port must be `port`, or
+/// `port` alone.
+fn rule_ports_from_pb(
+    port: u32,
+    range: Option<&pb::PortRange>,
+) -> Result<PortRange, ValidationError> {
+    let Some(range) = range else {
+        return Ok(PortRange::single(Port::new(port)?));
+    };
+    let ports = PortRange::new(range.first, range.last)?;
+    if u32::from(ports.first().get()) != port {
+        return Err(ValidationError::new(
+            "port_range.first",
+            format!("must be the rule's port {port}, got {}", range.first),
+        ));
+    }
+    Ok(ports)
+}
+
 fn rule_spec_from_pb(spec: &pb::RuleSpec) -> Result<RuleSpec, ValidationError> {
     Ok(RuleSpec {
         id: RuleId::parse(&spec.rule_id)?,
-        port: Port::new(spec.port)?,
+        ports: rule_ports_from_pb(spec.port, spec.port_range.as_ref())?,
         protocol: protocol_from_pb(spec.protocol)?,
         description: Description::parse(&spec.description)?,
         enabled: spec.enabled,

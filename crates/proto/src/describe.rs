@@ -21,13 +21,13 @@ pub fn describe_event(event: &Event) -> String {
             "created with {}",
             default_rules
                 .iter()
-                .map(|r| format!("{}/{}", r.port, r.protocol))
+                .map(|r| format!("{}/{}", r.ports, r.protocol))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
         EventPayload::RuleAdded(spec) => format!(
             "added {}/{} {}{}{}",
-            spec.port,
+            spec.ports,
             spec.protocol,
             spec.id,
             if spec.enabled { "" } else { " (disabled)" },
@@ -69,7 +69,7 @@ pub fn describe_event(event: &Event) -> String {
                     Restored::Removed { rule_id } => format!("; removed {rule_id}"),
                     Restored::Put { spec, .. } => format!(
                         "; put back {}/{} {} ({})",
-                        spec.port,
+                        spec.ports,
                         spec.protocol,
                         spec.id,
                         if spec.enabled { "on" } else { "off" }

@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use cassette_model::{default_rules, Cidr, Firewall, Protocol};
+use cassette_model::{default_rules, Cidr, Firewall, PortRange, Protocol};
 use sha2::{Digest, Sha256};
 
 /// The name of the nftables table (family `inet`) the enforcer owns.
@@ -55,10 +55,10 @@ impl Default for TableName {
 /// inbound is dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
-    tcp: BTreeSet<u16>,
-    udp: BTreeSet<u16>,
-    /// Ports open only to some networks: (protocol, network, port).
-    allowed: BTreeSet<(Protocol, Cidr, u16)>,
+    tcp: BTreeSet<PortRange>,
+    udp: BTreeSet<PortRange>,
+    /// Ports open only to some networks: (protocol, network, ports).
+    allowed: BTreeSet<(Protocol, Cidr, PortRange)>,
 }
 
 /// What the input chain accepts before the port checks: loopback, and
@@ -89,23 +89,33 @@ const ACCEPTS_ESTABLISHED: &str = concat!(
 struct Rendering {
     input_accepts: &'static str,
     records_blocked: bool,
+    /// Whether the open-port sets hold ranges (`flags interval`).
+    open_ranges: bool,
 }
 
 const CURRENT: Rendering = Rendering {
     input_accepts: INPUT_ACCEPTS,
     records_blocked: true,
+    open_ranges: true,
 };
 
 /// What earlier versions rendered, for state files they saved (see
 /// [`Ruleset::hash_matches`]).
-const EARLIER: [Rendering; 2] = [
+const EARLIER: [Rendering; 3] = [
     Rendering {
         input_accepts: ACCEPTS_ESTABLISHED,
         records_blocked: false,
+        open_ranges: false,
     },
     Rendering {
         input_accepts: INPUT_ACCEPTS,
         records_blocked: false,
+        open_ranges: false,
+    },
+    Rendering {
+        input_accepts: INPUT_ACCEPTS,
+        records_blocked: true,
+        open_ranges: false,
     },
 ];
 
@@ -245,7 +255,7 @@ impl Ruleset {
             if networks.is_empty() {
                 ruleset
                     .ports_mut(rule.spec.protocol)
-                    .insert(rule.spec.port.get());
+                    .insert(rule.spec.ports);
                 continue;
             }
             // The kernel refuses overlapping intervals: a network inside
@@ -257,15 +267,15 @@ impl Ruleset {
                 if !covered {
                     ruleset
                         .allowed
-                        .insert((rule.spec.protocol, *network, rule.spec.port.get()));
+                        .insert((rule.spec.protocol, *network, rule.spec.ports));
                 }
             }
         }
         ruleset
     }
 
-    /// The `(network, port)` elements of an allowlist set.
-    pub fn allowed(&self, set: &AllowSet) -> BTreeSet<(Cidr, u16)> {
+    /// The `(network, ports)` elements of an allowlist set.
+    pub fn allowed(&self, set: &AllowSet) -> BTreeSet<(Cidr, PortRange)> {
         self.allowed
             .iter()
             .filter(|(protocol, network, _)| {
@@ -280,19 +290,20 @@ impl Ruleset {
     pub fn defaults() -> Self {
         let mut ruleset = Self::default();
         for rule in default_rules().into_iter().filter(|r| r.enabled) {
-            ruleset.ports_mut(rule.protocol).insert(rule.port.get());
+            ruleset.ports_mut(rule.protocol).insert(rule.ports);
         }
         ruleset
     }
 
-    pub fn ports(&self, protocol: Protocol) -> &BTreeSet<u16> {
+    /// The ports (and ranges) open to anywhere.
+    pub fn ports(&self, protocol: Protocol) -> &BTreeSet<PortRange> {
         match protocol {
             Protocol::Tcp => &self.tcp,
             Protocol::Udp => &self.udp,
         }
     }
 
-    fn ports_mut(&mut self, protocol: Protocol) -> &mut BTreeSet<u16> {
+    fn ports_mut(&mut self, protocol: Protocol) -> &mut BTreeSet<PortRange> {
         match protocol {
             Protocol::Tcp => &mut self.tcp,
             Protocol::Udp => &mut self.udp,
@@ -311,8 +322,13 @@ impl Ruleset {
             // Every element counts the packets it accepted (hit counts).
             let _ = write!(
                 out,
-                "  set {} {{\n    type inet_service;\n    counter;\n",
-                set_name(protocol)
+                "  set {} {{\n    type inet_service;\n{}    counter;\n",
+                set_name(protocol),
+                if rendering.open_ranges {
+                    "    flags interval;\n"
+                } else {
+                    ""
+                }
             );
             let ports = self.ports(protocol);
             if !ports.is_empty() {
@@ -388,8 +404,8 @@ impl Ruleset {
         let mut out = String::new();
         for protocol in [Protocol::Tcp, Protocol::Udp] {
             let (old, new) = (from.ports(protocol), self.ports(protocol));
-            let removed: BTreeSet<u16> = old.difference(new).copied().collect();
-            let added: BTreeSet<u16> = new.difference(old).copied().collect();
+            let removed: BTreeSet<PortRange> = old.difference(new).copied().collect();
+            let added: BTreeSet<PortRange> = new.difference(old).copied().collect();
             let set = set_name(protocol);
             if !removed.is_empty() {
                 let _ = writeln!(
@@ -404,8 +420,8 @@ impl Ruleset {
         }
         for set in &ALLOW_SETS {
             let (old, new) = (from.allowed(set), self.allowed(set));
-            let removed: BTreeSet<(Cidr, u16)> = old.difference(&new).copied().collect();
-            let added: BTreeSet<(Cidr, u16)> = new.difference(&old).copied().collect();
+            let removed: BTreeSet<(Cidr, PortRange)> = old.difference(&new).copied().collect();
+            let added: BTreeSet<(Cidr, PortRange)> = new.difference(&old).copied().collect();
             if !removed.is_empty() {
                 let _ = writeln!(
                     out,
@@ -454,7 +470,7 @@ pub fn set_name(protocol: Protocol) -> &'static str {
     }
 }
 
-fn join_allowed(elements: &BTreeSet<(Cidr, u16)>) -> String {
+fn join_allowed(elements: &BTreeSet<(Cidr, PortRange)>) -> String {
     elements
         .iter()
         .map(|(network, port)| format!("{network} . {port}"))
@@ -462,10 +478,10 @@ fn join_allowed(elements: &BTreeSet<(Cidr, u16)>) -> String {
         .join(", ")
 }
 
-fn join(ports: &BTreeSet<u16>) -> String {
+fn join(ports: &BTreeSet<PortRange>) -> String {
     ports
         .iter()
-        .map(u16::to_string)
+        .map(PortRange::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -481,10 +497,14 @@ mod tests {
         let earlier = "cac72fa77a1e98156cb1ab00d49964033a8df9d8f9cd42c39aa33c4a2d4d3feb";
         assert_ne!(defaults.hash(), earlier);
         assert!(defaults.hash_matches(earlier));
-        // Before the table recorded what it dropped.
-        let unrecorded = "4a32d6287fd351da34129be8f0e2e27ffe7fcc688ee64b37fde55d2ef05b5baa";
-        assert_ne!(defaults.hash(), unrecorded);
-        assert!(defaults.hash_matches(unrecorded));
+        // Before the table recorded what it dropped, and before it held ranges.
+        for earlier in [
+            "4a32d6287fd351da34129be8f0e2e27ffe7fcc688ee64b37fde55d2ef05b5baa",
+            "a3aad04ce79c7555ad23a8516ae84674c71583fceeace540b8d1badc231ba04f",
+        ] {
+            assert_ne!(defaults.hash(), earlier);
+            assert!(defaults.hash_matches(earlier));
+        }
         assert!(defaults.hash_matches(&defaults.hash()));
         assert!(!defaults.hash_matches(&"0".repeat(64)));
         assert!(
@@ -510,10 +530,14 @@ mod tests {
         assert!(!text.contains("ct state established,related accept"));
     }
 
+    fn port(port: u16) -> PortRange {
+        PortRange::single(cassette_model::Port::new(u32::from(port)).unwrap())
+    }
+
     fn ruleset(tcp: &[u16], udp: &[u16]) -> Ruleset {
         Ruleset {
-            tcp: tcp.iter().copied().collect(),
-            udp: udp.iter().copied().collect(),
+            tcp: tcp.iter().map(|p| port(*p)).collect(),
+            udp: udp.iter().map(|p| port(*p)).collect(),
             allowed: BTreeSet::new(),
         }
     }
@@ -527,9 +551,31 @@ mod tests {
     #[test]
     fn render_is_the_designed_table() {
         let text = ruleset(&[22, 5432], &[]).render(&TableName::default());
-        assert!(text.starts_with("table inet cassette {\n  set tcp_open {\n    type inet_service;\n    counter;\n    elements = { 22, 5432 }\n  }\n  set udp_open {\n    type inet_service;\n    counter;\n  }\n"), "{text}");
+        assert!(text.starts_with("table inet cassette {\n  set tcp_open {\n    type inet_service;\n    flags interval;\n    counter;\n    elements = { 22, 5432 }\n  }\n  set udp_open {\n    type inet_service;\n    flags interval;\n    counter;\n  }\n"), "{text}");
         assert!(text.contains("policy drop;"));
         assert!(text.contains("udp dport @udp_open accept"));
+    }
+
+    #[test]
+    fn ranges_are_interval_elements_open_or_allowlisted() {
+        let range = PortRange::new(27015, 27030).unwrap();
+        let mut to = ruleset(&[22], &[]);
+        to.udp.insert(range);
+        to.allowed
+            .insert((Protocol::Tcp, Cidr::parse("10.0.0.0/8").unwrap(), range));
+        let text = to.render(&TableName::default());
+        assert!(text.contains("elements = { 27015-27030 }"), "{text}");
+        assert!(
+            text.contains("elements = { 10.0.0.0/8 . 27015-27030 }"),
+            "{text}"
+        );
+        assert_eq!(
+            ruleset(&[22], &[])
+                .delta_script(&to, &TableName::default())
+                .unwrap(),
+            "delete element inet cassette udp_open { 27015-27030 }\n\
+             delete element inet cassette tcp4_allow { 10.0.0.0/8 . 27015-27030 }\n"
+        );
     }
 
     #[test]
@@ -572,10 +618,11 @@ mod tests {
         let net = |s: &str| Cidr::parse(s).unwrap();
         let mut to = ruleset(&[22], &[]);
         to.allowed
-            .insert((Protocol::Tcp, net("203.0.113.0/24"), 5432));
+            .insert((Protocol::Tcp, net("203.0.113.0/24"), port(5432)));
         to.allowed
-            .insert((Protocol::Tcp, net("2001:db8::/32"), 5432));
-        to.allowed.insert((Protocol::Udp, net("192.0.2.7"), 53));
+            .insert((Protocol::Tcp, net("2001:db8::/32"), port(5432)));
+        to.allowed
+            .insert((Protocol::Udp, net("192.0.2.7"), port(53)));
         let text = to.render(&TableName::default());
         assert!(text.contains("  set tcp4_allow {\n    type ipv4_addr . inet_service;\n    flags interval;\n    counter;\n    elements = { 203.0.113.0/24 . 5432 }\n  }\n"), "{text}");
         assert!(

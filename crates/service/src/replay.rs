@@ -264,7 +264,7 @@ pub async fn diff(
         .map(|(_, rule)| rule)
         .collect();
     // Listed as firewalls list rules: by port, then protocol.
-    let key = |r: &Rule| (r.spec.port, r.spec.protocol);
+    let key = |r: &Rule| (r.spec.ports, r.spec.protocol);
     diff.added.sort_by_key(key);
     diff.removed.sort_by_key(key);
     diff.changed.sort_by_key(|(before, _)| key(before));

@@ -60,7 +60,8 @@ pub struct Observed {
 }
 
 /// A rule's key in [`Observed`]: the wire's protocol number
-/// (`cassette.firewall.v1.Protocol`: TCP 1, UDP 2) and the port.
+/// (`cassette.firewall.v1.Protocol`: TCP 1, UDP 2) and its first port (rules
+/// of one protocol never overlap, so it names one rule).
 pub fn observed_key(protocol: Protocol, port: Port) -> (i32, u32) {
     let wire = match protocol {
         Protocol::Tcp => 1,

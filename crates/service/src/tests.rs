@@ -57,7 +57,7 @@ fn mutation(command: Command, request_id: Option<&str>) -> Mutation {
 
 fn add(port: u16) -> Command {
     Command::AddRule {
-        port: Port::new(u32::from(port)).unwrap(),
+        ports: Port::new(u32::from(port)).unwrap().into(),
         protocol: Protocol::Tcp,
         description: Description::parse("").unwrap(),
         enabled: true,
@@ -169,7 +169,10 @@ async fn a_request_id_belongs_to_its_caller_and_its_request() {
             .await
             .unwrap();
         assert_eq!((mallory.revision, alice.revision), (2, 3));
-        assert!(alice.rules().iter().any(|r| r.spec.port.get() == 5432));
+        assert!(alice
+            .rules()
+            .iter()
+            .any(|r| r.spec.ports.first().get() == 5432));
         // The same caller's key with another request: refused, nothing appended.
         let reused = store
             .mutate(keyed(add(6000), "close-5432", "alice", 3))

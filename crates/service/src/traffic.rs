@@ -55,7 +55,7 @@ pub(crate) fn proven(firewall: &Firewall, previous: &Observed, current: &Observe
                 .any(|r| {
                     current
                         .by_rule
-                        .get(&observed_key(r.spec.protocol, r.spec.port))
+                        .get(&observed_key(r.spec.protocol, r.spec.ports.first()))
                         .is_some_and(|(_, last)| *last == Some(now))
                 })
         })

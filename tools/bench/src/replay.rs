@@ -132,7 +132,7 @@ fn event(sequence: u64, i: u64, revision: u64) -> anyhow::Result<Event> {
         },
         r if r <= RULES_PER_INSTANCE + 1 => EventPayload::RuleAdded(RuleSpec {
             id: rule_id(r)?,
-            port: Port::new(10_000 + r as u32)?,
+            ports: Port::new(10_000 + r as u32)?.into(),
             protocol: Protocol::Tcp,
             description: Description::parse("generated")?,
             enabled: true,

@@ -178,10 +178,11 @@ impl Window {
 
 #[derive(Debug, Subcommand)]
 enum RuleCommand {
-    /// Open a port.
+    /// Open a port, or a range of ports (27015-27030).
     Add {
         instance: String,
-        port: u32,
+        #[arg(value_parser = parse_ports)]
+        port: (u32, u32),
         /// UDP instead of TCP.
         #[arg(long)]
         udp: bool,
@@ -441,9 +442,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ttl,
                     window,
                 } => {
+                    let (first, last) = port;
+                    let (port, port_range) = if first == last {
+                        (first, None)
+                    } else {
+                        (0, Some(pb::PortRange { first, last }))
+                    };
                     let request = pb::AddRuleRequest {
                         instance_id: instance,
                         port,
+                        port_range,
                         protocol: protocol(udp).into(),
                         description,
                         enabled: Some(!disabled),
@@ -628,9 +636,20 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// A rule as people name it: its port (`5432`, `5432/tcp`, `5432/udp`),
-/// or else its id.
-fn port_of(named: &str) -> Option<(u32, Option<pb::Protocol>)> {
+/// `5432` or `27015-27030` as the numbers it names (the service says
+/// whether they are ports).
+fn parse_ports(text: &str) -> Result<(u32, u32), String> {
+    let number = |part: &str| part.trim().parse::<u32>().ok();
+    match text.split_once('-') {
+        None => number(text).map(|port| (port, port)),
+        Some((first, last)) => number(first).zip(number(last)),
+    }
+    .ok_or_else(|| format!("{text:?} is not a port like 5432 or a range like 27015-27030"))
+}
+
+/// A rule as people name it: its port or range (`5432`, `5432/tcp`,
+/// `27015-27030/udp`), or else its id.
+fn port_of(named: &str) -> Option<((u32, u32), Option<pb::Protocol>)> {
     let (port, protocol) = match named.split_once('/') {
         Some((port, protocol)) => {
             let protocol = match protocol.to_ascii_lowercase().as_str() {
@@ -642,7 +661,14 @@ fn port_of(named: &str) -> Option<(u32, Option<pb::Protocol>)> {
         }
         None => (named, None),
     };
-    port.parse().ok().map(|port| (port, protocol))
+    parse_ports(port).ok().map(|ports| (ports, protocol))
+}
+
+/// A rule's ports as the service answers them.
+fn ports_of(rule: &pb::Rule) -> (u32, u32) {
+    rule.port_range
+        .as_ref()
+        .map_or((rule.port, rule.port), |r| (r.first, r.last))
 }
 
 /// The rule `named` names on `instance` (by port or id).
@@ -659,12 +685,12 @@ async fn find_rule(
     let name = |r: &pb::Rule| {
         format!(
             "{}/{} ({})",
-            r.port,
+            output::ports_text(r),
             output::protocol_name(r.protocol),
             r.id
         )
     };
-    let Some((port, protocol)) = port_of(named) else {
+    let Some(((first, last), protocol)) = port_of(named) else {
         return firewall
             .rules
             .into_iter()
@@ -674,7 +700,16 @@ async fn find_rule(
     let mut matching: Vec<pb::Rule> = firewall
         .rules
         .into_iter()
-        .filter(|r| r.port == port && protocol.is_none_or(|p| r.protocol == p as i32))
+        .filter(|r| {
+            let (from, to) = ports_of(r);
+            // One port names the rule that covers it; a range, its own.
+            let names = if first == last {
+                from <= first && first <= to
+            } else {
+                (from, to) == (first, last)
+            };
+            names && protocol.is_none_or(|p| r.protocol == p as i32)
+        })
         .collect();
     match matching.len() {
         0 => Err(Exit::new(
@@ -686,7 +721,7 @@ async fn find_rule(
         _ => Err(Exit::new(
             2,
             format!(
-                "port {named} names {} rules on {instance}: {}; say {port}/tcp or {port}/udp",
+                "port {named} names {} rules on {instance}: {}; say {named}/tcp or {named}/udp",
                 matching.len(),
                 matching.iter().map(name).collect::<Vec<_>>().join(", ")
             ),

@@ -111,6 +111,14 @@ impl Output {
     }
 }
 
+/// `5432`, or `27015-27030` for a range.
+pub fn ports_text(rule: &pb::Rule) -> String {
+    match &rule.port_range {
+        Some(range) if range.first != range.last => format!("{}-{}", range.first, range.last),
+        _ => rule.port.to_string(),
+    }
+}
+
 pub fn protocol_name(protocol: i32) -> &'static str {
     match pb::Protocol::try_from(protocol) {
         Ok(pb::Protocol::Udp) => "udp",
@@ -197,7 +205,7 @@ fn firewall_table(firewall: &pb::Firewall) -> String {
             ));
         }
         rows.push([
-            rule.port.to_string(),
+            ports_text(rule),
             protocol_name(rule.protocol).to_owned(),
             if rule.enabled { "on" } else { "off" }.to_owned(),
             status.to_owned(),

@@ -265,7 +265,7 @@ fn describe_rule(rule: &Rule) -> String {
     }
     format!(
         "{}/{} {} {}{} ({}, revision {}{extra})",
-        rule.spec.port,
+        rule.spec.ports,
         rule.spec.protocol,
         if rule.spec.enabled {
             "enabled"

@@ -58,7 +58,7 @@ pub fn diagnose(
         enabled(rule),
         applied(rule, sync),
         in_kernel(rule, observed, now),
-        listening(rule, observed, now),
+        listening(port, protocol, observed, now),
         packets(rule, observed),
     ];
     checks.push(blocked(firewall, port, protocol, observed));
@@ -223,7 +223,7 @@ fn applied(rule: &Rule, sync: &Snapshot) -> pb::Check {
 fn wire_key(rule: &Rule) -> (i32, u32) {
     (
         i32::from(protocol_to_pb(rule.spec.protocol)),
-        u32::from(rule.spec.port.get()),
+        u32::from(rule.spec.ports.first().get()),
     )
 }
 
@@ -249,7 +249,7 @@ fn in_kernel(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
             "rule_in_kernel",
             format!(
                 "the kernel's table accepts {}/{} ({})",
-                rule.spec.port,
+                rule.spec.ports,
                 rule.spec.protocol,
                 age(observed, now)
             ),
@@ -258,7 +258,7 @@ fn in_kernel(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
             "rule_in_kernel",
             format!(
                 "the kernel's table has no element for {}/{} ({})",
-                rule.spec.port,
+                rule.spec.ports,
                 rule.spec.protocol,
                 age(observed, now)
             ),
@@ -272,7 +272,13 @@ fn in_kernel(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
     }
 }
 
-fn listening(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::Check {
+/// Whether something listens on the port asked about (one port of a range).
+fn listening(
+    port: Port,
+    protocol: Protocol,
+    observed: Option<&Observed>,
+    now: SystemTime,
+) -> pb::Check {
     let Some((observed, sockets)) = observed.and_then(|o| o.listening.as_ref().map(|l| (o, l)))
     else {
         return unknown(
@@ -280,13 +286,13 @@ fn listening(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
             "the enforcer has not reported the instance's listening sockets".into(),
         );
     };
-    match sockets.get(&wire_key(rule)) {
+    match sockets.get(&(i32::from(protocol_to_pb(protocol)), u32::from(port.get()))) {
         Some(addresses) if !addresses.is_empty() => pass(
             "service_listening",
             format!(
                 "listening on {} port {} ({})",
                 addresses.join(", "),
-                rule.spec.port,
+                port,
                 age(observed, now)
             ),
         ),
@@ -294,14 +300,14 @@ fn listening(rule: &Rule, observed: Option<&Observed>, now: SystemTime) -> pb::C
             "service_listening",
             format!(
                 "nothing listens on {}/{} inside the instance ({})",
-                rule.spec.port,
-                rule.spec.protocol,
+                port,
+                protocol,
                 age(observed, now)
             ),
             format!(
                 "Verify the service is actually running (sudo systemctl status servicename) and \
                  check it's listening on the right port (sudo netstat -tlnp | grep {}).",
-                rule.spec.port
+                port
             ),
         ),
     }
@@ -322,7 +328,7 @@ fn packets(rule: &Rule, observed: Option<&Observed>) -> pb::Check {
             format!(
                 "Check that the client connects to this instance's address on port {} ({}), and \
                  that nothing on the way blocks it.",
-                rule.spec.port, rule.spec.protocol
+                rule.spec.ports, rule.spec.protocol
             ),
         ),
         (hits, last) => pass(

@@ -198,6 +198,7 @@ fn report(observed: &Observed) -> pb::Report {
                 source: String::new(),
                 packets,
                 last_hit_time: last.map(Into::into),
+                last_port: 0,
             })
             .collect(),
         observe_time: observed.observed.map(Into::into),
@@ -349,6 +350,7 @@ mod tests {
                     source: String::new(),
                     packets: 3,
                     last_hit_time: Some(looked.into()),
+                    last_port: 0,
                 },
                 pb::ElementHits {
                     protocol: tcp,
@@ -356,6 +358,7 @@ mod tests {
                     source: "10.0.0.0/8".into(),
                     packets: 4,
                     last_hit_time: None,
+                    last_port: 0,
                 },
             ],
             observe_time: Some(looked.into()),

@@ -6,8 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use cassette_model::{
-    check_confirm_within, Command, Description, InstanceId, Port, Protocol, RequestDigest,
-    RequestId, RuleId, Sources, ValidationError, MAX_UNCONFIRMED,
+    check_confirm_within, Command, Description, InstanceId, Port, PortRange, Protocol,
+    RequestDigest, RequestId, RuleId, Sources, ValidationError, MAX_UNCONFIRMED,
 };
 use cassette_proto::{pb, protocol_from_pb};
 use sha2::{Digest, Sha256};
@@ -160,19 +160,31 @@ pub fn add_rule(r: &pb::AddRuleRequest, v: &mut Violations) -> Option<Command> {
 
 /// [`add_rule`] with the service's clock reading `now`.
 pub fn add_rule_at(r: &pb::AddRuleRequest, now: SystemTime, v: &mut Violations) -> Option<Command> {
-    let port = v.check(Port::new(r.port));
+    let ports = v.check(rule_ports(r.port, r.port_range.as_ref()));
     let protocol = v.check(protocol_from_pb(r.protocol));
     let description = v.check(Description::parse(&r.description));
     let expire_time = v.check(expire_time(r.expire_time, r.ttl, now));
     let sources = v.check(Sources::parse("sources", &r.sources));
     Some(Command::AddRule {
-        port: port?,
+        ports: ports?,
         protocol: protocol?,
         description: description?,
         enabled: r.enabled.unwrap_or(true),
         expire_time: expire_time?,
         sources: sources?,
     })
+}
+
+/// AddRule's ports: `port`, or `port_range` (not both).
+fn rule_ports(port: u32, range: Option<&pb::PortRange>) -> Result<PortRange, ValidationError> {
+    match (port, range) {
+        (_, None) => Ok(PortRange::single(Port::new(port)?)),
+        (0, Some(range)) => PortRange::new(range.first, range.last),
+        (_, Some(_)) => Err(ValidationError::new(
+            PortRange::FIELD,
+            "give port or port_range, not both",
+        )),
+    }
 }
 
 /// Diagnose's port and protocol.

@@ -170,7 +170,7 @@ fn domain_status(error: DomainError, message: String) -> Status {
                 "cassette.firewall.v1.Rule",
                 existing_rule_id,
                 "",
-                "each port+protocol combination can only have one rule",
+                "no two rules of one protocol may cover the same port",
             ),
         ),
         DomainError::DefaultRuleNotDeletable { rule_id } => (

@@ -482,7 +482,7 @@ async fn etcd_a_lost_answer_retried_through_a_failing_catch_up_is_never_not_stor
         .await
         .expect("created");
     let add = || cassette_model::Command::AddRule {
-        port: cassette_model::Port::new(5432).unwrap(),
+        ports: cassette_model::Port::new(5432).unwrap().into(),
         protocol: cassette_model::Protocol::Tcp,
         description: cassette_model::Description::default(),
         enabled: true,
@@ -496,7 +496,7 @@ async fn etcd_a_lost_answer_retried_through_a_failing_catch_up_is_never_not_stor
         request_id: cassette_model::RequestId::parse_optional("add-1").unwrap(),
         payload: EventPayload::RuleAdded(cassette_model::RuleSpec {
             id: RuleId::from_uuid(uuid::Uuid::now_v7()),
-            port: cassette_model::Port::new(5432).unwrap(),
+            ports: cassette_model::Port::new(5432).unwrap().into(),
             protocol: cassette_model::Protocol::Tcp,
             description: cassette_model::Description::default(),
             enabled: true,

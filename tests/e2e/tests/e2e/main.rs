@@ -21,6 +21,8 @@
 //! - `state`: the enforcer's saved state: reboots without the control plane,
 //!   untrusted state files, restarts that replay nothing (root), restored logs.
 //! - `sync`: EnforcerService.Sync with raw streams: fan-out, backpressure, acks.
+//! - `ranges`: port ranges: validation, overlaps, both ends open and nothing
+//!   beyond in a real kernel, the CLI (root).
 //! - `readme`: every grpcurl example of README.md, run against the real binary.
 //! - `replicas`: several rules replicas on one etcd-backed log.
 
@@ -39,6 +41,7 @@ mod expiry;
 mod faults;
 mod history;
 mod kernel;
+mod ranges;
 mod readme;
 mod replicas;
 mod signed;

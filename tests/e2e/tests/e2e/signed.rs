@@ -61,7 +61,7 @@ fn forged(sequence: u64, instance: &str, revision: u64) -> Event {
         unconfirmed: None,
         payload: EventPayload::RuleAdded(RuleSpec {
             id: RuleId::from_uuid(uuid::Uuid::now_v7()),
-            port: Port::new(3306).unwrap(),
+            ports: Port::new(3306).unwrap().into(),
             protocol: Protocol::Tcp,
             description: Description::parse("").unwrap(),
             enabled: true,

@@ -463,7 +463,7 @@ async fn state_ahead_of_a_restored_log_gives_way_to_the_log() {
     assert_eq!(
         open.ports(cassette_model::Protocol::Tcp)
             .iter()
-            .copied()
+            .map(|p| p.first().get())
             .collect::<Vec<_>>(),
         [80, 443],
         "the log's revision 2 (HTTP open again), not the saved revision 3"

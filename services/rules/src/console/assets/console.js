@@ -217,6 +217,16 @@
   };
 
   const protocolName = (protocol) => (protocol === "PROTOCOL_UDP" ? "UDP" : "TCP");
+  // "5432", or "27015-27030" for a rule that covers a range.
+  const portsText = (rule) => {
+    const range = rule.portRange;
+    return range && range.first !== range.last ? `${range.first}-${range.last}` : String(rule.port);
+  };
+  // The ports typed into a Port field: one, or "first-last".
+  const typedRange = (raw) => {
+    const m = /^(\d+)\s*-\s*(\d+)$/.exec(raw);
+    return m ? { first: Number(m[1]), last: Number(m[2]) } : null;
+  };
 
   function seconds(duration) {
     // protobuf JSON durations: "0.002104s"
@@ -397,7 +407,7 @@
           const open = sortRules(firewall.rules || [])
             .filter((r) => r.enabled)
             .map((r) => {
-              const port = `${r.port}/${protocolName(r.protocol)}`;
+              const port = `${portsText(r)}/${protocolName(r.protocol)}`;
               const sources = r.sources || [];
               if (!sources.length) return port;
               return `${port} from ${sources.length === 1 ? sources[0] : `${sources.length} networks`}`;
@@ -504,7 +514,9 @@
       formAlert.textContent = "";
     };
     const updateAdvice = () => {
-      advice.hidden = !DATABASE_PORTS.has(Number(port.value.trim()));
+      const raw = port.value.trim();
+      const range = typedRange(raw) || { first: Number(raw), last: Number(raw) };
+      advice.hidden = ![...DATABASE_PORTS].some((p) => range.first <= p && p <= range.last);
     };
     port.addEventListener("input", updateAdvice);
 
@@ -519,14 +531,16 @@
           clearErrors();
           notice.hidden = true;
           const raw = port.value.trim();
+          const range = typedRange(raw);
           const body = {
-            // A whole number goes as one; anything else as typed, for the
-            // service to name.
-            port: /^\d+$/.test(raw) ? Number(raw) : raw,
             protocol: protocol.value,
             description: description.value,
             requestId: requestId(),
           };
+          // A range goes as port_range; a whole number as one; anything
+          // else as typed, for the service to name.
+          if (range) body.portRange = range;
+          else body.port = /^\d+$/.test(raw) ? Number(raw) : raw;
           submit.disabled = true;
           try {
             const answer = await api("POST", `/api/v1/firewalls/${encodeURIComponent(instanceId)}/rules`, body);
@@ -538,7 +552,7 @@
               notice.replaceChildren(...warnings.map((w) => h("p", {}, w.message)));
               notice.hidden = false;
             }
-            announce(`Port ${body.port}/${protocolName(body.protocol)} added; applying.`);
+            announce(`Port ${range ? `${range.first}-${range.last}` : body.port}/${protocolName(body.protocol)} added; applying.`);
           } catch (error) {
             showError(error);
           } finally {
@@ -565,7 +579,9 @@
     function showError(error) {
       let placed = false;
       for (const violation of error.fieldViolations) {
-        const name = String(violation.field || "").split(/[.[]/)[0];
+        const field = String(violation.field || "").split(/[.[]/)[0];
+        // A range's errors belong to the Port field it was typed into.
+        const name = field === "port_range" || field === "portRange" ? "port" : field;
         if (fieldErrors[name]) {
           fieldErrors[name].textContent = violation.description;
           inputs[name].setAttribute("aria-invalid", "true");
@@ -607,13 +623,13 @@
         "PATCH",
         `/api/v1/firewalls/${encodeURIComponent(instanceId)}/rules/${encodeURIComponent(rule.id)}`,
         body,
-        `Port ${rule.port}/${protocolName(rule.protocol)} ${enable ? "accepting" : "blocking, open connections included"}; applying.`,
+        `Port ${portsText(rule)}/${protocolName(rule.protocol)} ${enable ? "accepting" : "blocking, open connections included"}; applying.`,
       );
       button.disabled = false;
     }
 
     async function remove(rule) {
-      const what = `${rule.port}/${protocolName(rule.protocol)}`;
+      const what = `${portsText(rule)}/${protocolName(rule.protocol)}`;
       const sure = await confirmAction(
         `Delete the rule for port ${what}?`,
         `Connections to port ${what}${rule.description ? ` (${rule.description})` : ""} will be blocked, and those already open are cut. This cannot be undone; add the port again to reopen it.`,
@@ -638,7 +654,7 @@
           ? h("span", { class: "default-tag", title: "Default rules can be disabled but not deleted" }, "Default")
           : h("button", { type: "button", class: "delete", "aria-label": "Delete rule", title: "Delete rule" }, trashIcon());
         if (!rule.isDefault) deleteButton.addEventListener("click", () => remove(r.rule));
-        const target = `${rule.port}/${protocolName(rule.protocol)}`;
+        const target = `${portsText(rule)}/${protocolName(rule.protocol)}`;
         const checkButton = h("button", { type: "button", class: "check", "aria-label": `Troubleshoot port ${target}`, title: "Can't connect? Check this port" }, "Check");
         checkButton.addEventListener("click", () => troubleshoot(r.rule));
         r = {
@@ -660,9 +676,10 @@
       r.tr.setAttribute("data-rule-id", rule.id);
       r.tr.setAttribute("data-status", status);
       r.tr.setAttribute("data-port", rule.port);
+      r.tr.setAttribute("data-ports", portsText(rule));
       r.tr.setAttribute("data-protocol", proto.toLowerCase());
       r.tr.classList.toggle("blocking", !rule.enabled);
-      r.port.textContent = rule.port;
+      r.port.textContent = portsText(rule);
       r.protocol.textContent = proto;
       r.description.replaceChildren(
         ...[
@@ -684,7 +701,7 @@
       }
       r.status.replaceChildren(...statusText);
       r.toggleButton.setAttribute("aria-checked", rule.enabled ? "true" : "false");
-      r.toggleButton.setAttribute("aria-label", `Accept connections on port ${rule.port}/${proto}`);
+      r.toggleButton.setAttribute("aria-label", `Accept connections on port ${portsText(rule)}/${proto}`);
       r.toggleButton.title = rule.enabled ? "Accepting connections (click to block)" : "Blocking connections (click to accept)";
       return r.tr;
     }
@@ -694,7 +711,7 @@
     // instance's kernel, what listens and what arrives.
     const diagnosis = h("section", { class: "diagnosis", id: "diagnosis", "aria-labelledby": "diagnosis-title", hidden: true });
     async function troubleshoot(rule) {
-      const target = `${rule.port}/${protocolName(rule.protocol)}`;
+      const target = `${portsText(rule)}/${protocolName(rule.protocol)}`;
       const head = h("div", { class: "card-head" }, h("h2", { id: "diagnosis-title" }, `Troubleshooting port ${target}`));
       const close = h("button", { type: "button", class: "button secondary", onclick: () => { diagnosis.hidden = true; } }, "Close");
       diagnosis.hidden = false;
