@@ -588,7 +588,7 @@ impl<K: Kernel> Enforcer<K> {
                 None
             });
         let listening = tokio::task::spawn_blocking(|| {
-            crate::listening_sockets(std::path::Path::new("/proc/net"))
+            crate::instance_sockets(std::path::Path::new("/proc/net"))
         })
         .await
         .ok()

@@ -14,7 +14,7 @@ mod state;
 
 pub use backends::{FileKernel, MemoryKernel};
 pub use enforcer::{ClientTls, Config, Enforcer};
-pub use listening::{listening_sockets, Listening};
+pub use listening::{instance_sockets, Listening, Sockets};
 pub use metrics::EnforcerMetrics;
 pub use state::{Saved, StateError, StateFile};
 

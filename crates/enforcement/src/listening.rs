@@ -1,7 +1,8 @@
 //! The instance's listening sockets, from `/proc/net/{tcp,tcp6,udp,udp6}` of
 //! the enforcer's own network namespace (which is the instance's): the
 //! troubleshooting checklist's "is it listening on the right port?", answered
-//! with facts instead of `netstat`.
+//! with facts instead of `netstat`; and how many TCP connections are
+//! established to each listening port (what a change that closes it cuts).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -16,15 +17,27 @@ pub struct Listening {
     pub address: IpAddr,
 }
 
-/// `st` of a listening TCP socket (TCP_LISTEN) and of an unconnected UDP one
-/// (TCP_CLOSE, which the kernel reuses for UDP).
+/// The instance's sockets: those listening, and the number of established
+/// TCP connections per listening TCP port (accepted ones: outbound
+/// connections use other local ports).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sockets {
+    pub listening: Vec<Listening>,
+    pub established: Vec<(u16, u32)>,
+}
+
+/// `st` of an established TCP socket, of a listening one (TCP_LISTEN), and
+/// of an unconnected UDP one (TCP_CLOSE, which the kernel reuses for UDP).
+const TCP_ESTABLISHED: &str = "01";
 const TCP_LISTEN: &str = "0A";
 const UDP_UNCONNECTED: &str = "07";
 
-/// Every listening socket under `proc_net` (normally `/proc/net`). A missing
-/// table (IPv6 disabled) contributes nothing.
-pub fn listening_sockets(proc_net: &Path) -> std::io::Result<Vec<Listening>> {
-    let mut sockets = Vec::new();
+/// Every listening socket under `proc_net` (normally `/proc/net`), and the
+/// established connections to them. A missing table (IPv6 disabled)
+/// contributes nothing.
+pub fn instance_sockets(proc_net: &Path) -> std::io::Result<Sockets> {
+    let mut listening = Vec::new();
+    let mut established = Vec::new();
     for (file, protocol, state) in [
         ("tcp", Protocol::Tcp, TCP_LISTEN),
         ("tcp6", Protocol::Tcp, TCP_LISTEN),
@@ -32,14 +45,31 @@ pub fn listening_sockets(proc_net: &Path) -> std::io::Result<Vec<Listening>> {
         ("udp6", Protocol::Udp, UDP_UNCONNECTED),
     ] {
         match std::fs::read_to_string(proc_net.join(file)) {
-            Ok(text) => sockets.extend(parse(&text, protocol, state)),
+            Ok(text) => {
+                listening.extend(parse(&text, protocol, state));
+                if protocol == Protocol::Tcp {
+                    established.extend(parse(&text, protocol, TCP_ESTABLISHED));
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    sockets.sort();
-    sockets.dedup();
-    Ok(sockets)
+    listening.sort();
+    listening.dedup();
+    let mut counts: std::collections::BTreeMap<u16, u32> = std::collections::BTreeMap::new();
+    for socket in &established {
+        let listens = listening
+            .iter()
+            .any(|l| l.protocol == Protocol::Tcp && l.port == socket.port);
+        if listens {
+            *counts.entry(socket.port).or_default() += 1;
+        }
+    }
+    Ok(Sockets {
+        listening,
+        established: counts.into_iter().collect(),
+    })
 }
 
 /// The sockets in state `state` of one `/proc/net` table (header line first;
@@ -126,7 +156,23 @@ mod tests {
 
     #[test]
     fn reads_this_machines_tables() {
-        let sockets = listening_sockets(Path::new("/proc/net"));
+        let sockets = instance_sockets(Path::new("/proc/net"));
         assert!(sockets.is_ok(), "{sockets:?}");
+    }
+
+    #[test]
+    fn counts_established_connections_to_listening_ports_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // Listening on 8080; two accepted connections to it (local port
+        // 8080), one outbound connection from local port 50000.
+        let tcp = "  sl  local_address rem_address   st\n\
+   0: 00000000:1F90 00000000:0000 0A 0 0 0 0 0\n\
+   1: 0100007F:1F90 0200007F:C350 01 0 0 0 0 0\n\
+   2: 0100007F:1F90 0200007F:C351 01 0 0 0 0 0\n\
+   3: 0100007F:C350 0300007F:0050 01 0 0 0 0 0\n";
+        std::fs::write(dir.path().join("tcp"), tcp).unwrap();
+        let sockets = instance_sockets(dir.path()).unwrap();
+        assert_eq!(sockets.listening.len(), 1);
+        assert_eq!(sockets.established, [(8080, 2)]);
     }
 }

@@ -4,14 +4,15 @@
 //! listening in the instance. Sent over the Sync stream every report
 //! interval and when asked; never written to the event log.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::time::Duration;
 use std::time::SystemTime;
 
 use cassette_model::{Cidr, PortRange, Protocol};
 use cassette_proto::{pb, protocol_to_pb};
 
-use crate::{Counters, Dropped, Listening};
+use crate::{Counters, Dropped, Sockets};
 
 /// The service reads at most this many listening sockets from a report.
 const MAX_REPORTED_SOCKETS: usize = 65_536;
@@ -37,7 +38,14 @@ pub struct Reporter {
     first_blocked: HashMap<(Protocol, u16), (Option<SystemTime>, u64)>,
     /// When the dropped attempts were last read.
     last_read: Option<SystemTime>,
+    /// Each element's count once a minute, as far back as an hour (and the
+    /// newest sample before that): what it accepted in the last hour.
+    history: HashMap<Element, VecDeque<(SystemTime, u64)>>,
 }
+
+/// How often the history keeps a count, and how far back it looks.
+const SAMPLE_EVERY: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
 
 impl Reporter {
     /// Whether a first reading has been taken (counts grown after it have a time).
@@ -55,7 +63,7 @@ impl Reporter {
     pub fn report(
         &mut self,
         counters: Option<Counters>,
-        listening: Option<Vec<Listening>>,
+        sockets: Option<Sockets>,
         now: SystemTime,
     ) -> pb::Report {
         let hits_counted = counters.is_some();
@@ -77,6 +85,9 @@ impl Reporter {
                     Some(Some(_)) => (h.packets > 0).then_some(now),
                 };
                 seen.insert(key, (h.packets, last_hit));
+                // Put in the table since the last reading: all it counted is new.
+                let added = before.as_ref().is_some_and(|b| !b.contains_key(&key));
+                let packets_last_hour = self.last_hour(key, h.packets, added, now);
                 pb::ElementHits {
                     protocol: protocol_to_pb(h.protocol).into(),
                     port: u32::from(h.ports.first().get()),
@@ -88,9 +99,11 @@ impl Reporter {
                     } else {
                         u32::from(h.ports.last().get())
                     },
+                    packets_last_hour,
                 }
             })
             .collect();
+        self.history.retain(|key, _| seen.contains_key(key));
         self.seen = Some(seen);
         let blocked_counted = dropped.is_some();
         let blocked = dropped
@@ -99,8 +112,21 @@ impl Reporter {
         pb::Report {
             hits: elements,
             observe_time: Some(now.into()),
-            listening: listening.map(|sockets| pb::ListeningSockets {
+            connections: sockets.as_ref().map(|sockets| pb::PortConnections {
+                ports: sockets
+                    .established
+                    .iter()
+                    .take(MAX_REPORTED_SOCKETS)
+                    .map(|&(port, established)| pb::PortConnection {
+                        protocol: protocol_to_pb(Protocol::Tcp).into(),
+                        port: u32::from(port),
+                        established,
+                    })
+                    .collect(),
+            }),
+            listening: sockets.map(|sockets| pb::ListeningSockets {
                 sockets: sockets
+                    .listening
                     .iter()
                     .take(MAX_REPORTED_SOCKETS)
                     .map(|s| pb::ListeningSocket {
@@ -114,6 +140,31 @@ impl Reporter {
             blocked,
             blocked_counted,
         }
+    }
+
+    /// What `element` accepted in the last hour (or since this process first
+    /// counted it, if that is less), keeping a count a minute to tell.
+    fn last_hour(&mut self, element: Element, packets: u64, added: bool, now: SystemTime) -> u64 {
+        let samples = self.history.entry(element).or_default();
+        if added && samples.is_empty() {
+            samples.push_back((now, 0));
+        }
+        // A counter that went down was put back in the table: start over.
+        if samples.back().is_some_and(|&(_, count)| count > packets) {
+            samples.clear();
+        }
+        let due = samples
+            .back()
+            .is_none_or(|&(at, _)| now.duration_since(at).unwrap_or_default() >= SAMPLE_EVERY);
+        if due {
+            samples.push_back((now, packets));
+        }
+        // Keep the newest sample at least an hour old, and those after it.
+        let old = |at: SystemTime| now.duration_since(at).unwrap_or_default() >= HOUR;
+        while samples.len() > 1 && samples.get(1).is_some_and(|&(at, _)| old(at)) {
+            samples.pop_front();
+        }
+        packets.saturating_sub(samples.front().map_or(packets, |&(_, count)| count))
     }
 
     /// The kernel's records of dropped attempts, per protocol and port: the
@@ -263,7 +314,7 @@ mod tests {
             "not grown since the baseline"
         );
 
-        let uncounted = reporter.report(None, Some(Vec::new()), t(40));
+        let uncounted = reporter.report(None, Some(Sockets::default()), t(40));
         assert!(!uncounted.hits_counted);
         assert!(uncounted.hits.is_empty());
         assert_eq!(uncounted.listening.map(|l| l.sockets.len()), Some(0));
@@ -361,5 +412,40 @@ mod tests {
         let uncounted = reporter.report(counted(Vec::new()), None, t(2001));
         assert!(!uncounted.blocked_counted);
         assert!(uncounted.blocked.is_empty());
+    }
+
+    #[test]
+    fn packets_in_the_last_hour_are_told_from_a_count_a_minute() {
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let mut reporter = Reporter::default();
+        let last_hour = |report: &pb::Report| report.hits[0].packets_last_hour;
+        // Counted every 10 s; 10 packets a minute.
+        let mut packets = 100;
+        let first = reporter.report(counted(vec![hits(22, packets)]), None, t(0));
+        assert_eq!(last_hour(&first), 0, "nothing counted yet");
+        let mut report = first;
+        for s in (10..=5400).step_by(10) {
+            packets += 10 / 6 + u64::from(s % 60 == 0) * 4;
+            report = reporter.report(counted(vec![hits(22, packets)]), None, t(s));
+            if s == 1800 {
+                assert_eq!(last_hour(&report), packets - 100, "half an hour: all of it");
+            }
+        }
+        // After 90 minutes: about the last hour's 600 (to the minute).
+        let hour = last_hour(&report);
+        assert!((590..=610).contains(&hour), "{hour}");
+        // The element put back (its counter restarted): counted afresh.
+        let restarted = reporter.report(counted(vec![hits(22, 3)]), None, t(5410));
+        assert_eq!(last_hour(&restarted), 0);
+        // An element added since the last reading: everything it counted.
+        let added = reporter.report(counted(vec![hits(22, 3), hits(80, 7)]), None, t(5415));
+        assert_eq!(added.hits[1].packets_last_hour, 7);
+        let sockets = Sockets {
+            listening: Vec::new(),
+            established: vec![(8080, 2)],
+        };
+        let with = reporter.report(None, Some(sockets), t(5420));
+        let ports = with.connections.unwrap().ports;
+        assert_eq!((ports[0].port, ports[0].established), (8080, 2));
     }
 }

@@ -57,8 +57,16 @@ fn database_in(ports: PortRange, protocol: Protocol) -> Option<(u16, &'static st
 
 /// The warnings for `command` given the firewall after it: a change that
 /// opens a database port to anywhere (adding it, turning it on, widening its
-/// allowlist to anywhere). Describing an open one says nothing again.
+/// allowlist to anywhere). Describing an open one says nothing again. A
+/// whole firewall applied is advised on every rule it leaves open so.
 pub fn warnings(command: &Command, after: &Firewall) -> Vec<Warning> {
+    if let Command::ApplyFirewall { rules, .. } = command {
+        return rules
+            .iter()
+            .filter_map(|want| after.rule_for(want.ports.first(), want.protocol))
+            .filter_map(database_exposure)
+            .collect();
+    }
     let rule = match command {
         Command::AddRule {
             ports, protocol, ..

@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use crate::apply::DesiredRule;
 use crate::error::DomainError;
 use crate::event::{EventPayload, RuleSpec};
 use crate::firewall::Firewall;
@@ -46,6 +47,12 @@ pub enum Command {
         revision: u64,
         now: SystemTime,
     },
+    /// The whole firewall at once: see [`crate::apply`]. `now` checks the
+    /// desired expire times.
+    ApplyFirewall {
+        rules: Vec<DesiredRule>,
+        now: SystemTime,
+    },
     /// The service's revert: undoes the unconfirmed change named by its last
     /// `revision` if its revert time is at or before `now`. Nothing happens
     /// if it was confirmed or reverted already, or is not yet due.
@@ -60,6 +67,7 @@ impl Command {
         match self {
             Command::CreateFirewall => "create_firewall",
             Command::AddRule { .. } => "add_rule",
+            Command::ApplyFirewall { .. } => "apply_firewall",
             Command::UpdateRule { .. } => "update_rule",
             Command::DeleteRule { .. } => "delete_rule",
             Command::ExpireRule { .. } => "expire_rule",
@@ -200,6 +208,9 @@ pub fn decide(
             vec![EventPayload::ChangeConfirmed {
                 revision: change.revision,
             }]
+        }
+        Command::ApplyFirewall { rules, now } => {
+            firewall.plan_apply(rules, ids, *now)?.into_iter().collect()
         }
     })
 }

@@ -129,6 +129,13 @@ pub enum EventPayload {
         restored: Vec<Restored>,
         skipped: Vec<Skipped>,
     },
+    /// A whole firewall was applied at once (ApplyFirewall): the custom
+    /// rules it removed (or replaced), then every rule it added or changed,
+    /// as it is after.
+    FirewallApplied {
+        removed: Vec<RuleId>,
+        put: Vec<RuleSpec>,
+    },
 }
 
 impl EventPayload {
@@ -146,6 +153,7 @@ impl EventPayload {
             EventPayload::FirewallDeleted => "firewall_deleted",
             EventPayload::ChangeConfirmed { .. } => "change_confirmed",
             EventPayload::ChangeReverted { .. } => "change_reverted",
+            EventPayload::FirewallApplied { .. } => "firewall_applied",
         }
     }
 
@@ -164,6 +172,9 @@ impl EventPayload {
             | EventPayload::RuleExpired { rule_id, .. } => vec![rule_id],
             EventPayload::ChangeReverted { restored, .. } => {
                 restored.iter().map(Restored::rule_id).collect()
+            }
+            EventPayload::FirewallApplied { removed, put } => {
+                removed.iter().chain(put.iter().map(|s| &s.id)).collect()
             }
         }
     }

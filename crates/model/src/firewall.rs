@@ -295,6 +295,10 @@ impl Firewall {
             EventPayload::ChangeReverted { restored, .. } => {
                 self.put_back(restored, event.revision, event.commit_time)
             }
+            EventPayload::FirewallApplied { removed, put } => {
+                let applied = self.applied(removed, put, event.commit_time);
+                self.put_back(&applied, event.revision, event.commit_time)
+            }
         };
         applied.map_err(|e| inapplicable(event, e))?;
         self.track_unconfirmed(event, before);

@@ -7,6 +7,7 @@
 //! ([`Firewall::restore`], the enforcer's state file). This crate does no I/O and knows nothing of gRPC or sled.
 
 mod advice;
+pub mod apply;
 mod command;
 mod error;
 mod event;
@@ -16,6 +17,7 @@ mod unconfirmed;
 mod values;
 
 pub use advice::{database_on, warnings, Warning};
+pub use apply::{rule_changes, DesiredRule, RuleChange};
 pub use command::{decide, Command, RuleIdSource};
 pub use error::{DomainError, FoldError, ValidationError};
 pub use event::{Event, EventPayload, Restored, RuleSpec, Skipped, Unconfirmed};

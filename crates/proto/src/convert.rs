@@ -349,6 +349,12 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
                 revision: *revision,
             })
         }
+        EventPayload::FirewallApplied { removed, put } => {
+            Payload::FirewallApplied(pb::FirewallApplied {
+                removed_rule_ids: removed.iter().map(ToString::to_string).collect(),
+                rules: put.iter().map(rule_spec_to_pb).collect(),
+            })
+        }
         EventPayload::ChangeReverted {
             revision,
             restored,
@@ -449,6 +455,18 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
         Payload::FirewallDeleted(_) => EventPayload::FirewallDeleted,
         Payload::ChangeConfirmed(e) => EventPayload::ChangeConfirmed {
             revision: e.revision,
+        },
+        Payload::FirewallApplied(e) => EventPayload::FirewallApplied {
+            removed: e
+                .removed_rule_ids
+                .iter()
+                .map(|id| RuleId::parse(id))
+                .collect::<Result<_, _>>()?,
+            put: e
+                .rules
+                .iter()
+                .map(rule_spec_from_pb)
+                .collect::<Result<_, _>>()?,
         },
         Payload::ChangeReverted(e) => EventPayload::ChangeReverted {
             revision: e.revision,

@@ -84,6 +84,22 @@ pub fn describe_event(event: &Event) -> String {
             }
             what
         }
+        EventPayload::FirewallApplied { removed, put } => {
+            let mut what = "applied the whole firewall".to_owned();
+            for rule_id in removed {
+                what.push_str(&format!("; removed {rule_id}"));
+            }
+            for spec in put {
+                what.push_str(&format!(
+                    "; set {}/{} {} ({})",
+                    spec.ports,
+                    spec.protocol,
+                    spec.id,
+                    if spec.enabled { "on" } else { "off" }
+                ));
+            }
+            what
+        }
     };
     let window = event
         .unconfirmed

@@ -5,7 +5,7 @@ use std::time::Duration;
 use cassette_model::{ActorId, Command, InstanceId, RequestDigest, RequestId};
 
 /// A change someone asked for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mutation {
     pub instance_id: InstanceId,
     pub command: Command,

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
 use cassette_eventlog::{EventLog, Head, Log, LogError, Signing};
-use cassette_model::{DomainError, Event, Firewall, InstanceId};
+use cassette_model::{decide, ActorId, Command, DomainError, Event, Firewall, InstanceId, RuleId};
 use cassette_ruleset::Ruleset;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -339,6 +339,45 @@ impl Store {
                 head.sequence, LINEARIZABLE_PATIENCE
             )))),
         }
+    }
+
+    /// What `command` would make of the live firewall of `instance_id`,
+    /// decided and folded as the writer would, on a copy: nothing is
+    /// appended (a dry run). `actor` is whom the events would name.
+    pub fn preview(
+        &self,
+        instance_id: &InstanceId,
+        command: &Command,
+        expected_revision: Option<u64>,
+        actor: &ActorId,
+    ) -> Result<(Arc<Firewall>, Firewall), StoreError> {
+        let before = self.get(instance_id)?;
+        let mut new_rule_id = || RuleId::from_uuid(uuid::Uuid::now_v7());
+        let payloads = decide(
+            instance_id,
+            Some(&before),
+            command,
+            expected_revision,
+            &mut new_rule_id,
+        )?;
+        let mut after = (*before).clone();
+        let now = SystemTime::now();
+        for payload in payloads {
+            after.apply(&Event {
+                sequence: 0,
+                instance_id: instance_id.clone(),
+                revision: after.revision + 1,
+                event_id: uuid::Uuid::now_v7(),
+                commit_time: now.max(after.update_time),
+                actor: actor.clone(),
+                on_behalf_of: None,
+                request_id: None,
+                request_digest: None,
+                unconfirmed: None,
+                payload,
+            })?;
+        }
+        Ok((before, after))
     }
 
     /// The live firewall of `instance_id`.

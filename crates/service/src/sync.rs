@@ -49,6 +49,12 @@ pub struct Observed {
     pub counted: bool,
     /// (wire protocol, port) -> (packets, last hit).
     pub by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)>,
+    /// (wire protocol, port) -> packets in the last hour (as far back as
+    /// the enforcer has counted).
+    pub last_hour: HashMap<(i32, u32), u64>,
+    /// (wire protocol, listening port) -> TCP connections established to
+    /// it; `None`: not read.
+    pub connections: Option<HashMap<(i32, u32), u32>>,
     /// (wire protocol, port) -> the addresses listening; `None`: not read.
     pub listening: Option<HashMap<(i32, u32), Vec<String>>>,
     /// The revision the enforcer had acknowledged as applied when the report

@@ -158,6 +158,26 @@ else:
         knock(p, 0)
 "#;
 
+/// Connects to `dst port` again and again for `seconds` (each connection
+/// sends a byte and waits for its echo, 1 s at most) and prints how many
+/// succeeded and how many failed.
+const HAMMER: &str = r#"
+import socket, sys, time
+dst, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ok = failed = 0
+end = time.time() + seconds
+while time.time() < end:
+    try:
+        s = socket.create_connection((dst, port), timeout=1.0)
+        s.sendall(b"x")
+        ok += s.recv(1) == b"x"
+        s.close()
+    except OSError:
+        failed += 1
+    time.sleep(0.002)
+print(ok, failed, flush=True)
+"#;
+
 const TCP_PROBE: &str = "import socket,sys\nsrc=(sys.argv[3], 0) if len(sys.argv) > 3 else None\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0, source_address=src).close()";
 const UDP_PROBE: &str = "import socket,sys\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(1.0)\ns.sendto(b'ping',(sys.argv[1], int(sys.argv[2])))\nsys.exit(0 if s.recvfrom(64)[0]==b'ping' else 1)";
 
@@ -373,6 +393,24 @@ impl Lab {
             &port.to_string(),
             &count.to_string(),
         ]);
+    }
+
+    /// Connects to the instance's `port` again and again for `seconds`:
+    /// (connections that got their echo, connections that failed).
+    pub fn hammer(&self, port: u16, seconds: f64) -> (u64, u64) {
+        let output = Self::command(&self.client_ns, Path::new("python3"))
+            .args([
+                "-c",
+                HAMMER,
+                INSTANCE_IP,
+                &port.to_string(),
+                &seconds.to_string(),
+            ])
+            .output()
+            .expect("run python3");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut counts = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
+        (counts.next().unwrap_or(0), counts.next().unwrap_or(0))
     }
 
     /// One TCP SYN from `source` to every port from `first` to `last`.

@@ -42,6 +42,10 @@ pub fn routes() -> Router<Arc<Console>> {
             "/api/v1/firewalls/{instance_id}/confirm",
             post(confirm_change),
         )
+        .route(
+            "/api/v1/firewalls/{instance_id}/apply",
+            post(apply_firewall),
+        )
         .route("/api/v1/firewalls/{instance_id}/sync", get(wait_for_sync))
         .route("/api/v1/firewalls/{instance_id}/diagnose", get(diagnose))
 }
@@ -305,6 +309,29 @@ async fn confirm_change(
     c.call(&headers, request, "Firewall", |api, r| async move {
         api.confirm_change(r).await
     })
+    .await
+}
+
+async fn apply_firewall(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let request = || {
+        c.request(
+            "ApplyFirewallRequest",
+            &body,
+            HashMap::new(),
+            vec![instance(id)],
+        )
+    };
+    c.call(
+        &headers,
+        request,
+        "ApplyFirewallResponse",
+        |api, r| async move { api.apply_firewall(r).await },
+    )
     .await
 }
 

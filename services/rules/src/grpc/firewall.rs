@@ -16,7 +16,7 @@ use tracing::{field, Instrument, Span};
 
 use crate::grpc::caller::{caller, Reauthorized};
 use crate::grpc::diagnose::diagnose;
-use crate::grpc::present::{present, sync_status};
+use crate::grpc::present::{present, rule_change, sync_status};
 use crate::grpc::requests;
 use crate::grpc::status::{self, invalid, refused, Violations};
 use cassette_service::limits::{Limits, Slots};
@@ -63,27 +63,14 @@ impl FirewallApi {
         let (instance_id, request_id, expected_revision) = fields(&request);
         let span = request_span(method, instance_id, request_id, &caller);
         let answer = async {
-            caller
-                .authorize(Action::Mutate, method, instance_id)
-                .map_err(refused)?;
-            let mut v = Violations::default();
-            let target = requests::target(instance_id, request_id, &mut v);
-            let command = command(&request, &mut v);
-            let confirm = requests::confirm(&request, &mut v);
-            let ((instance_id, request_id), (command, confirm)) =
-                v.finish_with(target.zip(command.zip(confirm)))?;
-            let advised = command.clone();
-            let request_digest = request_id.as_ref().map(|_| request.digest(method));
-            let mutation = Mutation {
-                instance_id,
+            let mutation = validated(
+                method,
+                &caller,
+                &request,
+                (instance_id, request_id, expected_revision),
                 command,
-                request_id,
-                request_digest,
-                expected_revision,
-                actor: caller.actor(),
-                on_behalf_of: caller.on_behalf_of().cloned(),
-                confirm,
-            };
+            )?;
+            let advised = mutation.command.clone();
             let firewall = self.store.mutate(mutation).await.map_err(status::store)?;
             Span::current().record("revision", firewall.revision);
             let mut answer = self.present(&firewall);
@@ -97,7 +84,117 @@ impl FirewallApi {
     }
 }
 
+/// Authorizes a change and validates its request into a [`Mutation`]
+/// (every invalid field named): the first steps of every change.
+fn validated<T: requests::Keyed + requests::Confirmable>(
+    method: &'static str,
+    caller: &Caller,
+    request: &T,
+    (instance_id, request_id, expected_revision): (&str, &str, Option<u64>),
+    command: impl FnOnce(&T, &mut Violations) -> Option<Command>,
+) -> Result<Mutation, Status> {
+    caller
+        .authorize(Action::Mutate, method, instance_id)
+        .map_err(refused)?;
+    let mut v = Violations::default();
+    let target = requests::target(instance_id, request_id, &mut v);
+    let command = command(request, &mut v);
+    let confirm = requests::confirm(request, &mut v);
+    let ((instance_id, request_id), (command, confirm)) =
+        v.finish_with(target.zip(command.zip(confirm)))?;
+    let request_digest = request_id.as_ref().map(|_| request.digest(method));
+    Ok(Mutation {
+        instance_id,
+        command,
+        request_id,
+        request_digest,
+        expected_revision,
+        actor: caller.actor(),
+        on_behalf_of: caller.on_behalf_of().cloned(),
+        confirm,
+    })
+}
+
 impl FirewallApi {
+    /// ApplyFirewall: the dry run's preview, or the one apply, and what
+    /// changed with its impact. Without an expected revision of the
+    /// caller's, the apply is guarded by the revision its changes are
+    /// computed from (and computed again if another change came first), so
+    /// the changes answered are exactly what the revision did.
+    async fn apply(
+        &self,
+        caller: &Caller,
+        request: &pb::ApplyFirewallRequest,
+    ) -> Result<pb::ApplyFirewallResponse, Status> {
+        const METHOD: &str = "ApplyFirewall";
+        let fields = (
+            request.instance_id.as_str(),
+            request.request_id.as_str(),
+            request.expected_revision,
+        );
+        let mut mutation = validated(METHOD, caller, request, fields, requests::apply_firewall)?;
+        let instance = mutation.instance_id.clone();
+        let (before, after) = if request.dry_run {
+            let (before, after) = self
+                .store
+                .preview(
+                    &instance,
+                    &mutation.command,
+                    mutation.expected_revision,
+                    &mutation.actor,
+                )
+                .map_err(status::store)?;
+            (before, Arc::new(after))
+        } else {
+            let guarded = mutation.expected_revision.is_none();
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                let before = self.store.get(&instance).map_err(status::store)?;
+                if guarded {
+                    mutation.expected_revision = Some(before.revision);
+                }
+                match self.store.mutate(mutation.clone()).await {
+                    Ok(after)
+                        if after.revision == before.revision
+                            || after.revision == before.revision + 1 =>
+                    {
+                        break (before, after);
+                    }
+                    // A retry answered with its first outcome, from history.
+                    Ok(after) => {
+                        let then = self
+                            .store
+                            .firewall_at(&instance, after.revision.saturating_sub(1))
+                            .await
+                            .map_err(status::store)?;
+                        break (then, after);
+                    }
+                    Err(StoreError::Domain(cassette_model::DomainError::RevisionMismatch {
+                        ..
+                    })) if guarded && attempts < 5 => {}
+                    Err(error) => return Err(status::store(error)),
+                }
+            }
+        };
+        Span::current().record("revision", after.revision);
+        let snapshot = self.store.snapshot(&instance);
+        let changes = cassette_model::rule_changes(&before, &after)
+            .iter()
+            .map(|change| rule_change(change, snapshot.observed.as_deref()))
+            .collect();
+        let mut firewall = present(&after, &snapshot);
+        firewall.warnings = cassette_model::warnings(&mutation.command, &after)
+            .iter()
+            .map(warning_to_pb)
+            .collect();
+        Ok(pb::ApplyFirewallResponse {
+            firewall: Some(firewall),
+            changes,
+            dry_run: request.dry_run,
+        })
+    }
+
     /// The instance's sync state after asking its connected enforcer for a
     /// fresh report, waiting up to [`REPORT_WAIT`] for it (else the last one).
     async fn fresh_report(&self, instance: &InstanceId) -> Snapshot {
@@ -321,6 +418,21 @@ impl FirewallService for FirewallApi {
             requests::update_rule,
         )
         .await
+    }
+
+    async fn apply_firewall(
+        &self,
+        request: Request<pb::ApplyFirewallRequest>,
+    ) -> Result<Response<pb::ApplyFirewallResponse>, Status> {
+        let caller = caller(&request)?;
+        let request = request.into_inner();
+        let span = request_span(
+            "ApplyFirewall",
+            &request.instance_id,
+            &request.request_id,
+            &caller,
+        );
+        in_span(span, self.apply(&caller, &request)).await
     }
 
     async fn confirm_change(

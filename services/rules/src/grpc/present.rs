@@ -7,14 +7,14 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use cassette_eventlog::{hex, SignedHead, Verification};
-use cassette_model::{Firewall, Port};
+use cassette_model::{Firewall, Port, Rule, RuleChange};
 use cassette_proto::{
     event_to_pb, firewall_to_pb, pb, protocol_from_pb, protocol_to_pb, rule_to_pb,
 };
 use cassette_service::blocked::{allows, BlockedSource, BlockedTraffic, Cause};
 use cassette_service::peers::Wire;
 use cassette_service::replay::{Diff, FirewallAt};
-use cassette_service::sync::{Observed, RuleStatus, Snapshot, SyncState};
+use cassette_service::sync::{observed_key, Observed, RuleStatus, Snapshot, SyncState};
 use prost::Message;
 
 /// An instance's sync state when its latest revision is `latest_revision`.
@@ -68,6 +68,53 @@ pub fn present(firewall: &Firewall, snapshot: &Snapshot) -> pb::Firewall {
     }
     view.sync = Some(sync_status(snapshot, view.revision));
     view
+}
+
+/// One rule's change (ApplyFirewall), with what it would cut when it
+/// closes or narrows what the rule accepted.
+pub fn rule_change(change: &RuleChange<'_>, observed: Option<&Observed>) -> pb::RuleChange {
+    let kind = match (change.before, change.after) {
+        (None, _) => pb::RuleChangeKind::Added,
+        (_, None) => pb::RuleChangeKind::Removed,
+        _ => pb::RuleChangeKind::Changed,
+    };
+    pb::RuleChange {
+        before: change.before.map(rule_to_pb),
+        after: change.after.map(rule_to_pb),
+        kind: kind.into(),
+        impact: change
+            .before
+            .filter(|_| change.closes_or_narrows())
+            .map(|rule| impact(rule, observed)),
+    }
+}
+
+/// What the enforcer's last report says goes through `rule`: its packets in
+/// the last hour, its last hit, the connections established to its ports.
+fn impact(rule: &Rule, observed: Option<&Observed>) -> pb::Impact {
+    let Some(observed) = observed.filter(|o| o.counted) else {
+        return pb::Impact::default();
+    };
+    let key = observed_key(rule.spec.protocol, rule.spec.ports.first());
+    let open_connections = observed.connections.as_ref().map_or(0, |connections| {
+        connections
+            .iter()
+            .filter(|((protocol, port), _)| {
+                *protocol == key.0
+                    && Port::new(*port).is_ok_and(|port| rule.spec.ports.contains(port))
+            })
+            .fold(0u32, |sum, (_, n)| sum.saturating_add(*n))
+    });
+    pb::Impact {
+        hits_last_hour: observed.last_hour.get(&key).copied().unwrap_or_default(),
+        last_hit_time: observed
+            .by_rule
+            .get(&key)
+            .and_then(|(_, last)| *last)
+            .map(Into::into),
+        open_connections,
+        reported: true,
+    }
 }
 
 /// A firewall lists at most this many blocked ports.
@@ -146,14 +193,25 @@ fn blocked_from_pb(blocked: &pb::BlockedTraffic) -> Option<BlockedTraffic> {
 /// at most [`Observed::MAX_ENTRIES`] elements and sockets read.
 pub fn observed(report: &pb::Report, received: SystemTime) -> Observed {
     let mut by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)> = HashMap::new();
+    let mut last_hour: HashMap<(i32, u32), u64> = HashMap::new();
     for element in report.hits.iter().take(Observed::MAX_ENTRIES) {
         let last = element
             .last_hit_time
             .and_then(|t| SystemTime::try_from(t).ok());
-        let entry = by_rule.entry((element.protocol, element.port)).or_default();
+        let key = (element.protocol, element.port);
+        let entry = by_rule.entry(key).or_default();
         entry.0 = entry.0.saturating_add(element.packets);
         entry.1 = entry.1.max(last);
+        let hour = last_hour.entry(key).or_default();
+        *hour = hour.saturating_add(element.packets_last_hour);
     }
+    let connections = report.connections.as_ref().map(|c| {
+        c.ports
+            .iter()
+            .take(Observed::MAX_ENTRIES)
+            .map(|p| ((p.protocol, p.port), p.established))
+            .collect()
+    });
     let listening = report.listening.as_ref().map(|l| {
         let mut by_port: HashMap<(i32, u32), Vec<String>> = HashMap::new();
         for socket in l.sockets.iter().take(Observed::MAX_ENTRIES) {
@@ -171,6 +229,8 @@ pub fn observed(report: &pb::Report, received: SystemTime) -> Observed {
         received,
         counted: report.hits_counted,
         by_rule,
+        last_hour,
+        connections,
         listening,
         applied_revision: 0,
         blocked: report.blocked_counted.then(|| {
@@ -199,6 +259,11 @@ fn report(observed: &Observed) -> pb::Report {
                 packets,
                 last_hit_time: last.map(Into::into),
                 last_port: 0,
+                packets_last_hour: observed
+                    .last_hour
+                    .get(&(protocol, port))
+                    .copied()
+                    .unwrap_or_default(),
             })
             .collect(),
         observe_time: observed.observed.map(Into::into),
@@ -215,6 +280,16 @@ fn report(observed: &Observed) -> pb::Report {
                 .collect(),
         }),
         hits_counted: observed.counted,
+        connections: observed.connections.as_ref().map(|c| pb::PortConnections {
+            ports: c
+                .iter()
+                .map(|(&(protocol, port), &established)| pb::PortConnection {
+                    protocol,
+                    port,
+                    established,
+                })
+                .collect(),
+        }),
         blocked: observed
             .blocked
             .iter()
@@ -245,6 +320,8 @@ pub fn diff(diff: &Diff) -> pb::FirewallDiff {
             .map(|(before, after)| pb::RuleChange {
                 before: Some(rule_to_pb(before)),
                 after: Some(rule_to_pb(after)),
+                kind: pb::RuleChangeKind::Changed.into(),
+                impact: None,
             })
             .collect(),
         events: diff
@@ -351,6 +428,7 @@ mod tests {
                     packets: 3,
                     last_hit_time: Some(looked.into()),
                     last_port: 0,
+                    packets_last_hour: 2,
                 },
                 pb::ElementHits {
                     protocol: tcp,
@@ -359,6 +437,7 @@ mod tests {
                     packets: 4,
                     last_hit_time: None,
                     last_port: 0,
+                    packets_last_hour: 1,
                 },
             ],
             observe_time: Some(looked.into()),
@@ -370,6 +449,13 @@ mod tests {
                 }],
             }),
             hits_counted: true,
+            connections: Some(pb::PortConnections {
+                ports: vec![pb::PortConnection {
+                    protocol: tcp,
+                    port: 22,
+                    established: 3,
+                }],
+            }),
             blocked: vec![
                 pb::BlockedTraffic {
                     protocol: tcp,
@@ -424,6 +510,13 @@ mod tests {
         assert_eq!(there.by_rule, here.by_rule);
         assert_eq!(there.listening, here.listening);
         assert_eq!(there.blocked, here.blocked);
+        assert_eq!(here.last_hour.get(&(tcp, 22)), Some(&3));
+        assert_eq!(there.last_hour, here.last_hour);
+        assert_eq!(there.connections, here.connections);
+        assert_eq!(
+            here.connections.as_ref().and_then(|c| c.get(&(tcp, 22))),
+            Some(&3)
+        );
         assert_eq!((there.observed, there.counted), (Some(looked), true));
     }
 

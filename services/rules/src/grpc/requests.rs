@@ -6,8 +6,8 @@
 use std::time::{Duration, SystemTime};
 
 use cassette_model::{
-    check_confirm_within, Command, Description, InstanceId, Port, PortRange, Protocol,
-    RequestDigest, RequestId, RuleId, Sources, ValidationError, MAX_UNCONFIRMED,
+    check_confirm_within, Command, Description, DesiredRule, InstanceId, Port, PortRange, Protocol,
+    RequestDigest, RequestId, RuleId, Sources, ValidationError, MAX_RULES, MAX_UNCONFIRMED,
 };
 use cassette_proto::{pb, protocol_from_pb};
 use sha2::{Digest, Sha256};
@@ -86,7 +86,8 @@ keyed!(
     pb::UpdateRuleRequest,
     pb::DeleteRuleRequest,
     pb::DeleteFirewallRequest,
-    pb::ConfirmChangeRequest
+    pb::ConfirmChangeRequest,
+    pb::ApplyFirewallRequest
 );
 
 /// A change request that may ask to be undone unless confirmed.
@@ -114,7 +115,8 @@ macro_rules! confirmable {
 confirmable!(
     pb::AddRuleRequest,
     pb::UpdateRuleRequest,
-    pb::DeleteRuleRequest
+    pb::DeleteRuleRequest,
+    pb::ApplyFirewallRequest
 );
 
 /// The request's confirmation window: absent, or 1 s to 24 h;
@@ -185,6 +187,66 @@ fn rule_ports(port: u32, range: Option<&pb::PortRange>) -> Result<PortRange, Val
             "give port or port_range, not both",
         )),
     }
+}
+
+/// ApplyFirewall's desired rules, each field checked as AddRule checks it
+/// and named `rules[i].<field>`.
+pub fn apply_firewall(r: &pb::ApplyFirewallRequest, v: &mut Violations) -> Option<Command> {
+    if r.rules.len() > MAX_RULES {
+        v.check::<()>(Err(ValidationError::new(
+            "rules",
+            format!("at most {MAX_RULES} rules, got {}", r.rules.len()),
+        )));
+        return None;
+    }
+    let mut rules = Some(Vec::with_capacity(r.rules.len()));
+    for (i, want) in r.rules.iter().enumerate() {
+        let at = |e: ValidationError| {
+            let field = format!("rules[{i}].{}", e.field);
+            e.at(field)
+        };
+        let rule_id = v.check(
+            (!want.rule_id.is_empty())
+                .then(|| RuleId::parse(&want.rule_id))
+                .transpose()
+                .map_err(at),
+        );
+        let ports = v.check(rule_ports(want.port, want.port_range.as_ref()).map_err(at));
+        let protocol = v.check(protocol_from_pb(want.protocol).map_err(at));
+        let description = v.check(Description::parse(&want.description).map_err(at));
+        let sources = v.check(Sources::parse(
+            &format!("rules[{i}].sources"),
+            &want.sources,
+        ));
+        let expire_time = v.check(
+            want.expire_time
+                .map(|t| {
+                    SystemTime::try_from(t).map_err(|_| {
+                        ValidationError::new(format!("rules[{i}].expire_time"), "not a valid time")
+                    })
+                })
+                .transpose(),
+        );
+        let desired = (|| {
+            Some(DesiredRule {
+                rule_id: rule_id?,
+                ports: ports?,
+                protocol: protocol?,
+                description: description?,
+                enabled: want.enabled.unwrap_or(true),
+                expire_time: expire_time?,
+                sources: sources?,
+            })
+        })();
+        match (rules.as_mut(), desired) {
+            (Some(rules), Some(desired)) => rules.push(desired),
+            _ => rules = None,
+        }
+    }
+    Some(Command::ApplyFirewall {
+        rules: rules?,
+        now: SystemTime::now(),
+    })
 }
 
 /// Diagnose's port and protocol.

@@ -1,6 +1,8 @@
 //! End-to-end tests, one binary (each test binary links everything).
 //!
 //! - `allowlist`: source allowlists: validation, replacement, audit, real traffic (root).
+//! - `apply`: ApplyFirewall: the preview with its impact, a stale revision,
+//!   one revision and one transaction under a stream of connections (root).
 //! - `api`: every semantic rule of FirewallService through the generated client.
 //! - `auth`: identity and authorization over real TLS: the attack table.
 //! - `blocked`: what the firewall dropped, from real traffic: counts, sources,
@@ -28,6 +30,7 @@
 
 mod allowlist;
 mod api;
+mod apply;
 mod audit;
 mod auth;
 mod blocked;

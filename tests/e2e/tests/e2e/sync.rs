@@ -579,6 +579,7 @@ pub(crate) fn listening_report(hits: Vec<pb::ElementHits>, port: u32) -> pb::Rep
         hits_counted: true,
         blocked: Vec::new(),
         blocked_counted: true,
+        connections: None,
     }
 }
 
