@@ -3,6 +3,7 @@
 //! for every door) and this prints its answer, or its error with the field
 //! it names, and exits with a code that says what kind of failure it was.
 
+mod document;
 mod output;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use crate::document::Document;
 use crate::output::Output;
 
 /// Manage cassette firewalls: create them, open and close ports, wait for the
@@ -35,8 +37,10 @@ struct Cli {
     #[command(flatten)]
     connection: Connection,
 
-    /// How to print answers.
+    /// How to print answers (`yaml`: `firewall get` as a document for
+    /// `diff -f` and `apply -f`).
     #[arg(
+        short = 'o',
         long,
         global = true,
         env = "CASSETTE_OUTPUT",
@@ -81,6 +85,7 @@ struct Connection {
 enum Format {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +125,27 @@ enum Command {
         /// Keep printing new events as they are committed.
         #[arg(long)]
         follow: bool,
+    },
+    /// What applying a firewall document (`firewall get -o yaml`, edited)
+    /// would change, and what each change that closes a port would cut.
+    /// Nothing is changed.
+    Diff {
+        /// The document, YAML or JSON (`-` reads standard input).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Put a firewall document in force: every rule at once, in one
+    /// revision and one kernel transaction.
+    Apply {
+        /// The document, YAML or JSON (`-` reads standard input).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Refuse if the firewall changed since the document was written
+        /// (its `revision`).
+        #[arg(long)]
+        if_unchanged: bool,
+        #[command(flatten)]
+        window: Window,
     },
     /// Connections the firewall dropped in the last hour, per port, with
     /// their top sources, most recent first.
@@ -377,6 +403,14 @@ fn exit_code(code: tonic::Code) -> u8 {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let yaml = matches!(cli.output, Format::Yaml);
+    if yaml && !matches!(cli.command, Command::Firewall(FirewallCommand::Get { .. })) {
+        return Err(Exit::new(
+            2,
+            "--output yaml is for `firewall get` (a document for `diff -f` and `apply -f`)".into(),
+        )
+        .into());
+    }
     let out = Output::new(matches!(cli.output, Format::Json))?;
     let (channel, bearer) = connect(&cli.connection).await?;
     let mut firewalls: Firewalls =
@@ -398,7 +432,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     instance_id: instance,
                     consistency: consistency(consistent),
                 };
-                out.firewall(&firewalls.get_firewall(request).await?.into_inner())
+                let firewall = firewalls.get_firewall(request).await?.into_inner();
+                if yaml {
+                    cassette_proto::out!("{}", Document::of(&firewall).to_yaml()?)?;
+                    return Ok(());
+                }
+                out.firewall(&firewall)
             }
             FirewallCommand::List { unused_for } => {
                 let mut page_token = String::new();
@@ -582,6 +621,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Diff { file } => {
+            let document = read_document(&file)?;
+            let request = pb::ApplyFirewallRequest {
+                instance_id: document.instance.clone(),
+                rules: document.desired()?,
+                dry_run: true,
+                ..Default::default()
+            };
+            out.applied(&firewalls.apply_firewall(request).await?.into_inner())
+        }
+        Command::Apply {
+            file,
+            if_unchanged,
+            window,
+        } => {
+            let document = read_document(&file)?;
+            let expected_revision = match (if_unchanged, document.written_at()) {
+                (false, _) => None,
+                (true, Some(revision)) => Some(revision),
+                (true, None) => {
+                    return Err(Exit::new(
+                        2,
+                        format!(
+                            "{}: --if-unchanged needs the document's revision",
+                            file.display()
+                        ),
+                    )
+                    .into())
+                }
+            };
+            let request = pb::ApplyFirewallRequest {
+                instance_id: document.instance.clone(),
+                rules: document.desired()?,
+                expected_revision,
+                confirm_within: window.within(),
+                confirm_on_traffic: window.confirm_on_traffic,
+                ..Default::default()
+            };
+            out.applied(&firewalls.apply_firewall(request).await?.into_inner())
+        }
         Command::Blocked { instance } => {
             let request = pb::GetFirewallRequest {
                 instance_id: instance,
@@ -635,6 +714,18 @@ impl std::fmt::Display for Exit {
 }
 
 impl std::error::Error for Exit {}
+
+/// A firewall document from `path` (`-`: standard input).
+fn read_document(path: &std::path::Path) -> anyhow::Result<Document> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| Exit::new(2, format!("cannot read {}: {e}", path.display())))?;
+    Document::parse(&text, &path.display().to_string())
+        .map_err(|e| Exit::new(4, e.to_string()).into())
+}
 
 /// `5432` or `27015-27030` as the numbers it names (the service says
 /// whether they are ports).

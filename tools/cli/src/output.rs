@@ -34,6 +34,16 @@ impl Output {
         Ok(())
     }
 
+    /// ApplyFirewall's answer: each change, with what it cuts, and the
+    /// revision (or that it was a dry run).
+    pub fn applied(&self, answer: &pb::ApplyFirewallResponse) -> anyhow::Result<()> {
+        if self.json("ApplyFirewallResponse", answer)? {
+            return Ok(());
+        }
+        cassette_proto::out!("{}", changes_text(answer))?;
+        Ok(())
+    }
+
     /// What the firewall dropped lately: one `BlockedTraffic` a line in JSON.
     pub fn blocked(&self, firewall: &pb::Firewall) -> anyhow::Result<()> {
         if self.json.is_some() {
@@ -236,6 +246,123 @@ fn firewall_table(firewall: &pb::Firewall) -> String {
         out.push_str(&format!("warning: {}\n", warning.message));
     }
     out
+}
+
+/// One line a change (`+` added, `-` removed, `~` changed, with what
+/// differs), what a closing change cuts, then the outcome.
+fn changes_text(answer: &pb::ApplyFirewallResponse) -> String {
+    let mut out = String::new();
+    for change in &answer.changes {
+        let Some(rule) = change.after.as_ref().or(change.before.as_ref()) else {
+            continue;
+        };
+        let name = format!(
+            "{}/{} {}",
+            ports_text(rule),
+            protocol_name(rule.protocol),
+            rule.id
+        );
+        let line = match (&change.before, &change.after) {
+            (None, Some(after)) => format!("+ {name}: added{}", state(after)),
+            (Some(_), None) => format!("- {name}: removed"),
+            (Some(before), Some(after)) => format!("~ {name}: {}", differences(before, after)),
+            (None, None) => continue,
+        };
+        out.push_str(&line);
+        if let Some(impact) = &change.impact {
+            out.push_str(&if impact.reported {
+                format!(
+                    " (cuts {} open connections; {} packets in the last hour{})",
+                    impact.open_connections,
+                    impact.hits_last_hour,
+                    impact
+                        .last_hit_time
+                        .map(|t| format!(", the last at {t}"))
+                        .unwrap_or_default()
+                )
+            } else {
+                " (closes traffic; the enforcer reported nothing to say how much)".to_owned()
+            });
+        }
+        out.push('\n');
+    }
+    let firewall = answer.firewall.as_ref();
+    let instance = firewall.map_or("", |f| f.instance_id.as_str());
+    let revision = firewall.map_or(0, |f| f.revision);
+    out.push_str(&match (answer.changes.len(), answer.dry_run) {
+        (0, _) => format!("{instance}: no changes (revision {revision})\n"),
+        (n, true) => format!("{instance}: {} (dry run: nothing applied)\n", changes(n)),
+        (n, false) => format!(
+            "{instance}: {} applied as revision {revision}\n",
+            changes(n)
+        ),
+    });
+    if let Some(firewall) = firewall {
+        for warning in &firewall.warnings {
+            out.push_str(&format!("warning: {}\n", warning.message));
+        }
+    }
+    out
+}
+
+fn changes(n: usize) -> String {
+    if n == 1 {
+        "1 change".to_owned()
+    } else {
+        format!("{n} changes")
+    }
+}
+
+/// ", off" or ", from 10.0.0.0/8" for an added rule that is not simply on.
+fn state(rule: &pb::Rule) -> String {
+    let mut text = String::new();
+    if !rule.enabled {
+        text.push_str(", off");
+    }
+    if !rule.sources.is_empty() {
+        text.push_str(&format!(", from {}", rule.sources.join(",")));
+    }
+    text
+}
+
+/// What differs between two versions of a rule: "on -> off; ...".
+fn differences(before: &pb::Rule, after: &pb::Rule) -> String {
+    let on = |enabled: bool| if enabled { "on" } else { "off" };
+    let from = |sources: &[String]| {
+        if sources.is_empty() {
+            "anywhere".to_owned()
+        } else {
+            sources.join(",")
+        }
+    };
+    let mut what = Vec::new();
+    if before.enabled != after.enabled {
+        what.push(format!("{} -> {}", on(before.enabled), on(after.enabled)));
+    }
+    if before.description != after.description {
+        what.push(format!(
+            "description {:?} -> {:?}",
+            before.description, after.description
+        ));
+    }
+    if before.sources != after.sources {
+        what.push(format!(
+            "from {} -> {}",
+            from(&before.sources),
+            from(&after.sources)
+        ));
+    }
+    if before.expire_time != after.expire_time {
+        let at = |t: Option<prost_types::Timestamp>| {
+            t.map_or_else(|| "never".to_owned(), |t| t.to_string())
+        };
+        what.push(format!(
+            "expires {} -> {}",
+            at(before.expire_time),
+            at(after.expire_time)
+        ));
+    }
+    what.join("; ")
 }
 
 /// Rows as left-aligned columns two spaces apart, a line each.

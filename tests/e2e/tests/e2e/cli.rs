@@ -431,3 +431,134 @@ async fn cli_a_second_run_on_the_same_data_says_so_before_starting() {
         "{stderr}"
     );
 }
+
+/// `firewall get -o yaml` writes a document that `diff -f` and `apply -f`
+/// read back: unchanged, it changes nothing (YAML, or the JSON answer);
+/// edited, diff says what would change and apply does it in one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_a_firewall_document_round_trips_through_diff_and_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = RulesProcess::start(&dir.path().join("data")).await;
+    let rules = format!("http://{}", service.listen);
+    let rules = rules.as_str();
+    ok(rules, &["firewall", "create", "web-1"]);
+    ok(
+        rules,
+        &[
+            "rule",
+            "add",
+            "web-1",
+            "5432",
+            "--description",
+            "PostgreSQL",
+            "--source",
+            "10.0.0.0/8",
+            "--ttl",
+            "7d",
+        ],
+    );
+    ok(
+        rules,
+        &[
+            "rule",
+            "add",
+            "web-1",
+            "27015-27030",
+            "--udp",
+            "--description",
+            "games",
+        ],
+    );
+    ok(rules, &["rule", "disable", "web-1", "443"]);
+
+    let yaml = ok(rules, &["firewall", "get", "web-1", "-o", "yaml"]);
+    for line in [
+        "instance: web-1\nrevision: 4\nrules:\n- id: default-ssh\n  port: 22\n  protocol: tcp\n  description: SSH\n  enabled: true\n",
+        "- id: default-https\n  port: 443\n  protocol: tcp\n  description: HTTPS\n  enabled: false\n",
+        "  port: 5432\n  protocol: tcp\n  description: PostgreSQL\n  enabled: true\n  sources:\n  - 10.0.0.0/8\n  expires: ",
+        "  port: 27015-27030\n  protocol: udp\n  description: games\n  enabled: true\n",
+    ] {
+        assert!(yaml.contains(line), "{line:?} in\n{yaml}");
+    }
+    let file = dir.path().join("web-1.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let path = file.to_str().unwrap();
+    assert_eq!(
+        ok(rules, &["diff", "-f", path]),
+        "web-1: no changes (revision 4)\n"
+    );
+    assert_eq!(
+        ok(rules, &["apply", "-f", path]),
+        "web-1: no changes (revision 4)\n"
+    );
+    // The JSON answer reads back the same (a disabled rule's `enabled` is left out there).
+    let json = ok(rules, &["firewall", "get", "web-1", "--output", "json"]);
+    let json_file = dir.path().join("web-1.json");
+    std::fs::write(&json_file, &json).unwrap();
+    assert_eq!(
+        ok(rules, &["diff", "-f", json_file.to_str().unwrap()]),
+        "web-1: no changes (revision 4)\n"
+    );
+
+    // Edited: 5432 gone, HTTP off, 8080 added.
+    let start = yaml.find("- id: 0").expect("the 5432 rule's block");
+    let end = start + yaml[start..].find("expires: ").unwrap();
+    let end = end + yaml[end..].find('\n').unwrap() + 1;
+    let mut edited = format!("{}{}", &yaml[..start], &yaml[end..]);
+    edited = edited.replacen(
+        "  port: 80\n  protocol: tcp\n  description: HTTP\n  enabled: true\n",
+        "  port: 80\n  protocol: tcp\n  description: HTTP\n  enabled: false\n",
+        1,
+    );
+    edited.push_str("- port: 8080\n  description: Alternative HTTP\n");
+    std::fs::write(&file, &edited).unwrap();
+    let diff = ok(rules, &["diff", "-f", path]);
+    let lines: Vec<&str> = diff.lines().collect();
+    assert_eq!(lines.len(), 4, "{diff}");
+    assert!(
+        lines[0].starts_with("- 5432/tcp ") && lines[0].contains(": removed (closes traffic"),
+        "{diff}"
+    );
+    assert!(
+        lines[1].starts_with("~ 80/tcp default-http: on -> off"),
+        "{diff}"
+    );
+    assert!(
+        lines[2].starts_with("+ 8080/tcp ") && lines[2].ends_with(": added"),
+        "{diff}"
+    );
+    assert_eq!(lines[3], "web-1: 3 changes (dry run: nothing applied)");
+    let applied = ok(rules, &["apply", "-f", path]);
+    assert!(
+        applied.ends_with("web-1: 3 changes applied as revision 5\n"),
+        "{applied}"
+    );
+    assert_eq!(
+        ok(rules, &["diff", "-f", path]),
+        "web-1: no changes (revision 5)\n"
+    );
+
+    // The original document, written at revision 4: refused with --if-unchanged.
+    std::fs::write(&file, &yaml).unwrap();
+    let (code, _, stderr) = cassette(rules, &["apply", "-f", path, "--if-unchanged"]);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("Aborted"), "{stderr}");
+    // A field nobody knows, a port out of range: named, nothing changed.
+    std::fs::write(
+        &file,
+        "instance: web-1\nrules:\n- port: 22\n  enabel: false\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = cassette(rules, &["apply", "-f", path]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("rules[0] has no field \"enabel\""),
+        "{stderr}"
+    );
+    std::fs::write(&file, "instance: web-1\nrules:\n- port: 70000\n").unwrap();
+    let (code, _, stderr) = cassette(rules, &["apply", "-f", path]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("rules[0].port"), "{stderr}");
+    let (code, _, stderr) = cassette(rules, &["diff", "-f", "-"]);
+    assert_eq!(code, 4, "an empty standard input is no document: {stderr}");
+}

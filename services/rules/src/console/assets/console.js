@@ -816,49 +816,80 @@
       const sources = [...(rule.sources || []), source.address];
       await change("PATCH", `${base}/${encodeURIComponent(rule.id)}`, { sources: { cidrs: sources }, requestId: requestId() }, `${source.address} added to the allowlist of ${target}; applying.`);
     }
+    // One row per blocked port, kept across reports (every few seconds) so
+    // that a button is not replaced under the pointer; its buttons are
+    // rebuilt only when what they would do changes.
+    const blockedByPort = new Map();
+    function blockedActions(r) {
+      const entry = r.entry;
+      const proto = protocolName(entry.protocol);
+      const reason = entry.reason || "BLOCKED_REASON_UNSPECIFIED";
+      const actions = [];
+      if (reason === "BLOCKED_REASON_NO_RULE") {
+        actions.push(h("button", { type: "button", class: "button secondary open-port", onclick: () => openPort(r.entry) }, "Open port"));
+      } else if (reason === "BLOCKED_REASON_RULE_OFF") {
+        const button = h("button", { type: "button", class: "button secondary open-port" }, "Open port");
+        button.addEventListener("click", () => {
+          const rule = (firewall.rules || []).find((x) => x.id === r.entry.ruleId);
+          if (rule) toggle(rule, button);
+        });
+        actions.push(button);
+      }
+      if (reason === "BLOCKED_REASON_NO_RULE" || reason === "BLOCKED_REASON_SOURCE_NOT_ALLOWED") {
+        for (const source of (entry.topSources || []).filter((s) => !s.allowed)) {
+          const button = h("button", { type: "button", class: "button secondary allow-source", "data-source": source.address, "aria-label": `Allow ${source.address} on port ${entry.port}/${proto}` }, `Allow ${source.address}`);
+          button.addEventListener("click", async () => {
+            button.disabled = true;
+            await allowSource(r.entry, source);
+            button.disabled = false;
+          });
+          actions.push(button);
+        }
+      }
+      r.actions.replaceChildren(...actions);
+    }
+    function blockedRow(entry) {
+      const proto = protocolName(entry.protocol);
+      const key = `${proto}/${entry.port}`;
+      let r = blockedByPort.get(key);
+      if (!r) {
+        r = {
+          tr: h("tr", { "data-blocked-port": String(entry.port), "data-protocol": proto.toLowerCase() }),
+          attempts: h("td", { class: "attempts", "data-label": "Attempts" }),
+          from: h("td", { class: "from", "data-label": "Sources" }),
+          last: h("td", { class: "last", "data-label": "Last" }),
+          reason: h("td", { class: "reason", "data-label": "Why" }),
+          actions: h("div", { class: "actions" }),
+        };
+        r.tr.append(h("td", { class: "port", "data-label": "Port" }, `${entry.port}/${proto}`), r.attempts, r.from, r.last, r.reason, h("td", {}, r.actions));
+        blockedByPort.set(key, r);
+      }
+      r.entry = entry;
+      const reason = entry.reason || "BLOCKED_REASON_UNSPECIFIED";
+      const listed = entry.topSources || [];
+      const more = Number(entry.distinctSources || 0) - listed.length;
+      const top = listed.map((s) => `${s.address} (${s.attempts})`).join(", ") + (more > 0 ? ` and ${more} more` : "");
+      r.tr.setAttribute("data-reason", reason);
+      r.attempts.textContent = String(entry.attempts || "0");
+      r.from.textContent = top || "—";
+      r.last.textContent = entry.lastTime ? ago(entry.lastTime) : "—";
+      r.reason.textContent = REASONS[reason] || "—";
+      const does = JSON.stringify([reason, entry.ruleId || "", listed.map((s) => [s.address, Boolean(s.allowed)])]);
+      if (r.does !== does) {
+        r.does = does;
+        blockedActions(r);
+      }
+      return r.tr;
+    }
     function renderBlocked() {
       const entries = firewall.blocked || [];
       blockedEmpty.hidden = entries.length > 0;
       blockedRows.parentElement.hidden = entries.length === 0;
-      blockedRows.replaceChildren(
-        ...entries.map((entry) => {
-          const proto = protocolName(entry.protocol);
-          const reason = entry.reason || "BLOCKED_REASON_UNSPECIFIED";
-          const actions = [];
-          if (reason === "BLOCKED_REASON_NO_RULE") {
-            actions.push(h("button", { type: "button", class: "button secondary open-port", onclick: () => openPort(entry) }, "Open port"));
-          } else if (reason === "BLOCKED_REASON_RULE_OFF") {
-            const rule = (firewall.rules || []).find((r) => r.id === entry.ruleId);
-            const button = h("button", { type: "button", class: "button secondary open-port" }, "Open port");
-            button.addEventListener("click", () => rule && toggle(rule, button));
-            actions.push(button);
-          }
-          if (reason === "BLOCKED_REASON_NO_RULE" || reason === "BLOCKED_REASON_SOURCE_NOT_ALLOWED") {
-            for (const source of (entry.topSources || []).filter((s) => !s.allowed)) {
-              const button = h("button", { type: "button", class: "button secondary allow-source", "data-source": source.address, "aria-label": `Allow ${source.address} on port ${entry.port}/${proto}` }, `Allow ${source.address}`);
-              button.addEventListener("click", async () => {
-                button.disabled = true;
-                await allowSource(entry, source);
-                button.disabled = false;
-              });
-              actions.push(button);
-            }
-          }
-          const listed = entry.topSources || [];
-          const more = Number(entry.distinctSources || 0) - listed.length;
-          const top = listed.map((s) => `${s.address} (${s.attempts})`).join(", ") + (more > 0 ? ` and ${more} more` : "");
-          return h(
-            "tr",
-            { "data-blocked-port": String(entry.port), "data-protocol": proto.toLowerCase(), "data-reason": reason },
-            h("td", { class: "port", "data-label": "Port" }, `${entry.port}/${proto}`),
-            h("td", { class: "attempts", "data-label": "Attempts" }, String(entry.attempts || "0")),
-            h("td", { class: "from", "data-label": "Sources" }, top || "—"),
-            h("td", { class: "last", "data-label": "Last" }, entry.lastTime ? ago(entry.lastTime) : "—"),
-            h("td", { class: "reason", "data-label": "Why" }, REASONS[reason] || "—"),
-            h("td", {}, h("div", { class: "actions" }, ...actions)),
-          );
-        }),
-      );
+      const shown = entries.map(blockedRow);
+      for (const [key, r] of blockedByPort) {
+        if (!shown.includes(r.tr)) blockedByPort.delete(key);
+      }
+      blockedRows.replaceChildren(...shown);
     }
 
     // Changes that undo themselves unless kept: a banner each, counting down,
