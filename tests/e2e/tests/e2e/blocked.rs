@@ -43,18 +43,6 @@ fn find(
         .find(|b| b.port == port && b.protocol == protocol as i32)
 }
 
-async fn diagnose(f: &mut Fixture, port: u32) -> pb::Diagnosis {
-    f.client
-        .diagnose(pb::DiagnoseRequest {
-            instance_id: INSTANCE.into(),
-            port,
-            ..Default::default()
-        })
-        .await
-        .expect("diagnose")
-        .into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_blocked_attempts_show_with_their_sources_and_diagnose_names_the_cause() {
     if skip_unless_root(
@@ -64,7 +52,7 @@ async fn kernel_blocked_attempts_show_with_their_sources_and_diagnose_names_the_
     }
     let mut f = Fixture::start(&["--report-interval", "300ms"]).await;
     // Nothing was dropped yet: a working port's check passes.
-    let clean = diagnose(&mut f, 22).await;
+    let clean = f.diagnose(22).await;
     let (result, why) = result_of(&clean, "blocked_traffic");
     assert_eq!(result, pb::CheckResult::Pass, "{why}");
     assert!(why.contains("no connection to 22/tcp was dropped"), "{why}");
@@ -109,7 +97,7 @@ async fn kernel_blocked_attempts_show_with_their_sources_and_diagnose_names_the_
     // Ports that accept are not in the record: the listeners' own rules.
     assert!(find(&blocked, TCP, 22).is_none());
 
-    let no_rule = diagnose(&mut f, 3000).await;
+    let no_rule = f.diagnose(3000).await;
     let (result, why) = result_of(&no_rule, "blocked_traffic");
     assert_eq!(result, pb::CheckResult::Fail);
     assert!(
@@ -142,7 +130,7 @@ async fn kernel_blocked_attempts_show_with_their_sources_and_diagnose_names_the_
     f.wait(revision).await;
     block_in_place(|| f.lab.knock("tcp", CLIENT_IP, 6379, 1));
     blocked_until(&mut f, "6379 blocked", |b| find(b, TCP, 6379).is_some()).await;
-    let off = diagnose(&mut f, 6379).await;
+    let off = f.diagnose(6379).await;
     let (result, why) = result_of(&off, "blocked_traffic");
     assert_eq!(result, pb::CheckResult::Fail);
     assert!(
@@ -151,18 +139,7 @@ async fn kernel_blocked_attempts_show_with_their_sources_and_diagnose_names_the_
     );
 
     // An allowlist that leaves the client out: 5432 from OTHER_CLIENT_IP only.
-    let firewall = f
-        .client
-        .add_rule(pb::AddRuleRequest {
-            instance_id: INSTANCE.into(),
-            port: 5432,
-            sources: vec![format!("{OTHER_CLIENT_IP}/32")],
-            ..Default::default()
-        })
-        .await
-        .expect("add 5432 for one source")
-        .into_inner();
-    f.wait(firewall.revision).await;
+    f.add_for_other_client(5432).await;
     block_in_place(|| {
         f.lab.knock("tcp", CLIENT_IP, 5432, 2);
         assert!(
@@ -181,7 +158,7 @@ async fn kernel_blocked_attempts_show_with_their_sources_and_diagnose_names_the_
         postgres.distinct_sources, 1,
         "the allowed source was not dropped"
     );
-    let outside = diagnose(&mut f, 5432).await;
+    let outside = f.diagnose(5432).await;
     let (result, why) = result_of(&outside, "blocked_traffic");
     assert_eq!(result, pb::CheckResult::Fail);
     assert!(
@@ -319,18 +296,7 @@ async fn console_recently_blocked_opens_the_port_and_allows_the_source() {
         .await;
 
     // 5432 open to the other client only; this client is dropped.
-    let firewall = f
-        .client
-        .add_rule(pb::AddRuleRequest {
-            instance_id: INSTANCE.into(),
-            port: 5432,
-            sources: vec![format!("{OTHER_CLIENT_IP}/32")],
-            ..Default::default()
-        })
-        .await
-        .expect("add 5432 for one source")
-        .into_inner();
-    f.wait(firewall.revision).await;
+    f.add_for_other_client(5432).await;
     block_in_place(|| f.lab.knock("tcp", CLIENT_IP, 5432, 1));
     let allow = format!(
         "#blocked tr[data-blocked-port=\"5432\"] .allow-source[data-source=\"{CLIENT_IP}\"]"

@@ -143,6 +143,38 @@ impl Fixture {
         cassette_e2e::set_enabled(&mut self.client, INSTANCE, rule_id, enabled).await
     }
 
+    /// Diagnose on `port` (TCP).
+    pub(crate) async fn diagnose(&mut self, port: u32) -> pb::Diagnosis {
+        self.client
+            .diagnose(pb::DiagnoseRequest {
+                instance_id: INSTANCE.into(),
+                port,
+                ..Default::default()
+            })
+            .await
+            .expect("diagnose")
+            .into_inner()
+    }
+
+    /// Adds a rule for `port` (TCP) that accepts only the client
+    /// namespace's other address, and waits until it is applied.
+    pub(crate) async fn add_for_other_client(&mut self, port: u32) -> pb::Firewall {
+        use cassette_e2e::netns::OTHER_CLIENT_IP;
+        let firewall = self
+            .client
+            .add_rule(pb::AddRuleRequest {
+                instance_id: INSTANCE.into(),
+                port,
+                sources: vec![format!("{OTHER_CLIENT_IP}/32")],
+                ..Default::default()
+            })
+            .await
+            .expect("add a rule for one source")
+            .into_inner();
+        self.wait(firewall.revision).await;
+        firewall
+    }
+
     pub(crate) async fn firewall(&mut self) -> pb::Firewall {
         cassette_e2e::get_firewall(&mut self.client, INSTANCE).await
     }
@@ -547,28 +579,14 @@ async fn kernel_diagnose_passes_for_a_working_port_and_names_what_is_missing() {
     let (_, revision) = f.add(5432, TCP).await;
     f.wait(revision).await;
     assert!(f.tcp_open(5432));
-    let diagnose = |client: &mut Client, port: u32| {
-        let mut client = client.clone();
-        async move {
-            client
-                .diagnose(pb::DiagnoseRequest {
-                    instance_id: INSTANCE.into(),
-                    port,
-                    ..Default::default()
-                })
-                .await
-                .expect("diagnose")
-                .into_inner()
-        }
-    };
     // The enforcer's fresh report: the kernel's element, the listener, the packet.
-    let working = diagnose(&mut f.client, 5432).await;
+    let working = f.diagnose(5432).await;
     assert!(working.ok, "{working:#?}");
 
     // 3000: a rule, applied, but no service behind it.
     let (_, revision) = f.add(3000, TCP).await;
     f.wait(revision).await;
-    let broken = diagnose(&mut f.client, 3000).await;
+    let broken = f.diagnose(3000).await;
     assert!(!broken.ok);
     let listening = broken
         .checks

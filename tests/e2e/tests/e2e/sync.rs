@@ -795,14 +795,7 @@ async fn diagnose_answers_the_checklist_from_the_rule_the_acks_and_a_fresh_repor
         "{why}"
     );
     // The same report lists them on the firewall, never in its log.
-    let firewall = client
-        .get_firewall(pb::GetFirewallRequest {
-            instance_id: "web-1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let firewall = get(&mut client, "web-1").await;
     assert_eq!(firewall.blocked.len(), 1, "{firewall:?}");
     assert_eq!(firewall.blocked[0].port, 3000);
 
