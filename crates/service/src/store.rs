@@ -464,15 +464,19 @@ impl Store {
         Ok(self.log.read_instance(instance, after, until).await?)
     }
 
-    /// The hash of the ruleset revision `revision` of `instance` renders to:
-    /// what an enforcer that holds that revision reports.
-    pub async fn ruleset_hash(
+    /// Whether `hash` is what revision `revision` of `instance` renders to:
+    /// by this renderer, or by an earlier one (an enforcer not yet upgraded
+    /// holds the same ports in the table it renders). Also answers the
+    /// current rendering's hash, for logs.
+    pub async fn ruleset_hash_matches(
         &self,
         instance: &InstanceId,
         revision: u64,
-    ) -> Result<String, StoreError> {
+        hash: &str,
+    ) -> Result<(bool, String), StoreError> {
         let then = self.firewall_at(instance, revision).await?;
-        Ok(Ruleset::of(Some(&then)).hash())
+        let ruleset = Ruleset::of(Some(&then));
+        Ok((ruleset.hash_matches(hash), ruleset.hash()))
     }
 
     /// `instance`'s firewall at `revision` (deleted or not): the projection's

@@ -253,9 +253,12 @@ async fn resume_position(store: &Store, instance: &InstanceId, hello: &pb::Hello
     if claimed == 0 || hello.applied_ruleset_hash.is_empty() {
         return (claimed, false);
     }
-    match store.ruleset_hash(instance, claimed).await {
-        Ok(expected) if expected == hello.applied_ruleset_hash => (claimed, true),
-        Ok(expected) => {
+    match store
+        .ruleset_hash_matches(instance, claimed, &hello.applied_ruleset_hash)
+        .await
+    {
+        Ok((true, _)) => (claimed, true),
+        Ok((false, expected)) => {
             store.metrics().history_resends.inc();
             tracing::warn!(
                 applied_revision = claimed,
@@ -476,6 +479,16 @@ impl StreamState {
         let result = if ack.ok {
             match self.sent.hash_at(ack.revision) {
                 Some(expected) if expected == ack.ruleset_hash => Ok(()),
+                // An enforcer of an earlier version renders the same ports
+                // differently (checked against the revision's ruleset).
+                Some(_)
+                    if store
+                        .ruleset_hash_matches(&self.instance, ack.revision, &ack.ruleset_hash)
+                        .await
+                        .is_ok_and(|(matches, _)| matches) =>
+                {
+                    Ok(())
+                }
                 Some(expected) => {
                     store.metrics().ruleset_hash_mismatches.inc();
                     Err(format!(

@@ -813,3 +813,41 @@ async fn diagnose_answers_the_checklist_from_the_rule_the_acks_and_a_fresh_repor
     drop(stream);
     service.stop().await;
 }
+
+/// The service is upgraded before its enforcers: an enforcer of an earlier
+/// version renders the same ports as a slightly different table, and its
+/// acks and saved state still count (checked against the revision's
+/// ruleset), not as a mismatch or a resync.
+#[tokio::test]
+async fn an_enforcer_of_an_earlier_version_is_in_sync_with_its_own_rendering() {
+    // The defaults (22, 80, 443) as the two previous renderers drew them.
+    const BEFORE_RANGES: &str = "a3aad04ce79c7555ad23a8516ae84674c71583fceeace540b8d1badc231ba04f";
+    const BEFORE_BLOCKED: &str = "4a32d6287fd351da34129be8f0e2e27ffe7fcc688ee64b37fde55d2ef05b5baa";
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    cassette_e2e::create_firewall(&mut client, "web-1").await;
+    let mut stream = open(&service, "web-1", 0).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![1]));
+    stream.ack_with_hash(1, None, BEFORE_RANGES).await;
+    in_sync(&mut client).await;
+    assert_eq!(service.metrics.ruleset_hash_mismatches.get(), 0);
+    drop(stream);
+
+    let resends = service.metrics.history_resends.get();
+    let channel = cassette_e2e::channel(&cassette_e2e::tcp_target(service.addr)).await;
+    let hello = pb::Hello {
+        instance_id: "web-1".into(),
+        applied_revision: 1,
+        applied_ruleset_hash: BEFORE_BLOCKED.into(),
+        enforcer_id: "older".into(),
+        version: "test".into(),
+        ..Default::default()
+    };
+    let mut older = open_with_hello(channel, hello).await.expect("open");
+    assert_eq!(older.next(SHORT).await, None, "nothing resent");
+    assert_eq!(service.metrics.history_resends.get(), resends);
+    in_sync(&mut client).await;
+    drop(older);
+    service.stop().await;
+}
