@@ -429,10 +429,11 @@ impl Writer {
                     Command::AddRule { .. }
                         | Command::UpdateRule { .. }
                         | Command::DeleteRule { .. }
+                        | Command::ApplyFirewall { .. }
                 ) {
                     return Err(DomainError::Invalid(ValidationError::new(
                         "confirm_within",
-                        "only adding, changing or deleting a rule can wait for a confirmation",
+                        "only adding, changing or deleting rules can wait for a confirmation",
                     ))
                     .into());
                 }

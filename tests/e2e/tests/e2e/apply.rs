@@ -31,7 +31,7 @@ fn as_desired(firewall: &pb::Firewall) -> Vec<pb::DesiredRule> {
         .collect()
 }
 
-fn desired(port: u32) -> pb::DesiredRule {
+fn desired_rule(port: u32) -> pb::DesiredRule {
     pb::DesiredRule {
         port,
         ..Default::default()
@@ -75,7 +75,7 @@ async fn kernel_apply_previews_then_changes_the_whole_firewall_in_one_revision_w
     for rule in rules.iter_mut().filter(|r| r.port == 443) {
         rule.enabled = Some(false);
     }
-    rules.push(desired(6379));
+    rules.push(desired_rule(6379));
     let request = |dry_run: bool, expected_revision: Option<u64>| pb::ApplyFirewallRequest {
         instance_id: INSTANCE.into(),
         rules: rules.clone(),
@@ -218,4 +218,49 @@ async fn kernel_apply_previews_then_changes_the_whole_firewall_in_one_revision_w
     });
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("rules[0].port_range"), "{body}");
+}
+
+/// An apply made with confirm_within is one unconfirmed change: listed on
+/// the firewall until confirmed, and kept once it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_with_a_window_is_one_unconfirmed_change_until_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = cassette_e2e::RulesProcess::start(&dir.path().join("data")).await;
+    let mut client = rules.client().await;
+    let created = cassette_e2e::create_firewall(&mut client, INSTANCE).await;
+    let mut desired = as_desired(&created);
+    for rule in desired.iter_mut().filter(|r| r.port == 80) {
+        rule.enabled = Some(false);
+    }
+    desired.push(desired_rule(8080));
+    let applied = client
+        .apply_firewall(pb::ApplyFirewallRequest {
+            instance_id: INSTANCE.into(),
+            rules: desired,
+            confirm_within: Some(Duration::from_secs(600).try_into().unwrap()),
+            ..Default::default()
+        })
+        .await
+        .expect("an apply with a window")
+        .into_inner();
+    let firewall = applied.firewall.unwrap();
+    assert_eq!(firewall.unconfirmed.len(), 1, "{firewall:?}");
+    let change = &firewall.unconfirmed[0];
+    assert_eq!(
+        (change.first_revision, change.revision),
+        (2, 2),
+        "one revision"
+    );
+    assert_eq!(change.rule_ids.len(), 2, "{change:?}");
+    let confirmed = client
+        .confirm_change(pb::ConfirmChangeRequest {
+            instance_id: INSTANCE.into(),
+            revision: change.revision,
+            ..Default::default()
+        })
+        .await
+        .expect("confirm")
+        .into_inner();
+    assert!(confirmed.unconfirmed.is_empty());
+    assert!(confirmed.rules.iter().any(|r| r.port == 8080));
 }
