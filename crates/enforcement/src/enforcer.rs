@@ -587,7 +587,7 @@ impl<K: Kernel> Enforcer<K> {
                 tracing::debug!(%error, "cannot read the table's counters");
                 None
             });
-        let listening = tokio::task::spawn_blocking(|| {
+        let sockets = tokio::task::spawn_blocking(|| {
             crate::instance_sockets(std::path::Path::new("/proc/net"))
         })
         .await
@@ -596,7 +596,7 @@ impl<K: Kernel> Enforcer<K> {
             read.inspect_err(|error| tracing::debug!(%error, "cannot read the listening sockets"))
                 .ok()
         });
-        let report = self.reporter.report(counters, listening, SystemTime::now());
+        let report = self.reporter.report(counters, sockets, SystemTime::now());
         let _ = acks
             .send(pb::SyncRequest {
                 message: Some(Message::Report(report)),

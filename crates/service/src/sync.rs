@@ -47,11 +47,8 @@ pub struct Observed {
     pub received: SystemTime,
     /// Whether the hits are the kernel's counters (else nothing is known of them).
     pub counted: bool,
-    /// (wire protocol, port) -> (packets, last hit).
-    pub by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)>,
-    /// (wire protocol, port) -> packets in the last hour (as far back as
-    /// the enforcer has counted).
-    pub last_hour: HashMap<(i32, u32), u64>,
+    /// (wire protocol, port) -> what the rule's elements counted.
+    pub by_rule: HashMap<(i32, u32), RuleHits>,
     /// (wire protocol, listening port) -> TCP connections established to
     /// it; `None`: not read.
     pub connections: Option<HashMap<(i32, u32), u32>>,
@@ -63,6 +60,16 @@ pub struct Observed {
     /// What the firewall dropped lately, most recent first; `None`: the
     /// enforcer's backend records nothing.
     pub blocked: Option<Vec<BlockedTraffic>>,
+}
+
+/// What a rule's elements (all its sources together) counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RuleHits {
+    pub packets: u64,
+    /// When the enforcer last saw the count grow.
+    pub last_hit: Option<SystemTime>,
+    /// Packets in the last hour (as far back as the enforcer has counted).
+    pub last_hour: u64,
 }
 
 /// A rule's key in [`Observed`]: the wire's protocol number
@@ -98,8 +105,7 @@ impl Observed {
         }
         self.by_rule
             .get(&(protocol, port))
-            .copied()
-            .unwrap_or_default()
+            .map_or((0, None), |hits| (hits.packets, hits.last_hit))
     }
 }
 

@@ -56,7 +56,7 @@ pub(crate) fn proven(firewall: &Firewall, previous: &Observed, current: &Observe
                     current
                         .by_rule
                         .get(&observed_key(r.spec.protocol, r.spec.ports.first()))
-                        .is_some_and(|(_, last)| *last == Some(now))
+                        .is_some_and(|hits| hits.last_hit == Some(now))
                 })
         })
         .map(|c| c.revision)

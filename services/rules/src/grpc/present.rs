@@ -14,7 +14,7 @@ use cassette_proto::{
 use cassette_service::blocked::{allows, BlockedSource, BlockedTraffic, Cause};
 use cassette_service::peers::Wire;
 use cassette_service::replay::{Diff, FirewallAt};
-use cassette_service::sync::{observed_key, Observed, RuleStatus, Snapshot, SyncState};
+use cassette_service::sync::{observed_key, Observed, RuleHits, RuleStatus, Snapshot, SyncState};
 use prost::Message;
 
 /// An instance's sync state when its latest revision is `latest_revision`.
@@ -105,13 +105,10 @@ fn impact(rule: &Rule, observed: Option<&Observed>) -> pb::Impact {
             })
             .fold(0u32, |sum, (_, n)| sum.saturating_add(*n))
     });
+    let hits = observed.by_rule.get(&key).copied().unwrap_or_default();
     pb::Impact {
-        hits_last_hour: observed.last_hour.get(&key).copied().unwrap_or_default(),
-        last_hit_time: observed
-            .by_rule
-            .get(&key)
-            .and_then(|(_, last)| *last)
-            .map(Into::into),
+        hits_last_hour: hits.last_hour,
+        last_hit_time: hits.last_hit.map(Into::into),
         open_connections,
         reported: true,
     }
@@ -192,18 +189,15 @@ fn blocked_from_pb(blocked: &pb::BlockedTraffic) -> Option<BlockedTraffic> {
 /// hits summed per rule (its protocol and port, all its sources together),
 /// at most [`Observed::MAX_ENTRIES`] elements and sockets read.
 pub fn observed(report: &pb::Report, received: SystemTime) -> Observed {
-    let mut by_rule: HashMap<(i32, u32), (u64, Option<SystemTime>)> = HashMap::new();
-    let mut last_hour: HashMap<(i32, u32), u64> = HashMap::new();
+    let mut by_rule: HashMap<(i32, u32), RuleHits> = HashMap::new();
     for element in report.hits.iter().take(Observed::MAX_ENTRIES) {
         let last = element
             .last_hit_time
             .and_then(|t| SystemTime::try_from(t).ok());
-        let key = (element.protocol, element.port);
-        let entry = by_rule.entry(key).or_default();
-        entry.0 = entry.0.saturating_add(element.packets);
-        entry.1 = entry.1.max(last);
-        let hour = last_hour.entry(key).or_default();
-        *hour = hour.saturating_add(element.packets_last_hour);
+        let hits = by_rule.entry((element.protocol, element.port)).or_default();
+        hits.packets = hits.packets.saturating_add(element.packets);
+        hits.last_hit = hits.last_hit.max(last);
+        hits.last_hour = hits.last_hour.saturating_add(element.packets_last_hour);
     }
     let connections = report.connections.as_ref().map(|c| {
         c.ports
@@ -229,7 +223,6 @@ pub fn observed(report: &pb::Report, received: SystemTime) -> Observed {
         received,
         counted: report.hits_counted,
         by_rule,
-        last_hour,
         connections,
         listening,
         applied_revision: 0,
@@ -252,18 +245,14 @@ fn report(observed: &Observed) -> pb::Report {
         hits: observed
             .by_rule
             .iter()
-            .map(|(&(protocol, port), &(packets, last))| pb::ElementHits {
+            .map(|(&(protocol, port), hits)| pb::ElementHits {
                 protocol,
                 port,
                 source: String::new(),
-                packets,
-                last_hit_time: last.map(Into::into),
+                packets: hits.packets,
+                last_hit_time: hits.last_hit.map(Into::into),
                 last_port: 0,
-                packets_last_hour: observed
-                    .last_hour
-                    .get(&(protocol, port))
-                    .copied()
-                    .unwrap_or_default(),
+                packets_last_hour: hits.last_hour,
             })
             .collect(),
         observe_time: observed.observed.map(Into::into),
@@ -510,8 +499,7 @@ mod tests {
         assert_eq!(there.by_rule, here.by_rule);
         assert_eq!(there.listening, here.listening);
         assert_eq!(there.blocked, here.blocked);
-        assert_eq!(here.last_hour.get(&(tcp, 22)), Some(&3));
-        assert_eq!(there.last_hour, here.last_hour);
+        assert_eq!(here.by_rule[&(tcp, 22)].last_hour, 3);
         assert_eq!(there.connections, here.connections);
         assert_eq!(
             here.connections.as_ref().and_then(|c| c.get(&(tcp, 22))),
