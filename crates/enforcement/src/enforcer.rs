@@ -22,6 +22,17 @@ use crate::{EnforcerMetrics, Kernel, KernelError, StateFile};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Events kept for the next journal record while saves fail; past this, the
+/// next save that works compacts instead.
+const MAX_UNSAVED: usize = 10_000;
+
+/// A save running off the runtime, beside a kernel transaction.
+struct SaveInFlight {
+    handle: tokio::task::JoinHandle<(StateFile, Result<crate::Saving, crate::StateError>)>,
+    /// The revision and number of local reverts it saves.
+    key: (u64, usize),
+    started: Instant,
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -92,8 +103,12 @@ pub struct Enforcer<K: Kernel> {
     /// says revision 0, so the service resends everything (and shows PENDING,
     /// then the outcome), and the next apply replaces the whole table.
     kernel_unsure: bool,
-    /// The state file, when `config.state_dir` is set.
+    /// The saved state, when `config.state_dir` is set (`None` also while a
+    /// save runs).
     state: Option<StateFile>,
+    /// The events folded since the last save, in order: the next journal
+    /// record.
+    unsaved: Vec<pb::Event>,
     /// The revision (and local reverts) last saved or restored.
     saved_revision: Option<(u64, usize)>,
     /// Why the saved state was not trusted at start-up: told to the service
@@ -141,6 +156,7 @@ impl<K: Kernel> Enforcer<K> {
             in_kernel: None,
             kernel_unsure: false,
             state,
+            unsaved: Vec::new(),
             saved_revision: None,
             state_error: None,
             save_failing: false,
@@ -218,14 +234,14 @@ impl<K: Kernel> Enforcer<K> {
     /// (an instance that rebooted keeps its firewall without the rules
     /// service); otherwise the defaults on an empty kernel.
     async fn start(&mut self) {
-        let Some(state) = self.state.clone() else {
+        let Some(state) = self.state.as_ref().map(|s| s.paths().clone()) else {
             return self.install_defaults_if_empty().await;
         };
         match state.load_off_runtime(&self.config.instance).await {
             Ok(Some(saved)) => self.restore_saved(saved).await,
             Ok(None) => {
                 info!(
-                    path = %state.path().display(),
+                    path = %state.snapshot().display(),
                     "no saved state: this instance has not synced here before"
                 );
                 self.install_defaults_if_empty().await;
@@ -375,7 +391,7 @@ impl<K: Kernel> Enforcer<K> {
             && self.firewall.is_some()
             && self.in_kernel.as_ref() != Some(&self.desired())
         {
-            self.apply_and_ack(&acks).await;
+            self.apply_and_ack(&acks, None).await;
         }
         let mut refresh = tokio::time::interval(self.config.refresh_interval);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -402,9 +418,11 @@ impl<K: Kernel> Enforcer<K> {
                         events.extend(next.events);
                     }
                     if !events.is_empty() {
+                        let arrived = Instant::now();
                         self.metrics.events_received.add(events.len() as u64);
-                        self.fold_events(&events)?;
-                        self.apply_and_ack(&acks).await;
+                        self.fold_events(events)?;
+                        let folded = arrived.elapsed();
+                        self.apply_and_ack(&acks, Some((arrived, folded))).await;
                     }
                     if report_now {
                         self.report(&acks).await;
@@ -416,9 +434,9 @@ impl<K: Kernel> Enforcer<K> {
         }
     }
 
-    fn fold_events(&mut self, events: &[pb::Event]) -> Result<(), SessionError> {
+    fn fold_events(&mut self, events: Vec<pb::Event>) -> Result<(), SessionError> {
         for wire in events {
-            let event: Event = event_from_pb(wire)
+            let event: Event = event_from_pb(&wire)
                 .map_err(|e| SessionError::Fold(format!("event {}: {e}", wire.revision)))?;
             if event.revision == 1 && self.revision() >= 1 {
                 // The service resends the history from the start: its log is
@@ -431,16 +449,23 @@ impl<K: Kernel> Enforcer<K> {
                 self.metrics.history_resends.inc();
                 self.firewall = None;
                 self.saved_revision = None;
+                self.unsaved.clear();
             }
             if event.revision <= self.revision() {
                 continue; // already folded (a resend after reconnect)
             }
             match fold(self.firewall.take(), &event) {
-                Ok(firewall) => self.firewall = Some(firewall),
+                Ok(firewall) => {
+                    self.firewall = Some(firewall);
+                    if self.state.is_some() && self.unsaved.len() < MAX_UNSAVED {
+                        self.unsaved.push(wire);
+                    }
+                }
                 Err(error) => {
                     // Start over from scratch on the next connection.
                     self.firewall = None;
                     self.saved_revision = None;
+                    self.unsaved.clear();
                     self.in_kernel = None;
                     return Err(SessionError::Fold(error.to_string()));
                 }
@@ -526,11 +551,21 @@ impl<K: Kernel> Enforcer<K> {
         }
     }
 
-    /// Puts the folded state in force (one transaction) and acks the result.
-    async fn apply_and_ack(&mut self, acks: &mpsc::Sender<pb::SyncRequest>) {
+    /// Puts the folded state in force (one transaction) and saves it, side by
+    /// side, then acks the result: what is acknowledged survives a reboot
+    /// too. `arrived`: when the batch arrived, and how long its fold took.
+    async fn apply_and_ack(
+        &mut self,
+        acks: &mpsc::Sender<pb::SyncRequest>,
+        arrived: Option<(Instant, Duration)>,
+    ) {
         let revision = self.revision();
         let span = info_span!("apply", instance_id = %self.config.instance, revision);
         let desired = self.desired();
+        // The save needs no kernel, the kernel no save: both run at once. If
+        // the kernel refuses, the state saved is still the one to put in
+        // force (at start-up), as the folded firewall is.
+        let save = self.start_save();
         let started = Instant::now();
         let result = self
             .put_in_force(desired.clone())
@@ -538,19 +573,30 @@ impl<K: Kernel> Enforcer<K> {
             .await;
         let elapsed = started.elapsed();
         self.metrics.apply_duration.observe(elapsed);
-        if result.is_ok() {
-            // Before the ack: what is acknowledged survives a reboot too.
-            self.save_state().instrument(span.clone()).await;
-        }
+        let saved = self.finish_save(save).instrument(span.clone()).await;
+        let (fold_duration, enforcer_duration) = match arrived {
+            Some((at, fold)) => (fold.try_into().ok(), at.elapsed().try_into().ok()),
+            None => (None, None),
+        };
+        let save_duration = saved.and_then(|d| d.try_into().ok());
         let ack = match &result {
             Ok(()) => {
-                span.in_scope(|| info!(apply_us = elapsed.as_micros() as u64, "applied"));
+                span.in_scope(|| {
+                    info!(
+                        apply_us = elapsed.as_micros() as u64,
+                        save_us = saved.map(|d| d.as_micros() as u64),
+                        "applied"
+                    )
+                });
                 pb::Ack {
                     revision,
                     ok: true,
                     error: String::new(),
                     apply_duration: elapsed.try_into().ok(),
                     ruleset_hash: desired.hash(),
+                    fold_duration,
+                    save_duration,
+                    enforcer_duration,
                 }
             }
             Err(error) => {
@@ -566,6 +612,9 @@ impl<K: Kernel> Enforcer<K> {
                         .as_ref()
                         .map(Ruleset::hash)
                         .unwrap_or_default(),
+                    fold_duration,
+                    save_duration,
+                    enforcer_duration,
                 }
             }
         };
@@ -608,21 +657,60 @@ impl<K: Kernel> Enforcer<K> {
     /// the kernel holds the ruleset, only a restart without the rules service
     /// would fall back to the older saved state.
     async fn save_state(&mut self) {
-        let (Some(state), Some(firewall)) = (self.state.clone(), self.firewall.clone()) else {
-            return;
-        };
-        let revision = firewall.revision;
-        let saved = (revision, self.locally_reverted.len());
-        if self.saved_revision == Some(saved) {
-            return;
+        let save = self.start_save();
+        self.finish_save(save).await;
+    }
+
+    /// Starts saving the folded firewall off the runtime, unless it is
+    /// already saved (or nothing is kept).
+    fn start_save(&mut self) -> Option<SaveInFlight> {
+        let firewall = self.firewall.clone()?;
+        let key = (firewall.revision, self.locally_reverted.len());
+        if self.saved_revision == Some(key) {
+            return None;
         }
-        match state
-            .save_off_runtime(firewall, self.locally_reverted.clone())
-            .await
-        {
-            Ok(()) => {
+        let mut state = self.state.take()?;
+        let events = std::mem::take(&mut self.unsaved);
+        let reverted = self.locally_reverted.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let saving = state.save(&firewall, &reverted, events);
+            (state, saving)
+        });
+        Some(SaveInFlight {
+            handle,
+            key,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits for a save started by [`Enforcer::start_save`]; how long it took.
+    async fn finish_save(&mut self, save: Option<SaveInFlight>) -> Option<Duration> {
+        let save = save?;
+        let (revision, _) = save.key;
+        let saving = match save.handle.await {
+            Ok((state, saving)) => {
+                self.state = Some(state);
+                saving
+            }
+            Err(panic) => {
+                // Whatever the save left, a new StateFile compacts first.
+                let dir = self.config.state_dir.clone().unwrap_or_default();
+                self.state = Some(StateFile::new(dir, &self.config.table));
+                Err(crate::StateError::Save {
+                    path: self.config.state_dir.clone().unwrap_or_default(),
+                    source: std::io::Error::other(panic.to_string()),
+                })
+            }
+        };
+        let took = save.started.elapsed();
+        match saving {
+            Ok(saving) => {
                 self.metrics.state_saves.inc();
-                self.saved_revision = Some(saved);
+                self.metrics.save_duration.observe(took);
+                if saving == crate::Saving::Compacted {
+                    self.metrics.state_compactions.inc();
+                }
+                self.saved_revision = Some(save.key);
                 self.state_error = None;
                 if std::mem::take(&mut self.save_failing) {
                     info!(revision, "saving the state works again");
@@ -635,6 +723,7 @@ impl<K: Kernel> Enforcer<K> {
                 }
             }
         }
+        Some(took)
     }
 
     /// Changes the kernel from what it holds to `desired`: element changes
@@ -686,7 +775,7 @@ impl<K: Kernel> Enforcer<K> {
             && (self.kernel_unsure || self.in_kernel.as_ref() != Some(&desired))
         {
             // The last apply (or repair) failed: retry it, and report.
-            self.apply_and_ack(acks).await;
+            self.apply_and_ack(acks, None).await;
             return Ok(());
         }
         self.restore_table().await;

@@ -16,7 +16,7 @@ pub use backends::{FileKernel, MemoryKernel};
 pub use enforcer::{ClientTls, Config, Enforcer};
 pub use listening::{instance_sockets, Listening, Sockets};
 pub use metrics::EnforcerMetrics;
-pub use state::{Saved, StateError, StateFile};
+pub use state::{Saved, Saving, StateError, StateFile, StatePaths};
 
 use cassette_model::{Cidr, Protocol};
 use cassette_ruleset::Ruleset;

@@ -15,8 +15,12 @@ pub struct EnforcerMetrics {
     /// The rules service resent the history from revision 1: its log was
     /// behind, or differed from, what this enforcer had applied.
     pub history_resends: Counter,
-    /// State files written after an apply.
+    /// States saved before an ack (a journal record, or a compaction).
     pub state_saves: Counter,
+    /// Saves that compacted: a new snapshot and an empty journal.
+    pub state_compactions: Counter,
+    /// How long a save took (it runs beside the kernel transaction).
+    pub save_duration: Histogram,
     pub state_save_failures: Counter,
     /// A saved state was put in force (or found in force) at start-up.
     pub state_restores: Counter,
@@ -71,7 +75,17 @@ impl EnforcerMetrics {
         self.state_saves.register(
             &mut registry,
             "cassette_enforcer_state_saves_total",
-            "State files written (atomically, durably) after an apply.",
+            "States saved durably before an ack (a journal record, or a compaction).",
+        );
+        self.state_compactions.register(
+            &mut registry,
+            "cassette_enforcer_state_compactions_total",
+            "Saves that wrote a new snapshot and started an empty journal (the first save of a process, a history that started over, a full journal).",
+        );
+        self.save_duration.register(
+            &mut registry,
+            "cassette_enforcer_save_duration_seconds",
+            "How long saving the state took (beside the kernel transaction, before the ack).",
         );
         self.state_save_failures.register(
             &mut registry,

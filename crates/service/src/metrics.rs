@@ -6,6 +6,20 @@ use cassette_metrics::{Counter, Gauge, Histogram, Registry};
 pub struct RulesMetrics {
     /// Commit of an event -> its enforcer's ack received (live events only).
     pub ack_latency: Histogram,
+    /// Where an ack's latency goes: the writer deciding a batch,
+    pub commit_decide: Histogram,
+    /// appending it to the log, durably,
+    pub commit_append: Histogram,
+    /// from the decision to the events sent on the enforcer's stream,
+    pub sync_send: Histogram,
+    /// from there to the ack, less the enforcer's own time (the two hops),
+    pub sync_transport: Histogram,
+    /// and the enforcer's own time (from each ack): folding, the kernel
+    /// transaction, saving its state (beside it), in all.
+    pub enforcer_fold: Histogram,
+    pub enforcer_apply: Histogram,
+    pub enforcer_save: Histogram,
+    pub enforcer_total: Histogram,
     pub connected_enforcers: Gauge,
     /// Instances with sync state (streams, waiters, acks): only existing ones.
     pub tracked_instances: Gauge,
@@ -49,6 +63,18 @@ impl RulesMetrics {
             "cassette_rules_ack_latency_seconds",
             "Commit of an event to its enforcer's acknowledgement, on the service's clock.",
         );
+        for (histogram, name, help) in [
+            (&self.commit_decide, "cassette_rules_commit_decide_seconds", "The writer deciding a batch of changes against the projection."),
+            (&self.commit_append, "cassette_rules_commit_append_seconds", "Appending a batch's events to the log, durably (fsync, or the etcd transaction)."),
+            (&self.sync_send, "cassette_rules_sync_send_seconds", "From an event's commit (its decision) to its sending on the enforcer's stream."),
+            (&self.sync_transport, "cassette_rules_sync_transport_seconds", "From the sending of events to their ack, less the enforcer's own time: the network both ways."),
+            (&self.enforcer_fold, "cassette_rules_enforcer_fold_seconds", "Enforcers folding a batch of events (as their acks tell)."),
+            (&self.enforcer_apply, "cassette_rules_enforcer_apply_seconds", "Enforcers' kernel transactions (as their acks tell)."),
+            (&self.enforcer_save, "cassette_rules_enforcer_save_seconds", "Enforcers saving their state before the ack, beside the kernel transaction (as their acks tell)."),
+            (&self.enforcer_total, "cassette_rules_enforcer_seconds", "Enforcers' time from a batch's arrival to its ack (as their acks tell)."),
+        ] {
+            histogram.register(&mut registry, name, help);
+        }
         self.connected_enforcers.register(
             &mut registry,
             "cassette_rules_connected_enforcers",

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::{Head, Log, LogError};
 use cassette_model::{
@@ -235,6 +235,7 @@ impl Writer {
         let mut events = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut pending = Pending::default();
+        let deciding = Instant::now();
         {
             let projection = self.projection.read().unwrap_or_else(|p| p.into_inner());
             let now = SystemTime::now().max(self.last_time);
@@ -286,6 +287,8 @@ impl Writer {
             }
         }
 
+        self.metrics.commit_decide.observe(deciding.elapsed());
+        let appending = Instant::now();
         let appended = self.log.append(self.log_head, &events).await;
         let head = match appended {
             Ok(head) => head,
@@ -331,6 +334,7 @@ impl Writer {
             }
         };
         self.log_head = head;
+        self.metrics.commit_append.observe(appending.elapsed());
         self.metrics.events_appended.add(events.len() as u64);
         let committed: Vec<(InstanceId, u64)> = pending
             .firewalls

@@ -86,8 +86,9 @@ struct Args {
     )]
     ruleset_file: PathBuf,
 
-    /// Where the enforcer saves what it applied (one file per table,
-    /// `<table>.state`, written atomically after each apply) and, at start-up,
+    /// Where the enforcer saves what it applied before each ack (per table: a
+    /// snapshot, `<table>.state`, written atomically now and then, and a
+    /// journal, `<table>.journal`, one record and one fdatasync per apply) and, at start-up,
     /// puts it back in force before it reaches the rules service: an instance
     /// that reboots while the control plane is away keeps its firewall.
     #[arg(

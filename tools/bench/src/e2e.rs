@@ -33,6 +33,12 @@ pub struct Options {
     /// Sign the log's appends and verify them, as a secured service does.
     #[arg(long)]
     signed: bool,
+    /// Split a change's time into its phases (the writer's decision and
+    /// append, the stream, the enforcer's fold, kernel transaction and save,
+    /// the rest): means over the run, from the service's metrics and the
+    /// enforcer's acks, printed as a table and added to the JSON line.
+    #[arg(long)]
+    breakdown: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
@@ -54,6 +60,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         enforcer_tls = tls.enforcer_args(INSTANCE)?;
         client_tls = Some(tls.client()?);
     }
+    let metrics = service.metrics();
     let listener = tokio::net::UnixListener::bind(&socket)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(service.serve_all(vec![Listener::Unix(listener)], async {
@@ -84,7 +91,9 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     wait(&mut client, 0).await?;
 
     let mut latencies = Vec::with_capacity(options.changes as usize);
+    let mut calls = Duration::ZERO;
     let mut rule_ids = Vec::new();
+    let before = Histograms::read(&metrics.render());
     for i in 0..options.changes {
         let started = Instant::now();
         let revision = if i < RULES {
@@ -117,6 +126,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
                 .into_inner()
                 .revision
         };
+        calls += started.elapsed();
         let status = wait(&mut client, revision).await?;
         anyhow::ensure!(
             status.state == pb::SyncState::InSync as i32 || status.applied_revision >= revision,
@@ -125,11 +135,22 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         latencies.push(started.elapsed());
     }
 
+    let phases = Histograms::read(&metrics.render()).since(&before);
     let (nft_call, netns_exec) = process_costs(&netns)?;
     let _ = stop.send(());
     server.await??;
     eprintln!("e2e: {} changes call -> nftables -> ack", latencies.len());
+    let total: Duration = latencies.iter().sum();
+    let breakdown = options.breakdown.then(|| {
+        let changes = latencies.len().max(1) as f64;
+        breakdown(
+            &phases,
+            calls.as_secs_f64() * 1e3 / changes,
+            total.as_secs_f64() * 1e3 / changes,
+        )
+    });
     Ok(json!({
+        "breakdown": breakdown,
         "bench": "e2e",
         "changes": latencies.len(),
         "tls": options.tls,
@@ -199,4 +220,124 @@ fn state_args(dir: &std::path::Path, no_state: bool) -> Vec<std::ffi::OsString> 
     } else {
         vec!["--state-dir".into(), dir.join("enforcer-state").into()]
     }
+}
+
+/// The sums and counts of the service's histograms (OpenMetrics text).
+#[derive(Debug, Default)]
+struct Histograms(std::collections::HashMap<String, (f64, f64)>);
+
+impl Histograms {
+    fn read(text: &str) -> Self {
+        let mut totals = std::collections::HashMap::<String, (f64, f64)>::new();
+        for line in text.lines() {
+            let Some((name, value)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            if let Some(histogram) = name.strip_suffix("_sum") {
+                totals.entry(histogram.to_owned()).or_default().0 = value;
+            } else if let Some(histogram) = name.strip_suffix("_count") {
+                totals.entry(histogram.to_owned()).or_default().1 = value;
+            }
+        }
+        Self(totals)
+    }
+
+    /// What was observed after `before`.
+    fn since(&self, before: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(name, (sum, count))| {
+                    let (sum0, count0) = before.0.get(name).copied().unwrap_or_default();
+                    (name.clone(), (sum - sum0, count - count0))
+                })
+                .collect(),
+        )
+    }
+
+    /// The mean of `cassette_rules_<name>_seconds`, in milliseconds.
+    fn mean_ms(&self, name: &str) -> f64 {
+        match self.0.get(&format!("cassette_rules_{name}_seconds")) {
+            Some((sum, count)) if *count > 0.0 => sum / count * 1e3,
+            _ => f64::NAN,
+        }
+    }
+}
+
+/// One change's time by phase (means in milliseconds), printed as a table.
+fn breakdown(phases: &Histograms, call_ms: f64, total_ms: f64) -> serde_json::Value {
+    let ack = phases.mean_ms("ack_latency");
+    let rows = [
+        (
+            "call answered (client: request -> commit -> answer)",
+            "call",
+            call_ms,
+        ),
+        (
+            "  decide (the writer, against the projection)",
+            "decide",
+            phases.mean_ms("commit_decide"),
+        ),
+        (
+            "  append + fsync (the log)",
+            "append",
+            phases.mean_ms("commit_append"),
+        ),
+        (
+            "commit -> events sent on the enforcer's stream",
+            "send",
+            phases.mean_ms("sync_send"),
+        ),
+        (
+            "  of which after the append",
+            "publish",
+            phases.mean_ms("sync_send") - phases.mean_ms("commit_append"),
+        ),
+        (
+            "the two hops (sent -> ack, less the enforcer)",
+            "transport",
+            phases.mean_ms("sync_transport"),
+        ),
+        (
+            "enforcer, arrival -> ack",
+            "enforcer",
+            phases.mean_ms("enforcer"),
+        ),
+        ("  fold", "fold", phases.mean_ms("enforcer_fold")),
+        (
+            "  kernel transaction",
+            "kernel",
+            phases.mean_ms("enforcer_apply"),
+        ),
+        (
+            "  save (journal + fdatasync, beside the kernel)",
+            "save",
+            phases.mean_ms("enforcer_save"),
+        ),
+        (
+            "commit -> ack received (the service's clock)",
+            "ack_latency",
+            ack,
+        ),
+        (
+            "end to end (client: call -> WaitForSync answered)",
+            "end_to_end",
+            total_ms,
+        ),
+        (
+            "  rest: the call's way in, WaitForSync, waking it",
+            "rest",
+            total_ms - ack,
+        ),
+    ];
+    eprintln!("{:<56} {:>9}", "phase (mean per change)", "ms");
+    let mut json = serde_json::Map::new();
+    for (label, key, ms) in rows {
+        eprintln!("{label:<56} {ms:>9.3}");
+        json.insert(key.into(), json!(round3(ms)));
+    }
+    serde_json::Value::Object(json)
 }

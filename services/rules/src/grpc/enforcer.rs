@@ -30,7 +30,7 @@ use crate::grpc::present;
 use crate::grpc::requests;
 use crate::grpc::status::{self, invalid, refused, stream_replaced, Violations};
 use cassette_service::sync::{Connection, Hello};
-use cassette_service::Store;
+use cassette_service::{RulesMetrics, Store};
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,7 +52,7 @@ const ACKABLE_MESSAGES: usize = 64;
 #[derive(Default)]
 struct Sent {
     highest: AtomicU64,
-    hashes: Mutex<VecDeque<(u64, String)>>,
+    hashes: Mutex<VecDeque<(u64, String, SystemTime)>>,
 }
 
 impl Sent {
@@ -63,7 +63,7 @@ impl Sent {
         if hashes.len() == ACKABLE_MESSAGES {
             hashes.pop_front();
         }
-        hashes.push_back((revision, hash));
+        hashes.push_back((revision, hash, SystemTime::now()));
         self.highest.fetch_max(revision, Ordering::AcqRel);
     }
 
@@ -71,14 +71,15 @@ impl Sent {
         self.highest.load(Ordering::Acquire)
     }
 
-    /// The ruleset hash of the recent message that ended at `revision`.
-    fn hash_at(&self, revision: u64) -> Option<String> {
+    /// The ruleset hash of the recent message that ended at `revision`, and
+    /// when it was sent.
+    fn hash_at(&self, revision: u64) -> Option<(String, SystemTime)> {
         let hashes = self.hashes.lock().unwrap_or_else(|p| p.into_inner());
         hashes
             .iter()
             .rev()
-            .find(|(r, _)| *r == revision)
-            .map(|(_, hash)| hash.clone())
+            .find(|(r, _, _)| *r == revision)
+            .map(|(_, hash, sent)| (hash.clone(), *sent))
     }
 }
 
@@ -476,8 +477,9 @@ impl StreamState {
             );
             return;
         }
+        let sent_message = self.sent.hash_at(ack.revision);
         let result = if ack.ok {
-            match self.sent.hash_at(ack.revision) {
+            match sent_message.as_ref().map(|(hash, _)| hash.as_str()) {
                 Some(expected) if expected == ack.ruleset_hash => Ok(()),
                 // An enforcer of an earlier version renders the same ports
                 // differently (checked against the revision's ruleset).
@@ -512,11 +514,15 @@ impl StreamState {
         };
         // Latency is commit -> ack on this service's clock, for events committed
         // while the stream was open (a replayed history would count its age).
-        let latency = store
+        let committed = store
             .commit_time(&self.instance, ack.revision)
             .await
-            .filter(|committed| *committed >= self.connected_at)
-            .and_then(|committed| SystemTime::now().duration_since(committed).ok());
+            .filter(|committed| *committed >= self.connected_at);
+        let now = SystemTime::now();
+        let latency = committed.and_then(|committed| now.duration_since(committed).ok());
+        if let (Some(committed), Some((_, sent))) = (committed, sent_message) {
+            observe_breakdown(store.metrics(), ack, committed, sent, now);
+        }
         tracing::info!(
             revision = ack.revision,
             ok = result.is_ok(),
@@ -528,6 +534,40 @@ impl StreamState {
             .board()
             .record_ack(&self.instance, ack.revision, result, latency);
     }
+}
+
+/// Where an ack's latency went (of an event committed while the stream was
+/// open, acked for a batch the enforcer received): the service's part by
+/// its clock, the enforcer's as its ack tells.
+fn observe_breakdown(
+    metrics: &RulesMetrics,
+    ack: &pb::Ack,
+    committed: SystemTime,
+    sent: SystemTime,
+    acked: SystemTime,
+) {
+    let duration = |d: Option<prost_types::Duration>| d.and_then(|d| Duration::try_from(d).ok());
+    let Some(enforcer) = duration(ack.enforcer_duration) else {
+        return; // an ack of a retry or a repair: no batch arrived for it
+    };
+    if let Ok(send) = sent.duration_since(committed) {
+        metrics.sync_send.observe(send);
+    }
+    if let Ok(round_trip) = acked.duration_since(sent) {
+        metrics
+            .sync_transport
+            .observe(round_trip.saturating_sub(enforcer));
+    }
+    for (histogram, took) in [
+        (&metrics.enforcer_fold, ack.fold_duration),
+        (&metrics.enforcer_apply, ack.apply_duration),
+        (&metrics.enforcer_save, ack.save_duration),
+    ] {
+        if let Some(took) = duration(took) {
+            histogram.observe(took);
+        }
+    }
+    metrics.enforcer_total.observe(enforcer);
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.

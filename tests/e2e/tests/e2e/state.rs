@@ -153,8 +153,8 @@ fn state_of_another_instance(mine: &StateFile) -> Vec<u8> {
     wire.instance_id = "db-1".into();
     let theirs = cassette_proto::firewall_from_pb(&wire, false).unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
-    let other = StateFile::new(elsewhere.path(), &TableName::default());
-    other.save(&theirs, &[]).unwrap();
+    let mut other = StateFile::new(elsewhere.path(), &TableName::default());
+    other.save(&theirs, &[], Vec::new()).unwrap();
     std::fs::read(other.path()).unwrap()
 }
 
@@ -164,7 +164,11 @@ async fn state_a_corrupt_or_foreign_state_is_never_applied_and_is_reported() {
         return;
     }
     let mut f = Fixture::start(&[]).await;
+    // The first sync's save is a snapshot; each change after it a record of
+    // the journal.
     let (_, revision) = f.add(5432, TCP).await;
+    f.wait(revision).await;
+    let (_, revision) = f.add(6379, TCP).await;
     f.wait(revision).await;
     let state = f.state_file();
     let web1 = InstanceId::parse(INSTANCE).unwrap();
@@ -178,23 +182,41 @@ async fn state_a_corrupt_or_foreign_state_is_never_applied_and_is_reported() {
         })
     });
     let good = std::fs::read(state.path()).unwrap();
+    let journal = std::fs::read(state.journal_path()).unwrap();
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x20;
     let foreign = state_of_another_instance(&state);
+    // A byte of the first record's payload (after the 56-byte header and the
+    // record's 48), a valid second record after it.
+    let mut damaged = journal.clone();
+    damaged[56 + 48 + 2] ^= 0x20;
 
-    for (what, bytes, reported) in [
-        ("a flipped byte", flipped, "is corrupt: checksum mismatch"),
+    for (what, snapshot, journal, reported) in [
+        (
+            "a flipped byte",
+            flipped,
+            journal.clone(),
+            "is corrupt: checksum mismatch",
+        ),
         (
             "another instance's state",
             foreign,
+            journal.clone(),
             "belongs to instance \"db-1\"",
+        ),
+        (
+            "a damaged journal record",
+            good.clone(),
+            damaged,
+            "is damaged, and a valid record follows it",
         ),
     ] {
         f.rules.kill_9();
         f.kill_enforcer();
         f.empty_kernel();
-        std::fs::write(state.path(), &bytes).unwrap();
+        std::fs::write(state.path(), &snapshot).unwrap();
+        std::fs::write(state.journal_path(), &journal).unwrap();
         let offset = f.enforcer_log_len();
         f.start_enforcer(&["--metrics-listen", METRICS]);
         // Not applied: the empty kernel gets the defaults, never 5432.
@@ -203,7 +225,7 @@ async fn state_a_corrupt_or_foreign_state_is_never_applied_and_is_reported() {
                 f.lab.set_elements("tcp_open") == [22, 80, 443]
             })
         });
-        f.assert_tcp(&[22], &[5432]);
+        f.assert_tcp(&[22], &[5432, 6379]);
         assert_eq!(
             f.enforcer_metric("cassette_enforcer_state_rejections_total"),
             1.0,
@@ -233,7 +255,7 @@ async fn state_a_corrupt_or_foreign_state_is_never_applied_and_is_reported() {
             status.enforcer_state_error.contains(reported),
             "{what}: {status:?}"
         );
-        f.assert_tcp(&[22, 5432], &[]);
+        f.assert_tcp(&[22, 5432, 6379], &[]);
         block_in_place(|| {
             eventually("a good state is saved again", || {
                 state
