@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Small first buffers for every call (see `codec.rs`).
+        .codec_path("crate::LeanCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //!
 //! Prost types stop here: crates past this edge speak `cassette_model`.
 
+mod codec;
 mod convert;
 mod describe;
 mod flags;
@@ -17,6 +18,7 @@ pub mod pb {
     tonic::include_proto!("cassette.firewall.v1");
 }
 
+pub use codec::LeanCodec;
 pub use convert::{
     event_from_pb, event_to_pb, firewall_from_pb, firewall_from_saved, firewall_to_pb,
     port_range_to_pb, protocol_from_pb, protocol_to_pb, rule_spec_to_pb, rule_to_pb, sources_to_pb,

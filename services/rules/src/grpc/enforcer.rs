@@ -312,12 +312,14 @@ async fn send_events(
     ending: impl std::future::Future<Output = Ending>,
 ) {
     tokio::pin!(ending);
-    // The firewall the enforcer folds to from what this stream sends.
-    let mut folded: Option<Firewall> = if position == 0 {
+    // The firewall the enforcer folds to from what this stream sends: the
+    // projection's own (shared, not copied) whenever it is the same revision,
+    // as it is for a stream that keeps up.
+    let mut folded: Option<Arc<Firewall>> = if position == 0 {
         None
     } else {
         match store.firewall_at(&instance, position).await {
-            Ok(firewall) => Some(Firewall::clone(&firewall)),
+            Ok(firewall) => Some(firewall),
             Err(error) => {
                 tracing::error!(%error, position, "cannot read the firewall a sync stream resumes from");
                 let _ = outbound.send(Err(status::store(error))).await;
@@ -351,22 +353,30 @@ async fn send_events(
                 );
                 return;
             };
-            for event in &events {
-                folded = match fold(folded.take(), event) {
-                    Ok(firewall) => Some(firewall),
-                    Err(error) => {
-                        tracing::error!(%error, revision = event.revision, "the log's events do not fold for a sync stream");
-                        let _ = outbound.send(Err(status::store(error.into()))).await;
-                        return;
+            match store.get(&instance) {
+                // The projection is the fold of the same log: nothing to fold here.
+                Ok(current) if current.revision == last => folded = Some(current),
+                _ => {
+                    let mut firewall = folded.take().map(Arc::unwrap_or_clone);
+                    for event in &events {
+                        firewall = match fold(firewall, event) {
+                            Ok(firewall) => Some(firewall),
+                            Err(error) => {
+                                tracing::error!(%error, revision = event.revision, "the log's events do not fold for a sync stream");
+                                let _ = outbound.send(Err(status::store(error.into()))).await;
+                                return;
+                            }
+                        };
                     }
-                };
+                    folded = firewall.map(Arc::new);
+                }
             }
             let message = pb::SyncResponse {
                 report_now: false,
                 events: events.iter().map(|e| event_to_pb(e, &[])).collect(),
             };
             // Before the send: the enforcer may ack as soon as it has it.
-            sent.record(last, Ruleset::of(folded.as_ref()).hash());
+            sent.record(last, Ruleset::of(folded.as_deref()).hash());
             if outbound.send(Ok(message)).await.is_err() {
                 return;
             }
