@@ -13,7 +13,9 @@ use cassette_rules::{LogConfig, RulesService};
 use serde_json::json;
 use tonic::transport::Channel;
 
+use crate::plot::Series;
 use crate::stats::{percentile_ms, round3};
+use crate::Report;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -45,7 +47,7 @@ pub struct Options {
     signed: bool,
 }
 
-pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
+pub async fn run(options: Options) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     let tls = options.tls.then(crate::tls::BenchTls::new).transpose()?;
     let (addr, stop) = match options.target {
@@ -116,7 +118,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "append: {} clients, {ops} durable events in {elapsed:.2}s",
         options.clients
     );
-    Ok(json!({
+    let json = json!({
         "bench": "append",
         "clients": options.clients,
         "connections": options.connections,
@@ -128,7 +130,9 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "events_per_sec": (ops as f64 / elapsed).round(),
         "p50_ms": round3(percentile_ms(&mut latencies, 50.0)),
         "p99_ms": round3(percentile_ms(&mut latencies, 99.0)),
-    }))
+    });
+    let label = format!("{} clients, durable appends", options.clients);
+    Ok(Report::new(json).series(Series::new(label, latencies)))
 }
 
 /// Creates the client's firewall, adds `rules` custom rules, then toggles

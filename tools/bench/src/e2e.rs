@@ -12,8 +12,10 @@ use cassette_rules::{Listener, LogConfig, RulesService};
 use serde_json::json;
 use tonic::transport::Channel;
 
+use crate::plot::Series;
 use crate::procs::{is_root, sibling_binary, Guarded, Netns};
 use crate::stats::{percentile_ms, round3};
+use crate::Report;
 
 const INSTANCE: &str = "bench-1";
 /// Rules added (and measured) before the rest of the changes toggle them.
@@ -41,7 +43,7 @@ pub struct Options {
     breakdown: bool,
 }
 
-pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
+pub async fn run(options: Options) -> anyhow::Result<Report> {
     anyhow::ensure!(
         is_root(),
         "e2e needs root: it creates a network namespace and programs nftables"
@@ -149,7 +151,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
             total.as_secs_f64() * 1e3 / changes,
         )
     });
-    Ok(json!({
+    let json = json!({
         "breakdown": breakdown,
         "bench": "e2e",
         "changes": latencies.len(),
@@ -159,7 +161,8 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "max_ms": round3(percentile_ms(&mut latencies, 100.0)),
         "nft_add_element_process_ms": round3(nft_call),
         "netns_exec_process_ms": round3(netns_exec),
-    }))
+    });
+    Ok(Report::new(json).series(Series::new("call -> nftables -> ack", latencies)))
 }
 
 async fn wait(

@@ -21,8 +21,10 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
+use crate::plot::Series;
 use crate::procs::{rss_kib, sibling_binary, Guarded};
 use crate::stats::{percentile_ms, round3};
+use crate::Report;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -47,7 +49,7 @@ pub struct Options {
     etcd_endpoints: Vec<String>,
 }
 
-pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
+pub async fn run(options: Options) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
     anyhow::ensure!(
         options.replicas <= 1 || !options.etcd_endpoints.is_empty(),
@@ -205,7 +207,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     drop(replicas);
 
     let per_enforcer = (rss_connected.saturating_sub(rss_before)) as f64 / f64::from(n);
-    Ok(json!({
+    let json = json!({
         "bench": "fanout",
         "enforcers": n,
         "replicas": targets.len(),
@@ -225,7 +227,10 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "service_rss_connected_kib": rss_connected,
         "service_rss_loaded_kib": rss_loaded,
         "service_kib_per_enforcer": round3(per_enforcer),
-    }))
+    });
+    Ok(Report::new(json)
+        .series(Series::new("change -> acked (WaitForSync)", latencies))
+        .series(Series::new("change -> committed", commits)))
 }
 
 async fn connect_retrying(target: &Target) -> anyhow::Result<Channel> {

@@ -18,7 +18,9 @@ use cassette_rules::{LogConfig, RulesService};
 use serde_json::json;
 
 use crate::fanout::{simulated, wait};
+use crate::plot::Series;
 use crate::stats::{percentile_ms, round3};
+use crate::Report;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -30,7 +32,7 @@ pub struct Options {
     changes: u32,
 }
 
-pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
+pub async fn run(options: Options) -> anyhow::Result<Report> {
     let mut config = EtcdConfig::new(options.etcd_endpoints.clone());
     config.prefix = format!("/cassette-bench/{}", uuid::Uuid::now_v7().simple());
     let mut replicas = vec![];
@@ -100,7 +102,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     for stop in stops {
         let _ = stop.send(());
     }
-    Ok(json!({
+    let json = json!({
         "bench": "lag",
         "changes": options.changes,
         "p50_ms": round3(percentile_ms(&mut lags, 50.0)),
@@ -109,5 +111,11 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "applied_on_b_seen_on_a_p50_ms": round3(percentile_ms(&mut acks, 50.0)),
         "applied_on_b_seen_on_a_p99_ms": round3(percentile_ms(&mut acks, 99.0)),
         "applied_on_b_seen_on_a_max_ms": round3(percentile_ms(&mut acks, 100.0)),
-    }))
+    });
+    Ok(Report::new(json)
+        .series(Series::new("answered on A -> delivered by B", lags))
+        .series(Series::new(
+            "answered on A -> applied via B, seen on A",
+            acks,
+        )))
 }

@@ -10,22 +10,53 @@ mod append;
 mod e2e;
 mod fanout;
 mod lag;
+mod plot;
 mod procs;
 mod replay;
 mod signing;
 mod stats;
 mod tls;
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "cassette-firewall benchmarks (one JSON line of results per run)"
+    about = "cassette-firewall benchmarks (one JSON line of results per run, and an SVG of its latency distribution)"
 )]
 struct Args {
     #[command(subcommand)]
     bench: Bench,
+    /// Where the run's latency plot goes (default: `<plot-dir>/<bench>-<unix time>.svg`).
+    #[arg(long, global = true)]
+    plot: Option<PathBuf>,
+    #[arg(long, global = true, default_value = "target/bench")]
+    plot_dir: PathBuf,
+    /// Draw no plot.
+    #[arg(long, global = true, conflicts_with = "plot")]
+    no_plot: bool,
+}
+
+/// What a run measured: its JSON line, and the latency samples it plots.
+pub struct Report {
+    json: serde_json::Value,
+    series: Vec<plot::Series>,
+}
+
+impl Report {
+    pub fn new(json: serde_json::Value) -> Self {
+        Self {
+            json,
+            series: Vec::new(),
+        }
+    }
+
+    pub fn series(mut self, series: plot::Series) -> Self {
+        self.series.push(series);
+        self
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,13 +75,28 @@ enum Bench {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let results = match Args::parse().bench {
+    let args = Args::parse();
+    let mut report = match args.bench {
         Bench::Append(options) => append::run(options).await?,
         Bench::Replay(options) => replay::run(options).await?,
         Bench::E2e(options) => e2e::run(options).await?,
         Bench::Fanout(options) => fanout::run(options).await?,
         Bench::Lag(options) => lag::run(options).await?,
     };
-    println!("{results}");
+    let name = report.json["bench"].as_str().unwrap_or("bench").to_owned();
+    if !args.no_plot && !report.series.is_empty() {
+        let path = args.plot.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            args.plot_dir.join(format!("{name}-{}.svg", now.as_secs()))
+        });
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        plot::latency_svg(&path, &format!("cassette-bench {name}"), &mut report.series)?;
+        report.json["plot"] = path.display().to_string().into();
+    }
+    println!("{}", report.json);
     Ok(())
 }

@@ -14,6 +14,7 @@ use cassette_rules::{LogConfig, RulesService};
 use serde_json::json;
 
 use crate::stats::round3;
+use crate::Report;
 
 /// Custom rules per generated instance; later events toggle them.
 const RULES_PER_INSTANCE: u64 = 50;
@@ -40,7 +41,7 @@ pub struct Options {
     events_per_append: u64,
 }
 
-pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
+pub async fn run(options: Options) -> anyhow::Result<Report> {
     let temp = tempfile::tempdir()?;
     let dir = options.data_dir.as_deref().unwrap_or(temp.path());
     let instances = options.events.div_ceil(EVENTS_PER_INSTANCE).max(1);
@@ -80,6 +81,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         written.elapsed().as_secs_f64()
     );
 
+    let disk_bytes = dir_bytes(dir)?;
     let started = Instant::now();
     let signing = crate::signing::maybe(options.signed, dir)?;
     let service = RulesService::open(&LogConfig::sled(dir).signed(signing)).await?;
@@ -104,7 +106,7 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(answer.revision > 0, "replayed firewall is empty");
 
     let seconds = to_serving.as_secs_f64();
-    Ok(json!({
+    Ok(Report::new(json!({
         "bench": "replay",
         "signed": options.signed,
         "events_per_append": per_append,
@@ -113,7 +115,24 @@ pub async fn run(options: Options) -> anyhow::Result<serde_json::Value> {
         "replay_seconds": round3(replayed.elapsed.as_secs_f64()),
         "start_to_serving_seconds": round3(seconds),
         "events_per_sec": (replayed.events as f64 / seconds).round(),
-    }))
+        "disk_bytes": disk_bytes,
+        "disk_bytes_per_event": (disk_bytes as f64 / options.events.max(1) as f64).round(),
+    })))
+}
+
+/// The bytes the files under `dir` hold (the log on disk, before start-up).
+fn dir_bytes(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 fn instance_id(i: u64) -> anyhow::Result<InstanceId> {
