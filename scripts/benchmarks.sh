@@ -4,7 +4,7 @@
 # into docs/benchmarks/, and writes the table, the breakdown of one change and
 # the plots. As root (the e2e rows need network namespaces and nftables; the
 # etcd row starts a three-member cluster of its own on loopback, in a temp
-# dir). Takes about 15 minutes on 2 cores. QUICK=1 runs smaller versions of
+# dir). Takes about 5 minutes on 2 cores (plus the release build). QUICK=1 runs smaller versions of
 # the slow rows (for trying the script, not for the numbers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,7 +69,8 @@ done
 run fanout-etcd fanout --enforcers "$(big 10000 2000)" --replicas 3 --etcd-endpoints "$endpoints" --rate 500 --duration 10
 
 ms() { printf '%.2f' "$1"; }
-int() { printf "%'d" "$(printf '%.0f' "$1")"; }
+# A whole number with thousands separators, whatever the locale.
+int() { printf '%.0f' "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta'; }
 {
     cat <<HEAD
 # Benchmarks
