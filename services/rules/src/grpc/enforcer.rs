@@ -189,7 +189,10 @@ impl EnforcerService for EnforcerApi {
                 return;
             }
             let connection = store.board().connect(&instance);
-            let (position, verified) = resume_position(&store, &instance, &hello).await;
+            // Boxed, here and below: a future awaited once (or now and then)
+            // would otherwise be part of the stream's task, which lives as long
+            // as the enforcer is connected (kilobytes each, times every enforcer).
+            let (position, verified) = Box::pin(resume_position(&store, &instance, &hello)).await;
             store.board().record_hello(
                 &instance,
                 Hello {
@@ -214,11 +217,11 @@ impl EnforcerService for EnforcerApi {
                     position,
                     outbound,
                     sent.clone(),
-                    end(),
+                    Box::pin(end()),
                 )
                 .in_current_span(),
             );
-            let ended = end();
+            let ended = Box::pin(end());
             let state = StreamState {
                 store,
                 instance,
@@ -318,7 +321,7 @@ async fn send_events(
     let mut folded: Option<Arc<Firewall>> = if position == 0 {
         None
     } else {
-        match store.firewall_at(&instance, position).await {
+        match Box::pin(store.firewall_at(&instance, position)).await {
             Ok(firewall) => Some(firewall),
             Err(error) => {
                 tracing::error!(%error, position, "cannot read the firewall a sync stream resumes from");
@@ -337,7 +340,7 @@ async fn send_events(
         if durable > position {
             // One page at a time: a long history is never held in memory whole.
             let until = durable.min(position.saturating_add(MAX_EVENTS_PER_MESSAGE as u64));
-            let events = match store.read_events(&instance, position, until).await {
+            let events = match Box::pin(store.read_events(&instance, position, until)).await {
                 Ok(events) => events,
                 Err(error) => {
                     tracing::error!(%error, "cannot read events for a sync stream");
@@ -453,7 +456,7 @@ async fn receive_acks(
         match message {
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Ack(ack)),
-            })) => state.record_ack(&ack).await,
+            })) => Box::pin(state.record_ack(&ack)).await,
             Ok(Some(pb::SyncRequest {
                 message: Some(Message::Report(report)),
             })) => cassette_service::record_report(
