@@ -28,7 +28,12 @@ const MAX_UNSAVED: usize = 10_000;
 
 /// A save running off the runtime, beside a kernel transaction.
 struct SaveInFlight {
-    handle: tokio::task::JoinHandle<(StateFile, Result<crate::Saving, crate::StateError>)>,
+    /// The state file back, the outcome, and how long the save itself took.
+    handle: tokio::task::JoinHandle<(
+        StateFile,
+        Result<crate::Saving, crate::StateError>,
+        Duration,
+    )>,
     /// The revision and number of local reverts it saves.
     key: (u64, usize),
     started: Instant,
@@ -673,8 +678,9 @@ impl<K: Kernel> Enforcer<K> {
         let events = std::mem::take(&mut self.unsaved);
         let reverted = self.locally_reverted.clone();
         let handle = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let saving = state.save(&firewall, &reverted, events);
-            (state, saving)
+            (state, saving, started.elapsed())
         });
         Some(SaveInFlight {
             handle,
@@ -683,26 +689,27 @@ impl<K: Kernel> Enforcer<K> {
         })
     }
 
-    /// Waits for a save started by [`Enforcer::start_save`]; how long it took.
+    /// Waits for a save started by [`Enforcer::start_save`]; how long it took
+    /// (from its start on the blocking pool to its end, not to this wait's).
     async fn finish_save(&mut self, save: Option<SaveInFlight>) -> Option<Duration> {
         let save = save?;
         let (revision, _) = save.key;
-        let saving = match save.handle.await {
-            Ok((state, saving)) => {
+        let (saving, took) = match save.handle.await {
+            Ok((state, saving, took)) => {
                 self.state = Some(state);
-                saving
+                (saving, took)
             }
             Err(panic) => {
                 // Whatever the save left, a new StateFile compacts first.
                 let dir = self.config.state_dir.clone().unwrap_or_default();
                 self.state = Some(StateFile::new(dir, &self.config.table));
-                Err(crate::StateError::Save {
+                let failed = Err(crate::StateError::Save {
                     path: self.config.state_dir.clone().unwrap_or_default(),
                     source: std::io::Error::other(panic.to_string()),
-                })
+                });
+                (failed, save.started.elapsed())
             }
         };
-        let took = save.started.elapsed();
         match saving {
             Ok(saving) => {
                 self.metrics.state_saves.inc();
