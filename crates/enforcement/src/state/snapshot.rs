@@ -41,7 +41,7 @@ pub(crate) fn parse(bytes: &[u8], instance: &InstanceId) -> Result<Snapshot, Ref
     if state.instance_id != instance.as_str() {
         return Err(Refused::OtherInstance(state.instance_id));
     }
-    let corrupt = |reason: String| Refused::Corrupt(reason);
+    let corrupt = Refused::Corrupt;
     let wire = state
         .firewall
         .as_ref()
