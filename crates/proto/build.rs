@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "cassette/firewall/v1/events.proto",
     "cassette/firewall/v1/enforcer.proto",
     "cassette/firewall/v1/audit.proto",
+    "cassette/firewall/v1/snapshot.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

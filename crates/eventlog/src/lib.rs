@@ -17,6 +17,7 @@ pub mod etcd;
 mod log;
 pub mod signing;
 mod sled_log;
+pub mod snapshot;
 #[cfg(test)]
 mod test_events;
 

@@ -69,6 +69,10 @@ pub struct Log {
     /// The last record a verification (or this process's own append)
     /// vouched for: reads go no further.
     verified: AtomicU64,
+    /// Records up to this one stand on a projection snapshot's anchor and
+    /// have not been walked yet (0: none): reads that reach them wait for
+    /// the walk in the background ([`Log::verify_until`]).
+    unwalked: tokio::sync::watch::Sender<u64>,
 }
 
 impl Log {
@@ -89,6 +93,7 @@ impl Log {
             engine,
             signing,
             verified: AtomicU64::new(0),
+            unwalked: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -103,6 +108,81 @@ impl Log {
 
     fn vouch(&self, sequence: u64) {
         self.verified.fetch_max(sequence, Ordering::AcqRel);
+    }
+
+    /// Records up to here are read only once the walk of them ended (see
+    /// [`Log::verify_tail`]); what it refused is then no longer returned.
+    async fn settle(&self, records: &mut Vec<Record>) {
+        let mut unwalked = self.unwalked.subscribe();
+        let first = records.first().map(|r| r.event.sequence);
+        if first.is_some_and(|first| first <= *unwalked.borrow_and_update()) {
+            // The sender lives as long as the log.
+            let _ = unwalked.wait_for(|u| *u == 0).await;
+            let verified = self.verified();
+            records.retain(|r| r.event.sequence <= verified);
+        }
+    }
+
+    /// The hash of record `sequence` as stored (`None`: not there, or a
+    /// shared log, which keeps no projection snapshots).
+    pub fn record_hash(&self, sequence: u64) -> Result<Option<crate::Hash>, LogError> {
+        match &self.engine {
+            Engine::Sled(log) => log.record_hash(sequence),
+            Engine::Etcd(_) => Ok(None),
+        }
+    }
+
+    /// Verifies the records after `anchor` (a projection snapshot's, whose
+    /// record has `anchor`'s hash) as [`Log::verify_each`] does, handing each
+    /// to `visit`. The records up to the anchor are readable as soon as the
+    /// tail checks out, but reads that reach them wait until
+    /// [`Log::verify_until`] has walked them ([`Log::prefix_walked`] or
+    /// [`Log::take_back`]).
+    pub async fn verify_tail(
+        &self,
+        anchor: Head,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        self.unwalked.send_replace(anchor.sequence);
+        self.verified_walk(anchor, true, visit).await
+    }
+
+    /// Forgets what verifications vouched for (a start-up that walked a
+    /// snapshot's tail and now replays the whole log instead).
+    pub fn unvouch(&self) {
+        self.verified.store(0, Ordering::Release);
+        self.unwalked.send_replace(0);
+    }
+
+    /// Verifies the records up to `until` as [`Log::verify_each`] does
+    /// (`until` must end the walk), handing each to `visit`, without
+    /// vouching for anything: the background half of a start-up from a
+    /// projection snapshot. Reads the whole prefix: run it off the async
+    /// workers.
+    pub fn verify_until(
+        &self,
+        until: Head,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        match &self.engine {
+            Engine::Sled(log) => log.verify_until(until, self.signing.trusted.as_deref(), visit),
+            Engine::Etcd(_) => Err(LogError::Config(
+                "a shared log keeps no projection snapshots".to_owned(),
+            )),
+        }
+    }
+
+    /// The walk of [`Log::verify_until`] found the records up to the anchor
+    /// good: reads of them go on.
+    pub fn prefix_walked(&self) {
+        self.unwalked.send_replace(0);
+    }
+
+    /// Reads go no further than `sequence` from now on (a walk found the
+    /// record after it bad).
+    pub fn take_back(&self, sequence: u64) {
+        self.verified.store(sequence, Ordering::Release);
+        self.unwalked.send_replace(0);
     }
 
     /// The last record: where appends continue.
@@ -156,6 +236,7 @@ impl Log {
             Engine::Etcd(log) => log.read_after(after_sequence, limit).await,
         }?;
         records.retain(|r| r.event.sequence <= verified);
+        self.settle(&mut records).await;
         Ok(records)
     }
 
@@ -187,6 +268,7 @@ impl Log {
         }?;
         // Revisions grow with sequences: what is not verified is at the end.
         records.retain(|r| r.event.sequence <= verified);
+        self.settle(&mut records).await;
         Ok(records)
     }
 

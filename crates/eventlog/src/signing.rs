@@ -29,6 +29,10 @@ pub const REASON: &str = "signature:";
 /// means nothing for any other use of the key.
 const CONTEXT: &[u8; 30] = b"cassette-firewall signed head\n";
 
+/// What a projection snapshot's seal signs, before the anchor and the
+/// snapshot's digest.
+const SNAPSHOT_CONTEXT: &[u8] = b"cassette-firewall projection snapshot\n";
+
 /// DER before the 32-byte key of an Ed25519 SubjectPublicKeyInfo (RFC 8410).
 const SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
@@ -94,6 +98,16 @@ fn message(head: Head) -> [u8; 70] {
     message[..30].copy_from_slice(CONTEXT);
     message[30..38].copy_from_slice(&head.sequence.to_be_bytes());
     message[38..].copy_from_slice(&head.hash);
+    message
+}
+
+/// The bytes a projection snapshot's seal signs: the context, the anchor
+/// (sequence big-endian, hash) and the SHA-256 of the snapshot's payload.
+fn snapshot_message(anchor: Head, digest: &Hash) -> Vec<u8> {
+    let mut message = SNAPSHOT_CONTEXT.to_vec();
+    message.extend_from_slice(&anchor.sequence.to_be_bytes());
+    message.extend_from_slice(&anchor.hash);
+    message.extend_from_slice(digest);
     message
 }
 
@@ -205,6 +219,19 @@ impl SigningKey {
             signature: self.pair.sign(&message(head)).as_ref().to_vec(),
         }
     }
+
+    /// Seals a projection snapshot anchored at `anchor` whose payload has
+    /// SHA-256 `digest`.
+    pub fn seal(&self, anchor: Head, digest: &Hash) -> pb::SnapshotSeal {
+        pb::SnapshotSeal {
+            key_id: self.id.clone(),
+            signature: self
+                .pair
+                .sign(&snapshot_message(anchor, digest))
+                .as_ref()
+                .to_vec(),
+        }
+    }
 }
 
 fn public_key_pem(public: &[u8; 32]) -> String {
@@ -307,6 +334,27 @@ impl TrustedKeys {
                     head.sequence, signed.key_id
                 )
             })
+    }
+}
+
+impl TrustedKeys {
+    /// Checks that `seal` is a trusted key's seal over a projection snapshot
+    /// anchored at `anchor` whose payload has SHA-256 `digest`.
+    pub fn check_seal(
+        &self,
+        seal: &pb::SnapshotSeal,
+        anchor: Head,
+        digest: &Hash,
+    ) -> Result<(), String> {
+        let Some((_, public)) = self.keys.iter().find(|(id, _)| *id == seal.key_id) else {
+            return Err(format!(
+                "sealed by key {:?}, which is not a trusted key",
+                seal.key_id
+            ));
+        };
+        UnparsedPublicKey::new(&ED25519, public)
+            .verify(&snapshot_message(anchor, digest), &seal.signature)
+            .map_err(|_| format!("its seal by key {} does not verify", seal.key_id))
     }
 }
 

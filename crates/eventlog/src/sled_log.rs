@@ -328,10 +328,35 @@ impl EventLog {
         visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
         let vouched = match trust {
-            Some(trust) => self.newest_trusted(head.sequence, trust)?,
+            Some(trust) => self.newest_trusted(head.sequence, self.durable_sequence(), trust)?,
             None => None,
         };
         self.verify_vouched(head, trust, vouched, visit)
+    }
+
+    /// [`EventLog::verify`] of the records up to `until` (which must end
+    /// the walk, with `until`'s hash) rather than to the head: what a
+    /// projection snapshot anchored at `until` stands on, checked while the
+    /// log grows after it.
+    pub fn verify_until(
+        &self,
+        until: Head,
+        trust: Option<&TrustedKeys>,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        let vouched = match trust {
+            Some(trust) => self.newest_trusted(0, until.sequence, trust)?,
+            None => None,
+        };
+        self.walk(Head::default(), Some(until), trust, vouched, visit)
+    }
+
+    /// The hash of record `sequence` as stored, if it is there and durable.
+    pub fn record_hash(&self, sequence: u64) -> Result<Option<Hash>, LogError> {
+        if sequence > self.durable_sequence() {
+            return Ok(None);
+        }
+        Ok(self.tree.get(event_key(sequence))?.map(|v| chain::hash(&v)))
     }
 
     /// [`EventLog::verify_from`] with the newest signature already checked
@@ -341,8 +366,22 @@ impl EventLog {
         head: Head,
         trust: Option<&TrustedKeys>,
         vouched: Option<SignedHead>,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        self.walk(head, None, trust, vouched, visit)
+    }
+
+    /// The walk of the verifications above: from `head` to `until` (its
+    /// anchor) or to the end (the head anchor).
+    fn walk(
+        &self,
+        head: Head,
+        until: Option<Head>,
+        trust: Option<&TrustedKeys>,
+        vouched: Option<SignedHead>,
         mut visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
+        let last = until.map_or(u64::MAX, |u| u.sequence);
         let after_vouched = vouched.as_ref().map_or(head.sequence, |s| s.head.sequence);
         let mut verifier = Verifier::from(head, trust).vouched(vouched);
         let first = head.sequence.saturating_add(1);
@@ -350,9 +389,9 @@ impl EventLog {
         // the same order.
         let mut signatures = self
             .tree
-            .range(signature_key(after_vouched.saturating_add(1))..=signature_key(u64::MAX))
+            .range(signature_key(after_vouched.saturating_add(1))..=signature_key(last))
             .peekable();
-        for entry in self.tree.range(event_key(first)..=event_key(u64::MAX)) {
+        for entry in self.tree.range(event_key(first)..=event_key(last)) {
             let (key, value) = entry?;
             let mut record = match sequence_of(&key) {
                 Err(e) => {
@@ -396,6 +435,9 @@ impl EventLog {
                 }
             }
         }
+        if until.is_some() {
+            return Ok(verifier.finish(until));
+        }
         let anchor = self.tree.get(HEAD)?.map(|anchor| {
             let (sequence, hash) = anchor.split_at(8.min(anchor.len()));
             Head {
@@ -412,12 +454,12 @@ impl EventLog {
     fn newest_trusted(
         &self,
         after: u64,
+        through: u64,
         trust: &TrustedKeys,
     ) -> Result<Option<SignedHead>, LogError> {
-        let durable = self.durable_sequence();
         let newest = self
             .tree
-            .range(signature_key(after.saturating_add(1))..=signature_key(durable))
+            .range(signature_key(after.saturating_add(1))..=signature_key(through))
             .rev()
             .take(chain::NEWEST_SIGNATURES_CHECKED);
         for entry in newest {

@@ -31,6 +31,13 @@ pub enum StoreError {
         before = sequence.saturating_sub(1)
     )]
     Halted { sequence: u64, reason: String },
+    /// The projection snapshot this replica started from is not what its
+    /// log folds to (found by the walk after start-up): the history the log
+    /// holds is served, nothing is written, until a restart replays it.
+    #[error(
+        "the projection snapshot this service started from (taken at record {anchor}) is not          what the event log folds to ({reason}): it serves the log's history and takes no          changes until it is restarted, which replays the whole log (the snapshot was moved          aside to projection.snapshot.refused)"
+    )]
+    SnapshotRefused { anchor: u64, reason: String },
 }
 
 /// Why the store takes no changes: its log failed verification.
@@ -41,6 +48,8 @@ pub enum Halt {
     /// It met a record that no trusted signature covers (or that breaks the
     /// chain) after starting: it serves the verified history before it.
     Unverified { sequence: u64, reason: String },
+    /// Started from a projection snapshot the log turned out not to fold to.
+    SnapshotRefused { anchor: u64, reason: String },
 }
 
 impl From<Halt> for StoreError {
@@ -48,6 +57,9 @@ impl From<Halt> for StoreError {
         match halt {
             Halt::Investigating { sequence, reason } => StoreError::ReadOnly { sequence, reason },
             Halt::Unverified { sequence, reason } => StoreError::Halted { sequence, reason },
+            Halt::SnapshotRefused { anchor, reason } => {
+                StoreError::SnapshotRefused { anchor, reason }
+            }
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - `deadlines`: what the service does on time by itself, through the
 //!   writer: rules expired, unconfirmed changes reverted.
 //! - `traffic`: unconfirmed changes that accepted traffic proves (`confirm_on_traffic`).
+//! - `snapshots`: the projection written now and then as a snapshot of the
+//!   sled log's directory, so that start-up replays only the log after it.
 //! - [`limits`]: caps on what one caller may hold; [`RulesMetrics`].
 //!
 //! Cargo keeps the doors out: this crate depends on no gRPC, HTTP or
@@ -26,6 +28,7 @@ mod mutation;
 pub mod peers;
 mod projection;
 pub mod replay;
+mod snapshots;
 pub mod store;
 pub mod sync;
 mod traffic;
@@ -37,6 +40,7 @@ pub use limits::{LimitReached, Limits, Slot, Slots};
 pub use metrics::RulesMetrics;
 pub use mutation::{ConfirmWithin, Mutation};
 pub use projection::Deadline;
+pub use snapshots::SnapshotPolicy;
 pub use store::{LogConfig, LogStore, OpenStats, Store};
 pub use traffic::record_report;
 

@@ -53,6 +53,15 @@ pub struct RulesMetrics {
     /// Answers that append nothing (refusals, no-ops) decided again because
     /// this replica's view was behind the shared log's head.
     pub stale_decisions: Counter,
+    /// Projection snapshots written, how long each took (capture to the
+    /// directory's fsync), the last one's size and anchor.
+    pub snapshots_written: Counter,
+    pub snapshot_write: Histogram,
+    pub snapshot_bytes: Gauge,
+    pub snapshot_anchor: Gauge,
+    /// Projection snapshots not used at start-up (damaged, unsealed on a
+    /// signed log, another log's) or found to disagree with the log after it.
+    pub snapshots_refused: Counter,
 }
 
 impl RulesMetrics {
@@ -149,6 +158,31 @@ impl RulesMetrics {
             &mut registry,
             "cassette_rules_stale_decisions_total",
             "Refusals and no-ops decided again because this replica's view was behind the shared log's head (replicas on etcd).",
+        );
+        self.snapshots_written.register(
+            &mut registry,
+            "cassette_rules_snapshots_written_total",
+            "Projection snapshots written (start-up loads the newest and replays only the log after it).",
+        );
+        self.snapshot_write.register(
+            &mut registry,
+            "cassette_rules_snapshot_write_seconds",
+            "Writing a projection snapshot, from taking it to its directory's fsync (off the writer).",
+        );
+        self.snapshot_bytes.register(
+            &mut registry,
+            "cassette_rules_snapshot_bytes",
+            "The size of the last projection snapshot written.",
+        );
+        self.snapshot_anchor.register(
+            &mut registry,
+            "cassette_rules_snapshot_anchor_sequence",
+            "The log record the newest projection snapshot (written or loaded) was taken at.",
+        );
+        self.snapshots_refused.register(
+            &mut registry,
+            "cassette_rules_snapshots_refused_total",
+            "Projection snapshots not used at start-up (damaged, not sealed by a trusted key, not taken on this log), or that the background walk of the log found to disagree with it (the service is read-only since).",
         );
         cassette_metrics::encode(&registry)
     }

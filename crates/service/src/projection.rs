@@ -21,9 +21,11 @@ use crate::mutation::Mutation;
 #[derive(Default)]
 pub(crate) struct Projection {
     pub(crate) firewalls: BTreeMap<InstanceId, Arc<Firewall>>,
-    /// Each idempotency key: the revision its request appended and what
-    /// that request was.
-    pub(crate) requests: HashMap<RequestKey, (u64, Option<RequestDigest>)>,
+    /// Each instance's idempotency keys: the revision each request
+    /// appended and what that request was. Shared per instance, so that a
+    /// snapshot takes the whole map by pointers and a write copies only the
+    /// instance it changes while a snapshot still holds it.
+    pub(crate) requests: HashMap<InstanceId, Arc<Requests>>,
     /// Every live rule with an expire time and every unconfirmed change,
     /// soonest first: the schedule, rebuilt from the log at start-up.
     pub(crate) deadlines: BTreeSet<(SystemTime, InstanceId, Deadline)>,
@@ -39,33 +41,49 @@ pub enum Deadline {
     Revert(u64),
 }
 
+/// One instance's applied requests: the revision each appended, and its digest.
+pub(crate) type Requests = HashMap<RequestScope, Applied>;
+
+/// What a request appended: its last revision, and its digest.
+pub(crate) type Applied = (u64, Option<RequestDigest>);
+
 /// An idempotency key, scoped to who gave it: the same `request_id` from
 /// another principal (or for another end user of a delegate) is another
 /// request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct RequestKey {
-    instance: InstanceId,
-    actor: ActorId,
-    on_behalf_of: Option<ActorId>,
-    id: RequestId,
+    pub(crate) instance: InstanceId,
+    pub(crate) scope: RequestScope,
+}
+
+/// A request id and who gave it, within one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RequestScope {
+    pub(crate) actor: ActorId,
+    pub(crate) on_behalf_of: Option<ActorId>,
+    pub(crate) id: RequestId,
 }
 
 impl RequestKey {
     pub(crate) fn of_mutation(mutation: &Mutation) -> Option<Self> {
         Some(Self {
             instance: mutation.instance_id.clone(),
-            actor: mutation.actor.clone(),
-            on_behalf_of: mutation.on_behalf_of.clone(),
-            id: mutation.request_id.clone()?,
+            scope: RequestScope {
+                actor: mutation.actor.clone(),
+                on_behalf_of: mutation.on_behalf_of.clone(),
+                id: mutation.request_id.clone()?,
+            },
         })
     }
 
     fn of_event(event: &Event) -> Option<Self> {
         Some(Self {
             instance: event.instance_id.clone(),
-            actor: event.actor.clone(),
-            on_behalf_of: event.on_behalf_of.clone(),
-            id: event.request_id.clone()?,
+            scope: RequestScope {
+                actor: event.actor.clone(),
+                on_behalf_of: event.on_behalf_of.clone(),
+                id: event.request_id.clone()?,
+            },
         })
     }
 }
@@ -150,8 +168,52 @@ impl Projection {
 
     pub(crate) fn record_request(&mut self, event: &Event) {
         if let Some(key) = RequestKey::of_event(event) {
-            self.requests
-                .insert(key, (event.revision, event.request_digest));
+            let requests = self.requests.entry(key.instance).or_default();
+            Arc::make_mut(requests).insert(key.scope, (event.revision, event.request_digest));
         }
+    }
+
+    /// What the request with this key appended, if it was applied.
+    pub(crate) fn applied(&self, key: &RequestKey) -> Option<Applied> {
+        self.requests.get(&key.instance)?.get(&key.scope).copied()
+    }
+
+    /// The firewalls and applied requests, shared (pointers, copied on
+    /// the next write to either side); deadlines are not copied.
+    pub(crate) fn share(&self) -> Projection {
+        Projection {
+            firewalls: self.firewalls.clone(),
+            requests: self.requests.clone(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
+    /// The first difference between this projection and `other`, if any
+    /// (deadlines are derived from the firewalls and not compared).
+    pub(crate) fn difference(&self, other: &Projection) -> Option<String> {
+        if self.firewalls.len() != other.firewalls.len() {
+            return Some(format!(
+                "{} firewalls, not {}",
+                other.firewalls.len(),
+                self.firewalls.len()
+            ));
+        }
+        let requests = |p: &Projection, id| p.requests.get(id).filter(|r| !r.is_empty()).cloned();
+        for (id, firewall) in &self.firewalls {
+            match other.firewalls.get(id) {
+                None => return Some(format!("no firewall {id}")),
+                Some(theirs) if theirs != firewall => {
+                    return Some(format!(
+                        "firewall {id} differs (revision {}, not {})",
+                        theirs.revision, firewall.revision
+                    ))
+                }
+                Some(_) if requests(self, id) != requests(other, id) => {
+                    return Some(format!("firewall {id}'s applied requests differ"))
+                }
+                Some(_) => {}
+            }
+        }
+        None
     }
 }

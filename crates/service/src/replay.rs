@@ -12,6 +12,7 @@ use cassette_model::{replay, DomainError, Event, Firewall, InstanceId, Rule, Val
 use cassette_ruleset::{Ruleset, TableName};
 
 use crate::error::StoreError;
+use crate::projection::Projection;
 
 /// Records read per request when replaying or catching up.
 pub(crate) const PAGE: usize = 1000;
@@ -269,4 +270,30 @@ pub async fn diff(
     diff.removed.sort_by_key(key);
     diff.changed.sort_by_key(|(before, _)| key(before));
     Ok(diff)
+}
+
+/// Folds the records before `sequence` (verified by a walk that found
+/// `sequence` bad) into a new projection, with its last commit time.
+pub(crate) async fn fold_before(
+    log: &Log,
+    sequence: u64,
+) -> Result<(Projection, SystemTime), StoreError> {
+    let mut projection = Projection::default();
+    let mut last_time = SystemTime::UNIX_EPOCH;
+    let mut after = 0;
+    // Records before the bad one are good: read no further than them.
+    while after + 1 < sequence {
+        let want = usize::try_from(sequence - 1 - after).unwrap_or(PAGE);
+        let page = log.read_after(after, want.min(PAGE)).await?;
+        let Some(last) = page.last().map(|r| r.event.sequence) else {
+            break;
+        };
+        for record in &page {
+            projection.replay(&record.event)?;
+            last_time = last_time.max(record.event.commit_time);
+        }
+        after = last;
+    }
+    projection.index_deadlines();
+    Ok((projection, last_time))
 }

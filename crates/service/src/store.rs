@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
-use cassette_eventlog::{EventLog, Head, Log, LogError, Signing};
+use cassette_eventlog::{snapshot, EventLog, Head, Log, LogError, Signing};
 use cassette_model::{decide, ActorId, Command, DomainError, Event, Firewall, InstanceId, RuleId};
 use cassette_ruleset::Ruleset;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -18,7 +18,8 @@ use crate::metrics::RulesMetrics;
 use crate::mutation::Mutation;
 use crate::peers::Wire;
 use crate::projection::{Deadline, Projection};
-use crate::replay::{firewall_at, At, PAGE as REPLAY_PAGE};
+use crate::replay::{firewall_at, fold_before, At};
+use crate::snapshots::{self, Loaded, SnapshotPolicy, Snapshotter};
 use crate::sync::{Snapshot, SyncBoard};
 use crate::writer::{Answer, Writer, WriterMessage};
 
@@ -39,6 +40,8 @@ pub struct LogConfig {
     /// history before the first bad record), to investigate, instead of
     /// refusing to start.
     pub allow_unverified: bool,
+    /// When to write projection snapshots (a sled log's).
+    pub snapshots: SnapshotPolicy,
 }
 
 /// Which engine keeps the log.
@@ -59,6 +62,7 @@ impl LogConfig {
             store: LogStore::Sled(data_dir.into()),
             signing: Signing::default(),
             allow_unverified: false,
+            snapshots: SnapshotPolicy::default(),
         }
     }
 
@@ -68,6 +72,7 @@ impl LogConfig {
             store: LogStore::Etcd(config),
             signing: Signing::default(),
             allow_unverified: false,
+            snapshots: SnapshotPolicy::default(),
         }
     }
 
@@ -99,9 +104,25 @@ pub struct Store {
 /// What opening the store found.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenStats {
+    /// Records verified and folded at start-up (with a snapshot: its tail).
     pub events: u64,
     pub firewalls: usize,
     pub elapsed: std::time::Duration,
+    /// The record the projection snapshot it started from was taken at, if
+    /// it started from one (the records up to it are walked in the background).
+    pub snapshot: Option<u64>,
+}
+
+/// The projection a start-up folded, and from what.
+struct Replayed {
+    projection: Projection,
+    last_time: SystemTime,
+    head: Head,
+    halt: Option<Halt>,
+    events: u64,
+    /// Started from a snapshot: the snapshot as loaded, for the walk that
+    /// confirms it.
+    snapshot: Option<Loaded>,
 }
 
 impl Store {
@@ -116,10 +137,120 @@ impl Store {
     ) -> Result<(Arc<Self>, OpenStats), StoreError> {
         let started = Instant::now();
         let signing = config.signing.clone();
-        let log = match &config.store {
-            LogStore::Sled(data_dir) => Log::sled(EventLog::open(data_dir)?, signing),
-            LogStore::Etcd(etcd) => Log::etcd(EtcdLog::connect(etcd)?, signing),
+        let metrics = Arc::new(RulesMetrics::default());
+        let (log, snapshots) = match &config.store {
+            LogStore::Sled(data_dir) => {
+                let log = Log::sled(EventLog::open(data_dir)?, signing.clone());
+                (log, Some(data_dir))
+            }
+            LogStore::Etcd(etcd) => (Log::etcd(EtcdLog::connect(etcd)?, signing.clone()), None),
         };
+        // A log served to investigate it is replayed in full, as it is.
+        let from_snapshot = match snapshots {
+            Some(dir) if !config.allow_unverified => {
+                Self::from_snapshot(&log, dir, &metrics).await?
+            }
+            _ => None,
+        };
+        let replayed = match from_snapshot {
+            Some(replayed) => replayed,
+            None => Self::replay_all(&log, config.allow_unverified).await?,
+        };
+        let stats = OpenStats {
+            events: replayed.events,
+            firewalls: replayed.projection.len(),
+            elapsed: started.elapsed(),
+            snapshot: replayed.snapshot.as_ref().map(|s| s.anchor.sequence),
+        };
+        let snapshotter = snapshots.map(|dir| {
+            Snapshotter::new(
+                dir.clone(),
+                signing.key.clone(),
+                config.snapshots,
+                metrics.clone(),
+                stats.snapshot,
+            )
+        });
+        let store = Self::start(log, replayed, wire, metrics, snapshotter);
+        Ok((store, stats))
+    }
+
+    /// The projection from the snapshot in `dir` and the records after it,
+    /// if there is a snapshot and it checks out: its checksum, its seal
+    /// (with trusted keys), its anchor (the log's record there has its
+    /// hash), and the records after it verify. `None` (the log is then
+    /// replayed in full) otherwise.
+    async fn from_snapshot(
+        log: &Log,
+        dir: &std::path::Path,
+        metrics: &RulesMetrics,
+    ) -> Result<Option<Replayed>, StoreError> {
+        let refused = |reason: String| {
+            metrics.snapshots_refused.inc();
+            tracing::warn!(%reason, "the projection snapshot is not used: replaying the whole log");
+            None
+        };
+        let bytes = match snapshot::read(dir) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(None),
+            Err(e) => return Ok(refused(format!("cannot read it: {e}"))),
+        };
+        let snapshot = match snapshot::decode(&bytes, log.signing().trusted.as_deref()) {
+            Ok(snapshot) => snapshot,
+            Err(reason) => return Ok(refused(reason)),
+        };
+        let anchor = snapshot.anchor;
+        match log.record_hash(anchor.sequence)? {
+            Some(hash) if hash == anchor.hash => {}
+            Some(_) => {
+                return Ok(refused(format!(
+                    "the log's record {} is not the one it was taken at",
+                    anchor.sequence
+                )))
+            }
+            None => {
+                return Ok(refused(format!(
+                    "it was taken at record {}, beyond the end of the log",
+                    anchor.sequence
+                )))
+            }
+        }
+        let mut last_time = snapshot.last_time;
+        let mut projection = snapshots::from_snapshot(snapshot);
+        let loaded = Loaded {
+            anchor,
+            projection: projection.share(),
+            last_time,
+        };
+        let tail = log
+            .verify_tail(anchor, |record| {
+                projection
+                    .replay(&record.event)
+                    .map_err(|e| e.to_string())?;
+                last_time = last_time.max(record.event.commit_time);
+                Ok(())
+            })
+            .await?;
+        if let Some((sequence, reason)) = tail.first_bad {
+            // The whole log's replay says what to do about it.
+            log.unvouch();
+            tracing::warn!(sequence, %reason, "the log after the projection snapshot fails verification: replaying the whole log");
+            return Ok(None);
+        }
+        projection.index_deadlines();
+        Ok(Some(Replayed {
+            projection,
+            last_time,
+            head: tail.head,
+            halt: None,
+            events: tail.events_checked,
+            snapshot: Some(loaded),
+        }))
+    }
+
+    /// Replays the whole log into the projection with the model's fold while
+    /// checking its hash chain (one pass).
+    async fn replay_all(log: &Log, allow_unverified: bool) -> Result<Replayed, StoreError> {
         let mut projection = Projection::default();
         let mut last_time = SystemTime::UNIX_EPOCH;
         let verification = log
@@ -142,54 +273,44 @@ impl Store {
                 );
                 Some(Halt::Unverified { sequence, reason })
             }
-            Some((sequence, reason)) if config.allow_unverified => {
+            Some((sequence, reason)) if allow_unverified => {
                 tracing::warn!(sequence, %reason, "event log fails verification: serving read-only");
                 // The single pass folded each record before its successor could
                 // confirm its hash: fold again, stopping before the bad record.
-                projection = Projection::default();
-                last_time = SystemTime::UNIX_EPOCH;
-                let mut after = 0;
-                // Records before the bad one are good: read no further than them.
-                while after + 1 < sequence {
-                    let want = usize::try_from(sequence - 1 - after).unwrap_or(REPLAY_PAGE);
-                    let page = log.read_after(after, want.min(REPLAY_PAGE)).await?;
-                    let Some(last) = page.last().map(|r| r.event.sequence) else {
-                        break;
-                    };
-                    for record in &page {
-                        projection.replay(&record.event)?;
-                        last_time = last_time.max(record.event.commit_time);
-                    }
-                    after = last;
-                }
+                (projection, last_time) = fold_before(log, sequence).await?;
                 Some(Halt::Investigating { sequence, reason })
             }
             Some((sequence, reason)) => return Err(StoreError::Unverified { sequence, reason }),
         };
         projection.index_deadlines();
-        let stats = OpenStats {
+        Ok(Replayed {
+            projection,
+            last_time,
+            head: verification.head,
+            halt,
             events: verification.events_checked,
-            firewalls: projection.len(),
-            elapsed: started.elapsed(),
-        };
-        // A halted writer appends nothing and reads no other writer's
-        // appends: it stays at the verified head.
-        let store = Self::start(log, verification.head, projection, last_time, halt, wire);
-        Ok((store, stats))
+            snapshot: None,
+        })
     }
 
     /// Starts the writer (and, on a shared log, the follower of other
     /// replicas' appends) over a replayed projection.
     fn start(
         log: Log,
-        log_head: Head,
-        projection: Projection,
-        last_time: SystemTime,
-        halt: Option<Halt>,
+        replayed: Replayed,
         wire: Arc<dyn Wire>,
+        metrics: Arc<RulesMetrics>,
+        snapshots: Option<Snapshotter>,
     ) -> Arc<Self> {
+        let Replayed {
+            projection,
+            last_time,
+            head: log_head,
+            halt,
+            snapshot,
+            ..
+        } = replayed;
         let projection = Arc::new(RwLock::new(projection));
-        let metrics = Arc::new(RulesMetrics::default());
         if matches!(halt, Some(Halt::Unverified { .. })) {
             metrics.log_verification_failures.inc();
         }
@@ -217,8 +338,18 @@ impl Store {
             halt: halt.clone(),
             log_head,
             last_time,
+            snapshots,
         };
         tokio::spawn(writer.run(rx));
+        if let Some(loaded) = snapshot {
+            // The records up to the anchor, walked and folded again while
+            // the service serves; the writer acts on what the walk found.
+            let (log, queue) = (log.clone(), tx.clone());
+            tokio::spawn(async move {
+                let found = snapshots::confirm(log, loaded).await;
+                let _ = queue.send(WriterMessage::Confirmed(Box::new(found))).await;
+            });
+        }
         if let Some((writer, changes)) = log.share(
             "sync",
             &uuid::Uuid::now_v7().to_string(),

@@ -26,6 +26,7 @@ use crate::error::{Halt, StoreError};
 use crate::metrics::RulesMetrics;
 use crate::mutation::Mutation;
 use crate::projection::{Projection, RequestKey};
+use crate::snapshots::{Confirmation, Snapshotter};
 use crate::sync::SyncBoard;
 
 /// How many queued mutations one commit takes at most.
@@ -44,6 +45,9 @@ pub(crate) enum WriterMessage {
     CatchUp(u64),
     /// Commit what is queued before this, then stop.
     Drain(oneshot::Sender<()>),
+    /// What the walk of the log up to the projection snapshot the service
+    /// started from found.
+    Confirmed(Box<Confirmation>),
 }
 
 pub(crate) struct Writer {
@@ -60,6 +64,8 @@ pub(crate) struct Writer {
     pub(crate) log_head: Head,
     /// Commit times never go backwards, even if the wall clock does.
     pub(crate) last_time: SystemTime,
+    /// Writes projection snapshots (a sled log's).
+    pub(crate) snapshots: Option<Snapshotter>,
 }
 
 /// What the writer answers a mutation with.
@@ -76,13 +82,25 @@ pub(crate) type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 
 impl Writer {
     pub(crate) async fn run(mut self, mut queue: mpsc::Receiver<WriterMessage>) {
-        while let Some(first) = queue.recv().await {
+        loop {
+            self.snapshot_if_due();
+            let head = self.log_head.sequence;
+            let due = self.snapshots.as_mut().and_then(|s| s.next_due(head));
+            let first = match due {
+                Some(due) => tokio::select! {
+                    first = queue.recv() => first,
+                    () = tokio::time::sleep_until(due.into()) => continue,
+                },
+                None => queue.recv().await,
+            };
+            let Some(first) = first else { return };
             let mut batch = Vec::new();
             let mut drained = None;
             let mut next = Some(first);
             let mut catch_up = false;
             while let Some(message) = next.take() {
                 match message {
+                    WriterMessage::Confirmed(found) => self.confirmed(*found).await,
                     WriterMessage::Mutate(mutation, reply) => batch.push((*mutation, reply)),
                     // Its own appends come back through the watch too:
                     // only a head beyond this writer's is news.
@@ -113,9 +131,79 @@ impl Writer {
                 self.commit(batch).instrument(span).await;
             }
             if let Some(done) = drained {
+                // The next start replays nothing this one committed.
+                if let Some(snapshots) = &mut self.snapshots {
+                    snapshots.finish().await;
+                    if self.halt.borrow().is_none() && snapshots.can_write(self.log_head.sequence) {
+                        {
+                            let projection =
+                                self.projection.read().unwrap_or_else(|p| p.into_inner());
+                            snapshots.start(&projection, self.log_head, self.last_time);
+                        }
+                        snapshots.finish().await;
+                    }
+                }
                 let _ = done.send(());
                 return;
             }
+        }
+    }
+
+    /// Starts writing a projection snapshot if one is due.
+    fn snapshot_if_due(&mut self) {
+        let Some(snapshots) = &mut self.snapshots else {
+            return;
+        };
+        if self.halt.borrow().is_some() || !snapshots.due(self.log_head.sequence) {
+            return;
+        }
+        let projection = self.projection.read().unwrap_or_else(|p| p.into_inner());
+        snapshots.start(&projection, self.log_head, self.last_time);
+    }
+
+    /// Acts on what the walk of the log up to the snapshot the service
+    /// started from found: reads of those records go on, or (a record that
+    /// fails verification, a snapshot the log does not fold to) the store
+    /// serves the history that verifies, read-only, folded again from the
+    /// log, and the snapshot is moved aside for the next start to replay
+    /// the log in full.
+    async fn confirmed(&mut self, found: Confirmation) {
+        let (halt, good) = match found {
+            Confirmation::Confirmed { records, elapsed } => {
+                self.log.prefix_walked();
+                if let Some(snapshots) = &mut self.snapshots {
+                    snapshots.confirmed();
+                }
+                info!(
+                    records,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "the log up to the projection snapshot verifies and folds to it"
+                );
+                return;
+            }
+            Confirmation::Unverified { sequence, reason } => {
+                self.metrics.log_verification_failures.inc();
+                let good = sequence.saturating_sub(1);
+                (Halt::Unverified { sequence, reason }, good)
+            }
+            Confirmation::Disagrees { anchor, reason } => {
+                let good = self.log_head.sequence;
+                (Halt::SnapshotRefused { anchor, reason }, good)
+            }
+        };
+        let error = StoreError::from(halt.clone());
+        tracing::error!(%error, "found after starting from a projection snapshot");
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots.refuse();
+        }
+        self.halt.send_replace(Some(halt));
+        self.log.take_back(good);
+        match crate::replay::fold_before(&self.log, good.saturating_add(1)).await {
+            Ok((projection, last_time)) => {
+                *self.projection.write().unwrap_or_else(|p| p.into_inner()) = projection;
+                self.last_time = last_time;
+            }
+            Err(error) => tracing::error!(%error, "cannot fold the log's history again"),
         }
     }
 
@@ -209,7 +297,7 @@ impl Writer {
         let mut pending = Pending::default();
         for (mutation, reply) in batch {
             let known = RequestKey::of_mutation(&mutation)
-                .is_some_and(|key| projection.requests.contains_key(&key));
+                .is_some_and(|key| projection.applied(&key).is_some());
             if known {
                 let mut none = Vec::new();
                 let answer = self.decide_one(
@@ -388,7 +476,7 @@ impl Writer {
                 same_request(mutation, *digest, None)?;
                 return Ok(Answer::Firewall(firewall.clone()));
             }
-            if let Some(&(revision, digest)) = projection.requests.get(key) {
+            if let Some((revision, digest)) = projection.applied(key) {
                 same_request(mutation, digest, Some(revision))?;
                 return Ok(match projection.firewalls.get(instance) {
                     Some(current) if current.revision == revision => {

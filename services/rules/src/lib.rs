@@ -14,7 +14,9 @@ pub mod grpc;
 mod server;
 pub mod tls;
 
-pub use cassette_service::{Limits, LogConfig, LogStore, RulesMetrics, Store, StoreError};
+pub use cassette_service::{
+    Limits, LogConfig, LogStore, OpenStats, RulesMetrics, SnapshotPolicy, Store, StoreError,
+};
 pub use grpc::requests;
 pub use grpc::status::Violations;
 pub use grpc::{AuditApi, EnforcerApi, FirewallApi};

@@ -74,6 +74,22 @@ struct Args {
     #[arg(long, env = "CASSETTE_ALLOW_UNVERIFIED_LOG")]
     allow_unverified_log: bool,
 
+    /// Write a snapshot of the projection (every firewall, the request ids
+    /// applied) to <data-dir>/projection.snapshot after this many events
+    /// since the last one, so that a start replays only the log after it
+    /// (and walks the rest in the background). 0 writes none. Sled only.
+    #[arg(
+        long,
+        env = "CASSETTE_SNAPSHOT_EVERY_EVENTS",
+        default_value_t = 100_000
+    )]
+    snapshot_every_events: u64,
+
+    /// Also write one when this long has passed since the last, if any event
+    /// came (one is written at every clean shutdown too).
+    #[arg(long, env = "CASSETTE_SNAPSHOT_INTERVAL", default_value = "10m", value_parser = cassette_proto::parse_duration)]
+    snapshot_interval: std::time::Duration,
+
     /// Where to serve the console: the Firewall page, its JSON API
     /// (/api/v1/...), /metrics and /healthz. HTTPS with the service's
     /// certificate when --tls-cert is given; without it, loopback only.
@@ -179,6 +195,10 @@ impl Args {
         };
         Ok(LogConfig {
             allow_unverified: self.allow_unverified_log,
+            snapshots: cassette_rules::SnapshotPolicy {
+                every_events: self.snapshot_every_events,
+                interval: self.snapshot_interval,
+            },
             ..config.signed(signing)
         })
     }

@@ -195,9 +195,14 @@ impl RulesService {
                 events = stats.events,
                 firewalls = stats.firewalls,
                 elapsed_ms = stats.elapsed.as_millis() as u64,
+                snapshot = stats.snapshot,
                 signed_by,
                 trusted_keys,
-                "event log replayed"
+                "{}",
+                match stats.snapshot {
+                    Some(_) => "started from the projection snapshot and the log after it (the log before it is walked in the background)",
+                    None => "event log replayed",
+                }
             ),
             LogStore::Etcd(etcd) => tracing::info!(
                 endpoints = ?etcd.endpoints,

@@ -76,6 +76,7 @@ pub fn store(error: StoreError) -> Status {
         StoreError::ShuttingDown
         | StoreError::WriteFailed(_)
         | StoreError::Halted { .. }
+        | StoreError::SnapshotRefused { .. }
         | StoreError::Log(LogError::Unavailable(_) | LogError::Refused(_)) => {
             Status::unavailable(message)
         }
@@ -349,6 +350,14 @@ mod tests {
                 StoreError::Halted {
                     sequence: 3,
                     reason: "signature: no signature covers records 3 to 3".into(),
+                },
+                Code::Unavailable,
+                503,
+            ),
+            (
+                StoreError::SnapshotRefused {
+                    anchor: 3,
+                    reason: "firewall web-1 differs".into(),
                 },
                 Code::Unavailable,
                 503,

@@ -510,6 +510,9 @@ async fn tampering_is_named_by_verify_log_offline_and_at_startup() {
         let mut client = rules.client().await;
         script(&mut client).await;
         assert!(rules.terminate().success());
+        // A start that replays the whole log (a start from the snapshot the
+        // shutdown wrote finds the damage after it: the next test).
+        std::fs::remove_file(data.join("projection.snapshot")).unwrap();
         damage(&data);
 
         let (ok, text) = tokio::task::block_in_place(|| run_to_exit(&["audit", "verify"], &data));
@@ -583,4 +586,60 @@ async fn tampering_is_named_by_verify_log_offline_and_at_startup() {
             "{what}: the projection folds exactly the good records before the first bad one"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_from_a_snapshot_finds_a_changed_record_before_it_then_serves_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut rules = RulesProcess::start(&data).await;
+    let mut client = rules.client().await;
+    script(&mut client).await;
+    assert!(rules.terminate().success());
+    assert!(
+        data.join("projection.snapshot").is_file(),
+        "a clean shutdown writes the projection snapshot"
+    );
+    tamper::flip_bit(&data, 4).unwrap();
+
+    // Its anchor (the last record) is intact: the service starts from it,
+    // and the walk of the log before it finds record 4 in the background
+    // and says so (NOT_SERVING).
+    let addr = cassette_e2e::free_port();
+    let target = cassette_e2e::tcp_target(addr);
+    let rules = RulesProcess::spawn_halted(&data, &addr.to_string(), target, &[]).await;
+    assert!(
+        rules.log().contains("started from the projection snapshot"),
+        "{}",
+        rules.log()
+    );
+    let mut client = rules.client().await;
+    let refused = client
+        .create_firewall(pb::CreateFirewallRequest {
+            instance_id: "c-1".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("verification at record 4"),
+        "{}",
+        refused.message()
+    );
+    // The history before the changed record is what is served.
+    let listed = client
+        .list_firewalls(pb::ListFirewallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let revisions: u64 = listed.firewalls.iter().map(|f| f.revision).sum();
+    assert_eq!(revisions, 3, "the records before record 4, folded again");
+    drop(rules);
+    // Moved aside: the next start replays the whole log and refuses it.
+    assert!(data.join("projection.snapshot.refused").is_file());
+    let (ok, text) =
+        tokio::task::block_in_place(|| run_to_exit(&["--listen", "127.0.0.1:0"], &data));
+    assert!(!ok, "the service must refuse the log");
+    assert!(text.contains("verification at record 4"), "{text}");
 }

@@ -1,6 +1,8 @@
 //! The writer's batching and decisions, on a real sled log in a temporary
 //! directory (no transport: the doors are tested end to end in tests/e2e).
 
+mod snapshots;
+
 use std::sync::Arc;
 
 use cassette_model::{
@@ -14,7 +16,7 @@ use crate::sync::{Observed, Snapshot};
 use crate::{LogConfig, Mutation, Store, StoreError};
 
 /// A sled log shares nothing with other replicas: the wire is never used.
-struct Unshared;
+pub(super) struct Unshared;
 
 impl Wire for Unshared {
     fn encode_status(&self, _: &Snapshot) -> Vec<u8> {
@@ -31,18 +33,18 @@ impl Wire for Unshared {
     }
 }
 
-async fn open(dir: &std::path::Path) -> Arc<Store> {
+pub(super) async fn open(dir: &std::path::Path) -> Arc<Store> {
     let (store, _) = Store::open(&LogConfig::sled(dir), Arc::new(Unshared))
         .await
         .expect("open the store");
     store
 }
 
-fn web() -> InstanceId {
+pub(super) fn web() -> InstanceId {
     InstanceId::parse("web-1").unwrap()
 }
 
-fn mutation(command: Command, request_id: Option<&str>) -> Mutation {
+pub(super) fn mutation(command: Command, request_id: Option<&str>) -> Mutation {
     Mutation {
         instance_id: web(),
         command,
@@ -55,7 +57,7 @@ fn mutation(command: Command, request_id: Option<&str>) -> Mutation {
     }
 }
 
-fn add(port: u16) -> Command {
+pub(super) fn add(port: u16) -> Command {
     Command::AddRule {
         ports: Port::new(u32::from(port)).unwrap().into(),
         protocol: Protocol::Tcp,
@@ -67,7 +69,7 @@ fn add(port: u16) -> Command {
 }
 
 /// A store on a new log in `dir` with web-1's firewall created (revision 1).
-async fn with_a_firewall(dir: &std::path::Path) -> Arc<Store> {
+pub(super) async fn with_a_firewall(dir: &std::path::Path) -> Arc<Store> {
     let store = open(dir).await;
     store
         .mutate(mutation(Command::CreateFirewall, None))
@@ -76,7 +78,7 @@ async fn with_a_firewall(dir: &std::path::Path) -> Arc<Store> {
     store
 }
 
-async fn head(store: &Store) -> u64 {
+pub(super) async fn head(store: &Store) -> u64 {
     *store.watch_head().borrow()
 }
 
@@ -141,7 +143,7 @@ async fn a_retried_request_id_answers_the_first_outcome_and_appends_nothing() {
 }
 
 /// `mutation` as `actor` sends it, with `digest` standing for what it asks.
-fn keyed(command: Command, request_id: &str, actor: &str, digest: u8) -> Mutation {
+pub(super) fn keyed(command: Command, request_id: &str, actor: &str, digest: u8) -> Mutation {
     Mutation {
         actor: ActorId::parse(actor).unwrap(),
         request_digest: Some(RequestDigest([digest; 32])),
@@ -220,6 +222,9 @@ async fn what_was_committed_is_replayed_on_reopen_and_the_log_must_verify() {
     assert_eq!(store.get(&web()).unwrap().revision, 2);
     store.shutdown().await.unwrap();
     drop(store);
+    // A start that replays the whole log refuses it; one from the snapshot
+    // the shutdown wrote finds it in the background (see `snapshots.rs`).
+    std::fs::remove_file(cassette_eventlog::snapshot::path(dir.path())).unwrap();
     cassette_eventlog::tamper::flip_bit(dir.path(), 1).unwrap();
     let refused = Store::open(&LogConfig::sled(dir.path()), Arc::new(Unshared)).await;
     assert!(
