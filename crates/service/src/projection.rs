@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use cassette_eventlog::Record;
 use cassette_model::{
     fold, ActorId, Event, Firewall, FoldError, InstanceId, RequestDigest, RequestId, RuleId,
 };
@@ -150,6 +151,18 @@ impl Projection {
             }
         }
         self.record_request(event);
+        Ok(())
+    }
+
+    /// Folds one record a walk of the log verified (its `visit`), keeping
+    /// `last_time` at the latest commit time folded.
+    pub(crate) fn replay_record(
+        &mut self,
+        record: &Record,
+        last_time: &mut SystemTime,
+    ) -> Result<(), String> {
+        self.replay(&record.event).map_err(|e| e.to_string())?;
+        *last_time = (*last_time).max(record.event.commit_time);
         Ok(())
     }
 

@@ -280,9 +280,7 @@ pub(crate) async fn confirm(log: Arc<Log>, loaded: Loaded) -> Confirmation {
         let mut folded = Projection::default();
         let mut folded_time = SystemTime::UNIX_EPOCH;
         let verification = log.verify_until(anchor, |record| {
-            folded.replay(&record.event).map_err(|e| e.to_string())?;
-            folded_time = folded_time.max(record.event.commit_time);
-            Ok(())
+            folded.replay_record(record, &mut folded_time)
         });
         (verification, folded, folded_time)
     })

@@ -224,11 +224,7 @@ impl Store {
         };
         let tail = log
             .verify_tail(anchor, |record| {
-                projection
-                    .replay(&record.event)
-                    .map_err(|e| e.to_string())?;
-                last_time = last_time.max(record.event.commit_time);
-                Ok(())
+                projection.replay_record(record, &mut last_time)
             })
             .await?;
         if let Some((sequence, reason)) = tail.first_bad {
@@ -254,13 +250,7 @@ impl Store {
         let mut projection = Projection::default();
         let mut last_time = SystemTime::UNIX_EPOCH;
         let verification = log
-            .verify_each(|record| {
-                projection
-                    .replay(&record.event)
-                    .map_err(|e| e.to_string())?;
-                last_time = last_time.max(record.event.commit_time);
-                Ok(())
-            })
+            .verify_each(|record| projection.replay_record(record, &mut last_time))
             .await?;
         let halt = match verification.first_bad.clone() {
             None => None,
