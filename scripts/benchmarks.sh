@@ -87,7 +87,7 @@ Goals are the performance issue's, for this 2-core machine.
 | the same without the state (\`--no-state\`) | \`sudo cassette-bench e2e --changes 1000 --no-state\` | p50 $(ms "$(field e2e-no-state .p50_ms)") ms, p99 $(ms "$(field e2e-no-state .p99_ms)") ms | |
 | durable appends, 64 clients | \`cassette-bench append --clients 64\` | $(int "$(field append-64 .events_per_sec)") events/s, p50 $(ms "$(field append-64 .p50_ms)") ms, p99 $(ms "$(field append-64 .p99_ms)") ms | >= 20,000 events/s, p99 <= 10 ms |
 | durable appends, one client | \`cassette-bench append --clients 1\` | $(int "$(field append-1 .events_per_sec)") events/s, p50 $(ms "$(field append-1 .p50_ms)") ms, p99 $(ms "$(field append-1 .p99_ms)") ms | |
-| start to serving on a $(int "$replay_events")-event log (open, replay, first GetFirewall answered) | \`cassette-bench replay --events $replay_events\` | $(field replay .start_to_serving_seconds) s | < 0.5 s (1,000,000 events) |
+| start to serving on a $(int "$replay_events")-event log (open, replay, first GetFirewall answered) | \`cassette-bench replay --events $replay_events\` | $(field replay .start_to_serving_seconds) s replaying the whole log; $(field replay .snapshot_start_to_serving_seconds) s from the projection snapshot its shutdown wrote ($(field replay .snapshot_bytes) bytes; the log before it walked in the background in $(field replay .snapshot_walk_seconds) s) | < 0.5 s (1,000,000 events) |
 | log size on disk | the same | $(field replay .disk_bytes_per_event) bytes/event | <= 250 bytes/event |
 HEAD
     for rate in 1000 5000 10000; do

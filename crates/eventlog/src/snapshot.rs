@@ -31,6 +31,8 @@ pub const FILE: &str = "projection.snapshot";
 /// Where a snapshot the service stopped trusting is moved, for a look.
 pub const REFUSED_FILE: &str = "projection.snapshot.refused";
 
+/// How the temporary file of a snapshot being written is named.
+const TEMP_PREFIX: &str = ".projection-";
 const MAGIC: &[u8; 8] = b"CPROJ001";
 const CHECKSUM_LEN: usize = 32;
 /// The magic, the checksum and the seal's length.
@@ -232,12 +234,24 @@ pub fn read(dir: &Path) -> std::io::Result<Option<Vec<u8>>> {
 /// snapshot or the new one).
 pub fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut temp = tempfile::Builder::new()
-        .prefix(".projection-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(path(dir)).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes what writes cut short by a crash left in `dir` (temporary
+/// files never renamed into place).
+pub fn remove_leftovers(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves the snapshot in `dir` aside (to [`REFUSED_FILE`]), so that the
@@ -347,6 +361,10 @@ mod tests {
         write(dir.path(), b"first").unwrap();
         write(dir.path(), b"second").unwrap();
         assert_eq!(read(dir.path()).unwrap().unwrap(), b"second");
+        // A write a crash cut short leaves its temporary file: removed.
+        std::fs::write(dir.path().join(".projection-crashed"), b"half").unwrap();
+        remove_leftovers(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         set_aside(dir.path()).unwrap();
         assert!(read(dir.path()).unwrap().is_none());
         assert_eq!(

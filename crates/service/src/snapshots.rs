@@ -139,6 +139,9 @@ impl Snapshotter {
                 .snapshot_anchor
                 .set(i64::try_from(anchor).unwrap_or(i64::MAX));
         }
+        if let Err(error) = snapshot::remove_leftovers(&dir) {
+            tracing::warn!(%error, "cannot remove what an interrupted snapshot left");
+        }
         Self {
             dir,
             key,

@@ -237,3 +237,54 @@ async fn a_record_changed_before_the_anchor_is_found_by_the_walk_and_history_sto
         refused.err()
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_is_written_every_interval_when_something_changed_and_after_enough_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = |dir: &Path| {
+        snapshot::read(dir)
+            .unwrap()
+            .map(|bytes| snapshot::decode(&bytes, None).unwrap().anchor.sequence)
+    };
+    let wait_for = |want: u64| {
+        let dir = dir.path().to_owned();
+        async move {
+            for _ in 0..400 {
+                if anchor(&dir) == Some(want) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("no snapshot at {want}: {:?}", anchor(&dir));
+        }
+    };
+    let policy = |every_events, interval| LogConfig {
+        snapshots: SnapshotPolicy {
+            every_events,
+            interval,
+        },
+        ..LogConfig::sled(dir.path())
+    };
+    // By time: one change, then a snapshot within the interval.
+    let config = policy(1_000_000, Duration::from_millis(200));
+    let (store, _) = Store::open(&config, Arc::new(Unshared)).await.unwrap();
+    store
+        .mutate(mutation(Command::CreateFirewall, None))
+        .await
+        .unwrap();
+    wait_for(1).await;
+    assert_eq!(store.metrics().snapshots_written.get(), 1);
+    // Nothing changed since: none more.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(store.metrics().snapshots_written.get(), 1);
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    // By count: every 3 events.
+    let config = policy(3, Duration::from_secs(3600));
+    let (store, _) = Store::open(&config, Arc::new(Unshared)).await.unwrap();
+    for port in 5000..5003 {
+        store.mutate(mutation(add(port), None)).await.unwrap();
+    }
+    wait_for(4).await;
+}

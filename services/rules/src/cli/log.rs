@@ -72,6 +72,10 @@ pub async fn run(config: &LogConfig, args: LogArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     let removed = log.remove_after(sequence).await?;
+    if let LogStore::Sled(dir) = &config.store {
+        // Taken on records that are gone: the next start replays the log.
+        cassette_eventlog::snapshot::set_aside(dir)?;
+    }
     let now = log.head().await?;
     cassette_proto::outln!(
         "removed {removed} records; the log ends at record {} ({}). Start the service again.",
