@@ -83,7 +83,7 @@ pub(crate) type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 impl Writer {
     pub(crate) async fn run(mut self, mut queue: mpsc::Receiver<WriterMessage>) {
         loop {
-            self.snapshot_if_due();
+            self.snapshot_when(Snapshotter::due);
             let head = self.log_head.sequence;
             let due = self.snapshots.as_mut().and_then(|s| s.next_due(head));
             let first = match due {
@@ -134,14 +134,10 @@ impl Writer {
                 // The next start replays nothing this one committed.
                 if let Some(snapshots) = &mut self.snapshots {
                     snapshots.finish().await;
-                    if self.halt.borrow().is_none() && snapshots.can_write(self.log_head.sequence) {
-                        {
-                            let projection =
-                                self.projection.read().unwrap_or_else(|p| p.into_inner());
-                            snapshots.start(&projection, self.log_head, self.last_time);
-                        }
-                        snapshots.finish().await;
-                    }
+                    self.snapshot_when(Snapshotter::can_write);
+                }
+                if let Some(snapshots) = &mut self.snapshots {
+                    snapshots.finish().await;
                 }
                 let _ = done.send(());
                 return;
@@ -149,12 +145,13 @@ impl Writer {
         }
     }
 
-    /// Starts writing a projection snapshot if one is due.
-    fn snapshot_if_due(&mut self) {
+    /// Starts writing a projection snapshot at the log's head if `when`
+    /// says so (never while the store is halted).
+    fn snapshot_when(&mut self, when: fn(&mut Snapshotter, u64) -> bool) {
         let Some(snapshots) = &mut self.snapshots else {
             return;
         };
-        if self.halt.borrow().is_some() || !snapshots.due(self.log_head.sequence) {
+        if self.halt.borrow().is_some() || !when(snapshots, self.log_head.sequence) {
             return;
         }
         let projection = self.projection.read().unwrap_or_else(|p| p.into_inner());
