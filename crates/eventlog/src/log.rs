@@ -113,11 +113,10 @@ impl Log {
     /// Records up to here are read only once the walk of them ended (see
     /// [`Log::verify_tail`]); what it refused is then no longer returned.
     async fn settle(&self, records: &mut Vec<Record>) {
-        let mut unwalked = self.unwalked.subscribe();
         let first = records.first().map(|r| r.event.sequence);
-        if first.is_some_and(|first| first <= *unwalked.borrow_and_update()) {
+        if first.is_some_and(|first| first <= *self.unwalked.borrow()) {
             // The sender lives as long as the log.
-            let _ = unwalked.wait_for(|u| *u == 0).await;
+            let _ = self.unwalked.subscribe().wait_for(|u| *u == 0).await;
             let verified = self.verified();
             records.retain(|r| r.event.sequence <= verified);
         }

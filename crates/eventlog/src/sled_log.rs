@@ -327,11 +327,7 @@ impl EventLog {
         trust: Option<&TrustedKeys>,
         visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
-        let vouched = match trust {
-            Some(trust) => self.newest_trusted(head.sequence, self.durable_sequence(), trust)?,
-            None => None,
-        };
-        self.verify_vouched(head, trust, vouched, visit)
+        self.walk_newest_first(head, None, trust, visit)
     }
 
     /// [`EventLog::verify`] of the records up to `until` (which must end
@@ -344,11 +340,24 @@ impl EventLog {
         trust: Option<&TrustedKeys>,
         visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
+        self.walk_newest_first(Head::default(), Some(until), trust, visit)
+    }
+
+    /// [`EventLog::walk`] from `head` to `until` (or to the end), with the
+    /// newest trusted signature up to there checked first.
+    fn walk_newest_first(
+        &self,
+        head: Head,
+        until: Option<Head>,
+        trust: Option<&TrustedKeys>,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        let through = until.map_or_else(|| self.durable_sequence(), |u| u.sequence);
         let vouched = match trust {
-            Some(trust) => self.newest_trusted(0, until.sequence, trust)?,
+            Some(trust) => self.newest_trusted(head.sequence, through, trust)?,
             None => None,
         };
-        self.walk(Head::default(), Some(until), trust, vouched, visit)
+        self.walk(head, until, trust, vouched, visit)
     }
 
     /// The hash of record `sequence` as stored, if it is there and durable.

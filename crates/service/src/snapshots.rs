@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cassette_eventlog::snapshot::{self, AppliedRequest, ProjectionSnapshot, SnapshotFirewall};
 use cassette_eventlog::{Head, Log, SigningKey};
-use cassette_model::{Firewall, InstanceId};
+use cassette_model::Firewall;
 
 use crate::metrics::RulesMetrics;
 use crate::projection::{Projection, RequestScope, Requests};
@@ -61,16 +61,11 @@ pub(crate) fn to_snapshot(
                 })
                 .collect();
             // One order for one projection, whatever the hash map's.
-            requests.sort_by(|a, b| {
-                let key = |r: &AppliedRequest| {
-                    (
-                        r.actor.as_str().to_owned(),
-                        r.on_behalf_of.as_ref().map(|a| a.as_str().to_owned()),
-                        r.request_id.as_str().to_owned(),
-                    )
-                };
-                key(a).cmp(&key(b))
-            });
+            fn key(r: &AppliedRequest) -> (&str, Option<&str>, &str) {
+                let on_behalf_of = r.on_behalf_of.as_ref().map(|a| a.as_str());
+                (r.actor.as_str(), on_behalf_of, r.request_id.as_str())
+            }
+            requests.sort_by(|a, b| key(a).cmp(&key(b)));
             SnapshotFirewall {
                 firewall: firewall.clone(),
                 requests,
@@ -192,7 +187,7 @@ impl Snapshotter {
         let taken: Vec<(Arc<Firewall>, Option<Arc<Requests>>)> = projection
             .firewalls
             .iter()
-            .map(|(id, firewall)| (firewall.clone(), requests_of(projection, id)))
+            .map(|(id, firewall)| (firewall.clone(), projection.requests.get(id).cloned()))
             .collect();
         self.anchor = anchor.sequence;
         self.since = started;
@@ -246,10 +241,6 @@ impl Snapshotter {
             tracing::error!(%error, "cannot move the projection snapshot aside: remove it before restarting");
         }
     }
-}
-
-fn requests_of(projection: &Projection, id: &InstanceId) -> Option<Arc<Requests>> {
-    projection.requests.get(id).cloned()
 }
 
 /// What the walk of the records up to a snapshot's anchor found.

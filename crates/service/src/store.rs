@@ -276,6 +276,8 @@ impl Store {
         Ok(Replayed {
             projection,
             last_time,
+            // A halted writer appends nothing and reads no other writer's
+            // appends: it stays at the verified head.
             head: verification.head,
             halt,
             events: verification.events_checked,

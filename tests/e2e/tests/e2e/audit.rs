@@ -468,6 +468,17 @@ async fn get_firewall_at_renders_exactly_what_the_enforcer_applied() {
     );
 }
 
+/// The revisions of every firewall the service serves, summed: how many
+/// records its projection folded (each is one revision of one firewall).
+async fn revisions_served(client: &mut Client) -> u64 {
+    let listed = client
+        .list_firewalls(pb::ListFirewallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    listed.firewalls.iter().map(|f| f.revision).sum()
+}
+
 /// Runs `cassette-rules` with `args` expecting it to exit; its status and output.
 pub(crate) fn run_to_exit(args: &[&str], data: &Path) -> (bool, String) {
     let mut child = Command::new(binary("cassette-rules"))
@@ -574,15 +585,10 @@ async fn tampering_is_named_by_verify_log_offline_and_at_startup() {
             "{what}: sync refused"
         );
         // The projection stops before the first bad record.
-        let listed = client
-            .list_firewalls(pb::ListFirewallsRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
         let latest_sequence = first_bad - 1;
-        let revisions: u64 = listed.firewalls.iter().map(|f| f.revision).sum();
         assert_eq!(
-            revisions, latest_sequence,
+            revisions_served(&mut client).await,
+            latest_sequence,
             "{what}: the projection folds exactly the good records before the first bad one"
         );
     }
@@ -628,13 +634,11 @@ async fn a_start_from_a_snapshot_finds_a_changed_record_before_it_then_serves_re
         refused.message()
     );
     // The history before the changed record is what is served.
-    let listed = client
-        .list_firewalls(pb::ListFirewallsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let revisions: u64 = listed.firewalls.iter().map(|f| f.revision).sum();
-    assert_eq!(revisions, 3, "the records before record 4, folded again");
+    assert_eq!(
+        revisions_served(&mut client).await,
+        3,
+        "the records before record 4, folded again"
+    );
     drop(rules);
     // Moved aside: the next start replays the whole log and refuses it.
     assert!(data.join("projection.snapshot.refused").is_file());
