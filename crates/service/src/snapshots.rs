@@ -252,6 +252,9 @@ pub(crate) enum Confirmation {
     /// The log verifies, and folds to something else than the snapshot
     /// taken at record `anchor`.
     Disagrees { anchor: u64, reason: String },
+    /// The walk did not finish (the log could not be read, the walk
+    /// panicked): nothing before the anchor was vouched for.
+    Unfinished { anchor: u64, reason: String },
 }
 
 /// The snapshot a start-up loaded, as loaded.
@@ -282,15 +285,15 @@ pub(crate) async fn confirm(log: Arc<Log>, loaded: Loaded) -> Confirmation {
     let (verification, folded, folded_time) = match walked {
         Ok(walked) => walked,
         Err(error) => {
-            return Confirmation::Unverified {
-                sequence: 1,
-                reason: format!("the walk of the log did not finish: {error}"),
+            return Confirmation::Unfinished {
+                anchor: anchor.sequence,
+                reason: format!("the walk of the log stopped: {error}"),
             }
         }
     };
     match verification {
-        Err(error) => Confirmation::Unverified {
-            sequence: 1,
+        Err(error) => Confirmation::Unfinished {
+            anchor: anchor.sequence,
             reason: format!("the log could not be read: {error}"),
         },
         Ok(v) => match v.first_bad {

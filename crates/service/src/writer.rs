@@ -187,6 +187,12 @@ impl Writer {
                 let good = self.log_head.sequence;
                 (Halt::SnapshotRefused { anchor, reason }, good)
             }
+            // Nothing was found wrong with a record, so no record is named
+            // for removal: a restart replays the whole log and says.
+            Confirmation::Unfinished { anchor, reason } => {
+                let reason = format!("{reason}; none of the log's history is served");
+                (Halt::SnapshotRefused { anchor, reason }, 0)
+            }
         };
         let error = StoreError::from(halt.clone());
         tracing::error!(%error, "found after starting from a projection snapshot");
