@@ -219,21 +219,25 @@ impl Writer {
         if let Some(halt) = &*self.halt.borrow() {
             return Err(halt.clone().into());
         }
-        let mut touched: HashMap<InstanceId, u64> = HashMap::new();
         let mut last_time = self.last_time;
         // What the projection holds once the walk ends, however it ends: a
         // walk cut short by an unreachable log has folded what it handed on.
         let mut folded = self.log_head;
         let projection = self.projection.clone();
+        let board = self.board.clone();
         let walked = self
             .log
             .verify_from(self.log_head, |record| {
-                let mut projection = projection.write().unwrap_or_else(|p| p.into_inner());
                 projection
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
                     .catch_up(&record.event)
                     .map_err(|e| format!("does not fold: {e}"))?;
+                // Its streams are woken now, not when the walk ends: under
+                // a steady stream of other replicas' appends the walk
+                // follows the head for as long as they keep coming.
+                board.notify_committed(&record.event.instance_id, record.event.revision);
                 last_time = last_time.max(record.event.commit_time);
-                touched.insert(record.event.instance_id.clone(), record.event.revision);
                 folded = Head {
                     sequence: record.event.sequence,
                     hash: record.hash,
@@ -243,9 +247,6 @@ impl Writer {
             .await;
         self.last_time = last_time;
         self.log_head = folded;
-        for (instance, revision) in &touched {
-            self.board.notify_committed(instance, *revision);
-        }
         self.head.send_replace(self.log_head.sequence);
         let verification = walked?;
         match verification.first_bad {

@@ -95,8 +95,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let target = targets[0].clone();
     let control = connect_retrying(&target).await?;
     let client = FirewallServiceClient::new(control.clone());
+    // A client of each replica, to see when the replica an instance's
+    // enforcer streams to has its ack (before any other replica can).
+    let mut owners = vec![client.clone()];
     for other in &targets[1..] {
-        connect_retrying(other).await?;
+        owners.push(FirewallServiceClient::new(connect_retrying(other).await?));
     }
     let rss_idle = rss()?;
 
@@ -159,6 +162,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let deadline = Instant::now() + Duration::from_secs(options.duration);
     let mut random = Random::seeded();
+    let owner_count = owners.len();
     let mut changes = Vec::new();
     while Instant::now() < deadline {
         ticker.tick().await;
@@ -166,6 +170,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         let id = instances[i].clone();
         let toggles = toggles.clone();
         let mut client = client.clone();
+        let mut owner = owners[i % owners.len()].clone();
         changes.push(tokio::spawn(async move {
             let flip = toggles[i].fetch_add(1, Ordering::Relaxed);
             let sent = Instant::now();
@@ -180,23 +185,38 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 .into_inner()
                 .revision;
             let committed = sent.elapsed();
-            wait(&mut client, id, revision).await?;
-            anyhow::Ok((i, committed, sent.elapsed()))
+            if i % owner_count == 0 {
+                wait(&mut client, id, revision).await?;
+                let acked = sent.elapsed();
+                return anyhow::Ok((i, committed, acked, acked));
+            }
+            // Through another replica: also ask the one the enforcer streams to.
+            let here = async {
+                wait(&mut owner, id.clone(), revision).await?;
+                anyhow::Ok(sent.elapsed())
+            };
+            let there = async {
+                wait(&mut client, id.clone(), revision).await?;
+                anyhow::Ok(sent.elapsed())
+            };
+            let (owned, acked) = tokio::try_join!(here, there)?;
+            anyhow::Ok((i, committed, owned, acked))
         }));
     }
     let sent = changes.len();
     let mut latencies = Vec::with_capacity(sent);
     let mut commits = Vec::with_capacity(sent);
     // Acks received by the replica the changes went through, and by others.
-    let (mut local, mut remote) = (Vec::new(), Vec::new());
+    let (mut local, mut remote, mut owned) = (Vec::new(), Vec::new(), Vec::new());
     for change in changes {
-        let (i, committed, acked) = change.await??;
+        let (i, committed, on_owner, acked) = change.await??;
         latencies.push(acked);
         commits.push(committed);
         if i % targets.len() == 0 {
             local.push(acked);
         } else {
             remote.push(acked);
+            owned.push(on_owner);
         }
     }
     let elapsed = Duration::from_secs(options.duration).as_secs_f64();
@@ -222,6 +242,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "commit_p99_ms": round3(percentile_ms(&mut commits, 99.0)),
         "acked_on_first_replica_p99_ms": round3(percentile_ms(&mut local, 99.0)),
         "acked_on_other_replicas_p99_ms": round3(percentile_ms(&mut remote, 99.0)),
+        // The same changes, as the replica their enforcer streams to saw the ack.
+        "acked_where_streamed_p99_ms": round3(percentile_ms(&mut owned, 99.0)),
+        "acked_on_other_replicas_p50_ms": round3(percentile_ms(&mut remote, 50.0)),
+        "acked_where_streamed_p50_ms": round3(percentile_ms(&mut owned, 50.0)),
         "connect_and_sync_seconds": round3(connect_seconds),
         "service_rss_idle_kib": rss_idle,
         "service_rss_connected_kib": rss_connected,

@@ -39,6 +39,7 @@ use crate::signing::{SignedHead, SigningKey, TrustedKeys};
 use crate::{decode, u64_prefix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 mod client;
+mod recent;
 mod shared;
 #[doc(hidden)]
 pub mod tamper;
@@ -83,6 +84,9 @@ pub struct EtcdLog {
     current: AtomicUsize,
     prefix: String,
     append_deadline: Duration,
+    /// The records appended or read at the head last, for reads of an
+    /// instance's latest changes.
+    recent: recent::Recent,
 }
 
 impl EtcdLog {
@@ -132,6 +136,7 @@ impl EtcdLog {
             current: AtomicUsize::new(0),
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             append_deadline: config.append_deadline,
+            recent: recent::Recent::default(),
         })
     }
 
@@ -371,6 +376,7 @@ impl EtcdLog {
         let mut puts = Vec::with_capacity(records.len() * 2 + 1);
         let mut seen = std::collections::HashSet::new();
         let mut bytes_total = 0;
+        let mut kept = Vec::with_capacity(records.len());
         for record in records {
             let event = record.event;
             // The instance's first event here: the log holds the revision
@@ -394,6 +400,8 @@ impl EtcdLog {
             });
             bytes_total += record.bytes.len();
             let indexed = record.index_value();
+            // As a read of it would find it.
+            kept.push((decode(event.sequence, &record.bytes)?, record.bytes.len()));
             puts.push(put(self.record_key(event.sequence), record.bytes));
             puts.push(put(index_key, indexed));
         }
@@ -427,6 +435,7 @@ impl EtcdLog {
         };
         let response = self.txn(request).await?;
         if response.succeeded {
+            self.recent.remember(kept);
             return Ok(next);
         }
         let mut found = response.responses.into_iter().map(|r| match r.response {
@@ -523,7 +532,9 @@ impl EtcdLog {
             .into_iter()
             .peekable();
         let mut records = Vec::with_capacity(kvs.len());
+        let mut sizes = Vec::with_capacity(kvs.len());
         for (expected, kv) in (after_sequence + 1..).zip(kvs) {
+            sizes.push(kv.value.len());
             let sequence = sequence_of(&kv.key)?;
             if sequence != expected {
                 return Err(LogError::Corrupt {
@@ -538,6 +549,12 @@ impl EtcdLog {
                 }
             }
             records.push(record);
+        }
+        // A page that ends before its limit reached the head: what streams
+        // woken for these changes will read next.
+        if records.len() < usize::try_from(limit).unwrap_or(usize::MAX) {
+            self.recent
+                .remember(records.iter().cloned().zip(sizes.iter().copied()));
         }
         Ok(records)
     }
@@ -673,6 +690,7 @@ impl EtcdLog {
     /// Refused when record `sequence` is missing (0 empties the log), or
     /// when another writer moves the head meanwhile.
     pub async fn remove_after(&self, sequence: u64) -> Result<u64, LogError> {
+        self.recent.clear();
         let head_now = self.read(vec![RangeRequest {
             key: self.head_key(),
             ..Default::default()
@@ -767,6 +785,7 @@ impl EtcdLog {
                 ));
             }
         }
+        self.recent.clear();
         Ok(removed)
     }
 
@@ -807,6 +826,9 @@ impl EtcdLog {
     ) -> Result<Vec<Record>, LogError> {
         if until_revision <= after_revision {
             return Ok(vec![]);
+        }
+        if let Some(records) = self.recent.range(instance, after_revision, until_revision) {
+            return Ok(records);
         }
         let mut ranges = self
             .read(vec![RangeRequest {

@@ -110,6 +110,30 @@ async fn etcd_log_appends_gaplessly_and_reads_back_by_sequence_and_instance() {
     assert_eq!(got, (11..=20).collect::<Vec<_>>());
     assert!(some.iter().all(|r| r.event.instance_id == web1));
 
+    // The appender answers its latest records' reads from what it wrote; a
+    // log that wrote nothing reads etcd: both read the same records.
+    let fresh = log_on(&cluster, "/cassette/v1");
+    for (after, until) in [
+        (10, 20),
+        (0, revisions[1]),
+        (revisions[1] - 3, revisions[1]),
+    ] {
+        let held = log
+            .read_instance_records(&web1, after, until)
+            .await
+            .unwrap();
+        let read = fresh
+            .read_instance_records(&web1, after, until)
+            .await
+            .unwrap();
+        assert_eq!(held.len() as u64, until - after);
+        for (held, read) in held.iter().zip(&read) {
+            assert_eq!(held.event, read.event);
+            assert_eq!((&held.prev_hash, held.hash), (&read.prev_hash, read.hash));
+        }
+        assert_eq!(held.len(), read.len());
+    }
+
     // Another prefix is another log.
     let other = log_on(&cluster, "/elsewhere");
     assert_eq!(other.head().await.unwrap().sequence, 0);
