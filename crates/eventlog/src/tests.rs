@@ -67,6 +67,31 @@ fn out_of_order_appends_are_refused_and_write_nothing() {
     }
     assert_eq!(log.head().sequence, 1);
     assert_eq!(log.scan(0).count(), 1);
+    // A refused append leaves the revisions appends continue from as they were.
+    rt.block_on(log.append(&[disabled(2, "a", 2)])).unwrap();
+    let err = rt.block_on(log.append(&[disabled(3, "a", 2)])).unwrap_err();
+    assert!(matches!(err, LogError::OutOfOrder(_)), "{err}");
+}
+
+#[test]
+fn after_remove_after_appends_continue_each_instance_from_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path()).unwrap();
+    let rt = runtime();
+    let batch = [created(1, "a"), disabled(2, "a", 2), disabled(3, "a", 3)];
+    rt.block_on(log.append(&batch)).unwrap();
+    assert_eq!(log.remove_after(1).unwrap(), 2);
+    // Revision 2 again, not 4: the removed records' revisions are gone too.
+    let err = rt.block_on(log.append(&[disabled(2, "a", 4)])).unwrap_err();
+    assert!(matches!(err, LogError::OutOfOrder(_)), "{err}");
+    rt.block_on(log.append(&[disabled(2, "a", 2)])).unwrap();
+    assert_eq!(log.last_revision(&instance("a")).unwrap(), 2);
+    drop(log);
+    // And after a reopen, read from the index.
+    let log = EventLog::open(dir.path()).unwrap();
+    rt.block_on(log.append(&[disabled(3, "a", 3)])).unwrap();
+    let err = rt.block_on(log.append(&[disabled(4, "a", 3)])).unwrap_err();
+    assert!(matches!(err, LogError::OutOfOrder(_)), "{err}");
 }
 
 #[test]
