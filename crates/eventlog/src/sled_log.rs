@@ -224,20 +224,20 @@ impl EventLog {
         // Durable before acknowledged: sled writes the batch out, then one
         // fdatasync puts it (and everything before it) on the disk. The caller
         // batches concurrent mutations, so the batch shares this one sync.
-        if let Err(e) = self.db.flush_async().await {
-            self.poison();
-            return Err(e.into());
-        }
-        let file = self.data_file.clone();
-        let synced = tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|r| r);
+        // Both on one blocking thread (sled's `flush_async` would hand the
+        // flush to a thread of its own first: one more wake-up per append).
+        let (db, file) = (self.db.clone(), self.data_file.clone());
+        let synced = tokio::task::spawn_blocking(move || {
+            db.flush().map_err(LogError::from)?;
+            file.sync_data().map_err(LogError::Sync)
+        })
+        .await
+        .unwrap_or_else(|e| Err(LogError::Sync(std::io::Error::other(e.to_string()))));
         if let Err(e) = synced {
-            // After a failed fsync the page cache may hold data the disk
-            // lost: nothing more is written, and the outcome is unknown.
+            // After a failed write or fsync the page cache may hold data the
+            // disk lost: nothing more is written, and the outcome is unknown.
             self.poison();
-            return Err(LogError::Sync(e));
+            return Err(e);
         }
         self.durable.fetch_max(head.sequence, Ordering::AcqRel);
         Ok(head)
