@@ -20,7 +20,6 @@
 //! data file. Readers see only records that fsync covered: a record written
 //! but not yet synced is invisible to every read.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,16 +53,7 @@ pub struct EventLog {
     /// descriptor asks).
     data_file: Arc<File>,
     poisoned: AtomicBool,
-    /// Instances' last written revisions, as appends left them (a reverse
-    /// scan of sled's index for each instance of each append was a
-    /// twentieth of the service's time under load). Only written under
-    /// `head`'s lock; emptied when it outgrows [`LAST_REVISIONS_HELD`].
-    last_revisions: Mutex<HashMap<InstanceId, u64>>,
 }
-
-/// Instances whose last revision is held in memory at most (then the
-/// index is read again, one instance at a time).
-const LAST_REVISIONS_HELD: usize = 65_536;
 
 impl EventLog {
     /// Opens (or creates) the log in `dir`. Fails if another process has it open.
@@ -102,7 +92,6 @@ impl EventLog {
             head: Mutex::new(head),
             data_file: Arc::new(data_file),
             poisoned: AtomicBool::new(false),
-            last_revisions: Mutex::default(),
         })
     }
 
@@ -142,12 +131,8 @@ impl EventLog {
         Ok(0)
     }
 
-    /// The instance's latest written revision (durable or not), for appends
-    /// (which hold `head`'s lock).
+    /// The instance's latest written revision (durable or not), for appends.
     fn last_written_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
-        if let Some(revision) = self.revisions().get(instance) {
-            return Ok(*revision);
-        }
         match self.tree.scan_prefix(index_prefix(instance)).next_back() {
             None => Ok(0),
             Some(entry) => {
@@ -210,14 +195,6 @@ impl EventLog {
                 self.poison();
                 return Err(e.into());
             }
-            let mut revisions = self.revisions();
-            if revisions.len() > LAST_REVISIONS_HELD {
-                revisions.clear();
-            }
-            for record in &records {
-                revisions.insert(record.event.instance_id.clone(), record.event.revision);
-            }
-            drop(revisions);
             *head = next;
             next
         };
@@ -241,12 +218,6 @@ impl EventLog {
         }
         self.durable.fetch_max(head.sequence, Ordering::AcqRel);
         Ok(head)
-    }
-
-    fn revisions(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, u64>> {
-        self.last_revisions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn poison(&self) {
@@ -570,7 +541,6 @@ impl EventLog {
         } else {
             batch.insert(HEAD, chain::anchor_value(head));
         }
-        self.revisions().clear();
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         *self.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
