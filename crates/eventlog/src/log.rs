@@ -122,12 +122,11 @@ impl Log {
         }
     }
 
-    /// The hash of record `sequence` as stored (`None`: not there, or a
-    /// shared log, which keeps no projection snapshots).
-    pub fn record_hash(&self, sequence: u64) -> Result<Option<crate::Hash>, LogError> {
+    /// The hash of record `sequence` as stored (`None`: not there).
+    pub async fn record_hash(&self, sequence: u64) -> Result<Option<crate::Hash>, LogError> {
         match &self.engine {
             Engine::Sled(log) => log.record_hash(sequence),
-            Engine::Etcd(_) => Ok(None),
+            Engine::Etcd(log) => log.record_hash(sequence).await,
         }
     }
 
@@ -156,18 +155,17 @@ impl Log {
     /// Verifies the records up to `until` as [`Log::verify_each`] does
     /// (`until` must end the walk), handing each to `visit`, without
     /// vouching for anything: the background half of a start-up from a
-    /// projection snapshot. Reads the whole prefix: run it off the async
-    /// workers.
-    pub fn verify_until(
+    /// projection snapshot. Reads the whole prefix (a sled log's without
+    /// awaiting): run it off the async workers.
+    pub async fn verify_until(
         &self,
         until: Head,
         visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
+        let trust = self.signing.trusted.as_deref();
         match &self.engine {
-            Engine::Sled(log) => log.verify_until(until, self.signing.trusted.as_deref(), visit),
-            Engine::Etcd(_) => Err(LogError::Config(
-                "a shared log keeps no projection snapshots".to_owned(),
-            )),
+            Engine::Sled(log) => log.verify_until(until, trust, visit),
+            Engine::Etcd(log) => log.verify_until(until, trust, visit).await,
         }
     }
 

@@ -273,12 +273,15 @@ pub(crate) async fn confirm(log: Arc<Log>, loaded: Loaded) -> Confirmation {
         last_time,
     } = loaded;
     let started = Instant::now();
+    // On a thread of its own: a sled log's walk reads without awaiting, an
+    // etcd log's awaits its reads on the runtime's reactor.
+    let runtime = tokio::runtime::Handle::current();
     let walked = tokio::task::spawn_blocking(move || {
         let mut folded = Projection::default();
         let mut folded_time = SystemTime::UNIX_EPOCH;
-        let verification = log.verify_until(anchor, |record| {
+        let verification = runtime.block_on(log.verify_until(anchor, |record| {
             folded.replay_record(record, &mut folded_time)
-        });
+        }));
         (verification, folded, folded_time)
     })
     .await;

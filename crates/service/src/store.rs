@@ -40,8 +40,12 @@ pub struct LogConfig {
     /// history before the first bad record), to investigate, instead of
     /// refusing to start.
     pub allow_unverified: bool,
-    /// When to write projection snapshots (a sled log's).
+    /// When to write projection snapshots.
     pub snapshots: SnapshotPolicy,
+    /// Where a replica of a shared (etcd) log keeps its projection snapshot
+    /// (created if missing); `None` keeps none. A sled log keeps it in its
+    /// data directory.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// Which engine keeps the log.
@@ -63,6 +67,7 @@ impl LogConfig {
             signing: Signing::default(),
             allow_unverified: false,
             snapshots: SnapshotPolicy::default(),
+            snapshot_dir: None,
         }
     }
 
@@ -73,6 +78,7 @@ impl LogConfig {
             signing: Signing::default(),
             allow_unverified: false,
             snapshots: SnapshotPolicy::default(),
+            snapshot_dir: None,
         }
     }
 
@@ -80,6 +86,35 @@ impl LogConfig {
     pub fn signed(mut self, signing: Signing) -> Self {
         self.signing = signing;
         self
+    }
+
+    /// Where a shared log's replica keeps its projection snapshot.
+    pub fn snapshots_in(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.snapshot_dir = Some(dir.into());
+        self
+    }
+
+    /// The directory of the projection snapshot, if one is kept: a sled
+    /// log's data directory, or a shared log's [`LogConfig::snapshot_dir`]
+    /// once it exists.
+    fn snapshots_dir(&self) -> Option<PathBuf> {
+        match &self.store {
+            LogStore::Sled(data_dir) => Some(data_dir.clone()),
+            LogStore::Etcd(_) => {
+                let dir = self.snapshot_dir.clone()?;
+                match std::fs::create_dir_all(&dir) {
+                    Ok(()) => Some(dir),
+                    Err(error) => {
+                        tracing::warn!(
+                            dir = %dir.display(),
+                            %error,
+                            "cannot create the directory for projection snapshots: keeping none, a start replays the whole log"
+                        );
+                        None
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -138,15 +173,13 @@ impl Store {
         let started = Instant::now();
         let signing = config.signing.clone();
         let metrics = Arc::new(RulesMetrics::default());
-        let (log, snapshots) = match &config.store {
-            LogStore::Sled(data_dir) => {
-                let log = Log::sled(EventLog::open(data_dir)?, signing.clone());
-                (log, Some(data_dir))
-            }
-            LogStore::Etcd(etcd) => (Log::etcd(EtcdLog::connect(etcd)?, signing.clone()), None),
+        let log = match &config.store {
+            LogStore::Sled(data_dir) => Log::sled(EventLog::open(data_dir)?, signing.clone()),
+            LogStore::Etcd(etcd) => Log::etcd(EtcdLog::connect(etcd)?, signing.clone()),
         };
+        let snapshots = config.snapshots_dir();
         // A log served to investigate it is replayed in full, as it is.
-        let from_snapshot = match snapshots {
+        let from_snapshot = match &snapshots {
             Some(dir) if !config.allow_unverified => {
                 Self::from_snapshot(&log, dir, &metrics).await?
             }
@@ -164,7 +197,7 @@ impl Store {
         };
         let snapshotter = snapshots.map(|dir| {
             Snapshotter::new(
-                dir.clone(),
+                dir,
                 signing.key.clone(),
                 config.snapshots,
                 metrics.clone(),
@@ -200,7 +233,7 @@ impl Store {
             Err(reason) => return Ok(refused(reason)),
         };
         let anchor = snapshot.anchor;
-        match log.record_hash(anchor.sequence)? {
+        match log.record_hash(anchor.sequence).await? {
             Some(hash) if hash == anchor.hash => {}
             Some(_) => {
                 return Ok(refused(format!(

@@ -45,6 +45,8 @@ struct Args {
     listen: Vec<Listen>,
 
     /// Directory of the event log (created if missing). One process at a time.
+    /// With --store etcd, the replica keeps its projection snapshot in its
+    /// etcd/ subdirectory.
     #[arg(
         long,
         env = "CASSETTE_DATA_DIR",
@@ -77,7 +79,9 @@ struct Args {
     /// Write a snapshot of the projection (every firewall, the request ids
     /// applied) to <data-dir>/projection.snapshot after this many events
     /// since the last one, so that a start replays only the log after it
-    /// (and walks the rest in the background). 0 writes none. Sled only.
+    /// (and walks the rest in the background). 0 writes none. With --store
+    /// etcd each replica writes its own, of the shared log, to
+    /// <data-dir>/etcd/projection.snapshot.
     #[arg(
         long,
         env = "CASSETTE_SNAPSHOT_EVERY_EVENTS",
@@ -191,7 +195,11 @@ impl Args {
                 })?;
                 LogConfig::sled(&self.data_dir)
             }
-            StoreKind::Etcd => LogConfig::etcd(self.etcd.config()?),
+            // A replica keeps only its projection snapshot, in a directory
+            // of its own: a sled log's data directory may be the same one.
+            StoreKind::Etcd => {
+                LogConfig::etcd(self.etcd.config()?).snapshots_in(self.data_dir.join("etcd"))
+            }
         };
         Ok(LogConfig {
             allow_unverified: self.allow_unverified_log,

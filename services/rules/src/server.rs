@@ -199,10 +199,7 @@ impl RulesService {
                 signed_by,
                 trusted_keys,
                 "{}",
-                match stats.snapshot {
-                    Some(_) => "started from the projection snapshot and the log after it (the log before it is walked in the background)",
-                    None => "event log replayed",
-                }
+                started_from(stats, "event log replayed")
             ),
             LogStore::Etcd(etcd) => tracing::info!(
                 endpoints = ?etcd.endpoints,
@@ -210,9 +207,11 @@ impl RulesService {
                 events = stats.events,
                 firewalls = stats.firewalls,
                 elapsed_ms = stats.elapsed.as_millis() as u64,
+                snapshot = stats.snapshot,
                 signed_by,
                 trusted_keys,
-                "event log replayed from etcd"
+                "{}",
+                started_from(stats, "event log replayed from etcd")
             ),
         }
         Ok(Self::serving(store, stats))
@@ -572,5 +571,13 @@ impl RulesService {
         self.store.shutdown().await.map_err(ServeError::Close)?;
         tracing::info!("event log flushed; stopped");
         Ok(())
+    }
+}
+
+/// What a start-up's log line says it started from.
+fn started_from(stats: OpenStats, replayed: &'static str) -> &'static str {
+    match stats.snapshot {
+        Some(_) => "started from the projection snapshot and the log after it (the log before it is walked in the background)",
+        None => replayed,
     }
 }

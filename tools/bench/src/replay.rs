@@ -37,12 +37,21 @@ pub struct Options {
     /// one-event appends).
     #[arg(long)]
     signed: bool,
-    /// Events per signed append (at most 4096).
+    /// Events per signed append (at most 4096; on etcd at most 63).
     #[arg(long, default_value_t = BATCH as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     events_per_append: u64,
+    /// Write the log to this etcd cluster (client URLs, comma-separated)
+    /// under a fresh prefix instead, and time a replica's starts on it:
+    /// replaying the whole log from etcd, then from the projection
+    /// snapshot its shutdown wrote.
+    #[arg(long, value_delimiter = ',', conflicts_with = "data_dir")]
+    etcd_endpoints: Vec<String>,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<Report> {
+    if !options.etcd_endpoints.is_empty() {
+        return run_on_etcd(options).await;
+    }
     let temp = tempfile::tempdir()?;
     let dir = options.data_dir.as_deref().unwrap_or(temp.path());
     let instances = options.events.div_ceil(EVENTS_PER_INSTANCE).max(1);
@@ -91,9 +100,10 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let sled_open = opened.elapsed();
     // A start that replays the whole log; its shutdown writes the snapshot
     // the second start loads.
-    let full = start(dir, options.signed).await?;
+    let config = LogConfig::sled(dir).signed(crate::signing::maybe(options.signed, dir)?);
+    let full = start(&config).await?;
     let snapshot_bytes = std::fs::metadata(cassette_eventlog::snapshot::path(dir))?.len();
-    let from_snapshot = start(dir, options.signed).await?;
+    let from_snapshot = start(&config).await?;
     anyhow::ensure!(
         from_snapshot.stats.snapshot.is_some(),
         "the second start did not start from the snapshot"
@@ -103,6 +113,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let replayed = full.stats;
     Ok(Report::new(json!({
         "bench": "replay",
+        "store": "sled",
         "signed": options.signed,
         "events_per_append": per_append,
         "events": replayed.events,
@@ -130,12 +141,71 @@ struct Started {
     walked: Duration,
 }
 
-/// Starts a rules service on the log in `dir`, times it to its first
+/// The same log written to etcd, and a replica's two starts on it.
+async fn run_on_etcd(options: Options) -> anyhow::Result<Report> {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path();
+    let mut etcd = cassette_eventlog::etcd::EtcdConfig::new(options.etcd_endpoints.clone());
+    etcd.prefix = format!("/cassette-bench/{}", uuid::Uuid::now_v7().simple());
+    let per_append =
+        usize::try_from(options.events_per_append)?.min(cassette_eventlog::etcd::MAX_BATCH_EVENTS);
+    let signing = crate::signing::maybe(options.signed, dir)?;
+    let instances = options.events.div_ceil(EVENTS_PER_INSTANCE).max(1);
+    let written = Instant::now();
+    {
+        let log = cassette_eventlog::etcd::EtcdLog::connect(&etcd)?;
+        let mut head = cassette_eventlog::Head::default();
+        let mut batch = Vec::with_capacity(per_append);
+        for sequence in 1..=options.events {
+            let instance = (sequence - 1) % instances;
+            let revision = (sequence - 1) / instances + 1;
+            batch.push(event(sequence, instance, revision)?);
+            if batch.len() == per_append || sequence == options.events {
+                head = log
+                    .append_signed(head, &batch, signing.key.as_deref())
+                    .await?;
+                batch.clear();
+            }
+        }
+    }
+    eprintln!(
+        "replay: wrote {} events over {instances} instances to etcd in {:.1}s",
+        options.events,
+        written.elapsed().as_secs_f64()
+    );
+    let config = LogConfig::etcd(etcd)
+        .signed(signing)
+        .snapshots_in(dir.join("data"));
+    let full = start(&config).await?;
+    let snapshot = cassette_eventlog::snapshot::path(&dir.join("data"));
+    let snapshot_bytes = std::fs::metadata(snapshot)?.len();
+    let from_snapshot = start(&config).await?;
+    anyhow::ensure!(
+        from_snapshot.stats.snapshot.is_some(),
+        "the second start did not start from the snapshot"
+    );
+    let seconds = full.to_serving.as_secs_f64();
+    Ok(Report::new(json!({
+        "bench": "replay",
+        "store": "etcd",
+        "signed": options.signed,
+        "events_per_append": per_append,
+        "events": full.stats.events,
+        "instances": full.stats.firewalls,
+        "replay_seconds": round3(full.stats.elapsed.as_secs_f64()),
+        "start_to_serving_seconds": round3(seconds),
+        "events_per_sec": (full.stats.events as f64 / seconds).round(),
+        "snapshot_bytes": snapshot_bytes,
+        "snapshot_start_to_serving_seconds": round3(from_snapshot.to_serving.as_secs_f64()),
+        "snapshot_walk_seconds": round3(from_snapshot.walked.as_secs_f64()),
+    })))
+}
+
+/// Starts a rules service on the log `config` names, times it to its first
 /// answers, and stops it (which writes a projection snapshot).
-async fn start(dir: &std::path::Path, signed: bool) -> anyhow::Result<Started> {
+async fn start(config: &LogConfig) -> anyhow::Result<Started> {
     let started = Instant::now();
-    let signing = crate::signing::maybe(signed, dir)?;
-    let service = RulesService::open(&LogConfig::sled(dir).signed(signing)).await?;
+    let service = RulesService::open(config).await?;
     let stats = service.stats();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -2,7 +2,7 @@
 //! and a replica's catch-up notice (the sled log's `tamper`, for etcd).
 //! Never used by the services.
 
-use super::{put, EtcdLog, TxnRequest};
+use super::{delete as delete_op, put, EtcdLog, TxnRequest};
 use crate::{chain, Hash, LogError};
 
 /// Record `sequence`'s stored bytes.
@@ -88,4 +88,15 @@ pub async fn append_forged(
         puts.push((log.signature_key(event.sequence), signed.encode()));
     }
     write(log, puts).await
+}
+
+/// Removes record `sequence` (its index entry stays, dangling).
+pub async fn delete(log: &EtcdLog, sequence: u64) -> Result<(), LogError> {
+    log.txn(TxnRequest {
+        compare: vec![],
+        success: vec![delete_op(log.record_key(sequence), vec![])],
+        failure: vec![],
+    })
+    .await
+    .map(|_| ())
 }

@@ -984,3 +984,174 @@ async fn replicas_revert_an_unconfirmed_change_once() {
         assert_eq!(reverts.len(), 1, "revision {revision}: {history:?}");
     }
 }
+
+impl Replicas {
+    /// Replica `i` started again on its own data directory (where it keeps
+    /// its projection snapshot), expecting it to come up serving or, with
+    /// `halted`, read-only (NOT_SERVING).
+    async fn restart(&self, i: usize, halted: bool) -> RulesProcess {
+        let data = self._dir.path().join(format!("replica-{i}"));
+        let (listen, target) = (&self.replicas[i].listen, self.replicas[i].target.clone());
+        let endpoints = self.cluster.endpoints().join(",");
+        let args = ["--store", "etcd", "--etcd-endpoints", &endpoints];
+        match halted {
+            false => RulesProcess::spawn(&data, listen, target, &args).await,
+            true => RulesProcess::spawn_halted(&data, listen, target, &args).await,
+        }
+    }
+
+    /// Waits until replica `i`'s log says `said`.
+    async fn says(&self, i: usize, said: &str) {
+        let started = Instant::now();
+        while !self.replicas[i].log().contains(said) {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "replica {i} never said {said:?}: {}",
+                self.replicas[i].log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_start_from_their_projection_snapshot_and_replay_only_the_log_after_it() {
+    if etcd::skip("replicas_start_from_their_projection_snapshot_and_replay_only_the_log_after_it")
+    {
+        return;
+    }
+    let mut replicas = Replicas::start(2).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    let keyed = |port| pb::AddRuleRequest {
+        request_id: format!("add-{port}"),
+        ..add("web-1", port)
+    };
+    let mut first = None;
+    for port in 5000..5010 {
+        let added = replicas.clients[0]
+            .add_rule(keyed(port))
+            .await
+            .expect("add on A")
+            .into_inner();
+        first.get_or_insert(added);
+    }
+    replicas.seen(1, "web-1", 11).await;
+    assert!(replicas.replicas[0].terminate().success());
+    let snapshot = replicas
+        ._dir
+        .path()
+        .join("replica-0/etcd/projection.snapshot");
+    assert!(
+        snapshot.is_file(),
+        "a replica's clean shutdown writes its projection snapshot"
+    );
+    // The tail, through the other replica while A is down.
+    for port in 6000..6003 {
+        replicas.clients[1]
+            .add_rule(add("web-1", port))
+            .await
+            .expect("add on B");
+    }
+
+    let back = replicas.restart(0, false).await;
+    let log = back.log();
+    assert!(
+        log.contains("started from the projection snapshot"),
+        "{log}"
+    );
+    assert!(
+        log.contains("events=3 "),
+        "only the three records after it replayed: {log}"
+    );
+    let mut client = back.client().await;
+    let on_a = cassette_e2e::get_firewall(&mut client, "web-1").await;
+    let on_b = cassette_e2e::get_firewall(&mut replicas.clients[1], "web-1").await;
+    assert_eq!(on_a.revision, 14);
+    assert_eq!(
+        on_a.rules, on_b.rules,
+        "the snapshot and its tail fold to the log"
+    );
+    // Request ids came with the snapshot: a retry of a change before it is
+    // answered as the change it was, not refused (port 5000 is taken) or
+    // applied again.
+    replicas.replicas[0] = back;
+    replicas.clients[0] = client;
+    let retried = replicas.clients[0]
+        .add_rule(keyed(5000))
+        .await
+        .expect("a retry")
+        .into_inner();
+    assert_eq!(Some(retried), first, "the first answer");
+    // It takes writes, which the other replica reads.
+    let next = replicas.clients[0]
+        .add_rule(add("web-1", 7000))
+        .await
+        .expect("add on A after its start from the snapshot")
+        .into_inner()
+        .revision;
+    assert_eq!(next, 15);
+    replicas.seen(1, "web-1", next).await;
+    // And the walk of the log before the snapshot vouched for it.
+    replicas
+        .says(
+            0,
+            "the log up to the projection snapshot verifies and folds to it",
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_from_its_snapshot_finds_a_record_changed_before_it_and_serves_read_only()
+{
+    if etcd::skip(
+        "a_replica_started_from_its_snapshot_finds_a_record_changed_before_it_and_serves_read_only",
+    ) {
+        return;
+    }
+    let mut replicas = Replicas::start(1).await;
+    cassette_e2e::create_firewall(&mut replicas.clients[0], "web-1").await;
+    for port in 5000..5005 {
+        replicas.clients[0]
+            .add_rule(add("web-1", port))
+            .await
+            .expect("add");
+    }
+    assert!(replicas.replicas[0].terminate().success());
+    let config = cassette_eventlog::etcd::EtcdConfig::new(replicas.cluster.endpoints());
+    let log = cassette_eventlog::etcd::EtcdLog::connect(&config).expect("the log in etcd");
+    cassette_eventlog::etcd::tamper::flip_bit(&log, 3)
+        .await
+        .expect("change record 3");
+
+    // Its anchor (record 6) is intact: the replica starts from it, and the
+    // walk of the log before it finds record 3 in the background.
+    let back = replicas.restart(0, true).await;
+    assert!(
+        back.log().contains("started from the projection snapshot"),
+        "{}",
+        back.log()
+    );
+    let mut client = back.client().await;
+    let refused = client
+        .add_rule(add("web-1", 6000))
+        .await
+        .expect_err("read-only");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("verification at record 3"),
+        "{}",
+        refused.message()
+    );
+    // What is served is the history before the changed record.
+    let served = cassette_e2e::get_firewall(&mut client, "web-1").await;
+    assert_eq!(served.revision, 2, "records 1 and 2, folded again");
+    drop(back);
+    assert!(
+        replicas
+            ._dir
+            .path()
+            .join("replica-0/etcd/projection.snapshot.refused")
+            .is_file(),
+        "moved aside: the next start replays the log"
+    );
+}
