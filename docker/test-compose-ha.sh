@@ -82,6 +82,10 @@ check "the enforcer streams from rules-b now" bash -c \
 dc start rules-a >/dev/null 2>&1
 check "rules-a comes back with the change made while it was away" bash -c \
     "$(declare -f rpc healthy dc); compose=(${compose[*]}); project=$project; admin=(${admin[*]}); CASSETTE_RULES_A_PORT=$CASSETTE_RULES_A_PORT; CASSETTE_RULES_B_PORT=$CASSETTE_RULES_B_PORT; healthy rules-a 120 && rpc a GetFirewall '{\"instance_id\": \"web-1\"}' | jq -e '.rules[] | select(.port == 8080) | .enabled != true' >/dev/null"
+# Stopped cleanly, it wrote its projection snapshot (sealed with the log's
+# signing key) and started from it, replaying only what rules-b appended.
+check "rules-a started from its own projection snapshot" bash -c \
+    "$(declare -f dc); compose=(${compose[*]}); project=$project; dc logs rules-a 2>&1 | grep -q 'started from the projection snapshot'"
 
 echo "compose-ha: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
