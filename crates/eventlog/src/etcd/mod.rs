@@ -622,47 +622,14 @@ impl EtcdLog {
         &self,
         until: Head,
         trust: Option<&TrustedKeys>,
-        mut visit: impl FnMut(&Record) -> Result<(), String>,
+        visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
         let vouched = match trust {
             Some(trust) => self.newest_trusted(0, until.sequence, trust).await?,
             None => None,
         };
-        let mut verifier = Verifier::from(Head::default(), trust).vouched(vouched);
-        loop {
-            let after = verifier.expected() - 1;
-            if after >= until.sequence {
-                break;
-            }
-            let limit = usize::try_from(until.sequence - after)
-                .unwrap_or(usize::MAX)
-                .min(VERIFY_PAGE);
-            let page = match self.walk_page(after, limit).await {
-                Ok(page) => page,
-                Err(LogError::Corrupt { sequence, reason }) => {
-                    return Ok(verifier.bad_record(sequence, reason))
-                }
-                Err(e) => return Err(e),
-            };
-            if page.is_empty() {
-                // Missing records: the anchor check names where it ended.
-                break;
-            }
-            for record in page {
-                match verifier.next(record, &mut visit) {
-                    Next::Accepted => {}
-                    Next::Done(verification) => return Ok(verification),
-                    Next::Unlinked(unlinked) => {
-                        let intact = match unlinked.previous() {
-                            Some(previous) => self.intact(previous).await?,
-                            None => true,
-                        };
-                        return Ok(verifier.blame(unlinked, intact));
-                    }
-                }
-            }
-        }
-        Ok(verifier.finish(Some(until)))
+        self.walk(Head::default(), Some(until), trust, vouched, visit)
+            .await
     }
 
     /// The hash of record `sequence` as stored, if it is there.
@@ -686,12 +653,32 @@ impl EtcdLog {
         head: Head,
         trust: Option<&TrustedKeys>,
         vouched: Option<SignedHead>,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        self.walk(head, None, trust, vouched, visit).await
+    }
+
+    /// The walk of the verifications above: from `head` to `until` (its
+    /// anchor) or to the end (the head anchor), page by page.
+    async fn walk(
+        &self,
+        head: Head,
+        until: Option<Head>,
+        trust: Option<&TrustedKeys>,
+        vouched: Option<SignedHead>,
         mut visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
         let mut verifier = Verifier::from(head, trust).vouched(vouched);
         loop {
             let after = verifier.expected() - 1;
-            let page = match self.walk_page(after, VERIFY_PAGE).await {
+            let limit = match until {
+                Some(until) if after >= until.sequence => break,
+                Some(until) => usize::try_from(until.sequence - after)
+                    .unwrap_or(usize::MAX)
+                    .min(VERIFY_PAGE),
+                None => VERIFY_PAGE,
+            };
+            let page = match self.walk_page(after, limit).await {
                 Ok(page) => page,
                 Err(LogError::Corrupt { sequence, reason }) => {
                     return Ok(verifier.bad_record(sequence, reason))
@@ -699,6 +686,10 @@ impl EtcdLog {
                 Err(e) => return Err(e),
             };
             if page.is_empty() {
+                if until.is_some() {
+                    // Missing records: the anchor check names where it ended.
+                    break;
+                }
                 let anchor = self.head().await?;
                 if anchor.sequence > after && !self.read_after(after, 1).await?.is_empty() {
                     // Appended since the page was read: read on.
@@ -720,6 +711,7 @@ impl EtcdLog {
                 }
             }
         }
+        Ok(verifier.finish(until))
     }
 
     /// The newest signature after record `after` and up to record `through`

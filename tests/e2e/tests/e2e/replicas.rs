@@ -673,6 +673,17 @@ async fn replicas_forward_an_enforcers_reports_to_the_replica_that_asks() {
         received.extend(events.expect("B streams the rule"));
     }
     stream.ack(added.revision, None).await;
+    // A asks only for an enforcer it knows is connected somewhere: B's
+    // published state reaches A through etcd's watch (later under load).
+    let started = Instant::now();
+    loop {
+        let on_a = cassette_e2e::get_firewall(&mut replicas.clients[0], "web-1").await;
+        if on_a.sync.is_some_and(|s| s.enforcer_connected) {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "A never saw B's enforcer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Diagnose on A: B asks its enforcer for a fresh report, and forwards it.
     let mut diagnoser = replicas.clients[0].clone();
