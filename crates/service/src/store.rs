@@ -3,7 +3,7 @@
 //! publishes. Reads are served from the projection without touching the log.
 
 use std::ops::Bound;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
@@ -95,25 +95,27 @@ impl LogConfig {
     }
 
     /// The directory of the projection snapshot, if one is kept: a sled
-    /// log's data directory, or a shared log's [`LogConfig::snapshot_dir`]
-    /// once it exists.
-    fn snapshots_dir(&self) -> Option<PathBuf> {
+    /// log's data directory, or a shared log's [`LogConfig::snapshot_dir`].
+    pub fn projection_snapshot_dir(&self) -> Option<&Path> {
         match &self.store {
-            LogStore::Sled(data_dir) => Some(data_dir.clone()),
-            LogStore::Etcd(_) => {
-                let dir = self.snapshot_dir.clone()?;
-                match std::fs::create_dir_all(&dir) {
-                    Ok(()) => Some(dir),
-                    Err(error) => {
-                        tracing::warn!(
-                            dir = %dir.display(),
-                            %error,
-                            "cannot create the directory for projection snapshots: keeping none, a start replays the whole log"
-                        );
-                        None
-                    }
-                }
-            }
+            LogStore::Sled(data_dir) => Some(data_dir),
+            LogStore::Etcd(_) => self.snapshot_dir.as_deref(),
+        }
+    }
+}
+
+/// Whether `dir` exists or could be made: a replica whose snapshot
+/// directory cannot be made keeps no snapshot and says so.
+fn snapshots_can_live_in(dir: &Path) -> bool {
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                %error,
+                "cannot create the directory for projection snapshots: keeping none, a start replays the whole log"
+            );
+            false
         }
     }
 }
@@ -177,7 +179,10 @@ impl Store {
             LogStore::Sled(data_dir) => Log::sled(EventLog::open(data_dir)?, signing.clone()),
             LogStore::Etcd(etcd) => Log::etcd(EtcdLog::connect(etcd)?, signing.clone()),
         };
-        let snapshots = config.snapshots_dir();
+        let snapshots = config
+            .projection_snapshot_dir()
+            .filter(|dir| snapshots_can_live_in(dir))
+            .map(Path::to_path_buf);
         // A log served to investigate it is replayed in full, as it is.
         let from_snapshot = match &snapshots {
             Some(dir) if !config.allow_unverified => {

@@ -75,11 +75,7 @@ pub async fn run(config: &LogConfig, args: LogArgs) -> anyhow::Result<()> {
     // Taken on records that may be gone: the next start replays the log.
     // (Other replicas' snapshots of a shared log, anchored on a record that
     // is gone or different, are refused when they start.)
-    let snapshots = match &config.store {
-        LogStore::Sled(dir) => Some(dir),
-        LogStore::Etcd(_) => config.snapshot_dir.as_ref(),
-    };
-    if let Some(dir) = snapshots {
+    if let Some(dir) = config.projection_snapshot_dir() {
         cassette_eventlog::snapshot::set_aside(dir)?;
     }
     let now = log.head().await?;
