@@ -11,6 +11,7 @@
 //! rules service and the client crates never depend on it.
 
 mod libnftables;
+mod netlink;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use cassette_ruleset::{
 use serde_json::Value;
 
 use libnftables::Libnftables;
+use netlink::Netlink;
 
 /// How nft commands are run.
 enum Runner {
@@ -94,10 +96,15 @@ pub struct NftKernel {
     /// The table's chains and rules as read back after our last full replace
     /// (handles removed); set elements are compared with the ruleset instead.
     reference: Option<Vec<Value>>,
+    /// Element changes as one netlink batch (see `netlink`), beside
+    /// libnftables; `None` with the nft command, or when the socket could
+    /// not be opened.
+    netlink: Option<Netlink>,
 }
 
 impl NftKernel {
-    /// libnftables when it loads, else the `nft` command; `nft_path` forces the command.
+    /// libnftables when it loads (and netlink batches for element changes),
+    /// else the `nft` command; `nft_path` forces the command for everything.
     pub fn new(table: TableName, nft_path: Option<PathBuf>) -> Self {
         let runner = match nft_path {
             Some(path) => Runner::Command(path),
@@ -109,16 +116,28 @@ impl NftKernel {
                 }
             },
         };
+        let netlink = match &runner {
+            Runner::Library(_) => Netlink::open()
+                .inspect_err(|error| {
+                    tracing::warn!(%error, "no netlink socket; element changes go through libnftables")
+                })
+                .ok(),
+            Runner::Command(_) => None,
+        };
         Self {
             table,
             runner,
             reference: None,
+            netlink,
         }
     }
 
     /// Which way this backend talks to nftables, for logs.
     pub fn mode(&self) -> String {
         match &self.runner {
+            Runner::Library(_) if self.netlink.is_some() => {
+                "libnftables, element changes by netlink".to_owned()
+            }
             Runner::Library(_) => "libnftables".to_owned(),
             Runner::Command(path) => format!("command {}", path.display()),
         }
@@ -408,6 +427,20 @@ impl Kernel for NftKernel {
     }
 
     fn update(&mut self, from: &Ruleset, to: &Ruleset) -> Result<(), KernelError> {
+        let delta = to.delta(from);
+        if delta.is_empty() {
+            return Ok(());
+        }
+        if let Some(netlink) = &mut self.netlink {
+            match netlink.apply(self.table.as_str(), &delta) {
+                Ok(()) => return Ok(()),
+                // Nothing of it is in force (the batch is atomic): nft
+                // tries, and says what is wrong if it fails too.
+                Err(error) => {
+                    tracing::warn!(%error, "netlink batch refused; applying the change through libnftables")
+                }
+            }
+        }
         match to.delta_script(from, &self.table) {
             Some(script) => self.runner.run(&script, false).map(drop),
             None => Ok(()),
@@ -670,5 +703,107 @@ mod tests {
             evict_script(&TableName::default(), &BLOCKED_SETS[1], &[from]),
             "delete element inet cassette blocked4 { tcp . 22 . 192.0.2.1 }\n"
         );
+    }
+
+    /// A network namespace of the test's own (`ip netns`), deleted on drop.
+    struct Namespace(String);
+
+    impl Namespace {
+        /// `None` where the test cannot make one (not root, no `ip`).
+        fn create(name: &str) -> Option<Self> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return None;
+            }
+            let name = format!("{name}-{}", std::process::id());
+            let made = Command::new("ip").args(["netns", "add", &name]).status();
+            made.ok()?.success().then(|| Self(name))
+        }
+
+        /// Moves the calling thread into the namespace.
+        fn enter(&self) {
+            let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+            // SAFETY: the descriptor is open for the call.
+            let entered =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "{}", std::io::Error::last_os_error());
+        }
+    }
+
+    impl Drop for Namespace {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+
+    /// Each kind of element change as a netlink batch against the real
+    /// kernel, read back through libnftables after each step (as the
+    /// enforcer's drift check reads it): open ports, ranges, a range open to
+    /// 65535 (no end element), IPv4 and IPv6 allowlists, everything removed.
+    #[test]
+    fn netlink_batches_put_in_force_what_libnftables_reads_back() {
+        let Some(namespace) = Namespace::create("cassette-nft-netlink") else {
+            eprintln!("skipped: needs root and ip(8) for a network namespace");
+            return;
+        };
+        std::thread::spawn(move || {
+            namespace.enter();
+            let mut kernel = NftKernel::new(TableName::default(), None);
+            assert!(kernel.netlink.is_some(), "{}", kernel.mode());
+            let range = |first, last| PortRange::new(first, last).unwrap();
+            let net = |s: &str| Cidr::parse(s).unwrap();
+            let (tcp, udp) = (Protocol::Tcp, Protocol::Udp);
+            let defaults = Ruleset::defaults();
+            let wide = defaults
+                .clone()
+                .opening(tcp, range(1000, 2000), &[])
+                .opening(tcp, range(65535, 65535), &[])
+                .opening(udp, port(53), &[])
+                .opening(tcp, port(5432), &[net("10.0.0.0/8"), net("2001:db8::/32")])
+                .opening(udp, range(40000, 40100), &[net("192.0.2.7")]);
+            let changed = Ruleset::default()
+                .opening(tcp, port(22), &[])
+                .opening(tcp, range(60000, 65535), &[])
+                .opening(udp, range(1, 65535), &[])
+                .opening(tcp, port(5432), &[net("0.0.0.0/0"), net("::/0")])
+                .opening(udp, range(40000, 40100), &[net("192.0.2.7")]);
+            let steps = [
+                defaults.clone(),
+                wide.clone(),
+                changed,
+                Ruleset::default(),
+                wide,
+                defaults,
+            ];
+            kernel.replace(&steps[0]).unwrap();
+            assert!(kernel.holds(&steps[0]).unwrap());
+            for pair in steps.windows(2) {
+                let (from, to) = (&pair[0], &pair[1]);
+                let netlink = kernel.netlink.as_mut().unwrap();
+                netlink.apply("cassette", &to.delta(from)).unwrap();
+                assert!(kernel.holds(to).unwrap(), "after {:?}", to.delta(from));
+            }
+
+            // One batch, all or nothing: a change to a set that does not
+            // exist fails it, named, and the change beside it is not made.
+            let mut delta = steps[1].delta(&steps[0]);
+            delta.push(cassette_ruleset::SetDelta {
+                set: "no_such_set",
+                removed: vec![],
+                added: vec![cassette_ruleset::Element::Ports(port(7))],
+            });
+            let netlink = kernel.netlink.as_mut().unwrap();
+            let error = netlink.apply("cassette", &delta).unwrap_err();
+            assert!(error.contains("no_such_set"), "{error}");
+            assert!(kernel.holds(&steps[0]).unwrap());
+
+            // The backend's update takes the same path.
+            kernel.update(&steps[0], &steps[1]).unwrap();
+            assert!(kernel.holds(&steps[1]).unwrap());
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -251,27 +251,38 @@ impl Ruleset {
             .flat_map(|f| f.rules())
             .filter(|r| r.spec.enabled)
         {
-            let networks = rule.spec.sources.networks();
-            if networks.is_empty() {
-                ruleset
-                    .ports_mut(rule.spec.protocol)
-                    .insert(rule.spec.ports);
-                continue;
-            }
-            // The kernel refuses overlapping intervals: a network inside
-            // another of the same list adds nothing and is left out.
-            for network in networks {
-                let covered = networks
-                    .iter()
-                    .any(|other| other != network && other.contains(network));
-                if !covered {
-                    ruleset
-                        .allowed
-                        .insert((rule.spec.protocol, *network, rule.spec.ports));
-                }
-            }
+            ruleset.open(
+                rule.spec.protocol,
+                rule.spec.ports,
+                rule.spec.sources.networks(),
+            );
         }
         ruleset
+    }
+
+    /// This ruleset with `ports` also open to `networks` (to anywhere when
+    /// empty), as an enabled rule opens them: a ruleset without a firewall,
+    /// for tests and tools.
+    pub fn opening(mut self, protocol: Protocol, ports: PortRange, networks: &[Cidr]) -> Self {
+        self.open(protocol, ports, networks);
+        self
+    }
+
+    fn open(&mut self, protocol: Protocol, ports: PortRange, networks: &[Cidr]) {
+        if networks.is_empty() {
+            self.ports_mut(protocol).insert(ports);
+            return;
+        }
+        // The kernel refuses overlapping intervals: a network inside
+        // another of the same list adds nothing and is left out.
+        for network in networks {
+            let covered = networks
+                .iter()
+                .any(|other| other != network && other.contains(network));
+            if !covered {
+                self.allowed.insert((protocol, *network, ports));
+            }
+        }
     }
 
     /// The `(network, ports)` elements of an allowlist set.
@@ -397,46 +408,57 @@ impl Ruleset {
         )
     }
 
-    /// One transaction of element additions and deletions that turns `from`
-    /// into `self`, or `None` when they are equal.
-    pub fn delta_script(&self, from: &Ruleset, table: &TableName) -> Option<String> {
-        let name = table.as_str();
-        let mut out = String::new();
+    /// What changes from `from` to this ruleset, set by set (open ports
+    /// first, then the allowlists, in the table's order), each set's
+    /// removals before its additions: the one diff that both encodings of
+    /// an update use (nft's text here, the enforcer's netlink batch).
+    pub fn delta(&self, from: &Ruleset) -> Vec<SetDelta> {
+        let mut deltas = Vec::new();
+        let mut push = |set: &'static str, removed: Vec<Element>, added: Vec<Element>| {
+            if !removed.is_empty() || !added.is_empty() {
+                deltas.push(SetDelta {
+                    set,
+                    removed,
+                    added,
+                });
+            }
+        };
         for protocol in [Protocol::Tcp, Protocol::Udp] {
             let (old, new) = (from.ports(protocol), self.ports(protocol));
-            let removed: BTreeSet<PortRange> = old.difference(new).copied().collect();
-            let added: BTreeSet<PortRange> = new.difference(old).copied().collect();
-            let set = set_name(protocol);
-            if !removed.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "delete element inet {name} {set} {{ {} }}",
-                    join(&removed)
-                );
-            }
-            if !added.is_empty() {
-                let _ = writeln!(out, "add element inet {name} {set} {{ {} }}", join(&added));
-            }
+            push(
+                set_name(protocol),
+                old.difference(new).map(|p| Element::Ports(*p)).collect(),
+                new.difference(old).map(|p| Element::Ports(*p)).collect(),
+            );
         }
         for set in &ALLOW_SETS {
             let (old, new) = (from.allowed(set), self.allowed(set));
-            let removed: BTreeSet<(Cidr, PortRange)> = old.difference(&new).copied().collect();
-            let added: BTreeSet<(Cidr, PortRange)> = new.difference(&old).copied().collect();
-            if !removed.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "delete element inet {name} {} {{ {} }}",
-                    set.name,
-                    join_allowed(&removed)
-                );
-            }
-            if !added.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "add element inet {name} {} {{ {} }}",
-                    set.name,
-                    join_allowed(&added)
-                );
+            let allowed = |(network, ports): &(Cidr, PortRange)| Element::Allowed(*network, *ports);
+            push(
+                set.name,
+                old.difference(&new).map(allowed).collect(),
+                new.difference(&old).map(allowed).collect(),
+            );
+        }
+        deltas
+    }
+
+    /// [`Ruleset::delta`] as nft commands (`delete element`, `add element`),
+    /// one transaction; `None` when nothing changes.
+    pub fn delta_script(&self, from: &Ruleset, table: &TableName) -> Option<String> {
+        let name = table.as_str();
+        let mut out = String::new();
+        for delta in self.delta(from) {
+            for (verb, elements) in [("delete", &delta.removed), ("add", &delta.added)] {
+                if !elements.is_empty() {
+                    let elements: Vec<String> = elements.iter().map(Element::to_string).collect();
+                    let _ = writeln!(
+                        out,
+                        "{verb} element inet {name} {} {{ {} }}",
+                        delta.set,
+                        elements.join(", ")
+                    );
+                }
             }
         }
         (!out.is_empty()).then_some(out)
@@ -467,6 +489,34 @@ pub fn set_name(protocol: Protocol) -> &'static str {
     match protocol {
         Protocol::Tcp => "tcp_open",
         Protocol::Udp => "udp_open",
+    }
+}
+
+/// The element changes of one set (see [`Ruleset::delta`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDelta {
+    pub set: &'static str,
+    pub removed: Vec<Element>,
+    pub added: Vec<Element>,
+}
+
+/// An element of one of the table's sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Element {
+    /// A port or range of an open-port set (`inet_service`, intervals).
+    Ports(PortRange),
+    /// A `network . ports` element of an allowlist set (concatenated
+    /// intervals).
+    Allowed(Cidr, PortRange),
+}
+
+impl std::fmt::Display for Element {
+    /// As nft writes it: `80`, `1000-2000`, `10.0.0.0/8 . 5432`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Element::Ports(ports) => write!(f, "{ports}"),
+            Element::Allowed(network, ports) => write!(f, "{network} . {ports}"),
+        }
     }
 }
 
