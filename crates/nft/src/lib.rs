@@ -802,6 +802,20 @@ mod tests {
             // The backend's update takes the same path.
             kernel.update(&steps[0], &steps[1]).unwrap();
             assert!(kernel.holds(&steps[1]).unwrap());
+
+            // A whole firewall's worth at once: 1,000 ports and 64 networks
+            // on each of 20 rules (messages of at most 512 elements).
+            let networks: Vec<Cidr> = (0..64).map(|i| net(&format!("10.{i}.0.0/16"))).collect();
+            let large = (0..1000).fold(steps[1].clone(), |r, i| {
+                r.opening(udp, port(20000 + 2 * i), &[])
+            });
+            let large = (0..20).fold(large, |r, i| r.opening(tcp, port(30000 + i), &networks));
+            let netlink = kernel.netlink.as_mut().unwrap();
+            netlink.apply("cassette", &large.delta(&steps[1])).unwrap();
+            assert!(kernel.holds(&large).unwrap());
+            let netlink = kernel.netlink.as_mut().unwrap();
+            netlink.apply("cassette", &steps[0].delta(&large)).unwrap();
+            assert!(kernel.holds(&steps[0]).unwrap());
         })
         .join()
         .unwrap();

@@ -57,6 +57,15 @@ const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 /// `NFTNL_UDATA_SET_ELEM_FLAGS` (1), 4 bytes, `NFTNL_SET_ELEM_F_INTERVAL_OPEN`.
 const INTERVAL_OPEN: [u8; 6] = [1, 4, 1, 0, 0, 0];
 
+/// Elements per message: an attribute's length is 16 bits, and an
+/// allowlist element of IPv6 takes 60 bytes (512 of them, 30 KiB).
+const ELEMENTS_PER_MESSAGE: usize = 512;
+/// The socket's send buffer, for the largest batch: a whole firewall
+/// applied at once, 1,024 rules of 64 networks each, is about 4 MiB. A
+/// batch the buffer cannot take is refused by `send` (and applied by
+/// libnftables).
+const SEND_BUFFER: libc::c_int = 8 << 20;
+
 /// How long to wait for the kernel's answer to a batch (it answers at once;
 /// this only bounds a wait that would otherwise have no end).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -95,6 +104,15 @@ impl Netlink {
             {
                 return Err(io::Error::last_os_error());
             }
+            // Room for a large batch: needs CAP_NET_ADMIN, which nf_tables
+            // needs anyway; without it the default buffer takes most.
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                (&SEND_BUFFER as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
             // Errors come back without the refused message (we know it).
             let on: libc::c_int = 1;
             libc::setsockopt(
@@ -130,6 +148,9 @@ impl Netlink {
     pub fn apply(&mut self, table: &str, deltas: &[SetDelta]) -> Result<(), String> {
         let first = self.next_seq;
         let batch = encode_batch(first, table, deltas);
+        if batch.overflowed {
+            return Err("a set's element list is too long for one message".to_owned());
+        }
         self.next_seq = first.wrapping_add(batch.messages + 2);
         self.send(&batch.bytes)
             .map_err(|e| format!("cannot send to nf_tables: {e}"))?;
@@ -208,6 +229,9 @@ impl Netlink {
 /// (sequence numbers `first + 1 ..= first + messages`), and what each does.
 struct Batch {
     bytes: Vec<u8>,
+    /// An attribute outgrew its 16-bit length (never, with
+    /// `ELEMENTS_PER_MESSAGE`): the bytes must not be sent.
+    overflowed: bool,
     messages: u32,
     described: Vec<String>,
 }
@@ -228,22 +252,21 @@ fn encode_batch(first: u32, table: &str, deltas: &[SetDelta]) -> Batch {
             (NFT_MSG_DELSETELEM, "deleting", &delta.removed),
             (NFT_MSG_NEWSETELEM, "adding", &delta.added),
         ] {
-            if elements.is_empty() {
-                continue;
-            }
-            seq = seq.wrapping_add(1);
-            described.push(format!("{verb} elements of set {}", delta.set));
-            let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
-            let kind = NFNL_SUBSYS_NFTABLES << 8 | kind;
-            out.message((kind, flags, seq), NFPROTO_INET, 0, |out| {
-                out.string(NFTA_SET_ELEM_LIST_TABLE, table);
-                out.string(NFTA_SET_ELEM_LIST_SET, delta.set);
-                out.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |out| {
-                    for element in elements.iter() {
-                        encode_element(out, element);
-                    }
+            for elements in elements.chunks(ELEMENTS_PER_MESSAGE) {
+                seq = seq.wrapping_add(1);
+                described.push(format!("{verb} elements of set {}", delta.set));
+                let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
+                let kind = NFNL_SUBSYS_NFTABLES << 8 | kind;
+                out.message((kind, flags, seq), NFPROTO_INET, 0, |out| {
+                    out.string(NFTA_SET_ELEM_LIST_TABLE, table);
+                    out.string(NFTA_SET_ELEM_LIST_SET, delta.set);
+                    out.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |out| {
+                        for element in elements {
+                            encode_element(out, element);
+                        }
+                    });
                 });
-            });
+            }
         }
     }
     let messages = seq.wrapping_sub(first);
@@ -251,6 +274,7 @@ fn encode_batch(first: u32, table: &str, deltas: &[SetDelta]) -> Batch {
     out.message(end, 0, subsystem, |_| {});
     Batch {
         bytes: out.bytes,
+        overflowed: out.overflowed,
         messages,
         described,
     }
@@ -332,6 +356,7 @@ fn network_ends(network: &Cidr) -> (Vec<u8>, Vec<u8>) {
 #[derive(Default)]
 struct Writer {
     bytes: Vec<u8>,
+    overflowed: bool,
 }
 
 impl Writer {
@@ -379,7 +404,10 @@ impl Writer {
         self.bytes
             .extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
         body(self);
-        let length = (self.bytes.len() - start) as u16;
+        let length = u16::try_from(self.bytes.len() - start).unwrap_or_else(|_| {
+            self.overflowed = true;
+            u16::MAX
+        });
         self.bytes[start..start + 2].copy_from_slice(&length.to_ne_bytes());
     }
 
@@ -519,6 +547,42 @@ mod tests {
         }
         expected.extend_from_slice(&[0xc0, 0x00, 0x02, 0x07, 0x07, 0xd0, 0, 0]);
         assert_eq!(elements, &expected[..]);
+    }
+
+    /// A whole firewall's worth of IPv6 allowlist elements: split into
+    /// messages whose element lists fit their 16-bit lengths.
+    #[test]
+    fn long_element_lists_are_split_across_messages() {
+        let added: Vec<Element> = (0..3000u32)
+            .map(|i| {
+                let network = Cidr::parse(&format!("2001:db8:{:x}::/48", i)).unwrap();
+                Element::Allowed(network, PortRange::new(1000, 2000).unwrap())
+            })
+            .collect();
+        let deltas = [SetDelta {
+            set: "tcp6_allow",
+            removed: vec![],
+            added,
+        }];
+        let batch = encode_batch(0, "cassette", &deltas);
+        assert!(!batch.overflowed);
+        assert_eq!(batch.messages, 6);
+        // Walk the messages: each one's length leads to the next, and each
+        // element list's length is its message's rest.
+        let mut rest = &batch.bytes[..];
+        let mut seen = 0;
+        while !rest.is_empty() {
+            let length = u32::from_ne_bytes(rest[..4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
+            if kind == (10 << 8) | NFT_MSG_NEWSETELEM {
+                let list = &rest[20 + 16 + 16..length];
+                let list_length = u16::from_ne_bytes(list[..2].try_into().unwrap());
+                assert_eq!(usize::from(list_length), list.len());
+                seen += 1;
+            }
+            rest = &rest[length..];
+        }
+        assert_eq!(seen, 6);
     }
 
     #[test]
