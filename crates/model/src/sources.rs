@@ -69,6 +69,20 @@ impl Cidr {
         }
     }
 
+    /// The network's last address (its first is [`Cidr::addr`]).
+    pub fn last_addr(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(v4) => {
+                let mask = mask_v4(self.prefix);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) | !mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = mask_v6(self.prefix);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) | !mask))
+            }
+        }
+    }
+
     /// Whether every address of `other` is in this network.
     pub fn contains(&self, other: &Cidr) -> bool {
         self.addr.is_ipv4() == other.addr.is_ipv4()
@@ -87,15 +101,18 @@ fn max_prefix(addr: IpAddr) -> u8 {
 
 fn masked(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-        }
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask_v4(prefix))),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask_v6(prefix))),
     }
+}
+
+/// The network bits of a prefix length.
+fn mask_v4(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask_v6(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
 }
 
 /// Always with its prefix length: `192.0.2.7/32`.
@@ -171,6 +188,20 @@ mod tests {
         assert!(bad("10.0.0.0/+8").contains("prefix length"));
         assert!(bad("example.com").contains("not an IPv4 or IPv6 network"));
         assert!(bad("").contains("not an IPv4 or IPv6 network"));
+    }
+
+    #[test]
+    fn a_network_ends_at_its_last_address() {
+        let last = |s: &str| Cidr::parse(s).unwrap().last_addr().to_string();
+        assert_eq!(last("10.0.0.0/8"), "10.255.255.255");
+        assert_eq!(last("192.0.2.7"), "192.0.2.7");
+        assert_eq!(last("0.0.0.0/0"), "255.255.255.255");
+        assert_eq!(
+            last("2001:db8::/32"),
+            "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert_eq!(last("2001:db8::1"), "2001:db8::1");
+        assert_eq!(last("::/0"), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
     }
 
     #[test]

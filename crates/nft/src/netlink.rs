@@ -328,28 +328,11 @@ fn concat(address: &[u8], port: u16) -> Vec<u8> {
 
 /// A network's first and last address, in network byte order.
 fn network_ends(network: &Cidr) -> (Vec<u8>, Vec<u8>) {
-    match network.addr() {
-        IpAddr::V4(addr) => {
-            let host_bits = u32::MAX
-                .checked_shr(u32::from(network.prefix()))
-                .unwrap_or(0);
-            let low = u32::from(addr);
-            (
-                low.to_be_bytes().to_vec(),
-                (low | host_bits).to_be_bytes().to_vec(),
-            )
-        }
-        IpAddr::V6(addr) => {
-            let host_bits = u128::MAX
-                .checked_shr(u32::from(network.prefix()))
-                .unwrap_or(0);
-            let low = u128::from(addr);
-            (
-                low.to_be_bytes().to_vec(),
-                (low | host_bits).to_be_bytes().to_vec(),
-            )
-        }
-    }
+    let bytes = |addr: IpAddr| match addr {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    (bytes(network.addr()), bytes(network.last_addr()))
 }
 
 /// Netlink messages and attributes, lengths filled in as each closes.
