@@ -799,6 +799,33 @@ mod tests {
             assert!(error.contains("no_such_set"), "{error}");
             assert!(kernel.holds(&steps[0]).unwrap());
 
+            // No process of the namespace can answer in the kernel's name:
+            // a datagram to the socket from another one is refused.
+            let ours = kernel.netlink.as_ref().unwrap().port_id();
+            assert_ne!(ours, 0);
+            // SAFETY: plain syscalls on a descriptor closed below; the
+            // pointers are to live locals of the sizes given.
+            let refused = unsafe {
+                let forger = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 12);
+                assert!(forger >= 0);
+                let mut to: libc::sockaddr_nl = std::mem::zeroed();
+                to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+                to.nl_pid = ours;
+                let ack = [0u8; 36];
+                let sent = libc::sendto(
+                    forger,
+                    ack.as_ptr().cast(),
+                    ack.len(),
+                    0,
+                    (&to as *const libc::sockaddr_nl).cast(),
+                    std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+                );
+                let error = std::io::Error::last_os_error();
+                libc::close(forger);
+                (sent, error.raw_os_error())
+            };
+            assert_eq!(refused, (-1, Some(libc::ECONNREFUSED)));
+
             // The backend's update takes the same path.
             kernel.update(&steps[0], &steps[1]).unwrap();
             assert!(kernel.holds(&steps[1]).unwrap());

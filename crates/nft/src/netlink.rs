@@ -104,6 +104,18 @@ impl Netlink {
             {
                 return Err(io::Error::last_os_error());
             }
+            // Connected to the kernel (port 0): the socket then takes no
+            // message from any other sender, so no process of the instance
+            // can answer a batch in the kernel's name.
+            let kernel = kernel_address();
+            if libc::connect(
+                fd,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             // Room for a large batch: needs CAP_NET_ADMIN, which nf_tables
             // needs anyway; without it the default buffer takes most.
             libc::setsockopt(
@@ -157,19 +169,31 @@ impl Netlink {
         self.await_answers(first, &batch)
     }
 
+    /// The port the kernel gave this socket.
+    #[cfg(test)]
+    pub(crate) fn port_id(&self) -> u32 {
+        let mut address = kernel_address();
+        let mut length = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: the address is live and as long as said.
+        let got = unsafe {
+            libc::getsockname(
+                self.socket.as_raw_fd(),
+                (&mut address as *mut libc::sockaddr_nl).cast(),
+                &mut length,
+            )
+        };
+        assert_eq!(got, 0, "{}", io::Error::last_os_error());
+        address.nl_pid
+    }
+
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        // SAFETY: `bytes` is live for the call; the kernel is the default
-        // destination of an unconnected netlink socket's send.
+        // SAFETY: `bytes` is live for the call.
         let sent = unsafe {
-            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-            kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
+            libc::send(
                 self.socket.as_raw_fd(),
                 bytes.as_ptr().cast(),
                 bytes.len(),
                 0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
             )
         };
         match sent {
@@ -186,13 +210,17 @@ impl Netlink {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut acked = 0;
         while acked < batch.messages {
-            // SAFETY: the buffer is live and as long as said.
+            let mut sender = kernel_address();
+            let mut sender_length = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            // SAFETY: the buffer and the address are live and as long as said.
             let read = unsafe {
-                libc::recv(
+                libc::recvfrom(
                     self.socket.as_raw_fd(),
                     buffer.as_mut_ptr().cast(),
                     buffer.len(),
                     0,
+                    (&mut sender as *mut libc::sockaddr_nl).cast(),
+                    &mut sender_length,
                 )
             };
             if read < 0 {
@@ -201,6 +229,10 @@ impl Netlink {
                     continue;
                 }
                 return Err(format!("no answer from nf_tables: {error}"));
+            }
+            // Only the kernel answers (the connected socket sees to it too).
+            if sender.nl_pid != 0 {
+                continue;
             }
             for answer in answers(&buffer[..read as usize]) {
                 let offset = answer.seq.wrapping_sub(first);
@@ -223,6 +255,14 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+/// The kernel's netlink address: port 0, no groups.
+fn kernel_address() -> libc::sockaddr_nl {
+    // SAFETY: sockaddr_nl is plain data; all zeros is a valid value.
+    let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    address
 }
 
 /// A batch ready to send: its bytes, how many element messages it holds
