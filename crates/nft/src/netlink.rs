@@ -92,62 +92,29 @@ impl Netlink {
             OwnedFd::from_raw_fd(fd)
         };
         let fd = socket.as_raw_fd();
+        // Port 0: bound, the kernel chooses ours; connected, the socket
+        // takes no message from any sender but the kernel, so no process of
+        // the instance can answer a batch in the kernel's name.
+        let kernel = kernel_address();
         // SAFETY: as above.
         unsafe {
-            let mut address: libc::sockaddr_nl = std::mem::zeroed();
-            address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            if libc::bind(
-                fd,
-                (&address as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // Connected to the kernel (port 0): the socket then takes no
-            // message from any other sender, so no process of the instance
-            // can answer a batch in the kernel's name.
-            let kernel = kernel_address();
-            if libc::connect(
-                fd,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
+            check(libc::bind(fd, address_ptr(&kernel), ADDRESS_LENGTH))?;
+            check(libc::connect(fd, address_ptr(&kernel), ADDRESS_LENGTH))?;
             // Room for a large batch: needs CAP_NET_ADMIN, which nf_tables
             // needs anyway; without it the default buffer takes most.
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                (&SEND_BUFFER as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            set_option(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &SEND_BUFFER);
             // Errors come back without the refused message (we know it).
-            let on: libc::c_int = 1;
-            libc::setsockopt(
-                fd,
-                SOL_NETLINK,
-                NETLINK_CAP_ACK,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
+            set_option(fd, SOL_NETLINK, NETLINK_CAP_ACK, &1 as &libc::c_int);
             let timeout = libc::timeval {
                 tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t,
                 tv_usec: 0,
             };
-            if libc::setsockopt(
+            check(set_option(
                 fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
+                &timeout,
+            ))?;
         }
         let next_seq = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -173,7 +140,7 @@ impl Netlink {
     #[cfg(test)]
     pub(crate) fn port_id(&self) -> u32 {
         let mut address = kernel_address();
-        let mut length = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        let mut length = ADDRESS_LENGTH;
         // SAFETY: the address is live and as long as said.
         let got = unsafe {
             libc::getsockname(
@@ -211,7 +178,7 @@ impl Netlink {
         let mut acked = 0;
         while acked < batch.messages {
             let mut sender = kernel_address();
-            let mut sender_length = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+            let mut sender_length = ADDRESS_LENGTH;
             // SAFETY: the buffer and the address are live and as long as said.
             let read = unsafe {
                 libc::recvfrom(
@@ -255,6 +222,39 @@ impl Netlink {
         }
         Ok(())
     }
+}
+
+const ADDRESS_LENGTH: libc::socklen_t = std::mem::size_of::<libc::sockaddr_nl>() as _;
+
+fn address_ptr(address: &libc::sockaddr_nl) -> *const libc::sockaddr {
+    (address as *const libc::sockaddr_nl).cast()
+}
+
+/// A syscall's -1 as the error it set.
+fn check(returned: libc::c_int) -> io::Result<()> {
+    match returned {
+        0.. => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// `setsockopt` with `value`'s bytes.
+///
+/// # Safety
+/// `fd` must be an open socket and `T` the option's C type.
+unsafe fn set_option<T>(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> libc::c_int {
+    libc::setsockopt(
+        fd,
+        level,
+        name,
+        (value as *const T).cast(),
+        std::mem::size_of::<T>() as libc::socklen_t,
+    )
 }
 
 /// The kernel's netlink address: port 0, no groups.
