@@ -73,10 +73,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         let log = EventLog::open(dir)?;
         let mut batch = Vec::with_capacity(per_append);
         for sequence in 1..=options.events {
-            // Round-robin over instances, as a real log interleaves them.
-            let instance = (sequence - 1) % instances;
-            let revision = (sequence - 1) / instances + 1;
-            batch.push(event(sequence, instance, revision)?);
+            batch.push(event(sequence, instances)?);
             if batch.len() == per_append {
                 log.append_signed(&batch, key.as_ref()).await?;
                 batch.clear();
@@ -157,9 +154,7 @@ async fn run_on_etcd(options: Options) -> anyhow::Result<Report> {
         let mut head = cassette_eventlog::Head::default();
         let mut batch = Vec::with_capacity(per_append);
         for sequence in 1..=options.events {
-            let instance = (sequence - 1) % instances;
-            let revision = (sequence - 1) / instances + 1;
-            batch.push(event(sequence, instance, revision)?);
+            batch.push(event(sequence, instances)?);
             if batch.len() == per_append || sequence == options.events {
                 head = log
                     .append_signed(head, &batch, signing.key.as_deref())
@@ -263,8 +258,12 @@ fn rule_id(i: u64) -> anyhow::Result<RuleId> {
     Ok(RuleId::parse(&format!("rule-{i}"))?)
 }
 
-/// Event `revision` of instance `i`: created, then rules added, then toggles.
-fn event(sequence: u64, i: u64, revision: u64) -> anyhow::Result<Event> {
+/// The generated log's record `sequence`: round-robin over `instances` (as
+/// a real log interleaves them), each instance's events created, then rules
+/// added, then toggles.
+fn event(sequence: u64, instances: u64) -> anyhow::Result<Event> {
+    let i = (sequence - 1) % instances;
+    let revision = (sequence - 1) / instances + 1;
     let payload = match revision {
         1 => EventPayload::FirewallCreated {
             default_rules: default_rules(),

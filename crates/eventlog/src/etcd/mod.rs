@@ -178,6 +178,17 @@ impl EtcdLog {
         format!("{}/s/{sequence:020}", self.prefix).into_bytes()
     }
 
+    /// The end of a range over every record key: `e0` sorts right after
+    /// `e/` and everything under it.
+    fn records_end(&self) -> Vec<u8> {
+        format!("{}/e0", self.prefix).into_bytes()
+    }
+
+    /// The end of a range over every signature key.
+    fn signatures_end(&self) -> Vec<u8> {
+        format!("{}/s0", self.prefix).into_bytes()
+    }
+
     fn index_prefix(&self, instance: &InstanceId) -> Vec<u8> {
         format!("{}/i/{}/", self.prefix, instance.as_str()).into_bytes()
     }
@@ -516,10 +527,7 @@ impl EtcdLog {
             .and_then(|limit| after_sequence.checked_add(limit)?.checked_add(1));
         let (records_end, signatures_end) = match end {
             Some(end) => (self.record_key(end), self.signature_key(end)),
-            None => (
-                format!("{}/e0", self.prefix).into_bytes(),
-                format!("{}/s0", self.prefix).into_bytes(),
-            ),
+            None => (self.records_end(), self.signatures_end()),
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut ranges = self
@@ -606,11 +614,7 @@ impl EtcdLog {
         trust: Option<&TrustedKeys>,
         visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
-        let vouched = match trust {
-            Some(trust) => self.newest_trusted(head.sequence, u64::MAX, trust).await?,
-            None => None,
-        };
-        self.verify_vouched(head, trust, vouched, visit).await
+        self.walk_newest_first(head, None, trust, visit).await
     }
 
     /// [`EtcdLog::verify`] of the records up to `until` (which must end the
@@ -624,12 +628,25 @@ impl EtcdLog {
         trust: Option<&TrustedKeys>,
         visit: impl FnMut(&Record) -> Result<(), String>,
     ) -> Result<Verification, LogError> {
+        self.walk_newest_first(Head::default(), Some(until), trust, visit)
+            .await
+    }
+
+    /// [`EtcdLog::walk`] from `head` to `until` (or to the end), with the
+    /// newest trusted signature up to there checked first.
+    async fn walk_newest_first(
+        &self,
+        head: Head,
+        until: Option<Head>,
+        trust: Option<&TrustedKeys>,
+        visit: impl FnMut(&Record) -> Result<(), String>,
+    ) -> Result<Verification, LogError> {
+        let through = until.map_or(u64::MAX, |u| u.sequence);
         let vouched = match trust {
-            Some(trust) => self.newest_trusted(0, until.sequence, trust).await?,
+            Some(trust) => self.newest_trusted(head.sequence, through, trust).await?,
             None => None,
         };
-        self.walk(Head::default(), Some(until), trust, vouched, visit)
-            .await
+        self.walk(head, until, trust, vouched, visit).await
     }
 
     /// The hash of record `sequence` as stored, if it is there.
@@ -725,7 +742,7 @@ impl EtcdLog {
     ) -> Result<Option<SignedHead>, LogError> {
         let range_end = match through.checked_add(1) {
             Some(next) => self.signature_key(next),
-            None => format!("{}/s0", self.prefix).into_bytes(),
+            None => self.signatures_end(),
         };
         let newest = self
             .read(vec![RangeRequest {
@@ -815,7 +832,7 @@ impl EtcdLog {
         let records = self
             .read(vec![RangeRequest {
                 key: self.record_key(sequence + 1),
-                range_end: format!("{}/e0", self.prefix).into_bytes(),
+                range_end: self.records_end(),
                 ..Default::default()
             }])
             .await?
@@ -833,13 +850,10 @@ impl EtcdLog {
                 )
             })
             .collect();
-        deletes.push(delete(
-            self.record_key(sequence + 1),
-            format!("{}/e0", self.prefix).into_bytes(),
-        ));
+        deletes.push(delete(self.record_key(sequence + 1), self.records_end()));
         deletes.push(delete(
             self.signature_key(sequence + 1),
-            format!("{}/s0", self.prefix).into_bytes(),
+            self.signatures_end(),
         ));
         deletes.push(match sequence {
             0 => delete(self.head_key(), vec![]),
