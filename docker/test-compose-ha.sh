@@ -70,6 +70,8 @@ check "the enforcer applied the firewall created through rules-a (WaitForSync on
 check "8080 is closed by default" cannot_connect 8080
 rule=$(rpc b AddRule '{"instance_id": "web-1", "port": 8080}' | jq -r '.rules[] | select(.port == 8080) | .id')
 check "AddRule 8080 through rules-b is applied (WaitForSync on rules-a)" in_sync_on a
+check "the replicas follow each other's acks directly, over TLS as spiffe://cassette.local/replica/rules" bash -c \
+    "$(declare -f dc); compose=(${compose[*]}); project=$project; for r in rules-a rules-b; do dc logs \$r 2>&1 | grep 'a replica follows this one' | grep -q 'principal=spiffe://cassette.local/replica/rules' || exit 1; done"
 check "the client reaches web-1:8080" can_connect 8080
 
 # One replica goes away; the other takes the changes, and the enforcer follows.

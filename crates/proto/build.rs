@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "cassette/firewall/v1/enforcer.proto",
     "cassette/firewall/v1/audit.proto",
     "cassette/firewall/v1/snapshot.proto",
+    "cassette/firewall/v1/replica.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -187,6 +187,7 @@ impl Authenticator {
             let spiffe_id = match &identity {
                 Identity::Enforcer(instance) => domain.enforcer_uri(instance.as_str()),
                 Identity::Principal(name) => domain.principal_uri(name.as_str()),
+                Identity::Replica(name) => domain.replica_uri(name.as_str()),
             };
             if policy.is_revoked(&spiffe_id) {
                 return Err(revoked(&spiffe_id));
@@ -194,6 +195,7 @@ impl Authenticator {
             return Ok(match identity {
                 Identity::Enforcer(instance) => Caller::enforcer(instance, domain),
                 Identity::Principal(name) => self.by_name(&policy, &name, spiffe_id),
+                Identity::Replica(name) => Caller::replica(&name, domain),
             });
         }
         let Some(authorization) = credentials.authorization else {
@@ -414,6 +416,65 @@ token_sha256 = "{}"
                 "{error}"
             );
         }
+    }
+
+    /// The server certificate `pki init` makes is a replica identity: it may
+    /// follow another replica's shared values and nothing else; nobody else
+    /// may follow them; revoked, it is refused.
+    #[test]
+    fn a_replica_identity_may_only_follow_replicas() {
+        let auth = secure();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = cassette_pki::Pki::init(dir.path(), "cassette.local", &[]).unwrap();
+        let der = cassette_pki::first_certificate_der(&pki.server_cert_pem().unwrap()).unwrap();
+        let credentials = Credentials {
+            certificate: Some(&der),
+            ..Default::default()
+        };
+        let replica = auth.authenticate(&credentials).unwrap();
+        assert_eq!(
+            replica.actor().as_str(),
+            "spiffe://cassette.local/replica/rules"
+        );
+        replica.authorize_replica("FollowShared").unwrap();
+        for refused in [
+            replica.authorize(Action::Read, "GetFirewall", "web-1"),
+            replica.authorize_any(Action::Audit, "ListEvents"),
+            replica.authorize_sync("web-1"),
+        ] {
+            assert!(matches!(refused, Err(AuthError::PermissionDenied(_))));
+        }
+        let enforcer_der = cassette_pki::first_certificate_der(
+            &pki.issue(&TrustDomain::default().enforcer_uri("web-1"), "e")
+                .unwrap()
+                .cert_pem,
+        )
+        .unwrap();
+        let enforcer = auth
+            .authenticate(&Credentials {
+                certificate: Some(&enforcer_der),
+                ..Default::default()
+            })
+            .unwrap();
+        let admin = auth
+            .authenticate(&Credentials {
+                authorization: Some(&token("console-token")),
+                ..Default::default()
+            })
+            .unwrap();
+        for caller in [enforcer, admin] {
+            let error = caller.authorize_replica("FollowShared").unwrap_err();
+            assert!(
+                error.to_string().contains("only a replica identity"),
+                "{error}"
+            );
+        }
+        auth.replace(
+            Policy::parse("[revoked]\nspiffe_ids = [\"spiffe://cassette.local/replica/rules\"]\n")
+                .unwrap(),
+        );
+        assert!(auth.recheck(&replica).is_err());
+        assert!(auth.authenticate(&credentials).is_err());
     }
 
     #[test]

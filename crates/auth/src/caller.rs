@@ -51,6 +51,8 @@ enum Who {
     Stranger(PrincipalName),
     /// An instance's enforcer.
     Enforcer { instance: InstanceId, uri: String },
+    /// Another rules replica (its server certificate's identity).
+    Replica { uri: String },
 }
 
 /// How a caller proved who it is: what a new policy is applied to again
@@ -109,6 +111,17 @@ impl Caller {
         }
     }
 
+    pub(crate) fn replica(name: &PrincipalName, domain: &TrustDomain) -> Self {
+        let uri = domain.replica_uri(name.as_str());
+        Self {
+            proof: Proof::Certificate {
+                spiffe_id: uri.clone(),
+            },
+            who: Who::Replica { uri },
+            on_behalf_of: None,
+        }
+    }
+
     /// When the credential this caller presented stops working (a bearer
     /// token with `expires`): a long-lived call ends then.
     pub fn expires(&self) -> Option<std::time::SystemTime> {
@@ -149,7 +162,7 @@ impl Caller {
             Who::Anonymous { actor } => return actor.clone(),
             Who::Principal(grant) => grant.name.as_str(),
             Who::Stranger(name) => name.as_str(),
-            Who::Enforcer { uri, .. } => uri,
+            Who::Enforcer { uri, .. } | Who::Replica { uri } => uri,
         };
         ActorId::parse(name).unwrap_or_else(|_| ActorId::anonymous())
     }
@@ -171,6 +184,7 @@ impl Caller {
             ),
             Who::Stranger(name) => format!("principal {name} (not in the policy)"),
             Who::Enforcer { uri, .. } => format!("enforcer identity {uri}"),
+            Who::Replica { uri } => format!("replica identity {uri}"),
         }
     }
 
@@ -178,10 +192,9 @@ impl Caller {
         match &self.who {
             Who::Anonymous { .. } => Ok(None),
             Who::Principal(grant) => Ok(Some(grant)),
-            Who::Stranger(_) | Who::Enforcer { .. } => Err(AuthError::PermissionDenied(format!(
-                "{} may not call {method}",
-                self.describe()
-            ))),
+            Who::Stranger(_) | Who::Enforcer { .. } | Who::Replica { .. } => Err(
+                AuthError::PermissionDenied(format!("{} may not call {method}", self.describe())),
+            ),
         }
     }
 
@@ -245,7 +258,7 @@ impl Caller {
         match &self.who {
             Who::Anonymous { .. } => true,
             Who::Principal(grant) => grant.covers(instance),
-            Who::Stranger(_) | Who::Enforcer { .. } => false,
+            Who::Stranger(_) | Who::Enforcer { .. } | Who::Replica { .. } => false,
         }
     }
 
@@ -260,6 +273,21 @@ impl Caller {
             ))),
             _ => Err(AuthError::PermissionDenied(format!(
                 "{} may not call Sync: only an enforcer identity (spiffe://<trust-domain>/enforcer/<instance>) may",
+                self.describe()
+            ))),
+        }
+    }
+}
+
+impl Caller {
+    /// Only a replica identity may follow what a replica shares with the
+    /// others (its enforcers' sync state and reports, every instance's): in
+    /// development mode, anyone.
+    pub fn authorize_replica(&self, method: &str) -> Result<(), AuthError> {
+        match &self.who {
+            Who::Anonymous { .. } | Who::Replica { .. } => Ok(()),
+            _ => Err(AuthError::PermissionDenied(format!(
+                "{} may not call {method}: only a replica identity (spiffe://<trust-domain>/replica/<name>) may",
                 self.describe()
             ))),
         }

@@ -1,6 +1,8 @@
 //! SPIFFE-style identities in client certificates' URI SANs:
 //! `spiffe://<trust-domain>/enforcer/<instance_id>` for an instance's enforcer,
-//! `spiffe://<trust-domain>/principal/<name>` for an API caller.
+//! `spiffe://<trust-domain>/principal/<name>` for an API caller,
+//! `spiffe://<trust-domain>/replica/<name>` for a rules replica following
+//! another's shared values (its server certificate names it).
 
 use cassette_model::InstanceId;
 use x509_parser::extensions::GeneralName;
@@ -43,6 +45,11 @@ impl TrustDomain {
     /// `spiffe://<domain>/principal/<name>`.
     pub fn principal_uri(&self, name: &str) -> String {
         format!("spiffe://{}/principal/{name}", self.0)
+    }
+
+    /// `spiffe://<domain>/replica/<name>`.
+    pub fn replica_uri(&self, name: &str) -> String {
+        format!("spiffe://{}/replica/{name}", self.0)
     }
 }
 
@@ -95,6 +102,8 @@ impl std::fmt::Display for PrincipalName {
 pub enum Identity {
     Enforcer(InstanceId),
     Principal(PrincipalName),
+    /// A rules replica (named like a principal).
+    Replica(PrincipalName),
 }
 
 /// How long before a certificate ends the service and the enforcer warn
@@ -147,7 +156,8 @@ impl Identity {
         }
     }
 
-    /// Parses `spiffe://<domain>/enforcer/<instance>` or `.../principal/<name>`.
+    /// Parses `spiffe://<domain>/enforcer/<instance>`, `.../principal/<name>`
+    /// or `.../replica/<name>`.
     pub fn from_uri(uri: &str, domain: &TrustDomain) -> Result<Self, AuthError> {
         let unauthenticated = |why: String| AuthError::Unauthenticated(why);
         let rest = uri
@@ -162,8 +172,8 @@ impl Identity {
         }
         let shape = || {
             unauthenticated(format!(
-                "identity {uri} is neither spiffe://{domain}/enforcer/<instance_id> \
-                 nor spiffe://{domain}/principal/<name>"
+                "identity {uri} is none of spiffe://{domain}/enforcer/<instance_id>, \
+                 spiffe://{domain}/principal/<name> and spiffe://{domain}/replica/<name>"
             ))
         };
         match path.split_once('/') {
@@ -172,6 +182,9 @@ impl Identity {
                 .map_err(|_| shape()),
             Some(("principal", name)) => PrincipalName::parse(name)
                 .map(Identity::Principal)
+                .map_err(|_| shape()),
+            Some(("replica", name)) => PrincipalName::parse(name)
+                .map(Identity::Replica)
                 .map_err(|_| shape()),
             _ => Err(shape()),
         }
@@ -183,8 +196,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn uris_name_an_enforcer_or_a_principal_of_the_trust_domain() {
+    fn uris_name_an_enforcer_a_principal_or_a_replica_of_the_trust_domain() {
         let domain = TrustDomain::default();
+        assert_eq!(
+            Identity::from_uri("spiffe://cassette.local/replica/rules-a", &domain).unwrap(),
+            Identity::Replica(PrincipalName::parse("rules-a").unwrap())
+        );
         assert_eq!(
             Identity::from_uri("spiffe://cassette.local/enforcer/web-1", &domain).unwrap(),
             Identity::Enforcer(InstanceId::parse("web-1").unwrap())
@@ -197,6 +214,8 @@ mod tests {
             "spiffe://other.domain/principal/ops-bot",
             "spiffe://cassette.local/enforcer/Web_1",
             "spiffe://cassette.local/enforcer/web-1/extra",
+            "spiffe://cassette.local/replica/a/b",
+            "spiffe://cassette.local/replica/",
             "spiffe://cassette.local/admin/root",
             "spiffe://cassette.local",
             "https://cassette.local/principal/x",
@@ -223,6 +242,10 @@ mod tests {
         let other = TrustDomain::parse("example.org").unwrap();
         assert!(Identity::from_certificate(&der, &other).is_err());
         let server = cassette_pki::first_certificate_der(&pki.server_cert_pem().unwrap()).unwrap();
-        assert!(Identity::from_certificate(&server, &TrustDomain::default()).is_err());
+        // The server certificate is the replicas' identity.
+        assert_eq!(
+            Identity::from_certificate(&server, &TrustDomain::default()).unwrap(),
+            Identity::Replica(PrincipalName::parse(cassette_pki::REPLICA_NAME).unwrap())
+        );
     }
 }

@@ -224,11 +224,11 @@ impl Policy {
                 message,
             };
             let Some(path) = id.strip_prefix("spiffe://") else {
-                return Err(bad("must be a SPIFFE ID: spiffe://<trust-domain>/enforcer/<instance> or .../principal/<name>"));
+                return Err(bad("must be a SPIFFE ID: spiffe://<trust-domain>/enforcer/<instance>, .../principal/<name> or .../replica/<name>"));
             };
             if path.split('/').count() != 3 || path.chars().any(char::is_whitespace) {
                 return Err(bad(
-                    "must be spiffe://<trust-domain>/enforcer/<instance> or .../principal/<name>",
+                    "must be spiffe://<trust-domain>/enforcer/<instance>, .../principal/<name> or .../replica/<name>",
                 ));
             }
             revoked.insert(id);

@@ -62,6 +62,8 @@ const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
 const TRUST_DOMAIN: &str = "trust-domain";
 const SERVER: &str = "server";
+/// The replica identity the server certificate carries.
+pub const REPLICA_NAME: &str = "rules";
 const LOG_SIGNING_KEY: &str = "log-signing.key";
 const LOG_TRUSTED_KEYS: &str = "log-trusted-keys.pem";
 
@@ -170,12 +172,24 @@ impl Pki {
         read(&self.server_cert_path())
     }
 
+    /// The service's certificate: `names` for its listeners, and the
+    /// identity `spiffe://<domain>/replica/rules` with client authentication,
+    /// which a replica presents when it follows another's shared values.
     fn issue_server(&self, names: &[String], valid_for: Duration) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(names.to_vec())?;
         params
             .distinguished_name
             .push(DnType::CommonName, "cassette-rules");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let replica = format!("spiffe://{}/replica/{REPLICA_NAME}", self.trust_domain);
+        params.subject_alt_names.push(SanType::URI(
+            replica
+                .try_into()
+                .map_err(|_| PkiError::Invalid("the trust domain is not ASCII".into()))?,
+        ));
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         valid(&mut params, valid_for)?;
         self.sign(params, SERVER)

@@ -136,6 +136,8 @@ pub struct Store {
     failed: watch::Sender<Option<String>>,
     /// Set when the log failed verification: read-only from then on.
     halt: watch::Sender<Option<Halt>>,
+    /// On a shared log: this replica among the others.
+    replicas: Option<Arc<crate::peers::Replicas>>,
 }
 
 /// What opening the store found.
@@ -380,13 +382,10 @@ impl Store {
                 let _ = queue.send(WriterMessage::Confirmed(Box::new(found))).await;
             });
         }
-        if let Some((writer, changes)) = log.share(
-            "sync",
-            &uuid::Uuid::now_v7().to_string(),
-            crate::peers::SHARED_TTL,
-        ) {
-            crate::peers::share(&board, writer, changes, wire);
-        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let replicas = log
+            .share("sync", &id, crate::peers::SHARED_TTL)
+            .map(|(writer, changes)| crate::peers::share(&board, id, writer, changes, wire));
         if let Some(mut changes) = changes {
             // Another replica's append: the writer reads it in, in order with
             // its own commits. A full queue is a busy writer: it catches up
@@ -412,6 +411,7 @@ impl Store {
             closing: watch::Sender::new(false),
             failed,
             halt,
+            replicas,
         })
     }
 
@@ -582,6 +582,12 @@ impl Store {
 
     pub fn board(&self) -> &Arc<SyncBoard> {
         &self.board
+    }
+
+    /// On a shared log: this replica among the others (what it shares with
+    /// them, and how).
+    pub fn replicas(&self) -> Option<&Arc<crate::peers::Replicas>> {
+        self.replicas.as_ref()
     }
 
     /// The event log, for audit reads.

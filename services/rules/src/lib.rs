@@ -11,6 +11,7 @@
 pub mod connections;
 pub mod console;
 pub mod grpc;
+pub mod replicas;
 mod server;
 pub mod tls;
 

@@ -72,6 +72,16 @@ struct Args {
     #[command(flatten)]
     signing: SigningArgs,
 
+    /// With --store etcd: the URL the other replicas reach this one's gRPC
+    /// listener at (https:// with TLS; say https://rules-a:50051). The
+    /// replicas then share their enforcers' sync state directly, over gRPC
+    /// with their own certificates' replica identities, instead of writing
+    /// each ack to etcd. By default the first --listen address when it is a
+    /// specific one; a wildcard listener (0.0.0.0) without it, or "off",
+    /// shares through etcd.
+    #[arg(long, env = "CASSETTE_REPLICA_ADDRESS", value_name = "URL", value_parser = parse_replica_address)]
+    replica_address: Option<cassette_rules::replicas::ReplicaAddress>,
+
     /// Serve a log that fails hash-chain verification, read-only, to investigate it.
     #[arg(long, env = "CASSETTE_ALLOW_UNVERIFIED_LOG")]
     allow_unverified_log: bool,
@@ -175,6 +185,10 @@ fn private_files() {
     }
 }
 
+fn parse_replica_address(text: &str) -> Result<cassette_rules::replicas::ReplicaAddress, String> {
+    cassette_rules::replicas::parse_address(text)
+}
+
 fn parse_mode(text: &str) -> Result<u32, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
     u32::from_str_radix(digits, 8)
@@ -258,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
         .with_security(security)
         .with_limits(args.limits.limits())
         .with_connection_flags(args.limits.connections())
+        .with_replica_address(args.replica_address.clone())
         .with_shutdown_grace(args.shutdown_grace);
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     tokio::spawn(async move {

@@ -10,6 +10,7 @@ use cassette_auth::Authenticator;
 use cassette_proto::pb::audit_service_server::AuditServiceServer;
 use cassette_proto::pb::enforcer_service_server::EnforcerServiceServer;
 use cassette_proto::pb::firewall_service_server::FirewallServiceServer;
+use cassette_proto::pb::replica_service_server::ReplicaServiceServer;
 use cassette_service::{Limits, LogConfig, LogStore, OpenStats, RulesMetrics, Store, StoreError};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
@@ -21,7 +22,8 @@ use tonic::transport::Server;
 
 use crate::connections::{ConnectionLimits, Gate, TrackRequests};
 use crate::console;
-use crate::grpc::{caller, present, AuditApi, EnforcerApi, FirewallApi};
+use crate::grpc::{caller, present, AuditApi, EnforcerApi, FirewallApi, ReplicaApi};
+use crate::replicas::ReplicaAddress;
 use crate::tls::{ServerTls, TlsError, TlsFiles};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,14 @@ pub enum ServeError {
     Console(String),
     #[error("stopped: writing the event log failed ({0}); restart on what is on disk")]
     LogFailed(String),
+    #[error(
+        "--replica-address {0}: the other replicas could not authenticate to this one (nor it to \
+         them) without client certificates: give --client-ca, or leave --replica-address out to \
+         share through etcd"
+    )]
+    ReplicaAddressWithoutCertificates(String),
+    #[error("--replica-address {address}: {why}")]
+    ReplicaAddress { address: String, why: &'static str },
 }
 
 /// Who may call, and over what.
@@ -105,11 +115,12 @@ impl Security {
 
 /// What grpc.health.v1 reports on: the server as a whole ("") and each
 /// service, by the names the generated servers register.
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     "",
     <FirewallServiceServer<FirewallApi> as NamedService>::NAME,
     <EnforcerServiceServer<EnforcerApi> as NamedService>::NAME,
     <AuditServiceServer<AuditApi> as NamedService>::NAME,
+    <ReplicaServiceServer<ReplicaApi> as NamedService>::NAME,
 ];
 
 /// How long a service whose log failed keeps answering (UNAVAILABLE, health
@@ -142,6 +153,9 @@ pub struct RulesService {
     /// Names besides its listen address and localhost the console answers to.
     allowed_hosts: Vec<String>,
     connections: ConnectionFlags,
+    /// Where the other replicas of a shared log reach this one (`None`: its
+    /// first TCP listener's address, if it is a specific one).
+    replica_address: Option<ReplicaAddress>,
 }
 
 /// How connections are bounded, as the flags say (see
@@ -228,6 +242,7 @@ impl RulesService {
             console: None,
             allowed_hosts: Vec::new(),
             connections: ConnectionFlags::default(),
+            replica_address: None,
         }
     }
 
@@ -266,6 +281,79 @@ impl RulesService {
     pub fn with_allowed_hosts(mut self, hosts: Vec<String>) -> Self {
         self.allowed_hosts = hosts;
         self
+    }
+
+    /// The URL the other replicas of a shared log reach this one at (see
+    /// `--replica-address`).
+    pub fn with_replica_address(mut self, address: Option<ReplicaAddress>) -> Self {
+        self.replica_address = address;
+        self
+    }
+
+    /// On a shared log: how this replica shares its enforcers' sync state
+    /// with the others. Directly, at its address, when it has one and the
+    /// others can authenticate to it; else through etcd. It follows the
+    /// replicas that share directly either way (when it can authenticate).
+    fn share_with_replicas(&self, listeners: &[Listener]) -> Result<(), ServeError> {
+        let Some(replicas) = self.store.replicas() else {
+            return Ok(());
+        };
+        let tls = self.security.tls.clone();
+        let certificates = tls.as_ref().is_none_or(|t| t.replica_client().is_some());
+        let listening = listeners.iter().find_map(|l| match l {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        });
+        let given = match &self.replica_address {
+            Some(ReplicaAddress::Url(url)) => Some(url.clone()),
+            Some(ReplicaAddress::Off) | None => None,
+        };
+        if let Some(address) = &given {
+            if !certificates {
+                return Err(ServeError::ReplicaAddressWithoutCertificates(
+                    address.clone(),
+                ));
+            }
+            let https = address.starts_with("https://");
+            if https != tls.is_some() {
+                return Err(ServeError::ReplicaAddress {
+                    address: address.clone(),
+                    why: if https {
+                        "https:// needs --tls-cert: this service serves plaintext"
+                    } else {
+                        "this service serves TLS: give an https:// URL"
+                    },
+                });
+            }
+        }
+        if !certificates {
+            tracing::warn!(
+                "this replica shares its enforcers' sync state through etcd and cannot follow \
+                 replicas that share theirs directly: without --client-ca it has no identity \
+                 they admit"
+            );
+            return Ok(());
+        }
+        let client_tls = tls.clone();
+        let dialer = Arc::new(crate::replicas::GrpcDialer::new(
+            replicas.id(),
+            Box::new(move || client_tls.as_ref().and_then(|t| t.replica_client())),
+        ));
+        let address = match self.replica_address {
+            Some(ReplicaAddress::Off) => None,
+            _ => given.or_else(|| crate::replicas::default_address(listening, tls.is_some())),
+        };
+        match address {
+            Some(address) => replicas.share_directly(&address, dialer),
+            None => {
+                tracing::info!(
+                    "this replica shares its enforcers' sync state through etcd: give \
+                     --replica-address (the URL the other replicas reach it at) to share it directly"
+                );
+                replicas.follow_with(dialer);
+            }
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> OpenStats {
@@ -374,6 +462,10 @@ impl RulesService {
             authenticator.clone(),
         ))
         .max_decoding_message_size(limits.max_message_bytes);
+        let replica =
+            ReplicaServiceServer::new(ReplicaApi::new(self.store.clone(), authenticator.clone()))
+                .max_decoding_message_size(limits.max_message_bytes);
+        self.share_with_replicas(&listeners)?;
         let (stop, stopped) = watch::channel(false);
         let mut servers: Vec<Serving> = Vec::new();
         let connection_limits = ConnectionLimits::new(
@@ -408,7 +500,11 @@ impl RulesService {
                     enforcer.clone(),
                     authenticate.clone(),
                 ))
-                .add_service(InterceptedService::new(audit.clone(), authenticate.clone()));
+                .add_service(InterceptedService::new(audit.clone(), authenticate.clone()))
+                .add_service(InterceptedService::new(
+                    replica.clone(),
+                    authenticate.clone(),
+                ));
             let mut stopped = stopped.clone();
             let stop_signal = async move {
                 let _ = stopped.wait_for(|s| *s).await;

@@ -78,6 +78,9 @@ struct Loaded {
     key: Arc<CertifiedKey>,
     clients: Arc<dyn ClientCertVerifier>,
     expiries: Vec<Expiry>,
+    /// With a client CA: how this replica reaches the others (see
+    /// [`ServerTls::replica_client`]).
+    replica_client: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// The service's TLS (see the module comment).
@@ -86,6 +89,7 @@ pub struct ServerTls {
     identity: Arc<Identity>,
     clients: Arc<ClientRoots>,
     expiries: RwLock<Vec<Expiry>>,
+    replica_client: RwLock<Option<tonic::transport::ClientTlsConfig>>,
     grpc: TlsAcceptor,
     console: TlsAcceptor,
     /// Whether client certificates are checked at all (a client CA given).
@@ -141,6 +145,7 @@ impl ServerTls {
             identity,
             clients,
             expiries: RwLock::new(loaded.expiries),
+            replica_client: RwLock::new(loaded.replica_client),
             grpc,
             console,
             client_auth,
@@ -166,6 +171,10 @@ impl ServerTls {
         *self.identity.0.write().unwrap_or_else(|p| p.into_inner()) = loaded.key;
         *self.clients.0.write().unwrap_or_else(|p| p.into_inner()) = loaded.clients;
         *self.expiries.write().unwrap_or_else(|p| p.into_inner()) = loaded.expiries;
+        *self
+            .replica_client
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = loaded.replica_client;
         self.reloaded.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -189,6 +198,18 @@ impl ServerTls {
             .filter(|e| e.not_after <= soon)
             .collect();
         (expiring, soonest)
+    }
+
+    /// How this replica follows the other replicas of its shared log: it
+    /// presents its own certificate (whose replica identity, as `pki init`
+    /// issues it, is what they admit) and trusts servers whose certificates
+    /// chain to the client CA, the deployment's own. `None` without a client
+    /// CA: nobody could authenticate by certificate.
+    pub fn replica_client(&self) -> Option<tonic::transport::ClientTlsConfig> {
+        self.replica_client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Handshakes for the gRPC listeners (HTTP/2, client certificates checked).
@@ -243,7 +264,7 @@ fn load_files(files: &TlsFiles) -> Result<Loaded, TlsError> {
     load(&cert, &key, ca.as_deref())
 }
 
-fn load(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<Loaded, TlsError> {
+fn load(cert: &[u8], key_pem: &[u8], client_ca: Option<&[u8]>) -> Result<Loaded, TlsError> {
     let chain = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid("--tls-cert")(e.to_string()))?;
@@ -252,7 +273,7 @@ fn load(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<Loaded, Tls
     };
     let mut expiries = vec![expiry("server certificate", leaf, "--tls-cert")?];
     let key =
-        PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid("--tls-key")(e.to_string()))?;
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid("--tls-key")(e.to_string()))?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -277,10 +298,16 @@ fn load(cert: &[u8], key: &[u8], client_ca: Option<&[u8]>) -> Result<Loaded, Tls
                 .map_err(|e| invalid("--client-ca")(e.to_string()))?
         }
     };
+    let replica_client = client_ca.map(|ca| {
+        tonic::transport::ClientTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key_pem))
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+    });
     Ok(Loaded {
         key: Arc::new(key),
         clients,
         expiries,
+        replica_client,
     })
 }
 

@@ -47,6 +47,11 @@ pub struct Options {
     /// a fresh prefix, instead of sled.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
+    /// With replicas on etcd: they share their enforcers' acks through etcd
+    /// (`--replica-address off`, one etcd write per ack) instead of replica
+    /// to replica, for comparison.
+    #[arg(long)]
+    share_through_etcd: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<Report> {
@@ -86,6 +91,9 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 .arg(options.etcd_endpoints.join(","))
                 .arg("--data-dir")
                 .arg(dir.path().join(format!("unused-{r}")));
+            if options.share_through_etcd {
+                command.args(["--replica-address", "off"]);
+            }
         }
         replicas.push(Guarded(command.spawn()?));
         targets.push(Target::Http(format!("http://{addr}")));
@@ -232,6 +240,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "enforcers": n,
         "replicas": targets.len(),
         "store": if options.etcd_endpoints.is_empty() { "sled" } else { "etcd" },
+        "acks_shared": match (options.etcd_endpoints.is_empty(), options.share_through_etcd) {
+            (true, _) => "none",
+            (false, true) => "etcd",
+            (false, false) => "replica to replica",
+        },
         "connections": options.connections,
         "rate": options.rate,
         "changes": sent,

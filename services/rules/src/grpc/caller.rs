@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-/// The interceptor in front of FirewallService, EnforcerService and AuditService.
+/// The interceptor in front of FirewallService, EnforcerService, AuditService
+/// and ReplicaService.
 #[derive(Clone)]
 pub struct Authenticate(pub Arc<Authenticator>);
 

@@ -1,4 +1,5 @@
-//! The gRPC doors: the three services' handlers, the interceptor that
+//! The gRPC doors: the services' handlers (firewall, enforcer, audit, and
+//! what replicas share with each other), the interceptor that
 //! authenticates every call, request validation into model commands
 //! (`requests`), the one error mapping (`status`), and the presentation of
 //! model answers as protobuf (`present`). Protobuf types stop here.
@@ -9,9 +10,11 @@ mod diagnose;
 pub mod enforcer;
 pub mod firewall;
 pub mod present;
+pub mod replica;
 pub mod requests;
 pub mod status;
 
 pub use audit::AuditApi;
 pub use enforcer::EnforcerApi;
 pub use firewall::FirewallApi;
+pub use replica::ReplicaApi;

@@ -124,6 +124,13 @@ pub fn not_synced_in_time(message: String) -> Status {
     Status::deadline_exceeded(message)
 }
 
+/// FollowShared on a service whose log no other replica shares.
+pub fn not_a_replica() -> Status {
+    Status::failed_precondition(
+        "this rules service keeps its log alone (sled): it has no replicas to share values with",
+    )
+}
+
 /// The console's live stream ends because the service stops.
 pub fn stopping() -> Status {
     Status::unavailable("the rules service is stopping")

@@ -25,6 +25,11 @@ impl Replicas {
         Self::on(EtcdCluster::start(3).await, n, None, 0).await
     }
 
+    /// `flags.len()` replicas on a new cluster, replica `i` with `flags[i]` too.
+    async fn start_with(flags: &[&[&str]]) -> Self {
+        Self::with(EtcdCluster::start(3).await, flags, None, 0).await
+    }
+
     /// `n` replicas on `cluster`, logging in as `credentials` (user, password).
     /// Replica `i` lists the members starting at member `first + i` (so
     /// replica 0 watches and writes through member `first` first, replica 1
@@ -35,10 +40,19 @@ impl Replicas {
         credentials: Option<(&str, &str)>,
         first: usize,
     ) -> Self {
+        Self::with(cluster, &vec![&[][..]; n], credentials, first).await
+    }
+
+    async fn with(
+        cluster: EtcdCluster,
+        flags: &[&[&str]],
+        credentials: Option<(&str, &str)>,
+        first: usize,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut replicas = Vec::new();
         let mut clients = Vec::new();
-        for i in 0..n {
+        for (i, own) in flags.iter().enumerate() {
             let mut members = cluster.endpoints();
             let len = members.len();
             members.rotate_left((first + i) % len);
@@ -57,6 +71,7 @@ impl Replicas {
                 extra.extend(["--etcd-user", user]);
                 command.env("CASSETTE_ETCD_PASSWORD", password);
             }
+            extra.extend(*own);
             let replica = RulesProcess::spawn_command(
                 command,
                 &dir.path().join(format!("replica-{i}")),
@@ -130,9 +145,20 @@ struct FileEnforcer(std::process::Child);
 
 impl FileEnforcer {
     fn start(rules: &str, dir: &std::path::Path) -> Self {
+        Self::start_for("web-1", rules, dir)
+    }
+
+    fn start_for(instance: &str, rules: &str, dir: &std::path::Path) -> Self {
         let log = std::fs::File::create(dir.join("enforcer.log")).unwrap();
         let child = Command::new(binary("cassette-enforcer"))
-            .args(["--rules", rules, "--instance", "web-1", "--backend", "file"])
+            .args([
+                "--rules",
+                rules,
+                "--instance",
+                instance,
+                "--backend",
+                "file",
+            ])
             .arg("--ruleset-file")
             .arg(dir.join("ruleset.nft"))
             .arg("--state-dir")
@@ -522,6 +548,266 @@ async fn replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_anothe
         started.elapsed()
     );
     drop(enforcer);
+}
+
+/// Acks go replica to replica: A and B (each at its loopback address, the
+/// default) publish only that address in etcd and stream their enforcers'
+/// sync state to the replicas that follow them; C (`--replica-address off`)
+/// publishes its own in etcd, as before. Each replica answers WaitForSync
+/// for an enforcer streaming to another, either way; no ack of A's or B's
+/// enforcers is written to etcd; a killed replica's enforcer stops showing
+/// on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_acks_directly_without_etcd_writes_and_beside_one_that_shares_through_etcd()
+{
+    if etcd::skip(
+        "replicas_share_acks_directly_without_etcd_writes_and_beside_one_that_shares_through_etcd",
+    ) {
+        return;
+    }
+    let mut replicas = Replicas::start_with(&[&[], &[], &["--replica-address", "off"]]).await;
+    for instance in ["web-1", "web-2"] {
+        cassette_e2e::create_firewall(&mut replicas.clients[0], instance).await;
+        for i in 1..3 {
+            replicas.seen(i, instance, 1).await;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (on_b, on_c) = (dir.path().join("b"), dir.path().join("c"));
+    std::fs::create_dir_all(&on_b).unwrap();
+    std::fs::create_dir_all(&on_c).unwrap();
+    // web-1's enforcer streams to B (direct), web-2's to C (through etcd).
+    let _web1 = FileEnforcer::start_for("web-1", &replicas.replicas[1].target.to_string(), &on_b);
+    let _web2 = FileEnforcer::start_for("web-2", &replicas.replicas[2].target.to_string(), &on_c);
+    for (instance, port) in [("web-1", 4000), ("web-2", 4001), ("web-1", 4002)] {
+        let revision = replicas.clients[0]
+            .add_rule(add(instance, port))
+            .await
+            .expect("add on A")
+            .into_inner()
+            .revision;
+        for i in 0..3 {
+            let status = replicas.clients[i]
+                .wait_for_sync(pb::WaitForSyncRequest {
+                    instance_id: instance.into(),
+                    revision,
+                    timeout: Some(Duration::from_secs(20).try_into().unwrap()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|s| panic!("WaitForSync of {instance} on replica {i}: {s:?}"))
+                .into_inner();
+            assert!(
+                status.applied_revision >= revision,
+                "{instance} on {i}: {status:?}"
+            );
+            assert!(status.enforcer_connected, "{instance} on {i}: {status:?}");
+        }
+    }
+    let keys = replicas.cluster.keys("/cassette/v1/sync/").await;
+    let under = |name: &str| {
+        keys.iter()
+            .filter(|k| k.starts_with(&format!("/cassette/v1/sync/{name}/")))
+            .count()
+    };
+    assert_eq!(under("@address"), 2, "A's and B's addresses: {keys:?}");
+    assert_eq!(
+        under("web-1"),
+        0,
+        "web-1's acks went replica to replica: {keys:?}"
+    );
+    assert_eq!(under("web-2"), 1, "C published web-2's in etcd: {keys:?}");
+
+    // B dies: A and C stop showing web-1's enforcer (B's address lapses with
+    // its lease, and its stream is gone).
+    replicas.replicas[1].kill_9();
+    let started = Instant::now();
+    for i in [0, 2] {
+        loop {
+            let firewall = cassette_e2e::get_firewall(&mut replicas.clients[i], "web-1").await;
+            if !firewall.sync.is_some_and(|s| s.enforcer_connected) {
+                break;
+            }
+            assert!(
+                started.elapsed() < PATIENCE,
+                "replica {i} still shows the enforcer of a dead replica"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "A and C saw B's enforcer gone {:?} after B's kill -9",
+        started.elapsed()
+    );
+    let keys = replicas.cluster.keys("/cassette/v1/sync/@address/").await;
+    assert_eq!(keys.len(), 1, "B's address lapsed with its lease: {keys:?}");
+}
+
+/// Secured replicas (TLS, client certificates, the development PKI) share
+/// acks directly: each follows the other presenting its server
+/// certificate's replica identity (spiffe://cassette.local/replica/rules),
+/// and an ack received by one answers WaitForSync on the other. FollowShared
+/// admits replica identities only (an admin principal and an enforcer are
+/// refused, a caller without a certificate is not authenticated), and a
+/// replica identity revoked by the policy is cut off on SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_secured_share_acks_over_tls_and_admit_only_replica_identities() {
+    use cassette_proto::pb::replica_service_client::ReplicaServiceClient;
+    if etcd::skip("replicas_secured_share_acks_over_tls_and_admit_only_replica_identities") {
+        return;
+    }
+    let secured = cassette_e2e::secured::Secured::new(
+        "[[principal]]\nname = \"console\"\nrole = \"admin\"\ninstances = [\"*\"]\n",
+    );
+    let cluster = EtcdCluster::start(3).await;
+    let endpoints = cluster.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let addr = free_port();
+        let mut flags = secured.server_args();
+        flags.extend(["--store", "etcd", "--etcd-endpoints", &endpoints].map(String::from));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let replica = RulesProcess::spawn_with_tls(
+            &dir.path().join(format!("replica-{i}")),
+            &addr.to_string(),
+            cassette_e2e::Target::Http(format!("https://{addr}")),
+            &flags,
+            Some(secured.principal("console")),
+        )
+        .await;
+        clients.push(replica.client().await);
+        replicas.push(replica);
+    }
+    cassette_e2e::create_firewall(&mut clients[0], "web-1").await;
+    // web-1's enforcer, with its own certificate, streams to B.
+    let (cert, key) = secured.enforcer_files("web-1");
+    let log = std::fs::File::create(dir.path().join("enforcer.log")).unwrap();
+    let mut enforcer = FileEnforcer(
+        Command::new(binary("cassette-enforcer"))
+            .args([
+                "--rules",
+                &replicas[1].target.to_string(),
+                "--instance",
+                "web-1",
+            ])
+            .args(["--backend", "file", "--ruleset-file"])
+            .arg(dir.path().join("ruleset.nft"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--tls-ca")
+            .arg(secured.pki.ca_cert_path())
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cassette-enforcer"),
+    );
+    let revision = clients[0]
+        .add_rule(add("web-1", 4000))
+        .await
+        .expect("add on A")
+        .into_inner()
+        .revision;
+    let status = clients[0]
+        .wait_for_sync(pb::WaitForSyncRequest {
+            instance_id: "web-1".into(),
+            revision,
+            timeout: Some(Duration::from_secs(20).try_into().unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|s| {
+            panic!(
+                "WaitForSync on A, for an enforcer streaming to B: {s:?}\nA: {}\nB: {}",
+                replicas[0].log(),
+                replicas[1].log()
+            )
+        })
+        .into_inner();
+    assert!(
+        status.applied_revision >= revision && status.enforcer_connected,
+        "{status:?}"
+    );
+    let keys = cluster.keys("/cassette/v1/sync/").await;
+    assert!(keys.iter().all(|k| !k.contains("/web-1/")), "{keys:?}");
+    assert_eq!(keys.len(), 2, "the two replicas' addresses only: {keys:?}");
+
+    let follow = |tls: Option<tonic::transport::ClientTlsConfig>| {
+        let target = replicas[1].target.clone();
+        async move {
+            let channel = cassette_e2e::channel_with(&target, tls.as_ref()).await;
+            ReplicaServiceClient::new(channel)
+                .follow_shared(pb::FollowSharedRequest {
+                    replica: "test".into(),
+                })
+                .await
+        }
+    };
+    for (who, tls, code) in [
+        (
+            "an admin principal",
+            Some(secured.principal("console")),
+            Code::PermissionDenied,
+        ),
+        (
+            "an enforcer",
+            Some(secured.enforcer("web-1")),
+            Code::PermissionDenied,
+        ),
+        (
+            "no certificate",
+            Some(secured.no_identity()),
+            Code::Unauthenticated,
+        ),
+    ] {
+        let refused = follow(tls).await.expect_err(who);
+        assert_eq!(refused.code(), code, "{who}: {refused:?}");
+    }
+    let revoked = "spiffe://cassette.local/replica/auditor-replica";
+    let mut values = follow(Some(secured.identity(revoked, "replica-auditor")))
+        .await
+        .expect("a replica identity follows")
+        .into_inner();
+    let first = values
+        .message()
+        .await
+        .expect("a first batch")
+        .expect("a first batch");
+    assert!(first.complete, "{first:?}");
+    assert!(
+        first.values.iter().any(|v| v.name == "web-1"),
+        "B's view of web-1: {first:?}"
+    );
+
+    // Revoked, and SIGHUP: the open follow ends, naming the identity.
+    secured.write_policy(&format!(
+        "[[principal]]\nname = \"console\"\nrole = \"admin\"\ninstances = [\"*\"]\n[revoked]\nspiffe_ids = [\"{revoked}\"]\n"
+    ));
+    let sent = Command::new("kill")
+        .args(["-HUP", &replicas[1].pid().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match values.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the revoked follow ends");
+    let status = ended.expect_err("ends with an error");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains(revoked), "{status:?}");
+    enforcer.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
