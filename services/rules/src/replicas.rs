@@ -25,13 +25,20 @@ pub struct GrpcDialer {
     id: String,
     /// TLS to the other replicas (`None`: plaintext, development mode).
     tls: Box<dyn Fn() -> Option<ClientTlsConfig> + Send + Sync>,
+    /// Follow in plaintext beyond loopback (`--insecure-plaintext`).
+    insecure_plaintext: bool,
 }
 
 impl GrpcDialer {
-    pub fn new(id: &str, tls: Box<dyn Fn() -> Option<ClientTlsConfig> + Send + Sync>) -> Self {
+    pub fn new(
+        id: &str,
+        tls: Box<dyn Fn() -> Option<ClientTlsConfig> + Send + Sync>,
+        insecure_plaintext: bool,
+    ) -> Self {
         Self {
             id: id.to_owned(),
             tls,
+            insecure_plaintext,
         }
     }
 }
@@ -44,7 +51,14 @@ impl Dialer for GrpcDialer {
         };
         let tls = (self.tls)();
         let address = address.to_owned();
+        let plaintext_allowed = self.insecure_plaintext;
         tokio::spawn(async move {
+            if tls.is_none() && !plaintext_allowed && !stays_private(&address) {
+                // What etcd lists is not trusted to send this replica
+                // anywhere in plaintext (the rule every plaintext door has).
+                tracing::warn!(%address, "not following a replica in plaintext beyond loopback (--insecure-plaintext allows it)");
+                return;
+            }
             if let Err(error) = follow(&address, tls, request, &batches).await {
                 tracing::info!(%address, %error, "following a replica's shared values failed; trying again");
             }
@@ -115,6 +129,14 @@ pub fn default_address(listening: Option<SocketAddr>, tls: bool) -> Option<Strin
     Some(format!("{scheme}://{addr}"))
 }
 
+/// Whether a replica at `address` is reached without leaving the machine
+/// or over TLS (see `cassette_proto::stays_private`).
+pub fn stays_private(address: &str) -> bool {
+    address
+        .parse::<axum::http::Uri>()
+        .is_ok_and(|uri| cassette_proto::stays_private(&uri))
+}
+
 /// `--replica-address`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaAddress {
@@ -181,5 +203,8 @@ mod tests {
             None
         );
         assert_eq!(default_address(None, false), None);
+        assert!(stays_private("http://127.0.0.1:7") && stays_private("http://[::1]:7"));
+        assert!(stays_private("https://rules-a:50051"));
+        assert!(!stays_private("http://10.0.0.2:50051") && !stays_private("http://rules-a:1"));
     }
 }

@@ -295,9 +295,6 @@ impl RulesService {
     /// others can authenticate to it; else through etcd. It follows the
     /// replicas that share directly either way (when it can authenticate).
     fn share_with_replicas(&self, listeners: &[Listener]) -> Result<(), ServeError> {
-        let Some(replicas) = self.store.replicas() else {
-            return Ok(());
-        };
         let tls = self.security.tls.clone();
         let certificates = tls.as_ref().is_none_or(|t| t.replica_client().is_some());
         let listening = listeners.iter().find_map(|l| match l {
@@ -315,6 +312,16 @@ impl RulesService {
                 ));
             }
             let https = address.starts_with("https://");
+            if !https
+                && !self.security.insecure_plaintext
+                && !crate::replicas::stays_private(address)
+            {
+                return Err(ServeError::ReplicaAddress {
+                    address: address.clone(),
+                    why: "the other replicas would follow this one in plaintext beyond loopback: \
+                          serve TLS, or give --insecure-plaintext if you really mean it",
+                });
+            }
             if https != tls.is_some() {
                 return Err(ServeError::ReplicaAddress {
                     address: address.clone(),
@@ -326,6 +333,11 @@ impl RulesService {
                 });
             }
         }
+        // Checked whatever the log: a wrong address is refused before it
+        // could matter.
+        let Some(replicas) = self.store.replicas() else {
+            return Ok(());
+        };
         if !certificates {
             tracing::warn!(
                 "this replica shares its enforcers' sync state through etcd and cannot follow \
@@ -338,6 +350,7 @@ impl RulesService {
         let dialer = Arc::new(crate::replicas::GrpcDialer::new(
             replicas.id(),
             Box::new(move || client_tls.as_ref().and_then(|t| t.replica_client())),
+            self.security.insecure_plaintext,
         ));
         let address = match self.replica_address {
             Some(ReplicaAddress::Off) => None,

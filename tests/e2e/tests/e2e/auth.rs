@@ -1305,4 +1305,24 @@ fn plaintext_beyond_loopback_is_refused_unless_meant() {
         !ok && text.contains("refusing to serve metrics in plaintext"),
         "{text}"
     );
+    // Where other replicas would follow this one: not in plaintext beyond
+    // loopback either (refused at start, whatever the log).
+    let (ok, text) = exit(
+        "cassette-rules",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--data-dir",
+            "data",
+            "--replica-address",
+            "http://192.0.2.7:50051",
+        ],
+    );
+    assert!(
+        !ok && text.contains("--replica-address http://192.0.2.7:50051")
+            && text.contains("plaintext beyond loopback"),
+        "{text}"
+    );
 }
