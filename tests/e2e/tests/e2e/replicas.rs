@@ -118,17 +118,46 @@ impl Replicas {
     /// Waits (WaitForSync on replica `i`) until web-1's enforcer applied
     /// `revision`, wherever it streams.
     async fn synced(&mut self, i: usize, revision: u64) {
+        self.synced_of(i, "web-1", revision).await;
+    }
+
+    /// [`Replicas::synced`] for `instance`; the sync state it answered.
+    async fn synced_of(&mut self, i: usize, instance: &str, revision: u64) -> pb::SyncStatus {
         let synced = self.clients[i]
             .wait_for_sync(pb::WaitForSyncRequest {
-                instance_id: "web-1".into(),
+                instance_id: instance.into(),
                 revision,
                 timeout: Some(Duration::from_secs(20).try_into().unwrap()),
                 ..Default::default()
             })
             .await
-            .unwrap_or_else(|s| panic!("WaitForSync on replica {i}: {s:?}"))
+            .unwrap_or_else(|s| panic!("WaitForSync of {instance} on replica {i}: {s:?}"))
             .into_inner();
-        assert!(synced.applied_revision >= revision, "{synced:?}");
+        assert!(
+            synced.applied_revision >= revision,
+            "{instance} on {i}: {synced:?}"
+        );
+        synced
+    }
+
+    /// Waits until none of `replicas` shows `instance`'s enforcer connected
+    /// (its replica died); how long it took.
+    async fn until_no_enforcer_shows(&mut self, replicas: &[usize], instance: &str) -> Duration {
+        let started = Instant::now();
+        for &i in replicas {
+            loop {
+                let firewall = cassette_e2e::get_firewall(&mut self.clients[i], instance).await;
+                if !firewall.sync.is_some_and(|s| s.enforcer_connected) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < PATIENCE,
+                    "replica {i} still shows the enforcer of a dead replica"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        started.elapsed()
     }
 
     /// [`Replicas::synced`], then stops the enforcer, so its ruleset file
@@ -149,6 +178,16 @@ impl FileEnforcer {
     }
 
     fn start_for(instance: &str, rules: &str, dir: &std::path::Path) -> Self {
+        Self::start_with(instance, rules, dir, &[])
+    }
+
+    /// [`FileEnforcer::start_for`] with `extra` flags (its TLS).
+    fn start_with(
+        instance: &str,
+        rules: &str,
+        dir: &std::path::Path,
+        extra: &[std::path::PathBuf],
+    ) -> Self {
         let log = std::fs::File::create(dir.join("enforcer.log")).unwrap();
         let child = Command::new(binary("cassette-enforcer"))
             .args([
@@ -163,6 +202,7 @@ impl FileEnforcer {
             .arg(dir.join("ruleset.nft"))
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -531,22 +571,8 @@ async fn replicas_share_sync_state_an_ack_on_one_answers_wait_for_sync_on_anothe
 
     // B dies: A stops claiming a connected enforcer once B's lease lapses.
     replicas.replicas[1].kill_9();
-    let started = Instant::now();
-    loop {
-        let firewall = cassette_e2e::get_firewall(&mut replicas.clients[0], "web-1").await;
-        if !firewall.sync.is_some_and(|s| s.enforcer_connected) {
-            break;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "A still shows the enforcer of a dead replica"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "A saw B's enforcer gone {:?} after B's kill -9",
-        started.elapsed()
-    );
+    let gone = replicas.until_no_enforcer_shows(&[0], "web-1").await;
+    eprintln!("A saw B's enforcer gone {gone:?} after B's kill -9");
     drop(enforcer);
 }
 
@@ -587,20 +613,7 @@ async fn replicas_share_acks_directly_without_etcd_writes_and_beside_one_that_sh
             .into_inner()
             .revision;
         for i in 0..3 {
-            let status = replicas.clients[i]
-                .wait_for_sync(pb::WaitForSyncRequest {
-                    instance_id: instance.into(),
-                    revision,
-                    timeout: Some(Duration::from_secs(20).try_into().unwrap()),
-                    ..Default::default()
-                })
-                .await
-                .unwrap_or_else(|s| panic!("WaitForSync of {instance} on replica {i}: {s:?}"))
-                .into_inner();
-            assert!(
-                status.applied_revision >= revision,
-                "{instance} on {i}: {status:?}"
-            );
+            let status = replicas.synced_of(i, instance, revision).await;
             assert!(status.enforcer_connected, "{instance} on {i}: {status:?}");
         }
     }
@@ -621,24 +634,8 @@ async fn replicas_share_acks_directly_without_etcd_writes_and_beside_one_that_sh
     // B dies: A and C stop showing web-1's enforcer (B's address lapses with
     // its lease, and its stream is gone).
     replicas.replicas[1].kill_9();
-    let started = Instant::now();
-    for i in [0, 2] {
-        loop {
-            let firewall = cassette_e2e::get_firewall(&mut replicas.clients[i], "web-1").await;
-            if !firewall.sync.is_some_and(|s| s.enforcer_connected) {
-                break;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "replica {i} still shows the enforcer of a dead replica"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    eprintln!(
-        "A and C saw B's enforcer gone {:?} after B's kill -9",
-        started.elapsed()
-    );
+    let gone = replicas.until_no_enforcer_shows(&[0, 2], "web-1").await;
+    eprintln!("A and C saw B's enforcer gone {gone:?} after B's kill -9");
     let keys = replicas.cluster.keys("/cassette/v1/sync/@address/").await;
     assert_eq!(keys.len(), 1, "B's address lapsed with its lease: {keys:?}");
 }
@@ -683,31 +680,16 @@ async fn replicas_secured_share_acks_over_tls_and_admit_only_replica_identities(
     cassette_e2e::create_firewall(&mut clients[0], "web-1").await;
     // web-1's enforcer, with its own certificate, streams to B.
     let (cert, key) = secured.enforcer_files("web-1");
-    let log = std::fs::File::create(dir.path().join("enforcer.log")).unwrap();
-    let mut enforcer = FileEnforcer(
-        Command::new(binary("cassette-enforcer"))
-            .args([
-                "--rules",
-                &replicas[1].target.to_string(),
-                "--instance",
-                "web-1",
-            ])
-            .args(["--backend", "file", "--ruleset-file"])
-            .arg(dir.path().join("ruleset.nft"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--tls-ca")
-            .arg(secured.pki.ca_cert_path())
-            .arg("--tls-cert")
-            .arg(cert)
-            .arg("--tls-key")
-            .arg(key)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn cassette-enforcer"),
-    );
+    let tls = [
+        "--tls-ca".into(),
+        secured.pki.ca_cert_path(),
+        "--tls-cert".into(),
+        cert,
+        "--tls-key".into(),
+        key,
+    ];
+    let mut enforcer =
+        FileEnforcer::start_with("web-1", &replicas[1].target.to_string(), dir.path(), &tls);
     let revision = clients[0]
         .add_rule(add("web-1", 4000))
         .await
