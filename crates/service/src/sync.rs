@@ -563,6 +563,6 @@ impl Drop for Connection {
 
 /// A poisoned lock still guards data a panic left consistent (each holder
 /// only assigns).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -7,8 +7,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cassette_proto::pb;
 use cassette_proto::pb::replica_service_client::ReplicaServiceClient;
+use cassette_proto::{pb, Target};
 use cassette_service::peers::{Dialer, SharedBatch};
 use tokio::sync::mpsc;
 use tonic::transport::{ClientTlsConfig, Endpoint};
@@ -53,7 +53,8 @@ impl Dialer for GrpcDialer {
         let address = address.to_owned();
         let plaintext_allowed = self.insecure_plaintext;
         tokio::spawn(async move {
-            if tls.is_none() && !plaintext_allowed && !stays_private(&address) {
+            if tls.is_none() && !plaintext_allowed && !Target::Http(address.clone()).stays_private()
+            {
                 // What etcd lists is not trusted to send this replica
                 // anywhere in plaintext (the rule every plaintext door has).
                 tracing::warn!(%address, "not following a replica in plaintext beyond loopback (--insecure-plaintext allows it)");
@@ -129,14 +130,6 @@ pub fn default_address(listening: Option<SocketAddr>, tls: bool) -> Option<Strin
     Some(format!("{scheme}://{addr}"))
 }
 
-/// Whether a replica at `address` is reached without leaving the machine
-/// or over TLS (see `cassette_proto::stays_private`).
-pub fn stays_private(address: &str) -> bool {
-    address
-        .parse::<axum::http::Uri>()
-        .is_ok_and(|uri| cassette_proto::stays_private(&uri))
-}
-
 /// `--replica-address`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaAddress {
@@ -203,8 +196,10 @@ mod tests {
             None
         );
         assert_eq!(default_address(None, false), None);
-        assert!(stays_private("http://127.0.0.1:7") && stays_private("http://[::1]:7"));
-        assert!(stays_private("https://rules-a:50051"));
-        assert!(!stays_private("http://10.0.0.2:50051") && !stays_private("http://rules-a:1"));
+        // Plaintext replica addresses follow the rule of every door.
+        let private = |a: &str| Target::Http(a.into()).stays_private();
+        assert!(private("http://127.0.0.1:7") && private("http://[::1]:7"));
+        assert!(private("https://rules-a:50051"));
+        assert!(!private("http://10.0.0.2:50051") && !private("http://rules-a:1"));
     }
 }

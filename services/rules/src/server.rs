@@ -301,38 +301,14 @@ impl RulesService {
             Listener::Tcp(l) => l.local_addr().ok(),
             Listener::Unix(_) => None,
         });
-        let given = match &self.replica_address {
-            Some(ReplicaAddress::Url(url)) => Some(url.clone()),
-            Some(ReplicaAddress::Off) | None => None,
+        let address = match &self.replica_address {
+            Some(ReplicaAddress::Url(url)) => {
+                self.check_replica_address(url, certificates)?;
+                Some(url.clone())
+            }
+            Some(ReplicaAddress::Off) => None,
+            None => crate::replicas::default_address(listening, tls.is_some()),
         };
-        if let Some(address) = &given {
-            if !certificates {
-                return Err(ServeError::ReplicaAddressWithoutCertificates(
-                    address.clone(),
-                ));
-            }
-            let https = address.starts_with("https://");
-            if !https
-                && !self.security.insecure_plaintext
-                && !crate::replicas::stays_private(address)
-            {
-                return Err(ServeError::ReplicaAddress {
-                    address: address.clone(),
-                    why: "the other replicas would follow this one in plaintext beyond loopback: \
-                          serve TLS, or give --insecure-plaintext if you really mean it",
-                });
-            }
-            if https != tls.is_some() {
-                return Err(ServeError::ReplicaAddress {
-                    address: address.clone(),
-                    why: if https {
-                        "https:// needs --tls-cert: this service serves plaintext"
-                    } else {
-                        "this service serves TLS: give an https:// URL"
-                    },
-                });
-            }
-        }
         // Checked whatever the log: a wrong address is refused before it
         // could matter.
         let Some(replicas) = self.store.replicas() else {
@@ -346,16 +322,11 @@ impl RulesService {
             );
             return Ok(());
         }
-        let client_tls = tls.clone();
         let dialer = Arc::new(crate::replicas::GrpcDialer::new(
             replicas.id(),
-            Box::new(move || client_tls.as_ref().and_then(|t| t.replica_client())),
+            Box::new(move || tls.as_ref().and_then(|t| t.replica_client())),
             self.security.insecure_plaintext,
         ));
-        let address = match self.replica_address {
-            Some(ReplicaAddress::Off) => None,
-            _ => given.or_else(|| crate::replicas::default_address(listening, tls.is_some())),
-        };
         match address {
             Some(address) => replicas.share_directly(&address, dialer),
             None => {
@@ -367,6 +338,37 @@ impl RulesService {
             }
         }
         Ok(())
+    }
+
+    /// A `--replica-address` the other replicas could follow: with
+    /// certificates to authenticate with, over the service's own scheme, and
+    /// in plaintext only on loopback unless meant.
+    fn check_replica_address(&self, address: &str, certificates: bool) -> Result<(), ServeError> {
+        let refused = |why| {
+            Err(ServeError::ReplicaAddress {
+                address: address.to_owned(),
+                why,
+            })
+        };
+        if !certificates {
+            return Err(ServeError::ReplicaAddressWithoutCertificates(
+                address.to_owned(),
+            ));
+        }
+        if !self.security.insecure_plaintext
+            && !cassette_proto::Target::Http(address.to_owned()).stays_private()
+        {
+            return refused(
+                "the other replicas would follow this one in plaintext beyond loopback: \
+                 serve TLS, or give --insecure-plaintext if you really mean it",
+            );
+        }
+        let https = address.starts_with("https://");
+        match (https, self.security.tls.is_some()) {
+            (true, false) => refused("https:// needs --tls-cert: this service serves plaintext"),
+            (false, true) => refused("this service serves TLS: give an https:// URL"),
+            _ => Ok(()),
+        }
     }
 
     pub fn stats(&self) -> OpenStats {

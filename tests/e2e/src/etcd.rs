@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
 use crate::{free_port, PATIENCE};
 
 /// Whether Debian's etcd is installed (scripts/test.sh installs `etcd-server`).
@@ -347,8 +350,8 @@ impl EtcdCluster {
             *last += 1;
         }
         let body = serde_json::json!({
-            "key": base64(prefix.as_bytes()),
-            "range_end": base64(&end),
+            "key": BASE64.encode(prefix),
+            "range_end": BASE64.encode(&end),
             "keys_only": true,
         });
         let answer = gateway(self.running(), "/v3/kv/range", body)
@@ -359,7 +362,8 @@ impl EtcdCluster {
             .map(|kvs| {
                 kvs.iter()
                     .filter_map(|kv| kv["key"].as_str())
-                    .map(|k| String::from_utf8_lossy(&unbase64(k)).into_owned())
+                    .map(|k| BASE64.decode(k).expect("etcd's keys are base64"))
+                    .map(|k| String::from_utf8_lossy(&k).into_owned())
                     .collect()
             })
             .unwrap_or_default()
@@ -517,44 +521,4 @@ async fn status(client_url: &str) -> Option<serde_json::Value> {
     let leader = value.get("leader").and_then(number)?;
     let id = value.get("header")?.get("member_id").and_then(number)?;
     Some(serde_json::json!({ "leader": leader, "header": { "member_id": id } }))
-}
-
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding: what etcd's JSON gateway takes for bytes.
-fn base64(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(BASE64[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn unbase64(text: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut bits, mut n) = (0u32, 0u32);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let Some(v) = BASE64.iter().position(|&b| b == c) else {
-            continue;
-        };
-        n = (n << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((n >> bits) as u8);
-        }
-    }
-    out
 }

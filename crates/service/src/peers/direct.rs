@@ -16,6 +16,8 @@ use cassette_eventlog::etcd::SharedChange;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
+use crate::sync::lock;
+
 /// A batch of a replica's values, as its follower receives them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SharedBatch {
@@ -58,7 +60,7 @@ pub struct Following {
 
 impl Published {
     pub(crate) fn set(&self, name: &str, value: Vec<u8>) {
-        let mut values = self.lock();
+        let mut values = lock(&self.values);
         values.insert(name.to_owned(), value.clone());
         // Sent under the lock: a follower subscribing now lists this value
         // or receives it, never neither.
@@ -67,7 +69,7 @@ impl Published {
 
     /// Every value now, and from then on each change.
     pub fn follow(self: &Arc<Self>) -> (SharedBatch, Following) {
-        let values = self.lock();
+        let values = lock(&self.values);
         let following = Following {
             changes: self.changes.subscribe(),
             published: self.clone(),
@@ -77,10 +79,6 @@ impl Published {
             values: values.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
         };
         (batch, following)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
-        self.values.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -199,10 +197,6 @@ fn removal(replica: &str, name: String) -> SharedChange {
         replica: replica.to_owned(),
         value: None,
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

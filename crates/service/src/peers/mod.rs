@@ -33,7 +33,7 @@ use cassette_model::InstanceId;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::sync::{Observed, Peers, Snapshot, SyncBoard, REPORT_INTEREST};
+use crate::sync::{lock, Observed, Peers, Snapshot, SyncBoard, REPORT_INTEREST};
 
 mod direct;
 
@@ -252,10 +252,6 @@ pub(crate) fn share(
         }
     });
     replicas
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn apply(board: &SyncBoard, wire: &dyn Wire, change: SharedChange) {

@@ -34,7 +34,7 @@ impl ReplicaApi {
     }
 }
 
-pub fn batch_to_pb(replica: &str, batch: SharedBatch) -> pb::SharedValues {
+fn batch_to_pb(replica: &str, batch: SharedBatch) -> pb::SharedValues {
     pb::SharedValues {
         replica: replica.to_owned(),
         complete: batch.complete,
