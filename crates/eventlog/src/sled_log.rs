@@ -3,16 +3,15 @@
 //! Layout, one sled tree so that a batch is one atomic write:
 //! - `e` + sequence (u64 big-endian) -> the record: `cassette.firewall.v1.Event`
 //!   encoded with protobuf, `prev_hash` = SHA-256 of the previous record's bytes;
-//! - `i` + instance id + `0x00` + revision (u64 big-endian) -> sequence (u64
-//!   big-endian) + the record's hash, so verification can tell which of two
-//!   records that no longer link was changed;
 //! - `h` -> the head anchor: last sequence (u64 big-endian) + its record's hash,
 //!   so that changing the last record is detected too;
 //! - `s` + sequence (u64 big-endian) -> the signature over the head an append
 //!   left (`cassette.firewall.v1.SignedHead`), for a signed append's last record.
 //!
-//! Instance ids never contain `0x00`, so an instance's index keys are contiguous
-//! and ordered by revision.
+//! Each instance's revisions are indexed in memory ([`InstanceIndex`], with a
+//! checkpoint file beside sled's): logs written before kept that index in
+//! sled as `i` + instance id + `0x00` + revision keys, which opening such a
+//! log removes.
 //!
 //! Durable means on the disk, not in the page cache: sled's own flush ends in
 //! `sync_file_range`, which neither flushes the device's write cache nor the
@@ -21,24 +20,24 @@
 //! but not yet synced is invisible to every read.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cassette_model::{Event, InstanceId};
 
 use crate::chain::{self, Next, Verifier, MAX_SIGNED_RUN};
+use crate::instance_index::{self, Indexed, InstanceIndex, CHECKPOINT_EVERY};
 use crate::signing::{SignedHead, SigningKey, TrustedKeys};
-use crate::{
-    decode, u64_prefix, u64_suffix, Hash, Head, LogError, Record, Verification, GENESIS_HASH,
-};
+use crate::{decode, u64_suffix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
 
 /// sled's data file in the log's directory: what is fsynced, and what says a
 /// directory holds a log.
 const DATA_FILE: &str = "db";
 
 const EVENT: u8 = b'e';
-const INDEX: u8 = b'i';
+/// The instance index's keys in logs written before it moved to memory.
+const OLD_INDEX: u8 = b'i';
 const SIGNATURE: u8 = b's';
 const HEAD: &[u8] = b"h";
 
@@ -53,6 +52,11 @@ pub struct EventLog {
     /// descriptor asks).
     data_file: Arc<File>,
     poisoned: AtomicBool,
+    dir: PathBuf,
+    /// Every record written (durable or not), by instance and revision.
+    index: Arc<RwLock<InstanceIndex>>,
+    /// The anchor of the last index checkpoint written or claimed.
+    checkpointed: Arc<AtomicU64>,
 }
 
 impl EventLog {
@@ -85,14 +89,52 @@ impl EventLog {
                 }
             }
         };
-        Ok(Self {
+        let (index, checkpointed) = index_records(&tree, dir)?;
+        let log = Self {
             db,
             tree,
             durable: AtomicU64::new(head.sequence),
             head: Mutex::new(head),
             data_file: Arc::new(data_file),
             poisoned: AtomicBool::new(false),
-        })
+            dir: dir.to_owned(),
+            index: Arc::new(RwLock::new(index)),
+            checkpointed: Arc::new(AtomicU64::new(checkpointed)),
+        };
+        log.remove_old_index()?;
+        Ok(log)
+    }
+
+    /// Removes the `i` keys a log written before the index moved to memory
+    /// holds (and writes the checkpoint that replaces them).
+    fn remove_old_index(&self) -> Result<(), LogError> {
+        let mut removed = 0u64;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut keys = 0;
+            for entry in self.tree.scan_prefix([OLD_INDEX]).take(10_000) {
+                batch.remove(entry?.0);
+                keys += 1;
+            }
+            if keys == 0 {
+                break;
+            }
+            self.tree.apply_batch(batch)?;
+            removed += keys;
+        }
+        if removed > 0 {
+            self.flush()?;
+            self.data_file.sync_data().map_err(LogError::Sync)?;
+            tracing::info!(
+                removed,
+                "the instance index moved from sled's keys to memory and its checkpoint"
+            );
+        }
+        Ok(())
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, InstanceIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `dir` holds a log (opening one where there is none creates it).
@@ -122,24 +164,12 @@ impl EventLog {
         sequence: u64,
     ) -> Result<u64, LogError> {
         let last = self.durable_sequence().min(sequence);
-        for entry in self.tree.scan_prefix(index_prefix(instance)).rev() {
-            let (key, value) = entry?;
-            if u64_prefix(&value) <= last {
-                return Ok(u64_suffix(&key));
-            }
-        }
-        Ok(0)
+        Ok(self.index().last_revision_through(instance, last))
     }
 
     /// The instance's latest written revision (durable or not), for appends.
     fn last_written_revision(&self, instance: &InstanceId) -> Result<u64, LogError> {
-        match self.tree.scan_prefix(index_prefix(instance)).next_back() {
-            None => Ok(0),
-            Some(entry) => {
-                let (key, _) = entry?;
-                Ok(u64_suffix(&key))
-            }
-        }
+        Ok(self.index().last_revision(instance))
     }
 
     /// Appends `events` in one atomic write and returns once they are on disk.
@@ -177,11 +207,9 @@ impl EventLog {
             })?;
             let mut batch = sled::Batch::default();
             for record in &records {
-                let event = record.event;
-                batch.insert(event_key(event.sequence).to_vec(), record.bytes.as_slice());
                 batch.insert(
-                    index_key(&event.instance_id, event.revision),
-                    record.index_value(),
+                    event_key(record.event.sequence).to_vec(),
+                    record.bytes.as_slice(),
                 );
             }
             batch.insert(HEAD, chain::anchor_value(next));
@@ -194,6 +222,11 @@ impl EventLog {
             if let Err(e) = self.tree.apply_batch(batch) {
                 self.poison();
                 return Err(e.into());
+            }
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            for record in &records {
+                let event = record.event;
+                index.insert(&event.instance_id, event.revision, event.sequence);
             }
             *head = next;
             next
@@ -217,7 +250,44 @@ impl EventLog {
             return Err(e);
         }
         self.durable.fetch_max(head.sequence, Ordering::AcqRel);
+        self.checkpoint_when_due(head);
         Ok(head)
+    }
+
+    /// Writes an index checkpoint anchored at `head` (durable) on a
+    /// blocking thread, once [`CHECKPOINT_EVERY`] events followed the last.
+    fn checkpoint_when_due(&self, head: Head) {
+        let last = self.checkpointed.load(Ordering::Acquire);
+        if head.sequence < last.saturating_add(CHECKPOINT_EVERY)
+            || self
+                .checkpointed
+                .compare_exchange(last, head.sequence, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let (index, dir) = (self.index.clone(), self.dir.clone());
+        tokio::task::spawn_blocking(move || {
+            // A copy, so that appends wait for a copy, not for the encoding.
+            let copy = index.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let bytes = copy.encode(head);
+            if let Err(error) = instance_index::write(&dir, &bytes) {
+                tracing::warn!(%error, sequence = head.sequence, "could not write the instance index checkpoint");
+            }
+        });
+    }
+
+    /// Writes an index checkpoint anchored at the durable head, if every
+    /// record written is durable.
+    fn checkpoint(&self) -> Result<(), LogError> {
+        let head = self.head();
+        if head.sequence != self.durable_sequence() {
+            return Ok(());
+        }
+        let bytes = self.index().encode(head);
+        instance_index::write(&self.dir, &bytes).map_err(LogError::Sync)?;
+        self.checkpointed.fetch_max(head.sequence, Ordering::AcqRel);
+        Ok(())
     }
 
     fn poison(&self) {
@@ -247,24 +317,39 @@ impl EventLog {
         if until_revision <= after_revision {
             return Ok(Vec::new());
         }
-        let start = index_key(instance, after_revision + 1);
-        let end = index_key(instance, until_revision);
-        let durable = self.durable_sequence();
-        let mut events = Vec::new();
-        for entry in self.tree.range(start..=end) {
-            let (_, seq) = entry?;
-            let sequence = u64_prefix(&seq);
-            if sequence > durable {
-                break; // not yet on disk: invisible
-            }
+        // Records not yet on disk are invisible.
+        let indexed = self.index().sequences(
+            instance,
+            after_revision,
+            until_revision,
+            self.durable_sequence(),
+        );
+        let mut events = Vec::with_capacity(indexed.len());
+        for (revision, indexed) in (after_revision + 1..).zip(indexed) {
+            let sequence = match indexed {
+                Indexed::At(sequence) => sequence,
+                Indexed::Missing(revision) => {
+                    return Err(LogError::Corrupt {
+                        sequence: 0,
+                        reason: format!(
+                            "instance {instance}'s revision {revision} is missing from the log"
+                        ),
+                    })
+                }
+            };
+            let corrupt = |reason: String| LogError::Corrupt { sequence, reason };
             let value = self
                 .tree
                 .get(event_key(sequence))?
-                .ok_or_else(|| LogError::Corrupt {
-                    sequence,
-                    reason: format!("indexed for instance {instance} but missing"),
-                })?;
-            events.push(decode(sequence, &value)?);
+                .ok_or_else(|| corrupt(format!("indexed for instance {instance} but missing")))?;
+            let record = decode(sequence, &value)?;
+            if record.event.instance_id != *instance || record.event.revision != revision {
+                return Err(corrupt(format!(
+                    "indexed as instance {instance}'s revision {revision} but holds {}'s revision {}",
+                    record.event.instance_id, record.event.revision
+                )));
+            }
+            events.push(record);
         }
         Ok(events)
     }
@@ -432,6 +517,7 @@ impl EventLog {
                     }
                 }
             }
+            self.correct_index(&record);
             match verifier.next(record, &mut visit) {
                 Next::Accepted => {}
                 Next::Done(verification) => return Ok(verification),
@@ -455,6 +541,29 @@ impl EventLog {
             }
         });
         Ok(verifier.finish(anchor))
+    }
+
+    /// Makes the index say what a record walked says of itself, should a
+    /// checkpoint have said otherwise (the records are the truth; every
+    /// start walks them all, the ones before a projection snapshot's anchor
+    /// before any read reaches them).
+    fn correct_index(&self, record: &Record) {
+        let (event, sequence) = (&record.event, record.event.sequence);
+        if self
+            .index()
+            .holds(&event.instance_id, event.revision, sequence)
+        {
+            return;
+        }
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        if index.correct(&event.instance_id, event.revision, sequence) {
+            tracing::warn!(
+                instance_id = %event.instance_id,
+                revision = event.revision,
+                sequence,
+                "the instance index did not hold this record: corrected from the log"
+            );
+        }
     }
 
     /// The newest signature after record `after` that `trust` accepts for
@@ -492,7 +601,7 @@ impl EventLog {
     }
 
     /// Removes every record after `sequence` (their index entries and
-    /// signatures too) and makes `sequence` the head: how an operator
+    /// signatures too, and the index checkpoint) and makes `sequence` the head: how an operator
     /// recovers a log whose verification fails after `sequence`, with the
     /// service stopped. Returns how many records it removed. Refused when
     /// record `sequence` is missing (0 empties the log).
@@ -521,14 +630,6 @@ impl EventLog {
             batch.remove(key);
             removed += 1;
         }
-        // The index entries that name them (decodable or not): the index
-        // records each entry's sequence.
-        for entry in self.tree.scan_prefix([INDEX]) {
-            let (key, value) = entry?;
-            if u64_prefix(&value) > sequence {
-                batch.remove(key);
-            }
-        }
         for entry in self
             .tree
             .range(signature_key(sequence + 1)..=signature_key(u64::MAX))
@@ -541,42 +642,51 @@ impl EventLog {
         } else {
             batch.insert(HEAD, chain::anchor_value(head));
         }
+        // The checkpoint may be anchored after `sequence`: gone before the
+        // records are (it is only a shortcut).
+        instance_index::remove(&self.dir).map_err(LogError::Sync)?;
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
-        *self.head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+        let mut head_now = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        self.index
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .truncate_after(sequence);
+        *head_now = head;
         self.durable.store(sequence, Ordering::Release);
+        self.checkpointed.store(sequence, Ordering::Release);
+        drop(head_now);
         Ok(removed)
     }
 
-    /// Whether record `sequence` still has the hash its index entry recorded
-    /// (false when it is missing or does not decode: then it changed).
+    /// Whether record `sequence` is intact when the record after it does not
+    /// link to it: false when that next record is vouched for by its own
+    /// successor (whose `prev_hash` is its hash; for the last record, the
+    /// head anchor), as then it is as written and `sequence` changed.
     pub fn intact(&self, sequence: u64) -> Result<bool, LogError> {
-        let Some(value) = self.tree.get(event_key(sequence))? else {
-            return Ok(false);
+        let next = sequence + 1;
+        let Some(next_bytes) = self.tree.get(event_key(next))? else {
+            return Ok(true);
         };
-        let Ok(record) = decode(sequence, &value) else {
-            return Ok(false);
+        let next_hash = chain::hash(&next_bytes);
+        let vouched = match self.tree.get(event_key(next + 1))? {
+            Some(after) => decode(next + 1, &after).is_ok_and(|r| r.prev_hash == next_hash),
+            None => self.tree.get(HEAD)?.is_some_and(|anchor| {
+                *anchor
+                    == chain::anchor_value(Head {
+                        sequence: next,
+                        hash: next_hash,
+                    })
+            }),
         };
-        let recorded = self.recorded_hash(&record.event.instance_id, record.event.revision)?;
-        Ok(recorded == Some(record.hash))
+        Ok(!vouched)
     }
 
-    /// The hash the index recorded for an instance's revision, if any.
-    fn recorded_hash(
-        &self,
-        instance: &InstanceId,
-        revision: u64,
-    ) -> Result<Option<Hash>, LogError> {
-        Ok(self
-            .tree
-            .get(index_key(instance, revision))?
-            .and_then(|v| v.get(8..40).and_then(|h| Hash::try_from(h).ok())))
-    }
-
-    /// Flushes everything to disk (appends already do; this is for shutdown).
+    /// Flushes everything to disk (appends already do; this is for
+    /// shutdown), with an index checkpoint.
     pub fn flush(&self) -> Result<(), LogError> {
         self.db.flush()?;
-        Ok(())
+        self.checkpoint()
     }
 }
 
@@ -610,18 +720,52 @@ fn signature_key(sequence: u64) -> [u8; 9] {
     key
 }
 
-fn index_prefix(instance: &InstanceId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(instance.as_str().len() + 10);
-    key.push(INDEX);
-    key.extend_from_slice(instance.as_str().as_bytes());
-    key.push(0);
-    key
-}
-
-fn index_key(instance: &InstanceId, revision: u64) -> Vec<u8> {
-    let mut key = index_prefix(instance);
-    key.extend_from_slice(&revision.to_be_bytes());
-    key
+/// The instance index of the records in `tree`: the checkpoint in `dir`
+/// if its anchor is the log's record, then every record after it (a record
+/// that does not decode is left out, for verification to name). Returns
+/// the index and the sequence its checkpoint covered.
+fn index_records(tree: &sled::Tree, dir: &Path) -> Result<(InstanceIndex, u64), LogError> {
+    let checkpoint = match instance_index::read(dir).map_err(LogError::Sync)? {
+        None => None,
+        Some(bytes) => match InstanceIndex::decode(&bytes) {
+            Err(reason) => {
+                tracing::warn!(%reason, "ignoring the instance index checkpoint");
+                None
+            }
+            Ok((anchor, index)) => {
+                let stored = tree.get(event_key(anchor.sequence))?;
+                let anchored =
+                    anchor.sequence == 0 || stored.is_some_and(|r| chain::hash(&r) == anchor.hash);
+                let refused = if !anchored {
+                    Some("its anchor is not the log's record")
+                } else if !index.covers_each_once(anchor.sequence) {
+                    Some("it does not index each record up to its anchor once")
+                } else {
+                    None
+                };
+                match refused {
+                    None => Some((anchor.sequence, index)),
+                    Some(reason) => {
+                        tracing::warn!(
+                            sequence = anchor.sequence,
+                            reason,
+                            "ignoring the instance index checkpoint"
+                        );
+                        None
+                    }
+                }
+            }
+        },
+    };
+    let (from, mut index) = checkpoint.unwrap_or_default();
+    for entry in tree.range(event_key(from.saturating_add(1))..=event_key(u64::MAX)) {
+        let (key, value) = entry?;
+        let sequence = sequence_of(&key)?;
+        if let Some((instance, revision)) = instance_index::indexing(&value) {
+            index.insert(&instance, revision, sequence);
+        }
+    }
+    Ok((index, from))
 }
 
 fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
@@ -661,7 +805,7 @@ pub mod tamper {
         Ok(())
     }
 
-    /// Removes record `sequence` (its index entry stays, dangling).
+    /// Removes record `sequence`.
     pub fn delete(dir: &Path, sequence: u64) -> Result<(), LogError> {
         let tree = open(dir)?;
         tree.remove(event_key(sequence))?;
@@ -669,28 +813,23 @@ pub mod tamper {
         Ok(())
     }
 
-    /// Rewrites record `sequence` to link to `prev_hash` instead, with its
-    /// index entry updated to its new hash: the record itself is consistent,
-    /// only its link is wrong.
+    /// Rewrites record `sequence` to link to `prev_hash` instead: the record
+    /// itself is consistent, only its link is wrong.
     pub fn relink(dir: &Path, sequence: u64, prev_hash: Hash) -> Result<(), LogError> {
         let tree = open(dir)?;
         let bytes = tree.get(event_key(sequence))?.ok_or(LogError::Corrupt {
             sequence,
             reason: "absent".into(),
         })?;
-        let (bytes, record) = chain::relinked(sequence, &bytes, prev_hash)?;
+        let (bytes, _) = chain::relinked(sequence, &bytes, prev_hash)?;
         tree.insert(event_key(sequence), bytes)?;
-        tree.insert(
-            index_key(&record.event.instance_id, record.event.revision),
-            chain::index_value(sequence, &record.hash),
-        )?;
         tree.flush()?;
         Ok(())
     }
 
     /// Appends `event` as a writer with access to the store would: linked
-    /// to the last record, with its index entry, the head anchor and
-    /// `signed` (if any) in one write. Correctly linked: only a signature
+    /// to the last record, with the head anchor and `signed` (if any) in
+    /// one write. Correctly linked: only a signature
     /// can tell it from a real append.
     pub fn append_forged(
         dir: &Path,
@@ -707,10 +846,6 @@ pub mod tamper {
             batch.insert(
                 event_key(record.event.sequence).to_vec(),
                 record.bytes.as_slice(),
-            );
-            batch.insert(
-                index_key(&record.event.instance_id, record.event.revision),
-                record.index_value(),
             );
         }
         batch.insert(HEAD, chain::anchor_value(next));

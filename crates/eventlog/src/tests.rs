@@ -1,4 +1,5 @@
 use super::*;
+use crate::instance_index::InstanceIndex;
 use crate::test_events::*;
 use crate::{Log, SignedHead, Signing, SigningKey, TrustedKeys};
 
@@ -363,4 +364,129 @@ fn a_rotated_key_vouches_for_the_history_and_an_untrusted_one_for_nothing() {
         .verify_from(Head::default(), Some(&trusting(&[&new])), |_| Ok(()))
         .unwrap();
     assert!(vouched.ok(), "{vouched:?}");
+}
+
+fn revisions(log: &EventLog, name: &str) -> Vec<u64> {
+    log.read_instance(&instance(name), 0, u64::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.sequence)
+        .collect()
+}
+
+#[test]
+fn the_instance_index_is_rebuilt_from_its_checkpoint_and_the_records_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    {
+        let log = EventLog::open(dir.path()).unwrap();
+        rt.block_on(log.append(&[created(1, "a"), created(2, "b")]))
+            .unwrap();
+        log.flush().unwrap();
+    }
+    let (anchor, _) =
+        InstanceIndex::decode(&crate::instance_index::read(dir.path()).unwrap().unwrap()).unwrap();
+    assert_eq!(anchor.sequence, 2);
+    {
+        // Appended after the checkpoint, closed without one (a crash).
+        let log = EventLog::open(dir.path()).unwrap();
+        rt.block_on(log.append(&[disabled(3, "a", 2), disabled(4, "b", 2)]))
+            .unwrap();
+    }
+    let log = EventLog::open(dir.path()).unwrap();
+    assert_eq!(revisions(&log, "a"), [1, 3]);
+    assert_eq!(revisions(&log, "b"), [2, 4]);
+    assert_eq!(log.last_revision_through(&instance("b"), 3).unwrap(), 1);
+    // Appends continue each instance from the records after the checkpoint.
+    let err = rt.block_on(log.append(&[disabled(5, "a", 2)])).unwrap_err();
+    assert!(matches!(err, LogError::OutOfOrder(_)), "{err}");
+    rt.block_on(log.append(&[disabled(5, "a", 3)])).unwrap();
+    assert_eq!(revisions(&log, "a"), [1, 3, 5]);
+}
+
+#[test]
+fn a_checkpoint_that_does_not_check_out_is_ignored_and_one_that_lies_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let head = {
+        let log = EventLog::open(dir.path()).unwrap();
+        rt.block_on(log.append(&[created(1, "a"), created(2, "b"), disabled(3, "a", 2)]))
+            .unwrap()
+    };
+    let lying = || {
+        // a's first revision and b's swapped.
+        let mut index = InstanceIndex::default();
+        index.insert(&instance("a"), 1, 2);
+        index.insert(&instance("b"), 1, 1);
+        index.insert(&instance("a"), 2, 3);
+        index
+    };
+    let omitting = {
+        // a's second revision left out.
+        let mut index = InstanceIndex::default();
+        index.insert(&instance("a"), 1, 1);
+        index.insert(&instance("b"), 1, 2);
+        index.encode(head)
+    };
+    // Damaged, anchored at another record than the log's, or not indexing
+    // each record once: ignored.
+    let mut damaged = lying().encode(head);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    let elsewhere = lying().encode(Head {
+        sequence: 3,
+        hash: [7; 32],
+    });
+    for bytes in [damaged, elsewhere, omitting] {
+        crate::instance_index::write(dir.path(), &bytes).unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
+        assert_eq!(revisions(&log, "a"), [1, 3]);
+        assert_eq!(revisions(&log, "b"), [2]);
+    }
+    // Intact and anchored at the log's record but wrong: the records read
+    // are checked against it, and nothing wrong is served.
+    crate::instance_index::write(dir.path(), &lying().encode(head)).unwrap();
+    let log = EventLog::open(dir.path()).unwrap();
+    let err = log.read_instance(&instance("a"), 0, u64::MAX).unwrap_err();
+    assert!(
+        matches!(err, LogError::Corrupt { sequence: 2, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("indexed as instance a's revision 1"),
+        "{err}"
+    );
+    // A walk of the log (every start makes one) corrects it from the records.
+    assert!(log.verify().unwrap().ok());
+    assert_eq!(revisions(&log, "a"), [1, 3]);
+    assert_eq!(revisions(&log, "b"), [2]);
+}
+
+#[test]
+fn opening_a_log_that_kept_its_index_in_sled_removes_those_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    {
+        let log = EventLog::open(dir.path()).unwrap();
+        rt.block_on(log.append(&[created(1, "a"), created(2, "b"), disabled(3, "a", 2)]))
+            .unwrap();
+        // As the earlier layout kept them: `i` + instance + 0 + revision.
+        for (name, revision, sequence) in [("a", 1u64, 1u64), ("b", 1, 2), ("a", 2, 3)] {
+            let mut key = vec![OLD_INDEX];
+            key.extend_from_slice(name.as_bytes());
+            key.push(0);
+            key.extend_from_slice(&revision.to_be_bytes());
+            log.tree
+                .insert(key, &chain::index_value(sequence, &[0; 32])[..])
+                .unwrap();
+        }
+        log.db.flush().unwrap();
+    }
+    crate::instance_index::remove(dir.path()).unwrap();
+    let log = EventLog::open(dir.path()).unwrap();
+    assert_eq!(log.tree.scan_prefix([OLD_INDEX]).count(), 0);
+    assert_eq!(revisions(&log, "a"), [1, 3]);
+    assert!(crate::instance_index::path(dir.path()).exists());
+    assert!(log.verify().unwrap().ok());
 }

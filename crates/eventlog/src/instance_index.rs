@@ -1,0 +1,465 @@
+//! The sled log's instance index: for each instance, the sequence of each
+//! revision, in memory, so that reading an instance's history is a lookup
+//! and an append knows where each instance's revisions continue.
+//!
+//! Why not sled keys (`i` + instance + revision, as the log first kept it):
+//! an append inserts them at as many places in sled's tree as it touches
+//! instances, and sled rewrites each leaf it inserts into: a log of 200,000
+//! events took 603 bytes per event on disk with those keys and 360 without
+//! (`cassette-bench replay`), and every append paid an insert and a
+//! backwards scan per instance.
+//!
+//! Everything here can be rebuilt from the records, which carry their
+//! instance and revision: opening the log loads the checkpoint
+//! (`instances.index`, format in `proto/cassette/firewall/v1/snapshot.proto`)
+//! if its anchor is the log's record, and indexes the records after it; the
+//! log writes a checkpoint at shutdown and every [`CHECKPOINT_EVERY`] events.
+//! A checkpoint is only a shortcut: one that does not check out is ignored.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use cassette_model::InstanceId;
+use cassette_proto::pb;
+use prost::Message as _;
+use sha2::{Digest, Sha256};
+
+use crate::{Hash, Head};
+
+/// The checkpoint's file in the log's directory.
+pub const FILE: &str = "instances.index";
+/// Events appended between two checkpoints.
+pub const CHECKPOINT_EVERY: u64 = 65_536;
+
+const TEMP_PREFIX: &str = ".instances-index-";
+const MAGIC: &[u8; 8] = b"CIDX0001";
+const HEADER_LEN: usize = MAGIC.len() + 32;
+
+/// A revision whose record the log does not hold (the index was built
+/// from a log missing it): reading it is an error naming it.
+const MISSING: u64 = 0;
+
+/// Each instance's revisions -> sequences (revision r at position r - 1).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InstanceIndex {
+    instances: HashMap<InstanceId, Vec<u64>>,
+}
+
+/// What [`InstanceIndex::sequences`] found for a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Indexed {
+    At(u64),
+    /// The log holds no record for this revision.
+    Missing(u64),
+}
+
+impl InstanceIndex {
+    /// Records that `instance`'s revision `revision` is record `sequence`.
+    /// Revisions already indexed keep their record (a log holding two
+    /// records of one revision is for verification to name); revisions
+    /// skipped are marked missing.
+    pub fn insert(&mut self, instance: &InstanceId, revision: u64, sequence: u64) {
+        let Some(position) = revision
+            .checked_sub(1)
+            .and_then(|p| usize::try_from(p).ok())
+        else {
+            return;
+        };
+        let sequences = match self.instances.get_mut(instance) {
+            Some(sequences) => sequences,
+            None => self.instances.entry(instance.clone()).or_default(),
+        };
+        if position < sequences.len() {
+            return;
+        }
+        sequences.resize(position, MISSING);
+        sequences.push(sequence);
+    }
+
+    /// Makes `instance`'s revision `revision` record `sequence`, whatever
+    /// was indexed for it (the record says so: a walk of the log found it
+    /// there). Whether anything changed.
+    pub fn correct(&mut self, instance: &InstanceId, revision: u64, sequence: u64) -> bool {
+        let Some(position) = revision
+            .checked_sub(1)
+            .and_then(|p| usize::try_from(p).ok())
+        else {
+            return false;
+        };
+        let sequences = self.instances.entry(instance.clone()).or_default();
+        if sequences.get(position) == Some(&sequence) {
+            return false;
+        }
+        if position >= sequences.len() {
+            sequences.resize(position + 1, MISSING);
+        }
+        sequences[position] = sequence;
+        true
+    }
+
+    /// Whether `instance`'s revision `revision` is indexed as record `sequence`.
+    pub fn holds(&self, instance: &InstanceId, revision: u64, sequence: u64) -> bool {
+        let position = revision
+            .checked_sub(1)
+            .and_then(|p| usize::try_from(p).ok());
+        position.is_some_and(|p| {
+            self.instances
+                .get(instance)
+                .and_then(|s| s.get(p))
+                .is_some_and(|&s| s == sequence)
+        })
+    }
+
+    /// Whether every record from 1 to `last` is indexed exactly once (and
+    /// nothing else is): what an index of a sled log up to `last` is, and
+    /// what a checkpoint must be to be used.
+    pub fn covers_each_once(&self, last: u64) -> bool {
+        let Ok(len) = usize::try_from(last) else {
+            return false;
+        };
+        let mut seen = vec![false; len];
+        for &sequence in self.instances.values().flatten() {
+            if sequence == MISSING {
+                continue;
+            }
+            match usize::try_from(sequence - 1)
+                .ok()
+                .and_then(|i| seen.get_mut(i))
+            {
+                Some(seen) if !*seen => *seen = true,
+                _ => return false,
+            }
+        }
+        seen.iter().all(|&s| s)
+    }
+
+    /// The instance's last revision indexed, 0 if none.
+    pub fn last_revision(&self, instance: &InstanceId) -> u64 {
+        self.instances.get(instance).map_or(0, |s| s.len() as u64)
+    }
+
+    /// The instance's last revision whose record is at most `sequence`, 0
+    /// if none.
+    pub fn last_revision_through(&self, instance: &InstanceId, sequence: u64) -> u64 {
+        let Some(sequences) = self.instances.get(instance) else {
+            return 0;
+        };
+        // Sequences grow with revisions; a missing one sorts with what
+        // precedes it.
+        let mut low = 0;
+        let mut high = sequences.len();
+        while low < high {
+            let middle = (low + high) / 2;
+            let at = sequences[..=middle]
+                .iter()
+                .rev()
+                .find(|&&s| s != MISSING)
+                .copied()
+                .unwrap_or(0);
+            if at <= sequence {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        low as u64
+    }
+
+    /// The records of the instance's revisions `after < revision <= until`
+    /// that are at most `through`, in revision order.
+    pub fn sequences(
+        &self,
+        instance: &InstanceId,
+        after: u64,
+        until: u64,
+        through: u64,
+    ) -> Vec<Indexed> {
+        let Some(sequences) = self.instances.get(instance) else {
+            return Vec::new();
+        };
+        let start = usize::try_from(after).unwrap_or(usize::MAX);
+        let end = usize::try_from(until)
+            .unwrap_or(usize::MAX)
+            .min(sequences.len());
+        if start >= end {
+            return Vec::new();
+        }
+        let mut found = Vec::with_capacity(end - start);
+        for (position, &sequence) in sequences[start..end].iter().enumerate() {
+            match sequence {
+                MISSING => found.push(Indexed::Missing(after + 1 + position as u64)),
+                s if s > through => break,
+                s => found.push(Indexed::At(s)),
+            }
+        }
+        found
+    }
+
+    /// Forgets every record after `sequence`.
+    pub fn truncate_after(&mut self, sequence: u64) {
+        self.instances.retain(|_, sequences| {
+            while sequences
+                .last()
+                .is_some_and(|&s| s == MISSING || s > sequence)
+            {
+                sequences.pop();
+            }
+            !sequences.is_empty()
+        });
+    }
+
+    /// The checkpoint's bytes: every record up to `anchor`.
+    pub fn encode(&self, anchor: Head) -> Vec<u8> {
+        let mut ids: Vec<&InstanceId> = self.instances.keys().collect();
+        ids.sort();
+        let instances = ids
+            .into_iter()
+            .filter_map(|id| {
+                let mut previous = 0;
+                let mut deltas = Vec::new();
+                for &sequence in &self.instances[id] {
+                    match sequence {
+                        MISSING => deltas.push(0),
+                        s if s > anchor.sequence => break,
+                        s => {
+                            deltas.push(s - previous);
+                            previous = s;
+                        }
+                    }
+                }
+                while deltas.last() == Some(&0) {
+                    deltas.pop();
+                }
+                (!deltas.is_empty()).then(|| pb::IndexedInstance {
+                    instance_id: id.as_str().to_owned(),
+                    sequence_deltas: deltas,
+                })
+            })
+            .collect();
+        let payload = pb::InstanceIndex {
+            head_sequence: anchor.sequence,
+            head_hash: anchor.hash.to_vec(),
+            instances,
+        }
+        .encode_to_vec();
+        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&Sha256::digest(&payload));
+        bytes.extend_from_slice(&payload);
+        bytes
+    }
+
+    /// The checkpoint in `bytes` and its anchor, if it checks out: magic,
+    /// checksum, encoding, instance ids, and sequences that grow and stay
+    /// at or before the anchor. Why not, otherwise.
+    pub fn decode(bytes: &[u8]) -> Result<(Head, Self), String> {
+        if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
+            return Err("not an instance index (no CIDX0001 header)".to_owned());
+        }
+        let (checksum, payload) = bytes[MAGIC.len()..].split_at(32);
+        if Sha256::digest(payload).as_slice() != checksum {
+            return Err("its checksum does not match its content".to_owned());
+        }
+        let decoded = pb::InstanceIndex::decode(payload).map_err(|e| e.to_string())?;
+        let anchor = Head {
+            sequence: decoded.head_sequence,
+            hash: Hash::try_from(decoded.head_hash.as_slice())
+                .map_err(|_| "its anchor's hash is not 32 bytes".to_owned())?,
+        };
+        let mut index = Self::default();
+        for instance in decoded.instances {
+            let id = InstanceId::parse(&instance.instance_id).map_err(|e| e.to_string())?;
+            let mut previous: u64 = 0;
+            let mut sequences = Vec::with_capacity(instance.sequence_deltas.len());
+            for delta in instance.sequence_deltas {
+                if delta == 0 {
+                    sequences.push(MISSING);
+                    continue;
+                }
+                previous = previous
+                    .checked_add(delta)
+                    .filter(|&s| s <= anchor.sequence)
+                    .ok_or_else(|| format!("instance {id} has a record after the anchor"))?;
+                sequences.push(previous);
+            }
+            if index.instances.insert(id.clone(), sequences).is_some() {
+                return Err(format!("instance {id} is listed twice"));
+            }
+        }
+        Ok((anchor, index))
+    }
+}
+
+/// The fields of a stored record the index needs, decoded alone (the
+/// others are skipped): opening a log indexes its records after the
+/// checkpoint without decoding them whole.
+#[derive(Clone, PartialEq, prost::Message)]
+struct IndexedFields {
+    #[prost(string, tag = "2")]
+    instance_id: String,
+    #[prost(uint64, tag = "3")]
+    revision: u64,
+}
+
+/// The instance and revision of a stored record, if it has them.
+pub fn indexing(record: &[u8]) -> Option<(InstanceId, u64)> {
+    let fields = IndexedFields::decode(record).ok()?;
+    Some((
+        InstanceId::parse(&fields.instance_id).ok()?,
+        fields.revision,
+    ))
+}
+
+/// The checkpoint file of the log in `dir`.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
+/// The checkpoint's bytes in `dir`, if there is one.
+pub fn read(dir: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path(dir)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the checkpoint in `dir`: a temporary file, fsynced, renamed
+/// over the old one (a crash leaves the old one or the new one; either is
+/// only a shortcut, so the directory is not fsynced).
+pub fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut temp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_data()?;
+    temp.persist(path(dir)).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Removes the checkpoint in `dir` and what writes cut short by a crash
+/// left there.
+pub fn remove(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == FILE || name.to_string_lossy().starts_with(TEMP_PREFIX) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> InstanceId {
+        InstanceId::parse(name).unwrap()
+    }
+
+    fn index() -> InstanceIndex {
+        let mut index = InstanceIndex::default();
+        // a: revisions 1..=3 at 1, 3, 6; b: 1 at 2, 2 missing, 3 at 7.
+        for (instance, revision, sequence) in [
+            ("a", 1, 1),
+            ("b", 1, 2),
+            ("a", 2, 3),
+            ("a", 3, 6),
+            ("b", 3, 7),
+        ] {
+            index.insert(&id(instance), revision, sequence);
+        }
+        index
+    }
+
+    #[test]
+    fn an_instance_s_revisions_are_looked_up_through_a_sequence() {
+        let index = index();
+        assert_eq!(index.last_revision(&id("a")), 3);
+        assert_eq!(index.last_revision(&id("b")), 3);
+        assert_eq!(index.last_revision(&id("c")), 0);
+        assert_eq!(index.last_revision_through(&id("a"), 0), 0);
+        assert_eq!(index.last_revision_through(&id("a"), 5), 2);
+        assert_eq!(index.last_revision_through(&id("a"), 6), 3);
+        assert_eq!(index.last_revision_through(&id("b"), 6), 2);
+        assert_eq!(index.last_revision_through(&id("b"), 7), 3);
+        assert_eq!(
+            index.sequences(&id("a"), 1, u64::MAX, u64::MAX),
+            [Indexed::At(3), Indexed::At(6)]
+        );
+        // Only what `through` covers.
+        assert_eq!(
+            index.sequences(&id("a"), 0, 3, 5),
+            [Indexed::At(1), Indexed::At(3)]
+        );
+        assert_eq!(
+            index.sequences(&id("b"), 0, u64::MAX, u64::MAX),
+            [Indexed::At(2), Indexed::Missing(2), Indexed::At(7)]
+        );
+        assert!(index.sequences(&id("a"), 3, u64::MAX, u64::MAX).is_empty());
+        assert!(index.sequences(&id("a"), 2, 1, u64::MAX).is_empty());
+        // A revision indexed twice keeps its first record.
+        let mut again = index.clone();
+        again.insert(&id("a"), 2, 9);
+        assert_eq!(again, index);
+        // A correction replaces it, and fills what it skips as missing.
+        assert!(again.correct(&id("a"), 2, 9));
+        assert!(again.holds(&id("a"), 2, 9));
+        assert!(!again.correct(&id("a"), 2, 9));
+        assert!(again.correct(&id("c"), 2, 8));
+        assert_eq!(
+            again.sequences(&id("c"), 0, u64::MAX, u64::MAX),
+            [Indexed::Missing(1), Indexed::At(8)]
+        );
+    }
+
+    #[test]
+    fn an_index_of_a_log_covers_each_of_its_records_once() {
+        let mut index = index();
+        // b's revision 2 is missing: records 4 and 5 are nowhere.
+        assert!(!index.covers_each_once(7));
+        index.correct(&id("b"), 2, 4);
+        index.insert(&id("c"), 1, 5);
+        assert!(index.covers_each_once(7));
+        assert!(!index.covers_each_once(6), "record 7 is past the end");
+        assert!(!index.covers_each_once(8), "record 8 is not indexed");
+        // A record indexed twice.
+        index.correct(&id("c"), 1, 4);
+        assert!(!index.covers_each_once(7));
+    }
+
+    #[test]
+    fn truncating_forgets_every_record_after_a_sequence() {
+        let mut index = index();
+        index.truncate_after(3);
+        assert_eq!(index.last_revision(&id("a")), 2);
+        assert_eq!(index.last_revision(&id("b")), 1);
+        index.truncate_after(0);
+        assert_eq!(index, InstanceIndex::default());
+    }
+
+    #[test]
+    fn a_checkpoint_decodes_to_what_was_encoded_up_to_its_anchor_and_every_flipped_byte_is_refused()
+    {
+        let index = index();
+        let anchor = Head {
+            sequence: 6,
+            hash: [6; 32],
+        };
+        let bytes = index.encode(anchor);
+        let (decoded_anchor, decoded) = InstanceIndex::decode(&bytes).unwrap();
+        assert_eq!(decoded_anchor, anchor);
+        let mut expected = index.clone();
+        expected.truncate_after(6);
+        assert_eq!(decoded, expected);
+        for i in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[i] ^= 0x01;
+            assert!(InstanceIndex::decode(&damaged).is_err(), "byte {i}");
+        }
+        assert!(InstanceIndex::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(InstanceIndex::decode(b"").is_err());
+    }
+}
