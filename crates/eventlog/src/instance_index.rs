@@ -115,7 +115,12 @@ impl InstanceIndex {
     /// nothing else is): what an index of a sled log up to `last` is, and
     /// what a checkpoint must be to be used.
     pub fn covers_each_once(&self, last: u64) -> bool {
-        let Ok(len) = usize::try_from(last) else {
+        let present = self.instances.values().flatten().filter(|&&s| s != MISSING);
+        // Counted first: `last` may come from a damaged file.
+        let Some(len) = usize::try_from(last)
+            .ok()
+            .filter(|&len| present.count() == len)
+        else {
             return false;
         };
         let mut seen = vec![false; len];

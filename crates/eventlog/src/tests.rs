@@ -485,8 +485,10 @@ fn opening_a_log_that_kept_its_index_in_sled_removes_those_keys() {
     }
     crate::instance_index::remove(dir.path()).unwrap();
     let log = EventLog::open(dir.path()).unwrap();
+    log.old_index_removed();
     assert_eq!(log.tree.scan_prefix([OLD_INDEX]).count(), 0);
     assert_eq!(revisions(&log, "a"), [1, 3]);
-    assert!(crate::instance_index::path(dir.path()).exists());
     assert!(log.verify().unwrap().ok());
+    log.flush().unwrap();
+    assert!(crate::instance_index::path(dir.path()).exists());
 }
