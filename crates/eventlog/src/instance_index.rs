@@ -17,22 +17,23 @@
 //! A checkpoint is only a shortcut: one that does not check out is ignored.
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
 
 use cassette_model::InstanceId;
 use cassette_proto::pb;
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 
+use crate::files::Kept;
 use crate::{Hash, Head};
 
 /// The checkpoint's file in the log's directory.
-pub const FILE: &str = "instances.index";
+pub(crate) const CHECKPOINT: Kept = Kept {
+    name: "instances.index",
+    temp_prefix: ".instances-index-",
+};
 /// Events appended between two checkpoints.
 pub const CHECKPOINT_EVERY: u64 = 65_536;
 
-const TEMP_PREFIX: &str = ".instances-index-";
 const MAGIC: &[u8; 8] = b"CIDX0001";
 const HEADER_LEN: usize = MAGIC.len() + 32;
 
@@ -314,46 +315,6 @@ pub fn indexing(record: &[u8]) -> Option<(InstanceId, u64)> {
         InstanceId::parse(&fields.instance_id).ok()?,
         fields.revision,
     ))
-}
-
-/// The checkpoint file of the log in `dir`.
-pub fn path(dir: &Path) -> PathBuf {
-    dir.join(FILE)
-}
-
-/// The checkpoint's bytes in `dir`, if there is one.
-pub fn read(dir: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    match std::fs::read(path(dir)) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Replaces the checkpoint in `dir`: a temporary file, fsynced, renamed
-/// over the old one (a crash leaves the old one or the new one; either is
-/// only a shortcut, so the directory is not fsynced).
-pub fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_data()?;
-    temp.persist(path(dir)).map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// Removes the checkpoint in `dir` and what writes cut short by a crash
-/// left there.
-pub fn remove(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name == FILE || name.to_string_lossy().starts_with(TEMP_PREFIX) {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use prost::Message;
 
 pub mod chain;
 pub mod etcd;
+mod files;
 pub mod instance_index;
 mod log;
 pub mod signing;

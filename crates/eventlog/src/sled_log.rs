@@ -63,15 +63,7 @@ pub struct EventLog {
 
 impl Drop for EventLog {
     fn drop(&mut self) {
-        let removal = self
-            .old_index_removal
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some((stop, thread)) = removal {
-            stop.store(true, Ordering::Release);
-            let _ = thread.join();
-        }
+        self.end_old_index_removal(true);
     }
 }
 
@@ -155,15 +147,16 @@ impl EventLog {
         Ok(())
     }
 
-    /// Waits for the removal of the old index keys, if one runs (tests).
-    #[cfg(test)]
-    fn old_index_removed(&self) {
+    /// Waits for the removal of the old index keys to end, if one runs,
+    /// stopping it first with `stop`.
+    fn end_old_index_removal(&self, stop: bool) {
         let removal = self
             .old_index_removal
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some((_, thread)) = removal {
+        if let Some((stopping, thread)) = removal {
+            stopping.store(stop, Ordering::Release);
             let _ = thread.join();
         }
     }
@@ -306,7 +299,7 @@ impl EventLog {
             // A copy, so that appends wait for a copy, not for the encoding.
             let copy = index.read().unwrap_or_else(|p| p.into_inner()).clone();
             let bytes = copy.encode(head);
-            if let Err(error) = instance_index::write(&dir, &bytes) {
+            if let Err(error) = instance_index::CHECKPOINT.replace(&dir, &bytes) {
                 tracing::warn!(%error, sequence = head.sequence, "could not write the instance index checkpoint");
             }
         });
@@ -320,7 +313,9 @@ impl EventLog {
             return Ok(());
         }
         let bytes = self.index().encode(head);
-        instance_index::write(&self.dir, &bytes).map_err(LogError::Sync)?;
+        instance_index::CHECKPOINT
+            .replace(&self.dir, &bytes)
+            .map_err(LogError::Sync)?;
         self.checkpointed.fetch_max(head.sequence, Ordering::AcqRel);
         Ok(())
     }
@@ -679,7 +674,9 @@ impl EventLog {
         }
         // The checkpoint may be anchored after `sequence`: gone before the
         // records are (it is only a shortcut).
-        instance_index::remove(&self.dir).map_err(LogError::Sync)?;
+        instance_index::CHECKPOINT
+            .remove(&self.dir)
+            .map_err(LogError::Sync)?;
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         let mut head_now = self.head.lock().unwrap_or_else(|p| p.into_inner());
@@ -792,7 +789,10 @@ fn remove_old_index_keys(tree: &sled::Tree, stop: &AtomicBool) -> Result<(u64, b
 /// that does not decode is left out, for verification to name). Returns
 /// the index and the sequence its checkpoint covered.
 fn index_records(tree: &sled::Tree, dir: &Path) -> Result<(InstanceIndex, u64), LogError> {
-    let checkpoint = match instance_index::read(dir).map_err(LogError::Sync)? {
+    let checkpoint = match instance_index::CHECKPOINT
+        .read(dir)
+        .map_err(LogError::Sync)?
+    {
         None => None,
         Some(bytes) => match InstanceIndex::decode(&bytes) {
             Err(reason) => {

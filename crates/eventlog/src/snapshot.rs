@@ -13,7 +13,6 @@
 //! Here: the format and the file; the store decides when to write and what
 //! to trust.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -23,6 +22,7 @@ use cassette_proto::{firewall_from_saved, firewall_to_pb, pb, unconfirmed_to_sav
 use prost::Message as _;
 use sha2::{Digest, Sha256};
 
+use crate::files::Kept;
 use crate::signing::{SigningKey, TrustedKeys};
 use crate::{Hash, Head};
 
@@ -215,31 +215,25 @@ pub fn decode(bytes: &[u8], trusted: Option<&TrustedKeys>) -> Result<ProjectionS
     })
 }
 
+const SNAPSHOT: Kept = Kept {
+    name: FILE,
+    temp_prefix: TEMP_PREFIX,
+};
+
 /// The snapshot file of the log in `dir`.
 pub fn path(dir: &Path) -> PathBuf {
-    dir.join(FILE)
+    SNAPSHOT.path(dir)
 }
 
 /// The bytes of the snapshot in `dir`, if there is one.
 pub fn read(dir: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    match std::fs::read(path(dir)) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    SNAPSHOT.read(dir)
 }
 
-/// Replaces the snapshot in `dir` with `bytes`: a temporary file, fsynced,
-/// renamed over the old one, the directory fsynced (a crash leaves the old
+/// Replaces the snapshot in `dir` with `bytes` (a crash leaves the old
 /// snapshot or the new one).
 pub fn write(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut temp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path(dir)).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
+    SNAPSHOT.replace(dir, bytes)
 }
 
 /// Removes what writes cut short by a crash left in `dir` (temporary

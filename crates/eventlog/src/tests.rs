@@ -384,8 +384,13 @@ fn the_instance_index_is_rebuilt_from_its_checkpoint_and_the_records_after_it() 
             .unwrap();
         log.flush().unwrap();
     }
-    let (anchor, _) =
-        InstanceIndex::decode(&crate::instance_index::read(dir.path()).unwrap().unwrap()).unwrap();
+    let (anchor, _) = InstanceIndex::decode(
+        &crate::instance_index::CHECKPOINT
+            .read(dir.path())
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(anchor.sequence, 2);
     {
         // Appended after the checkpoint, closed without one (a crash).
@@ -438,14 +443,18 @@ fn a_checkpoint_that_does_not_check_out_is_ignored_and_one_that_lies_is_caught()
         hash: [7; 32],
     });
     for bytes in [damaged, elsewhere, omitting] {
-        crate::instance_index::write(dir.path(), &bytes).unwrap();
+        crate::instance_index::CHECKPOINT
+            .replace(dir.path(), &bytes)
+            .unwrap();
         let log = EventLog::open(dir.path()).unwrap();
         assert_eq!(revisions(&log, "a"), [1, 3]);
         assert_eq!(revisions(&log, "b"), [2]);
     }
     // Intact and anchored at the log's record but wrong: the records read
     // are checked against it, and nothing wrong is served.
-    crate::instance_index::write(dir.path(), &lying().encode(head)).unwrap();
+    crate::instance_index::CHECKPOINT
+        .replace(dir.path(), &lying().encode(head))
+        .unwrap();
     let log = EventLog::open(dir.path()).unwrap();
     let err = log.read_instance(&instance("a"), 0, u64::MAX).unwrap_err();
     assert!(
@@ -483,12 +492,14 @@ fn opening_a_log_that_kept_its_index_in_sled_removes_those_keys() {
         }
         log.db.flush().unwrap();
     }
-    crate::instance_index::remove(dir.path()).unwrap();
+    crate::instance_index::CHECKPOINT
+        .remove(dir.path())
+        .unwrap();
     let log = EventLog::open(dir.path()).unwrap();
-    log.old_index_removed();
+    log.end_old_index_removal(false);
     assert_eq!(log.tree.scan_prefix([OLD_INDEX]).count(), 0);
     assert_eq!(revisions(&log, "a"), [1, 3]);
     assert!(log.verify().unwrap().ok());
     log.flush().unwrap();
-    assert!(crate::instance_index::path(dir.path()).exists());
+    assert!(crate::instance_index::CHECKPOINT.path(dir.path()).exists());
 }
