@@ -56,7 +56,7 @@ pub struct EventLog {
     /// Every record written (durable or not), by instance and revision.
     index: Arc<RwLock<InstanceIndex>>,
     /// The anchor of the last index checkpoint written or claimed.
-    checkpointed: Arc<AtomicU64>,
+    checkpointed: AtomicU64,
     /// The thread removing the index keys of an earlier layout, and its stop.
     old_index_removal: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
 }
@@ -107,7 +107,7 @@ impl EventLog {
             poisoned: AtomicBool::new(false),
             dir: dir.to_owned(),
             index: Arc::new(RwLock::new(index)),
-            checkpointed: Arc::new(AtomicU64::new(checkpointed)),
+            checkpointed: AtomicU64::new(checkpointed),
             old_index_removal: Mutex::new(None),
         };
         // A long walk to index (a log written before the checkpoint existed,
@@ -563,14 +563,19 @@ impl EventLog {
         if until.is_some() {
             return Ok(verifier.finish(until));
         }
-        let anchor = self.tree.get(HEAD)?.map(|anchor| {
+        Ok(verifier.finish(self.stored_anchor()?))
+    }
+
+    /// The head anchor as stored (a malformed one reads as a hash of zeros,
+    /// which no record has).
+    fn stored_anchor(&self) -> Result<Option<Head>, LogError> {
+        Ok(self.tree.get(HEAD)?.map(|anchor| {
             let (sequence, hash) = anchor.split_at(8.min(anchor.len()));
             Head {
                 sequence: u64_suffix(sequence),
                 hash: Hash::try_from(hash).unwrap_or([0; 32]),
             }
-        });
-        Ok(verifier.finish(anchor))
+        }))
     }
 
     /// Makes the index say what a record walked says of itself, should a
@@ -703,13 +708,13 @@ impl EventLog {
         let next_hash = chain::hash(&next_bytes);
         let vouched = match self.tree.get(event_key(next + 1))? {
             Some(after) => decode(next + 1, &after).is_ok_and(|r| r.prev_hash == next_hash),
-            None => self.tree.get(HEAD)?.is_some_and(|anchor| {
-                *anchor
-                    == chain::anchor_value(Head {
+            None => {
+                self.stored_anchor()?
+                    == Some(Head {
                         sequence: next,
                         hash: next_hash,
                     })
-            }),
+            }
         };
         Ok(!vouched)
     }
@@ -785,42 +790,20 @@ fn remove_old_index_keys(tree: &sled::Tree, stop: &AtomicBool) -> Result<(u64, b
 }
 
 /// The instance index of the records in `tree`: the checkpoint in `dir`
-/// if its anchor is the log's record, then every record after it (a record
-/// that does not decode is left out, for verification to name). Returns
-/// the index and the sequence its checkpoint covered.
+/// if it may be used, then every record after it (a record that does not
+/// decode is left out, for verification to name). Returns the index and
+/// the sequence its checkpoint covered.
 fn index_records(tree: &sled::Tree, dir: &Path) -> Result<(InstanceIndex, u64), LogError> {
     let checkpoint = match instance_index::CHECKPOINT
         .read(dir)
         .map_err(LogError::Sync)?
     {
         None => None,
-        Some(bytes) => match InstanceIndex::decode(&bytes) {
+        Some(bytes) => match usable_checkpoint(tree, &bytes)? {
+            Ok(checkpoint) => Some(checkpoint),
             Err(reason) => {
                 tracing::warn!(%reason, "ignoring the instance index checkpoint");
                 None
-            }
-            Ok((anchor, index)) => {
-                let stored = tree.get(event_key(anchor.sequence))?;
-                let anchored =
-                    anchor.sequence == 0 || stored.is_some_and(|r| chain::hash(&r) == anchor.hash);
-                let refused = if !anchored {
-                    Some("its anchor is not the log's record")
-                } else if !index.covers_each_once(anchor.sequence) {
-                    Some("it does not index each record up to its anchor once")
-                } else {
-                    None
-                };
-                match refused {
-                    None => Some((anchor.sequence, index)),
-                    Some(reason) => {
-                        tracing::warn!(
-                            sequence = anchor.sequence,
-                            reason,
-                            "ignoring the instance index checkpoint"
-                        );
-                        None
-                    }
-                }
             }
         },
     };
@@ -833,6 +816,36 @@ fn index_records(tree: &sled::Tree, dir: &Path) -> Result<(InstanceIndex, u64), 
         }
     }
     Ok((index, from))
+}
+
+/// The checkpoint in `bytes` and the sequence it covers, if it may be used
+/// for the records in `tree`: it decodes, its anchor is the log's record,
+/// and it indexes each record up to there once. Why not, otherwise.
+fn usable_checkpoint(
+    tree: &sled::Tree,
+    bytes: &[u8],
+) -> Result<Result<(u64, InstanceIndex), String>, LogError> {
+    let (anchor, index) = match InstanceIndex::decode(bytes) {
+        Ok(decoded) => decoded,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let anchored = anchor.sequence == 0
+        || tree
+            .get(event_key(anchor.sequence))?
+            .is_some_and(|r| chain::hash(&r) == anchor.hash);
+    if !anchored {
+        return Ok(Err(format!(
+            "its anchor, record {}, is not the log's record",
+            anchor.sequence
+        )));
+    }
+    if !index.covers_each_once(anchor.sequence) {
+        return Ok(Err(format!(
+            "it does not index each record up to its anchor, record {}, once",
+            anchor.sequence
+        )));
+    }
+    Ok(Ok((anchor.sequence, index)))
 }
 
 fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
