@@ -5,15 +5,18 @@
 //! the same way whoever reads it.
 //!
 //! A record is the public `Event` message with the previous record's hash
-//! (`prev_hash`); its own hash is SHA-256 of its stored bytes. The index
-//! keeps each record's hash as well, so when two records stop linking, the
-//! walk can tell whether the earlier one's content changed or the later one
-//! does not link (see [`Unlinked::blame`]).
+//! (`prev_hash`), in the log's [`RecordEncoding`]; its own hash is SHA-256
+//! of its stored bytes, which are never re-encoded (a log holds records of
+//! either encoding, each hashed as it is stored). When two records stop
+//! linking, the walk tells whether the earlier one's content changed or
+//! the later one does not link from the later one's successor, the head
+//! anchor or (on etcd) the index's copy of each hash (see
+//! [`Unlinked::blame`]).
 
 use std::collections::HashMap;
 
 use cassette_model::{Event, InstanceId};
-use cassette_proto::event_to_pb;
+use cassette_proto::{event_to_record, RecordEncoding};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -47,7 +50,7 @@ pub fn anchor_value(head: Head) -> Vec<u8> {
     index_value(head.sequence, &head.hash)
 }
 
-/// Encodes `events` as the records that continue `head`, refusing what does
+/// Encodes `events` as the records (in `encoding`) that continue `head`, refusing what does
 /// not continue the log: sequences from `head.sequence + 1` and, per
 /// instance, revisions from its last one + 1. `last_revision` says an
 /// instance's last revision in the log (asked once per instance); `None`
@@ -56,6 +59,7 @@ pub fn anchor_value(head: Head) -> Vec<u8> {
 pub fn encode_batch<'a>(
     head: Head,
     events: &'a [Event],
+    encoding: RecordEncoding,
     mut last_revision: impl FnMut(&InstanceId) -> Result<Option<u64>, LogError>,
 ) -> Result<(Vec<Encoded<'a>>, Head), LogError> {
     let mut next = head;
@@ -88,7 +92,7 @@ pub fn encode_batch<'a>(
             _ => {}
         }
         revisions.insert(&event.instance_id, event.revision);
-        let bytes = event_to_pb(event, &next.hash).encode_to_vec();
+        let bytes = event_to_record(event, &next.hash, encoding).encode_to_vec();
         let record_hash = hash(&bytes);
         next = Head {
             sequence: event.sequence,
@@ -563,7 +567,8 @@ mod tests {
             hash: GENESIS_HASH,
         };
         let batch = [created(1, "a"), disabled(2, "a", 2)];
-        let (records, next) = encode_batch(head, &batch, |_| Ok(Some(0))).unwrap();
+        let (records, next) =
+            encode_batch(head, &batch, RecordEncoding::Compact, |_| Ok(Some(0))).unwrap();
         assert_eq!(next.sequence, 2);
         assert_eq!(next.hash, records[1].hash);
         assert_eq!(records[0].hash, hash(&records[0].bytes));
@@ -576,17 +581,17 @@ mod tests {
         assert_eq!(walk.head(), next);
         let gap = [created(2, "a")];
         assert!(matches!(
-            encode_batch(head, &gap, |_| Ok(Some(0))),
+            encode_batch(head, &gap, RecordEncoding::Compact, |_| Ok(Some(0))),
             Err(LogError::OutOfOrder(_))
         ));
         let skipped = [disabled(1, "a", 3)];
         assert!(matches!(
-            encode_batch(head, &skipped, |_| Ok(Some(1))),
+            encode_batch(head, &skipped, RecordEncoding::Compact, |_| Ok(Some(1))),
             Err(LogError::OutOfOrder(_))
         ));
         // Left to the engine: any revision but 0.
-        assert!(encode_batch(head, &skipped, |_| Ok(None)).is_ok());
+        assert!(encode_batch(head, &skipped, RecordEncoding::Compact, |_| Ok(None)).is_ok());
         let zero = [disabled(1, "a", 0)];
-        assert!(encode_batch(head, &zero, |_| Ok(None)).is_err());
+        assert!(encode_batch(head, &zero, RecordEncoding::Compact, |_| Ok(None)).is_err());
     }
 }

@@ -23,6 +23,7 @@ pub mod snapshot;
 #[cfg(test)]
 mod test_events;
 
+pub use cassette_proto::RecordEncoding;
 pub use chain::hash;
 pub use log::{Log, Signing};
 pub use signing::{KeyError, SignedHead, SigningKey, TrustedKeys};

@@ -2,7 +2,9 @@
 //!
 //! Layout, one sled tree so that a batch is one atomic write:
 //! - `e` + sequence (u64 big-endian) -> the record: `cassette.firewall.v1.Event`
-//!   encoded with protobuf, `prev_hash` = SHA-256 of the previous record's bytes;
+//!   encoded with protobuf (in the log's [`RecordEncoding`]: records written
+//!   before the compact one stay as they were), `prev_hash` = SHA-256 of the
+//!   previous record's bytes;
 //! - `h` -> the head anchor: last sequence (u64 big-endian) + its record's hash,
 //!   so that changing the last record is detected too;
 //! - `s` + sequence (u64 big-endian) -> the signature over the head an append
@@ -29,7 +31,9 @@ use cassette_model::{Event, InstanceId};
 use crate::chain::{self, Next, Verifier, MAX_SIGNED_RUN};
 use crate::instance_index::{self, Indexed, InstanceIndex, CHECKPOINT_EVERY};
 use crate::signing::{SignedHead, SigningKey, TrustedKeys};
-use crate::{decode, u64_suffix, Hash, Head, LogError, Record, Verification, GENESIS_HASH};
+use crate::{
+    decode, u64_suffix, Hash, Head, LogError, Record, RecordEncoding, Verification, GENESIS_HASH,
+};
 
 /// sled's data file in the log's directory: what is fsynced, and what says a
 /// directory holds a log.
@@ -59,6 +63,8 @@ pub struct EventLog {
     checkpointed: AtomicU64,
     /// The thread removing the index keys of an earlier layout, and its stop.
     old_index_removal: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
+    /// How appends spell their records (reads take either).
+    encoding: RecordEncoding,
 }
 
 impl Drop for EventLog {
@@ -109,6 +115,7 @@ impl EventLog {
             index: Arc::new(RwLock::new(index)),
             checkpointed: AtomicU64::new(checkpointed),
             old_index_removal: Mutex::new(None),
+            encoding: RecordEncoding::Compact,
         };
         // A long walk to index (a log written before the checkpoint existed,
         // or a crash long after the last one) is not made twice.
@@ -117,6 +124,13 @@ impl EventLog {
         }
         log.remove_old_index()?;
         Ok(log)
+    }
+
+    /// Appends from now on store their records in `encoding` (compact
+    /// unless told); the log reads records in either, old and new alike.
+    pub fn with_record_encoding(mut self, encoding: RecordEncoding) -> Self {
+        self.encoding = encoding;
+        self
     }
 
     /// Removes, on a thread of its own, the `i` keys a log written before
@@ -230,7 +244,7 @@ impl EventLog {
         }
         let head = {
             let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
-            let (records, next) = chain::encode_batch(*head, events, |instance| {
+            let (records, next) = chain::encode_batch(*head, events, self.encoding, |instance| {
                 self.last_written_revision(instance).map(Some)
             })?;
             let mut batch = sled::Batch::default();
@@ -475,12 +489,21 @@ impl EventLog {
         self.walk(head, until, trust, vouched, visit)
     }
 
+    /// Record `sequence`'s bytes as stored (a `cassette.firewall.v1.Event`
+    /// in either encoding, what its hash covers), if it is there and durable.
+    pub fn stored_record(&self, sequence: u64) -> Result<Option<Vec<u8>>, LogError> {
+        if sequence > self.durable_sequence() {
+            return Ok(None);
+        }
+        Ok(self.tree.get(event_key(sequence))?.map(|v| v.to_vec()))
+    }
+
     /// The hash of record `sequence` as stored, if it is there and durable.
     pub fn record_hash(&self, sequence: u64) -> Result<Option<Hash>, LogError> {
         if sequence > self.durable_sequence() {
             return Ok(None);
         }
-        Ok(self.tree.get(event_key(sequence))?.map(|v| chain::hash(&v)))
+        Ok(self.stored_record(sequence)?.map(|v| chain::hash(&v)))
     }
 
     /// [`EventLog::verify_from`] with the newest signature already checked
@@ -868,7 +891,9 @@ pub mod tamper {
         Ok(open_db(sled::Config::new().path(dir))?.open_tree("events")?)
     }
 
-    /// Flips one bit in the middle of record `sequence`'s stored bytes.
+    /// Flips the lowest bit of record `sequence`'s last stored byte: a
+    /// change of the event's payload, which protobuf writes last (after
+    /// `prev_hash`, whose change would be a bad link instead).
     pub fn flip_bit(dir: &Path, sequence: u64) -> Result<(), LogError> {
         let tree = open(dir)?;
         let mut bytes = tree
@@ -878,8 +903,9 @@ pub mod tamper {
                 reason: "absent".into(),
             })?
             .to_vec();
-        let middle = bytes.len() / 2;
-        bytes[middle] ^= 0x01;
+        if let Some(last) = bytes.last_mut() {
+            *last ^= 0x01;
+        }
         tree.insert(event_key(sequence), bytes)?;
         tree.flush()?;
         Ok(())
@@ -918,9 +944,10 @@ pub mod tamper {
     ) -> Result<Head, LogError> {
         let log = EventLog::open(dir)?;
         let head = log.head();
-        let (records, next) = chain::encode_batch(head, std::slice::from_ref(event), |i| {
-            log.last_written_revision(i).map(Some)
-        })?;
+        let (records, next) =
+            chain::encode_batch(head, std::slice::from_ref(event), log.encoding, |i| {
+                log.last_written_revision(i).map(Some)
+            })?;
         let mut batch = sled::Batch::default();
         for record in &records {
             batch.insert(

@@ -257,9 +257,13 @@ fn only_what_a_trusted_signature_covers_is_verified_and_served() {
         let signed = match (what, signed) {
             // A signature over the forged head itself, by a stranger.
             ("another key", _) | ("the trusted key's id on another key's signature", _) => {
-                let (_, next) =
-                    chain::encode_batch(head, std::slice::from_ref(&forged), |_| Ok(Some(0)))
-                        .unwrap();
+                let (_, next) = chain::encode_batch(
+                    head,
+                    std::slice::from_ref(&forged),
+                    RecordEncoding::Compact,
+                    |_| Ok(Some(0)),
+                )
+                .unwrap();
                 let mut s = stranger.sign(next);
                 if what != "another key" {
                     s.key_id = signer.key_id().to_owned();
@@ -502,4 +506,68 @@ fn opening_a_log_that_kept_its_index_in_sled_removes_those_keys() {
     assert!(log.verify().unwrap().ok());
     log.flush().unwrap();
     assert!(crate::instance_index::CHECKPOINT.path(dir.path()).exists());
+}
+
+#[test]
+fn a_log_of_full_and_compact_records_reads_and_verifies_as_one() {
+    use cassette_proto::pb;
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    // Committed at a clock's time, not a whole second.
+    let at_now = |mut event: Event| {
+        event.commit_time += std::time::Duration::from_nanos(123_456_789);
+        event
+    };
+    let full = [created(1, "a"), disabled(2, "a", 2), created(3, "b")].map(at_now);
+    let compact = [
+        disabled(4, "a", 3),
+        disabled(5, "b", 2),
+        disabled(6, "a", 4),
+    ]
+    .map(at_now);
+    {
+        // Written as a version before the compact encoding wrote them.
+        let log = EventLog::open(dir.path())
+            .unwrap()
+            .with_record_encoding(RecordEncoding::Full);
+        rt.block_on(log.append(&full)).unwrap();
+    }
+    let log = EventLog::open(dir.path()).unwrap();
+    rt.block_on(log.append(&compact)).unwrap();
+    let stored = |sequence| {
+        let bytes = log.stored_record(sequence).unwrap().unwrap();
+        (bytes.len(), pb::Event::decode(bytes.as_slice()).unwrap())
+    };
+    let (full_len, old) = stored(2);
+    assert!(!old.event_id.is_empty() && old.commit_time.is_some());
+    assert!(old.event_uuid.is_empty() && old.commit_unix_nanos == 0);
+    let (compact_len, new) = stored(4);
+    assert!(new.event_id.is_empty() && new.commit_time.is_none());
+    assert_eq!(new.event_uuid, compact[0].event_id.as_bytes());
+    assert!(new.commit_unix_nanos > 0);
+    // The same event but for its id and time: 38 bytes (36 characters and
+    // their tag and length) become 18, a Timestamp's 13 one fixed64's 9.
+    assert_eq!(compact_len + 24, full_len);
+
+    // Every read gives back the events as appended, whichever encoding.
+    let all: Vec<Event> = full.iter().chain(&compact).cloned().collect();
+    let scanned: Vec<Event> = log.scan(0).map(|r| r.unwrap().event).collect();
+    assert_eq!(scanned, all);
+    assert_eq!(
+        log.read_instance(&instance("a"), 0, u64::MAX).unwrap(),
+        [&all[0], &all[1], &all[3], &all[5]].map(Clone::clone)
+    );
+    // One chain across both: each record hashed as stored.
+    let verification = log.verify().unwrap();
+    assert!(verification.ok(), "{verification:?}");
+    assert_eq!(verification.head, log.head());
+    drop(log);
+    // A changed compact record is named like any other.
+    tamper::flip_bit(dir.path(), 5).unwrap();
+    let verification = EventLog::open(dir.path()).unwrap().verify().unwrap();
+    assert_eq!(
+        verification.first_bad.map(|(sequence, _)| sequence),
+        Some(5)
+    );
 }

@@ -1,7 +1,7 @@
 //! Wire <-> model conversions. Decoding validates: a wire value the model
 //! cannot hold is a `ValidationError` naming the field.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use cassette_model::{
     ActorId, Description, Event, EventPayload, Firewall, FirewallParts, InstanceId, Port,
@@ -302,8 +302,49 @@ fn rule_spec_from_pb(spec: &pb::RuleSpec) -> Result<RuleSpec, ValidationError> {
     })
 }
 
-/// The stored and streamed form of an event; `prev_hash` links the log's hash chain.
+/// How a record spells its event id and commit time (`--record-encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordEncoding {
+    /// `event_id` as the UUID's 36 characters, `commit_time` as a
+    /// `Timestamp`: what the service answers and streams, and every record
+    /// stored before the compact encoding.
+    Full,
+    /// `event_uuid` as its 16 bytes, `commit_unix_nanos` as one fixed64 (a
+    /// commit time it cannot hold, before 1970 or after 2554, keeps its
+    /// `Timestamp`): about 25 bytes fewer per record.
+    Compact,
+}
+
+impl std::str::FromStr for RecordEncoding {
+    type Err = String;
+
+    /// `compact` or `full` (the `--record-encoding` flag's values).
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "compact" => Ok(Self::Compact),
+            "full" => Ok(Self::Full),
+            _ => Err(format!("{text:?}: must be compact or full")),
+        }
+    }
+}
+
+impl std::fmt::Display for RecordEncoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Compact => "compact",
+            Self::Full => "full",
+        })
+    }
+}
+
+/// The streamed form of an event (and the stored form of the full record
+/// encoding); `prev_hash` links the log's hash chain.
 pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
+    event_to_record(event, prev_hash, RecordEncoding::Full)
+}
+
+/// An event as a record in `encoding`; `prev_hash` links the log's hash chain.
+pub fn event_to_record(event: &Event, prev_hash: &[u8], encoding: RecordEncoding) -> pb::Event {
     use pb::event::Payload;
     let payload = match &event.payload {
         EventPayload::FirewallCreated { default_rules } => {
@@ -385,12 +426,25 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
                 .collect(),
         }),
     };
+    let (event_id, event_uuid) = match encoding {
+        RecordEncoding::Full => (event.event_id.hyphenated().to_string(), Vec::new()),
+        RecordEncoding::Compact => (String::new(), event.event_id.as_bytes().to_vec()),
+    };
+    let commit_unix_nanos = match encoding {
+        RecordEncoding::Full => None,
+        RecordEncoding::Compact => unix_nanos(event.commit_time),
+    };
     pb::Event {
         sequence: event.sequence,
         instance_id: event.instance_id.to_string(),
         revision: event.revision,
-        event_id: event.event_id.hyphenated().to_string(),
-        commit_time: Some(timestamp(event.commit_time)),
+        event_id,
+        event_uuid,
+        commit_time: match commit_unix_nanos {
+            Some(_) => None,
+            None => Some(timestamp(event.commit_time)),
+        },
+        commit_unix_nanos: commit_unix_nanos.unwrap_or(0),
         actor: event.actor.as_str().to_owned(),
         on_behalf_of: event
             .on_behalf_of
@@ -416,7 +470,47 @@ pub fn event_to_pb(event: &Event, prev_hash: &[u8]) -> pb::Event {
     }
 }
 
-/// Decodes a stored event, checking every value as strictly as a request.
+/// Nanoseconds since the Unix epoch, when a (non-zero) fixed64 holds them.
+fn unix_nanos(time: SystemTime) -> Option<u64> {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok().filter(|&n| n > 0)
+}
+
+/// The event id, spelled either way ([`RecordEncoding`]) but not both.
+fn event_id_from_pb(event: &pb::Event) -> Result<uuid::Uuid, ValidationError> {
+    match (event.event_id.as_str(), event.event_uuid.as_slice()) {
+        (id, []) => {
+            uuid::Uuid::parse_str(id).map_err(|e| ValidationError::new("event_id", e.to_string()))
+        }
+        ("", bytes) => uuid::Uuid::from_slice(bytes).map_err(|_| {
+            ValidationError::new(
+                "event_uuid",
+                format!("must be a UUID's 16 bytes, got {}", bytes.len()),
+            )
+        }),
+        _ => Err(ValidationError::new(
+            "event_uuid",
+            "is set beside event_id: a record spells its event id one way",
+        )),
+    }
+}
+
+/// The commit time, spelled either way ([`RecordEncoding`]) but not both.
+fn commit_time_from_pb(event: &pb::Event) -> Result<SystemTime, ValidationError> {
+    match (event.commit_time, event.commit_unix_nanos) {
+        (time, 0) => time_from_pb(time, "commit_time"),
+        (None, nanos) => SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_nanos(nanos))
+            .ok_or_else(|| ValidationError::new("commit_unix_nanos", "is past what a time holds")),
+        (Some(_), _) => Err(ValidationError::new(
+            "commit_unix_nanos",
+            "is set beside commit_time: a record spells its commit time one way",
+        )),
+    }
+}
+
+/// Decodes a stored event (either [`RecordEncoding`]), checking every value as
+/// strictly as a request.
 pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
     use pb::event::Payload;
     let missing = |field: &'static str| ValidationError::new(field, "is missing");
@@ -506,14 +600,12 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
                 .collect::<Result<_, ValidationError>>()?,
         },
     };
-    let commit_time = time_from_pb(event.commit_time, "commit_time")?;
     Ok(Event {
         sequence: event.sequence,
         instance_id: InstanceId::parse(&event.instance_id)?,
         revision: event.revision,
-        event_id: uuid::Uuid::parse_str(&event.event_id)
-            .map_err(|e| ValidationError::new("event_id", e.to_string()))?,
-        commit_time,
+        event_id: event_id_from_pb(event)?,
+        commit_time: commit_time_from_pb(event)?,
         actor: ActorId::parse(&event.actor)?,
         on_behalf_of: match event.on_behalf_of.as_str() {
             "" => None,
@@ -534,4 +626,82 @@ pub fn event_from_pb(event: &pb::Event) -> Result<Event, ValidationError> {
         },
         payload,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn event(commit_time: SystemTime) -> Event {
+        Event {
+            sequence: 7,
+            instance_id: InstanceId::parse("web-1").unwrap(),
+            revision: 2,
+            event_id: uuid::Uuid::now_v7(),
+            commit_time,
+            actor: ActorId::anonymous(),
+            on_behalf_of: None,
+            request_id: None,
+            request_digest: None,
+            unconfirmed: None,
+            payload: EventPayload::RuleDisabled {
+                rule_id: RuleId::parse("default-ssh").unwrap(),
+            },
+        }
+    }
+
+    #[test]
+    fn either_record_encoding_decodes_to_the_same_event() {
+        let now = SystemTime::UNIX_EPOCH + Duration::new(1_765_000_000, 987_654_321);
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        for time in [now, before_1970, SystemTime::UNIX_EPOCH] {
+            let event = event(time);
+            let full = event_to_record(&event, &[1; 32], RecordEncoding::Full);
+            let compact = event_to_record(&event, &[1; 32], RecordEncoding::Compact);
+            assert_eq!(full, event_to_pb(&event, &[1; 32]));
+            assert_eq!(event_from_pb(&full).unwrap(), event);
+            assert_eq!(event_from_pb(&compact).unwrap(), event);
+            assert_eq!(compact.event_uuid, event.event_id.as_bytes());
+            // A time a fixed64 of nanoseconds cannot hold (or whose 0 would
+            // read as unset) keeps its Timestamp.
+            assert_eq!(compact.commit_time.is_some(), time != now, "{time:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_spelling_a_value_both_ways_or_badly_is_refused_by_name() {
+        let event = event(SystemTime::now());
+        let full = event_to_record(&event, &[], RecordEncoding::Full);
+        let compact = event_to_record(&event, &[], RecordEncoding::Compact);
+        let refused = |record: pb::Event| event_from_pb(&record).unwrap_err();
+
+        let both_ids = pb::Event {
+            event_uuid: compact.event_uuid.clone(),
+            ..full.clone()
+        };
+        assert_eq!(refused(both_ids).field, "event_uuid");
+        let both_times = pb::Event {
+            commit_unix_nanos: compact.commit_unix_nanos,
+            ..full.clone()
+        };
+        assert_eq!(refused(both_times).field, "commit_unix_nanos");
+        let short_id = pb::Event {
+            event_uuid: vec![1; 15],
+            ..compact.clone()
+        };
+        let err = refused(short_id);
+        assert_eq!(err.field, "event_uuid");
+        assert!(err.message.contains("got 15"), "{}", err.message);
+        let no_id = pb::Event {
+            event_uuid: Vec::new(),
+            ..compact.clone()
+        };
+        assert_eq!(refused(no_id).field, "event_id");
+        let no_time = pb::Event {
+            commit_unix_nanos: 0,
+            ..compact
+        };
+        assert_eq!(refused(no_time).field, "commit_time");
+    }
 }

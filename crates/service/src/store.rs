@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
 
 use cassette_eventlog::etcd::{EtcdConfig, EtcdLog};
-use cassette_eventlog::{snapshot, EventLog, Head, Log, LogError, Signing};
+use cassette_eventlog::{snapshot, EventLog, Head, Log, LogError, RecordEncoding, Signing};
 use cassette_model::{decide, ActorId, Command, DomainError, Event, Firewall, InstanceId, RuleId};
 use cassette_ruleset::Ruleset;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -46,6 +46,8 @@ pub struct LogConfig {
     /// (created if missing); `None` keeps none. A sled log keeps it in its
     /// data directory.
     pub snapshot_dir: Option<PathBuf>,
+    /// How appends store their records (reads take either).
+    pub record_encoding: RecordEncoding,
 }
 
 /// Which engine keeps the log.
@@ -68,6 +70,7 @@ impl LogConfig {
             allow_unverified: false,
             snapshots: SnapshotPolicy::default(),
             snapshot_dir: None,
+            record_encoding: RecordEncoding::Compact,
         }
     }
 
@@ -79,6 +82,7 @@ impl LogConfig {
             allow_unverified: false,
             snapshots: SnapshotPolicy::default(),
             snapshot_dir: None,
+            record_encoding: RecordEncoding::Compact,
         }
     }
 
@@ -178,8 +182,14 @@ impl Store {
         let signing = config.signing.clone();
         let metrics = Arc::new(RulesMetrics::default());
         let log = match &config.store {
-            LogStore::Sled(data_dir) => Log::sled(EventLog::open(data_dir)?, signing.clone()),
-            LogStore::Etcd(etcd) => Log::etcd(EtcdLog::connect(etcd)?, signing.clone()),
+            LogStore::Sled(data_dir) => Log::sled(
+                EventLog::open(data_dir)?.with_record_encoding(config.record_encoding),
+                signing.clone(),
+            ),
+            LogStore::Etcd(etcd) => Log::etcd(
+                EtcdLog::connect(etcd)?.with_record_encoding(config.record_encoding),
+                signing.clone(),
+            ),
         };
         let snapshots = config
             .projection_snapshot_dir()

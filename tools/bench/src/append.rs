@@ -45,6 +45,9 @@ pub struct Options {
     /// Sign the log's appends and verify them, as a secured service does.
     #[arg(long, conflicts_with = "target")]
     signed: bool,
+    /// How the in-process service stores its records: compact or full.
+    #[arg(long, default_value = "compact", conflicts_with = "target")]
+    record_encoding: cassette_eventlog::RecordEncoding,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<Report> {
@@ -56,15 +59,19 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let signing = crate::signing::maybe(options.signed, &dir.path().join("keys"))?;
-            let mut service = if options.etcd_endpoints.is_empty() {
-                RulesService::open(&LogConfig::sled(dir.path().join("data")).signed(signing))
-                    .await?
+            let config = if options.etcd_endpoints.is_empty() {
+                LogConfig::sled(dir.path().join("data"))
             } else {
                 let mut config =
                     cassette_eventlog::etcd::EtcdConfig::new(options.etcd_endpoints.clone());
                 config.prefix = format!("/cassette-bench/{}", uuid::Uuid::now_v7().simple());
-                RulesService::open(&LogConfig::etcd(config).signed(signing)).await?
+                LogConfig::etcd(config)
             };
+            let config = LogConfig {
+                record_encoding: options.record_encoding,
+                ..config.signed(signing)
+            };
+            let mut service = RulesService::open(&config).await?;
             if let Some(tls) = &tls {
                 service = service.with_security(tls.security()?);
             }
@@ -124,6 +131,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "connections": options.connections,
         "tls": options.tls,
         "store": if options.etcd_endpoints.is_empty() { "sled" } else { "etcd" },
+        "record_encoding": options.target.is_none().then(|| options.record_encoding.to_string()),
         "rules_per_firewall": options.rules_per_firewall + 3,
         "events": ops,
         "seconds": round3(elapsed),

@@ -37,6 +37,9 @@ pub struct Options {
     /// one-event appends).
     #[arg(long)]
     signed: bool,
+    /// How the generated log's records are stored: compact or full.
+    #[arg(long, default_value = "compact")]
+    record_encoding: cassette_eventlog::RecordEncoding,
     /// Events per signed append (at most 4096; on etcd at most 63).
     #[arg(long, default_value_t = BATCH as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     events_per_append: u64,
@@ -70,7 +73,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     };
     let per_append = usize::try_from(options.events_per_append)?;
     if existing == 0 {
-        let log = EventLog::open(dir)?;
+        let log = EventLog::open(dir)?.with_record_encoding(options.record_encoding);
         let mut batch = Vec::with_capacity(per_append);
         for sequence in 1..=options.events {
             batch.push(event(sequence, instances)?);
@@ -106,6 +109,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "the second start did not start from the snapshot"
     );
 
+    let record_bytes = record_bytes(dir, options.events)?;
     let seconds = full.to_serving.as_secs_f64();
     let replayed = full.stats;
     Ok(Report::new(json!({
@@ -124,6 +128,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "snapshot_walk_seconds": round3(from_snapshot.walked.as_secs_f64()),
         "disk_bytes": disk_bytes,
         "disk_bytes_per_event": (disk_bytes as f64 / options.events.max(1) as f64).round(),
+        "record_encoding": options.record_encoding.to_string(),
+        "record_bytes_per_event": (record_bytes as f64 / options.events.max(1) as f64).round(),
     })))
 }
 
@@ -233,6 +239,17 @@ async fn start(config: &LogConfig) -> anyhow::Result<Started> {
         to_serving,
         walked,
     })
+}
+
+/// The bytes the log's `events` records hold as stored (without sled's
+/// keys and pages).
+fn record_bytes(dir: &std::path::Path, events: u64) -> anyhow::Result<u64> {
+    let log = EventLog::open(dir)?;
+    let mut total = 0;
+    for sequence in 1..=events {
+        total += log.stored_record(sequence)?.map_or(0, |r| r.len() as u64);
+    }
+    Ok(total)
 }
 
 /// The bytes the files under `dir` hold (the log on disk, before start-up).

@@ -87,6 +87,8 @@ pub struct EtcdLog {
     /// The records appended or read at the head last, for reads of an
     /// instance's latest changes.
     recent: recent::Recent,
+    /// How appends spell their records (reads take either).
+    encoding: crate::RecordEncoding,
 }
 
 impl EtcdLog {
@@ -137,7 +139,17 @@ impl EtcdLog {
             prefix: config.prefix.trim_end_matches('/').to_owned(),
             append_deadline: config.append_deadline,
             recent: recent::Recent::default(),
+            encoding: crate::RecordEncoding::Compact,
         })
+    }
+
+    /// Appends from now on store their records in `encoding` (compact
+    /// unless told); reads take records in either. A replica of this
+    /// version among older ones writes `Full` until none of those is left:
+    /// an older replica cannot read a compact record.
+    pub fn with_record_encoding(mut self, encoding: crate::RecordEncoding) -> Self {
+        self.encoding = encoding;
+        self
     }
 
     pub(crate) fn channels(&self) -> &[Channel] {
@@ -382,7 +394,7 @@ impl EtcdLog {
         // One round trip: what the log must hold for these events to
         // continue it (the head, and each instance's previous revision but
         // not this one) is compared inside the transaction itself.
-        let (records, next) = chain::encode_batch(expected, events, |_| Ok(None))?;
+        let (records, next) = chain::encode_batch(expected, events, self.encoding, |_| Ok(None))?;
         let mut compare = vec![self.head_is(expected)];
         let mut puts = Vec::with_capacity(records.len() * 2 + 1);
         let mut seen = std::collections::HashSet::new();

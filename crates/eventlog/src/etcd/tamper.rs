@@ -33,12 +33,14 @@ async fn write(log: &EtcdLog, puts: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), LogEr
     .map(|_| ())
 }
 
-/// Flips one bit in the middle of record `sequence`'s stored bytes (its
-/// index entry keeps the hash it had).
+/// Flips the lowest bit of record `sequence`'s last stored byte: a change
+/// of the event's payload, which protobuf writes last (its index entry
+/// keeps the hash it had).
 pub async fn flip_bit(log: &EtcdLog, sequence: u64) -> Result<(), LogError> {
     let mut bytes = stored(log, sequence).await?;
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
+    if let Some(last) = bytes.last_mut() {
+        *last ^= 0x01;
+    }
     write(log, vec![(log.record_key(sequence), bytes)]).await
 }
 
@@ -74,7 +76,7 @@ pub async fn append_forged(
         hash: prev_hash,
     };
     let events = std::slice::from_ref(event);
-    let (mut records, next) = chain::encode_batch(forged_head, events, |_| Ok(None))?;
+    let (mut records, next) = chain::encode_batch(forged_head, events, log.encoding, |_| Ok(None))?;
     let record = records.remove(0);
     let mut puts = vec![
         (

@@ -647,3 +647,88 @@ async fn a_start_from_a_snapshot_finds_a_changed_record_before_it_then_serves_re
     assert!(!ok, "the service must refuse the log");
     assert!(text.contains("verification at record 4"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_written_full_then_compact_is_one_history_to_every_reader() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let audit_of = |rules: &RulesProcess| {
+        let target = rules.target.clone();
+        async move { AuditClient::new(cassette_e2e::channel(&target).await) }
+    };
+    // As a version before the compact encoding wrote its records.
+    let addr = cassette_e2e::free_port();
+    let rules = RulesProcess::spawn(
+        &data,
+        &addr.to_string(),
+        cassette_e2e::tcp_target(addr),
+        &["--record-encoding", "full"],
+    )
+    .await;
+    script(&mut rules.client().await).await;
+    let before = events(&mut audit_of(&rules).await, Default::default()).await;
+    let mut rules = rules;
+    assert!(rules.terminate().success());
+
+    let mut rules = RulesProcess::start(&data).await;
+    let mut client = rules.client().await;
+    add(&mut client, "a-1", 8443, "carol").await;
+    create(&mut client, "c-1", "carol").await;
+    let mut audit = audit_of(&rules).await;
+    let after = events(&mut audit, Default::default()).await;
+    assert_eq!(after.len(), before.len() + 2);
+    // What was streamed before is streamed the same, byte for byte; every
+    // event is answered spelled out, whichever encoding stored it.
+    assert_eq!(after[..before.len()], before[..]);
+    for event in &after {
+        assert!(uuid::Uuid::parse_str(&event.event_id).is_ok(), "{event:?}");
+        assert!(event.commit_time.is_some(), "{event:?}");
+        assert!(event.event_uuid.is_empty() && event.commit_unix_nanos == 0);
+    }
+    let verified = audit
+        .verify_log(pb::VerifyLogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+    assert_eq!(verified.events_checked, after.len() as u64);
+    assert!(rules.terminate().success());
+
+    // Stored: the old records full, the new ones compact, each hashed as stored.
+    let last = after.len() as u64;
+    {
+        let log = cassette_eventlog::EventLog::open(&data).unwrap();
+        let stored = |sequence: u64| {
+            let bytes = log.stored_record(sequence).unwrap().unwrap();
+            pb::Event::decode(bytes.as_slice()).unwrap()
+        };
+        let old = stored(before.len() as u64);
+        assert_eq!(old.event_id, before.last().unwrap().event_id);
+        assert!(old.event_uuid.is_empty());
+        let new = stored(last);
+        assert!(new.event_id.is_empty() && new.commit_time.is_none());
+        assert_eq!(
+            uuid::Uuid::from_slice(&new.event_uuid).unwrap().to_string(),
+            after.last().unwrap().event_id
+        );
+        assert_eq!(new.prev_hash, after.last().unwrap().prev_hash);
+    }
+
+    // The offline audit reads both.
+    let (ok, text) = tokio::task::block_in_place(|| run_to_exit(&["audit", "verify"], &data));
+    assert!(ok, "{text}");
+    assert!(text.starts_with(&format!("ok: {last} events")), "{text}");
+    let (ok, text) =
+        tokio::task::block_in_place(|| run_to_exit(&["audit", "events", "--json"], &data));
+    assert!(ok, "{text}");
+    let ids: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            event["eventId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let streamed: Vec<String> = after.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(ids, streamed);
+}

@@ -510,8 +510,7 @@ async fn a_changed_record_and_a_bad_link_are_named_alike_by_sled_etcd_and_catch_
         return;
     }
     let cluster = EtcdCluster::start(1).await;
-    // Fixed commit times: the flipped bit is the middle byte's, which must
-    // fall on the same field however long the time's nanoseconds encode.
+    // Fixed commit times: the same records in both logs.
     let history: Vec<Event> = (1..=6)
         .map(|s| Event {
             commit_time: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000 + s, 123_456_789),
