@@ -8,7 +8,7 @@
 //! a revision (an index lookup), or read the whole log in sequence order.
 //! Readers see only durable records.
 
-use cassette_model::Event;
+use cassette_model::{Event, InstanceId};
 use cassette_proto::{event_from_pb, pb};
 use prost::Message;
 
@@ -41,6 +41,10 @@ pub enum LogError {
     Storage(#[from] StorageError),
     #[error("event log record {sequence} is corrupt: {reason}")]
     Corrupt { sequence: u64, reason: String },
+    /// The log holds no record of a revision between two it holds (a
+    /// record was removed): which record it was is what is missing.
+    #[error("the event log holds no record of instance {instance}'s revision {revision}")]
+    MissingRevision { instance: InstanceId, revision: u64 },
     #[error("append rejected: {0}")]
     OutOfOrder(String),
     #[error(

@@ -373,11 +373,9 @@ impl EventLog {
             let sequence = match indexed {
                 Indexed::At(sequence) => sequence,
                 Indexed::Missing(revision) => {
-                    return Err(LogError::Corrupt {
-                        sequence: 0,
-                        reason: format!(
-                            "instance {instance}'s revision {revision} is missing from the log"
-                        ),
+                    return Err(LogError::MissingRevision {
+                        instance: instance.clone(),
+                        revision,
                     })
                 }
             };

@@ -571,3 +571,36 @@ fn a_log_of_full_and_compact_records_reads_and_verifies_as_one() {
         Some(5)
     );
 }
+
+#[test]
+fn a_revision_whose_record_was_removed_is_named_by_instance_and_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path()).unwrap();
+        runtime()
+            .block_on(log.append(&[created(1, "a"), disabled(2, "a", 2), disabled(3, "a", 3)]))
+            .unwrap();
+    }
+    tamper::delete(dir.path(), 2).unwrap();
+    crate::instance_index::CHECKPOINT
+        .remove(dir.path())
+        .unwrap();
+    // Indexed from the records: revision 2 has none.
+    let log = EventLog::open(dir.path()).unwrap();
+    let err = log.read_instance(&instance("a"), 0, u64::MAX).unwrap_err();
+    assert!(
+        matches!(&err, LogError::MissingRevision { instance: i, revision: 2 } if i.as_str() == "a"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the event log holds no record of instance a's revision 2"
+    );
+    // Reads that do not reach it are served.
+    assert_eq!(
+        log.read_instance(&instance("a"), 2, u64::MAX)
+            .unwrap()
+            .len(),
+        1
+    );
+}
