@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
 use crate::plot::Series;
-use crate::procs::{rss_kib, sibling_binary, Guarded};
+use crate::procs::{cpu_seconds, rss_kib, sibling_binary, Guarded};
 use crate::stats::{percentile_ms, round3};
 use crate::Report;
 
@@ -100,6 +100,15 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     }
     let pids: Vec<u32> = replicas.iter().map(|r| r.0.id()).collect();
     let rss = || -> anyhow::Result<u64> { pids.iter().map(|p| rss_kib(*p)).sum() };
+    // CPU used by the services, and by this process (the enforcers and the
+    // client): what the changes cost the machine.
+    let cpu = || -> anyhow::Result<(f64, f64)> {
+        let services = pids
+            .iter()
+            .map(|p| cpu_seconds(*p))
+            .sum::<anyhow::Result<f64>>()?;
+        Ok((services, cpu_seconds(std::process::id())?))
+    };
     let target = targets[0].clone();
     let control = connect_retrying(&target).await?;
     let client = FirewallServiceClient::new(control.clone());
@@ -168,6 +177,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         1.0 / f64::from(options.rate.max(1)),
     ));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let cpu_before = cpu()?;
     let deadline = Instant::now() + Duration::from_secs(options.duration);
     let mut random = Random::seeded();
     let owner_count = owners.len();
@@ -228,6 +238,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         }
     }
     let elapsed = Duration::from_secs(options.duration).as_secs_f64();
+    let cpu_after = cpu()?;
+    let per_change_ms = |seconds: f64| round3(seconds * 1000.0 / sent.max(1) as f64);
     let rss_loaded = rss()?;
     for enforcer in enforcers {
         enforcer.abort();
@@ -264,6 +276,9 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "service_rss_connected_kib": rss_connected,
         "service_rss_loaded_kib": rss_loaded,
         "service_kib_per_enforcer": round3(per_enforcer),
+        // From the first change to the last ack.
+        "service_cpu_ms_per_change": per_change_ms(cpu_after.0 - cpu_before.0),
+        "bench_cpu_ms_per_change": per_change_ms(cpu_after.1 - cpu_before.1),
     });
     Ok(Report::new(json)
         .series(Series::new("change -> acked (WaitForSync)", latencies))

@@ -85,3 +85,21 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS")
 }
+
+/// The CPU time process `pid` has used (user + system), from
+/// `/proc/<pid>/stat` in clock ticks of 1/100 s (Linux's USER_HZ).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command name, which may hold spaces, in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields.get(i).context("short /proc stat")?.parse()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
