@@ -315,25 +315,30 @@ pub enum RecordEncoding {
     Compact,
 }
 
+impl RecordEncoding {
+    /// The `--record-encoding` flag's value for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Compact => "compact",
+            Self::Full => "full",
+        }
+    }
+}
+
 impl std::str::FromStr for RecordEncoding {
     type Err = String;
 
-    /// `compact` or `full` (the `--record-encoding` flag's values).
     fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "compact" => Ok(Self::Compact),
-            "full" => Ok(Self::Full),
-            _ => Err(format!("{text:?}: must be compact or full")),
-        }
+        [Self::Compact, Self::Full]
+            .into_iter()
+            .find(|encoding| encoding.as_str() == text)
+            .ok_or_else(|| format!("{text:?}: must be compact or full"))
     }
 }
 
 impl std::fmt::Display for RecordEncoding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Compact => "compact",
-            Self::Full => "full",
-        })
+        f.write_str(self.as_str())
     }
 }
 
