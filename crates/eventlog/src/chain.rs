@@ -517,6 +517,7 @@ mod tests {
             prev_hash: prev.to_vec(),
             hash: [hash_byte; 32],
             signed: None,
+            encoding: RecordEncoding::Compact,
         }
     }
 

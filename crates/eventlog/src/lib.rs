@@ -126,6 +126,24 @@ impl Verification {
     }
 }
 
+impl Record {
+    /// The record's bytes as stored, encoded again from what it holds, and
+    /// checked against its hash; `Corrupt` when they cannot be given back
+    /// (a record no writer of this log wrote: fields out of protobuf's
+    /// order, or unknown ones).
+    pub fn stored_bytes(&self) -> Result<Vec<u8>, LogError> {
+        let bytes = cassette_proto::event_to_record(&self.event, &self.prev_hash, self.encoding)
+            .encode_to_vec();
+        match hash(&bytes) == self.hash {
+            true => Ok(bytes),
+            false => Err(LogError::Corrupt {
+                sequence: self.event.sequence,
+                reason: "its stored bytes are not the encoding of what it holds".to_owned(),
+            }),
+        }
+    }
+}
+
 /// Hex of a hash, as audit views print it.
 pub fn hex(hash: &[u8]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
@@ -137,6 +155,9 @@ pub struct Record {
     pub event: Event,
     pub prev_hash: Vec<u8>,
     pub hash: Hash,
+    /// How it was stored: the event and `prev_hash` encoded this way give
+    /// back its stored bytes ([`Record::stored_bytes`]).
+    pub encoding: RecordEncoding,
     /// The signature stored with the record, if an append ended with it
     /// (`Err`: why it cannot be decoded). Filled by the reads verification
     /// walks; other reads leave it `None`.
@@ -168,11 +189,21 @@ pub fn decode(sequence: u64, bytes: &[u8]) -> Result<Record, LogError> {
             stored.sequence
         )));
     }
+    if !stored.record.is_empty() {
+        return Err(corrupt(
+            "holds a record field: only ListEvents answers carry one".to_owned(),
+        ));
+    }
     let event = event_from_pb(&stored).map_err(|e| corrupt(e.to_string()))?;
+    let encoding = match stored.event_uuid.is_empty() {
+        true => RecordEncoding::Full,
+        false => RecordEncoding::Compact,
+    };
     Ok(Record {
         event,
         prev_hash: stored.prev_hash,
         hash: hash(bytes),
+        encoding,
         signed: None,
     })
 }

@@ -558,6 +558,28 @@ fn a_log_of_full_and_compact_records_reads_and_verifies_as_one() {
         log.read_instance(&instance("a"), 0, u64::MAX).unwrap(),
         [&all[0], &all[1], &all[3], &all[5]].map(Clone::clone)
     );
+    // What each record holds gives back its stored bytes (ListEvents'
+    // `with_records`), and nothing else does.
+    for record in log.scan(0) {
+        let record = record.unwrap();
+        let stored = log.stored_record(record.event.sequence).unwrap();
+        assert_eq!(Some(record.stored_bytes().unwrap()), stored);
+        let mut other = record.clone();
+        other.encoding = match record.encoding {
+            RecordEncoding::Full => RecordEncoding::Compact,
+            RecordEncoding::Compact => RecordEncoding::Full,
+        };
+        assert!(matches!(
+            other.stored_bytes(),
+            Err(LogError::Corrupt { .. })
+        ));
+    }
+    // A stored record never carries a record field (only answers do).
+    let (_, mut holding) = stored(1);
+    holding.record = vec![1, 2, 3];
+    let err = crate::decode(1, &holding.encode_to_vec()).unwrap_err();
+    assert!(err.to_string().contains("record field"), "{err}");
+
     // One chain across both: each record hashed as stored.
     let verification = log.verify().unwrap();
     assert!(verification.ok(), "{verification:?}");

@@ -450,6 +450,7 @@ pub fn event_to_record(event: &Event, prev_hash: &[u8], encoding: RecordEncoding
             None => Some(timestamp(event.commit_time)),
         },
         commit_unix_nanos: commit_unix_nanos.unwrap_or(0),
+        record: Vec::new(),
         actor: event.actor.as_str().to_owned(),
         on_behalf_of: event
             .on_behalf_of

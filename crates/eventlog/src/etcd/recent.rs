@@ -115,6 +115,7 @@ mod tests {
             prev_hash: vec![],
             hash: [sequence as u8; 32],
             signed: None,
+            encoding: crate::RecordEncoding::Compact,
         };
         (record, 100)
     }

@@ -103,7 +103,11 @@ impl AuditService for AuditApi {
             instance_id: request.instance_id.clone(),
             _slot: slot,
         };
-        tokio::spawn(stream_events(reader, filter, request.follow, outbound).instrument(span));
+        let shape = Shape {
+            follow: request.follow,
+            with_records: request.with_records,
+        };
+        tokio::spawn(stream_events(reader, filter, shape, outbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(stream)))
     }
 
@@ -208,11 +212,23 @@ struct Reader {
     _slot: Option<Slot>,
 }
 
+/// What a ListEvents stream sends besides the matching events.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Then wait for commits and send them too.
+    follow: bool,
+    /// Each event with its record as stored.
+    with_records: bool,
+}
+
 /// Sends matching events page by page; with `follow`, then waits for commits.
 async fn stream_events(
     mut reader: Reader,
     filter: EventFilter,
-    follow: bool,
+    Shape {
+        follow,
+        with_records,
+    }: Shape,
     outbound: mpsc::Sender<Result<pb::Event, Status>>,
 ) {
     let store = &reader.store;
@@ -256,7 +272,16 @@ async fn stream_events(
             {
                 continue;
             }
-            let event = event_to_pb(&record.event, &record.prev_hash);
+            let mut event = event_to_pb(&record.event, &record.prev_hash);
+            if with_records {
+                match record.stored_bytes() {
+                    Ok(bytes) => event.record = bytes,
+                    Err(error) => {
+                        let _ = outbound.send(Err(status::store(error.into()))).await;
+                        return;
+                    }
+                }
+            }
             if outbound.send(Ok(event)).await.is_err() {
                 return;
             }

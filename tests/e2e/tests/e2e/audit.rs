@@ -693,6 +693,35 @@ async fn a_log_written_full_then_compact_is_one_history_to_every_reader() {
         .into_inner();
     assert!(verified.ok, "{verified:?}");
     assert_eq!(verified.events_checked, after.len() as u64);
+    // The chain checked by hand from the records themselves: each one's
+    // SHA-256 is the next one's prev_hash, the last one's the head's.
+    let with_records = events(
+        &mut audit,
+        pb::ListEventsRequest {
+            with_records: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let sha256 = |bytes: &[u8]| -> Vec<u8> {
+        use sha2::Digest;
+        sha2::Sha256::digest(bytes).to_vec()
+    };
+    for (i, event) in with_records.iter().enumerate() {
+        let expected = pb::Event {
+            record: Vec::new(),
+            ..event.clone()
+        };
+        assert_eq!(expected, after[i], "the same event, with its record");
+        let stored = pb::Event::decode(event.record.as_slice()).unwrap();
+        // Spelled as it was stored: the first ones full, the new ones compact.
+        assert_eq!(stored.event_id.is_empty(), i >= before.len(), "{stored:?}");
+        assert_eq!(stored.prev_hash, event.prev_hash);
+        let next = with_records
+            .get(i + 1)
+            .map_or(hex_decode(&verified.head_hash), |n| n.prev_hash.clone());
+        assert_eq!(sha256(&event.record), next, "record {} links", i + 1);
+    }
     assert!(rules.terminate().success());
 
     // Stored: the old records full, the new ones compact, each hashed as stored.
@@ -731,4 +760,11 @@ async fn a_log_written_full_then_compact_is_one_history_to_every_reader() {
         .collect();
     let streamed: Vec<String> = after.iter().map(|e| e.event_id.clone()).collect();
     assert_eq!(ids, streamed);
+}
+
+fn hex_decode(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
 }
