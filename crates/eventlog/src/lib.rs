@@ -195,15 +195,11 @@ pub fn decode(sequence: u64, bytes: &[u8]) -> Result<Record, LogError> {
         ));
     }
     let event = event_from_pb(&stored).map_err(|e| corrupt(e.to_string()))?;
-    let encoding = match stored.event_uuid.is_empty() {
-        true => RecordEncoding::Full,
-        false => RecordEncoding::Compact,
-    };
     Ok(Record {
         event,
+        encoding: RecordEncoding::of(&stored),
         prev_hash: stored.prev_hash,
         hash: hash(bytes),
-        encoding,
         signed: None,
     })
 }

@@ -316,6 +316,15 @@ pub enum RecordEncoding {
 }
 
 impl RecordEncoding {
+    /// The encoding `stored` was written in: compact records carry the
+    /// event id as `event_uuid` ([`event_to_record`] always does).
+    pub fn of(stored: &pb::Event) -> Self {
+        match stored.event_uuid.is_empty() {
+            true => Self::Full,
+            false => Self::Compact,
+        }
+    }
+
     /// The `--record-encoding` flag's value for it.
     pub fn as_str(self) -> &'static str {
         match self {
