@@ -149,7 +149,12 @@ enum Backend {
     File,
 }
 
-#[tokio::main]
+// One thread: the enforcer follows one stream, and its blocking work (the
+// kernel transaction, the state's fdatasync) runs on the blocking pool. A
+// message then wakes the task on the thread that read it, not on another
+// worker: the two hops of a change cost 0.08 ms instead of 0.11
+// (`cassette-bench e2e --breakdown`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
