@@ -312,8 +312,7 @@ impl EventLog {
         tokio::task::spawn_blocking(move || {
             // A copy, so that appends wait for a copy, not for the encoding.
             let copy = index.read().unwrap_or_else(|p| p.into_inner()).clone();
-            let bytes = copy.encode(head);
-            if let Err(error) = instance_index::CHECKPOINT.replace(&dir, &bytes) {
+            if let Err(error) = copy.checkpoint(&dir, head) {
                 tracing::warn!(%error, sequence = head.sequence, "could not write the instance index checkpoint");
             }
         });
@@ -326,9 +325,8 @@ impl EventLog {
         if head.sequence != self.durable_sequence() {
             return Ok(());
         }
-        let bytes = self.index().encode(head);
-        instance_index::CHECKPOINT
-            .replace(&self.dir, &bytes)
+        self.index()
+            .checkpoint(&self.dir, head)
             .map_err(LogError::Sync)?;
         self.checkpointed.fetch_max(head.sequence, Ordering::AcqRel);
         Ok(())

@@ -109,7 +109,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "the second start did not start from the snapshot"
     );
 
-    let record_bytes = record_bytes(dir, options.events)?;
+    let (record_bytes, record_encoding) = record_bytes(dir, options.events)?;
     let seconds = full.to_serving.as_secs_f64();
     let replayed = full.stats;
     Ok(Report::new(json!({
@@ -128,7 +128,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "snapshot_walk_seconds": round3(from_snapshot.walked.as_secs_f64()),
         "disk_bytes": disk_bytes,
         "disk_bytes_per_event": (disk_bytes as f64 / options.events.max(1) as f64).round(),
-        "record_encoding": options.record_encoding.to_string(),
+        "record_encoding": record_encoding,
         "record_bytes_per_event": (record_bytes as f64 / options.events.max(1) as f64).round(),
     })))
 }
@@ -243,13 +243,30 @@ async fn start(config: &LogConfig) -> anyhow::Result<Started> {
 
 /// The bytes the log's `events` records hold as stored (without sled's
 /// keys and pages).
-fn record_bytes(dir: &std::path::Path, events: u64) -> anyhow::Result<u64> {
+fn record_bytes(dir: &std::path::Path, events: u64) -> anyhow::Result<(u64, String)> {
     let log = EventLog::open(dir)?;
     let mut total = 0;
     for sequence in 1..=events {
         total += log.stored_record(sequence)?.map_or(0, |r| r.len() as u64);
     }
-    Ok(total)
+    Ok((total, encodings(log.scan(0))?))
+}
+
+/// The encodings a log's records are stored in ("compact", or "full and
+/// compact" for a log an older writer began): a log kept with --data-dir
+/// keeps the encoding it was written in, whatever --record-encoding says.
+fn encodings(
+    records: impl Iterator<Item = Result<cassette_eventlog::Record, cassette_eventlog::LogError>>,
+) -> anyhow::Result<String> {
+    let mut seen = Vec::new();
+    for record in records {
+        let encoding = record?.encoding;
+        if !seen.contains(&encoding) {
+            seen.push(encoding);
+        }
+    }
+    let names: Vec<&str> = seen.iter().map(|e| e.as_str()).collect();
+    Ok(names.join(" and "))
 }
 
 /// The bytes the files under `dir` hold (the log on disk, before start-up).
