@@ -16,10 +16,12 @@ fuzz_target!(|data: &[u8]| {
         0 => {
             if let Ok(r) = pb::AddRuleRequest::decode(bytes) {
                 requests::target(&r.instance_id, &r.request_id, &mut v);
-                if let Some(cassette_model::Command::AddRule { port, description, .. }) =
-                    requests::add_rule(&r, &mut v)
+                if let Some(cassette_model::Command::AddRule {
+                    ports, description, ..
+                }) = requests::add_rule(&r, &mut v)
                 {
-                    assert!(port.get() >= 1);
+                    assert!(ports.first().get() >= 1);
+                    assert!(ports.first().get() <= ports.last().get());
                     assert!(description.as_str().chars().count() <= 255);
                 }
             }
