@@ -48,6 +48,10 @@ cargo test --workspace --locked
 CASSETTE_TEST_STORE=etcd cargo test -p cassette-e2e --locked --test e2e -- \
     api:: audit:: sync:: auth:: expiry:: allowlist::
 
+# The fuzz targets (a workspace of their own, run with `cargo fuzz` on
+# nightly) must keep compiling against the crates they decode with.
+(cd fuzz && cargo check --locked --bins)
+
 # docker-compose.yml with real containers, from the binaries built above.
 ./docker/test-compose.sh target/debug
 # docker-compose.ha.yml: three etcd members, two replicas, a replica stopped.
