@@ -496,9 +496,6 @@ impl EventLog {
 
     /// The hash of record `sequence` as stored, if it is there and durable.
     pub fn record_hash(&self, sequence: u64) -> Result<Option<Hash>, LogError> {
-        if sequence > self.durable_sequence() {
-            return Ok(None);
-        }
         Ok(self.stored_record(sequence)?.map(|v| chain::hash(&v)))
     }
 

@@ -242,31 +242,26 @@ async fn start(config: &LogConfig) -> anyhow::Result<Started> {
 }
 
 /// The bytes the log's `events` records hold as stored (without sled's
-/// keys and pages).
+/// keys and pages), and the encodings they are stored in ("compact", or
+/// "full and compact" for a log an older writer began): a log kept with
+/// --data-dir keeps the encoding it was written in, whatever
+/// --record-encoding says.
 fn record_bytes(dir: &std::path::Path, events: u64) -> anyhow::Result<(u64, String)> {
     let log = EventLog::open(dir)?;
     let mut total = 0;
-    for sequence in 1..=events {
-        total += log.stored_record(sequence)?.map_or(0, |r| r.len() as u64);
-    }
-    Ok((total, encodings(log.scan(0))?))
-}
-
-/// The encodings a log's records are stored in ("compact", or "full and
-/// compact" for a log an older writer began): a log kept with --data-dir
-/// keeps the encoding it was written in, whatever --record-encoding says.
-fn encodings(
-    records: impl Iterator<Item = Result<cassette_eventlog::Record, cassette_eventlog::LogError>>,
-) -> anyhow::Result<String> {
     let mut seen = Vec::new();
-    for record in records {
-        let encoding = record?.encoding;
+    for sequence in 1..=events {
+        let Some(stored) = log.stored_record(sequence)? else {
+            continue;
+        };
+        total += stored.len() as u64;
+        let encoding = cassette_eventlog::decode(sequence, &stored)?.encoding;
         if !seen.contains(&encoding) {
             seen.push(encoding);
         }
     }
     let names: Vec<&str> = seen.iter().map(|e| e.as_str()).collect();
-    Ok(names.join(" and "))
+    Ok((total, names.join(" and ")))
 }
 
 /// The bytes the files under `dir` hold (the log on disk, before start-up).
