@@ -19,6 +19,7 @@ pub mod instance_index;
 mod log;
 pub mod signing;
 mod sled_log;
+mod sled_records;
 pub mod snapshot;
 #[cfg(test)]
 mod test_events;
@@ -28,6 +29,9 @@ pub use chain::hash;
 pub use log::{Log, Signing};
 pub use signing::{KeyError, SignedHead, SigningKey, TrustedKeys};
 pub use sled_log::{tamper, EventLog};
+/// How the sled log packs records, for its fuzz target.
+#[doc(hidden)]
+pub use sled_records::{pack, unpack};
 
 /// SHA-256 of a stored record's bytes.
 pub type Hash = [u8; 32];

@@ -1,10 +1,12 @@
 //! The log on sled, for one rules service on the local disk.
 //!
 //! Layout, one sled tree so that a batch is one atomic write:
-//! - `e` + sequence (u64 big-endian) -> the record: `cassette.firewall.v1.Event`
-//!   encoded with protobuf (in the log's [`RecordEncoding`]: records written
-//!   before the compact one stay as they were), `prev_hash` = SHA-256 of the
-//!   previous record's bytes;
+//! - the records, in packs of consecutive records under `p` + the first
+//!   one's sequence (u64 big-endian), or one per `e` + sequence key in logs
+//!   written before packs (see `sled_records.rs`). A record is
+//!   `cassette.firewall.v1.Event` encoded with protobuf (in the log's
+//!   [`RecordEncoding`]: records written before the compact one stay as they
+//!   were), `prev_hash` = SHA-256 of the previous record's bytes;
 //! - `h` -> the head anchor: last sequence (u64 big-endian) + its record's hash,
 //!   so that changing the last record is detected too;
 //! - `s` + sequence (u64 big-endian) -> the signature over the head an append
@@ -31,6 +33,7 @@ use cassette_model::{Event, InstanceId};
 use crate::chain::{self, Next, Verifier, MAX_SIGNED_RUN};
 use crate::instance_index::{self, Indexed, InstanceIndex, CHECKPOINT_EVERY};
 use crate::signing::{SignedHead, SigningKey, TrustedKeys};
+use crate::sled_records::{self as records, insert_packs};
 use crate::{
     decode, u64_suffix, Hash, Head, LogError, Record, RecordEncoding, Verification, GENESIS_HASH,
 };
@@ -39,7 +42,6 @@ use crate::{
 /// directory holds a log.
 const DATA_FILE: &str = "db";
 
-const EVENT: u8 = b'e';
 /// The instance index's keys in logs written before it moved to memory.
 const OLD_INDEX: u8 = b'i';
 const SIGNATURE: u8 = b's';
@@ -90,18 +92,15 @@ impl EventLog {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(LogError::Sync)?;
-        let head = match tree.scan_prefix([EVENT]).next_back() {
+        let head = match records::last(&tree)? {
             None => Head {
                 sequence: 0,
                 hash: GENESIS_HASH,
             },
-            Some(entry) => {
-                let (key, value) = entry?;
-                Head {
-                    sequence: sequence_of(&key)?,
-                    hash: chain::hash(&value),
-                }
-            }
+            Some(last) => Head {
+                sequence: last.sequence,
+                hash: chain::hash(last.bytes()),
+            },
         };
         let (index, checkpointed) = index_records(&tree, dir)?;
         let log = Self {
@@ -248,12 +247,8 @@ impl EventLog {
                 self.last_written_revision(instance).map(Some)
             })?;
             let mut batch = sled::Batch::default();
-            for record in &records {
-                batch.insert(
-                    event_key(record.event.sequence).to_vec(),
-                    record.bytes.as_slice(),
-                );
-            }
+            let stored = records.iter().map(|r| r.bytes.as_slice());
+            insert_packs(&mut batch, head.sequence + 1, stored);
             batch.insert(HEAD, chain::anchor_value(next));
             if let Some(signer) = signer {
                 batch.insert(
@@ -378,11 +373,9 @@ impl EventLog {
                 }
             };
             let corrupt = |reason: String| LogError::Corrupt { sequence, reason };
-            let value = self
-                .tree
-                .get(event_key(sequence))?
+            let stored = records::get(&self.tree, sequence)?
                 .ok_or_else(|| corrupt(format!("indexed for instance {instance} but missing")))?;
-            let record = decode(sequence, &value)?;
+            let record = decode(sequence, stored.bytes())?;
             if record.event.instance_id != *instance || record.event.revision != revision {
                 return Err(corrupt(format!(
                     "indexed as instance {instance}'s revision {revision} but holds {}'s revision {}",
@@ -396,20 +389,10 @@ impl EventLog {
 
     /// Every durable record with sequence > `after_sequence`, in sequence order.
     pub fn scan(&self, after_sequence: u64) -> impl Iterator<Item = Result<Record, LogError>> + '_ {
-        let start = event_key(after_sequence.saturating_add(1));
-        let end = event_key(u64::MAX);
         let durable = self.durable_sequence();
-        self.tree
-            .range(start..=end)
-            .map_while(move |entry| match entry {
-                Err(e) => Some(Err(e.into())),
-                Ok((key, value)) => match sequence_of(&key) {
-                    Err(e) => Some(Err(e)),
-                    // Not yet on disk: invisible, and so is everything after it.
-                    Ok(sequence) if sequence > durable => None,
-                    Ok(sequence) => Some(decode(sequence, &value)),
-                },
-            })
+        // Not yet on disk: invisible.
+        records::range(&self.tree, after_sequence.saturating_add(1), durable)
+            .map(|stored| stored.and_then(|s| decode(s.sequence, s.bytes())))
     }
 
     /// Whether any append stored a signature (the log was written signed).
@@ -491,7 +474,7 @@ impl EventLog {
         if sequence > self.durable_sequence() {
             return Ok(None);
         }
-        Ok(self.tree.get(event_key(sequence))?.map(|v| v.to_vec()))
+        Ok(records::get(&self.tree, sequence)?.map(|s| s.bytes().to_vec()))
     }
 
     /// The hash of record `sequence` as stored, if it is there and durable.
@@ -531,21 +514,23 @@ impl EventLog {
             .tree
             .range(signature_key(after_vouched.saturating_add(1))..=signature_key(last))
             .peekable();
-        for entry in self.tree.range(event_key(first)..=event_key(last)) {
-            let (key, value) = entry?;
-            let mut record = match sequence_of(&key) {
-                Err(e) => {
+        for stored in records::range(&self.tree, first, last) {
+            // A gap before a good record is found by `next`.
+            let decoded = stored.and_then(|s| decode(s.sequence, s.bytes()));
+            let mut record = match decoded {
+                Ok(record) => record,
+                // A malformed key names no sequence: the one expected.
+                Err(LogError::Corrupt {
+                    sequence: 0,
+                    reason,
+                }) => {
                     let expected = verifier.expected();
-                    return Ok(verifier.bad_record(expected, e.to_string()));
+                    return Ok(verifier.bad_record(expected, reason));
                 }
-                // A gap before a good record is found by `next`.
-                Ok(sequence) => match decode(sequence, &value) {
-                    Ok(record) => record,
-                    Err(LogError::Corrupt { reason, .. }) => {
-                        return Ok(verifier.bad_record(sequence, reason))
-                    }
-                    Err(e) => return Err(e),
-                },
+                Err(LogError::Corrupt { sequence, reason }) => {
+                    return Ok(verifier.bad_record(sequence, reason))
+                }
+                Err(e) => return Err(e),
             };
             if trust.is_some() && record.event.sequence > after_vouched {
                 let sequence = record.event.sequence;
@@ -637,12 +622,12 @@ impl EventLog {
             let Ok(signed) = SignedHead::decode(sequence, &value) else {
                 continue;
             };
-            let Some(record) = self.tree.get(event_key(sequence))? else {
+            let Some(record) = records::get_readable(&self.tree, sequence)? else {
                 continue;
             };
             let head = Head {
                 sequence,
-                hash: chain::hash(&record),
+                hash: chain::hash(record.bytes()),
             };
             if trust.check(&signed, head).is_ok() {
                 return Ok(Some(signed));
@@ -660,27 +645,16 @@ impl EventLog {
         let hash = match sequence {
             0 => GENESIS_HASH,
             _ => {
-                let value =
-                    self.tree
-                        .get(event_key(sequence))?
-                        .ok_or_else(|| LogError::Corrupt {
-                            sequence,
-                            reason: "missing: cannot end the log there".to_owned(),
-                        })?;
-                chain::hash(&value)
+                let stored =
+                    records::get(&self.tree, sequence)?.ok_or_else(|| LogError::Corrupt {
+                        sequence,
+                        reason: "missing: cannot end the log there".to_owned(),
+                    })?;
+                chain::hash(stored.bytes())
             }
         };
         let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        for entry in self
-            .tree
-            .range(event_key(sequence + 1)..=event_key(u64::MAX))
-        {
-            let (key, _) = entry?;
-            sequence_of(&key)?;
-            batch.remove(key);
-            removed += 1;
-        }
+        let removed = records::remove_after(&self.tree, &mut batch, sequence)?;
         for entry in self
             .tree
             .range(signature_key(sequence + 1)..=signature_key(u64::MAX))
@@ -718,12 +692,12 @@ impl EventLog {
     /// head anchor), as then it is as written and `sequence` changed.
     pub fn intact(&self, sequence: u64) -> Result<bool, LogError> {
         let next = sequence + 1;
-        let Some(next_bytes) = self.tree.get(event_key(next))? else {
+        let Some(next_stored) = records::get_readable(&self.tree, next)? else {
             return Ok(true);
         };
-        let next_hash = chain::hash(&next_bytes);
-        let vouched = match self.tree.get(event_key(next + 1))? {
-            Some(after) => decode(next + 1, &after).is_ok_and(|r| r.prev_hash == next_hash),
+        let next_hash = chain::hash(next_stored.bytes());
+        let vouched = match records::get_readable(&self.tree, next + 1)? {
+            Some(after) => decode(next + 1, after.bytes()).is_ok_and(|r| r.prev_hash == next_hash),
             None => {
                 self.stored_anchor()?
                     == Some(Head {
@@ -759,12 +733,6 @@ fn open_db(config: sled::Config) -> Result<sled::Db, LogError> {
             result => return Ok(result?),
         }
     }
-}
-
-fn event_key(sequence: u64) -> [u8; 9] {
-    let mut key = [EVENT; 9];
-    key[1..].copy_from_slice(&sequence.to_be_bytes());
-    key
 }
 
 fn signature_key(sequence: u64) -> [u8; 9] {
@@ -824,11 +792,14 @@ fn index_records(tree: &sled::Tree, dir: &Path) -> Result<(InstanceIndex, u64), 
         },
     };
     let (from, mut index) = checkpoint.unwrap_or_default();
-    for entry in tree.range(event_key(from.saturating_add(1))..=event_key(u64::MAX)) {
-        let (key, value) = entry?;
-        let sequence = sequence_of(&key)?;
-        if let Some((instance, revision)) = instance_index::indexing(&value) {
-            index.insert(&instance, revision, sequence);
+    for stored in records::range(tree, from.saturating_add(1), u64::MAX) {
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(LogError::Corrupt { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some((instance, revision)) = instance_index::indexing(stored.bytes()) {
+            index.insert(&instance, revision, stored.sequence);
         }
     }
     Ok((index, from))
@@ -846,9 +817,8 @@ fn usable_checkpoint(
         Err(reason) => return Ok(Err(reason)),
     };
     let anchored = anchor.sequence == 0
-        || tree
-            .get(event_key(anchor.sequence))?
-            .is_some_and(|r| chain::hash(&r) == anchor.hash);
+        || records::get_readable(tree, anchor.sequence)?
+            .is_some_and(|r| chain::hash(r.bytes()) == anchor.hash);
     if !anchored {
         return Ok(Err(format!(
             "its anchor, record {}, is not the log's record",
@@ -864,16 +834,6 @@ fn usable_checkpoint(
     Ok(Ok((anchor.sequence, index)))
 }
 
-fn sequence_of(key: &[u8]) -> Result<u64, LogError> {
-    match key {
-        [EVENT, rest @ ..] if rest.len() == 8 => Ok(u64_suffix(rest)),
-        _ => Err(LogError::Corrupt {
-            sequence: 0,
-            reason: format!("malformed record key {key:?}"),
-        }),
-    }
-}
-
 /// Tools that damage a closed log on purpose, to test that verification
 /// notices. Never used by the services.
 #[doc(hidden)]
@@ -884,46 +844,47 @@ pub mod tamper {
         Ok(open_db(sled::Config::new().path(dir))?.open_tree("events")?)
     }
 
+    /// Record `sequence`'s stored bytes.
+    fn stored(tree: &sled::Tree, sequence: u64) -> Result<Vec<u8>, LogError> {
+        Ok(records::get(tree, sequence)?
+            .ok_or(LogError::Corrupt {
+                sequence,
+                reason: "absent".into(),
+            })?
+            .bytes()
+            .to_vec())
+    }
+
+    /// Stores `bytes` as record `sequence`, where it is stored.
+    fn store(tree: &sled::Tree, sequence: u64, bytes: Option<&[u8]>) -> Result<(), LogError> {
+        records::replace(tree, sequence, bytes)?;
+        tree.flush()?;
+        Ok(())
+    }
+
     /// Flips the lowest bit of record `sequence`'s last stored byte: a
     /// change of the event's payload, which protobuf writes last (after
     /// `prev_hash`, whose change would be a bad link instead).
     pub fn flip_bit(dir: &Path, sequence: u64) -> Result<(), LogError> {
         let tree = open(dir)?;
-        let mut bytes = tree
-            .get(event_key(sequence))?
-            .ok_or(LogError::Corrupt {
-                sequence,
-                reason: "absent".into(),
-            })?
-            .to_vec();
+        let mut bytes = stored(&tree, sequence)?;
         if let Some(last) = bytes.last_mut() {
             *last ^= 0x01;
         }
-        tree.insert(event_key(sequence), bytes)?;
-        tree.flush()?;
-        Ok(())
+        store(&tree, sequence, Some(&bytes))
     }
 
     /// Removes record `sequence`.
     pub fn delete(dir: &Path, sequence: u64) -> Result<(), LogError> {
-        let tree = open(dir)?;
-        tree.remove(event_key(sequence))?;
-        tree.flush()?;
-        Ok(())
+        store(&open(dir)?, sequence, None)
     }
 
     /// Rewrites record `sequence` to link to `prev_hash` instead: the record
     /// itself is consistent, only its link is wrong.
     pub fn relink(dir: &Path, sequence: u64, prev_hash: Hash) -> Result<(), LogError> {
         let tree = open(dir)?;
-        let bytes = tree.get(event_key(sequence))?.ok_or(LogError::Corrupt {
-            sequence,
-            reason: "absent".into(),
-        })?;
-        let (bytes, _) = chain::relinked(sequence, &bytes, prev_hash)?;
-        tree.insert(event_key(sequence), bytes)?;
-        tree.flush()?;
-        Ok(())
+        let (bytes, _) = chain::relinked(sequence, &stored(&tree, sequence)?, prev_hash)?;
+        store(&tree, sequence, Some(&bytes))
     }
 
     /// Appends `event` as a writer with access to the store would: linked
@@ -942,12 +903,8 @@ pub mod tamper {
                 log.last_written_revision(i).map(Some)
             })?;
         let mut batch = sled::Batch::default();
-        for record in &records {
-            batch.insert(
-                event_key(record.event.sequence).to_vec(),
-                record.bytes.as_slice(),
-            );
-        }
+        let stored = records.iter().map(|r| r.bytes.as_slice());
+        insert_packs(&mut batch, head.sequence + 1, stored);
         batch.insert(HEAD, chain::anchor_value(next));
         if let Some(signed) = signed {
             batch.insert(signature_key(next.sequence).to_vec(), signed.encode());
@@ -960,13 +917,9 @@ pub mod tamper {
     /// Exchanges the stored bytes of two records.
     pub fn swap(dir: &Path, a: u64, b: u64) -> Result<(), LogError> {
         let tree = open(dir)?;
-        let (va, vb) = (tree.get(event_key(a))?, tree.get(event_key(b))?);
-        if let (Some(va), Some(vb)) = (va, vb) {
-            tree.insert(event_key(a), vb)?;
-            tree.insert(event_key(b), va)?;
-        }
-        tree.flush()?;
-        Ok(())
+        let (va, vb) = (stored(&tree, a)?, stored(&tree, b)?);
+        records::replace(&tree, a, Some(&vb))?;
+        store(&tree, b, Some(&va))
     }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::instance_index::InstanceIndex;
+use crate::sled_records as records;
 use crate::test_events::*;
 use crate::{Log, SignedHead, Signing, SigningKey, TrustedKeys};
 
@@ -102,9 +103,7 @@ fn a_corrupt_record_is_an_error_naming_its_sequence() {
     runtime()
         .block_on(log.append(&[created(1, "a"), disabled(2, "a", 2)]))
         .unwrap();
-    log.tree
-        .insert(event_key(2), &b"\xff\xff not protobuf"[..])
-        .unwrap();
+    records::replace(&log.tree, 2, Some(&b"\xff\xff not protobuf"[..])).unwrap();
     let err = log.scan(0).nth(1).unwrap().unwrap_err();
     assert!(
         matches!(err, LogError::Corrupt { sequence: 2, .. }),
@@ -120,7 +119,11 @@ fn a_corrupt_record_is_an_error_naming_its_sequence() {
 
 fn history(dir: &std::path::Path) {
     let log = EventLog::open(dir).unwrap();
-    let events: Vec<Event> = (1..=5)
+    runtime().block_on(log.append(&five_events())).unwrap();
+}
+
+fn five_events() -> Vec<Event> {
+    (1..=5)
         .map(|r| {
             if r == 1 {
                 created(1, "a")
@@ -128,8 +131,30 @@ fn history(dir: &std::path::Path) {
                 disabled(r, "a", r)
             }
         })
-        .collect();
-    runtime().block_on(log.append(&events)).unwrap();
+        .collect()
+}
+
+/// Appends `events` as a writer before packs did: a key per record.
+fn append_unpacked(log: &EventLog, events: &[Event]) {
+    let head = log.head();
+    let (encoded, next) = chain::encode_batch(head, events, log.encoding, |i| {
+        log.last_written_revision(i).map(Some)
+    })
+    .unwrap();
+    let mut batch = sled::Batch::default();
+    for record in &encoded {
+        let key = records::event_key(record.event.sequence);
+        batch.insert(&key[..], record.bytes.as_slice());
+    }
+    batch.insert(HEAD, chain::anchor_value(next));
+    log.tree.apply_batch(batch).unwrap();
+    log.db.flush().unwrap();
+}
+
+/// [`history`], as a writer before packs wrote it.
+fn history_unpacked(dir: &std::path::Path) {
+    append_unpacked(&EventLog::open(dir).unwrap(), &five_events());
+    crate::instance_index::CHECKPOINT.remove(dir).unwrap();
 }
 
 #[test]
@@ -166,12 +191,19 @@ fn verify_names_the_first_bad_record_for_each_kind_of_tampering() {
         ),
         ("two swapped records", |d| tamper::swap(d, 2, 4).unwrap(), 2),
     ];
-    for (what, damage, first_bad) in cases {
+    type Layout = (&'static str, fn(&std::path::Path));
+    let layouts: [Layout; 2] = [("packed", history), ("a key per record", history_unpacked)];
+    for ((layout, write), (what, damage, first_bad)) in layouts
+        .into_iter()
+        .flat_map(|l| cases.iter().map(move |c| (l, *c)))
+    {
+        let what = format!("{what} ({layout})");
         let dir = tempfile::tempdir().unwrap();
-        history(dir.path());
+        write(dir.path());
+        assert!(EventLog::open(dir.path()).unwrap().verify().unwrap().ok());
         damage(dir.path());
         let verification = EventLog::open(dir.path()).unwrap().verify().unwrap();
-        let (sequence, reason) = verification.first_bad.clone().expect(what);
+        let (sequence, reason) = verification.first_bad.clone().expect(&what);
         assert_eq!(sequence, first_bad, "{what}: {reason}");
         assert_eq!(verification.events_checked, first_bad - 1, "{what}");
     }
@@ -625,4 +657,151 @@ fn a_revision_whose_record_was_removed_is_named_by_instance_and_revision() {
             .len(),
         1
     );
+}
+
+/// `count` events from sequence `from` on, round-robin over three
+/// instances that sequence 1..=3 created.
+fn toggles(from: u64, count: u64, log: &EventLog) -> Vec<Event> {
+    let mut next: std::collections::HashMap<&str, u64> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            (
+                name,
+                log.last_written_revision(&instance(name)).unwrap() + 1,
+            )
+        })
+        .collect();
+    (from..from + count)
+        .map(|sequence| {
+            let name = ["a", "b", "c"][(sequence % 3) as usize];
+            let revision = next.get_mut(name).unwrap();
+            *revision += 1;
+            disabled(sequence, name, *revision - 1)
+        })
+        .collect()
+}
+
+fn keys(log: &EventLog, prefix: u8) -> Vec<u64> {
+    log.tree
+        .scan_prefix([prefix])
+        .map(|entry| records::sequence_of(&entry.unwrap().0).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_append_stores_packs_and_a_log_of_single_records_goes_on_in_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    {
+        let log = EventLog::open(dir.path()).unwrap();
+        append_unpacked(&log, &[created(1, "a"), created(2, "b"), created(3, "c")]);
+    }
+    crate::instance_index::CHECKPOINT
+        .remove(dir.path())
+        .unwrap();
+    let log = EventLog::open(dir.path()).unwrap();
+    assert_eq!(log.head().sequence, 3);
+    rt.block_on(log.append(&toggles(4, 40, &log))).unwrap();
+    rt.block_on(log.append(&toggles(44, 1, &log))).unwrap();
+    // Sixteen records a pack at most, and never across two appends.
+    assert_eq!(keys(&log, records::EVENT), [1, 2, 3]);
+    assert_eq!(keys(&log, records::PACK), [4, 20, 36, 44]);
+    drop(log);
+
+    let log = EventLog::open(dir.path()).unwrap();
+    let head = log.head();
+    assert_eq!(head.sequence, 44);
+    let verification = log.verify().unwrap();
+    assert!(verification.ok(), "{verification:?}");
+    assert_eq!((verification.events_checked, verification.head), (44, head));
+    let scanned: Vec<u64> = log.scan(18).map(|r| r.unwrap().event.sequence).collect();
+    assert_eq!(scanned, (19..=44).collect::<Vec<_>>());
+    let a = log.read_instance(&instance("a"), 0, u64::MAX).unwrap();
+    assert_eq!(a.len() as u64, log.last_revision(&instance("a")).unwrap());
+    assert_eq!(a[0].sequence, 1);
+    assert_eq!(
+        log.record_hash(21).unwrap(),
+        Some(
+            log.scan(21)
+                .next()
+                .unwrap()
+                .unwrap()
+                .prev_hash
+                .try_into()
+                .unwrap()
+        )
+    );
+
+    // Ending the log inside a pack cuts the pack there.
+    assert_eq!(log.remove_after(25).unwrap(), 19);
+    assert_eq!(keys(&log, records::PACK), [4, 20]);
+    assert_eq!(log.scan(0).count(), 25);
+    rt.block_on(log.append(&toggles(26, 3, &log))).unwrap();
+    drop(log);
+    let log = EventLog::open(dir.path()).unwrap();
+    let verification = log.verify().unwrap();
+    assert!(verification.ok(), "{verification:?}");
+    assert_eq!(verification.events_checked, 28);
+    assert_eq!(log.remove_after(2).unwrap(), 26);
+    assert_eq!(keys(&log, records::PACK), Vec::<u64>::new());
+    assert!(log.verify().unwrap().ok());
+    assert_eq!(log.head().sequence, 2);
+}
+
+#[test]
+fn a_damaged_pack_and_a_record_stored_twice_are_named() {
+    let rt = runtime();
+    let written = |dir: &std::path::Path| {
+        let log = EventLog::open(dir).unwrap();
+        rt.block_on(log.append(&[created(1, "a"), created(2, "b"), created(3, "c")]))
+            .unwrap();
+        rt.block_on(log.append(&toggles(4, 20, &log))).unwrap();
+    };
+
+    // The pack of 4..=19 cut inside record 7: its length runs past the end.
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path());
+    {
+        let log = EventLog::open(dir.path()).unwrap();
+        let pack = log.tree.get(records::pack_key(4)).unwrap().unwrap();
+        let at = records::unpack(4, &pack).nth(3).unwrap().unwrap().1.start;
+        log.tree
+            .insert(records::pack_key(4), &pack[..at + 10])
+            .unwrap();
+        log.db.flush().unwrap();
+    }
+    let log = EventLog::open(dir.path()).unwrap();
+    let verification = log.verify().unwrap();
+    let (sequence, reason) = verification.first_bad.clone().unwrap();
+    assert_eq!((sequence, verification.events_checked), (7, 6), "{reason}");
+    assert!(reason.contains("pack"), "{reason}");
+    let scanned: Vec<_> = log.scan(0).map(|r| r.map(|r| r.event.sequence)).collect();
+    assert!(matches!(
+        scanned[6],
+        Err(LogError::Corrupt { sequence: 7, .. })
+    ));
+    // The packs after it still read.
+    assert_eq!(scanned[7..].iter().flatten().next(), Some(&20));
+    assert!(matches!(
+        log.stored_record(8),
+        Err(LogError::Corrupt { sequence: 7, .. })
+    ));
+    // Record 7 and what the cut pack lost count as one, and 20..=23.
+    assert_eq!(log.remove_after(6).unwrap(), 5);
+    assert!(log.verify().unwrap().ok());
+    drop(log);
+
+    // Record 5 again, under a key of its own beside its pack.
+    let dir = tempfile::tempdir().unwrap();
+    written(dir.path());
+    {
+        let log = EventLog::open(dir.path()).unwrap();
+        let copy = log.stored_record(5).unwrap().unwrap();
+        log.tree.insert(records::event_key(5), copy).unwrap();
+        log.db.flush().unwrap();
+    }
+    let verification = EventLog::open(dir.path()).unwrap().verify().unwrap();
+    let (sequence, reason) = verification.first_bad.clone().unwrap();
+    assert_eq!((sequence, verification.events_checked), (5, 4), "{reason}");
+    assert!(reason.contains("stored twice"), "{reason}");
 }
