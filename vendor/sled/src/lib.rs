@@ -80,6 +80,7 @@
 //! ).unwrap();
 //! # let _ = std::fs::remove_dir_all("my_db");
 //! ```
+// cassette-firewall: its lints allowed, as for a registry crate (see ../CASSETTE.md).
 #![allow(warnings)]
 #![doc(
     html_logo_url = "https://raw.githubusercontent.com/spacejam/sled/master/art/tree_face_anti-transphobia.png"

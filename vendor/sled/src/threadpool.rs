@@ -68,6 +68,7 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
+        // cassette-firewall: one idle thread per job, not all (see ../CASSETTE.md).
         self.cv.notify_one();
 
         len
