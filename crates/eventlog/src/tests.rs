@@ -716,6 +716,8 @@ fn an_append_stores_packs_and_a_log_of_single_records_goes_on_in_packs() {
     assert_eq!((verification.events_checked, verification.head), (44, head));
     let scanned: Vec<u64> = log.scan(18).map(|r| r.unwrap().event.sequence).collect();
     assert_eq!(scanned, (19..=44).collect::<Vec<_>>());
+    assert_eq!(log.scan(44).count(), 0);
+    assert_eq!(log.scan(u64::MAX).count(), 0);
     let a = log.read_instance(&instance("a"), 0, u64::MAX).unwrap();
     assert_eq!(a.len() as u64, log.last_revision(&instance("a")).unwrap());
     assert_eq!(a[0].sequence, 1);
