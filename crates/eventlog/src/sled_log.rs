@@ -471,15 +471,21 @@ impl EventLog {
     /// Record `sequence`'s bytes as stored (a `cassette.firewall.v1.Event`
     /// in either encoding, what its hash covers), if it is there and durable.
     pub fn stored_record(&self, sequence: u64) -> Result<Option<Vec<u8>>, LogError> {
-        if sequence > self.durable_sequence() {
-            return Ok(None);
-        }
-        Ok(records::get(&self.tree, sequence)?.map(|s| s.bytes().to_vec()))
+        Ok(self.durable_record(sequence)?.map(|s| s.bytes().to_vec()))
     }
 
     /// The hash of record `sequence` as stored, if it is there and durable.
     pub fn record_hash(&self, sequence: u64) -> Result<Option<Hash>, LogError> {
-        Ok(self.stored_record(sequence)?.map(|v| chain::hash(&v)))
+        Ok(self
+            .durable_record(sequence)?
+            .map(|s| chain::hash(s.bytes())))
+    }
+
+    fn durable_record(&self, sequence: u64) -> Result<Option<records::Stored>, LogError> {
+        if sequence > self.durable_sequence() {
+            return Ok(None);
+        }
+        records::get(&self.tree, sequence)
     }
 
     /// [`EventLog::verify_from`] with the newest signature already checked

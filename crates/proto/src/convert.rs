@@ -440,13 +440,14 @@ pub fn event_to_record(event: &Event, prev_hash: &[u8], encoding: RecordEncoding
                 .collect(),
         }),
     };
-    let (event_id, event_uuid) = match encoding {
-        RecordEncoding::Full => (event.event_id.hyphenated().to_string(), Vec::new()),
-        RecordEncoding::Compact => (String::new(), event.event_id.as_bytes().to_vec()),
-    };
-    let commit_unix_nanos = match encoding {
-        RecordEncoding::Full => None,
-        RecordEncoding::Compact => unix_nanos(event.commit_time),
+    // A commit time nanoseconds since the epoch cannot hold is spelled out.
+    let (event_id, event_uuid, commit_unix_nanos) = match encoding {
+        RecordEncoding::Full => (event.event_id.hyphenated().to_string(), Vec::new(), None),
+        RecordEncoding::Compact => (
+            String::new(),
+            event.event_id.as_bytes().to_vec(),
+            unix_nanos(event.commit_time),
+        ),
     };
     pb::Event {
         sequence: event.sequence,

@@ -196,7 +196,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         let mut owner = owners[i % owners.len()].clone();
         let change = async move {
             let flip = toggles[i].fetch_add(1, Ordering::Relaxed);
-            let sent = Instant::now();
+            let started = Instant::now();
             let revision = client
                 .update_rule(pb::UpdateRuleRequest {
                     instance_id: id.clone(),
@@ -207,20 +207,20 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 .await?
                 .into_inner()
                 .revision;
-            let committed = sent.elapsed();
+            let committed = started.elapsed();
             if i % owner_count == 0 {
                 wait(&mut client, id, revision).await?;
-                let acked = sent.elapsed();
+                let acked = started.elapsed();
                 return anyhow::Ok((i, committed, acked, acked));
             }
             // Through another replica: also ask the one the enforcer streams to.
             let here = async {
                 wait(&mut owner, id.clone(), revision).await?;
-                anyhow::Ok(sent.elapsed())
+                anyhow::Ok(started.elapsed())
             };
             let there = async {
                 wait(&mut client, id.clone(), revision).await?;
-                anyhow::Ok(sent.elapsed())
+                anyhow::Ok(started.elapsed())
             };
             let (owned, acked) = tokio::try_join!(here, there)?;
             anyhow::Ok((i, committed, owned, acked))
