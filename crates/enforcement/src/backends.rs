@@ -76,6 +76,8 @@ impl MemoryKernel {
 }
 
 impl Kernel for MemoryKernel {
+    const BLOCKS: bool = false;
+
     fn exists(&mut self) -> Result<bool, KernelError> {
         Ok(self.current().is_some())
     }

@@ -845,7 +845,9 @@ impl<K: Kernel> Enforcer<K> {
         }
     }
 
-    /// Runs a blocking kernel call off the async runtime.
+    /// Runs a kernel call: off the async runtime if it may block
+    /// ([`Kernel::BLOCKS`]), in place otherwise. A call that panics loses
+    /// the backend either way.
     async fn kernel_call<T: Send + 'static>(
         &mut self,
         call: impl FnOnce(&mut K) -> Result<T, KernelError> + Send + 'static,
@@ -855,11 +857,20 @@ impl<K: Kernel> Enforcer<K> {
                 "kernel backend lost by an earlier panic".into(),
             ));
         };
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = call(&mut kernel);
-            (kernel, result)
-        })
-        .await;
+        let joined = if K::BLOCKS {
+            tokio::task::spawn_blocking(move || {
+                let result = call(&mut kernel);
+                (kernel, result)
+            })
+            .await
+            .map_err(|e| e.to_string())
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let result = call(&mut kernel);
+                (kernel, result)
+            }))
+            .map_err(|_| "a panic".to_owned())
+        };
         match joined {
             Ok((kernel, result)) => {
                 self.kernel = Some(kernel);

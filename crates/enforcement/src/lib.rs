@@ -29,6 +29,11 @@ pub struct KernelError(pub String);
 /// A place a ruleset can be put in force. Calls may block; the enforcer runs
 /// them off the async runtime.
 pub trait Kernel: Send + 'static {
+    /// Whether a call may block (a netlink round trip, a file's fsync): the
+    /// enforcer then runs it on the blocking pool, off its one runtime
+    /// thread. A table in memory answers at once and is called in place.
+    const BLOCKS: bool = true;
+
     /// Whether the table exists at all.
     fn exists(&mut self) -> Result<bool, KernelError>;
 
