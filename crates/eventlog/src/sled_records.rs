@@ -15,8 +15,8 @@
 //! takes both. The records' bytes are the same either way: what is hashed,
 //! signed and linked is each record, never a pack.
 //!
-//! A pack whose framing is damaged (a length running past its end, or past
-//! what was parsed) is reported as a corrupt record at the first sequence
+//! A pack whose framing is damaged (a length of zero, or one running past
+//! the pack's end) is reported as a corrupt record at the first sequence
 //! it cannot give, and a record stored twice (overlapping packs, or an `e`
 //! key beside a pack) as a corrupt record where the second copy starts: a
 //! walk names them like any other damage.
@@ -27,6 +27,7 @@ use crate::{u64_suffix, LogError};
 
 /// A single record's key, in logs written before packs.
 pub const EVENT: u8 = b'e';
+/// A pack's key.
 pub const PACK: u8 = b'p';
 /// The most records one pack holds.
 pub const PACK_RECORDS: usize = 16;
