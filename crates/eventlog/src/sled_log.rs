@@ -246,16 +246,8 @@ impl EventLog {
             let (records, next) = chain::encode_batch(*head, events, self.encoding, |instance| {
                 self.last_written_revision(instance).map(Some)
             })?;
-            let mut batch = sled::Batch::default();
-            let stored = records.iter().map(|r| r.bytes.as_slice());
-            insert_packs(&mut batch, head.sequence + 1, stored);
-            batch.insert(HEAD, chain::anchor_value(next));
-            if let Some(signer) = signer {
-                batch.insert(
-                    signature_key(next.sequence).to_vec(),
-                    signer.sign(next).encode(),
-                );
-            }
+            let signed = signer.map(|signer| signer.sign(next));
+            let batch = append_batch(*head, &records, next, signed.as_ref());
             if let Err(e) = self.tree.apply_batch(batch) {
                 self.poison();
                 return Err(e.into());
@@ -741,6 +733,25 @@ fn open_db(config: sled::Config) -> Result<sled::Db, LogError> {
     }
 }
 
+/// One append's write, for one atomic batch: its records (continuing
+/// `head`) in packs, the head anchor it leaves (`next`) and the signature
+/// over that, if any.
+fn append_batch(
+    head: Head,
+    records: &[chain::Encoded<'_>],
+    next: Head,
+    signed: Option<&SignedHead>,
+) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    let stored = records.iter().map(|r| r.bytes.as_slice());
+    insert_packs(&mut batch, head.sequence + 1, stored);
+    batch.insert(HEAD, chain::anchor_value(next));
+    if let Some(signed) = signed {
+        batch.insert(signature_key(next.sequence).to_vec(), signed.encode());
+    }
+    batch
+}
+
 fn signature_key(sequence: u64) -> [u8; 9] {
     let mut key = [SIGNATURE; 9];
     key[1..].copy_from_slice(&sequence.to_be_bytes());
@@ -908,14 +919,8 @@ pub mod tamper {
             chain::encode_batch(head, std::slice::from_ref(event), log.encoding, |i| {
                 log.last_written_revision(i).map(Some)
             })?;
-        let mut batch = sled::Batch::default();
-        let stored = records.iter().map(|r| r.bytes.as_slice());
-        insert_packs(&mut batch, head.sequence + 1, stored);
-        batch.insert(HEAD, chain::anchor_value(next));
-        if let Some(signed) = signed {
-            batch.insert(signature_key(next.sequence).to_vec(), signed.encode());
-        }
-        log.tree.apply_batch(batch)?;
+        log.tree
+            .apply_batch(append_batch(head, &records, next, signed))?;
         log.flush()?;
         Ok(next)
     }

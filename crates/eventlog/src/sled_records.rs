@@ -71,6 +71,16 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// A record stored as a value of its own.
+    fn whole(sequence: u64, value: sled::IVec) -> Self {
+        let range = 0..value.len();
+        Self {
+            sequence,
+            value,
+            range,
+        }
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.value[self.range.clone()]
     }
@@ -153,18 +163,11 @@ pub fn unpack(first: u64, pack: &[u8]) -> impl Iterator<Item = Unpacked> + '_ {
 /// there. A pack whose framing fails before it is [`LogError::Corrupt`].
 pub fn get(tree: &sled::Tree, sequence: u64) -> Result<Option<Stored>, LogError> {
     if let Some(value) = tree.get(event_key(sequence))? {
-        let range = 0..value.len();
-        return Ok(Some(Stored {
-            sequence,
-            value,
-            range,
-        }));
+        return Ok(Some(Stored::whole(sequence, value)));
     }
-    let Some(entry) = tree.range(pack_key(0)..=pack_key(sequence)).next_back() else {
+    let Some((_, first, value)) = pack_holding(tree, sequence)? else {
         return Ok(None);
     };
-    let (key, value) = entry?;
-    let first = sequence_of(&key)?;
     for record in unpack(first, &value) {
         let (at, range) = record?;
         if at == sequence {
@@ -188,23 +191,33 @@ pub fn get_readable(tree: &sled::Tree, sequence: u64) -> Result<Option<Stored>, 
     }
 }
 
+/// The pack that would hold record `sequence`: the last one stored under
+/// a sequence at most it, as its key, its first sequence and its value.
+fn pack_holding(
+    tree: &sled::Tree,
+    sequence: u64,
+) -> Result<Option<(sled::IVec, u64, sled::IVec)>, LogError> {
+    let Some(entry) = tree.range(pack_key(0)..=pack_key(sequence)).next_back() else {
+        return Ok(None);
+    };
+    let (key, value) = entry?;
+    let first = sequence_of(&key)?;
+    Ok(Some((key, first, value)))
+}
+
 /// The records stored from `first` through `last` in sequence order, the
 /// single-record keys of an older writer and the packs merged. Stops after
 /// an error from sled; a damaged pack or a record stored twice is a
 /// corrupt record, after which the next one goes on.
 pub fn range(tree: &sled::Tree, first: u64, last: u64) -> Records {
     // The pack holding `first` may begin before it.
-    let from = match tree.range(pack_key(0)..=pack_key(first)).next_back() {
-        Some(Ok((key, _))) => sequence_of(&key).unwrap_or(first),
+    let from = match pack_holding(tree, first) {
+        Ok(Some((_, from, _))) => from,
         _ => first,
     };
     let singles = tree.range(event_key(first)..=event_key(last)).map(|entry| {
         let (key, value) = entry?;
-        Ok(Stored {
-            sequence: sequence_of(&key)?,
-            range: 0..value.len(),
-            value,
-        })
+        Ok(Stored::whole(sequence_of(&key)?, value))
     });
     let packed = Packed {
         packs: tree.range(pack_key(from)..=pack_key(last)),
@@ -354,21 +367,13 @@ pub fn last(tree: &sled::Tree) -> Result<Option<Stored>, LogError> {
                     value,
                     range,
                 },
-                None => Stored {
-                    sequence: first,
-                    range: 0..value.len(),
-                    value,
-                },
+                None => Stored::whole(first, value),
             })
         }
     };
     let single = match single {
         None => None,
-        Some((key, value)) => Some(Stored {
-            sequence: sequence_of(&key)?,
-            range: 0..value.len(),
-            value,
-        }),
+        Some((key, value)) => Some(Stored::whole(sequence_of(&key)?, value)),
     };
     Ok(match (single, packed) {
         (Some(s), Some(p)) if s.sequence > p.sequence => Some(s),
@@ -392,9 +397,8 @@ pub fn remove_after(
         batch.remove(key);
         removed += 1;
     }
-    if let Some(entry) = tree.range(pack_key(0)..=pack_key(sequence)).next_back() {
-        let (key, value) = entry?;
-        let records: Vec<_> = unpack(sequence_of(&key)?, &value).collect();
+    if let Some((key, first, value)) = pack_holding(tree, sequence)? {
+        let records: Vec<_> = unpack(first, &value).collect();
         let kept = records
             .iter()
             .take_while(|r| matches!(r, Ok((s, _)) if *s <= sequence))
@@ -402,13 +406,9 @@ pub fn remove_after(
         if kept < records.len() {
             removed += (records.len() - kept) as u64;
             // A batch keeps the last word on a key: the cut pack replaces it.
-            batch.remove(key.clone());
+            batch.remove(key);
             let kept = records[..kept].iter().filter_map(|r| r.as_ref().ok());
-            insert_packs(
-                batch,
-                sequence_of(&key)?,
-                kept.map(|(_, range)| &value[range.clone()]),
-            );
+            insert_packs(batch, first, kept.map(|(_, range)| &value[range.clone()]));
         }
     }
     for entry in tree.range(pack_key(sequence + 1)..=pack_key(u64::MAX)) {
@@ -430,11 +430,9 @@ pub fn replace(tree: &sled::Tree, sequence: u64, new: Option<&[u8]>) -> Result<b
         };
         return Ok(true);
     }
-    let Some(entry) = tree.range(pack_key(0)..=pack_key(sequence)).next_back() else {
+    let Some((key, first, value)) = pack_holding(tree, sequence)? else {
         return Ok(false);
     };
-    let (key, value) = entry?;
-    let first = sequence_of(&key)?;
     let mut records: Vec<Vec<u8>> = Vec::new();
     for record in unpack(first, &value) {
         records.push(value[record?.1].to_vec());
