@@ -38,6 +38,8 @@ run() {
 }
 field() { jq -r "$2" "$results/$1.json"; }
 
+# First the disk alone: the floor under the latency rows, which moves with the hour.
+run disk disk --writes 1000
 echo "== scripts/bench-grpcio.sh 1000" >&2
 ./scripts/bench-grpcio.sh 1000 >"$results/grpcio.json"
 cat "$results/grpcio.json" >&2
@@ -92,6 +94,7 @@ Goals are the performance issue's, for this 2-core machine.
 | change -> kernel -> ack, Google's grpcio client (Python) in a network namespace, the enforcer in another with its state file on disk, both on the service's Unix socket | \`sudo scripts/bench-grpcio.sh 1000\` | p50 $(ms "$(field grpcio .p50_ms)") ms, p99 $(ms "$(field grpcio .p99_ms)") ms (grpcio $(field grpcio .grpcio)) | p50 <= 0.7 ms, p99 <= 5 ms |
 | change -> kernel -> ack, with the enforcer's state saved before each ack | \`sudo cassette-bench e2e --changes 1000 --breakdown\` | p50 $(ms "$(field e2e .p50_ms)") ms, p99 $(ms "$(field e2e .p99_ms)") ms | p50 <= 0.6 ms |
 | the same without the state (\`--no-state\`) | \`sudo cassette-bench e2e --changes 1000 --no-state\` | p50 $(ms "$(field e2e-no-state .p50_ms)") ms, p99 $(ms "$(field e2e-no-state .p99_ms)") ms | |
+| the disk under them (no service; context, not a goal): one 4 KiB \`pwrite\` + \`fdatasync\` (an enforcer's journal record), and what one sled append asks of it (two buffers, each \`pwrite\` + \`sync_file_range\`, then \`fdatasync\`) | \`cassette-bench disk\` | p50 $(ms "$(field disk .pwrite_fdatasync.p50_ms)") ms and $(ms "$(field disk .sled_append_pattern.p50_ms)") ms (p99 $(ms "$(field disk .pwrite_fdatasync.p99_ms)") and $(ms "$(field disk .sled_append_pattern.p99_ms)") ms) | |
 | durable appends, 64 clients | \`cassette-bench append --clients 64\` | $(int "$(field append-64 .events_per_sec)") events/s, p50 $(ms "$(field append-64 .p50_ms)") ms, p99 $(ms "$(field append-64 .p99_ms)") ms | >= 20,000 events/s, p99 <= 10 ms |
 | durable appends, one client | \`cassette-bench append --clients 1\` | $(int "$(field append-1 .events_per_sec)") events/s, p50 $(ms "$(field append-1 .p50_ms)") ms, p99 $(ms "$(field append-1 .p99_ms)") ms | |
 | start to serving on a $(int "$replay_events")-event log (open, replay, first GetFirewall answered) | \`cassette-bench replay --events $replay_events\` | $(field replay .start_to_serving_seconds) s replaying the whole log; $(field replay .snapshot_start_to_serving_seconds) s from the projection snapshot its shutdown wrote ($(int "$(field replay .snapshot_bytes)") bytes; the log before it walked in the background in $(field replay .snapshot_walk_seconds) s) | < 0.5 s (1,000,000 events) |
@@ -128,6 +131,11 @@ the two, not their sum.
 | end to end (client: the call -> WaitForSync answered) | $(ms "$(field e2e .breakdown.end_to_end)") |
 | &nbsp;&nbsp;the rest: the call's way in, WaitForSync's call, waking it | $(ms "$(field e2e .breakdown.rest)") |
 
+The disk's share: in the same run, with no service, one 4 KiB \`pwrite\` +
+\`fdatasync\` took $(ms "$(field disk .pwrite_fdatasync.p50_ms)") ms (p50; the enforcer's save) and sled's
+pattern for one append $(ms "$(field disk .sled_append_pattern.p50_ms)") ms (the log's append). On this VM
+both move with the hour by up to half again: compare runs by them first.
+
 For comparison on this machine: one \`nft add element\` process
 $(ms "$(field e2e .nft_add_element_process_ms)") ms (of which \`ip netns exec\`
 alone $(ms "$(field e2e .netns_exec_process_ms)") ms).
@@ -135,7 +143,7 @@ alone $(ms "$(field e2e .netns_exec_process_ms)") ms).
 ## Plots
 
 BREAKDOWN
-    for name in e2e e2e-no-state append-64 append-1 fanout-1000 fanout-5000 fanout-10000 fanout-etcd; do
+    for name in disk e2e e2e-no-state append-64 append-1 fanout-1000 fanout-5000 fanout-10000 fanout-etcd; do
         echo "### $name"
         echo
         echo "\`cassette-bench $(field "$name" .bench)\`: $(jq -c 'del(.plot, .breakdown)' "$results/$name.json")"

@@ -7,6 +7,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod append;
+mod disk;
 mod e2e;
 mod fanout;
 mod lag;
@@ -71,6 +72,8 @@ enum Bench {
     Fanout(fanout::Options),
     /// Two replicas on one etcd log: commit through A -> visible on B.
     Lag(lag::Options),
+    /// The disk's cost of the durable writes one change makes (no service).
+    Disk(disk::Options),
 }
 
 #[tokio::main]
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::E2e(options) => e2e::run(options).await?,
         Bench::Fanout(options) => fanout::run(options).await?,
         Bench::Lag(options) => lag::run(options).await?,
+        Bench::Disk(options) => disk::run(options).await?,
     };
     let name = report.json["bench"].as_str().unwrap_or("bench").to_owned();
     if !args.no_plot && !report.series.is_empty() {
