@@ -807,3 +807,37 @@ fn a_damaged_pack_and_a_record_stored_twice_are_named() {
     assert_eq!((sequence, verification.events_checked), (5, 4), "{reason}");
     assert!(reason.contains("stored twice"), "{reason}");
 }
+
+/// sled's data file is as long as its segments: the small appends in one
+/// segment do not lengthen it, so the fdatasync after each commits no new
+/// length to the file system's journal (vendor/sled/CASSETTE.md, item 5).
+#[test]
+fn appends_within_a_segment_leave_the_data_file_as_long_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EventLog::open(dir.path()).unwrap();
+    let rt = runtime();
+    rt.block_on(log.append(&[created(1, "a")])).unwrap();
+    let length = || std::fs::metadata(dir.path().join(DATA_FILE)).unwrap().len();
+    let before = length();
+    assert_eq!(
+        before % (512 * 1024),
+        0,
+        "{before} bytes: not whole segments"
+    );
+    for revision in 2..=50 {
+        rt.block_on(log.append(&[disabled(revision, "a", revision)]))
+            .unwrap();
+        assert_eq!(length(), before, "after revision {revision}");
+    }
+    drop(log);
+    // And it reads back whole, the hole after the last message and all.
+    let log = EventLog::open(dir.path()).unwrap();
+    assert_eq!(log.head().sequence, 50);
+    assert_eq!(
+        log.read_instance(&instance("a"), 0, u64::MAX)
+            .unwrap()
+            .len(),
+        50
+    );
+    assert!(log.verify().unwrap().first_bad.is_none());
+}
