@@ -998,11 +998,11 @@ impl SegmentAccountant {
         trace!("advancing file tip from {} to {}", lid, self.tip);
 
         // cassette-firewall: the file is made as long as the new segment
-        // at once (a hole, read as zeros: an unwritten segment header and no
-        // message, as after a crash). Otherwise every write into the segment
-        // lengthens the file, and every `fdatasync` after it (one per
-        // durable append) also commits the new length to the file system's
-        // journal (see ../../CASSETTE.md).
+        // at once (a hole: past the segment's last message sled reads
+        // zeros, as it read past the end of the file). Otherwise every write
+        // into the segment lengthens the file, and every `fdatasync` after
+        // it (one per durable append) also commits the new length to the
+        // file system's journal (see ../../CASSETTE.md).
         let file = &self.config.file;
         if file.metadata()?.len() < self.tip {
             file.set_len(self.tip)?;
