@@ -14,7 +14,7 @@
 //! so the enforcer, the audit view and the tests all render the same text.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
+use std::fmt::{self, Write};
 
 use cassette_model::{default_rules, Cidr, Firewall, PortRange, Protocol};
 use sha2::{Digest, Sha256};
@@ -145,14 +145,15 @@ impl BlockedSet {
 
     /// The rule that records a new TCP or UDP connection the chain is about
     /// to drop (protocols by number, as for ICMP below).
-    fn record_rule(&self) -> String {
+    fn record_rule(&self, out: &mut impl Write) -> fmt::Result {
         let (family, key) = match self.source_ipv4 {
             None => ("", "meta l4proto . th dport"),
             Some(true) => ("meta nfproto ipv4 ", "meta l4proto . th dport . ip saddr"),
             Some(false) => ("meta nfproto ipv6 ", "meta l4proto . th dport . ip6 saddr"),
         };
-        format!(
-            "    meta l4proto {{ 6, 17 }} ct state new {family}update @{} {{ {key} }}\n",
+        writeln!(
+            out,
+            "    meta l4proto {{ 6, 17 }} ct state new {family}update @{} {{ {key} }}",
             self.name
         )
     }
@@ -180,13 +181,25 @@ pub const BLOCKED_SETS: [BlockedSet; 3] = [
     },
 ];
 
-fn hex_sha256(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
+/// Lower-case hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    hex
+}
+
+/// Text written into it is hashed as it comes (the table is never held).
+struct Sha256Writer(Sha256);
+
+impl Write for Sha256Writer {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.0.update(text.as_bytes());
+        Ok(())
+    }
 }
 
 /// One of the allowlist sets: `source . port` for a protocol and a family.
@@ -287,13 +300,18 @@ impl Ruleset {
 
     /// The `(network, ports)` elements of an allowlist set.
     pub fn allowed(&self, set: &AllowSet) -> BTreeSet<(Cidr, PortRange)> {
+        self.allowed_in(set).collect()
+    }
+
+    /// [`Ruleset::allowed`] in its order, without collecting: the elements
+    /// are sorted by protocol first, so one protocol's are in set order.
+    fn allowed_in<'a>(&'a self, set: &'a AllowSet) -> impl Iterator<Item = (Cidr, PortRange)> + 'a {
         self.allowed
             .iter()
             .filter(|(protocol, network, _)| {
                 *protocol == set.protocol && network.is_ipv4() == set.ipv4
             })
             .map(|(_, network, port)| (*network, *port))
-            .collect()
     }
 
     /// What an instance holds before its first sync: the product's defaults
@@ -327,11 +345,21 @@ impl Ruleset {
     }
 
     fn render_as(&self, table: &TableName, rendering: Rendering) -> String {
-        let table = table.as_str();
-        let mut out = format!("table inet {table} {{\n");
+        let mut out = String::with_capacity(2048);
+        // Writing into a String cannot fail.
+        let _ = self.write_table(&mut out, table.as_str(), rendering);
+        out
+    }
+
+    /// The table's text under `rendering`, written into `out`: the one
+    /// renderer, whether the text is kept ([`Ruleset::render`]) or only
+    /// hashed ([`Ruleset::hash`], which streams it into SHA-256 and keeps
+    /// nothing).
+    fn write_table(&self, out: &mut impl Write, table: &str, rendering: Rendering) -> fmt::Result {
+        writeln!(out, "table inet {table} {{")?;
         for protocol in [Protocol::Tcp, Protocol::Udp] {
             // Every element counts the packets it accepted (hit counts).
-            let _ = write!(
+            write!(
                 out,
                 "  set {} {{\n    type inet_service;\n{}    counter;\n",
                 set_name(protocol),
@@ -340,62 +368,66 @@ impl Ruleset {
                 } else {
                     ""
                 }
-            );
-            let ports = self.ports(protocol);
-            if !ports.is_empty() {
-                let _ = writeln!(out, "    elements = {{ {} }}", join(ports));
-            }
-            out.push_str("  }\n");
+            )?;
+            write_elements(out, self.ports(protocol).iter())?;
+            out.write_str("  }\n")?;
         }
         for set in &ALLOW_SETS {
-            let _ = write!(
+            write!(
                 out,
                 "  set {} {{\n    type {} . inet_service;\n    flags interval;\n    counter;\n",
                 set.name,
                 set.address_type()
-            );
-            let elements = self.allowed(set);
-            if !elements.is_empty() {
-                let _ = writeln!(out, "    elements = {{ {} }}", join_allowed(&elements));
-            }
-            out.push_str("  }\n");
+            )?;
+            let elements = self
+                .allowed_in(set)
+                .map(|(network, ports)| Allowed(network, ports));
+            write_elements(out, elements)?;
+            out.write_str("  }\n")?;
         }
         for set in BLOCKED_SETS.iter().filter(|_| rendering.records_blocked) {
-            let _ = write!(
+            write!(
                 out,
                 "  set {} {{\n    type {};\n    flags dynamic,timeout;\n    timeout {BLOCKED_TIMEOUT_SECS}s;\n    size {};\n    counter;\n  }}\n",
                 set.name,
                 set.key_type(),
                 set.size
-            );
+            )?;
         }
-        out.push_str(concat!(
+        out.write_str(concat!(
             "  chain input {\n",
             "    type filter hook input priority filter; policy drop;\n",
-        ));
-        out.push_str(rendering.input_accepts);
-        out.push_str(concat!(
+        ))?;
+        out.write_str(rendering.input_accepts)?;
+        out.write_str(concat!(
             // ICMP (1) and ICMPv6 (58) by number: names need /etc/protocols,
             // which minimal container images lack.
             "    meta l4proto { 1, 58 } accept\n",
             "    tcp dport @tcp_open accept\n",
             "    udp dport @udp_open accept\n",
-        ));
+        ))?;
         for set in &ALLOW_SETS {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "    {} . {} dport @{} accept",
                 set.source_match(),
                 set.protocol.name(),
                 set.name
-            );
+            )?;
         }
         // What reaches here is dropped by the policy: record it first.
         for set in BLOCKED_SETS.iter().filter(|_| rendering.records_blocked) {
-            out.push_str(&set.record_rule());
+            set.record_rule(out)?;
         }
-        out.push_str("  }\n}\n");
-        out
+        out.write_str("  }\n}\n")
+    }
+
+    /// SHA-256 (hex) of the table under its default name, as `rendering` drew it.
+    fn hash_as(&self, rendering: Rendering) -> String {
+        let mut sha = Sha256Writer(Sha256::new());
+        // Writing into a hasher cannot fail.
+        let _ = self.write_table(&mut sha, TableName::default().as_str(), rendering);
+        hex(&sha.0.finalize())
     }
 
     /// One `nft -f` transaction that replaces the table, whether or not it
@@ -470,9 +502,9 @@ impl Ruleset {
     /// puts the current rendering in force).
     pub fn hash_matches(&self, hash: &str) -> bool {
         hash == self.hash()
-            || EARLIER.iter().any(|rendering| {
-                hash == hex_sha256(&self.render_as(&TableName::default(), *rendering))
-            })
+            || EARLIER
+                .iter()
+                .any(|rendering| hash == self.hash_as(*rendering))
     }
 
     /// SHA-256 (hex) of the table rendered under its default name
@@ -480,7 +512,7 @@ impl Ruleset {
     /// that the rules service, which does not know an enforcer's `--table`,
     /// computes the same hash for the same revision.
     pub fn hash(&self) -> String {
-        hex_sha256(&self.render(&TableName::default()))
+        self.hash_as(CURRENT)
     }
 }
 
@@ -520,25 +552,63 @@ impl std::fmt::Display for Element {
     }
 }
 
-fn join_allowed(elements: &BTreeSet<(Cidr, PortRange)>) -> String {
-    elements
-        .iter()
-        .map(|(network, port)| format!("{network} . {port}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// A set's `elements = { .. }` line, comma-separated; none for no elements.
+fn write_elements<T: fmt::Display>(
+    out: &mut impl Write,
+    elements: impl Iterator<Item = T>,
+) -> fmt::Result {
+    let mut any = false;
+    for element in elements {
+        let before = if any { ", " } else { "    elements = { " };
+        write!(out, "{before}{element}")?;
+        any = true;
+    }
+    if any {
+        out.write_str(" }\n")?;
+    }
+    Ok(())
 }
 
-fn join(ports: &BTreeSet<PortRange>) -> String {
-    ports
-        .iter()
-        .map(PortRange::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+/// An allowlist element as the table spells it: `network . ports`.
+struct Allowed(Cidr, PortRange);
+
+impl fmt::Display for Allowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} . {}", self.0, self.1)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hash streams the text into SHA-256 without keeping it: it must
+    /// be the hash of exactly the text `render` keeps.
+    #[test]
+    fn the_hash_is_the_sha256_of_the_rendered_table() {
+        let network = |text| Cidr::parse(text).unwrap();
+        let range = |first, last| PortRange::new(first, last).unwrap();
+        let rulesets = [
+            Ruleset::default(),
+            Ruleset::defaults(),
+            Ruleset::defaults()
+                .opening(Protocol::Udp, range(27015, 27030), &[])
+                .opening(Protocol::Tcp, range(8080, 8080), &[]),
+            Ruleset::default()
+                .opening(
+                    Protocol::Tcp,
+                    range(5432, 5432),
+                    &[network("10.0.0.0/8"), network("2001:db8::/32")],
+                )
+                .opening(Protocol::Udp, range(53, 53), &[network("192.168.1.7")])
+                .opening(Protocol::Udp, range(60000, 61000), &[network("fd00::/8")]),
+        ];
+        for ruleset in rulesets {
+            let text = ruleset.render(&TableName::default());
+            assert_eq!(ruleset.hash(), hex(&Sha256::digest(text.as_bytes())), "{text}");
+        }
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
 
     #[test]
     fn a_hash_an_earlier_renderer_made_still_matches() {
