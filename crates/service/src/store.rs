@@ -2,7 +2,6 @@
 //! it, and the single writer (`writer.rs`) that decides, appends and
 //! publishes. Reads are served from the projection without touching the log.
 
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Instant, SystemTime};
@@ -575,10 +574,9 @@ impl Store {
         visible: impl Fn(&InstanceId) -> bool,
     ) -> (Vec<Arc<Firewall>>, bool) {
         let projection = self.read();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut live = projection
             .firewalls
-            .range((start, Bound::Unbounded))
+            .after(after)
             .filter(|(id, f)| f.is_live() && visible(id))
             .map(|(_, f)| f);
         let page: Vec<_> = live.by_ref().take(limit).cloned().collect();
