@@ -745,18 +745,15 @@ impl<K: Kernel> Enforcer<K> {
             self.in_kernel.clone()
         };
         let result = match known {
-            Some(current) => {
-                let d = desired.clone();
-                match self.kernel_call(move |k| k.update(&current, &d)).await {
-                    Ok(()) => Ok(()),
-                    Err(error) => {
-                        warn!(%error, "element update refused; replacing the table");
-                        self.metrics.table_replacements.inc();
-                        let d = desired.clone();
-                        self.kernel_call(move |k| k.replace(&d)).await
-                    }
+            Some(current) => match self.kernel_update(current, desired.clone()).await {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    warn!(%error, "element update refused; replacing the table");
+                    self.metrics.table_replacements.inc();
+                    let d = desired.clone();
+                    self.kernel_call(move |k| k.replace(&d)).await
                 }
-            }
+            },
             None => {
                 self.metrics.table_replacements.inc();
                 let d = desired.clone();
@@ -845,11 +842,33 @@ impl<K: Kernel> Enforcer<K> {
         }
     }
 
+    /// Turns the table from `current` (what it holds) into `desired`: in
+    /// place when the backend's updates answer at once
+    /// ([`Kernel::quick_updates`]), else like every other kernel call.
+    async fn kernel_update(
+        &mut self,
+        current: Ruleset,
+        desired: Ruleset,
+    ) -> Result<(), KernelError> {
+        let off_runtime = !self.kernel.as_ref().is_some_and(|k| k.quick_updates());
+        self.kernel_call_where(off_runtime, move |k| k.update(&current, &desired))
+            .await
+    }
+
     /// Runs a kernel call: off the async runtime if it may block
-    /// ([`Kernel::BLOCKS`]), in place otherwise. A call that panics loses
-    /// the backend either way.
+    /// ([`Kernel::BLOCKS`]), in place otherwise.
     async fn kernel_call<T: Send + 'static>(
         &mut self,
+        call: impl FnOnce(&mut K) -> Result<T, KernelError> + Send + 'static,
+    ) -> Result<T, KernelError> {
+        self.kernel_call_where(K::BLOCKS, call).await
+    }
+
+    /// Runs a kernel call on the blocking pool (`off_runtime`) or in place.
+    /// A call that panics loses the backend either way.
+    async fn kernel_call_where<T: Send + 'static>(
+        &mut self,
+        off_runtime: bool,
         call: impl FnOnce(&mut K) -> Result<T, KernelError> + Send + 'static,
     ) -> Result<T, KernelError> {
         let Some(mut kernel) = self.kernel.take() else {
@@ -857,7 +876,7 @@ impl<K: Kernel> Enforcer<K> {
                 "kernel backend lost by an earlier panic".into(),
             ));
         };
-        let joined = if K::BLOCKS {
+        let joined = if off_runtime {
             tokio::task::spawn_blocking(move || {
                 let result = call(&mut kernel);
                 (kernel, result)

@@ -447,6 +447,12 @@ impl Kernel for NftKernel {
         }
     }
 
+    /// With the netlink socket, an update is one batch the kernel answers at
+    /// once (a batch it refuses falls back to libnftables, once, in place).
+    fn quick_updates(&self) -> bool {
+        self.netlink.is_some()
+    }
+
     fn holds(&mut self, ruleset: &Ruleset) -> Result<bool, KernelError> {
         let Some(objects) = self.read_back()? else {
             return Ok(false);

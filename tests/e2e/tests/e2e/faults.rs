@@ -856,3 +856,132 @@ async fn a_repair_that_fails_is_reported_and_nothing_is_shown_applied() {
     enforcer.abort();
     service.stop().await;
 }
+
+/// A kernel that notes which thread each change ran on.
+#[derive(Clone)]
+struct ThreadKernel {
+    quick: bool,
+    table: std::sync::Arc<std::sync::Mutex<Option<cassette_ruleset::Ruleset>>>,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, std::thread::ThreadId)>>>,
+}
+
+impl ThreadKernel {
+    fn put(&self, call: &'static str, ruleset: &cassette_ruleset::Ruleset) {
+        let thread = std::thread::current().id();
+        self.calls.lock().unwrap().push((call, thread));
+        *self.table.lock().unwrap() = Some(ruleset.clone());
+    }
+}
+
+impl cassette_enforcement::Kernel for ThreadKernel {
+    fn exists(&mut self) -> Result<bool, cassette_enforcement::KernelError> {
+        Ok(self.table.lock().unwrap().is_some())
+    }
+
+    fn replace(
+        &mut self,
+        ruleset: &cassette_ruleset::Ruleset,
+    ) -> Result<(), cassette_enforcement::KernelError> {
+        self.put("replace", ruleset);
+        Ok(())
+    }
+
+    fn update(
+        &mut self,
+        _from: &cassette_ruleset::Ruleset,
+        to: &cassette_ruleset::Ruleset,
+    ) -> Result<(), cassette_enforcement::KernelError> {
+        self.put("update", to);
+        Ok(())
+    }
+
+    fn quick_updates(&self) -> bool {
+        self.quick
+    }
+
+    fn holds(
+        &mut self,
+        ruleset: &cassette_ruleset::Ruleset,
+    ) -> Result<bool, cassette_enforcement::KernelError> {
+        Ok(self.table.lock().unwrap().as_ref() == Some(ruleset))
+    }
+}
+
+/// The enforcer runs on one thread (a current-thread runtime, as the
+/// enforcer binary's): a backend whose updates answer at once (netlink
+/// element changes) is updated on it, in place, and everything else a
+/// blocking backend does (a whole table's replace) runs on the blocking pool.
+#[tokio::test]
+async fn quick_kernel_updates_are_made_in_place_and_replaces_off_the_runtime() {
+    use cassette_enforcement::{Config, Enforcer};
+    let runtime_thread = std::thread::current().id();
+    for quick in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let service = cassette_e2e::InProcess::start(dir.path()).await;
+        let mut client = service.client().await;
+        cassette_e2e::create_firewall(&mut client, "web-1").await;
+        let kernel = ThreadKernel {
+            quick,
+            table: Default::default(),
+            calls: Default::default(),
+        };
+        let config = Config {
+            rules: vec![cassette_e2e::tcp_target(service.addr)],
+            keepalive: Default::default(),
+            tls: Default::default(),
+            instance: cassette_model::InstanceId::parse("web-1").unwrap(),
+            enforcer_id: "threads".into(),
+            table: Default::default(),
+            refresh_interval: Duration::from_secs(3600),
+            report_interval: Duration::from_secs(3600),
+            state_dir: None,
+        };
+        let enforcer =
+            tokio::spawn(Enforcer::new(config, kernel.clone()).run(std::future::pending()));
+        let mut revision = 1;
+        for enabled in [false, true, false] {
+            revision = client
+                .update_rule(pb::UpdateRuleRequest {
+                    instance_id: "web-1".into(),
+                    rule_id: "default-ssh".into(),
+                    enabled: Some(enabled),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .revision;
+        }
+        let status = client
+            .wait_for_sync(pb::WaitForSyncRequest {
+                instance_id: "web-1".into(),
+                revision,
+                timeout: Duration::from_secs(30).try_into().ok(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.state, pb::SyncState::InSync as i32, "{status:?}");
+        let calls = kernel.calls.lock().unwrap().clone();
+        let on_runtime = |call: &str| {
+            let threads: Vec<bool> = calls
+                .iter()
+                .filter(|(c, _)| *c == call)
+                .map(|(_, thread)| *thread == runtime_thread)
+                .collect();
+            assert!(!threads.is_empty(), "no {call} among {calls:?}");
+            threads
+        };
+        assert!(
+            on_runtime("replace").iter().all(|here| !here),
+            "a replace ran on the runtime's thread: {calls:?}"
+        );
+        assert!(
+            on_runtime("update").iter().all(|here| *here == quick),
+            "quick updates {quick}: {calls:?} (the runtime's thread is {runtime_thread:?})"
+        );
+        enforcer.abort();
+        service.stop().await;
+    }
+}
