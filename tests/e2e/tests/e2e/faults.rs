@@ -561,6 +561,27 @@ async fn twenty_kill_9s_at_random_moments_lose_nothing_acknowledged() {
     );
 }
 
+/// An in-process enforcer of `instance` following `rules`: development mode,
+/// no state kept, refreshes and reports an hour apart (a test sets what it
+/// needs over these).
+fn enforcer_config(
+    rules: Vec<cassette_e2e::Target>,
+    instance: &str,
+    enforcer_id: &str,
+) -> cassette_enforcement::Config {
+    cassette_enforcement::Config {
+        rules,
+        keepalive: Default::default(),
+        tls: Default::default(),
+        instance: cassette_model::InstanceId::parse(instance).unwrap(),
+        enforcer_id: enforcer_id.to_owned(),
+        table: Default::default(),
+        refresh_interval: Duration::from_secs(3600),
+        report_interval: Duration::from_secs(3600),
+        state_dir: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_enforcers_resume_after_a_rules_restart_without_reapplying_from_scratch() {
     use cassette_enforcement::{Config, Enforcer, MemoryKernel};
@@ -578,18 +599,11 @@ async fn fifty_enforcers_resume_after_a_rules_restart_without_reapplying_from_sc
         let instance = format!("sim-{i}");
         cassette_e2e::create_firewall(&mut client, &instance).await;
         let config = Config {
-            rules: vec![target.clone()],
             keepalive: cassette_proto::Keepalive {
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_secs(2),
             },
-            tls: Default::default(),
-            instance: cassette_model::InstanceId::parse(&instance).unwrap(),
-            enforcer_id: format!("sim-{i}"),
-            table: Default::default(),
-            refresh_interval: Duration::from_secs(3600),
-            report_interval: Duration::from_secs(3600),
-            state_dir: None,
+            ..enforcer_config(vec![target.clone()], &instance, &instance)
         };
         let enforcer = Enforcer::new(config, MemoryKernel::default());
         metrics.push(enforcer.metrics());
@@ -712,23 +726,14 @@ async fn a_stopping_service_ends_waiters_and_follow_streams_with_unavailable() {
 
 #[tokio::test]
 async fn an_enforcer_moves_on_to_the_next_endpoint_when_one_is_unreachable() {
-    use cassette_enforcement::{Config, Enforcer, MemoryKernel};
+    use cassette_enforcement::{Enforcer, MemoryKernel};
     let dir = tempfile::tempdir().unwrap();
     let service = cassette_e2e::InProcess::start(dir.path()).await;
     let mut client = service.client().await;
     cassette_e2e::create_firewall(&mut client, "web-1").await;
     let dead = cassette_e2e::Target::Unix(dir.path().join("no-service-here.sock"));
-    let config = Config {
-        rules: vec![dead, cassette_e2e::tcp_target(service.addr)],
-        keepalive: Default::default(),
-        tls: Default::default(),
-        instance: cassette_model::InstanceId::parse("web-1").unwrap(),
-        enforcer_id: "failover".into(),
-        table: Default::default(),
-        refresh_interval: Duration::from_secs(3600),
-        report_interval: Duration::from_secs(3600),
-        state_dir: None,
-    };
+    let rules = vec![dead, cassette_e2e::tcp_target(service.addr)];
+    let config = enforcer_config(rules, "web-1", "failover");
     let enforcer =
         tokio::spawn(Enforcer::new(config, MemoryKernel::default()).run(std::future::pending()));
     let status = client
@@ -746,14 +751,36 @@ async fn an_enforcer_moves_on_to_the_next_endpoint_when_one_is_unreachable() {
     service.stop().await;
 }
 
-/// A kernel that can be told to refuse every change (a broken nftables).
+/// An in-memory kernel for in-process enforcers: it can be told to refuse
+/// every change (a broken nftables) and to say its updates are quick, and it
+/// notes which thread each change ran on.
 #[derive(Clone, Default)]
-struct FlakyKernel {
+struct TestKernel {
     table: std::sync::Arc<std::sync::Mutex<Option<cassette_ruleset::Ruleset>>>,
     broken: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    quick: bool,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, std::thread::ThreadId)>>>,
 }
 
-impl cassette_enforcement::Kernel for FlakyKernel {
+impl TestKernel {
+    fn put(
+        &self,
+        call: &'static str,
+        ruleset: &cassette_ruleset::Ruleset,
+    ) -> Result<(), cassette_enforcement::KernelError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(cassette_enforcement::KernelError(
+                "Error: simulated broken kernel".into(),
+            ));
+        }
+        let thread = std::thread::current().id();
+        self.calls.lock().unwrap().push((call, thread));
+        *self.table.lock().unwrap() = Some(ruleset.clone());
+        Ok(())
+    }
+}
+
+impl cassette_enforcement::Kernel for TestKernel {
     fn exists(&mut self) -> Result<bool, cassette_enforcement::KernelError> {
         Ok(self.table.lock().unwrap().is_some())
     }
@@ -762,13 +789,19 @@ impl cassette_enforcement::Kernel for FlakyKernel {
         &mut self,
         ruleset: &cassette_ruleset::Ruleset,
     ) -> Result<(), cassette_enforcement::KernelError> {
-        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(cassette_enforcement::KernelError(
-                "Error: simulated broken kernel".into(),
-            ));
-        }
-        *self.table.lock().unwrap() = Some(ruleset.clone());
-        Ok(())
+        self.put("replace", ruleset)
+    }
+
+    fn update(
+        &mut self,
+        _from: &cassette_ruleset::Ruleset,
+        to: &cassette_ruleset::Ruleset,
+    ) -> Result<(), cassette_enforcement::KernelError> {
+        self.put("update", to)
+    }
+
+    fn quick_updates(&self) -> bool {
+        self.quick
     }
 
     fn holds(
@@ -786,17 +819,14 @@ async fn a_repair_that_fails_is_reported_and_nothing_is_shown_applied() {
     let service = cassette_e2e::InProcess::start(dir.path()).await;
     let mut client = service.client().await;
     cassette_e2e::create_firewall(&mut client, "web-1").await;
-    let kernel = FlakyKernel::default();
+    let kernel = TestKernel::default();
     let config = Config {
-        rules: vec![cassette_e2e::tcp_target(service.addr)],
-        keepalive: Default::default(),
-        tls: Default::default(),
-        instance: cassette_model::InstanceId::parse("web-1").unwrap(),
-        enforcer_id: "flaky".into(),
-        table: Default::default(),
         refresh_interval: Duration::from_millis(200),
-        report_interval: Duration::from_secs(3600),
-        state_dir: None,
+        ..enforcer_config(
+            vec![cassette_e2e::tcp_target(service.addr)],
+            "web-1",
+            "flaky",
+        )
     };
     let enforcer = tokio::spawn(Enforcer::new(config, kernel.clone()).run(std::future::pending()));
     let sync = |client: &mut cassette_e2e::Client| {
@@ -857,85 +887,25 @@ async fn a_repair_that_fails_is_reported_and_nothing_is_shown_applied() {
     service.stop().await;
 }
 
-/// A kernel that notes which thread each change ran on.
-#[derive(Clone)]
-struct ThreadKernel {
-    quick: bool,
-    table: std::sync::Arc<std::sync::Mutex<Option<cassette_ruleset::Ruleset>>>,
-    calls: std::sync::Arc<std::sync::Mutex<Vec<(&'static str, std::thread::ThreadId)>>>,
-}
-
-impl ThreadKernel {
-    fn put(&self, call: &'static str, ruleset: &cassette_ruleset::Ruleset) {
-        let thread = std::thread::current().id();
-        self.calls.lock().unwrap().push((call, thread));
-        *self.table.lock().unwrap() = Some(ruleset.clone());
-    }
-}
-
-impl cassette_enforcement::Kernel for ThreadKernel {
-    fn exists(&mut self) -> Result<bool, cassette_enforcement::KernelError> {
-        Ok(self.table.lock().unwrap().is_some())
-    }
-
-    fn replace(
-        &mut self,
-        ruleset: &cassette_ruleset::Ruleset,
-    ) -> Result<(), cassette_enforcement::KernelError> {
-        self.put("replace", ruleset);
-        Ok(())
-    }
-
-    fn update(
-        &mut self,
-        _from: &cassette_ruleset::Ruleset,
-        to: &cassette_ruleset::Ruleset,
-    ) -> Result<(), cassette_enforcement::KernelError> {
-        self.put("update", to);
-        Ok(())
-    }
-
-    fn quick_updates(&self) -> bool {
-        self.quick
-    }
-
-    fn holds(
-        &mut self,
-        ruleset: &cassette_ruleset::Ruleset,
-    ) -> Result<bool, cassette_enforcement::KernelError> {
-        Ok(self.table.lock().unwrap().as_ref() == Some(ruleset))
-    }
-}
-
 /// The enforcer runs on one thread (a current-thread runtime, as the
 /// enforcer binary's): a backend whose updates answer at once (netlink
 /// element changes) is updated on it, in place, and everything else a
 /// blocking backend does (a whole table's replace) runs on the blocking pool.
 #[tokio::test]
 async fn quick_kernel_updates_are_made_in_place_and_replaces_off_the_runtime() {
-    use cassette_enforcement::{Config, Enforcer};
+    use cassette_enforcement::Enforcer;
     let runtime_thread = std::thread::current().id();
     for quick in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let service = cassette_e2e::InProcess::start(dir.path()).await;
         let mut client = service.client().await;
         cassette_e2e::create_firewall(&mut client, "web-1").await;
-        let kernel = ThreadKernel {
+        let kernel = TestKernel {
             quick,
-            table: Default::default(),
-            calls: Default::default(),
+            ..Default::default()
         };
-        let config = Config {
-            rules: vec![cassette_e2e::tcp_target(service.addr)],
-            keepalive: Default::default(),
-            tls: Default::default(),
-            instance: cassette_model::InstanceId::parse("web-1").unwrap(),
-            enforcer_id: "threads".into(),
-            table: Default::default(),
-            refresh_interval: Duration::from_secs(3600),
-            report_interval: Duration::from_secs(3600),
-            state_dir: None,
-        };
+        let rules = vec![cassette_e2e::tcp_target(service.addr)];
+        let config = enforcer_config(rules, "web-1", "threads");
         let enforcer =
             tokio::spawn(Enforcer::new(config, kernel.clone()).run(std::future::pending()));
         let mut revision = 1;
