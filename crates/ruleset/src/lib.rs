@@ -605,7 +605,11 @@ mod tests {
         ];
         for ruleset in rulesets {
             let text = ruleset.render(&TableName::default());
-            assert_eq!(ruleset.hash(), hex(&Sha256::digest(text.as_bytes())), "{text}");
+            assert_eq!(
+                ruleset.hash(),
+                hex(&Sha256::digest(text.as_bytes())),
+                "{text}"
+            );
         }
         assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
     }
