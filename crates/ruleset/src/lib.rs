@@ -341,13 +341,9 @@ impl Ruleset {
 
     /// The table's full definition.
     pub fn render(&self, table: &TableName) -> String {
-        self.render_as(table, CURRENT)
-    }
-
-    fn render_as(&self, table: &TableName, rendering: Rendering) -> String {
         let mut out = String::with_capacity(2048);
         // Writing into a String cannot fail.
-        let _ = self.write_table(&mut out, table.as_str(), rendering);
+        let _ = self.write_table(&mut out, table.as_str(), CURRENT);
         out
     }
 
