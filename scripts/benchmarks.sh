@@ -125,7 +125,7 @@ the two, not their sum.
 | the two hops (sent -> ack received, less the enforcer's time) | $(ms "$(field e2e .breakdown.transport)") |
 | the enforcer, the batch's arrival -> its ack | $(ms "$(field e2e .breakdown.enforcer)") |
 | &nbsp;&nbsp;fold | $(ms "$(field e2e .breakdown.fold)") |
-| &nbsp;&nbsp;kernel transaction (one netlink batch, handed to a blocking thread) | $(ms "$(field e2e .breakdown.kernel)") |
+| &nbsp;&nbsp;kernel transaction (one netlink batch, made in place on the enforcer's thread) | $(ms "$(field e2e .breakdown.kernel)") |
 | &nbsp;&nbsp;save: one journal record and its fdatasync (beside the kernel) | $(ms "$(field e2e .breakdown.save)") |
 | decision -> ack received (the service's clock) | $(ms "$(field e2e .breakdown.ack_latency)") |
 | end to end (client: the call -> WaitForSync answered) | $(ms "$(field e2e .breakdown.end_to_end)") |
