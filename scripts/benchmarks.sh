@@ -54,6 +54,8 @@ fanout_enforcers=$(big 100000 10000)
 for rate in 1000 5000 10000; do
     run "fanout-$rate" fanout --enforcers "$fanout_enforcers" --connections 1000 --rate "$rate" --duration 10
 done
+# The same, each change one call that answers once it is acknowledged.
+run fanout-10000-one-call fanout --enforcers "$fanout_enforcers" --connections 1000 --rate 10000 --duration 10 --wait-in-call
 
 # Three etcd members on loopback ports of their own, three replicas on them.
 etcd_dir=$(mktemp -d -p "$results")
@@ -103,6 +105,7 @@ HEAD
     for rate in 1000 5000 10000; do
         echo "| $(int "$fanout_enforcers") simulated enforcers over 1,000 connections, $(int "$rate") changes/s | \`cassette-bench fanout --enforcers $fanout_enforcers --connections 1000 --rate $rate\` | $(int "$(field "fanout-$rate" .changes_per_sec)") changes/s sent; ack p50 $(ms "$(field "fanout-$rate" .p50_ms)") ms, p99 $(ms "$(field "fanout-$rate" .p99_ms)") ms; $(ms "$(field "fanout-$rate" .service_kib_per_enforcer)") KiB of service memory per enforcer; CPU per change $(ms "$(field "fanout-$rate" .service_cpu_ms_per_change)") ms in the service, $(ms "$(field "fanout-$rate" .bench_cpu_ms_per_change)") ms in the bench's enforcers and client | $( [ "$rate" = 10000 ] && echo 'p99 <= 50 ms; <= 20 KiB per enforcer' ) |"
     done
+    echo "| the same, 10,000 changes/s, each change one call: UpdateRule with \`wait_for_sync\` (answered once acknowledged) instead of UpdateRule, then WaitForSync | \`cassette-bench fanout --enforcers $fanout_enforcers --connections 1000 --rate 10000 --wait-in-call\` | ack p50 $(ms "$(field fanout-10000-one-call .p50_ms)") ms, p99 $(ms "$(field fanout-10000-one-call .p99_ms)") ms; CPU per change $(ms "$(field fanout-10000-one-call .service_cpu_ms_per_change)") ms in the service, $(ms "$(field fanout-10000-one-call .bench_cpu_ms_per_change)") ms in the bench's enforcers and client | |"
     echo "| $(int "$(field fanout-etcd .enforcers)") enforcers over 3 replicas on a 3-member etcd cluster, 500 changes/s | \`cassette-bench fanout --enforcers $(field fanout-etcd .enforcers) --replicas 3 --etcd-endpoints ... --rate 500\` | ack p50 $(ms "$(field fanout-etcd .p50_ms)") ms, p99 $(ms "$(field fanout-etcd .p99_ms)") ms (commit p99 $(ms "$(field fanout-etcd .commit_p99_ms)") ms; on the replica the enforcer streams to p99 $(ms "$(field fanout-etcd .acked_where_streamed_p99_ms)") ms) | p99 <= 50 ms |"
     echo "| a replica on the same etcd cluster, start to serving on a $(int "$replay_events")-event log in etcd | \`cassette-bench replay --events $replay_events --etcd-endpoints ...\` | $(field replay-etcd .start_to_serving_seconds) s replaying the whole log from etcd; $(field replay-etcd .snapshot_start_to_serving_seconds) s from the projection snapshot its shutdown wrote (the log before it walked in the background in $(field replay-etcd .snapshot_walk_seconds) s) | < 0.5 s (1,000,000 events) |"
     cat <<BREAKDOWN
@@ -143,7 +146,7 @@ alone $(ms "$(field e2e .netns_exec_process_ms)") ms).
 ## Plots
 
 BREAKDOWN
-    for name in disk e2e e2e-no-state append-64 append-1 fanout-1000 fanout-5000 fanout-10000 fanout-etcd; do
+    for name in disk e2e e2e-no-state append-64 append-1 fanout-1000 fanout-5000 fanout-10000 fanout-10000-one-call fanout-etcd; do
         echo "### $name"
         echo
         echo "\`cassette-bench $(field "$name" .bench)\`: $(jq -c 'del(.plot, .breakdown)' "$results/$name.json")"

@@ -364,6 +364,7 @@ async fn create_firewall(rules: Vec<Target>, tls: Option<ClientTlsConfig>, insta
                 .create_firewall(CreateFirewallRequest {
                     instance_id: instance.to_string(),
                     request_id: String::new(),
+                    ..Default::default()
                 })
                 .await?;
             anyhow::Ok(())

@@ -440,6 +440,7 @@ pub async fn create_firewall(client: &mut Client, instance: &str) -> pb::Firewal
         .create_firewall(pb::CreateFirewallRequest {
             instance_id: instance.into(),
             request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|s| panic!("create firewall {instance}: {s:?}"))

@@ -155,6 +155,7 @@ async fn client_loop(
         .create_firewall(pb::CreateFirewallRequest {
             instance_id: instance.clone(),
             request_id: String::new(),
+            ..Default::default()
         })
         .await?;
     let mut rule_ids = Vec::new();

@@ -88,6 +88,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         .create_firewall(pb::CreateFirewallRequest {
             instance_id: INSTANCE.into(),
             request_id: String::new(),
+            ..Default::default()
         })
         .await?;
     wait(&mut client, 0).await?;

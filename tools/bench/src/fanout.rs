@@ -52,6 +52,12 @@ pub struct Options {
     /// to replica, for comparison.
     #[arg(long)]
     share_through_etcd: bool,
+    /// Each change is one call that answers once the change is acknowledged
+    /// (UpdateRule with wait_for_sync) instead of UpdateRule, then
+    /// WaitForSync: half the calls. The commit alone, and the ack on the
+    /// replica the enforcer streams to, are then not timed apart.
+    #[arg(long)]
+    wait_in_call: bool,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<Report> {
@@ -130,6 +136,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 .create_firewall(pb::CreateFirewallRequest {
                     instance_id: id,
                     request_id: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .map(drop)
@@ -194,20 +201,37 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         let toggles = toggles.clone();
         let mut client = client.clone();
         let mut owner = owners[i % owners.len()].clone();
+        let wait_in_call = options.wait_in_call;
         let change = async move {
             let flip = toggles[i].fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let revision = client
+            let firewall = client
                 .update_rule(pb::UpdateRuleRequest {
                     instance_id: id.clone(),
                     rule_id: "default-ssh".into(),
                     enabled: Some(flip % 2 == 1),
+                    wait_for_sync: wait_in_call
+                        .then(|| Duration::from_secs(60).try_into().ok())
+                        .flatten(),
                     ..Default::default()
                 })
                 .await?
-                .into_inner()
-                .revision;
+                .into_inner();
+            let revision = firewall.revision;
             let committed = started.elapsed();
+            if wait_in_call {
+                let applied = firewall.sync.map_or(0, |s| s.applied_revision);
+                anyhow::ensure!(
+                    applied >= revision,
+                    "{id}: answered before revision {revision} was acknowledged (applied {applied})"
+                );
+            }
+            if wait_in_call {
+                // Acknowledged where it was asked (through the replica
+                // stream, if the enforcer streams to another): where it
+                // streams is not timed apart.
+                return anyhow::Ok((i, committed, committed, committed));
+            }
             if i % owner_count == 0 {
                 wait(&mut client, id, revision).await?;
                 let acked = started.elapsed();
@@ -267,6 +291,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         "enforcers": n,
         "replicas": targets.len(),
         "store": if options.etcd_endpoints.is_empty() { "sled" } else { "etcd" },
+        "calls_per_change": if options.wait_in_call { 1 } else { 2 },
         "acks_shared": match (options.etcd_endpoints.is_empty(), options.share_through_etcd) {
             (true, _) => "none",
             (false, true) => "etcd",

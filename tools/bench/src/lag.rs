@@ -53,6 +53,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     a.create_firewall(pb::CreateFirewallRequest {
         instance_id: "lag-1".into(),
         request_id: String::new(),
+        ..Default::default()
     })
     .await?;
     let mut follow = b

@@ -146,6 +146,8 @@ enum Command {
         if_unchanged: bool,
         #[command(flatten)]
         window: Window,
+        #[command(flatten)]
+        change: Await,
     },
     /// Connections the firewall dropped in the last hour, per port, with
     /// their top sources, most recent first.
@@ -202,6 +204,53 @@ impl Window {
     }
 }
 
+/// A change that answers once it is in force.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct Await {
+    /// Answer once the instance's kernel has the change, waiting at most
+    /// this long (up to 300s, e.g. 10s). Exits 6 if its enforcer has not
+    /// acknowledged it by then (the change is kept all the same), 1 if the
+    /// enforcer failed to apply it.
+    #[arg(long, value_parser = parse_duration)]
+    wait: Option<Duration>,
+}
+
+impl Await {
+    fn wait_for_sync(&self) -> Option<prost_types::Duration> {
+        self.wait.and_then(|d| d.try_into().ok())
+    }
+
+    /// After the answer is printed: the exit for a change that was to be in
+    /// force by now and is not.
+    fn outcome(&self, firewall: &pb::Firewall) -> anyhow::Result<()> {
+        if self.wait.is_none() {
+            return Ok(());
+        }
+        if let Some(late) = firewall
+            .warnings
+            .iter()
+            .find(|w| w.code == "NOT_YET_ACKNOWLEDGED")
+        {
+            return Err(Exit::new(6, late.message.clone()).into());
+        }
+        match &firewall.sync {
+            Some(sync)
+                if sync.failed_revision >= firewall.revision && !sync.last_error.is_empty() =>
+            {
+                Err(Exit::new(
+                    1,
+                    format!(
+                        "the enforcer failed to apply revision {}: {}",
+                        sync.failed_revision, sync.last_error
+                    ),
+                )
+                .into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum RuleCommand {
     /// Open a port, or a range of ports (27015-27030).
@@ -225,6 +274,8 @@ enum RuleCommand {
         ttl: Option<Duration>,
         #[command(flatten)]
         window: Window,
+        #[command(flatten)]
+        change: Await,
     },
     /// Turn a rule on (the toggle goes green).
     Enable {
@@ -233,6 +284,8 @@ enum RuleCommand {
         rule: String,
         #[command(flatten)]
         window: Window,
+        #[command(flatten)]
+        change: Await,
     },
     /// Turn a rule off (gray: blocking, rule kept; open connections are cut).
     Disable {
@@ -244,6 +297,8 @@ enum RuleCommand {
         yes: bool,
         #[command(flatten)]
         window: Window,
+        #[command(flatten)]
+        change: Await,
     },
     /// Set a rule's description.
     Describe {
@@ -251,6 +306,8 @@ enum RuleCommand {
         /// Its port (5432, 5432/tcp, 5432/udp) or its id.
         rule: String,
         description: String,
+        #[command(flatten)]
+        change: Await,
     },
     /// Delete a custom rule (open connections through it are cut).
     Delete {
@@ -259,6 +316,8 @@ enum RuleCommand {
         rule: String,
         #[command(flatten)]
         window: Window,
+        #[command(flatten)]
+        change: Await,
     },
 }
 
@@ -421,6 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let request = pb::CreateFirewallRequest {
                     instance_id: instance,
                     request_id: String::new(),
+                    ..Default::default()
                 };
                 out.firewall(&firewalls.create_firewall(request).await?.into_inner())
             }
@@ -470,7 +530,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Rule(command) => {
-            let answer = match command {
+            let (answer, change) = match command {
                 RuleCommand::Add {
                     instance,
                     port,
@@ -480,6 +540,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     sources,
                     ttl,
                     window,
+                    change,
                 } => {
                     let (first, last) = port;
                     let (port, port_range) = if first == last {
@@ -498,25 +559,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         ttl: ttl.and_then(|d| d.try_into().ok()),
                         confirm_within: window.within(),
                         confirm_on_traffic: window.confirm_on_traffic,
+                        wait_for_sync: change.wait_for_sync(),
                         ..Default::default()
                     };
-                    firewalls.add_rule(request).await?
+                    (firewalls.add_rule(request).await?, change)
                 }
                 RuleCommand::Enable {
                     instance,
                     rule,
                     window,
+                    change,
                 } => {
                     let rule = rule_id(&mut firewalls, &instance, &rule).await?;
-                    firewalls
-                        .update_rule(toggle(instance, rule, true, window))
-                        .await?
+                    let request = toggle(instance, rule, true, window, change);
+                    (firewalls.update_rule(request).await?, change)
                 }
                 RuleCommand::Disable {
                     instance,
                     rule,
                     yes,
                     window,
+                    change,
                 } => {
                     let found = find_rule(&mut firewalls, &instance, &rule).await?;
                     let ssh = found.port == 22 && found.protocol != pb::Protocol::Udp as i32;
@@ -524,39 +587,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if ssh && !yes && window.confirm_within.is_none() {
                         confirm_ssh_off()?;
                     }
-                    firewalls
-                        .update_rule(toggle(instance, found.id, false, window))
-                        .await?
+                    let request = toggle(instance, found.id, false, window, change);
+                    (firewalls.update_rule(request).await?, change)
                 }
                 RuleCommand::Describe {
                     instance,
                     rule,
                     description,
+                    change,
                 } => {
                     let request = pb::UpdateRuleRequest {
                         rule_id: rule_id(&mut firewalls, &instance, &rule).await?,
                         instance_id: instance,
                         description: Some(description),
+                        wait_for_sync: change.wait_for_sync(),
                         ..Default::default()
                     };
-                    firewalls.update_rule(request).await?
+                    (firewalls.update_rule(request).await?, change)
                 }
                 RuleCommand::Delete {
                     instance,
                     rule,
                     window,
+                    change,
                 } => {
                     let request = pb::DeleteRuleRequest {
                         rule_id: rule_id(&mut firewalls, &instance, &rule).await?,
                         instance_id: instance,
                         confirm_within: window.within(),
                         confirm_on_traffic: window.confirm_on_traffic,
+                        wait_for_sync: change.wait_for_sync(),
                         ..Default::default()
                     };
-                    firewalls.delete_rule(request).await?
+                    (firewalls.delete_rule(request).await?, change)
                 }
             };
-            out.firewall(&answer.into_inner())
+            let firewall = answer.into_inner();
+            out.firewall(&firewall)?;
+            change.outcome(&firewall)
         }
         Command::Confirm { instance, revision } => {
             let revisions = match revision {
@@ -635,6 +703,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             if_unchanged,
             window,
+            change,
         } => {
             let document = read_document(&file)?;
             let expected_revision = match (if_unchanged, document.written_at()) {
@@ -657,9 +726,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 expected_revision,
                 confirm_within: window.within(),
                 confirm_on_traffic: window.confirm_on_traffic,
+                wait_for_sync: change.wait_for_sync(),
                 ..Default::default()
             };
-            out.applied(&firewalls.apply_firewall(request).await?.into_inner())
+            let applied = firewalls.apply_firewall(request).await?.into_inner();
+            out.applied(&applied)?;
+            change.outcome(&applied.firewall.unwrap_or_default())
         }
         Command::Blocked { instance } => {
             let request = pb::GetFirewallRequest {
@@ -868,13 +940,20 @@ fn protocol(udp: bool) -> pb::Protocol {
     }
 }
 
-fn toggle(instance: String, rule: String, enabled: bool, window: Window) -> pb::UpdateRuleRequest {
+fn toggle(
+    instance: String,
+    rule: String,
+    enabled: bool,
+    window: Window,
+    change: Await,
+) -> pb::UpdateRuleRequest {
     pb::UpdateRuleRequest {
         instance_id: instance,
         rule_id: rule,
         enabled: Some(enabled),
         confirm_within: window.within(),
         confirm_on_traffic: window.confirm_on_traffic,
+        wait_for_sync: change.wait_for_sync(),
         ..Default::default()
     }
 }

@@ -19,7 +19,7 @@ use crate::grpc::diagnose::diagnose;
 use crate::grpc::present::{present, rule_change, sync_status};
 use crate::grpc::requests;
 use crate::grpc::status::{self, invalid, refused, Violations};
-use cassette_service::limits::{Limits, Slots};
+use cassette_service::limits::{Limits, Slot, Slots};
 use cassette_service::sync::{Observed, Snapshot};
 use cassette_service::{Mutation, Store, StoreError};
 
@@ -51,7 +51,7 @@ impl FirewallApi {
 
     /// Validates and applies one mutation inside a span naming the method,
     /// the instance, the request id and (once known) the revision.
-    async fn mutate<T: requests::Keyed + requests::Confirmable>(
+    async fn mutate<T: requests::Keyed + requests::Confirmable + requests::Awaited>(
         &self,
         method: &'static str,
         request: Request<T>,
@@ -63,36 +63,158 @@ impl FirewallApi {
         let (instance_id, request_id, expected_revision) = fields(&request);
         let span = request_span(method, instance_id, request_id, &caller);
         let answer = async {
-            let mutation = validated(
+            let (mutation, wait) = validated(
                 method,
                 &caller,
                 &request,
                 (instance_id, request_id, expected_revision),
                 command,
             )?;
+            let waiting = self.before_waiting(wait, &caller)?;
             let advised = mutation.command.clone();
+            let instance = mutation.instance_id.clone();
             let firewall = self.store.mutate(mutation).await.map_err(status::store)?;
             Span::current().record("revision", firewall.revision);
+            let late = self
+                .after_waiting(waiting, method, &instance, firewall.revision)
+                .await?;
             let mut answer = self.present(&firewall);
             answer.warnings = cassette_model::warnings(&advised, &firewall)
                 .iter()
                 .map(warning_to_pb)
+                .chain(late)
                 .collect();
             Ok(answer)
         };
         in_span(span, answer).await
     }
+
+    /// Before a change that waits for its acknowledgement (`wait_for_sync`):
+    /// the caller's waiter slot, taken first so that a caller at its limit
+    /// changes nothing.
+    fn before_waiting(
+        &self,
+        wait: Option<Duration>,
+        caller: &Caller,
+    ) -> Result<Option<Waiting>, Status> {
+        let Some(timeout) = wait else {
+            return Ok(None);
+        };
+        let slot = self
+            .waiters
+            .acquire(caller.actor().as_str())
+            .map_err(status::limit)?;
+        Ok(Some(Waiting {
+            timeout,
+            reauthorized: Reauthorized::new(self.authenticator.clone(), caller.clone()),
+            _slot: slot,
+        }))
+    }
+
+    /// After the change: waits for its revision's acknowledgement if asked
+    /// to; the warning for an answer that could not wait long enough.
+    async fn after_waiting(
+        &self,
+        waiting: Option<Waiting>,
+        method: &'static str,
+        instance: &InstanceId,
+        revision: u64,
+    ) -> Result<Option<pb::Warning>, Status> {
+        let Some(mut waiting) = waiting else {
+            return Ok(None);
+        };
+        let waited = self
+            .acknowledged(
+                instance,
+                revision,
+                waiting.timeout,
+                &mut waiting.reauthorized,
+                method,
+            )
+            .await?;
+        Ok(match waited {
+            Waited::Acknowledged(_) => None,
+            Waited::TimedOut(sync) => Some(pb::Warning {
+                code: NOT_YET_ACKNOWLEDGED.to_owned(),
+                message: format!(
+                    "the change is saved as revision {revision}, but the instance's enforcer \
+                     has not acknowledged it within {:?} (applied revision {}, enforcer \
+                     connected: {}); WaitForSync waits for it",
+                    waiting.timeout,
+                    sync.applied_revision,
+                    sync.is_connected()
+                ),
+                rule_id: String::new(),
+            }),
+        })
+    }
+
+    /// Waits until the instance's enforcer has acknowledged `target`
+    /// (applied it, or failed to) or `timeout` passes. The caller is
+    /// checked again at each policy change (ending the wait if it no longer
+    /// may read the instance), and a stopping service ends it too.
+    async fn acknowledged(
+        &self,
+        instance_id: &InstanceId,
+        target: u64,
+        timeout: Duration,
+        reauthorized: &mut Reauthorized,
+        method: &'static str,
+    ) -> Result<Waited, Status> {
+        let deadline = Instant::now() + timeout;
+        let mut status = self.store.board().watch_status(instance_id);
+        let stopping = self.store.stopping();
+        tokio::pin!(stopping);
+        loop {
+            let snapshot = status.borrow_and_update().clone();
+            if snapshot.has_acked(target) {
+                return Ok(Waited::Acknowledged(snapshot));
+            }
+            tokio::select! {
+                changed = status.changed() => {
+                    if changed.is_err() {
+                        return Err(status::store(StoreError::ShuttingDown));
+                    }
+                }
+                () = reauthorized.changed() => {
+                    reauthorized.recheck(|c| c.authorize(Action::Read, method, instance_id.as_str()))?;
+                }
+                // A stopping service does not keep a waiter until its timeout.
+                () = &mut stopping => return Err(status::store(StoreError::ShuttingDown)),
+                _ = tokio::time::sleep_until(deadline.into()) => return Ok(Waited::TimedOut(snapshot)),
+            }
+        }
+    }
+}
+
+/// The warning of a change answered before its enforcer acknowledged it
+/// (its `wait_for_sync` ran out).
+pub const NOT_YET_ACKNOWLEDGED: &str = "NOT_YET_ACKNOWLEDGED";
+
+/// A change's wait for its acknowledgement, from before the change.
+struct Waiting {
+    timeout: Duration,
+    reauthorized: Reauthorized,
+    _slot: Slot,
+}
+
+/// How a wait for an enforcer's acknowledgement ended, with the instance's
+/// sync state then.
+enum Waited {
+    Acknowledged(Snapshot),
+    TimedOut(Snapshot),
 }
 
 /// Authorizes a change and validates its request into a [`Mutation`]
-/// (every invalid field named): the first steps of every change.
-fn validated<T: requests::Keyed + requests::Confirmable>(
+/// (every invalid field named), with how long to wait for its
+/// acknowledgement: the first steps of every change.
+fn validated<T: requests::Keyed + requests::Confirmable + requests::Awaited>(
     method: &'static str,
     caller: &Caller,
     request: &T,
     (instance_id, request_id, expected_revision): (&str, &str, Option<u64>),
     command: impl FnOnce(&T, &mut Violations) -> Option<Command>,
-) -> Result<Mutation, Status> {
+) -> Result<(Mutation, Option<Duration>), Status> {
     caller
         .authorize(Action::Mutate, method, instance_id)
         .map_err(refused)?;
@@ -100,10 +222,11 @@ fn validated<T: requests::Keyed + requests::Confirmable>(
     let target = requests::target(instance_id, request_id, &mut v);
     let command = command(request, &mut v);
     let confirm = requests::confirm(request, &mut v);
-    let ((instance_id, request_id), (command, confirm)) =
-        v.finish_with(target.zip(command.zip(confirm)))?;
+    let wait = requests::wait_for_sync(request, &mut v);
+    let (((instance_id, request_id), (command, confirm)), wait) =
+        v.finish_with(target.zip(command.zip(confirm)).zip(wait))?;
     let request_digest = request_id.as_ref().map(|_| request.digest(method));
-    Ok(Mutation {
+    let mutation = Mutation {
         instance_id,
         command,
         request_id,
@@ -112,7 +235,8 @@ fn validated<T: requests::Keyed + requests::Confirmable>(
         actor: caller.actor(),
         on_behalf_of: caller.on_behalf_of().cloned(),
         confirm,
-    })
+    };
+    Ok((mutation, wait))
 }
 
 impl FirewallApi {
@@ -132,7 +256,15 @@ impl FirewallApi {
             request.request_id.as_str(),
             request.expected_revision,
         );
-        let mut mutation = validated(METHOD, caller, request, fields, requests::apply_firewall)?;
+        let (mut mutation, wait) =
+            validated(METHOD, caller, request, fields, requests::apply_firewall)?;
+        if request.dry_run && wait.is_some() {
+            return Err(invalid(ValidationError::new(
+                "wait_for_sync",
+                "must be absent with dry_run: a dry run changes nothing to wait for",
+            )));
+        }
+        let waiting = self.before_waiting(wait, caller)?;
         let instance = mutation.instance_id.clone();
         let (before, after) = if request.dry_run {
             let (before, after) = self
@@ -178,15 +310,20 @@ impl FirewallApi {
             }
         };
         Span::current().record("revision", after.revision);
+        // The impact from the enforcer's report before the change.
         let snapshot = self.store.snapshot(&instance);
         let changes = cassette_model::rule_changes(&before, &after)
             .iter()
             .map(|change| rule_change(change, snapshot.observed.as_deref()))
             .collect();
-        let mut firewall = present(&after, &snapshot);
+        let late = self
+            .after_waiting(waiting, METHOD, &instance, after.revision)
+            .await?;
+        let mut firewall = self.present(&after);
         firewall.warnings = cassette_model::warnings(&mutation.command, &after)
             .iter()
             .map(warning_to_pb)
+            .chain(late)
             .collect();
         Ok(pb::ApplyFirewallResponse {
             firewall: Some(firewall),
@@ -555,38 +692,26 @@ impl FirewallService for FirewallApi {
                 r => r,
             };
             Span::current().record("revision", target);
-            let deadline = Instant::now() + timeout;
-            let mut status = self.store.board().watch_status(&instance_id);
-            let stopping = self.store.stopping();
-            tokio::pin!(stopping);
-            loop {
-                let snapshot = status.borrow_and_update().clone();
-                if snapshot.has_acked(target) {
+            let waited = self
+                .acknowledged(
+                    &instance_id,
+                    target,
+                    timeout,
+                    &mut reauthorized,
+                    "WaitForSync",
+                )
+                .await?;
+            match waited {
+                Waited::Acknowledged(snapshot) => {
                     let latest = self.store.revision(&instance_id).unwrap_or(latest);
-                    return Ok(sync_status(&snapshot, latest));
+                    Ok(sync_status(&snapshot, latest))
                 }
-                tokio::select! {
-                    changed = status.changed() => {
-                        if changed.is_err() {
-                            return Err(status::store(StoreError::ShuttingDown));
-                        }
-                    }
-                    () = reauthorized.changed() => {
-                        reauthorized.recheck(|c| {
-                            c.authorize(Action::Read, "WaitForSync", instance_id.as_str())
-                        })?;
-                    }
-                    // A stopping service does not keep a waiter until its timeout.
-                    () = &mut stopping => return Err(status::store(StoreError::ShuttingDown)),
-                    _ = tokio::time::sleep_until(deadline.into()) => {
-                        return Err(status::not_synced_in_time(format!(
-                            "instance {instance_id} has not acknowledged revision {target} within {timeout:?} \
-                             (applied revision {}, enforcer connected: {})",
-                            snapshot.applied_revision,
-                            snapshot.is_connected()
-                        )));
-                    }
-                }
+                Waited::TimedOut(snapshot) => Err(status::not_synced_in_time(format!(
+                    "instance {instance_id} has not acknowledged revision {target} within {timeout:?} \
+                     (applied revision {}, enforcer connected: {})",
+                    snapshot.applied_revision,
+                    snapshot.is_connected()
+                ))),
             }
         };
         in_span(span, answer).await

@@ -119,6 +119,54 @@ confirmable!(
     pb::ApplyFirewallRequest
 );
 
+/// A change request that may ask to be answered only once the instance's
+/// enforcer has acknowledged it.
+pub trait Awaited {
+    /// `wait_for_sync`, where the request has it.
+    fn wait_for_sync(&self) -> Option<prost_types::Duration> {
+        None
+    }
+}
+
+impl Awaited for pb::DeleteFirewallRequest {}
+
+macro_rules! awaited {
+    ($($request:ty),*) => {
+        $(impl Awaited for $request {
+            fn wait_for_sync(&self) -> Option<prost_types::Duration> {
+                self.wait_for_sync
+            }
+        })*
+    };
+}
+
+awaited!(
+    pb::CreateFirewallRequest,
+    pb::AddRuleRequest,
+    pb::UpdateRuleRequest,
+    pb::DeleteRuleRequest,
+    pb::ConfirmChangeRequest,
+    pb::ApplyFirewallRequest
+);
+
+/// A change's `wait_for_sync`: how long to wait for its acknowledgement
+/// before answering, at most 300 s; absent or zero, no wait.
+pub fn wait_for_sync(r: &impl Awaited, v: &mut Violations) -> Option<Option<Duration>> {
+    let Some(wait) = r.wait_for_sync() else {
+        return Some(None);
+    };
+    let wait = Duration::try_from(wait)
+        .ok()
+        .filter(|wait| *wait <= MAX_WAIT)
+        .ok_or_else(|| {
+            ValidationError::new(
+                "wait_for_sync",
+                "must be between 0 and 300 seconds (0: answer at once, without waiting)",
+            )
+        });
+    v.check(wait).map(|wait| (!wait.is_zero()).then_some(wait))
+}
+
 /// The request's confirmation window: absent, or 1 s to 24 h;
 /// `confirm_on_traffic` only with one.
 pub fn confirm(r: &impl Confirmable, v: &mut Violations) -> Option<Option<ConfirmWithin>> {

@@ -15,6 +15,7 @@ async fn create(client: &mut Client, instance: &str, actor: &str) -> pb::Firewal
     let mut request = Request::new(pb::CreateFirewallRequest {
         instance_id: instance.into(),
         request_id: String::new(),
+        ..Default::default()
     });
     request
         .metadata_mut()
@@ -568,6 +569,7 @@ async fn tampering_is_named_by_verify_log_offline_and_at_startup() {
             .create_firewall(pb::CreateFirewallRequest {
                 instance_id: "c-1".into(),
                 request_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -624,6 +626,7 @@ async fn a_start_from_a_snapshot_finds_a_changed_record_before_it_then_serves_re
         .create_firewall(pb::CreateFirewallRequest {
             instance_id: "c-1".into(),
             request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

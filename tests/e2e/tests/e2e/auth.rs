@@ -581,12 +581,34 @@ async fn per_principal_caps_answer_resource_exhausted() {
             other => last = Some(format!("{other:?}")),
         }
     }
+    // A change that would wait needs a slot too: refused before it changes anything.
+    let before = cassette_e2e::get_firewall(&mut console, "web-1")
+        .await
+        .revision;
+    let waiting_change = console
+        .update_rule(pb::UpdateRuleRequest {
+            instance_id: "web-1".into(),
+            rule_id: "default-ssh".into(),
+            enabled: Some(false),
+            wait_for_sync: Some(Duration::from_millis(1).try_into().unwrap()),
+            ..Default::default()
+        })
+        .await;
+    let still_waiting = !waiter.is_finished();
     waiter.abort();
     let refused = refused.unwrap_or_else(|| panic!("a second waiter was never refused: {last:?}"));
     assert!(
         refused.message().contains("WaitForSync waiters"),
         "{refused:?}"
     );
+    if still_waiting {
+        let status = waiting_change.expect_err("a waiting change beyond the cap");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let after = cassette_e2e::get_firewall(&mut console, "web-1")
+            .await
+            .revision;
+        assert_eq!(after, before, "a refused change appended nothing");
+    }
 
     // A message over the size limit is refused before it is decoded.
     let huge = pb::AddRuleRequest {

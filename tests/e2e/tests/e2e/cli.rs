@@ -254,12 +254,22 @@ async fn cli_every_command_with_its_output_errors_and_exit_codes() {
     let (code, _, _) = cassette(rules, &["frobnicate"]);
     assert_eq!(code, 2, "usage");
 
+    // A change with --wait answers once the kernel has it.
+    ok(rules, &["firewall", "create", "web-1"]);
+    let waited = ok(rules, &["rule", "add", "web-1", "8443", "--wait", "30s"]);
+    assert!(waited.contains("8443  tcp    on  applied"), "{waited}");
+
     // Waiting on an instance whose enforcer is gone times out: unavailable.
     let _ = enforcer.kill();
     let _ = enforcer.wait();
     ok(rules, &["firewall", "create", "web-2"]);
     let (code, _, stderr) = cassette(rules, &["wait", "web-2", "--timeout", "1s"]);
     assert_eq!(code, 6, "timed out: {stderr}");
+    // So does a change's --wait; the change is kept, and printed.
+    let (code, stdout, stderr) = cassette(rules, &["rule", "add", "web-2", "8443", "--wait", "1s"]);
+    assert_eq!(code, 6, "timed out: {stderr}");
+    assert!(stderr.contains("saved as revision 2"), "{stderr}");
+    assert!(stdout.contains("8443  tcp    on  pending"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

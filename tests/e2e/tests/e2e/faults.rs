@@ -162,6 +162,7 @@ async fn a_full_disk_fails_writes_clearly_loses_nothing_acknowledged_and_recover
                         .create_firewall(pb::CreateFirewallRequest {
                             instance_id: instance.clone(),
                             request_id: String::new(),
+                            ..Default::default()
                         })
                         .await
                     {
@@ -487,6 +488,7 @@ async fn twenty_kill_9s_at_random_moments_lose_nothing_acknowledged() {
                     .create_firewall(pb::CreateFirewallRequest {
                         instance_id: instance.clone(),
                         request_id: String::new(),
+                        ..Default::default()
                     })
                     .await
                     .is_err()

@@ -1046,6 +1046,7 @@ async fn replicas_on_a_full_etcd_refuse_writes_by_name_keep_reading_and_resume_o
             .create_firewall(pb::CreateFirewallRequest {
                 instance_id: id.clone(),
                 request_id: String::new(),
+                ..Default::default()
             })
             .await
         {

@@ -851,3 +851,126 @@ async fn an_enforcer_of_an_earlier_version_is_in_sync_with_its_own_rendering() {
     drop(older);
     service.stop().await;
 }
+
+/// A change with `wait_for_sync` answers once the instance's enforcer has
+/// acknowledged its revision (applied or failed), or, if the wait runs out
+/// first, with the change saved and a warning; a wait out of range or on a
+/// dry run is refused before anything changes.
+#[tokio::test]
+async fn a_change_with_wait_for_sync_answers_once_its_enforcer_acknowledged_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = InProcess::start(dir.path()).await;
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    let mut stream = open(&service, "web-1", 0).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![1]));
+    stream.ack(1, None).await;
+    let waiting = |enabled: bool, wait: Duration| pb::UpdateRuleRequest {
+        instance_id: "web-1".into(),
+        rule_id: "default-ssh".into(),
+        enabled: Some(enabled),
+        wait_for_sync: Some(wait.try_into().unwrap()),
+        ..Default::default()
+    };
+
+    // The answer waits for the ack.
+    let call = {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.update_rule(waiting(false, LONG)).await })
+    };
+    assert_eq!(stream.next(LONG).await, Some(vec![2]));
+    tokio::time::sleep(SHORT).await;
+    assert!(!call.is_finished(), "answered before the enforcer acked");
+    stream.ack(2, None).await;
+    let firewall = call.await.unwrap().expect("the change").into_inner();
+    let sync = firewall.sync.unwrap();
+    assert_eq!((firewall.revision, sync.applied_revision), (2, 2));
+    assert_eq!(sync.state, pb::SyncState::InSync as i32);
+    assert!(firewall.warnings.is_empty(), "{:?}", firewall.warnings);
+
+    // A failed apply is an acknowledgement too: the answer says so.
+    let call = {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.update_rule(waiting(true, LONG)).await })
+    };
+    assert_eq!(stream.next(LONG).await, Some(vec![3]));
+    stream.ack(3, Some("Error: simulated")).await;
+    let firewall = call.await.unwrap().expect("the change").into_inner();
+    let sync = firewall.sync.unwrap();
+    assert_eq!(sync.state, pb::SyncState::Error as i32);
+    assert_eq!((sync.applied_revision, sync.failed_revision), (2, 3));
+
+    // Unacknowledged within the wait: saved, answered with a warning.
+    let firewall = client
+        .update_rule(waiting(false, Duration::from_millis(200)))
+        .await
+        .expect("the change")
+        .into_inner();
+    assert_eq!(firewall.revision, 4);
+    assert_eq!(firewall.sync.unwrap().applied_revision, 2);
+    let late = &firewall.warnings[..];
+    assert!(
+        late.len() == 1
+            && late[0].code == "NOT_YET_ACKNOWLEDGED"
+            && late[0].message.contains("saved as revision 4"),
+        "{late:?}"
+    );
+    assert_eq!(get(&mut client, "web-1").await.revision, 4);
+    assert_eq!(
+        stream.next(LONG).await,
+        Some(vec![4]),
+        "streamed, not acked"
+    );
+
+    // Out of range, or negative: refused, nothing appended.
+    for seconds in [301, -1] {
+        let mut request = waiting(true, LONG);
+        if let Some(wait) = request.wait_for_sync.as_mut() {
+            wait.seconds = seconds;
+        }
+        let status = client.update_rule(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("wait_for_sync") && status.message().contains("300"),
+            "{status:?}"
+        );
+    }
+    let status = client
+        .apply_firewall(pb::ApplyFirewallRequest {
+            instance_id: "web-1".into(),
+            dry_run: true,
+            wait_for_sync: Some(LONG.try_into().unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("dry_run"), "{status:?}");
+    assert_eq!(get(&mut client, "web-1").await.revision, 4);
+
+    // A whole-firewall apply waits the same way.
+    let call = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            client
+                .apply_firewall(pb::ApplyFirewallRequest {
+                    instance_id: "web-1".into(),
+                    rules: vec![pb::DesiredRule {
+                        port: 8080,
+                        ..Default::default()
+                    }],
+                    wait_for_sync: Some(LONG.try_into().unwrap()),
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+    assert_eq!(stream.next(LONG).await, Some(vec![5]));
+    stream.ack(5, None).await;
+    let applied = call.await.unwrap().expect("the apply").into_inner();
+    let firewall = applied.firewall.unwrap();
+    assert_eq!(firewall.revision, 5);
+    assert_eq!(firewall.sync.unwrap().applied_revision, 5);
+    drop(stream);
+    service.stop().await;
+}
