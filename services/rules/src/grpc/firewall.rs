@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use cassette_auth::{Action, Authenticator, Caller};
 use cassette_model::{Command, Firewall, InstanceId, ValidationError};
@@ -19,7 +19,8 @@ use crate::grpc::diagnose::diagnose;
 use crate::grpc::present::{present, rule_change, sync_status};
 use crate::grpc::requests;
 use crate::grpc::status::{self, invalid, refused, Violations};
-use cassette_service::limits::{Limits, Slot, Slots};
+use crate::grpc::waiting::{not_yet_acknowledged, Waited, Waiting};
+use cassette_service::limits::{Limits, Slots};
 use cassette_service::sync::{Observed, Snapshot};
 use cassette_service::{Mutation, Store, StoreError};
 
@@ -104,11 +105,8 @@ impl FirewallApi {
             .waiters
             .acquire(caller.actor().as_str())
             .map_err(status::limit)?;
-        Ok(Some(Waiting {
-            timeout,
-            reauthorized: Reauthorized::new(self.authenticator.clone(), caller.clone()),
-            _slot: slot,
-        }))
+        let reauthorized = Reauthorized::new(self.authenticator.clone(), caller.clone());
+        Ok(Some(Waiting::new(timeout, reauthorized, slot)))
     }
 
     /// After the change: waits for its revision's acknowledgement if asked
@@ -123,86 +121,16 @@ impl FirewallApi {
         let Some(mut waiting) = waiting else {
             return Ok(None);
         };
-        let waited = self
-            .acknowledged(
-                instance,
-                revision,
-                waiting.timeout,
-                &mut waiting.reauthorized,
-                method,
-            )
+        let waited = waiting
+            .acknowledged(&self.store, instance, revision, method)
             .await?;
         Ok(match waited {
             Waited::Acknowledged(_) => None,
-            Waited::TimedOut(sync) => Some(pb::Warning {
-                code: NOT_YET_ACKNOWLEDGED.to_owned(),
-                message: format!(
-                    "the change is saved as revision {revision}, but the instance's enforcer \
-                     has not acknowledged it within {:?} (applied revision {}, enforcer \
-                     connected: {}); WaitForSync waits for it",
-                    waiting.timeout,
-                    sync.applied_revision,
-                    sync.is_connected()
-                ),
-                rule_id: String::new(),
-            }),
+            Waited::TimedOut(sync) => {
+                Some(not_yet_acknowledged(revision, waiting.timeout(), &sync))
+            }
         })
     }
-
-    /// Waits until the instance's enforcer has acknowledged `target`
-    /// (applied it, or failed to) or `timeout` passes. The caller is
-    /// checked again at each policy change (ending the wait if it no longer
-    /// may read the instance), and a stopping service ends it too.
-    async fn acknowledged(
-        &self,
-        instance_id: &InstanceId,
-        target: u64,
-        timeout: Duration,
-        reauthorized: &mut Reauthorized,
-        method: &'static str,
-    ) -> Result<Waited, Status> {
-        let deadline = Instant::now() + timeout;
-        let mut status = self.store.board().watch_status(instance_id);
-        let stopping = self.store.stopping();
-        tokio::pin!(stopping);
-        loop {
-            let snapshot = status.borrow_and_update().clone();
-            if snapshot.has_acked(target) {
-                return Ok(Waited::Acknowledged(snapshot));
-            }
-            tokio::select! {
-                changed = status.changed() => {
-                    if changed.is_err() {
-                        return Err(status::store(StoreError::ShuttingDown));
-                    }
-                }
-                () = reauthorized.changed() => {
-                    reauthorized.recheck(|c| c.authorize(Action::Read, method, instance_id.as_str()))?;
-                }
-                // A stopping service does not keep a waiter until its timeout.
-                () = &mut stopping => return Err(status::store(StoreError::ShuttingDown)),
-                _ = tokio::time::sleep_until(deadline.into()) => return Ok(Waited::TimedOut(snapshot)),
-            }
-        }
-    }
-}
-
-/// The warning of a change answered before its enforcer acknowledged it
-/// (its `wait_for_sync` ran out).
-pub const NOT_YET_ACKNOWLEDGED: &str = "NOT_YET_ACKNOWLEDGED";
-
-/// A change's wait for its acknowledgement, from before the change.
-struct Waiting {
-    timeout: Duration,
-    reauthorized: Reauthorized,
-    _slot: Slot,
-}
-
-/// How a wait for an enforcer's acknowledgement ended, with the instance's
-/// sync state then.
-enum Waited {
-    Acknowledged(Snapshot),
-    TimedOut(Snapshot),
 }
 
 /// Authorizes a change and validates its request into a [`Mutation`]
@@ -649,14 +577,14 @@ impl FirewallService for FirewallApi {
         request: Request<pb::WaitForSyncRequest>,
     ) -> Result<Response<pb::SyncStatus>, Status> {
         let caller = caller(&request)?;
-        let mut reauthorized = Reauthorized::new(self.authenticator.clone(), caller.clone());
+        let reauthorized = Reauthorized::new(self.authenticator.clone(), caller.clone());
         let request = request.into_inner();
         let span = request_span("WaitForSync", &request.instance_id, "", &caller);
         let answer = async {
             caller
                 .authorize(Action::Read, "WaitForSync", &request.instance_id)
                 .map_err(refused)?;
-            let _slot = self
+            let slot = self
                 .waiters
                 .acquire(caller.actor().as_str())
                 .map_err(status::limit)?;
@@ -692,14 +620,9 @@ impl FirewallService for FirewallApi {
                 r => r,
             };
             Span::current().record("revision", target);
-            let waited = self
-                .acknowledged(
-                    &instance_id,
-                    target,
-                    timeout,
-                    &mut reauthorized,
-                    "WaitForSync",
-                )
+            let mut waiting = Waiting::new(timeout, reauthorized, slot);
+            let waited = waiting
+                .acknowledged(&self.store, &instance_id, target, "WaitForSync")
                 .await?;
             match waited {
                 Waited::Acknowledged(snapshot) => {
