@@ -163,6 +163,17 @@ async fn in_sync(client: &mut cassette_e2e::Client) -> pb::SyncStatus {
     status
 }
 
+/// A client, and a hand-driven stream for web-1 (created) that has acked
+/// its first revision.
+async fn web_1_acked(service: &InProcess) -> (cassette_e2e::Client, RawStream) {
+    let mut client = service.client().await;
+    create(&mut client, "web-1").await;
+    let mut stream = open(service, "web-1", 0).await;
+    assert_eq!(stream.next(LONG).await, Some(vec![1]));
+    stream.ack(1, None).await;
+    (client, stream)
+}
+
 /// `instance` created and its SSH rule toggled `times` times; its last revision.
 async fn toggled(client: &mut cassette_e2e::Client, instance: &str, times: usize) -> u64 {
     create(client, instance).await;
@@ -602,11 +613,7 @@ async fn reported_hits_show_on_rules_and_list_firewalls_finds_unused_ones() {
     use std::time::SystemTime;
     let dir = tempfile::tempdir().unwrap();
     let service = InProcess::start(dir.path()).await;
-    let mut client = service.client().await;
-    create(&mut client, "web-1").await;
-    let mut stream = open(&service, "web-1", 0).await;
-    assert_eq!(stream.next(LONG).await, Some(vec![1]));
-    stream.ack(1, None).await;
+    let (mut client, stream) = web_1_acked(&service).await;
     wait(&mut client, 1, LONG).await.unwrap();
     let unused = |d: Duration| pb::ListFirewallsRequest {
         unused_for: d.try_into().ok(),
@@ -860,11 +867,7 @@ async fn an_enforcer_of_an_earlier_version_is_in_sync_with_its_own_rendering() {
 async fn a_change_with_wait_for_sync_answers_once_its_enforcer_acknowledged_it() {
     let dir = tempfile::tempdir().unwrap();
     let service = InProcess::start(dir.path()).await;
-    let mut client = service.client().await;
-    create(&mut client, "web-1").await;
-    let mut stream = open(&service, "web-1", 0).await;
-    assert_eq!(stream.next(LONG).await, Some(vec![1]));
-    stream.ack(1, None).await;
+    let (mut client, mut stream) = web_1_acked(&service).await;
     let waiting = |enabled: bool, wait: Duration| pb::UpdateRuleRequest {
         instance_id: "web-1".into(),
         rule_id: "default-ssh".into(),
@@ -873,11 +876,13 @@ async fn a_change_with_wait_for_sync_answers_once_its_enforcer_acknowledged_it()
         ..Default::default()
     };
 
-    // The answer waits for the ack.
-    let call = {
+    let in_background = |client: &cassette_e2e::Client, request| {
         let mut client = client.clone();
-        tokio::spawn(async move { client.update_rule(waiting(false, LONG)).await })
+        tokio::spawn(async move { client.update_rule(request).await })
     };
+
+    // The answer waits for the ack.
+    let call = in_background(&client, waiting(false, LONG));
     assert_eq!(stream.next(LONG).await, Some(vec![2]));
     tokio::time::sleep(SHORT).await;
     assert!(!call.is_finished(), "answered before the enforcer acked");
@@ -889,10 +894,7 @@ async fn a_change_with_wait_for_sync_answers_once_its_enforcer_acknowledged_it()
     assert!(firewall.warnings.is_empty(), "{:?}", firewall.warnings);
 
     // A failed apply is an acknowledgement too: the answer says so.
-    let call = {
-        let mut client = client.clone();
-        tokio::spawn(async move { client.update_rule(waiting(true, LONG)).await })
-    };
+    let call = in_background(&client, waiting(true, LONG));
     assert_eq!(stream.next(LONG).await, Some(vec![3]));
     stream.ack(3, Some("Error: simulated")).await;
     let firewall = call.await.unwrap().expect("the change").into_inner();
