@@ -243,6 +243,11 @@ pub fn firewall_from_saved(
     })
 }
 
+/// `Warning.code` of a change answered before its instance's enforcer
+/// acknowledged it (its `wait_for_sync` ran out): the service writes it, the
+/// CLI turns it into its timed-out exit.
+pub const NOT_YET_ACKNOWLEDGED: &str = "NOT_YET_ACKNOWLEDGED";
+
 pub fn warning_to_pb(warning: &Warning) -> pb::Warning {
     pb::Warning {
         code: warning.code.to_owned(),

@@ -23,6 +23,7 @@ pub use convert::{
     event_from_pb, event_to_pb, event_to_record, firewall_from_pb, firewall_from_saved,
     firewall_to_pb, port_range_to_pb, protocol_from_pb, protocol_to_pb, rule_spec_to_pb,
     rule_to_pb, sources_to_pb, unconfirmed_to_saved, warning_to_pb, RecordEncoding,
+    NOT_YET_ACKNOWLEDGED,
 };
 
 pub use describe::{describe_event, EVENT_COLUMNS};

@@ -225,8 +225,6 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                     applied >= revision,
                     "{id}: answered before revision {revision} was acknowledged (applied {applied})"
                 );
-            }
-            if wait_in_call {
                 // Acknowledged where it was asked (through the replica
                 // stream, if the enforcer streams to another): where it
                 // streams is not timed apart.

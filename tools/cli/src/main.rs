@@ -229,7 +229,7 @@ impl Await {
         if let Some(late) = firewall
             .warnings
             .iter()
-            .find(|w| w.code == "NOT_YET_ACKNOWLEDGED")
+            .find(|w| w.code == cassette_proto::NOT_YET_ACKNOWLEDGED)
         {
             return Err(Exit::new(6, late.message.clone()).into());
         }

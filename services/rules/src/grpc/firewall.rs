@@ -244,10 +244,16 @@ impl FirewallApi {
             .iter()
             .map(|change| rule_change(change, snapshot.observed.as_deref()))
             .collect();
+        let waited = waiting.is_some();
         let late = self
             .after_waiting(waiting, METHOD, &instance, after.revision)
             .await?;
-        let mut firewall = self.present(&after);
+        // The sync state after the wait, if the answer waited.
+        let mut firewall = if waited {
+            self.present(&after)
+        } else {
+            present(&after, &snapshot)
+        };
         firewall.warnings = cassette_model::warnings(&mutation.command, &after)
             .iter()
             .map(warning_to_pb)

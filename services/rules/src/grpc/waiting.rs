@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use cassette_auth::Action;
 use cassette_model::InstanceId;
-use cassette_proto::pb;
+use cassette_proto::{pb, NOT_YET_ACKNOWLEDGED};
 use cassette_service::limits::Slot;
 use cassette_service::sync::Snapshot;
 use cassette_service::{Store, StoreError};
@@ -15,10 +15,6 @@ use tonic::Status;
 
 use crate::grpc::caller::Reauthorized;
 use crate::grpc::status;
-
-/// The warning on a change answered before its enforcer acknowledged it
-/// (its `wait_for_sync` ran out).
-const NOT_YET_ACKNOWLEDGED: &str = "NOT_YET_ACKNOWLEDGED";
 
 /// One wait for an acknowledgement: how long, the caller (checked again at
 /// each policy change), and the caller's waiter slot, held until it ends.
