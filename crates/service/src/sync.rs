@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use cassette_model::{InstanceId, Port, Protocol};
+use cassette_model::{Event, InstanceId, Port, Protocol};
 use tokio::sync::watch;
 
 use crate::blocked::BlockedTraffic;
@@ -181,6 +181,10 @@ pub enum SyncState {
 struct Channels {
     /// The instance's latest durable revision.
     committed: watch::Sender<u64>,
+    /// The events of the instance's latest commit by this replica's writer,
+    /// until its stream takes them: a stream that keeps up sends them
+    /// without reading back from the log what was just written to it.
+    latest: Mutex<Option<Vec<Event>>>,
     status: watch::Sender<Snapshot>,
     /// Bumped by each new sync stream: one live stream per instance, the
     /// newest; older ones see the change and close.
@@ -193,6 +197,18 @@ struct Channels {
     forward_until: Mutex<Option<Instant>>,
     /// When this replica last asked the others for the instance's reports.
     asked_peers: Mutex<Option<Instant>>,
+}
+
+impl Channels {
+    fn wake_committed(&self, revision: u64) {
+        self.committed.send_if_modified(|current| {
+            let newer = revision > *current;
+            if newer {
+                *current = revision;
+            }
+            newer
+        });
+    }
 }
 
 /// The latest durable revision of an instance, as the projection has it.
@@ -360,6 +376,7 @@ impl SyncBoard {
                 self.metrics.tracked_instances.inc();
                 Arc::new(Channels {
                     committed: watch::Sender::new((self.committed)(instance)),
+                    latest: Mutex::default(),
                     status: watch::Sender::new(Snapshot::default()),
                     generation: watch::Sender::new(0),
                     report_requests: watch::Sender::new(0),
@@ -375,14 +392,44 @@ impl SyncBoard {
     /// Wakes only this instance's streams, and only if it has any.
     pub fn notify_committed(&self, instance: &InstanceId, revision: u64) {
         if let Some(channels) = self.lock().get(instance) {
-            channels.committed.send_if_modified(|current| {
-                let newer = revision > *current;
-                if newer {
-                    *current = revision;
-                }
-                newer
-            });
+            channels.wake_committed(revision);
         }
+    }
+
+    /// [`SyncBoard::notify_committed`] for the writer's own commit of
+    /// `events` (one instance's, in revision order), which the instance's
+    /// stream may take instead of reading them from the log. Kept only for
+    /// an instance with channels, and only until the next commit.
+    pub fn notify_committed_events(&self, events: Vec<Event>) {
+        let Some(last) = events.last() else {
+            return;
+        };
+        let revision = last.revision;
+        if let Some(channels) = self.lock().get(&last.instance_id) {
+            *lock(&channels.latest) = Some(events);
+            channels.wake_committed(revision);
+        }
+    }
+
+    /// The events of `instance` with `after < revision <= until`, if the
+    /// writer's latest commit handed them all on (see
+    /// [`SyncBoard::notify_committed_events`]); taken, so that the next
+    /// caller reads the log.
+    pub fn take_committed_events(
+        &self,
+        instance: &InstanceId,
+        after: u64,
+        until: u64,
+    ) -> Option<Vec<Event>> {
+        let channels = self.lock().get(instance)?.clone();
+        let mut events = lock(&channels.latest).take()?;
+        events.retain(|e| e.revision > after && e.revision <= until);
+        let whole = events.first()?.revision == after + 1
+            && events.len() as u64 == until - after
+            && events
+                .windows(2)
+                .all(|w| w[1].revision == w[0].revision + 1);
+        whole.then_some(events)
     }
 
     /// Wakes with each newly durable revision of `instance`.

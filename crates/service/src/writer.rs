@@ -428,11 +428,6 @@ impl Writer {
         self.log_head = head;
         self.metrics.commit_append.observe(appending.elapsed());
         self.metrics.events_appended.add(events.len() as u64);
-        let committed: Vec<(InstanceId, u64)> = pending
-            .firewalls
-            .iter()
-            .map(|(id, f)| (id.clone(), f.revision))
-            .collect();
         {
             let mut projection = self.projection.write().unwrap_or_else(|p| p.into_inner());
             // The states folded while deciding are the states after these events.
@@ -443,9 +438,17 @@ impl Writer {
                 projection.record_request(event);
             }
         }
-        // Only now, durable and in the projection, may enforcers see them.
-        for (instance, revision) in &committed {
-            self.board.notify_committed(instance, *revision);
+        // Only now, durable and in the projection, may enforcers see them:
+        // each instance's events handed to its stream, in revision order
+        // (the sort is stable).
+        events.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        let mut events = events.into_iter().peekable();
+        while let Some(first) = events.next() {
+            let mut batch = vec![first];
+            while let Some(next) = events.next_if(|e| e.instance_id == batch[0].instance_id) {
+                batch.push(next);
+            }
+            self.board.notify_committed_events(batch);
         }
         self.head.send_replace(self.log_head.sequence);
         for (mutation, reply, outcome, range) in outcomes {

@@ -245,3 +245,51 @@ async fn what_was_committed_is_replayed_on_reopen_and_the_log_must_verify() {
         "{change:?}"
     );
 }
+
+#[tokio::test]
+async fn a_commit_hands_its_events_to_the_instance_stream_exactly_as_the_log_holds_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = with_a_firewall(dir.path()).await;
+    let board = store.board();
+    // No stream, no channels: nothing is kept for the instance.
+    store.mutate(mutation(add(5432), None)).await.unwrap();
+    assert_eq!(board.take_committed_events(&web(), 1, 2), None);
+
+    let _stream = board.watch_committed(&web());
+    let mut with_key = mutation(add(6379), Some("handed-1"));
+    with_key.request_digest = Some(RequestDigest([7; 32]));
+    store.mutate(with_key).await.unwrap();
+    let from_log = store.read_events(&web(), 2, 3).await.unwrap();
+    assert_eq!(
+        board.take_committed_events(&web(), 2, 3),
+        Some(from_log),
+        "what the stream sends is what the log holds"
+    );
+    assert_eq!(
+        board.take_committed_events(&web(), 2, 3),
+        None,
+        "taken: the next reader reads the log"
+    );
+
+    // A batch of several of the instance's events (revisions 4 to 13).
+    for port in 1000..1010 {
+        store.mutate(mutation(add(port), None)).await.unwrap();
+    }
+    let batch = store.read_events(&web(), 3, 13).await.unwrap();
+    // A stream part of the way through, on a page that ends early.
+    board.notify_committed_events(batch.clone());
+    assert_eq!(
+        board.take_committed_events(&web(), 5, 9),
+        Some(batch[2..6].to_vec())
+    );
+    // A stream further behind than the batch reads the log.
+    board.notify_committed_events(batch.clone());
+    assert_eq!(board.take_committed_events(&web(), 2, 13), None);
+    // So does one whose range the batch does not cover whole.
+    let mut gap = batch.clone();
+    gap.remove(4);
+    board.notify_committed_events(gap);
+    assert_eq!(board.take_committed_events(&web(), 3, 13), None);
+    board.notify_committed_events(batch.clone());
+    assert_eq!(board.take_committed_events(&web(), 3, 13), Some(batch));
+}

@@ -340,13 +340,21 @@ async fn send_events(
         if durable > position {
             // One page at a time: a long history is never held in memory whole.
             let until = durable.min(position.saturating_add(MAX_EVENTS_PER_MESSAGE as u64));
-            let events = match Box::pin(store.read_events(&instance, position, until)).await {
-                Ok(events) => events,
-                Err(error) => {
-                    tracing::error!(%error, "cannot read events for a sync stream");
-                    let _ = outbound.send(Err(status::store(error))).await;
-                    return;
-                }
+            // What the writer just committed comes with the wake-up; a
+            // stream behind that reads the log.
+            let handed = store
+                .board()
+                .take_committed_events(&instance, position, until);
+            let events = match handed {
+                Some(events) => events,
+                None => match Box::pin(store.read_events(&instance, position, until)).await {
+                    Ok(events) => events,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot read events for a sync stream");
+                        let _ = outbound.send(Err(status::store(error))).await;
+                        return;
+                    }
+                },
             };
             let Some(last) = events.last().map(|e| e.revision) else {
                 tracing::error!(
