@@ -17,6 +17,7 @@
 //! A checkpoint is only a shortcut: one that does not check out is ignored.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use cassette_model::InstanceId;
 use cassette_proto::pb;
@@ -42,10 +43,31 @@ const HEADER_LEN: usize = MAGIC.len() + 32;
 const MISSING: u64 = 0;
 
 /// Each instance's revisions -> sequences (revision r at position r - 1).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+///
+/// Each instance's sequences are shared (`Arc`), and its id kept a second
+/// time, shared, in the order instances came: a checkpoint's copy takes
+/// pointers, a slice of instances at a time, and an append copies an
+/// instance's sequences only if a copy in progress holds them.
+#[derive(Debug, Default, Clone)]
 pub struct InstanceIndex {
-    instances: HashMap<InstanceId, Vec<u64>>,
+    instances: HashMap<InstanceId, Arc<Vec<u64>>>,
+    /// Every instance, in the order it was first indexed.
+    order: Vec<Arc<InstanceId>>,
 }
+
+/// A copy of an [`InstanceIndex`] to checkpoint (see [`InstanceIndex::copy_of`]).
+pub struct IndexCopy(Vec<(Arc<InstanceId>, Arc<Vec<u64>>)>);
+
+/// Instances copied per read lock by [`InstanceIndex::copy_of`].
+const COPY_SLICE: usize = 2048;
+
+impl PartialEq for InstanceIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.instances == other.instances
+    }
+}
+
+impl Eq for InstanceIndex {}
 
 /// What [`InstanceIndex::sequences`] found for a revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,8 +91,12 @@ impl InstanceIndex {
         };
         let sequences = match self.instances.get_mut(instance) {
             Some(sequences) => sequences,
-            None => self.instances.entry(instance.clone()).or_default(),
+            None => {
+                self.order.push(Arc::new(instance.clone()));
+                self.instances.entry(instance.clone()).or_default()
+            }
         };
+        let sequences = Arc::make_mut(sequences);
         if position < sequences.len() {
             return;
         }
@@ -88,7 +114,14 @@ impl InstanceIndex {
         else {
             return false;
         };
-        let sequences = self.instances.entry(instance.clone()).or_default();
+        let sequences = match self.instances.get_mut(instance) {
+            Some(sequences) => sequences,
+            None => {
+                self.order.push(Arc::new(instance.clone()));
+                self.instances.entry(instance.clone()).or_default()
+            }
+        };
+        let sequences = Arc::make_mut(sequences);
         if sequences.get(position) == Some(&sequence) {
             return false;
         }
@@ -97,6 +130,27 @@ impl InstanceIndex {
         }
         sequences[position] = sequence;
         true
+    }
+
+    /// A copy of the index behind `lock` for a checkpoint: pointers,
+    /// taken [`COPY_SLICE`] instances at a time, each slice under a read
+    /// lock of its own, so that an append never waits for the whole copy
+    /// (a clone of 100,000 instances held appends up 28 ms on this VM).
+    /// Entries appended meanwhile may be in the copy; a checkpoint leaves
+    /// out what is after its anchor.
+    pub fn copy_of(lock: &RwLock<Self>) -> IndexCopy {
+        let mut copy = Vec::new();
+        loop {
+            let index = lock.read().unwrap_or_else(|p| p.into_inner());
+            let slice = index.order.get(copy.len()..).unwrap_or_default();
+            if slice.is_empty() {
+                return IndexCopy(copy);
+            }
+            for id in slice.iter().take(COPY_SLICE) {
+                let sequences = index.instances.get(&**id).cloned().unwrap_or_default();
+                copy.push((id.clone(), sequences));
+            }
+        }
     }
 
     /// Whether `instance`'s revision `revision` is indexed as record `sequence`.
@@ -116,7 +170,11 @@ impl InstanceIndex {
     /// nothing else is): what an index of a sled log up to `last` is, and
     /// what a checkpoint must be to be used.
     pub fn covers_each_once(&self, last: u64) -> bool {
-        let present = self.instances.values().flatten().filter(|&&s| s != MISSING);
+        let present = self
+            .instances
+            .values()
+            .flat_map(|s| s.iter())
+            .filter(|&&s| s != MISSING);
         // Counted first: `last` may come from a damaged file.
         let Some(len) = usize::try_from(last)
             .ok()
@@ -125,7 +183,7 @@ impl InstanceIndex {
             return false;
         };
         let mut seen = vec![false; len];
-        for &sequence in self.instances.values().flatten() {
+        for &sequence in self.instances.values().flat_map(|s| s.iter()) {
             if sequence == MISSING {
                 continue;
             }
@@ -205,6 +263,7 @@ impl InstanceIndex {
     /// Forgets every record after `sequence`.
     pub fn truncate_after(&mut self, sequence: u64) {
         self.instances.retain(|_, sequences| {
+            let sequences = Arc::make_mut(sequences);
             while sequences
                 .last()
                 .is_some_and(|&s| s == MISSING || s > sequence)
@@ -213,6 +272,8 @@ impl InstanceIndex {
             }
             !sequences.is_empty()
         });
+        let instances = &self.instances;
+        self.order.retain(|id| instances.contains_key(&**id));
     }
 
     /// Replaces the checkpoint in the log's `dir` with this index, anchored
@@ -223,43 +284,13 @@ impl InstanceIndex {
 
     /// The checkpoint's bytes: every record up to `anchor`.
     pub fn encode(&self, anchor: Head) -> Vec<u8> {
-        let mut ids: Vec<&InstanceId> = self.instances.keys().collect();
-        ids.sort();
-        let instances = ids
-            .into_iter()
-            .filter_map(|id| {
-                let mut previous = 0;
-                let mut deltas = Vec::new();
-                for &sequence in &self.instances[id] {
-                    match sequence {
-                        MISSING => deltas.push(0),
-                        s if s > anchor.sequence => break,
-                        s => {
-                            deltas.push(s - previous);
-                            previous = s;
-                        }
-                    }
-                }
-                while deltas.last() == Some(&0) {
-                    deltas.pop();
-                }
-                (!deltas.is_empty()).then(|| pb::IndexedInstance {
-                    instance_id: id.as_str().to_owned(),
-                    sequence_deltas: deltas,
-                })
-            })
-            .collect();
-        let payload = pb::InstanceIndex {
-            head_sequence: anchor.sequence,
-            head_hash: anchor.hash.to_vec(),
-            instances,
-        }
-        .encode_to_vec();
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&Sha256::digest(&payload));
-        bytes.extend_from_slice(&payload);
-        bytes
+        encode(
+            self.instances
+                .iter()
+                .map(|(id, s)| (id, s.as_slice()))
+                .collect(),
+            anchor,
+        )
     }
 
     /// The checkpoint in `bytes` and its anchor, if it checks out: magic,
@@ -295,12 +326,74 @@ impl InstanceIndex {
                     .ok_or_else(|| format!("instance {id} has a record after the anchor"))?;
                 sequences.push(previous);
             }
-            if index.instances.insert(id.clone(), sequences).is_some() {
+            if index
+                .instances
+                .insert(id.clone(), Arc::new(sequences))
+                .is_some()
+            {
                 return Err(format!("instance {id} is listed twice"));
             }
+            index.order.push(Arc::new(id));
         }
         Ok((anchor, index))
     }
+}
+
+impl IndexCopy {
+    /// Replaces the checkpoint in the log's `dir` with this copy, anchored
+    /// at `anchor` (durable: the entries after it are left out).
+    pub(crate) fn checkpoint(&self, dir: &std::path::Path, anchor: Head) -> std::io::Result<()> {
+        CHECKPOINT.replace(dir, &self.encode(anchor))
+    }
+
+    /// The checkpoint's bytes: every record up to `anchor`.
+    pub fn encode(&self, anchor: Head) -> Vec<u8> {
+        encode(
+            self.0.iter().map(|(id, s)| (&**id, s.as_slice())).collect(),
+            anchor,
+        )
+    }
+}
+
+/// A checkpoint of `instances` (each listed once) anchored at `anchor`.
+fn encode(mut instances: Vec<(&InstanceId, &[u64])>, anchor: Head) -> Vec<u8> {
+    instances.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    instances.dedup_by(|a, b| a.0 == b.0);
+    let instances = instances
+        .into_iter()
+        .filter_map(|(id, sequences)| {
+            let mut previous = 0;
+            let mut deltas = Vec::new();
+            for &sequence in sequences {
+                match sequence {
+                    MISSING => deltas.push(0),
+                    s if s > anchor.sequence => break,
+                    s => {
+                        deltas.push(s - previous);
+                        previous = s;
+                    }
+                }
+            }
+            while deltas.last() == Some(&0) {
+                deltas.pop();
+            }
+            (!deltas.is_empty()).then(|| pb::IndexedInstance {
+                instance_id: id.as_str().to_owned(),
+                sequence_deltas: deltas,
+            })
+        })
+        .collect();
+    let payload = pb::InstanceIndex {
+        head_sequence: anchor.sequence,
+        head_hash: anchor.hash.to_vec(),
+        instances,
+    }
+    .encode_to_vec();
+    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&Sha256::digest(&payload));
+    bytes.extend_from_slice(&payload);
+    bytes
 }
 
 /// The fields of a stored record the index needs, decoded alone (the
@@ -433,5 +526,44 @@ mod tests {
         }
         assert!(InstanceIndex::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(InstanceIndex::decode(b"").is_err());
+    }
+
+    #[test]
+    fn a_copy_taken_a_slice_at_a_time_while_appends_go_on_checkpoints_what_the_index_held_at_its_anchor(
+    ) {
+        let mut index = InstanceIndex::default();
+        let instances = (COPY_SLICE * 2 + 5) as u64;
+        for i in 0..instances {
+            index.insert(&id(&format!("web-{i}")), 1, i + 1);
+        }
+        let anchor = Head {
+            sequence: instances,
+            hash: [7; 32],
+        };
+        let at_anchor = index.encode(anchor);
+        let lock = std::sync::Arc::new(std::sync::RwLock::new(index));
+        // Appends after the anchor, to old instances and new ones, while
+        // the copy is taken.
+        let appending = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                for i in 0..instances {
+                    let mut index = lock.write().unwrap();
+                    index.insert(&id(&format!("web-{i}")), 2, instances + 2 * i + 1);
+                    index.insert(&id(&format!("new-{i}")), 1, instances + 2 * i + 2);
+                }
+            })
+        };
+        let copy = InstanceIndex::copy_of(&lock);
+        appending.join().unwrap();
+        assert_eq!(copy.encode(anchor), at_anchor);
+        let everything = Head {
+            sequence: u64::MAX,
+            hash: [7; 32],
+        };
+        assert_eq!(
+            InstanceIndex::copy_of(&lock).encode(everything),
+            lock.read().unwrap().encode(everything)
+        );
     }
 }

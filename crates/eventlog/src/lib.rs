@@ -12,6 +12,7 @@ use cassette_model::{Event, InstanceId};
 use cassette_proto::{event_from_pb, pb};
 use prost::Message;
 
+pub mod background;
 pub mod chain;
 pub mod etcd;
 mod files;

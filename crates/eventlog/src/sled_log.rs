@@ -30,8 +30,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use cassette_model::{Event, InstanceId};
 
+use crate::background::{self, Background};
 use crate::chain::{self, Next, Verifier, MAX_SIGNED_RUN};
-use crate::instance_index::{self, Indexed, InstanceIndex, CHECKPOINT_EVERY};
+use crate::instance_index::{self, IndexCopy, Indexed, InstanceIndex, CHECKPOINT_EVERY};
 use crate::signing::{SignedHead, SigningKey, TrustedKeys};
 use crate::sled_records::{self as records, insert_packs};
 use crate::{
@@ -63,6 +64,8 @@ pub struct EventLog {
     index: Arc<RwLock<InstanceIndex>>,
     /// The anchor of the last index checkpoint written or claimed.
     checkpointed: AtomicU64,
+    /// The index checkpoint being written in the background, if any.
+    checkpointing: Mutex<Option<Background<()>>>,
     /// The thread removing the index keys of an earlier layout, and its stop.
     old_index_removal: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
     /// How appends spell their records (reads take either).
@@ -72,6 +75,7 @@ pub struct EventLog {
 impl Drop for EventLog {
     fn drop(&mut self) {
         self.end_old_index_removal(true);
+        self.end_checkpointing();
     }
 }
 
@@ -113,6 +117,7 @@ impl EventLog {
             dir: dir.to_owned(),
             index: Arc::new(RwLock::new(index)),
             checkpointed: AtomicU64::new(checkpointed),
+            checkpointing: Mutex::new(None),
             old_index_removal: Mutex::new(None),
             encoding: RecordEncoding::Compact,
         };
@@ -283,11 +288,16 @@ impl EventLog {
         Ok(head)
     }
 
-    /// Writes an index checkpoint anchored at `head` (durable) on a
-    /// blocking thread, once [`CHECKPOINT_EVERY`] events followed the last.
+    /// Writes an index checkpoint anchored at `head` (durable) in the
+    /// background, once [`CHECKPOINT_EVERY`] events followed the last and
+    /// the one before is written.
     fn checkpoint_when_due(&self, head: Head) {
         let last = self.checkpointed.load(Ordering::Acquire);
-        if head.sequence < last.saturating_add(CHECKPOINT_EVERY)
+        if head.sequence < last.saturating_add(CHECKPOINT_EVERY) {
+            return;
+        }
+        let mut checkpointing = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
+        if checkpointing.as_ref().is_some_and(|c| !c.is_finished())
             || self
                 .checkpointed
                 .compare_exchange(last, head.sequence, Ordering::AcqRel, Ordering::Acquire)
@@ -296,13 +306,32 @@ impl EventLog {
             return;
         }
         let (index, dir) = (self.index.clone(), self.dir.clone());
-        tokio::task::spawn_blocking(move || {
-            // A copy, so that appends wait for a copy, not for the encoding.
-            let copy = index.read().unwrap_or_else(|p| p.into_inner()).clone();
+        // A copy, so that appends wait for a slice of a copy at most, never
+        // for the encoding.
+        let copy = move || InstanceIndex::copy_of(&index);
+        let write = move |copy: IndexCopy| {
             if let Err(error) = copy.checkpoint(&dir, head) {
                 tracing::warn!(%error, sequence = head.sequence, "could not write the instance index checkpoint");
             }
-        });
+        };
+        match background::spawn("index-checkpoint", copy, write) {
+            Ok(started) => *checkpointing = Some(started),
+            Err(error) => {
+                tracing::warn!(%error, "could not start writing the instance index checkpoint");
+            }
+        }
+    }
+
+    /// Waits for the index checkpoint being written in the background, if any.
+    fn end_checkpointing(&self) {
+        let started = self
+            .checkpointing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(started) = started {
+            started.join();
+        }
     }
 
     /// Writes an index checkpoint anchored at the durable head, if every
@@ -666,7 +695,8 @@ impl EventLog {
             batch.insert(HEAD, chain::anchor_value(head));
         }
         // The checkpoint may be anchored after `sequence`: gone before the
-        // records are (it is only a shortcut).
+        // records are (it is only a shortcut), and none being written.
+        self.end_checkpointing();
         instance_index::CHECKPOINT
             .remove(&self.dir)
             .map_err(LogError::Sync)?;
@@ -711,6 +741,8 @@ impl EventLog {
     /// shutdown), with an index checkpoint.
     pub fn flush(&self) -> Result<(), LogError> {
         self.db.flush()?;
+        // Not after this one: an older checkpoint never replaces it.
+        self.end_checkpointing();
         self.checkpoint()
     }
 }

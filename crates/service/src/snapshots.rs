@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use cassette_eventlog::background::{self, Background};
 use cassette_eventlog::snapshot::{self, AppliedRequest, ProjectionSnapshot, SnapshotFirewall};
 use cassette_eventlog::{Head, Log, SigningKey};
 use cassette_model::Firewall;
@@ -118,7 +119,7 @@ pub(crate) struct Snapshotter {
     /// A start from a snapshot not yet confirmed by the walk of the log: no
     /// snapshot is written on top of it.
     unconfirmed: bool,
-    writing: Option<tokio::task::JoinHandle<()>>,
+    writing: Option<Background<()>>,
 }
 
 impl Snapshotter {
@@ -192,7 +193,7 @@ impl Snapshotter {
         self.anchor = anchor.sequence;
         self.since = started;
         let (dir, key, metrics) = (self.dir.clone(), self.key.clone(), self.metrics.clone());
-        self.writing = Some(tokio::task::spawn_blocking(move || {
+        let write = move |taken: Vec<(Arc<Firewall>, Option<Arc<Requests>>)>| {
             let snapshot = to_snapshot(&taken, anchor, last_time);
             drop(taken);
             let bytes = snapshot::encode(&snapshot, key.as_deref());
@@ -222,13 +223,21 @@ impl Snapshotter {
                     "cannot write the projection snapshot"
                 ),
             }
-        }));
+        };
+        // Off the runtime, at the lowest priority: it takes what the
+        // service leaves idle (see cassette_eventlog::background).
+        match background::spawn("projection-snapshot", move || taken, write) {
+            Ok(writing) => self.writing = Some(writing),
+            Err(error) => {
+                tracing::warn!(anchor = anchor.sequence, %error, "cannot start writing the projection snapshot");
+            }
+        }
     }
 
     /// Waits for the snapshot being written, if any.
     pub(crate) async fn finish(&mut self) {
         if let Some(writing) = self.writing.take() {
-            let _ = writing.await;
+            writing.wait().await;
         }
     }
 
