@@ -89,14 +89,7 @@ impl InstanceIndex {
         else {
             return;
         };
-        let sequences = match self.instances.get_mut(instance) {
-            Some(sequences) => sequences,
-            None => {
-                self.order.push(Arc::new(instance.clone()));
-                self.instances.entry(instance.clone()).or_default()
-            }
-        };
-        let sequences = Arc::make_mut(sequences);
+        let sequences = self.sequences_mut(instance);
         if position < sequences.len() {
             return;
         }
@@ -114,14 +107,7 @@ impl InstanceIndex {
         else {
             return false;
         };
-        let sequences = match self.instances.get_mut(instance) {
-            Some(sequences) => sequences,
-            None => {
-                self.order.push(Arc::new(instance.clone()));
-                self.instances.entry(instance.clone()).or_default()
-            }
-        };
-        let sequences = Arc::make_mut(sequences);
+        let sequences = self.sequences_mut(instance);
         if sequences.get(position) == Some(&sequence) {
             return false;
         }
@@ -150,6 +136,21 @@ impl InstanceIndex {
                 let sequences = index.instances.get(&**id).cloned().unwrap_or_default();
                 copy.push((id.clone(), sequences));
             }
+        }
+    }
+
+    /// `instance`'s sequences to change: a new entry if it has none, copied
+    /// first if a checkpoint's copy holds them.
+    fn sequences_mut(&mut self, instance: &InstanceId) -> &mut Vec<u64> {
+        // Two lookups rather than the entry API, which would clone the id
+        // on every append.
+        if !self.instances.contains_key(instance) {
+            self.order.push(Arc::new(instance.clone()));
+            self.instances.insert(instance.clone(), Arc::default());
+        }
+        match self.instances.get_mut(instance) {
+            Some(sequences) => Arc::make_mut(sequences),
+            None => unreachable!("inserted above"),
         }
     }
 
