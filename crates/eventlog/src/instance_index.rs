@@ -277,12 +277,6 @@ impl InstanceIndex {
         self.order.retain(|id| instances.contains_key(&**id));
     }
 
-    /// Replaces the checkpoint in the log's `dir` with this index, anchored
-    /// at `anchor` (durable: the index's entries after it are left out).
-    pub(crate) fn checkpoint(&self, dir: &std::path::Path, anchor: Head) -> std::io::Result<()> {
-        CHECKPOINT.replace(dir, &self.encode(anchor))
-    }
-
     /// The checkpoint's bytes: every record up to `anchor`.
     pub fn encode(&self, anchor: Head) -> Vec<u8> {
         encode(

@@ -341,7 +341,7 @@ impl EventLog {
         if head.sequence != self.durable_sequence() {
             return Ok(());
         }
-        self.index()
+        InstanceIndex::copy_of(&self.index)
             .checkpoint(&self.dir, head)
             .map_err(LogError::Sync)?;
         self.checkpointed.fetch_max(head.sequence, Ordering::AcqRel);
