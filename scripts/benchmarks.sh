@@ -38,13 +38,17 @@ run() {
 }
 field() { jq -r "$2" "$results/$1.json"; }
 
-# First the disk alone: the floor under the latency rows, which moves with the hour.
+# First the disk and the cores alone: the floor under the latency rows, which
+# moves with the hour.
 run disk disk --writes 1000
+run cpu cpu
 echo "== scripts/bench-grpcio.sh 1000" >&2
 ./scripts/bench-grpcio.sh 1000 >"$results/grpcio.json"
 cat "$results/grpcio.json" >&2
 run e2e e2e --changes 1000 --breakdown
 run e2e-no-state e2e --changes 1000 --no-state
+# The same with idle cores polling: what the VM's wake-ups cost one change.
+run e2e-idle-poll --idle-poll e2e --changes 1000
 run append-64 append --clients 64 --seconds 10
 run append-1 append --clients 1 --seconds 5
 replay_events=$(big 1000000 100000)
@@ -96,6 +100,8 @@ Goals are the performance issue's, for this 2-core machine.
 | change -> kernel -> ack, Google's grpcio client (Python) in a network namespace, the enforcer in another with its state file on disk, both on the service's Unix socket | \`sudo scripts/bench-grpcio.sh 1000\` | p50 $(ms "$(field grpcio .p50_ms)") ms, p99 $(ms "$(field grpcio .p99_ms)") ms (grpcio $(field grpcio .grpcio)) | p50 <= 0.7 ms, p99 <= 5 ms |
 | change -> kernel -> ack, with the enforcer's state saved before each ack | \`sudo cassette-bench e2e --changes 1000 --breakdown\` | p50 $(ms "$(field e2e .p50_ms)") ms, p99 $(ms "$(field e2e .p99_ms)") ms | p50 <= 0.6 ms |
 | the same without the state (\`--no-state\`) | \`sudo cassette-bench e2e --changes 1000 --no-state\` | p50 $(ms "$(field e2e-no-state .p50_ms)") ms, p99 $(ms "$(field e2e-no-state .p99_ms)") ms | |
+| the first e2e row, the machine's idle cores polling instead of halting (\`--idle-poll\`: its CPU latency request held at 0; a machine setting the services never make; context, not a goal) | \`sudo cassette-bench --idle-poll e2e --changes 1000\` | p50 $(ms "$(field e2e-idle-poll .p50_ms)") ms, p99 $(ms "$(field e2e-idle-poll .p99_ms)") ms | |
+| the cores under them (no service; context, not a goal): encoding and decoding a firewall's protobuf, a thread woken on the other core and back, a loopback TCP round trip of 128 bytes | \`cassette-bench cpu\` | p50 $(field cpu .protobuf_encode_decode.p50_us) us, $(field cpu .thread_wake_round_trip.p50_us) us and $(field cpu .loopback_tcp_round_trip.p50_us) us; the last two cost $(field cpu .thread_wake_round_trip.cpu_us) us and $(field cpu .loopback_tcp_round_trip.cpu_us) us of CPU | |
 | the disk under them (no service; context, not a goal): one 4 KiB \`pwrite\` + \`fdatasync\` (an enforcer's journal record), and what one sled append asks of it (two buffers, each \`pwrite\` + \`sync_file_range\`, then \`fdatasync\`) | \`cassette-bench disk\` | p50 $(ms "$(field disk .pwrite_fdatasync.p50_ms)") ms and $(ms "$(field disk .sled_append_pattern.p50_ms)") ms (p99 $(ms "$(field disk .pwrite_fdatasync.p99_ms)") and $(ms "$(field disk .sled_append_pattern.p99_ms)") ms) | |
 | durable appends, 64 clients | \`cassette-bench append --clients 64\` | $(int "$(field append-64 .events_per_sec)") events/s, p50 $(ms "$(field append-64 .p50_ms)") ms, p99 $(ms "$(field append-64 .p99_ms)") ms | >= 20,000 events/s, p99 <= 10 ms |
 | durable appends, one client | \`cassette-bench append --clients 1\` | $(int "$(field append-1 .events_per_sec)") events/s, p50 $(ms "$(field append-1 .p50_ms)") ms, p99 $(ms "$(field append-1 .p99_ms)") ms | |
@@ -137,7 +143,10 @@ the two, not their sum.
 The disk's share: in the same run, with no service, one 4 KiB \`pwrite\` +
 \`fdatasync\` took $(ms "$(field disk .pwrite_fdatasync.p50_ms)") ms (p50; the enforcer's save) and sled's
 pattern for one append $(ms "$(field disk .sled_append_pattern.p50_ms)") ms (the log's append). On this VM
-both move with the hour by up to half again: compare runs by them first.
+both move with the hour by up to half again, and so do the cores
+(\`cassette-bench cpu\`: its protobuf row has taken 1.6 us in one run and
+3.2 us in the next; a thread woken across cores, a hypervisor exit first):
+compare runs by them first.
 
 For comparison on this machine: one \`nft add element\` process
 $(ms "$(field e2e .nft_add_element_process_ms)") ms (of which \`ip netns exec\`
@@ -146,7 +155,7 @@ alone $(ms "$(field e2e .netns_exec_process_ms)") ms).
 ## Plots
 
 BREAKDOWN
-    for name in disk e2e e2e-no-state append-64 append-1 fanout-1000 fanout-5000 fanout-10000 fanout-10000-one-call fanout-etcd; do
+    for name in disk cpu e2e e2e-no-state e2e-idle-poll append-64 append-1 fanout-1000 fanout-5000 fanout-10000 fanout-10000-one-call fanout-etcd; do
         echo "### $name"
         echo
         echo "\`cassette-bench $(field "$name" .bench)\`: $(jq -c 'del(.plot, .breakdown)' "$results/$name.json")"

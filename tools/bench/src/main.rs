@@ -7,9 +7,11 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod append;
+mod cpu;
 mod disk;
 mod e2e;
 mod fanout;
+mod idle;
 mod lag;
 mod plot;
 mod procs;
@@ -38,6 +40,13 @@ struct Args {
     /// Draw no plot.
     #[arg(long, global = true, conflicts_with = "plot")]
     no_plot: bool,
+    /// (root) Hold the machine's CPU latency request at 0 for the run
+    /// (`/dev/cpu_dma_latency`): idle cores poll instead of halting, so a
+    /// thread woken on one is not first a hypervisor exit. A machine setting
+    /// (tuned's latency-performance profile makes it), for comparison; the
+    /// services never make it.
+    #[arg(long, global = true)]
+    idle_poll: bool,
 }
 
 /// What a run measured: its JSON line, and the latency samples it plots.
@@ -74,11 +83,19 @@ enum Bench {
     Lag(lag::Options),
     /// The disk's cost of the durable writes one change makes (no service).
     Disk(disk::Options),
+    /// The cores' cost of the work one change is made of: computing, waking
+    /// a thread, a loopback round trip (no service).
+    Cpu(cpu::Options),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let idle_poll = if args.idle_poll {
+        Some(idle::poll()?)
+    } else {
+        None
+    };
     let mut report = match args.bench {
         Bench::Append(options) => append::run(options).await?,
         Bench::Replay(options) => replay::run(options).await?,
@@ -86,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
         Bench::Fanout(options) => fanout::run(options).await?,
         Bench::Lag(options) => lag::run(options).await?,
         Bench::Disk(options) => disk::run(options).await?,
+        Bench::Cpu(options) => cpu::run(options).await?,
     };
+    drop(idle_poll);
+    if args.idle_poll {
+        report.json["idle_poll"] = true.into();
+    }
     let name = report.json["bench"].as_str().unwrap_or("bench").to_owned();
     if !args.no_plot && !report.series.is_empty() {
         let path = args.plot.unwrap_or_else(|| {
