@@ -44,14 +44,14 @@ const MISSING: u64 = 0;
 
 /// Each instance's revisions -> sequences (revision r at position r - 1).
 ///
-/// Each instance's sequences are shared (`Arc`), and its id kept a second
-/// time, shared, in the order instances came: a checkpoint's copy takes
-/// pointers, a slice of instances at a time, and an append copies an
-/// instance's sequences only if a copy in progress holds them.
+/// Each instance's id and sequences are shared (`Arc`), and the ids listed
+/// again in the order instances came: a checkpoint's copy takes pointers, a
+/// slice of instances at a time, and an append copies an instance's
+/// sequences only if a copy in progress holds them.
 #[derive(Debug, Default, Clone)]
 pub struct InstanceIndex {
-    instances: HashMap<InstanceId, Arc<Vec<u64>>>,
-    /// Every instance, in the order it was first indexed.
+    instances: HashMap<Arc<InstanceId>, Arc<Vec<u64>>>,
+    /// Every instance (the map's own keys), in the order it was first indexed.
     order: Vec<Arc<InstanceId>>,
 }
 
@@ -145,8 +145,9 @@ impl InstanceIndex {
         // Two lookups rather than the entry API, which would clone the id
         // on every append.
         if !self.instances.contains_key(instance) {
-            self.order.push(Arc::new(instance.clone()));
-            self.instances.insert(instance.clone(), Arc::default());
+            let id = Arc::new(instance.clone());
+            self.order.push(id.clone());
+            self.instances.insert(id, Arc::default());
         }
         match self.instances.get_mut(instance) {
             Some(sequences) => Arc::make_mut(sequences),
@@ -282,7 +283,7 @@ impl InstanceIndex {
         encode(
             self.instances
                 .iter()
-                .map(|(id, s)| (id, s.as_slice()))
+                .map(|(id, s)| (&**id, s.as_slice()))
                 .collect(),
             anchor,
         )
@@ -321,6 +322,7 @@ impl InstanceIndex {
                     .ok_or_else(|| format!("instance {id} has a record after the anchor"))?;
                 sequences.push(previous);
             }
+            let id = Arc::new(id);
             if index
                 .instances
                 .insert(id.clone(), Arc::new(sequences))
@@ -328,7 +330,7 @@ impl InstanceIndex {
             {
                 return Err(format!("instance {id} is listed twice"));
             }
-            index.order.push(Arc::new(id));
+            index.order.push(id);
         }
         Ok((anchor, index))
     }
