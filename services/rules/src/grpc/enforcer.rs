@@ -20,8 +20,11 @@ use cassette_proto::pb::enforcer_service_server::EnforcerService;
 use cassette_proto::pb::sync_request::Message;
 use cassette_proto::{event_to_pb, pb};
 use cassette_ruleset::Ruleset;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::{oneshot, watch};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -36,14 +39,13 @@ use cassette_service::{RulesMetrics, Store};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events per message when an enforcer catches up on a long history.
 const MAX_EVENTS_PER_MESSAGE: usize = 512;
-/// Messages buffered per stream: a slow enforcer backs up only its own stream.
-const STREAM_BUFFER: usize = 2;
 /// How much of an ack's error message is kept.
 const MAX_ACK_ERROR_BYTES: usize = 4096;
 /// How many of a stream's last messages an ack may name. An enforcer acks
 /// the revision it folded to after reading what had arrived (the end of a
-/// message), and it cannot be far behind: the stream buffers
-/// [`STREAM_BUFFER`] messages.
+/// message), and it cannot be far behind: a stream builds its next message
+/// only when its HTTP/2 window takes more, from all that is durable by then,
+/// so an enforcer that falls behind gets fewer, larger messages.
 const ACKABLE_MESSAGES: usize = 64;
 
 /// What a stream sent that its enforcer may ack: the highest revision, and
@@ -127,10 +129,11 @@ async fn ending(
 }
 
 type Outbound = Result<pb::SyncResponse, Status>;
+type SyncStream = Pin<Box<dyn Stream<Item = Outbound> + Send>>;
 
 #[tonic::async_trait]
 impl EnforcerService for EnforcerApi {
-    type SyncStream = ReceiverStream<Outbound>;
+    type SyncStream = SyncStream;
 
     async fn sync(
         &self,
@@ -180,12 +183,18 @@ impl EnforcerService for EnforcerApi {
                 );
             }
         });
-        let (outbound, stream) = mpsc::channel(STREAM_BUFFER);
+        // The response is polled by the stream's own task in the HTTP/2
+        // server: what it sends is built there, with no task or channel of
+        // ours between (one fewer wake-up per event, one fewer task per
+        // connected enforcer). It starts once the firewall exists and the
+        // stream's place in the log is settled below.
+        let (start, started) = oneshot::channel();
         let store = self.store.clone();
         let serve = async move {
+            let mut start = start;
             // Sync state exists only for instances that exist: a Hello for an
             // unknown id waits for the firewall without creating anything.
-            if !wait_until_exists(&store, &instance, &outbound).await {
+            if !wait_until_exists(&store, &instance, &mut start).await {
                 return;
             }
             let connection = store.board().connect(&instance);
@@ -210,17 +219,20 @@ impl EnforcerService for EnforcerApi {
                     instance.clone(),
                 )
             };
-            let sender = tokio::spawn(
-                send_events(
-                    store.clone(),
-                    instance.clone(),
-                    position,
-                    outbound,
-                    sent.clone(),
-                    Box::pin(end()),
-                )
-                .in_current_span(),
-            );
+            let (acks_open, acks_ended) = oneshot::channel();
+            let (sender_alive, sender_done) = oneshot::channel();
+            let starting = Start {
+                store: store.clone(),
+                instance: instance.clone(),
+                position,
+                sent: sent.clone(),
+                ending: Box::pin(end()),
+                acks_ended,
+                _done: sender_alive,
+            };
+            if start.send(starting).is_err() {
+                return; // the enforcer went away
+            }
             let ended = Box::pin(end());
             let state = StreamState {
                 store,
@@ -229,10 +241,12 @@ impl EnforcerService for EnforcerApi {
                 sent,
                 connected_at: SystemTime::now(),
             };
-            receive_acks(state, inbound, sender, ended).await;
+            receive_acks(state, inbound, sender_done, ended).await;
+            // The stream's response ends with its acks.
+            drop(acks_open);
         };
-        tokio::spawn(serve.instrument(span));
-        Ok(Response::new(ReceiverStream::new(stream)))
+        tokio::spawn(serve.instrument(span.clone()));
+        Ok(Response::new(outbound(started, span)))
     }
 }
 
@@ -285,7 +299,7 @@ async fn resume_position(store: &Store, instance: &InstanceId, hello: &pb::Hello
 async fn wait_until_exists(
     store: &Store,
     instance: &InstanceId,
-    outbound: &mpsc::Sender<Outbound>,
+    start: &mut oneshot::Sender<Start>,
 ) -> bool {
     let mut head = store.watch_head();
     let stopping = store.stopping();
@@ -297,131 +311,215 @@ async fn wait_until_exists(
         }
         tokio::select! {
             changed = head.changed() => if changed.is_err() { return false },
-            _ = outbound.closed() => return false,
+            () = start.closed() => return false,
             () = &mut stopping => return false,
         }
     }
 }
 
-/// Sends every durable event after `position`, then waits for the next
-/// commit; `sent` records each message's last revision and what the
-/// instance's ruleset is then.
-async fn send_events(
+/// What a stream's response needs to start sending, once its firewall
+/// exists and its place in the log is settled.
+struct Start {
     store: Arc<Store>,
     instance: InstanceId,
-    mut position: u64,
-    outbound: mpsc::Sender<Outbound>,
+    /// The revision the enforcer has: sending starts after it.
+    position: u64,
     sent: Arc<Sent>,
-    ending: impl std::future::Future<Output = Ending>,
-) {
-    tokio::pin!(ending);
-    // The firewall the enforcer folds to from what this stream sends: the
-    // projection's own (shared, not copied) whenever it is the same revision,
-    // as it is for a stream that keeps up.
-    let mut folded: Option<Arc<Firewall>> = if position == 0 {
-        None
-    } else {
-        match Box::pin(store.firewall_at(&instance, position)).await {
-            Ok(firewall) => Some(firewall),
-            Err(error) => {
-                tracing::error!(%error, position, "cannot read the firewall a sync stream resumes from");
-                let _ = outbound.send(Err(status::store(error))).await;
-                return;
-            }
+    ending: Pin<Box<dyn Future<Output = Ending> + Send>>,
+    /// Resolves when the stream's acks end (the enforcer closed its side,
+    /// or it must go): the response ends with them.
+    acks_ended: oneshot::Receiver<()>,
+    /// Dropped when the response is done sending.
+    _done: oneshot::Sender<()>,
+}
+
+/// Where a stream's response is.
+enum Sending {
+    /// Waiting for the firewall to exist and the stream's position.
+    Waiting(oneshot::Receiver<Start>),
+    Running(Box<Sender>),
+    /// It sent its last message (an error).
+    Done,
+}
+
+/// A sync stream's response: every durable event after the enforcer's
+/// position, then each new one once committed.
+fn outbound(started: oneshot::Receiver<Start>, span: tracing::Span) -> SyncStream {
+    let messages = futures_util::stream::unfold(Sending::Waiting(started), |sending| async move {
+        let mut sender = match sending {
+            Sending::Waiting(started) => match Sender::start(started.await.ok()?).await {
+                Ok(sender) => Box::new(sender),
+                Err(status) => return Some((Err(status), Sending::Done)),
+            },
+            Sending::Running(sender) => sender,
+            Sending::Done => return None,
+        };
+        match sender.next().await? {
+            Ok(message) => Some((Ok(message), Sending::Running(sender))),
+            Err(status) => Some((Err(status), Sending::Done)),
         }
-    };
-    let mut committed = store.board().watch_committed(&instance);
-    let mut report_requests = store.board().watch_report_requests(&instance);
-    report_requests.borrow_and_update();
-    let stopping = store.stopping();
-    tokio::pin!(stopping);
-    loop {
-        let durable = *committed.borrow_and_update();
-        if durable > position {
-            // One page at a time: a long history is never held in memory whole.
-            let until = durable.min(position.saturating_add(MAX_EVENTS_PER_MESSAGE as u64));
-            // What the writer just committed comes with the wake-up; a
-            // stream behind that reads the log.
-            let handed = store
-                .board()
-                .take_committed_events(&instance, position, until);
-            let events = match handed {
-                Some(events) => events,
-                None => match Box::pin(store.read_events(&instance, position, until)).await {
-                    Ok(events) => events,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot read events for a sync stream");
-                        let _ = outbound.send(Err(status::store(error))).await;
-                        return;
-                    }
-                },
-            };
-            let Some(last) = events.last().map(|e| e.revision) else {
-                tracing::error!(
-                    position,
-                    until,
-                    "the log has no events where the projection has them"
-                );
-                return;
-            };
-            match store.get(&instance) {
-                // The projection is the fold of the same log: nothing to fold here.
-                Ok(current) if current.revision == last => folded = Some(current),
-                _ => {
-                    let mut firewall = folded.take().map(Arc::unwrap_or_clone);
-                    for event in &events {
-                        firewall = match fold(firewall, event) {
-                            Ok(firewall) => Some(firewall),
-                            Err(error) => {
-                                tracing::error!(%error, revision = event.revision, "the log's events do not fold for a sync stream");
-                                let _ = outbound.send(Err(status::store(error.into()))).await;
-                                return;
-                            }
-                        };
-                    }
-                    folded = firewall.map(Arc::new);
+    });
+    Box::pin(Instrumented(Box::pin(messages), span))
+}
+
+/// A stream polled inside `span`, as a spawned task's future would be.
+struct Instrumented<S>(S, tracing::Span);
+
+impl<S: Stream + Unpin> Stream for Instrumented<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        let _entered = this.1.enter();
+        Pin::new(&mut this.0).poll_next(cx)
+    }
+}
+
+/// The sending side of a sync stream; `sent` records each message's last
+/// revision and what the instance's ruleset is then.
+struct Sender {
+    store: Arc<Store>,
+    instance: InstanceId,
+    position: u64,
+    /// The firewall the enforcer folds to from what this stream sends: the
+    /// projection's own (shared, not copied) whenever it is the same
+    /// revision, as it is for a stream that keeps up.
+    folded: Option<Arc<Firewall>>,
+    committed: watch::Receiver<u64>,
+    report_requests: watch::Receiver<u64>,
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ending: Pin<Box<dyn Future<Output = Ending> + Send>>,
+    acks_ended: oneshot::Receiver<()>,
+    sent: Arc<Sent>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Sender {
+    async fn start(start: Start) -> Result<Self, Status> {
+        let Start {
+            store,
+            instance,
+            position,
+            sent,
+            ending,
+            acks_ended,
+            _done,
+        } = start;
+        let folded = if position == 0 {
+            None
+        } else {
+            match Box::pin(store.firewall_at(&instance, position)).await {
+                Ok(firewall) => Some(firewall),
+                Err(error) => {
+                    tracing::error!(%error, position, "cannot read the firewall a sync stream resumes from");
+                    return Err(status::store(error));
                 }
             }
-            let message = pb::SyncResponse {
-                report_now: false,
-                events: events.iter().map(|e| event_to_pb(e, &[])).collect(),
-            };
-            // Before the send: the enforcer may ack as soon as it has it.
-            sent.record(last, Ruleset::of(folded.as_deref()).hash());
-            if outbound.send(Ok(message)).await.is_err() {
-                return;
+        };
+        let committed = store.board().watch_committed(&instance);
+        let mut report_requests = store.board().watch_report_requests(&instance);
+        report_requests.borrow_and_update();
+        Ok(Self {
+            stopping: Box::pin(store.stopping()),
+            store,
+            instance,
+            position,
+            folded,
+            committed,
+            report_requests,
+            ending,
+            acks_ended,
+            sent,
+            _done,
+        })
+    }
+
+    /// The next message: the events after `position` once durable, a
+    /// request for a report, or why the stream ends. None when it just ends.
+    async fn next(&mut self) -> Option<Outbound> {
+        loop {
+            let durable = *self.committed.borrow_and_update();
+            if durable > self.position {
+                return self.events_until(durable).await;
             }
-            position = last;
-            continue;
-        }
-        tokio::select! {
-            changed = committed.changed() => if changed.is_err() { return },
-            asked = report_requests.changed() => {
-                if asked.is_err() {
-                    return;
+            tokio::select! {
+                changed = self.committed.changed() => if changed.is_err() { return None },
+                asked = self.report_requests.changed() => {
+                    asked.ok()?;
+                    return Some(Ok(pb::SyncResponse { events: Vec::new(), report_now: true }));
                 }
-                let ask = pb::SyncResponse { events: Vec::new(), report_now: true };
-                if outbound.send(Ok(ask)).await.is_err() {
-                    return;
+                _ = &mut self.acks_ended => return None,
+                () = &mut self.stopping => return None,
+                why = &mut self.ending => {
+                    return Some(Err(match why {
+                        Ending::Replaced => {
+                            tracing::info!("a newer sync stream for the instance opened; closing this one");
+                            stream_replaced(self.instance.as_str())
+                        }
+                        Ending::Refused(status) => {
+                            tracing::warn!(reason = status.message(), "the policy no longer lets this enforcer sync: closing its stream");
+                            status
+                        }
+                    }));
                 }
             }
-            _ = outbound.closed() => return,
-            () = &mut stopping => return,
-            why = &mut ending => {
-                let status = match why {
-                    Ending::Replaced => {
-                        tracing::info!("a newer sync stream for the instance opened; closing this one");
-                        stream_replaced(instance.as_str())
-                    }
-                    Ending::Refused(status) => {
-                        tracing::warn!(reason = status.message(), "the policy no longer lets this enforcer sync: closing its stream");
-                        status
-                    }
-                };
-                let _ = outbound.send(Err(status)).await;
-                return;
+        }
+    }
+
+    /// A message of the events after `position`, up to `durable` or a
+    /// page's worth: a long history is never held in memory whole. None if
+    /// the log lacks them: the stream just ends.
+    async fn events_until(&mut self, durable: u64) -> Option<Outbound> {
+        let (store, instance, position) = (&self.store, &self.instance, self.position);
+        let until = durable.min(position.saturating_add(MAX_EVENTS_PER_MESSAGE as u64));
+        // What the writer just committed comes with the wake-up; a stream
+        // behind that reads the log.
+        let events = match store
+            .board()
+            .take_committed_events(instance, position, until)
+        {
+            Some(events) => events,
+            None => match Box::pin(store.read_events(instance, position, until)).await {
+                Ok(events) => events,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read events for a sync stream");
+                    return Some(Err(status::store(error)));
+                }
+            },
+        };
+        let Some(last) = events.last().map(|e| e.revision) else {
+            tracing::error!(
+                position,
+                until,
+                "the log has no events where the projection has them"
+            );
+            return None;
+        };
+        match store.get(instance) {
+            // The projection is the fold of the same log: nothing to fold here.
+            Ok(current) if current.revision == last => self.folded = Some(current),
+            _ => {
+                let mut firewall = self.folded.take().map(Arc::unwrap_or_clone);
+                for event in &events {
+                    firewall = match fold(firewall, event) {
+                        Ok(firewall) => Some(firewall),
+                        Err(error) => {
+                            tracing::error!(%error, revision = event.revision, "the log's events do not fold for a sync stream");
+                            return Some(Err(status::store(error.into())));
+                        }
+                    };
+                }
+                self.folded = firewall.map(Arc::new);
             }
         }
+        // Before the message goes: the enforcer may ack as soon as it has it.
+        self.sent
+            .record(last, Ruleset::of(self.folded.as_deref()).hash());
+        self.position = last;
+        Some(Ok(pb::SyncResponse {
+            report_now: false,
+            events: events.iter().map(|e| event_to_pb(e, &[])).collect(),
+        }))
     }
 }
 
@@ -442,7 +540,7 @@ struct StreamState {
 async fn receive_acks(
     state: StreamState,
     mut inbound: Streaming<pb::SyncRequest>,
-    mut sender: tokio::task::JoinHandle<()>,
+    mut sender_done: oneshot::Receiver<()>,
     ending: impl std::future::Future<Output = Ending>,
 ) {
     let stopping = state.store.stopping();
@@ -457,7 +555,7 @@ async fn receive_acks(
                     state.store.metrics().replaced_streams.inc();
                 }
                 // Let the sender tell the enforcer why, unless it is stuck.
-                let _ = tokio::time::timeout(Duration::from_secs(1), &mut sender).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut sender_done).await;
                 break;
             }
         };
@@ -480,7 +578,6 @@ async fn receive_acks(
             }
         }
     }
-    sender.abort();
     drop(state);
     tracing::info!("enforcer disconnected");
 }
