@@ -58,6 +58,11 @@ pub struct Options {
     /// replica the enforcer streams to, are then not timed apart.
     #[arg(long)]
     wait_in_call: bool,
+    /// Threads the simulated enforcers run on, each a single-threaded
+    /// runtime with its share of the connections (a real enforcer's runtime
+    /// is single-threaded too).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    enforcer_threads: u32,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<Report> {
@@ -149,25 +154,28 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     );
 
     // Each replica gets its share of the connections; enforcer i streams to
-    // replica i % replicas.
-    let per_replica = (options.connections / options.replicas.max(1)).max(1);
-    let mut channels: Vec<Vec<Channel>> = Vec::new();
-    for replica in &targets {
-        let mut own = Vec::new();
-        for _ in 0..per_replica {
-            own.push(replica.connect().await?);
-        }
-        channels.push(own);
+    // replica i % replicas, on its connection there (i / replicas) %
+    // per_replica, which belongs to thread (that connection) % threads.
+    let per_replica = (options.connections / options.replicas.max(1)).max(1) as usize;
+    let threads = options.enforcer_threads.max(1) as usize;
+    let instances = Arc::new(instances);
+    let mut enforcers = Vec::new();
+    for thread in 0..threads {
+        enforcers.push(EnforcerThread::spawn(
+            thread,
+            threads,
+            per_replica,
+            targets.clone(),
+            instances.clone(),
+        )?);
+    }
+    for enforcer in &mut enforcers {
+        enforcer.connected().await?;
     }
     let rss_before = rss()?;
     let started = Instant::now();
-    let mut enforcers = Vec::new();
-    for (i, id) in instances.iter().enumerate() {
-        let replica = i % targets.len();
-        let own = &channels[replica];
-        let enforcer = simulated(&targets[replica], id, &format!("sim-{i}"))?
-            .with_channel(own[(i / targets.len()) % own.len()].clone());
-        enforcers.push(tokio::spawn(enforcer.run(std::future::pending())));
+    for enforcer in &mut enforcers {
+        enforcer.go();
     }
     run_all(&instances, 64, |id| {
         let mut client = client.clone();
@@ -278,9 +286,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let cpu_after = cpu()?;
     let per_change_ms = |seconds: f64| round3(seconds * 1000.0 / sent.max(1) as f64);
     let rss_loaded = rss()?;
-    for enforcer in enforcers {
-        enforcer.abort();
-    }
+    drop(enforcers);
     drop(replicas);
 
     let per_enforcer = (rss_connected.saturating_sub(rss_before)) as f64 / f64::from(n);
@@ -321,6 +327,108 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     Ok(Report::new(json)
         .series(Series::new("change -> acked (WaitForSync)", latencies))
         .series(Series::new("change -> committed", commits)))
+}
+
+/// A thread of simulated enforcers: a single-threaded runtime with its
+/// share of the connections and the enforcers on them. Where the enforcers
+/// shared the bench's work-stealing pool, each event's wake-ups crossed
+/// between its threads, which a real enforcer's do not; the machine's two
+/// cores are what the service is measured on, so the load should cost no
+/// more than it must. Dropped: its enforcers stop with its runtime.
+struct EnforcerThread {
+    connected: Option<tokio::sync::oneshot::Receiver<anyhow::Result<()>>>,
+    go: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EnforcerThread {
+    fn spawn(
+        thread: usize,
+        threads: usize,
+        per_replica: usize,
+        targets: Vec<Target>,
+        instances: Arc<Vec<String>>,
+    ) -> anyhow::Result<Self> {
+        let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = std::thread::Builder::new()
+            .name(format!("enforcers-{thread}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // This thread's connections: (replica, index) -> channel.
+                    let mut channels = std::collections::HashMap::new();
+                    let connecting = async {
+                        for (replica, target) in targets.iter().enumerate() {
+                            for index in (thread..per_replica).step_by(threads) {
+                                channels.insert((replica, index), target.connect().await?);
+                            }
+                        }
+                        anyhow::Ok(())
+                    };
+                    let result = connecting.await;
+                    let failed = result.is_err();
+                    if connected_tx.send(result).is_err() || failed || go_rx.await.is_err() {
+                        return;
+                    }
+                    for (i, id) in instances.iter().enumerate() {
+                        let replica = i % targets.len();
+                        let index = (i / targets.len()) % per_replica;
+                        let Some(channel) = channels.get(&(replica, index)) else {
+                            continue; // another thread's
+                        };
+                        match simulated(&targets[replica], id, &format!("sim-{i}")) {
+                            Ok(enforcer) => {
+                                let enforcer = enforcer.with_channel(channel.clone());
+                                tokio::spawn(enforcer.run(std::future::pending()));
+                            }
+                            Err(error) => {
+                                eprintln!(
+                                    "fanout: cannot simulate an enforcer for {id}: {error:#}"
+                                );
+                                return;
+                            }
+                        }
+                    }
+                    let _ = stop_rx.await;
+                });
+            })?;
+        Ok(Self {
+            connected: Some(connected),
+            go: Some(go),
+            stop: Some(stop),
+            thread: Some(handle),
+        })
+    }
+
+    /// Once its connections are up.
+    async fn connected(&mut self) -> anyhow::Result<()> {
+        let connected = self.connected.take().context("asked twice")?;
+        connected
+            .await
+            .context("an enforcer thread ended while connecting")?
+    }
+
+    /// Starts its enforcers.
+    fn go(&mut self) {
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+    }
+}
+
+impl Drop for EnforcerThread {
+    fn drop(&mut self) {
+        drop(self.go.take());
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 async fn connect_retrying(target: &Target) -> anyhow::Result<Channel> {
