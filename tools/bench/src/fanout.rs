@@ -360,39 +360,45 @@ impl EnforcerThread {
             .name(format!("enforcers-{thread}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    // This thread's connections: (replica, index) -> channel.
-                    let mut channels = std::collections::HashMap::new();
-                    let connecting = async {
+                    // This thread's connections, and the enforcers on them.
+                    let preparing = async {
+                        let mut channels = std::collections::HashMap::new();
                         for (replica, target) in targets.iter().enumerate() {
                             for index in (thread..per_replica).step_by(threads) {
                                 channels.insert((replica, index), target.connect().await?);
                             }
                         }
-                        anyhow::Ok(())
+                        let mut enforcers = Vec::new();
+                        for (i, id) in instances.iter().enumerate() {
+                            let replica = i % targets.len();
+                            let index = (i / targets.len()) % per_replica;
+                            let Some(channel) = channels.get(&(replica, index)) else {
+                                continue; // another thread's
+                            };
+                            enforcers.push(
+                                simulated(&targets[replica], id, &format!("sim-{i}"))?
+                                    .with_channel(channel.clone()),
+                            );
+                        }
+                        anyhow::Ok(enforcers)
                     };
-                    let result = connecting.await;
-                    let failed = result.is_err();
-                    if connected_tx.send(result).is_err() || failed || go_rx.await.is_err() {
-                        return;
-                    }
-                    for (i, id) in instances.iter().enumerate() {
-                        let replica = i % targets.len();
-                        let index = (i / targets.len()) % per_replica;
-                        let Some(channel) = channels.get(&(replica, index)) else {
-                            continue; // another thread's
-                        };
-                        match simulated(&targets[replica], id, &format!("sim-{i}")) {
-                            Ok(enforcer) => {
-                                let enforcer = enforcer.with_channel(channel.clone());
-                                tokio::spawn(enforcer.run(std::future::pending()));
-                            }
-                            Err(error) => {
-                                eprintln!(
-                                    "fanout: cannot simulate an enforcer for {id}: {error:#}"
-                                );
+                    let enforcers = match preparing.await {
+                        Ok(enforcers) => {
+                            if connected_tx.send(Ok(())).is_err() {
                                 return;
                             }
+                            enforcers
                         }
+                        Err(error) => {
+                            let _ = connected_tx.send(Err(error));
+                            return;
+                        }
+                    };
+                    if go_rx.await.is_err() {
+                        return;
+                    }
+                    for enforcer in enforcers {
+                        tokio::spawn(enforcer.run(std::future::pending()));
                     }
                     let _ = stop_rx.await;
                 });
@@ -405,7 +411,7 @@ impl EnforcerThread {
         })
     }
 
-    /// Once its connections are up.
+    /// Once its connections are up and its enforcers made.
     async fn connected(&mut self) -> anyhow::Result<()> {
         let connected = self.connected.take().context("asked twice")?;
         connected

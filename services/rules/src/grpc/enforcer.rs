@@ -221,16 +221,17 @@ impl EnforcerService for EnforcerApi {
             };
             let (acks_open, acks_ended) = oneshot::channel();
             let (sender_alive, sender_done) = oneshot::channel();
-            let starting = Start {
-                store: store.clone(),
-                instance: instance.clone(),
+            let sender = Sender::start(
+                store.clone(),
+                instance.clone(),
                 position,
-                sent: sent.clone(),
-                ending: Box::pin(end()),
+                sent.clone(),
+                Box::pin(end()),
                 acks_ended,
-                _done: sender_alive,
-            };
-            if start.send(starting).is_err() {
+                sender_alive,
+            )
+            .await;
+            if start.send(sender.map(Box::new)).is_err() {
                 return; // the enforcer went away
             }
             let ended = Box::pin(end());
@@ -299,7 +300,7 @@ async fn resume_position(store: &Store, instance: &InstanceId, hello: &pb::Hello
 async fn wait_until_exists(
     store: &Store,
     instance: &InstanceId,
-    start: &mut oneshot::Sender<Start>,
+    start: &mut oneshot::Sender<Started>,
 ) -> bool {
     let mut head = store.watch_head();
     let stopping = store.stopping();
@@ -317,26 +318,15 @@ async fn wait_until_exists(
     }
 }
 
-/// What a stream's response needs to start sending, once its firewall
-/// exists and its place in the log is settled.
-struct Start {
-    store: Arc<Store>,
-    instance: InstanceId,
-    /// The revision the enforcer has: sending starts after it.
-    position: u64,
-    sent: Arc<Sent>,
-    ending: Pin<Box<dyn Future<Output = Ending> + Send>>,
-    /// Resolves when the stream's acks end (the enforcer closed its side,
-    /// or it must go): the response ends with them.
-    acks_ended: oneshot::Receiver<()>,
-    /// Dropped when the response is done sending.
-    _done: oneshot::Sender<()>,
-}
+/// A stream's sending side, handed to its response once the firewall
+/// exists and the stream's place in the log is settled, or why it cannot
+/// start.
+type Started = Result<Box<Sender>, Status>;
 
 /// Where a stream's response is.
 enum Sending {
     /// Waiting for the firewall to exist and the stream's position.
-    Waiting(oneshot::Receiver<Start>),
+    Waiting(oneshot::Receiver<Started>),
     Running(Box<Sender>),
     /// It sent its last message (an error).
     Done,
@@ -344,11 +334,11 @@ enum Sending {
 
 /// A sync stream's response: every durable event after the enforcer's
 /// position, then each new one once committed.
-fn outbound(started: oneshot::Receiver<Start>, span: tracing::Span) -> SyncStream {
+fn outbound(started: oneshot::Receiver<Started>, span: tracing::Span) -> SyncStream {
     let messages = futures_util::stream::unfold(Sending::Waiting(started), |sending| async move {
         let mut sender = match sending {
-            Sending::Waiting(started) => match Sender::start(started.await.ok()?).await {
-                Ok(sender) => Box::new(sender),
+            Sending::Waiting(started) => match started.await.ok()? {
+                Ok(sender) => sender,
                 Err(status) => return Some((Err(status), Sending::Done)),
             },
             Sending::Running(sender) => sender,
@@ -391,20 +381,22 @@ struct Sender {
     ending: Pin<Box<dyn Future<Output = Ending> + Send>>,
     acks_ended: oneshot::Receiver<()>,
     sent: Arc<Sent>,
+    /// Dropped when the response is done sending.
     _done: oneshot::Sender<()>,
 }
 
 impl Sender {
-    async fn start(start: Start) -> Result<Self, Status> {
-        let Start {
-            store,
-            instance,
-            position,
-            sent,
-            ending,
-            acks_ended,
-            _done,
-        } = start;
+    /// Sends after `position`, until `ending` or `acks_ended` (the stream's
+    /// acks ended: the response ends with them) resolves.
+    async fn start(
+        store: Arc<Store>,
+        instance: InstanceId,
+        position: u64,
+        sent: Arc<Sent>,
+        ending: Pin<Box<dyn Future<Output = Ending> + Send>>,
+        acks_ended: oneshot::Receiver<()>,
+        done: oneshot::Sender<()>,
+    ) -> Result<Self, Status> {
         let folded = if position == 0 {
             None
         } else {
@@ -430,7 +422,7 @@ impl Sender {
             ending,
             acks_ended,
             sent,
-            _done,
+            _done: done,
         })
     }
 
