@@ -12,7 +12,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -158,31 +159,63 @@ fn protobuf(samples: u32) -> anyhow::Result<Vec<Duration>> {
 }
 
 /// One thread hands a token to another, which hands it back: two wake-ups
-/// of a sleeping thread per sample.
+/// of a parked thread per sample.
+///
+/// Each side waits with `std::thread::park`, a futex wait with no spinning
+/// first, as a tokio worker with nothing to do parks. (`std::sync::mpsc`'s
+/// receiver spins and yields before it sleeps, and on a quiet host the
+/// token comes back while it still spins: that measured a busy thread's
+/// hand-off, not a wake-up.)
 fn wake_round_trips(samples: u32) -> anyhow::Result<Vec<Duration>> {
-    let (to_peer, from_here) = mpsc::channel::<u32>();
-    let (to_here, from_peer) = mpsc::channel::<u32>();
-    let peer = std::thread::Builder::new()
-        .name("cpu-bench-wake".into())
-        .spawn(move || {
-            while let Ok(token) = from_here.recv() {
-                if to_here.send(token).is_err() {
-                    break;
+    /// The peer is told to end with this token.
+    const END: u32 = u32::MAX;
+    // Tokens start at 1: 0 is "nothing handed yet".
+    let ping = Arc::new(AtomicU32::new(0));
+    let pong = Arc::new(AtomicU32::new(0));
+    let here = std::thread::current();
+    let peer = {
+        let (ping, pong) = (ping.clone(), pong.clone());
+        std::thread::Builder::new()
+            .name("cpu-bench-wake".into())
+            .spawn(move || {
+                let mut last = 0;
+                loop {
+                    let token = wait_for_change(&ping, last);
+                    if token == END {
+                        return;
+                    }
+                    last = token;
+                    pong.store(token, Ordering::Release);
+                    here.unpark();
                 }
-            }
-        })?;
+            })?
+    };
     let mut measured = Vec::with_capacity(samples as usize);
-    for token in 0..samples {
+    for token in 1..=samples.min(END - 1) {
         let started = Instant::now();
-        to_peer.send(token).context("the woken thread ended")?;
-        let back = from_peer.recv().context("the woken thread ended")?;
+        ping.store(token, Ordering::Release);
+        peer.thread().unpark();
+        let back = wait_for_change(&pong, token - 1);
         measured.push(started.elapsed());
         anyhow::ensure!(back == token, "a token came back out of order");
     }
-    drop(to_peer);
+    ping.store(END, Ordering::Release);
+    peer.thread().unpark();
     peer.join()
         .map_err(|_| anyhow::anyhow!("the woken thread panicked"))?;
     Ok(measured)
+}
+
+/// Parks until `slot` holds something other than `last`, and returns it.
+/// (`park` may return before an `unpark`; the loop looks again.)
+fn wait_for_change(slot: &AtomicU32, last: u32) -> u32 {
+    loop {
+        let now = slot.load(Ordering::Acquire);
+        if now != last {
+            return now;
+        }
+        std::thread::park();
+    }
 }
 
 /// A message to an echo thread over loopback TCP (no Nagle) and back.
